@@ -1,0 +1,324 @@
+//! Domain newtypes shared by every layer: names, keys and roles are validated once, where they
+//! enter the program, and carried as types that cannot hold an invalid value afterwards.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a name, key or role was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// A vault name broke the slug rules.
+    #[error(
+        "invalid vault name {0:?}: use 3-64 characters from a-z, 0-9 and '-', not starting or ending with '-' and without '--'"
+    )]
+    VaultName(String),
+    /// A credential key was not UPPER_SNAKE_CASE.
+    #[error(
+        "invalid credential key {0:?}: keys must match ^[A-Z][A-Z0-9_]*$ and be at most 128 characters"
+    )]
+    CredentialKey(String),
+    /// An agent name broke the naming rules.
+    #[error(
+        "invalid agent name {0:?}: use 1-64 characters from a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+    )]
+    AgentName(String),
+    /// An email address was not plausible.
+    #[error("invalid email address {0:?}")]
+    Email(String),
+    /// A role name was not one of the known roles.
+    #[error("unknown role {0:?}: expected one of {1}")]
+    Role(String, &'static str),
+    /// The unmatched-host policy was not `tunnel` or `deny`.
+    #[error("unknown unmatched-host policy {0:?}: expected tunnel or deny")]
+    Policy(String),
+}
+
+/// Milliseconds since the Unix epoch, the one time unit stored in the database.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident, $check:expr, $err:path) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` and wraps it.
+            pub fn parse(value: impl Into<String>) -> Result<Self, DomainError> {
+                let value = value.into();
+                let check: fn(&str) -> bool = $check;
+                if check(&value) { Ok(Self(value)) } else { Err($err(value)) }
+            }
+
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = DomainError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+fn is_vault_name(s: &str) -> bool {
+    (3..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn is_credential_key(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'A'..=b'Z'))
+        && s.len() <= 128
+        && bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_agent_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && s.len() <= 64
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && s.len() <= 254
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+}
+
+string_newtype!(
+    /// A vault slug: `[a-z0-9-]`, 3–64 characters.
+    VaultName,
+    is_vault_name,
+    DomainError::VaultName
+);
+string_newtype!(
+    /// A credential key in UPPER_SNAKE_CASE.
+    CredentialKey,
+    is_credential_key,
+    DomainError::CredentialKey
+);
+string_newtype!(
+    /// The name of a non-human identity.
+    AgentName,
+    is_agent_name,
+    DomainError::AgentName
+);
+
+/// A user's email address, stored lower-cased so that lookups are case-insensitive.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Email(String);
+
+impl Email {
+    /// Validates and lower-cases an address.
+    pub fn parse(value: impl Into<String>) -> Result<Self, DomainError> {
+        let value: String = value.into();
+        let trimmed = value.trim().to_ascii_lowercase();
+        if is_email(&trimmed) {
+            Ok(Self(trimmed))
+        } else {
+            Err(DomainError::Email(value))
+        }
+    }
+
+    /// The normalized address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Email {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<Email> for String {
+    fn from(value: Email) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Email({:?})", self.0)
+    }
+}
+
+macro_rules! str_enum {
+    ($(#[$meta:meta])* $name:ident, $err:expr, $expected:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The stable text form used in the database, the API and the CLI.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s { $($text => Ok(Self::$variant),)+ other => Err($err(other.to_owned())) }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// A principal's role inside one vault; the order is the privilege order.
+    VaultRole,
+    |s| DomainError::Role(s, "proxy, member, admin"),
+    "proxy, member, admin",
+    {
+        /// May use credentials through the proxy, discover and propose; never read values.
+        Proxy => "proxy",
+        /// May also read and write credential values and approve credential-only proposals.
+        Member => "member",
+        /// May also manage services, settings and members.
+        Admin => "admin",
+    }
+);
+
+str_enum!(
+    /// A human user's role on the whole instance.
+    InstanceRole,
+    |s| DomainError::Role(s, "owner, member"),
+    "owner, member",
+    {
+        /// Implicit admin of every vault; manages users.
+        Owner => "owner",
+        /// Sees only the vaults granted to them.
+        Member => "member",
+    }
+);
+
+str_enum!(
+    /// What the proxy does with a CONNECT to a host no service binds.
+    UnmatchedHostPolicy,
+    DomainError::Policy,
+    "tunnel, deny",
+    {
+        /// Splice bytes opaquely: no interception, no credentials.
+        Tunnel => "tunnel",
+        /// Refuse with 403 `forbidden_host` and a proposal hint.
+        Deny => "deny",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_names_follow_slug_rules() {
+        for ok in ["abc", "my-vault", "a1-b2", &"a".repeat(64)] {
+            assert!(VaultName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "-abc", "abc-", "a--b", "ABC", "a_b", "a b", &"a".repeat(65), ""] {
+            assert!(VaultName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credential_keys_are_upper_snake_case() {
+        for ok in ["A", "STRIPE_KEY", "K8S_TOKEN_2"] {
+            assert!(CredentialKey::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "stripe_key", "1KEY", "_KEY", "KEY-1", "KEY ", "Stripe"] {
+            assert!(CredentialKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered_by_privilege() {
+        assert!(VaultRole::Proxy < VaultRole::Member);
+        assert!(VaultRole::Member < VaultRole::Admin);
+        assert_eq!("member".parse::<VaultRole>(), Ok(VaultRole::Member));
+        assert!("root".parse::<VaultRole>().is_err());
+    }
+
+    #[test]
+    fn emails_are_normalized() {
+        assert_eq!(Email::parse(" Ada@Example.COM ").map(|e| e.0), Ok("ada@example.com".into()));
+        for bad in ["ada", "@example.com", "ada@example", "ada@.com", "a da@example.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Credentials: sealed values and their metadata.
+
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, col};
+use crate::crypto::CryptoError;
+use crate::domain::{CredentialKey, now_ms};
+
+/// A stored credential. `sealed_value` is AES-256-GCM ciphertext bound to (vault id, key, version).
+#[derive(Clone)]
+pub struct CredentialRecord {
+    /// The vault it belongs to.
+    pub vault_id: String,
+    /// Its key.
+    pub key: CredentialKey,
+    /// Bumped on every overwrite; part of the AAD.
+    pub version: i64,
+    /// The sealed value.
+    pub sealed_value: Vec<u8>,
+    /// `static` today.
+    pub kind: String,
+    /// Free text for people.
+    pub description: String,
+    /// How many proxied requests used it.
+    pub use_count: i64,
+    /// When a proxied request last used it (ms).
+    pub last_used_at: Option<i64>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Last overwrite (ms).
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("vault_id", &self.vault_id)
+            .field("key", &self.key)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let key: String = col(row, "key")?;
+        Ok(Self {
+            vault_id: col(row, "vault_id")?,
+            key: CredentialKey::parse(key).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            version: col(row, "version")?,
+            sealed_value: col(row, "sealed_value")?,
+            kind: col(row, "kind")?,
+            description: col(row, "description")?,
+            use_count: col(row, "use_count")?,
+            last_used_at: col(row, "last_used_at")?,
+            created_at: col(row, "created_at")?,
+            updated_at: col(row, "updated_at")?,
+        })
+    }
+}
+
+/// One credential to write; the value is sealed by the caller's closure once the version is known.
+#[derive(Clone, Debug)]
+pub struct CredentialWrite {
+    /// The key.
+    pub key: CredentialKey,
+    /// A new description, or `None` to keep the current one.
+    pub description: Option<String>,
+}
+
+
+impl Store {
+    /// Writes several credentials in one transaction. Each overwrite bumps the version, and
+    /// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
+    pub async fn set_credentials(
+        &self,
+        vault_id: &str,
+        writes: &[CredentialWrite],
+        seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
+    ) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            let current = sqlx::query("SELECT version FROM credentials WHERE vault_id = $1 AND key = $2")
+                .bind(vault_id)
+                .bind(write.key.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let version = match current {
+                Some(row) => col::<i64>(&row, "version")? + 1,
+                None => 1,
+            };
+            let sealed = seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO credentials (vault_id, key, version, sealed_value, kind, description, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'static', COALESCE($5, ''), $6, $6) \
+                 ON CONFLICT (vault_id, key) DO UPDATE SET version = excluded.version, sealed_value = excluded.sealed_value, \
+                 description = COALESCE($5, credentials.description), updated_at = excluded.updated_at",
+            )
+            .bind(vault_id)
+            .bind(write.key.as_str())
+            .bind(version)
+            .bind(sealed)
+            .bind(write.description.as_deref())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            written.push((write.key.clone(), version));
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Every credential of a vault, by key.
+    pub async fn list_credentials(&self, vault_id: &str) -> Result<Vec<CredentialRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at \
+             FROM credentials WHERE vault_id = $1 ORDER BY key",
+        )
+        .bind(vault_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(CredentialRecord::from_row).collect()
+    }
+
+    /// One credential.
+    pub async fn credential(
+        &self,
+        vault_id: &str,
+        key: &CredentialKey,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at \
+             FROM credentials WHERE vault_id = $1 AND key = $2",
+        )
+        .bind(vault_id)
+        .bind(key.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(CredentialRecord::from_row).transpose()
+    }
+
+    /// Deletes several credentials, all or none: if any key is missing nothing is deleted and
+    /// the missing keys are returned.
+    pub async fn delete_credentials(
+        &self,
+        vault_id: &str,
+        keys: &[CredentialKey],
+    ) -> Result<Vec<CredentialKey>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut missing = Vec::new();
+        for key in keys {
+            let done = sqlx::query("DELETE FROM credentials WHERE vault_id = $1 AND key = $2")
+                .bind(vault_id)
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                missing.push(key.clone());
+            }
+        }
+        if missing.is_empty() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(missing)
+    }
+
+    /// Adds to use counters (called by the request-log writer, off the hot path).
+    pub async fn record_credential_use(
+        &self,
+        uses: &[(String, String, i64, i64)],
+    ) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (vault_id, key, count, at) in uses {
+            sqlx::query(
+                "UPDATE credentials SET use_count = use_count + $1, last_used_at = $2 WHERE vault_id = $3 AND key = $4",
+            )
+            .bind(*count)
+            .bind(*at)
+            .bind(vault_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+

@@ -1,0 +1,173 @@
+//! Invitations for further users.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+
+use super::{PrincipalKind, Store, StoreError, col, parsed};
+use crate::crypto::TokenHash;
+use crate::domain::{Email, InstanceRole, VaultRole, now_ms};
+
+/// A vault role granted when the invitation is accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteVaultGrant {
+    /// The vault's id.
+    pub vault_id: String,
+    /// The role to grant.
+    pub role: VaultRole,
+}
+
+/// A stored invitation (the raw token is only ever shown to its creator).
+#[derive(Clone, Debug)]
+pub struct InviteRecord {
+    /// Public id.
+    pub id: String,
+    /// HMAC of the invitation token.
+    pub token_hash: TokenHash,
+    /// Who may accept it.
+    pub email: Email,
+    /// Instance role on acceptance.
+    pub role: InstanceRole,
+    /// Vault roles on acceptance.
+    pub vault_grants: Vec<InviteVaultGrant>,
+    /// Who created it (user id).
+    pub created_by: String,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// When it was accepted (ms).
+    pub accepted_at: Option<i64>,
+    /// When it was revoked (ms).
+    pub revoked_at: Option<i64>,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+impl InviteRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let hash: Vec<u8> = col(row, "token_hash")?;
+        let grants: String = col(row, "vault_grants")?;
+        let email: String = col(row, "email")?;
+        Ok(Self {
+            id: col(row, "id")?,
+            token_hash: TokenHash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Corrupt("invite hash length".into()))?,
+            email: Email::parse(email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            role: parsed(row, "role")?,
+            vault_grants: serde_json::from_str(&grants)
+                .map_err(|e| StoreError::Corrupt(format!("invite grants: {e}")))?,
+            created_by: col(row, "created_by")?,
+            expires_at: col(row, "expires_at")?,
+            accepted_at: col(row, "accepted_at")?,
+            revoked_at: col(row, "revoked_at")?,
+            created_at: col(row, "created_at")?,
+        })
+    }
+
+    /// Pending, accepted, revoked or expired at `now`.
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.accepted_at.is_some() {
+            "accepted"
+        } else if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "pending"
+        }
+    }
+}
+
+impl Store {
+    /// Stores a new invitation.
+    pub async fn create_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
+        let grants = serde_json::to_string(&invite.vault_grants)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO invites (id, token_hash, email, role, vault_grants, created_by, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&invite.id)
+        .bind(invite.token_hash.0.to_vec())
+        .bind(invite.email.as_str())
+        .bind(invite.role.as_str())
+        .bind(grants)
+        .bind(&invite.created_by)
+        .bind(invite.expires_at)
+        .bind(invite.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::unique(e, "invite"))?;
+        Ok(())
+    }
+
+    /// Finds an invitation by its token hash.
+    pub async fn invite_by_hash(&self, hash: &TokenHash) -> Result<Option<InviteRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at \
+             FROM invites WHERE token_hash = $1",
+        )
+        .bind(hash.0.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(InviteRecord::from_row).transpose()?.filter(|i| i.token_hash.ct_eq(hash)))
+    }
+
+    /// Every invitation, newest first.
+    pub async fn list_invites(&self) -> Result<Vec<InviteRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at \
+             FROM invites ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(InviteRecord::from_row).collect()
+    }
+
+    /// Revokes a pending invitation. Returns whether one was revoked.
+    pub async fn revoke_invite(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND accepted_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Accepts an invitation: marks it used and creates the user with its grants, atomically.
+    /// Returns `Ok(false)` when the invitation is no longer pending.
+    pub async fn accept_invite(
+        &self,
+        invite: &InviteRecord,
+        user_id: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE invites SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(&invite.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        super::users::insert_user(&mut tx, user_id, &invite.email, password_hash, invite.role).await?;
+        for grant in &invite.vault_grants {
+            // A vault deleted since the invitation was made is skipped, not an error.
+            let exists = sqlx::query("SELECT id FROM vaults WHERE id = $1")
+                .bind(&grant.vault_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                super::grants::upsert_grant(&mut tx, &grant.vault_id, PrincipalKind::User, user_id, grant.role)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,266 @@
+//! Persistence over sqlx's `Any` driver: one SQL text for SQLite (the embedded default) and
+//! Postgres (for several instances behind a load balancer). One module per aggregate; every
+//! multi-row change is one transaction. Ids are TEXT and times integer milliseconds.
+
+mod agents;
+mod audit;
+mod credentials;
+mod grants;
+mod instance;
+mod invites;
+// mod proposals;
+mod request_logs;
+mod services;
+mod tokens;
+mod users;
+mod vaults;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Transaction};
+
+pub use agents::AgentRecord;
+pub use audit::{AuditEvent, AuditRecord};
+pub use credentials::{CredentialRecord, CredentialWrite};
+pub use grants::{MemberRecord, PrincipalKind};
+pub use instance::{CaStateRecord, MasterKeyRecord};
+pub use invites::{InviteRecord, InviteVaultGrant};
+
+pub use request_logs::{RequestLogFilter, RequestLogRecord, RequestLogRow};
+pub use services::ServiceRow;
+pub use tokens::{TokenRecord, TokenStoreKind};
+pub use users::UserRecord;
+pub use vaults::VaultRecord;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file in the data directory.
+    Sqlite,
+    /// An external Postgres server.
+    Postgres,
+}
+
+/// Errors from the store. Database details are kept for the log, never shown to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// A stored row could not be interpreted.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory or database file could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to `Conflict(what)`, on either backend.
+    pub(crate) fn unique(err: sqlx::Error, what: &'static str) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+            _ => StoreError::Database(err),
+        }
+    }
+
+    /// Whether the database is unreachable rather than refusing this one statement.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        )
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database in `data_dir`, or connects to `database_url`
+    /// when one is given, and applies migrations.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let store = match database_url {
+            Some(url) => Self::connect_postgres(url).await?,
+            None => Self::open_sqlite(data_dir).await?,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Self { pool, backend: Backend::Postgres })
+    }
+
+    async fn open_sqlite(data_dir: &Path) -> Result<Self, StoreError> {
+        let db_path = prepare_data_dir(data_dir)?;
+        let encoded = percent_encoding::utf8_percent_encode(
+            &db_path.to_string_lossy(),
+            &PATH_ENCODE_SET,
+        )
+        .to_string();
+        let url = format!("sqlite://{encoded}?mode=rwc");
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; FULL sync makes every acknowledged
+                    // commit survive a crash; foreign keys enforce cascades.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 10000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Self { pool, backend: Backend::Sqlite };
+        restrict_sqlite_sidecars(&db_path);
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // The Postgres migrator holds an advisory lock while it runs, so instances starting
+        // together apply each migration exactly once.
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying pool, for the few callers that need raw access (LISTEN, tests).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
+    /// writers wait for each other instead of failing when a read is upgraded to a write.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const PATH_ENCODE_SET: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_');
+
+/// Creates the data directory (0700) and the database file (0600) with those modes at creation,
+/// so the file is never readable by others, not even for a moment.
+fn prepare_data_dir(data_dir: &Path) -> Result<std::path::PathBuf, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io(data_dir))?;
+    let meta = std::fs::metadata(data_dir).map_err(io(data_dir))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(data_dir))?;
+    }
+    let db_path = data_dir.join("agent-vault.db");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&db_path)
+        .map_err(io(&db_path))?;
+    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&db_path))?;
+    Ok(db_path)
+}
+
+fn restrict_sqlite_sidecars(db_path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["-wal", "-shm"] {
+        let mut path = db_path.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// Reads a column, turning a decode failure into `Corrupt` with the column's name.
+pub(crate) fn col<'r, T>(row: &'r sqlx::any::AnyRow, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    use sqlx::Row;
+    row.try_get(name).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// Parses a stored text column into a domain type.
+pub(crate) fn parsed<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    name: &str,
+) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = col(row, name)?;
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt(format!("column {name}: {e}")))
+}

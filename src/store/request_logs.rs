@@ -1,0 +1,210 @@
+//! The request log: metadata of proxied requests and tunnels, written in batches.
+
+use serde::Serialize;
+
+use super::{Store, StoreError, col};
+use crate::domain::now_ms;
+
+/// One row to write. Never values, query strings, header values or bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLogRow {
+    /// The vault's id.
+    pub vault_id: String,
+    /// `agent`, `user` or `scoped`.
+    pub actor_kind: &'static str,
+    /// The agent id, user id or token id.
+    pub actor_id: String,
+    /// `request` (intercepted or forwarded) or `tunnel` (spliced).
+    pub kind: &'static str,
+    /// HTTP method (`CONNECT` for tunnels).
+    pub method: String,
+    /// `host:port`.
+    pub host: String,
+    /// Path without the query.
+    pub path: String,
+    /// The matched service's name.
+    pub service: Option<String>,
+    /// Names of the credentials attached.
+    pub credential_keys: Vec<String>,
+    /// Status returned to the agent (0 when the connection failed before one).
+    pub status: u16,
+    /// Request body bytes forwarded.
+    pub bytes_in: u64,
+    /// Response body bytes returned.
+    pub bytes_out: u64,
+    /// Time from request head to end of response (ms).
+    pub latency_ms: u64,
+    /// The proxy error code, if the proxy made the response.
+    pub error_code: Option<&'static str>,
+    /// When it happened (ms).
+    pub created_at: i64,
+}
+
+/// A stored row, as the API returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestLogRecord {
+    /// Monotonic id (a cursor for `--follow`).
+    pub id: i64,
+    /// `agent`, `user` or `scoped`.
+    pub actor_kind: String,
+    /// Actor id.
+    pub actor_id: String,
+    /// `request` or `tunnel`.
+    pub kind: String,
+    /// HTTP method.
+    pub method: String,
+    /// `host:port`.
+    pub host: String,
+    /// Path without query.
+    pub path: String,
+    /// Matched service.
+    pub service: Option<String>,
+    /// Credential keys attached.
+    pub credential_keys: Vec<String>,
+    /// Status.
+    pub status: i64,
+    /// Request bytes.
+    pub bytes_in: i64,
+    /// Response bytes.
+    pub bytes_out: i64,
+    /// Latency (ms).
+    pub latency_ms: i64,
+    /// Proxy error code.
+    pub error_code: Option<String>,
+    /// Time (ms).
+    pub created_at: i64,
+}
+
+/// Which rows to list.
+#[derive(Clone, Debug, Default)]
+pub struct RequestLogFilter {
+    /// Only rows with a larger id (for following).
+    pub after: Option<i64>,
+    /// Only rows with a smaller id (for paging back).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+fn u64_to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Writes a batch of rows in one transaction.
+    pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO request_logs (vault_id, actor_kind, actor_id, kind, method, host, path, service, credential_keys, \
+                 status, bytes_in, bytes_out, latency_ms, error_code, created_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 WHERE EXISTS (SELECT 1 FROM vaults WHERE id = $1)",
+            )
+            .bind(&r.vault_id)
+            .bind(r.actor_kind)
+            .bind(&r.actor_id)
+            .bind(r.kind)
+            .bind(&r.method)
+            .bind(&r.host)
+            .bind(&r.path)
+            .bind(r.service.as_deref())
+            .bind(r.credential_keys.join(","))
+            .bind(i64::from(r.status))
+            .bind(u64_to_i64(r.bytes_in))
+            .bind(u64_to_i64(r.bytes_out))
+            .bind(u64_to_i64(r.latency_ms))
+            .bind(r.error_code)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rows of one vault, newest first unless following (`after`), then oldest first.
+    pub async fn list_request_logs(
+        &self,
+        vault_id: &str,
+        filter: &RequestLogFilter,
+    ) -> Result<Vec<RequestLogRecord>, StoreError> {
+        let limit = filter.limit.clamp(1, 1000);
+        let rows = if let Some(after) = filter.after {
+            sqlx::query(
+                "SELECT id, actor_kind, actor_id, kind, method, host, path, service, credential_keys, status, bytes_in, bytes_out, \
+                 latency_ms, error_code, created_at FROM request_logs WHERE vault_id = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
+            )
+            .bind(vault_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "SELECT id, actor_kind, actor_id, kind, method, host, path, service, credential_keys, status, bytes_in, bytes_out, \
+                 latency_ms, error_code, created_at FROM request_logs WHERE vault_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(vault_id)
+            .bind(filter.before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        rows.iter()
+            .map(|r| {
+                let keys: String = col(r, "credential_keys")?;
+                Ok(RequestLogRecord {
+                    id: col(r, "id")?,
+                    actor_kind: col(r, "actor_kind")?,
+                    actor_id: col(r, "actor_id")?,
+                    kind: col(r, "kind")?,
+                    method: col(r, "method")?,
+                    host: col(r, "host")?,
+                    path: col(r, "path")?,
+                    service: col(r, "service")?,
+                    credential_keys: keys.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+                    status: col(r, "status")?,
+                    bytes_in: col(r, "bytes_in")?,
+                    bytes_out: col(r, "bytes_out")?,
+                    latency_ms: col(r, "latency_ms")?,
+                    error_code: col(r, "error_code")?,
+                    created_at: col(r, "created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies retention: deletes rows older than `max_age_ms` and, per vault, all but the
+    /// newest `max_rows` rows. Returns how many rows were deleted.
+    pub async fn prune_request_logs(&self, max_age_ms: i64, max_rows: i64) -> Result<u64, StoreError> {
+        let mut deleted = sqlx::query("DELETE FROM request_logs WHERE created_at < $1")
+            .bind(now_ms() - max_age_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let vaults = sqlx::query("SELECT DISTINCT vault_id FROM request_logs").fetch_all(&self.pool).await?;
+        for v in vaults {
+            let vault_id: String = col(&v, "vault_id")?;
+            let cutoff = sqlx::query(
+                "SELECT id FROM request_logs WHERE vault_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2",
+            )
+            .bind(&vault_id)
+            .bind(max_rows)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = cutoff {
+                let id: i64 = col(&row, "id")?;
+                deleted += sqlx::query("DELETE FROM request_logs WHERE vault_id = $1 AND id <= $2")
+                    .bind(&vault_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,210 @@
+//! Bearer tokens, stored only as keyed hashes.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+use super::{Store, StoreError, col};
+use crate::crypto::TokenHash;
+use crate::domain::{VaultRole, now_ms};
+
+/// What a stored token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenStoreKind {
+    /// A human login session.
+    Session,
+    /// An agent's token.
+    Agent,
+    /// A short-lived proxy token bound to one vault.
+    Scoped,
+}
+
+impl TokenStoreKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Agent => "agent",
+            Self::Scoped => "scoped",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "session" => Ok(Self::Session),
+            "agent" => Ok(Self::Agent),
+            "scoped" => Ok(Self::Scoped),
+            other => Err(StoreError::Corrupt(format!("unknown token kind {other:?}"))),
+        }
+    }
+}
+
+/// A stored token (never the raw value).
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    /// Public id, safe to show and to revoke by.
+    pub id: String,
+    /// HMAC of the raw token.
+    pub hash: TokenHash,
+    /// What it is.
+    pub kind: TokenStoreKind,
+    /// The user it belongs to (session), or who minted it (scoped).
+    pub user_id: Option<String>,
+    /// The agent it belongs to (agent), or who minted it (scoped).
+    pub agent_id: Option<String>,
+    /// The one vault a scoped token works in.
+    pub vault_id: Option<String>,
+    /// The role a scoped token carries in that vault.
+    pub vault_role: Option<VaultRole>,
+    /// Free text to recognise it by.
+    pub label: String,
+    /// Expiry (ms), none for tokens that do not expire.
+    pub expires_at: Option<i64>,
+    /// When it was revoked (ms).
+    pub revoked_at: Option<i64>,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+impl TokenRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let hash: Vec<u8> = col(row, "hash")?;
+        let role: Option<String> = col(row, "vault_role")?;
+        let kind: String = col(row, "kind")?;
+        Ok(Self {
+            id: col(row, "id")?,
+            hash: TokenHash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
+            kind: TokenStoreKind::parse(&kind)?,
+            user_id: col(row, "user_id")?,
+            agent_id: col(row, "agent_id")?,
+            vault_id: col(row, "vault_id")?,
+            vault_role: role
+                .map(|r| r.parse().map_err(|e: crate::domain::DomainError| StoreError::Corrupt(e.to_string())))
+                .transpose()?,
+            label: col(row, "label")?,
+            expires_at: col(row, "expires_at")?,
+            revoked_at: col(row, "revoked_at")?,
+            created_at: col(row, "created_at")?,
+        })
+    }
+
+    /// Whether the token is usable at `now_ms`.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now_ms)
+    }
+}
+
+pub(super) async fn insert_token(
+    tx: &mut Transaction<'static, Any>,
+    token: &TokenRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tokens (id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)",
+    )
+    .bind(&token.id)
+    .bind(token.hash.0.to_vec())
+    .bind(token.kind.as_str())
+    .bind(token.user_id.as_deref())
+    .bind(token.agent_id.as_deref())
+    .bind(token.vault_id.as_deref())
+    .bind(token.vault_role.map(|r| r.as_str()))
+    .bind(&token.label)
+    .bind(token.expires_at)
+    .bind(token.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| StoreError::unique(e, "token"))?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new token.
+    pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_token(&mut tx, token).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Finds a token by its keyed hash (live or not; the caller decides).
+    pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens WHERE hash = $1",
+        )
+        .bind(hash.0.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        let record = row.as_ref().map(TokenRecord::from_row).transpose()?;
+        // The index lookup already matched; compare again in constant time so a future change
+        // to the lookup can never turn this into a prefix comparison.
+        Ok(record.filter(|r| r.hash.ct_eq(hash)))
+    }
+
+    /// Finds a token by its public id.
+    pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(TokenRecord::from_row).transpose()
+    }
+
+    /// Revokes one token. Returns whether a live token was revoked.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Revokes every live token of an agent, including scoped tokens it minted.
+    pub async fn revoke_agent_tokens(&self, agent_id: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Live tokens of an agent, or scoped tokens of a vault.
+    pub async fn list_tokens(
+        &self,
+        agent_id: Option<&str>,
+        vault_id: Option<&str>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens \
+             WHERE revoked_at IS NULL AND ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR (vault_id = $2 AND kind = 'scoped')) \
+             ORDER BY created_at",
+        )
+        .bind(agent_id)
+        .bind(vault_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let now = now_ms();
+        Ok(rows
+            .iter()
+            .map(TokenRecord::from_row)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|t| t.is_live(now))
+            .collect())
+    }
+
+    /// Deletes tokens that expired or were revoked more than `grace_ms` ago.
+    pub async fn purge_dead_tokens(&self, grace_ms: i64) -> Result<u64, StoreError> {
+        let cutoff = now_ms() - grace_ms;
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE (expires_at IS NOT NULL AND expires_at < $1) OR (revoked_at IS NOT NULL AND revoked_at < $1)",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
