@@ -5,4 +5,10 @@
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod keys;
+pub mod policy;
+pub mod ca;
+pub mod identity;
+pub mod netguard;
+pub mod registry;
 pub mod store;

@@ -1,0 +1,254 @@
+//! Who is calling: raw bearer tokens resolved to principals with their vault grants. Shared by
+//! the admin API (always fresh from the store) and the proxy (from a short-lived in-memory
+//! cache, so revocation on another instance takes effect within `tokens.cache_ttl`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+
+use crate::crypto::{TokenHash, TokenHasher, TokenKind};
+use crate::domain::{AgentName, Email, InstanceRole, VaultRole, now_ms};
+use crate::store::{PrincipalKind, Store, StoreError, TokenRecord, TokenStoreKind};
+
+/// Why a token was not accepted. The variants are for logs and tests; callers show one generic
+/// message so that a guesser learns nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token, or not in any token format this server issues.
+    #[error("malformed token")]
+    Malformed,
+    /// Well-formed but unknown.
+    #[error("unknown token")]
+    Unknown,
+    /// Past its expiry.
+    #[error("expired token")]
+    Expired,
+    /// Revoked.
+    #[error("revoked token")]
+    Revoked,
+    /// The token's owner no longer exists.
+    #[error("token owner no longer exists")]
+    Orphaned,
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Whom a scoped token was minted by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Minter {
+    /// A human.
+    User(String),
+    /// An agent.
+    Agent(String),
+}
+
+/// An authenticated principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A human with a login session.
+    User {
+        /// User id.
+        id: String,
+        /// Email.
+        email: Email,
+        /// Instance role.
+        role: InstanceRole,
+    },
+    /// An agent holding its own token.
+    Agent {
+        /// Agent id.
+        id: String,
+        /// Agent name.
+        name: AgentName,
+    },
+    /// A short-lived token bound to one vault with one role.
+    Scoped {
+        /// The vault it works in.
+        vault_id: String,
+        /// Its role there.
+        role: VaultRole,
+        /// Who minted it.
+        minted_by: Minter,
+    },
+}
+
+/// A verified token and what it may do.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// The token's public id.
+    pub token_id: String,
+    /// Its keyed hash (for re-checking on open connections).
+    pub token_hash: TokenHash,
+    /// Who it is.
+    pub principal: Principal,
+    /// Vault id → role, for users and agents (explicit grants only; owners are implicit admins).
+    pub grants: HashMap<String, VaultRole>,
+    /// Expiry (ms).
+    pub expires_at: Option<i64>,
+}
+
+impl Authenticated {
+    /// The principal's role in a vault, if any. Owners are admins everywhere.
+    pub fn role_in(&self, vault_id: &str) -> Option<VaultRole> {
+        match &self.principal {
+            Principal::User { role: InstanceRole::Owner, .. } => Some(VaultRole::Admin),
+            Principal::Scoped { vault_id: v, role, .. } => (v == vault_id).then_some(*role),
+            _ => self.grants.get(vault_id).copied(),
+        }
+    }
+
+    /// `("user" | "agent" | "scoped", id)` for logs and audit rows; a scoped token is attributed
+    /// to the agent that minted it, or else to the token itself.
+    pub fn actor(&self) -> (&'static str, &str) {
+        match &self.principal {
+            Principal::User { id, .. } => ("user", id),
+            Principal::Agent { id, .. } => ("agent", id),
+            Principal::Scoped { minted_by: Minter::Agent(id), .. } => ("agent", id),
+            Principal::Scoped { .. } => ("scoped", &self.token_id),
+        }
+    }
+
+    /// Whether this is a human.
+    pub fn is_user(&self) -> bool {
+        matches!(self.principal, Principal::User { .. })
+    }
+
+    /// Whether the instance owner.
+    pub fn is_owner(&self) -> bool {
+        matches!(self.principal, Principal::User { role: InstanceRole::Owner, .. })
+    }
+
+    /// Still usable at `now` (expiry only; revocation needs the store or the cache).
+    pub fn unexpired(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+#[derive(Clone)]
+struct CacheEntry(Arc<Authenticated>);
+
+/// Resolves tokens, caches results briefly, and tells open connections about revocations.
+#[derive(Clone)]
+pub struct Identity {
+    store: Store,
+    hasher: TokenHasher,
+    cache: moka::sync::Cache<TokenHash, CacheEntry>,
+    revocations: Arc<watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Builds the resolver; `cache_ttl` bounds how stale a proxy-side answer may be.
+    pub fn new(store: Store, hasher: TokenHasher, cache_ttl: Duration) -> Self {
+        let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
+        let (tx, _) = watch::channel(0);
+        Self { store, hasher, cache, revocations: Arc::new(tx) }
+    }
+
+    /// The keyed hash of a raw token.
+    pub fn hash(&self, raw: &SecretString) -> TokenHash {
+        self.hasher.hash(raw)
+    }
+
+    /// Resolves a raw token from the store (admin API path).
+    pub async fn authenticate_fresh(&self, raw: &SecretString) -> Result<Arc<Authenticated>, AuthError> {
+        let hash = self.check_format(raw)?;
+        let resolved = Arc::new(self.resolve(hash).await?);
+        self.cache.insert(hash, CacheEntry(resolved.clone()));
+        Ok(resolved)
+    }
+
+    /// Resolves a raw token, from the cache when fresh enough (proxy path).
+    pub async fn authenticate_cached(&self, raw: &SecretString) -> Result<Arc<Authenticated>, AuthError> {
+        let hash = self.check_format(raw)?;
+        self.authenticate_hash(hash).await
+    }
+
+    /// Re-checks an already verified token by its hash (every request on an open connection).
+    pub async fn authenticate_hash(&self, hash: TokenHash) -> Result<Arc<Authenticated>, AuthError> {
+        if let Some(CacheEntry(hit)) = self.cache.get(&hash) {
+            return if hit.unexpired(now_ms()) { Ok(hit) } else { Err(AuthError::Expired) };
+        }
+        let resolved = Arc::new(self.resolve(hash).await?);
+        self.cache.insert(hash, CacheEntry(resolved.clone()));
+        Ok(resolved)
+    }
+
+    fn check_format(&self, raw: &SecretString) -> Result<TokenHash, AuthError> {
+        let text = raw.expose_secret();
+        let kind_ok = [TokenKind::Session, TokenKind::Agent, TokenKind::Scoped]
+            .into_iter()
+            .any(|k| k.matches_format(text));
+        if !kind_ok {
+            return Err(AuthError::Malformed);
+        }
+        Ok(self.hasher.hash(raw))
+    }
+
+    async fn resolve(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
+        let token = self.store.token_by_hash(&hash).await?.ok_or(AuthError::Unknown)?;
+        let now = now_ms();
+        if token.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if token.expires_at.is_some_and(|e| e <= now) {
+            return Err(AuthError::Expired);
+        }
+        self.principal_of(token).await
+    }
+
+    async fn principal_of(&self, token: TokenRecord) -> Result<Authenticated, AuthError> {
+        let (principal, grants) = match token.kind {
+            TokenStoreKind::Session => {
+                let user_id = token.user_id.clone().ok_or(AuthError::Orphaned)?;
+                let user = self.store.user_by_id(&user_id).await?.ok_or(AuthError::Orphaned)?;
+                let grants = self.store.grants_of(PrincipalKind::User, &user.id).await?;
+                (Principal::User { id: user.id, email: user.email, role: user.role }, grants)
+            }
+            TokenStoreKind::Agent => {
+                let agent_id = token.agent_id.clone().ok_or(AuthError::Orphaned)?;
+                let agent = self.store.agent_by_id(&agent_id).await?.ok_or(AuthError::Orphaned)?;
+                let grants = self.store.grants_of(PrincipalKind::Agent, &agent.id).await?;
+                (Principal::Agent { id: agent.id, name: agent.name }, grants)
+            }
+            TokenStoreKind::Scoped => {
+                let vault_id = token.vault_id.clone().ok_or(AuthError::Orphaned)?;
+                let minted_by = match (&token.agent_id, &token.user_id) {
+                    (Some(a), _) => Minter::Agent(a.clone()),
+                    (None, Some(u)) => Minter::User(u.clone()),
+                    (None, None) => return Err(AuthError::Orphaned),
+                };
+                let role = token.vault_role.unwrap_or(VaultRole::Proxy);
+                (Principal::Scoped { vault_id, role, minted_by }, Vec::new())
+            }
+        };
+        Ok(Authenticated {
+            token_id: token.id,
+            token_hash: token.hash,
+            principal,
+            grants: grants.into_iter().collect(),
+            expires_at: token.expires_at,
+        })
+    }
+
+    /// Forgets every cached answer and wakes open connections to re-check their tokens. Called
+    /// after revocations, deletions and grant changes on this instance.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+        self.revocations.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever tokens or grants may have been revoked.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+}

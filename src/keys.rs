@@ -1,0 +1,235 @@
+//! Unsealing: the master password derives the KEK (Argon2id), which unwraps the DEK. The DEK
+//! lives only in this process's memory; every other key is derived from it for one purpose.
+
+use std::fmt;
+
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use sha2::Sha256;
+
+use crate::crypto::{
+    Aad, CryptoError, DataKey, KdfParams, TokenHasher, derive_key, open, random_bytes, seal,
+};
+use crate::store::{MasterKeyRecord, Store, StoreError};
+
+/// Shortest master password accepted when an instance is initialized or the password changed.
+pub const MIN_MASTER_PASSWORD_LEN: usize = 8;
+
+/// Why unsealing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    /// The password does not unwrap the stored DEK.
+    #[error("wrong master password")]
+    WrongPassword,
+    /// A new master password is too weak.
+    #[error("the master password must be at least {MIN_MASTER_PASSWORD_LEN} characters")]
+    WeakPassword,
+    /// The instance has never been initialized (nothing to change).
+    #[error("this data directory or database has not been initialized; start the server once first")]
+    NotInitialized,
+    /// The stored key changed underneath us (another instance changed the password).
+    #[error("the master key was changed concurrently; retry")]
+    Concurrent,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cryptographic operation failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The DEK and the keys derived from it, held for the life of the process.
+#[derive(Clone)]
+pub struct Keyring {
+    dek: DataKey,
+    tokens: TokenHasher,
+    service_mac: DataKey,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keyring([REDACTED])")
+    }
+}
+
+fn derive_subkey(dek: &DataKey, info: &[u8]) -> DataKey {
+    let hk = Hkdf::<Sha256>::new(Some(b"agent-vault key derivation v1"), dek.expose());
+    let mut out = [0u8; 32];
+    // 32 bytes is always a valid HKDF-SHA256 output length.
+    hk.expand(info, &mut out).unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
+    let key = DataKey::from_bytes(out);
+    zeroize::Zeroize::zeroize(&mut out);
+    key
+}
+
+impl Keyring {
+    /// Builds the keyring around an unwrapped DEK.
+    pub fn from_dek(dek: DataKey) -> Self {
+        let tokens = TokenHasher::new(derive_subkey(&dek, b"token-hash"));
+        let service_mac = derive_subkey(&dek, b"service-mac");
+        Self { dek, tokens, service_mac }
+    }
+
+    /// The data-encryption key.
+    pub fn dek(&self) -> &DataKey {
+        &self.dek
+    }
+
+    /// The keyed hash used for every stored token.
+    pub fn token_hasher(&self) -> &TokenHasher {
+        &self.tokens
+    }
+
+    /// Seals a credential value for (vault, key, version).
+    pub fn seal_credential(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        value: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        seal(&self.dek, &Aad::credential(vault_id, key, version), value)
+    }
+
+    /// Opens a credential value; fails if the row was edited or moved.
+    pub fn open_credential(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        sealed: &[u8],
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        open(&self.dek, &Aad::credential(vault_id, key, version), sealed)
+    }
+
+    /// MAC binding a service definition to its vault and name, so a database writer cannot
+    /// point a credential at another host without the DEK.
+    pub fn service_mac(&self, vault_id: &str, name: &str, spec: &str) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.service_mac.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        for field in [vault_id, name, spec] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Checks a stored service MAC in constant time.
+    pub fn verify_service_mac(&self, vault_id: &str, name: &str, spec: &str, stored: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.service_mac(vault_id, name, spec).ct_eq(stored).into()
+    }
+}
+
+fn wrap(password: &SecretString, dek: &DataKey, params: KdfParams) -> Result<MasterKeyRecord, CryptoError> {
+    let salt: [u8; 16] = random_bytes()?;
+    let kek = derive_key(password, &salt, &params)?;
+    let wrapped_dek = seal(&kek, &Aad::wrapped_dek(), dek.expose())?;
+    Ok(MasterKeyRecord { kdf_salt: salt.to_vec(), kdf: params, wrapped_dek })
+}
+
+fn unwrap(password: &SecretString, record: &MasterKeyRecord) -> Result<DataKey, UnsealError> {
+    let kek = derive_key(password, &record.kdf_salt, &record.kdf)?;
+    let dek = open(&kek, &Aad::wrapped_dek(), &record.wrapped_dek).map_err(|e| match e {
+        CryptoError::Integrity => UnsealError::WrongPassword,
+        other => UnsealError::Crypto(other),
+    })?;
+    let bytes: [u8; 32] = dek
+        .expose_secret()
+        .try_into()
+        .map_err(|_| UnsealError::Crypto(CryptoError::Malformed))?;
+    Ok(DataKey::from_bytes(bytes))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UnsealError> + Send + 'static,
+) -> Result<T, UnsealError> {
+    // Argon2 with production parameters takes a noticeable fraction of a second of CPU.
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(UnsealError::Store(StoreError::Corrupt(format!("key derivation task: {e}")))))
+}
+
+/// Unseals the instance, initializing it with a fresh DEK on first start. Returns the keyring
+/// and whether this call initialized the instance.
+pub async fn unseal_or_init(
+    store: &Store,
+    password: SecretString,
+    params: KdfParams,
+) -> Result<(Keyring, bool), UnsealError> {
+    if let Some(record) = store.master_key().await? {
+        let dek = blocking(move || unwrap(&password, &record)).await?;
+        return Ok((Keyring::from_dek(dek), false));
+    }
+    if password.expose_secret().chars().count() < MIN_MASTER_PASSWORD_LEN {
+        return Err(UnsealError::WeakPassword);
+    }
+    let pw = password.clone();
+    let (dek, record) = blocking(move || {
+        let dek = DataKey::generate()?;
+        let record = wrap(&pw, &dek, params)?;
+        Ok((dek, record))
+    })
+    .await?;
+    if store.insert_master_key_if_absent(&record).await? {
+        return Ok((Keyring::from_dek(dek), true));
+    }
+    // Another instance initialized the database first: use its key, which must open with the
+    // same password.
+    let record = store.master_key().await?.ok_or(UnsealError::NotInitialized)?;
+    let dek = blocking(move || unwrap(&password, &record)).await?;
+    Ok((Keyring::from_dek(dek), false))
+}
+
+/// Re-wraps the DEK under a new master password. Data is not re-encrypted: the DEK is unchanged.
+pub async fn change_master_password(
+    store: &Store,
+    old: SecretString,
+    new: SecretString,
+    params: KdfParams,
+) -> Result<(), UnsealError> {
+    if new.expose_secret().chars().count() < MIN_MASTER_PASSWORD_LEN {
+        return Err(UnsealError::WeakPassword);
+    }
+    let record = store.master_key().await?.ok_or(UnsealError::NotInitialized)?;
+    let expected = record.wrapped_dek.clone();
+    let new_record = blocking(move || {
+        let dek = unwrap(&old, &record)?;
+        Ok(wrap(&new, &dek, params)?)
+    })
+    .await?;
+    if store.replace_master_key(&expected, &new_record).await? {
+        Ok(())
+    } else {
+        Err(UnsealError::Concurrent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subkeys_differ_from_the_dek_and_each_other() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([3; 32]));
+        let mac = ring.service_mac("v", "svc", "{}");
+        assert!(ring.verify_service_mac("v", "svc", "{}", &mac));
+        assert!(!ring.verify_service_mac("v", "svc", "{\"host\":1}", &mac));
+        assert!(!ring.verify_service_mac("w", "svc", "{}", &mac));
+        assert_eq!(format!("{ring:?}"), "Keyring([REDACTED])");
+    }
+
+    #[test]
+    fn wrong_password_is_reported_as_such() {
+        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let dek = DataKey::generate().unwrap();
+        let record = wrap(&SecretString::from("correct horse"), &dek, params).unwrap();
+        let back = unwrap(&SecretString::from("correct horse"), &record).unwrap();
+        assert_eq!(back.expose(), dek.expose());
+        assert!(matches!(
+            unwrap(&SecretString::from("wrong horse"), &record),
+            Err(UnsealError::WrongPassword)
+        ));
+    }
+}

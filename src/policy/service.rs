@@ -1,0 +1,752 @@
+//! Service definitions: what people write (YAML or JSON), how it is validated, and the compiled
+//! form the matcher uses. Validation is the same for direct edits and for agent proposals.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use http::{HeaderName, Method};
+use serde::{Deserialize, Serialize};
+
+use super::host::{Host, canonicalize_host};
+use crate::domain::CredentialKey;
+
+/// Why a service definition was refused. Messages name the service and the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("service {service:?}: {message}")]
+pub struct ServiceError {
+    /// The service's name (or host when it has no name yet).
+    pub service: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The authentication a service attaches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AuthSpec {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// Credential holding the token.
+        token: CredentialKey,
+    },
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// Credential holding the user name.
+        username: CredentialKey,
+        /// Credential holding the password (empty password when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<CredentialKey>,
+    },
+    /// `<header>: <prefix><key>`.
+    ApiKey {
+        /// Credential holding the key.
+        key: CredentialKey,
+        /// Header to set (default `Authorization`).
+        #[serde(default = "default_api_key_header")]
+        header: String,
+        /// Text before the key, e.g. `Token `.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        prefix: String,
+    },
+    /// Header templates with `{{ KEY }}` references.
+    Custom {
+        /// Header name to template.
+        headers: BTreeMap<String, String>,
+    },
+    /// No credentials: the host is allowed and intercepted, nothing is attached.
+    Passthrough,
+}
+
+fn default_api_key_header() -> String {
+    "Authorization".into()
+}
+
+/// Where a substitution placeholder may be replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    /// The URL path (value percent-encoded as a path segment).
+    Path,
+    /// The query string (value form-encoded).
+    Query,
+    /// Request header values (values with CR or LF are refused).
+    Header,
+    /// JSON or form request bodies, up to the substitution size cap.
+    Body,
+    /// Client-to-upstream WebSocket text frames.
+    Websocket,
+}
+
+/// A placeholder the agent writes where the real value must go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubstitutionSpec {
+    /// The text the agent sends, e.g. `__STRIPE_KEY__`.
+    pub placeholder: String,
+    /// The credential that replaces it.
+    pub key: CredentialKey,
+    /// Where it may be replaced (default: path and query).
+    #[serde(default = "default_locations", rename = "in")]
+    pub locations: Vec<Location>,
+}
+
+fn default_locations() -> Vec<Location> {
+    vec![Location::Path, Location::Query]
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A service as people write it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique within the vault; derived from the host when omitted.
+    #[serde(default)]
+    pub name: String,
+    /// `api.stripe.com`, `*.github.com`, `host:8443`, `slack.com/api/*`.
+    pub host: String,
+    /// Allowed methods; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// What to attach.
+    pub auth: AuthSpec,
+    /// Placeholders to replace with credential values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitutions: Vec<SubstitutionSpec>,
+    /// Disabled services bind nothing.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The file format of `vault service set -f`: a list, or `services:` holding one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ServiceFile {
+    Wrapped {
+        services: Vec<ServiceSpec>,
+    },
+    List(Vec<ServiceSpec>),
+}
+
+/// Parses a YAML (or JSON) service file.
+pub fn parse_service_file(text: &str) -> Result<Vec<ServiceSpec>, String> {
+    // Parse strictly first for a precise message, then accept either shape.
+    if let Ok(file) = serde_norway::from_str::<ServiceFile>(text) {
+        return Ok(match file {
+            ServiceFile::Wrapped { services } => services,
+            ServiceFile::List(list) => list,
+        });
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        services: Vec<ServiceSpec>,
+    }
+    match serde_norway::from_str::<Strict>(text) {
+        Ok(s) => Ok(s.services),
+        Err(wrapped_err) => match serde_norway::from_str::<Vec<ServiceSpec>>(text) {
+            Ok(list) => Ok(list),
+            Err(list_err) => {
+                // Report the error of the shape the file looks like.
+                let looks_wrapped = text.lines().any(|l| l.trim_start().starts_with("services:"));
+                Err(if looks_wrapped { wrapped_err.to_string() } else { list_err.to_string() })
+            }
+        },
+    }
+}
+
+/// Renders services as the YAML the file format accepts.
+pub fn render_service_file(services: &[ServiceSpec]) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        services: &'a [ServiceSpec],
+    }
+    serde_norway::to_string(&Out { services }).unwrap_or_default()
+}
+
+/// How a service's host pattern matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPattern {
+    /// Canonical host, or the suffix after `*.` for wildcards.
+    pub host: String,
+    /// `*.suffix`: exactly one extra label.
+    pub wildcard: bool,
+    /// A specific port, or any port.
+    pub port: Option<u16>,
+    /// A path glob (`*` matches any run of characters), or any path.
+    pub path: Option<String>,
+}
+
+impl HostPattern {
+    /// Parses `host[:port][/path]`.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let (authority, path) = match input.find('/') {
+            Some(i) => (&input[..i], Some(&input[i..])),
+            None => (input, None),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => {
+                let port: u16 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("invalid port {p:?} in host {input:?}"))?;
+                (h, Some(port))
+            }
+            None => (authority, None),
+        };
+        let (host, wildcard) = match host.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (host, false),
+        };
+        if host.contains('*') {
+            return Err(format!("host {input:?}: a wildcard may only be a leading \"*.\""));
+        }
+        let canonical = match canonicalize_host(host) {
+            Ok(Host::Domain(d)) => d,
+            Ok(Host::Ip(_)) => {
+                return Err(format!(
+                    "host {input:?}: IP addresses cannot be services; credentials only go to names whose TLS certificate can be verified"
+                ));
+            }
+            Err(e) => return Err(format!("host {input:?}: {e}")),
+        };
+        if !canonical.contains('.') {
+            return Err(format!("host {input:?}: must be a fully qualified name like api.example.com"));
+        }
+        if wildcard && canonical.split('.').count() < 2 {
+            return Err(format!("host {input:?}: a wildcard needs at least two labels after \"*.\""));
+        }
+        if canonical == "localhost"
+            || canonical.ends_with(".localhost")
+            || canonical == "metadata.google.internal"
+        {
+            return Err(format!("host {input:?}: internal names cannot be services"));
+        }
+        if let Some(path) = path {
+            validate_path_glob(path).map_err(|m| format!("host {input:?}: {m}"))?;
+        }
+        Ok(Self { host: canonical, wildcard, port, path: path.map(str::to_owned) })
+    }
+
+    /// Whether the host part matches a canonical domain and port (ignoring the path).
+    pub fn matches_host(&self, host: &str, port: u16) -> bool {
+        if self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        if self.wildcard {
+            host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == self.host)
+        } else {
+            host == self.host
+        }
+    }
+
+    /// Whether the path glob (if any) matches the raw request path (without query).
+    pub fn matches_path(&self, path: &str) -> bool {
+        match &self.path {
+            None => true,
+            Some(glob) => glob_match(glob.as_bytes(), path.as_bytes()),
+        }
+    }
+
+    /// Length of the literal prefix of the path glob, for "most specific wins".
+    pub fn path_specificity(&self) -> usize {
+        self.path.as_ref().map(|p| p.find('*').unwrap_or(p.len()) + 1).unwrap_or(0)
+    }
+}
+
+fn validate_path_glob(path: &str) -> Result<(), String> {
+    if path.len() > 256 {
+        return Err("path pattern longer than 256 characters".into());
+    }
+    if path.contains("**") {
+        return Err("use a single * (it already matches across /)".into());
+    }
+    let ok = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~*:@!$&'()+,;=".contains(&b));
+    if !ok {
+        return Err("path pattern may only use unreserved URL characters, '/' and '*'".into());
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("path pattern must not contain . or .. segments".into());
+    }
+    Ok(())
+}
+
+/// `*` matches any run of bytes (including `/`); everything else is literal.
+fn glob_match(glob: &[u8], text: &[u8]) -> bool {
+    let (mut g, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if g < glob.len() && glob[g] == b'*' {
+            star = Some(g);
+            mark = t;
+            g += 1;
+        } else if g < glob.len() && glob[g] == text[t] {
+            g += 1;
+            t += 1;
+        } else if let Some(s) = star {
+            g = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&b| b == b'*')
+}
+
+/// One piece of a header template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Literal text.
+    Text(String),
+    /// A credential's value.
+    Key(CredentialKey),
+}
+
+/// A header the service sets, built from credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// `header: <parts...>`.
+    Template {
+        /// Header name.
+        header: HeaderName,
+        /// Literal text and credential references.
+        parts: Vec<TemplatePart>,
+    },
+    /// `Authorization: Basic base64(user:password)`.
+    Basic {
+        /// User name credential.
+        username: CredentialKey,
+        /// Password credential.
+        password: Option<CredentialKey>,
+    },
+}
+
+impl Injection {
+    /// The header this injection sets.
+    pub fn header(&self) -> HeaderName {
+        match self {
+            Injection::Template { header, .. } => header.clone(),
+            Injection::Basic { .. } => http::header::AUTHORIZATION,
+        }
+    }
+}
+
+/// A validated service, ready for matching.
+#[derive(Clone, Debug)]
+pub struct CompiledService {
+    /// Its name.
+    pub name: String,
+    /// Host, port and path rule.
+    pub pattern: HostPattern,
+    /// Allowed methods (none = any).
+    pub methods: Option<Vec<Method>>,
+    /// Headers to set.
+    pub injections: Vec<Injection>,
+    /// Placeholders to replace.
+    pub substitutions: Vec<SubstitutionSpec>,
+    /// Whether it binds anything.
+    pub enabled: bool,
+    /// Its stored MAC failed: requests it would match fail closed.
+    pub integrity_failed: bool,
+}
+
+impl CompiledService {
+    /// Every credential key this service references.
+    pub fn referenced_keys(&self) -> BTreeSet<CredentialKey> {
+        let mut keys = BTreeSet::new();
+        for inj in &self.injections {
+            match inj {
+                Injection::Template { parts, .. } => {
+                    for p in parts {
+                        if let TemplatePart::Key(k) = p {
+                            keys.insert(k.clone());
+                        }
+                    }
+                }
+                Injection::Basic { username, password } => {
+                    keys.insert(username.clone());
+                    if let Some(p) = password {
+                        keys.insert(p.clone());
+                    }
+                }
+            }
+        }
+        for s in &self.substitutions {
+            keys.insert(s.key.clone());
+        }
+        keys
+    }
+
+    /// Whether `method` is allowed.
+    pub fn allows_method(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+/// Headers a service may never set: they frame the message, route it, or belong to the proxy.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+    "proxy-authorization", "proxy-authenticate", "proxy-connection", "expect", "cookie2",
+];
+
+fn check_header_name(service: &str, name: &str) -> Result<HeaderName, ServiceError> {
+    let err = |message: String| ServiceError { service: service.into(), message };
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| err(format!("{name:?} is not a valid header name")))?;
+    if FORBIDDEN_HEADERS.contains(&header.as_str()) || header.as_str().starts_with(':') {
+        return Err(err(format!("header {name:?} cannot be set by a service")));
+    }
+    Ok(header)
+}
+
+fn check_literal(service: &str, text: &str) -> Result<(), ServiceError> {
+    if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ServiceError { service: service.into(), message: "header text may not contain control characters".into() });
+    }
+    Ok(())
+}
+
+/// Parses `Token {{ KEY }} and {{OTHER}}` into parts.
+pub fn parse_template(service: &str, template: &str) -> Result<Vec<TemplatePart>, ServiceError> {
+    let err = |message: String| ServiceError { service: service.into(), message };
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            check_literal(service, &rest[..start])?;
+            parts.push(TemplatePart::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| err(format!("unclosed {{{{ in template {template:?}")))?;
+        let key = after[..end].trim();
+        let key = CredentialKey::parse(key).map_err(|e| err(e.to_string()))?;
+        parts.push(TemplatePart::Key(key));
+        rest = &after[end + 2..];
+    }
+    if rest.contains("}}") {
+        return Err(err(format!("unmatched }}}} in template {template:?}")));
+    }
+    if !rest.is_empty() {
+        check_literal(service, rest)?;
+        parts.push(TemplatePart::Text(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// Derives a service name from its host pattern: `api.stripe.com/v1/*` → `api-stripe-com`.
+pub fn name_from_host(host: &str) -> String {
+    let base = host.split('/').next().unwrap_or(host).trim_start_matches("*.");
+    let mut name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    while name.contains("--") {
+        name = name.replace("--", "-");
+    }
+    name.trim_matches('-').chars().take(64).collect()
+}
+
+fn is_service_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && s.len() <= 64
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+impl ServiceSpec {
+    /// Fills defaults that depend on other fields (the name).
+    pub fn normalized(mut self) -> Self {
+        if self.name.trim().is_empty() {
+            self.name = name_from_host(&self.host);
+        }
+        for m in &mut self.methods {
+            *m = m.to_ascii_uppercase();
+        }
+        self
+    }
+
+    /// Validates and compiles. Does not check that referenced credentials exist (the caller
+    /// knows the vault's keys).
+    pub fn compile(&self) -> Result<CompiledService, ServiceError> {
+        let svc = if self.name.is_empty() { self.host.as_str() } else { self.name.as_str() };
+        let err = |message: String| ServiceError { service: svc.into(), message };
+        if !is_service_name(&self.name) {
+            return Err(err(
+                "name must be 1-64 characters from a-z, 0-9, '-', '_' and '.', starting with a letter or digit".into(),
+            ));
+        }
+        let pattern = HostPattern::parse(&self.host).map_err(err)?;
+        let methods = if self.methods.is_empty() {
+            None
+        } else {
+            let mut out = Vec::new();
+            for m in &self.methods {
+                let method = Method::from_bytes(m.as_bytes())
+                    .ok()
+                    .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                    .ok_or_else(|| err(format!("{m:?} is not an HTTP method")))?;
+                if method == Method::CONNECT || method == Method::TRACE {
+                    return Err(err(format!("method {m} cannot be allowed")));
+                }
+                out.push(method);
+            }
+            Some(out)
+        };
+        let injections = match &self.auth {
+            AuthSpec::Bearer { token } => vec![Injection::Template {
+                header: http::header::AUTHORIZATION,
+                parts: vec![TemplatePart::Text("Bearer ".into()), TemplatePart::Key(token.clone())],
+            }],
+            AuthSpec::Basic { username, password } => {
+                vec![Injection::Basic { username: username.clone(), password: password.clone() }]
+            }
+            AuthSpec::ApiKey { key, header, prefix } => {
+                let header = check_header_name(svc, header)?;
+                check_literal(svc, prefix)?;
+                let mut parts = Vec::new();
+                if !prefix.is_empty() {
+                    parts.push(TemplatePart::Text(prefix.clone()));
+                }
+                parts.push(TemplatePart::Key(key.clone()));
+                vec![Injection::Template { header, parts }]
+            }
+            AuthSpec::Custom { headers } => {
+                if headers.is_empty() {
+                    return Err(err("custom auth needs at least one header template".into()));
+                }
+                let mut out = Vec::new();
+                for (name, template) in headers {
+                    let header = check_header_name(svc, name)?;
+                    let parts = parse_template(svc, template)?;
+                    if !parts.iter().any(|p| matches!(p, TemplatePart::Key(_))) {
+                        return Err(err(format!(
+                            "header template for {name:?} references no credential; use {{{{ KEY }}}}"
+                        )));
+                    }
+                    out.push(Injection::Template { header, parts });
+                }
+                out
+            }
+            AuthSpec::Passthrough => Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        for s in &self.substitutions {
+            let p = &s.placeholder;
+            if p.len() < 6 || p.len() > 128 {
+                return Err(err(format!("placeholder {p:?} must be 6-128 characters")));
+            }
+            if !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.~-".contains(&b)) {
+                return Err(err(format!("placeholder {p:?} may only use A-Z, a-z, 0-9, '_', '.', '~' and '-'")));
+            }
+            if !p.bytes().any(|b| b.is_ascii_alphanumeric()) || !(p.contains("__") || p.bytes().any(|b| b"-.~".contains(&b))) {
+                return Err(err(format!(
+                    "placeholder {p:?} must contain \"__\" or one of - . ~ so it cannot collide with ordinary words"
+                )));
+            }
+            if !seen.insert(p.clone()) {
+                return Err(err(format!("placeholder {p:?} is declared twice")));
+            }
+            if s.locations.is_empty() {
+                return Err(err(format!("placeholder {p:?} needs at least one location in `in`")));
+            }
+        }
+        for (a, b) in self.substitutions.iter().flat_map(|a| self.substitutions.iter().map(move |b| (a, b))) {
+            if a.placeholder != b.placeholder && b.placeholder.contains(&a.placeholder) {
+                return Err(err(format!("placeholder {:?} contains placeholder {:?}", b.placeholder, a.placeholder)));
+            }
+        }
+        if let Some(d) = &self.description {
+            if d.len() > 1000 {
+                return Err(err("description longer than 1000 characters".into()));
+            }
+        }
+        Ok(CompiledService {
+            name: self.name.clone(),
+            pattern,
+            methods,
+            injections,
+            substitutions: self.substitutions.clone(),
+            enabled: self.enabled,
+            integrity_failed: false,
+        })
+    }
+}
+
+/// Validates a whole set: each service, unique names, and every referenced key present in
+/// `known_keys`. Returns the compiled services in order.
+pub fn validate_services(
+    specs: &[ServiceSpec],
+    known_keys: &BTreeSet<CredentialKey>,
+) -> Result<Vec<CompiledService>, ServiceError> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let compiled = spec.compile()?;
+        if !names.insert(compiled.name.clone()) {
+            return Err(ServiceError { service: compiled.name, message: "name is used by more than one service".into() });
+        }
+        for key in compiled.referenced_keys() {
+            if !known_keys.contains(&key) {
+                return Err(ServiceError {
+                    service: compiled.name,
+                    message: format!("references credential {key} which does not exist in this vault; set it first"),
+                });
+            }
+        }
+        out.push(compiled);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> CredentialKey {
+        CredentialKey::parse(k).unwrap()
+    }
+
+    #[test]
+    fn parses_the_documented_yaml() {
+        let yaml = r#"
+services:
+  - name: stripe
+    host: api.stripe.com
+    auth: { type: bearer, token: STRIPE_KEY }
+  - host: "*.github.com"
+    methods: [get, POST]
+    auth:
+      type: api-key
+      key: GH_TOKEN
+      header: X-Api-Key
+      prefix: "token "
+  - name: custom
+    host: api.example.test:8443/v1/*
+    auth:
+      type: custom
+      headers:
+        X-Auth: "Key {{ A }}:{{B}}"
+    substitutions:
+      - placeholder: __TELEGRAM__
+        key: A
+        in: [path]
+  - name: open
+    host: docs.example.test
+    auth: { type: passthrough }
+    enabled: false
+"#;
+        let specs: Vec<ServiceSpec> = parse_service_file(yaml).unwrap().into_iter().map(ServiceSpec::normalized).collect();
+        assert_eq!(specs.len(), 4);
+        assert_eq!(specs[1].name, "github-com");
+        assert_eq!(specs[1].methods, vec!["GET", "POST"]);
+        let known: BTreeSet<_> = ["STRIPE_KEY", "GH_TOKEN", "A", "B"].into_iter().map(key).collect();
+        let compiled = validate_services(&specs, &known).unwrap();
+        assert_eq!(compiled[2].pattern.port, Some(8443));
+        assert_eq!(compiled[2].referenced_keys().len(), 2);
+        assert!(!compiled[3].enabled);
+        // Round trip through the rendered file.
+        let again = parse_service_file(&render_service_file(&specs)).unwrap();
+        assert_eq!(again, specs);
+        // A bare list works too.
+        assert_eq!(parse_service_file("- host: a.example.com\n  auth: {type: passthrough}\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let unknown_type = parse_service_file("services:\n  - host: a.example.com\n    auth: {type: oauth, token: A}\n").unwrap_err();
+        assert!(unknown_type.contains("oauth"), "{unknown_type}");
+        assert!(parse_service_file("services: [").is_err());
+        let typo = parse_service_file("services:\n  - host: a.example.com\n    auht: {type: passthrough}\n").unwrap_err();
+        assert!(typo.contains("auht") || typo.contains("auth"), "{typo}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let spec = ServiceSpec {
+            name: "s".into(),
+            host: "api.example.com".into(),
+            methods: vec![],
+            auth: AuthSpec::Bearer { token: key("NOPE") },
+            substitutions: vec![],
+            enabled: true,
+            description: None,
+        };
+        let err = validate_services(&[spec], &BTreeSet::new()).unwrap_err();
+        assert!(err.to_string().contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.GitHub.com").unwrap();
+        assert!(p.matches_host("api.github.com", 443));
+        assert!(!p.matches_host("github.com", 443));
+        assert!(!p.matches_host("a.b.github.com", 443));
+        assert!(!p.matches_host("evilgithub.com", 443));
+        let p = HostPattern::parse("api.example.com:8443/v1/*").unwrap();
+        assert!(p.matches_host("api.example.com", 8443));
+        assert!(!p.matches_host("api.example.com", 443));
+        assert!(p.matches_path("/v1/charges"));
+        assert!(!p.matches_path("/v2/charges"));
+        assert!(!p.matches_path("/v1"));
+        for bad in ["127.0.0.1", "localhost", "*.com", "a.*.com", "api.example.com:0", "api.example.com/../x", "api.example.com/a b", "a.example.com/**", "[::1]", "x"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"/a/*", b"/a/b/c"));
+        assert!(glob_match(b"/a/*/c", b"/a/b/c"));
+        assert!(glob_match(b"*", b""));
+        assert!(!glob_match(b"/a", b"/a/"));
+        assert!(glob_match(b"/a*b*c", b"/axxbyyc"));
+        assert!(!glob_match(b"/a*b*c", b"/axxbyy"));
+    }
+
+    #[test]
+    fn templates() {
+        let parts = parse_template("s", "Key {{ A }}-{{B}}").unwrap();
+        assert_eq!(parts, vec![
+            TemplatePart::Text("Key ".into()),
+            TemplatePart::Key(key("A")),
+            TemplatePart::Text("-".into()),
+            TemplatePart::Key(key("B")),
+        ]);
+        assert!(parse_template("s", "{{ a }}").is_err());
+        assert!(parse_template("s", "{{ A ").is_err());
+        assert!(parse_template("s", "x\r\n{{A}}").is_err());
+    }
+
+    #[test]
+    fn forbidden_headers_and_placeholders() {
+        let mk = |auth: AuthSpec, subs: Vec<SubstitutionSpec>| ServiceSpec {
+            name: "s".into(),
+            host: "api.example.com".into(),
+            methods: vec![],
+            auth,
+            substitutions: subs,
+            enabled: true,
+            description: None,
+        };
+        let host_header = mk(AuthSpec::ApiKey { key: key("A"), header: "Host".into(), prefix: String::new() }, vec![]);
+        assert!(host_header.compile().is_err());
+        let weak = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "secret".into(), key: key("A"), locations: default_locations() }]);
+        assert!(weak.compile().is_err());
+        let ok = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "__A__".into(), key: key("A"), locations: default_locations() }]);
+        assert!(ok.compile().is_err(), "too short");
+        let ok = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "__KEY_A__".into(), key: key("A"), locations: default_locations() }]);
+        assert!(ok.compile().is_ok());
+        let trace = ServiceSpec { methods: vec!["TRACE".into()], ..mk(AuthSpec::Passthrough, vec![]) };
+        assert!(trace.compile().is_err());
+    }
+}

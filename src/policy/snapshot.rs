@@ -1,0 +1,82 @@
+//! A vault compiled for the hot path: services indexed by host, sealed credential handles, and
+//! settings. Immutable once built; a change builds a new snapshot and swaps it in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::service::CompiledService;
+use crate::domain::{CredentialKey, UnmatchedHostPolicy, VaultName};
+
+/// A credential as the proxy holds it: still sealed, opened only for the request that uses it.
+#[derive(Clone)]
+pub struct SealedCredential {
+    /// The row version (part of the AAD).
+    pub version: i64,
+    /// The sealed bytes.
+    pub sealed: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for SealedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedCredential(v{})", self.version)
+    }
+}
+
+/// Everything the proxy needs to know about one vault.
+#[derive(Debug)]
+pub struct VaultSnapshot {
+    /// The vault's id (part of every credential's AAD).
+    pub vault_id: String,
+    /// Its name.
+    pub vault_name: VaultName,
+    /// What happens to hosts no service binds.
+    pub policy: UnmatchedHostPolicy,
+    /// Services in declaration order.
+    pub services: Vec<CompiledService>,
+    /// Exact host → indices into `services`.
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard suffix → indices into `services`.
+    wildcard: HashMap<String, Vec<usize>>,
+    /// Credentials by key.
+    pub credentials: HashMap<CredentialKey, SealedCredential>,
+}
+
+impl VaultSnapshot {
+    /// Indexes compiled services. Disabled services are kept for display but bind nothing.
+    pub fn new(
+        vault_id: String,
+        vault_name: VaultName,
+        policy: UnmatchedHostPolicy,
+        services: Vec<CompiledService>,
+        credentials: HashMap<CredentialKey, SealedCredential>,
+    ) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate().filter(|(_, s)| s.enabled) {
+            let index = if s.pattern.wildcard { &mut wildcard } else { &mut exact };
+            index.entry(s.pattern.host.clone()).or_default().push(i);
+        }
+        Self { vault_id, vault_name, policy, services, exact, wildcard, credentials }
+    }
+
+    /// Services whose host part matches, most specific host first (exact before wildcard),
+    /// each group in declaration order.
+    pub fn candidates<'a, 'h>(
+        &'a self,
+        host: &'h str,
+        port: u16,
+    ) -> impl Iterator<Item = &'a CompiledService> + use<'a, 'h> {
+        let exact = self.exact.get(host).into_iter().flatten();
+        let suffix = host.split_once('.').map(|(_, rest)| rest).unwrap_or("");
+        let wild = self.wildcard.get(suffix).into_iter().flatten();
+        exact
+            .chain(wild)
+            .map(|&i| &self.services[i])
+            .filter(move |s| s.pattern.matches_host(host, port))
+    }
+
+    /// Whether any enabled service binds this host and port (whatever its path and methods).
+    pub fn binds(&self, host: &str, port: u16) -> bool {
+        self.candidates(host, port).next().is_some()
+    }
+}

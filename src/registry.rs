@@ -1,0 +1,132 @@
+//! The live per-vault snapshots the proxy reads, swapped atomically. This is the only bridge
+//! between the store and the hot path: admin writes call `reload`, the proxy calls `get`, and
+//! nothing in between touches the database per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
+use crate::domain::VaultName;
+use crate::keys::Keyring;
+use crate::policy::service::ServiceSpec;
+use crate::policy::{SealedCredential, VaultSnapshot};
+use crate::store::{Store, StoreError, VaultRecord};
+
+type Map = HashMap<VaultName, Arc<VaultSnapshot>>;
+
+/// All vault snapshots, by name.
+#[derive(Clone)]
+pub struct Snapshots {
+    map: Arc<ArcSwap<Map>>,
+    by_id: Arc<ArcSwap<HashMap<String, VaultName>>>,
+    store: Store,
+    keyring: Keyring,
+    // Serializes rebuilds so that two writers cannot swap in snapshots out of order.
+    writer: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots").field("vaults", &self.map.load().len()).finish()
+    }
+}
+
+impl Snapshots {
+    /// Builds snapshots of every vault.
+    pub async fn load(store: Store, keyring: Keyring) -> Result<Self, StoreError> {
+        let snapshots = Self {
+            map: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            by_id: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            store,
+            keyring,
+            writer: Arc::new(Mutex::new(())),
+        };
+        snapshots.reload_all().await?;
+        Ok(snapshots)
+    }
+
+    /// The snapshot of a vault, by name.
+    pub fn get(&self, name: &str) -> Option<Arc<VaultSnapshot>> {
+        let name = VaultName::parse(name).ok()?;
+        self.map.load().get(&name).cloned()
+    }
+
+    /// The snapshot of a vault, by id.
+    pub fn get_by_id(&self, id: &str) -> Option<Arc<VaultSnapshot>> {
+        let name = self.by_id.load().get(id).cloned()?;
+        self.map.load().get(&name).cloned()
+    }
+
+    /// Rebuilds every snapshot (startup, and when another instance signals a change it could
+    /// not name).
+    pub async fn reload_all(&self) -> Result<(), StoreError> {
+        let _guard = self.writer.lock().await;
+        let mut map = HashMap::new();
+        for vault in self.store.list_vaults().await? {
+            let snap = self.build(&vault).await?;
+            map.insert(vault.name.clone(), Arc::new(snap));
+        }
+        self.publish(map);
+        Ok(())
+    }
+
+    /// Rebuilds one vault's snapshot (or drops it if the vault is gone).
+    pub async fn reload(&self, vault_id: &str) -> Result<(), StoreError> {
+        let _guard = self.writer.lock().await;
+        let mut map: Map = (**self.map.load()).clone();
+        map.retain(|_, s| s.vault_id != vault_id);
+        if let Some(vault) = self.store.vault_by_id(vault_id).await? {
+            let snap = self.build(&vault).await?;
+            map.insert(vault.name.clone(), Arc::new(snap));
+        }
+        self.publish(map);
+        Ok(())
+    }
+
+    fn publish(&self, map: Map) {
+        let by_id = map.iter().map(|(name, s)| (s.vault_id.clone(), name.clone())).collect();
+        self.map.store(Arc::new(map));
+        self.by_id.store(Arc::new(by_id));
+    }
+
+    async fn build(&self, vault: &VaultRecord) -> Result<VaultSnapshot, StoreError> {
+        let rows = self.store.list_services(&vault.id).await?;
+        let mut services = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mac_ok = self.keyring.verify_service_mac(&vault.id, &row.name, &row.spec, &row.mac);
+            let compiled = serde_json::from_str::<ServiceSpec>(&row.spec)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| spec.compile().map_err(|e| e.to_string()));
+            match compiled {
+                Ok(mut svc) => {
+                    if !mac_ok {
+                        // The definition was changed outside agent-vault. Keep it bound so its
+                        // host fails closed instead of falling through to the tunnel policy.
+                        tracing::error!(vault = %vault.name, service = %row.name, "service definition failed its integrity check; requests it matches are refused");
+                        svc.integrity_failed = true;
+                    }
+                    services.push(svc);
+                }
+                Err(e) => {
+                    tracing::error!(vault = %vault.name, service = %row.name, error = %e, "stored service definition cannot be compiled; ignoring it");
+                }
+            }
+        }
+        let credentials = self
+            .store
+            .list_credentials(&vault.id)
+            .await?
+            .into_iter()
+            .map(|c| (c.key, SealedCredential { version: c.version, sealed: Arc::from(c.sealed_value) }))
+            .collect();
+        Ok(VaultSnapshot::new(
+            vault.id.clone(),
+            vault.name.clone(),
+            vault.unmatched_host_policy,
+            services,
+            credentials,
+        ))
+    }
+}
