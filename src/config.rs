@@ -66,7 +66,10 @@ impl From<figment::Error> for ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// A database URL; its `Debug` hides any password it carries.
@@ -306,7 +309,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Pretty }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
     }
 }
 
@@ -393,7 +399,11 @@ pub struct ProposalsConfig {
 
 impl Default for ProposalsConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(24 * 3600), max_pending_per_vault: 20, webhook_url: None }
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            max_pending_per_vault: 20,
+            webhook_url: None,
+        }
     }
 }
 
@@ -459,18 +469,27 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(invalid("--config", format!("{} is not a readable file", path.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
             .merge(
                 Env::prefixed("AGENT_VAULT_")
                     .filter(|key| {
                         let key = key.as_str();
                         key.contains("__")
-                            || TOP_LEVEL_ENV_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k))
+                            || TOP_LEVEL_ENV_KEYS
+                                .iter()
+                                .any(|k| key.eq_ignore_ascii_case(k))
                     })
                     .split("__"),
             )
@@ -514,7 +533,8 @@ impl Config {
             }
         }
         for (from, to) in &self.upstream.resolve {
-            parse_resolve_key(from).map_err(|m| invalid(&format!("upstream.resolve.\"{from}\""), m))?;
+            parse_resolve_key(from)
+                .map_err(|m| invalid(&format!("upstream.resolve.\"{from}\""), m))?;
             to.parse::<SocketAddr>().map_err(|_| {
                 invalid(
                     &format!("upstream.resolve.\"{from}\""),
@@ -526,28 +546,51 @@ impl Config {
             let parsed = url::Url::parse(url)
                 .map_err(|e| invalid("server.public_url", format!("{url:?} is not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid("server.public_url", "must be an http:// or https:// URL"));
+                return Err(invalid(
+                    "server.public_url",
+                    "must be an http:// or https:// URL",
+                ));
             }
         }
         if let Some(url) = &self.proposals.webhook_url {
             let parsed = url::Url::parse(url).map_err(|e| {
-                invalid("proposals.webhook_url", format!("{url:?} is not a URL: {e}"))
+                invalid(
+                    "proposals.webhook_url",
+                    format!("{url:?} is not a URL: {e}"),
+                )
             })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid("proposals.webhook_url", "must be an http:// or https:// URL"));
+                return Err(invalid(
+                    "proposals.webhook_url",
+                    "must be an http:// or https:// URL",
+                ));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
-        self.kdf.validate().map_err(|e| invalid("kdf", e.to_string()))?;
+        self.kdf
+            .validate()
+            .map_err(|e| invalid("kdf", e.to_string()))?;
         let positive: [(&str, u64); 7] = [
-            ("limits.max_request_body_bytes", self.limits.max_request_body_bytes),
-            ("limits.max_header_bytes", self.limits.max_header_bytes as u64),
+            (
+                "limits.max_request_body_bytes",
+                self.limits.max_request_body_bytes,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
+            ),
             ("limits.max_headers", self.limits.max_headers as u64),
             ("limits.max_connections", self.limits.max_connections as u64),
-            ("limits.max_concurrent_requests_per_agent", self.limits.max_concurrent_requests_per_agent as u64),
+            (
+                "limits.max_concurrent_requests_per_agent",
+                self.limits.max_concurrent_requests_per_agent as u64,
+            ),
             ("request_log.batch_size", self.request_log.batch_size as u64),
-            ("request_log.queue_capacity", self.request_log.queue_capacity as u64),
+            (
+                "request_log.queue_capacity",
+                self.request_log.queue_capacity as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -558,7 +601,10 @@ impl Config {
             return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
         }
         if self.tokens.scoped_default_ttl > self.tokens.scoped_max_ttl {
-            return Err(invalid("tokens.scoped_default_ttl", "must not exceed tokens.scoped_max_ttl"));
+            return Err(invalid(
+                "tokens.scoped_default_ttl",
+                "must not exceed tokens.scoped_max_ttl",
+            ));
         }
         if self.tokens.cache_ttl > Duration::from_secs(1) {
             return Err(invalid(
@@ -591,7 +637,9 @@ pub fn parse_resolve_key(key: &str) -> Result<ResolveKey, String> {
     let (host, port) = key
         .rsplit_once(':')
         .ok_or_else(|| format!("{key:?} must be host:port"))?;
-    let port: u16 = port.parse().map_err(|_| format!("{key:?} has an invalid port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{key:?} has an invalid port"))?;
     let (host, wildcard) = match host.strip_prefix("*.") {
         Some(suffix) => (suffix, true),
         None => (host, false),
@@ -599,10 +647,15 @@ pub fn parse_resolve_key(key: &str) -> Result<ResolveKey, String> {
     if host.is_empty() || host.contains('*') {
         return Err(format!("{key:?} must be host:port or *.suffix:port"));
     }
-    Ok(ResolveKey { host: host.to_ascii_lowercase(), wildcard, port })
+    Ok(ResolveKey {
+        host: host.to_ascii_lowercase(),
+        wildcard,
+        port,
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use figment::Jail;
 
@@ -613,7 +666,9 @@ mod tests {
             jail.create_file("av.toml", t).unwrap();
             PathBuf::from("av.toml")
         });
-        Config::figment(file.as_deref(), &FlagOverrides::default())?.extract::<Config>()?.validated()
+        Config::figment(file.as_deref(), &FlagOverrides::default())?
+            .extract::<Config>()?
+            .validated()
     }
 
     #[test]
@@ -634,14 +689,20 @@ mod tests {
             jail.set_env("AGENT_VAULT_LOG__FORMAT", "json");
             jail.set_env("AGENT_VAULT_MASTER_PASSWORD", "not config");
             jail.set_env("AGENT_VAULT_TOKEN", "not config");
-            let c = load_in_jail(jail, Some("[server]\nport = 1000\n[log]\nformat = \"pretty\"\nlevel = \"debug\"\n"))
-                .unwrap();
+            let c = load_in_jail(
+                jail,
+                Some("[server]\nport = 1000\n[log]\nformat = \"pretty\"\nlevel = \"debug\"\n"),
+            )
+            .unwrap();
             assert_eq!(c.server.port, 1000);
             assert!(c.upstream.allow_private_ranges);
             assert_eq!(c.log.format, LogFormat::Json, "env beats file");
             assert_eq!(c.log.level, "debug");
             let flags = FlagOverrides {
-                server: ServerFlags { port: Some(0), ..Default::default() },
+                server: ServerFlags {
+                    port: Some(0),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             jail.create_file("b.toml", "[server]\nport = 1000\n")?;
@@ -674,14 +735,29 @@ mod tests {
             let cases = [
                 ("[upstream]\nroots = \"system\"\n", "roots"),
                 ("[upstream]\nroots = \"none\"\n", "upstream.roots"),
-                ("[upstream.resolve]\n\"api.example.test\" = \"127.0.0.1:1\"\n", "upstream.resolve"),
-                ("[upstream.resolve]\n\"api.example.test:443\" = \"localhost\"\n", "upstream.resolve"),
-                ("[upstream]\nnetwork_allowlist = [\"10.0.0.0/33\"]\n", "network_allowlist"),
-                ("[upstream]\nconnect_timeout = \"soon\"\n", "connect_timeout"),
+                (
+                    "[upstream.resolve]\n\"api.example.test\" = \"127.0.0.1:1\"\n",
+                    "upstream.resolve",
+                ),
+                (
+                    "[upstream.resolve]\n\"api.example.test:443\" = \"localhost\"\n",
+                    "upstream.resolve",
+                ),
+                (
+                    "[upstream]\nnetwork_allowlist = [\"10.0.0.0/33\"]\n",
+                    "network_allowlist",
+                ),
+                (
+                    "[upstream]\nconnect_timeout = \"soon\"\n",
+                    "connect_timeout",
+                ),
                 ("[log]\nlevel = \"loud=[\"\n", "log.level"),
                 ("[server]\nport = 70000\n", "port"),
                 ("database_url = \"mysql://x\"\n", "database_url"),
-                ("[kdf]\nmemory_kib = 1\niterations = 1\nparallelism = 1\n", "kdf"),
+                (
+                    "[kdf]\nmemory_kib = 1\niterations = 1\nparallelism = 1\n",
+                    "kdf",
+                ),
                 ("[tokens]\ncache_ttl = \"5s\"\n", "tokens.cache_ttl"),
             ];
             for (toml, key) in cases {
@@ -696,7 +772,11 @@ mod tests {
     fn resolve_keys_accept_wildcards() {
         assert_eq!(
             parse_resolve_key("*.Example.test:443").unwrap(),
-            ResolveKey { host: "example.test".into(), wildcard: true, port: 443 }
+            ResolveKey {
+                host: "example.test".into(),
+                wildcard: true,
+                port: 443
+            }
         );
         assert!(parse_resolve_key("a.*.test:443").is_err());
         assert!(parse_resolve_key("example.test").is_err());
@@ -715,7 +795,10 @@ mod tests {
         parsed.validated().unwrap();
         let defaults = toml_keys(&serde_json::to_value(Config::default()).unwrap(), "");
         for key in defaults {
-            assert!(example.contains(key.rsplit('.').next().unwrap_or(&key)), "example misses {key}");
+            assert!(
+                example.contains(key.rsplit('.').next().unwrap_or(&key)),
+                "example misses {key}"
+            );
         }
     }
 
@@ -724,7 +807,11 @@ mod tests {
             serde_json::Value::Object(map) => map
                 .iter()
                 .flat_map(|(k, v)| {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     let mut keys = vec![key.clone()];
                     keys.extend(toml_keys(v, &key));
                     keys

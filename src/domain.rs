@@ -291,7 +291,17 @@ mod tests {
         for ok in ["abc", "my-vault", "a1-b2", &"a".repeat(64)] {
             assert!(VaultName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "-abc", "abc-", "a--b", "ABC", "a_b", "a b", &"a".repeat(65), ""] {
+        for bad in [
+            "ab",
+            "-abc",
+            "abc-",
+            "a--b",
+            "ABC",
+            "a_b",
+            "a b",
+            &"a".repeat(65),
+            "",
+        ] {
             assert!(VaultName::parse(bad).is_err(), "{bad}");
         }
     }
@@ -316,8 +326,17 @@ mod tests {
 
     #[test]
     fn emails_are_normalized() {
-        assert_eq!(Email::parse(" Ada@Example.COM ").map(|e| e.0), Ok("ada@example.com".into()));
-        for bad in ["ada", "@example.com", "ada@example", "ada@.com", "a da@example.com"] {
+        assert_eq!(
+            Email::parse(" Ada@Example.COM ").map(|e| e.0),
+            Ok("ada@example.com".into())
+        );
+        for bad in [
+            "ada",
+            "@example.com",
+            "ada@example",
+            "ada@.com",
+            "a da@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

@@ -95,8 +95,13 @@ impl Authenticated {
     /// The principal's role in a vault, if any. Owners are admins everywhere.
     pub fn role_in(&self, vault_id: &str) -> Option<VaultRole> {
         match &self.principal {
-            Principal::User { role: InstanceRole::Owner, .. } => Some(VaultRole::Admin),
-            Principal::Scoped { vault_id: v, role, .. } => (v == vault_id).then_some(*role),
+            Principal::User {
+                role: InstanceRole::Owner,
+                ..
+            } => Some(VaultRole::Admin),
+            Principal::Scoped {
+                vault_id: v, role, ..
+            } => (v == vault_id).then_some(*role),
             _ => self.grants.get(vault_id).copied(),
         }
     }
@@ -107,7 +112,10 @@ impl Authenticated {
         match &self.principal {
             Principal::User { id, .. } => ("user", id),
             Principal::Agent { id, .. } => ("agent", id),
-            Principal::Scoped { minted_by: Minter::Agent(id), .. } => ("agent", id),
+            Principal::Scoped {
+                minted_by: Minter::Agent(id),
+                ..
+            } => ("agent", id),
             Principal::Scoped { .. } => ("scoped", &self.token_id),
         }
     }
@@ -119,7 +127,13 @@ impl Authenticated {
 
     /// Whether the instance owner.
     pub fn is_owner(&self) -> bool {
-        matches!(self.principal, Principal::User { role: InstanceRole::Owner, .. })
+        matches!(
+            self.principal,
+            Principal::User {
+                role: InstanceRole::Owner,
+                ..
+            }
+        )
     }
 
     /// Still usable at `now` (expiry only; revocation needs the store or the cache).
@@ -149,9 +163,17 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Builds the resolver; `cache_ttl` bounds how stale a proxy-side answer may be.
     pub fn new(store: Store, hasher: TokenHasher, cache_ttl: Duration) -> Self {
-        let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cache_ttl)
+            .build();
         let (tx, _) = watch::channel(0);
-        Self { store, hasher, cache, revocations: Arc::new(tx) }
+        Self {
+            store,
+            hasher,
+            cache,
+            revocations: Arc::new(tx),
+        }
     }
 
     /// The keyed hash of a raw token.
@@ -160,7 +182,10 @@ impl Identity {
     }
 
     /// Resolves a raw token from the store (admin API path).
-    pub async fn authenticate_fresh(&self, raw: &SecretString) -> Result<Arc<Authenticated>, AuthError> {
+    pub async fn authenticate_fresh(
+        &self,
+        raw: &SecretString,
+    ) -> Result<Arc<Authenticated>, AuthError> {
         let hash = self.check_format(raw)?;
         let resolved = Arc::new(self.resolve(hash).await?);
         self.cache.insert(hash, CacheEntry(resolved.clone()));
@@ -168,15 +193,25 @@ impl Identity {
     }
 
     /// Resolves a raw token, from the cache when fresh enough (proxy path).
-    pub async fn authenticate_cached(&self, raw: &SecretString) -> Result<Arc<Authenticated>, AuthError> {
+    pub async fn authenticate_cached(
+        &self,
+        raw: &SecretString,
+    ) -> Result<Arc<Authenticated>, AuthError> {
         let hash = self.check_format(raw)?;
         self.authenticate_hash(hash).await
     }
 
     /// Re-checks an already verified token by its hash (every request on an open connection).
-    pub async fn authenticate_hash(&self, hash: TokenHash) -> Result<Arc<Authenticated>, AuthError> {
+    pub async fn authenticate_hash(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Arc<Authenticated>, AuthError> {
         if let Some(CacheEntry(hit)) = self.cache.get(&hash) {
-            return if hit.unexpired(now_ms()) { Ok(hit) } else { Err(AuthError::Expired) };
+            return if hit.unexpired(now_ms()) {
+                Ok(hit)
+            } else {
+                Err(AuthError::Expired)
+            };
         }
         let resolved = Arc::new(self.resolve(hash).await?);
         self.cache.insert(hash, CacheEntry(resolved.clone()));
@@ -195,7 +230,11 @@ impl Identity {
     }
 
     async fn resolve(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
-        let token = self.store.token_by_hash(&hash).await?.ok_or(AuthError::Unknown)?;
+        let token = self
+            .store
+            .token_by_hash(&hash)
+            .await?
+            .ok_or(AuthError::Unknown)?;
         let now = now_ms();
         if token.revoked_at.is_some() {
             return Err(AuthError::Revoked);
@@ -210,15 +249,39 @@ impl Identity {
         let (principal, grants) = match token.kind {
             TokenStoreKind::Session => {
                 let user_id = token.user_id.clone().ok_or(AuthError::Orphaned)?;
-                let user = self.store.user_by_id(&user_id).await?.ok_or(AuthError::Orphaned)?;
+                let user = self
+                    .store
+                    .user_by_id(&user_id)
+                    .await?
+                    .ok_or(AuthError::Orphaned)?;
                 let grants = self.store.grants_of(PrincipalKind::User, &user.id).await?;
-                (Principal::User { id: user.id, email: user.email, role: user.role }, grants)
+                (
+                    Principal::User {
+                        id: user.id,
+                        email: user.email,
+                        role: user.role,
+                    },
+                    grants,
+                )
             }
             TokenStoreKind::Agent => {
                 let agent_id = token.agent_id.clone().ok_or(AuthError::Orphaned)?;
-                let agent = self.store.agent_by_id(&agent_id).await?.ok_or(AuthError::Orphaned)?;
-                let grants = self.store.grants_of(PrincipalKind::Agent, &agent.id).await?;
-                (Principal::Agent { id: agent.id, name: agent.name }, grants)
+                let agent = self
+                    .store
+                    .agent_by_id(&agent_id)
+                    .await?
+                    .ok_or(AuthError::Orphaned)?;
+                let grants = self
+                    .store
+                    .grants_of(PrincipalKind::Agent, &agent.id)
+                    .await?;
+                (
+                    Principal::Agent {
+                        id: agent.id,
+                        name: agent.name,
+                    },
+                    grants,
+                )
             }
             TokenStoreKind::Scoped => {
                 let vault_id = token.vault_id.clone().ok_or(AuthError::Orphaned)?;
@@ -228,7 +291,14 @@ impl Identity {
                     (None, None) => return Err(AuthError::Orphaned),
                 };
                 let role = token.vault_role.unwrap_or(VaultRole::Proxy);
-                (Principal::Scoped { vault_id, role, minted_by }, Vec::new())
+                (
+                    Principal::Scoped {
+                        vault_id,
+                        role,
+                        minted_by,
+                    },
+                    Vec::new(),
+                )
             }
         };
         Ok(Authenticated {
@@ -250,5 +320,48 @@ impl Identity {
     /// A receiver that changes whenever tokens or grants may have been revoked.
     pub fn revocations(&self) -> watch::Receiver<u64> {
         self.revocations.subscribe()
+    }
+}
+
+/// Counts failed authentications per client address; once `limit` failures happen within a
+/// minute, that address is refused (429) until the minute has passed. Loopback is not exempt:
+/// a prompt-injected agent usually runs on the same host.
+#[derive(Clone)]
+pub struct FailureBudget {
+    counts: moka::sync::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+    limit: u32,
+}
+
+impl std::fmt::Debug for FailureBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureBudget")
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl FailureBudget {
+    /// A budget of `limit` failures per minute per address.
+    pub fn new(limit: u32) -> Self {
+        let counts = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(60))
+            .build();
+        Self { counts, limit }
+    }
+
+    /// Whether the address has used up its budget.
+    pub fn exhausted(&self, ip: std::net::IpAddr) -> bool {
+        self.counts
+            .get(&ip)
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= self.limit)
+    }
+
+    /// Records one failure.
+    pub fn record(&self, ip: std::net::IpAddr) {
+        let counter = self
+            .counts
+            .get_with(ip, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

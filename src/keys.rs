@@ -26,7 +26,9 @@ pub enum UnsealError {
     #[error("the master password must be at least {MIN_MASTER_PASSWORD_LEN} characters")]
     WeakPassword,
     /// The instance has never been initialized (nothing to change).
-    #[error("this data directory or database has not been initialized; start the server once first")]
+    #[error(
+        "this data directory or database has not been initialized; start the server once first"
+    )]
     NotInitialized,
     /// The stored key changed underneath us (another instance changed the password).
     #[error("the master key was changed concurrently; retry")]
@@ -57,7 +59,8 @@ fn derive_subkey(dek: &DataKey, info: &[u8]) -> DataKey {
     let hk = Hkdf::<Sha256>::new(Some(b"agent-vault key derivation v1"), dek.expose());
     let mut out = [0u8; 32];
     // 32 bytes is always a valid HKDF-SHA256 output length.
-    hk.expand(info, &mut out).unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
+    hk.expand(info, &mut out)
+        .unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
     let key = DataKey::from_bytes(out);
     zeroize::Zeroize::zeroize(&mut out);
     key
@@ -68,7 +71,11 @@ impl Keyring {
     pub fn from_dek(dek: DataKey) -> Self {
         let tokens = TokenHasher::new(derive_subkey(&dek, b"token-hash"));
         let service_mac = derive_subkey(&dek, b"service-mac");
-        Self { dek, tokens, service_mac }
+        Self {
+            dek,
+            tokens,
+            service_mac,
+        }
     }
 
     /// The data-encryption key.
@@ -116,17 +123,31 @@ impl Keyring {
     }
 
     /// Checks a stored service MAC in constant time.
-    pub fn verify_service_mac(&self, vault_id: &str, name: &str, spec: &str, stored: &[u8]) -> bool {
+    pub fn verify_service_mac(
+        &self,
+        vault_id: &str,
+        name: &str,
+        spec: &str,
+        stored: &[u8],
+    ) -> bool {
         use subtle::ConstantTimeEq;
         self.service_mac(vault_id, name, spec).ct_eq(stored).into()
     }
 }
 
-fn wrap(password: &SecretString, dek: &DataKey, params: KdfParams) -> Result<MasterKeyRecord, CryptoError> {
+fn wrap(
+    password: &SecretString,
+    dek: &DataKey,
+    params: KdfParams,
+) -> Result<MasterKeyRecord, CryptoError> {
     let salt: [u8; 16] = random_bytes()?;
     let kek = derive_key(password, &salt, &params)?;
     let wrapped_dek = seal(&kek, &Aad::wrapped_dek(), dek.expose())?;
-    Ok(MasterKeyRecord { kdf_salt: salt.to_vec(), kdf: params, wrapped_dek })
+    Ok(MasterKeyRecord {
+        kdf_salt: salt.to_vec(),
+        kdf: params,
+        wrapped_dek,
+    })
 }
 
 fn unwrap(password: &SecretString, record: &MasterKeyRecord) -> Result<DataKey, UnsealError> {
@@ -146,9 +167,11 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UnsealError> + Send + 'static,
 ) -> Result<T, UnsealError> {
     // Argon2 with production parameters takes a noticeable fraction of a second of CPU.
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(UnsealError::Store(StoreError::Corrupt(format!("key derivation task: {e}")))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(UnsealError::Store(StoreError::Corrupt(format!(
+            "key derivation task: {e}"
+        ))))
+    })
 }
 
 /// Unseals the instance, initializing it with a fresh DEK on first start. Returns the keyring
@@ -177,7 +200,10 @@ pub async fn unseal_or_init(
     }
     // Another instance initialized the database first: use its key, which must open with the
     // same password.
-    let record = store.master_key().await?.ok_or(UnsealError::NotInitialized)?;
+    let record = store
+        .master_key()
+        .await?
+        .ok_or(UnsealError::NotInitialized)?;
     let dek = blocking(move || unwrap(&password, &record)).await?;
     Ok((Keyring::from_dek(dek), false))
 }
@@ -192,7 +218,10 @@ pub async fn change_master_password(
     if new.expose_secret().chars().count() < MIN_MASTER_PASSWORD_LEN {
         return Err(UnsealError::WeakPassword);
     }
-    let record = store.master_key().await?.ok_or(UnsealError::NotInitialized)?;
+    let record = store
+        .master_key()
+        .await?
+        .ok_or(UnsealError::NotInitialized)?;
     let expected = record.wrapped_dek.clone();
     let new_record = blocking(move || {
         let dek = unwrap(&old, &record)?;
@@ -222,7 +251,11 @@ mod tests {
 
     #[test]
     fn wrong_password_is_reported_as_such() {
-        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let params = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
         let dek = DataKey::generate().unwrap();
         let record = wrap(&SecretString::from("correct horse"), &dek, params).unwrap();
         let back = unwrap(&SecretString::from("correct horse"), &record).unwrap();

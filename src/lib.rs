@@ -2,13 +2,18 @@
 //! requests without ever handing the secrets to the agents.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod keys;
-pub mod policy;
-pub mod ca;
 pub mod identity;
+pub mod keys;
 pub mod netguard;
+pub mod policy;
+pub mod proxy;
 pub mod registry;
 pub mod store;

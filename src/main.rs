@@ -1,1 +1,31 @@
-fn main() {}
+//! The `agent-vault` binary: install the crypto provider, parse the command line, run.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() {
+    // Every TLS configuration in the process uses aws-lc-rs; install it before anything else.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = agent_vault::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(cli.run()) {
+        Ok(()) => 0,
+        Err(agent_vault::cli::CliError::ChildExit(code)) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    // The runtime may hold tasks that only end with the process (signal listeners).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

@@ -45,8 +45,8 @@ const METADATA: &[IpAddr] = &[
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)), // Alibaba Cloud
     IpAddr::V4(Ipv4Addr::new(192, 0, 0, 192)),     // Oracle Cloud
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), // AWS IMDS over IPv6
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),  // AWS EKS pod identity (v6)
-    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),  // GCP metadata over IPv6
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)), // AWS EKS pod identity (v6)
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)), // GCP metadata over IPv6
 ];
 
 /// The IPv4 address embedded in an IPv6 address by a transition mechanism, if any.
@@ -158,7 +158,11 @@ pub struct NetGuard {
 impl NetGuard {
     /// Builds a guard from `upstream.allow_private_ranges` and `upstream.network_allowlist`.
     pub fn new(allow_private: bool, allowlist: Vec<IpNet>) -> Self {
-        Self { allow_private, allowlist, own: Arc::default() }
+        Self {
+            allow_private,
+            allowlist,
+            own: Arc::default(),
+        }
     }
 
     /// Records a listener of this process so it is never dialed.
@@ -169,11 +173,16 @@ impl NetGuard {
     }
 
     fn is_own(&self, addr: SocketAddr) -> bool {
-        let Ok(own) = self.own.read() else { return true };
+        let Ok(own) = self.own.read() else {
+            return true;
+        };
         let ip = unwrap_mapped(addr.ip());
         own.iter().any(|l| {
             l.port() == addr.port()
-                && (l.ip() == ip || l.ip().is_unspecified() || ip.is_loopback() || ip.is_unspecified())
+                && (l.ip() == ip
+                    || l.ip().is_unspecified()
+                    || ip.is_loopback()
+                    || ip.is_unspecified())
         })
     }
 
@@ -183,7 +192,9 @@ impl NetGuard {
             return Err(Blocked::OwnListener);
         }
         let ip = addr.ip();
-        let Some(blocked) = classify(ip) else { return Ok(()) };
+        let Some(blocked) = classify(ip) else {
+            return Ok(());
+        };
         if blocked == Blocked::Metadata {
             return Err(blocked);
         }
@@ -191,10 +202,17 @@ impl NetGuard {
             IpAddr::V6(v6) => embedded_ipv4(&v6).map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        if self.allowlist.iter().any(|net| net.contains(&ip) || net.contains(&canonical)) {
+        if self
+            .allowlist
+            .iter()
+            .any(|net| net.contains(&ip) || net.contains(&canonical))
+        {
             return Ok(());
         }
-        let relaxable = matches!(blocked, Blocked::Loopback | Blocked::Private | Blocked::LinkLocal | Blocked::Cgnat);
+        let relaxable = matches!(
+            blocked,
+            Blocked::Loopback | Blocked::Private | Blocked::LinkLocal | Blocked::Cgnat
+        );
         if self.allow_private && relaxable {
             return Ok(());
         }
@@ -268,7 +286,11 @@ mod tests {
         ] {
             assert_eq!(classify(ip(addr)), Some(Blocked::Loopback), "{addr}");
         }
-        for addr in ["::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::"] {
+        for addr in [
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::",
+        ] {
             assert_eq!(classify(ip(addr)), Some(Blocked::Metadata), "{addr}");
         }
         assert_eq!(classify(ip("::ffff:8.8.8.8")), None);
@@ -276,13 +298,26 @@ mod tests {
 
     #[test]
     fn relaxations_never_open_metadata() {
-        let guard = NetGuard::new(true, vec!["169.254.0.0/16".parse().unwrap(), "0.0.0.0/0".parse().unwrap()]);
+        let guard = NetGuard::new(
+            true,
+            vec![
+                "169.254.0.0/16".parse().unwrap(),
+                "0.0.0.0/0".parse().unwrap(),
+            ],
+        );
         assert_eq!(guard.check(sock("169.254.169.254")), Err(Blocked::Metadata));
-        assert_eq!(guard.check(sock("::ffff:169.254.169.254")), Err(Blocked::Metadata));
+        assert_eq!(
+            guard.check(sock("::ffff:169.254.169.254")),
+            Err(Blocked::Metadata)
+        );
         assert_eq!(guard.check(sock("127.0.0.1")), Ok(()));
         let strict = NetGuard::new(false, vec!["127.0.0.0/8".parse().unwrap()]);
         assert_eq!(strict.check(sock("127.0.0.1")), Ok(()));
-        assert_eq!(strict.check(sock("::ffff:127.0.0.1")), Ok(()), "mapped form follows the allowlist too");
+        assert_eq!(
+            strict.check(sock("::ffff:127.0.0.1")),
+            Ok(()),
+            "mapped form follows the allowlist too"
+        );
         assert_eq!(strict.check(sock("10.0.0.1")), Err(Blocked::Private));
         let private = NetGuard::new(true, vec![]);
         assert_eq!(private.check(sock("224.0.0.1")), Err(Blocked::Multicast));
@@ -292,9 +327,18 @@ mod tests {
     fn own_listeners_are_never_dialed() {
         let guard = NetGuard::new(true, vec!["0.0.0.0/0".parse().unwrap()]);
         guard.add_own_listener("127.0.0.1:14322".parse().unwrap());
-        assert_eq!(guard.check("127.0.0.1:14322".parse().unwrap()), Err(Blocked::OwnListener));
-        assert_eq!(guard.check("127.0.0.2:14322".parse().unwrap()), Err(Blocked::OwnListener));
-        assert_eq!(guard.check("[::ffff:127.0.0.1]:14322".parse().unwrap()), Err(Blocked::OwnListener));
+        assert_eq!(
+            guard.check("127.0.0.1:14322".parse().unwrap()),
+            Err(Blocked::OwnListener)
+        );
+        assert_eq!(
+            guard.check("127.0.0.2:14322".parse().unwrap()),
+            Err(Blocked::OwnListener)
+        );
+        assert_eq!(
+            guard.check("[::ffff:127.0.0.1]:14322".parse().unwrap()),
+            Err(Blocked::OwnListener)
+        );
         assert_eq!(guard.check("127.0.0.1:8443".parse().unwrap()), Ok(()));
     }
 }

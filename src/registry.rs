@@ -29,7 +29,9 @@ pub struct Snapshots {
 
 impl std::fmt::Debug for Snapshots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshots").field("vaults", &self.map.load().len()).finish()
+        f.debug_struct("Snapshots")
+            .field("vaults", &self.map.load().len())
+            .finish()
     }
 }
 
@@ -86,7 +88,10 @@ impl Snapshots {
     }
 
     fn publish(&self, map: Map) {
-        let by_id = map.iter().map(|(name, s)| (s.vault_id.clone(), name.clone())).collect();
+        let by_id = map
+            .iter()
+            .map(|(name, s)| (s.vault_id.clone(), name.clone()))
+            .collect();
         self.map.store(Arc::new(map));
         self.by_id.store(Arc::new(by_id));
     }
@@ -95,7 +100,9 @@ impl Snapshots {
         let rows = self.store.list_services(&vault.id).await?;
         let mut services = Vec::with_capacity(rows.len());
         for row in rows {
-            let mac_ok = self.keyring.verify_service_mac(&vault.id, &row.name, &row.spec, &row.mac);
+            let mac_ok = self
+                .keyring
+                .verify_service_mac(&vault.id, &row.name, &row.spec, &row.mac);
             let compiled = serde_json::from_str::<ServiceSpec>(&row.spec)
                 .map_err(|e| e.to_string())
                 .and_then(|spec| spec.compile().map_err(|e| e.to_string()));
@@ -119,7 +126,15 @@ impl Snapshots {
             .list_credentials(&vault.id)
             .await?
             .into_iter()
-            .map(|c| (c.key, SealedCredential { version: c.version, sealed: Arc::from(c.sealed_value) }))
+            .map(|c| {
+                (
+                    c.key,
+                    SealedCredential {
+                        version: c.version,
+                        sealed: Arc::from(c.sealed_value),
+                    },
+                )
+            })
             .collect();
         Ok(VaultSnapshot::new(
             vault.id.clone(),

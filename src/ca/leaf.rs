@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration as StdDuration;
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -30,14 +33,24 @@ pub struct LeafCache {
 
 impl std::fmt::Debug for LeafCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeafCache").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("LeafCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
     }
 }
 
 impl LeafCache {
     pub(super) fn new(ca: Arc<CertificateAuthority>, provider: Arc<CryptoProvider>) -> Self {
-        let cache = moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build();
-        Self { ca, provider, cache, minted: Arc::new(AtomicU64::new(0)) }
+        let cache = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(CACHE_TTL)
+            .build();
+        Self {
+            ca,
+            provider,
+            cache,
+            minted: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The TLS server configuration for `host` (canonical), minting its leaf on first use.

@@ -7,8 +7,8 @@ mod leaf;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -53,7 +53,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,11 +84,18 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         let suffix: [u8; 4] = random_bytes()?;
-        dn.push(DnType::CommonName, format!("agent-vault root CA {}", hex::encode(suffix)));
+        dn.push(
+            DnType::CommonName,
+            format!("agent-vault root CA {}", hex::encode(suffix)),
+        );
         dn.push(DnType::OrganizationName, "agent-vault");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(ROOT_VALIDITY_DAYS);
@@ -95,8 +103,15 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         let key_der = Zeroizing::new(key.serialize_der());
         let sealed_key = seal(keyring.dek(), &Aad::ca_key(), &key_der)?;
-        let state = CaStateRecord { cert_pem: cert.pem(), sealed_key };
-        let ca = Self { root_pem: cert.pem(), root_der: cert.der().clone(), issuer: Issuer::new(params, key) };
+        let state = CaStateRecord {
+            cert_pem: cert.pem(),
+            sealed_key,
+        };
+        let ca = Self {
+            root_pem: cert.pem(),
+            root_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        };
         Ok((state, ca))
     }
 
@@ -110,7 +125,11 @@ impl CertificateAuthority {
         let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(state.cert_pem.as_bytes())
             .map_err(|_| CaError::Certificate(rcgen::Error::CouldNotParseCertificate))?;
         let issuer = Issuer::from_ca_cert_pem(&state.cert_pem, key)?;
-        Ok(Self { root_pem: state.cert_pem.clone(), root_der, issuer })
+        Ok(Self {
+            root_pem: state.cert_pem.clone(),
+            root_der,
+            issuer,
+        })
     }
 
     /// The root certificate, PEM, for agents to trust.

@@ -155,7 +155,10 @@ mod tests {
     fn round_trip() {
         let aad = Aad::credential("v1", "KEY", 1);
         let sealed = seal(&key(), &aad, b"sk_test_abc").unwrap();
-        assert_eq!(open(&key(), &aad, &sealed).unwrap().expose_secret(), b"sk_test_abc");
+        assert_eq!(
+            open(&key(), &aad, &sealed).unwrap().expose_secret(),
+            b"sk_test_abc"
+        );
         assert!(!sealed.windows(11).any(|w| w == b"sk_test_abc"));
     }
 
@@ -168,7 +171,10 @@ mod tests {
             Aad::credential("v1", "KEY", 2),
             Aad::ca_key(),
         ] {
-            assert!(matches!(open(&key(), &other, &sealed), Err(CryptoError::Integrity)));
+            assert!(matches!(
+                open(&key(), &other, &sealed),
+                Err(CryptoError::Integrity)
+            ));
         }
     }
 
@@ -179,8 +185,14 @@ mod tests {
         assert!(open(&DataKey::from_bytes([8u8; 32]), &aad, &sealed).is_err());
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
-        assert!(matches!(open(&key(), &aad, &sealed), Err(CryptoError::Integrity)));
-        assert!(matches!(open(&key(), &aad, &sealed[..5]), Err(CryptoError::Malformed)));
+        assert!(matches!(
+            open(&key(), &aad, &sealed),
+            Err(CryptoError::Integrity)
+        ));
+        assert!(matches!(
+            open(&key(), &aad, &sealed[..5]),
+            Err(CryptoError::Malformed)
+        ));
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The production default: 64 MiB, three passes, four lanes.
-    pub const PRODUCTION: Self = Self { memory_kib: 64 * 1024, iterations: 3, parallelism: 4 };
+    pub const PRODUCTION: Self = Self {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 4,
+    };
 
     fn argon2(&self) -> Result<Argon2<'static>, CryptoError> {
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
@@ -70,7 +74,10 @@ impl PasswordHasher {
     /// Builds a hasher with the given cost.
     pub fn new(params: KdfParams) -> Result<Self, CryptoError> {
         let seed: [u8; 16] = super::random_bytes()?;
-        let mut hasher = Self { params, dummy: String::new() };
+        let mut hasher = Self {
+            params,
+            dummy: String::new(),
+        };
         hasher.dummy = hasher.hash(&SecretString::from(hex::encode(seed)))?;
         Ok(hasher)
     }
@@ -86,7 +93,9 @@ impl PasswordHasher {
 
     /// Verifies a password against a stored PHC string; malformed hashes never verify.
     pub fn verify(&self, password: &SecretString, phc: &str) -> bool {
-        Argon2::default().verify_password(password.expose_secret().as_bytes(), phc).is_ok()
+        Argon2::default()
+            .verify_password(password.expose_secret().as_bytes(), phc)
+            .is_ok()
     }
 
     /// Spends the same time as a real verification and returns false.
@@ -100,7 +109,11 @@ impl PasswordHasher {
 mod tests {
     use super::*;
 
-    const TINY: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+    const TINY: KdfParams = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
 
     #[test]
     fn production_defaults_meet_the_floor() {

@@ -19,7 +19,9 @@ pub enum CryptoError {
     #[error("the system random number generator failed")]
     Rng,
     /// A ciphertext failed authentication: it was edited, swapped to another row, or the key is wrong.
-    #[error("integrity check failed: the sealed value was modified, moved to another row, or the key is wrong")]
+    #[error(
+        "integrity check failed: the sealed value was modified, moved to another row, or the key is wrong"
+    )]
     Integrity,
     /// A sealed value was too short or had an unknown format version.
     #[error("malformed sealed value")]

@@ -44,15 +44,26 @@ impl TokenKind {
 
     /// The kind a raw token claims by its prefix, if any.
     pub fn of(raw: &str) -> Option<Self> {
-        [Self::Session, Self::Agent, Self::Scoped, Self::Setup, Self::Invite, Self::Approval]
-            .into_iter()
-            .find(|k| raw.starts_with(k.prefix()))
+        [
+            Self::Session,
+            Self::Agent,
+            Self::Scoped,
+            Self::Setup,
+            Self::Invite,
+            Self::Approval,
+        ]
+        .into_iter()
+        .find(|k| raw.starts_with(k.prefix()))
     }
 
     /// Generates a new raw token of this kind.
     pub fn generate(self) -> Result<SecretString, CryptoError> {
         let bytes: [u8; 32] = random_bytes()?;
-        Ok(SecretString::from(format!("{}{}", self.prefix(), URL_SAFE_NO_PAD.encode(bytes))))
+        Ok(SecretString::from(format!(
+            "{}{}",
+            self.prefix(),
+            URL_SAFE_NO_PAD.encode(bytes)
+        )))
     }
 
     /// Whether `raw` has this prefix followed by a well-formed 256-bit body.

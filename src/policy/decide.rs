@@ -129,7 +129,10 @@ pub fn decide_request<'a>(
             None => return RequestDecision::Deny(DenyReason::CredentialNotFound(key)),
         }
     }
-    RequestDecision::Inject { service, credentials }
+    RequestDecision::Inject {
+        service,
+        credentials,
+    }
 }
 
 fn unmatched(snapshot: &VaultSnapshot) -> RequestDecision<'_> {
@@ -158,10 +161,22 @@ mod tests {
         let credentials = keys
             .iter()
             .map(|k| {
-                (CredentialKey::parse(*k).unwrap(), SealedCredential { version: 1, sealed: Arc::from(vec![0u8; 4]) })
+                (
+                    CredentialKey::parse(*k).unwrap(),
+                    SealedCredential {
+                        version: 1,
+                        sealed: Arc::from(vec![0u8; 4]),
+                    },
+                )
             })
             .collect::<HashMap<_, _>>();
-        VaultSnapshot::new("vid".into(), VaultName::parse("vault").unwrap(), policy, services, credentials)
+        VaultSnapshot::new(
+            "vid".into(),
+            VaultName::parse("vault").unwrap(),
+            policy,
+            services,
+            credentials,
+        )
     }
 
     fn auth(s: &str) -> Authority {
@@ -196,7 +211,14 @@ mod tests {
 "#;
 
     fn keys() -> Vec<&'static str> {
-        vec!["STRIPE_KEY", "GH", "GH_API", "SLACK", "SLACK_FILES", "OTHER"]
+        vec![
+            "STRIPE_KEY",
+            "GH",
+            "GH_API",
+            "SLACK",
+            "SLACK_FILES",
+            "OTHER",
+        ]
     }
 
     fn injected(d: RequestDecision<'_>) -> Option<String> {
@@ -210,31 +232,74 @@ mod tests {
     fn connect_decisions() {
         let tunnel = snapshot(YAML, &keys(), UnmatchedHostPolicy::Tunnel);
         let deny = snapshot(YAML, &keys(), UnmatchedHostPolicy::Deny);
-        assert_eq!(decide_connect(&tunnel, &auth("api.stripe.com:443")), ConnectDecision::Intercept);
-        assert_eq!(decide_connect(&tunnel, &auth("API.STRIPE.COM.:443")), ConnectDecision::Intercept);
-        assert_eq!(decide_connect(&tunnel, &auth("example.org:443")), ConnectDecision::Tunnel);
-        assert_eq!(decide_connect(&deny, &auth("example.org:443")), ConnectDecision::Deny(DenyReason::ForbiddenHost));
-        assert_eq!(decide_connect(&tunnel, &auth("off.example.com:443")), ConnectDecision::Tunnel, "disabled binds nothing");
-        assert_eq!(decide_connect(&deny, &auth("1.2.3.4:443")), ConnectDecision::Deny(DenyReason::ForbiddenHost));
+        assert_eq!(
+            decide_connect(&tunnel, &auth("api.stripe.com:443")),
+            ConnectDecision::Intercept
+        );
+        assert_eq!(
+            decide_connect(&tunnel, &auth("API.STRIPE.COM.:443")),
+            ConnectDecision::Intercept
+        );
+        assert_eq!(
+            decide_connect(&tunnel, &auth("example.org:443")),
+            ConnectDecision::Tunnel
+        );
+        assert_eq!(
+            decide_connect(&deny, &auth("example.org:443")),
+            ConnectDecision::Deny(DenyReason::ForbiddenHost)
+        );
+        assert_eq!(
+            decide_connect(&tunnel, &auth("off.example.com:443")),
+            ConnectDecision::Tunnel,
+            "disabled binds nothing"
+        );
+        assert_eq!(
+            decide_connect(&deny, &auth("1.2.3.4:443")),
+            ConnectDecision::Deny(DenyReason::ForbiddenHost)
+        );
     }
 
     #[test]
     fn most_specific_service_wins() {
         let s = snapshot(YAML, &keys(), UnmatchedHostPolicy::Tunnel);
         let d = |a: &str, m: Method, p: &str| injected(decide_request(&s, &auth(a), &m, p, true));
-        assert_eq!(d("api.github.com:443", Method::GET, "/"), Some("gh-api".into()));
-        assert_eq!(d("raw.github.com:443", Method::GET, "/"), Some("gh-wild".into()));
-        assert_eq!(d("api.stripe.com:8443", Method::GET, "/"), Some("special-port".into()));
-        assert_eq!(d("api.stripe.com:443", Method::GET, "/"), Some("stripe".into()));
-        assert_eq!(d("slack.com:443", Method::POST, "/api/files.upload"), Some("slack-files".into()));
-        assert_eq!(d("slack.com:443", Method::POST, "/api/chat.postMessage"), Some("slack-api".into()));
+        assert_eq!(
+            d("api.github.com:443", Method::GET, "/"),
+            Some("gh-api".into())
+        );
+        assert_eq!(
+            d("raw.github.com:443", Method::GET, "/"),
+            Some("gh-wild".into())
+        );
+        assert_eq!(
+            d("api.stripe.com:8443", Method::GET, "/"),
+            Some("special-port".into())
+        );
+        assert_eq!(
+            d("api.stripe.com:443", Method::GET, "/"),
+            Some("stripe".into())
+        );
+        assert_eq!(
+            d("slack.com:443", Method::POST, "/api/files.upload"),
+            Some("slack-files".into())
+        );
+        assert_eq!(
+            d("slack.com:443", Method::POST, "/api/chat.postMessage"),
+            Some("slack-api".into())
+        );
     }
 
     #[test]
     fn bound_host_without_fitting_rule_gets_nothing() {
         let s = snapshot(YAML, &keys(), UnmatchedHostPolicy::Tunnel);
-        assert!(matches!(decide_request(&s, &auth("slack.com:443"), &Method::GET, "/api/x", true), RequestDecision::Forward));
-        assert!(matches!(decide_request(&s, &auth("slack.com:443"), &Method::POST, "/other", true), RequestDecision::Forward));
+        assert!(matches!(
+            decide_request(&s, &auth("slack.com:443"), &Method::GET, "/api/x", true),
+            RequestDecision::Forward
+        ));
+        assert!(matches!(
+            decide_request(&s, &auth("slack.com:443"), &Method::POST, "/other", true),
+            RequestDecision::Forward
+        ));
         let d = snapshot(YAML, &keys(), UnmatchedHostPolicy::Deny);
         assert!(matches!(
             decide_request(&d, &auth("slack.com:443"), &Method::POST, "/other", true),
@@ -245,9 +310,20 @@ mod tests {
     #[test]
     fn path_tricks_are_refused_for_scoped_services() {
         let s = snapshot(YAML, &keys(), UnmatchedHostPolicy::Tunnel);
-        for p in ["/api/../admin", "/api/%2e%2e/admin", "/api%2fx", "/api/%252e%252e/x", "/api/./x", "/api\\..\\x", "api/x"] {
+        for p in [
+            "/api/../admin",
+            "/api/%2e%2e/admin",
+            "/api%2fx",
+            "/api/%252e%252e/x",
+            "/api/./x",
+            "/api\\..\\x",
+            "api/x",
+        ] {
             assert!(
-                matches!(decide_request(&s, &auth("slack.com:443"), &Method::POST, p, true), RequestDecision::Deny(DenyReason::AmbiguousPath)),
+                matches!(
+                    decide_request(&s, &auth("slack.com:443"), &Method::POST, p, true),
+                    RequestDecision::Deny(DenyReason::AmbiguousPath)
+                ),
                 "{p}"
             );
         }
@@ -257,7 +333,9 @@ mod tests {
     fn missing_credential_and_plaintext_are_refused() {
         let s = snapshot(YAML, &["GH"], UnmatchedHostPolicy::Tunnel);
         match decide_request(&s, &auth("api.stripe.com:443"), &Method::GET, "/", true) {
-            RequestDecision::Deny(DenyReason::CredentialNotFound(k)) => assert_eq!(k.as_str(), "STRIPE_KEY"),
+            RequestDecision::Deny(DenyReason::CredentialNotFound(k)) => {
+                assert_eq!(k.as_str(), "STRIPE_KEY")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -90,7 +90,35 @@ impl fmt::Display for Authority {
 fn forbidden(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
-        || matches!(c, '%' | '\\' | '@' | '/' | '?' | '#' | '[' | ']' | '"' | '<' | '>' | '^' | '`' | '{' | '|' | '}' | '*' | ',' | ';' | '=' | '\'' | '(' | ')' | '!' | '&' | '+' | '$')
+        || matches!(
+            c,
+            '%' | '\\'
+                | '@'
+                | '/'
+                | '?'
+                | '#'
+                | '['
+                | ']'
+                | '"'
+                | '<'
+                | '>'
+                | '^'
+                | '`'
+                | '{'
+                | '|'
+                | '}'
+                | '*'
+                | ','
+                | ';'
+                | '='
+                | '\''
+                | '('
+                | ')'
+                | '!'
+                | '&'
+                | '+'
+                | '$'
+        )
 }
 
 /// Whether a label would be read as a number by `inet_aton`-style parsers.
@@ -116,16 +144,26 @@ pub fn canonicalize_host(input: &str) -> Result<Host, HostError> {
     if let Some(inner) = input.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or(HostError::InvalidIpv6)?;
         // Zone ids (`%eth0`) are refused: they name local interfaces.
-        return inner.parse::<Ipv6Addr>().map(|ip| Host::Ip(IpAddr::V6(ip))).map_err(|_| HostError::InvalidIpv6);
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| Host::Ip(IpAddr::V6(ip)))
+            .map_err(|_| HostError::InvalidIpv6);
     }
     if input.contains(':') {
-        return input.parse::<Ipv6Addr>().map(|ip| Host::Ip(IpAddr::V6(ip))).map_err(|_| HostError::InvalidIpv6);
+        return input
+            .parse::<Ipv6Addr>()
+            .map(|ip| Host::Ip(IpAddr::V6(ip)))
+            .map_err(|_| HostError::InvalidIpv6);
     }
     if input.chars().any(forbidden) {
         return Err(HostError::ForbiddenChar);
     }
     let trimmed = input.strip_suffix('.').unwrap_or(input);
-    if trimmed.is_empty() || trimmed.ends_with('.') || trimmed.starts_with('.') || trimmed.contains("..") {
+    if trimmed.is_empty()
+        || trimmed.ends_with('.')
+        || trimmed.starts_with('.')
+        || trimmed.contains("..")
+    {
         return Err(HostError::Empty);
     }
     if let Ok(v4) = trimmed.parse::<Ipv4Addr>() {
@@ -171,7 +209,10 @@ pub fn parse_authority(input: &str, default_port: Option<u16>) -> Result<Authori
         Some(p) => parse_port(p)?,
         None => default_port.ok_or(HostError::Port)?,
     };
-    Ok(Authority { host: canonicalize_host(host)?, port })
+    Ok(Authority {
+        host: canonicalize_host(host)?,
+        port,
+    })
 }
 
 fn parse_port(p: &str) -> Result<u16, HostError> {
@@ -196,11 +237,26 @@ mod tests {
 
     #[test]
     fn case_trailing_dot_and_idna_are_canonicalized() {
-        assert_eq!(canonicalize_host("API.Stripe.COM"), Ok(dom("api.stripe.com")));
-        assert_eq!(canonicalize_host("api.stripe.com."), Ok(dom("api.stripe.com")));
-        assert_eq!(canonicalize_host("bücher.example"), Ok(dom("xn--bcher-kva.example")));
-        assert_eq!(canonicalize_host("xn--bcher-kva.example"), Ok(dom("xn--bcher-kva.example")));
-        assert_eq!(canonicalize_host("BÜCHER.example."), Ok(dom("xn--bcher-kva.example")));
+        assert_eq!(
+            canonicalize_host("API.Stripe.COM"),
+            Ok(dom("api.stripe.com"))
+        );
+        assert_eq!(
+            canonicalize_host("api.stripe.com."),
+            Ok(dom("api.stripe.com"))
+        );
+        assert_eq!(
+            canonicalize_host("bücher.example"),
+            Ok(dom("xn--bcher-kva.example"))
+        );
+        assert_eq!(
+            canonicalize_host("xn--bcher-kva.example"),
+            Ok(dom("xn--bcher-kva.example"))
+        );
+        assert_eq!(
+            canonicalize_host("BÜCHER.example."),
+            Ok(dom("xn--bcher-kva.example"))
+        );
     }
 
     #[test]
@@ -213,35 +269,79 @@ mod tests {
 
     #[test]
     fn tricky_characters_are_refused() {
-        for bad in ["a%2eb.com", "evil.com\\@api.stripe.com", "user@api.stripe.com", "a b.com", "a\0.com", "a/b.com", "*.x.com", ""] {
+        for bad in [
+            "a%2eb.com",
+            "evil.com\\@api.stripe.com",
+            "user@api.stripe.com",
+            "a b.com",
+            "a\0.com",
+            "a/b.com",
+            "*.x.com",
+            "",
+        ] {
             assert!(canonicalize_host(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn ipv4_only_in_dotted_decimal() {
-        assert_eq!(canonicalize_host("127.0.0.1"), Ok(Host::Ip("127.0.0.1".parse().unwrap())));
-        for ambiguous in ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "127.0.0.0x1", "1.2.3.04"] {
+        assert_eq!(
+            canonicalize_host("127.0.0.1"),
+            Ok(Host::Ip("127.0.0.1".parse().unwrap()))
+        );
+        for ambiguous in [
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "127.1",
+            "127.0.0.0x1",
+            "1.2.3.04",
+        ] {
             assert!(canonicalize_host(ambiguous).is_err(), "{ambiguous}");
         }
         // Fullwidth digits are mapped by IDNA and land on the canonical address.
-        assert_eq!(canonicalize_host("１２７.０.０.１"), Ok(Host::Ip("127.0.0.1".parse().unwrap())));
+        assert_eq!(
+            canonicalize_host("１２７.０.０.１"),
+            Ok(Host::Ip("127.0.0.1".parse().unwrap()))
+        );
     }
 
     #[test]
     fn ipv6_literals() {
         let mapped = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap();
-        assert_eq!(canonicalize_host("[::ffff:127.0.0.1]"), Ok(Host::Ip(IpAddr::V6(mapped))));
+        assert_eq!(
+            canonicalize_host("[::ffff:127.0.0.1]"),
+            Ok(Host::Ip(IpAddr::V6(mapped)))
+        );
         assert!(canonicalize_host("[fe80::1%eth0]").is_err());
         assert!(canonicalize_host("[not-v6]").is_err());
     }
 
     #[test]
     fn authorities_need_a_valid_port() {
-        assert_eq!(parse_authority("api.stripe.com:443", None).unwrap().to_string(), "api.stripe.com:443");
-        assert_eq!(parse_authority("[::1]:8443", None).unwrap().to_string(), "[::1]:8443");
-        assert_eq!(parse_authority("api.stripe.com", Some(443)).unwrap().port, 443);
-        for bad in ["api.stripe.com", "api.stripe.com:", "api.stripe.com:0", "api.stripe.com:65536", "api.stripe.com:+443", "a:b:c", "[::1]x"] {
+        assert_eq!(
+            parse_authority("api.stripe.com:443", None)
+                .unwrap()
+                .to_string(),
+            "api.stripe.com:443"
+        );
+        assert_eq!(
+            parse_authority("[::1]:8443", None).unwrap().to_string(),
+            "[::1]:8443"
+        );
+        assert_eq!(
+            parse_authority("api.stripe.com", Some(443)).unwrap().port,
+            443
+        );
+        for bad in [
+            "api.stripe.com",
+            "api.stripe.com:",
+            "api.stripe.com:0",
+            "api.stripe.com:65536",
+            "api.stripe.com:+443",
+            "a:b:c",
+            "[::1]x",
+        ] {
             assert!(parse_authority(bad, None).is_err(), "{bad}");
         }
     }

@@ -130,9 +130,7 @@ pub struct ServiceSpec {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ServiceFile {
-    Wrapped {
-        services: Vec<ServiceSpec>,
-    },
+    Wrapped { services: Vec<ServiceSpec> },
     List(Vec<ServiceSpec>),
 }
 
@@ -156,8 +154,14 @@ pub fn parse_service_file(text: &str) -> Result<Vec<ServiceSpec>, String> {
             Ok(list) => Ok(list),
             Err(list_err) => {
                 // Report the error of the shape the file looks like.
-                let looks_wrapped = text.lines().any(|l| l.trim_start().starts_with("services:"));
-                Err(if looks_wrapped { wrapped_err.to_string() } else { list_err.to_string() })
+                let looks_wrapped = text
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("services:"));
+                Err(if looks_wrapped {
+                    wrapped_err.to_string()
+                } else {
+                    list_err.to_string()
+                })
             }
         },
     }
@@ -208,7 +212,9 @@ impl HostPattern {
             None => (host, false),
         };
         if host.contains('*') {
-            return Err(format!("host {input:?}: a wildcard may only be a leading \"*.\""));
+            return Err(format!(
+                "host {input:?}: a wildcard may only be a leading \"*.\""
+            ));
         }
         let canonical = match canonicalize_host(host) {
             Ok(Host::Domain(d)) => d,
@@ -220,10 +226,14 @@ impl HostPattern {
             Err(e) => return Err(format!("host {input:?}: {e}")),
         };
         if !canonical.contains('.') {
-            return Err(format!("host {input:?}: must be a fully qualified name like api.example.com"));
+            return Err(format!(
+                "host {input:?}: must be a fully qualified name like api.example.com"
+            ));
         }
         if wildcard && canonical.split('.').count() < 2 {
-            return Err(format!("host {input:?}: a wildcard needs at least two labels after \"*.\""));
+            return Err(format!(
+                "host {input:?}: a wildcard needs at least two labels after \"*.\""
+            ));
         }
         if canonical == "localhost"
             || canonical.ends_with(".localhost")
@@ -234,7 +244,12 @@ impl HostPattern {
         if let Some(path) = path {
             validate_path_glob(path).map_err(|m| format!("host {input:?}: {m}"))?;
         }
-        Ok(Self { host: canonical, wildcard, port, path: path.map(str::to_owned) })
+        Ok(Self {
+            host: canonical,
+            wildcard,
+            port,
+            path: path.map(str::to_owned),
+        })
     }
 
     /// Whether the host part matches a canonical domain and port (ignoring the path).
@@ -243,7 +258,8 @@ impl HostPattern {
             return false;
         }
         if self.wildcard {
-            host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == self.host)
+            host.split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == self.host)
         } else {
             host == self.host
         }
@@ -259,7 +275,10 @@ impl HostPattern {
 
     /// Length of the literal prefix of the path glob, for "most specific wins".
     pub fn path_specificity(&self) -> usize {
-        self.path.as_ref().map(|p| p.find('*').unwrap_or(p.len()) + 1).unwrap_or(0)
+        self.path
+            .as_ref()
+            .map(|p| p.find('*').unwrap_or(p.len()) + 1)
+            .unwrap_or(0)
     }
 }
 
@@ -270,7 +289,9 @@ fn validate_path_glob(path: &str) -> Result<(), String> {
     if path.contains("**") {
         return Err("use a single * (it already matches across /)".into());
     }
-    let ok = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~*:@!$&'()+,;=".contains(&b));
+    let ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~*:@!$&'()+,;=".contains(&b));
     if !ok {
         return Err("path pattern may only use unreserved URL characters, '/' and '*'".into());
     }
@@ -395,12 +416,26 @@ impl CompiledService {
 
 /// Headers a service may never set: they frame the message, route it, or belong to the proxy.
 const FORBIDDEN_HEADERS: &[&str] = &[
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
-    "proxy-authorization", "proxy-authenticate", "proxy-connection", "expect", "cookie2",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "expect",
+    "cookie2",
 ];
 
 fn check_header_name(service: &str, name: &str) -> Result<HeaderName, ServiceError> {
-    let err = |message: String| ServiceError { service: service.into(), message };
+    let err = |message: String| ServiceError {
+        service: service.into(),
+        message,
+    };
     let header = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| err(format!("{name:?} is not a valid header name")))?;
     if FORBIDDEN_HEADERS.contains(&header.as_str()) || header.as_str().starts_with(':') {
@@ -410,15 +445,24 @@ fn check_header_name(service: &str, name: &str) -> Result<HeaderName, ServiceErr
 }
 
 fn check_literal(service: &str, text: &str) -> Result<(), ServiceError> {
-    if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(ServiceError { service: service.into(), message: "header text may not contain control characters".into() });
+    if text
+        .bytes()
+        .any(|b| b == b'\r' || b == b'\n' || b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(ServiceError {
+            service: service.into(),
+            message: "header text may not contain control characters".into(),
+        });
     }
     Ok(())
 }
 
 /// Parses `Token {{ KEY }} and {{OTHER}}` into parts.
 pub fn parse_template(service: &str, template: &str) -> Result<Vec<TemplatePart>, ServiceError> {
-    let err = |message: String| ServiceError { service: service.into(), message };
+    let err = |message: String| ServiceError {
+        service: service.into(),
+        message,
+    };
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -427,7 +471,9 @@ pub fn parse_template(service: &str, template: &str) -> Result<Vec<TemplatePart>
             parts.push(TemplatePart::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| err(format!("unclosed {{{{ in template {template:?}")))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| err(format!("unclosed {{{{ in template {template:?}")))?;
         let key = after[..end].trim();
         let key = CredentialKey::parse(key).map_err(|e| err(e.to_string()))?;
         parts.push(TemplatePart::Key(key));
@@ -445,10 +491,20 @@ pub fn parse_template(service: &str, template: &str) -> Result<Vec<TemplatePart>
 
 /// Derives a service name from its host pattern: `api.stripe.com/v1/*` → `api-stripe-com`.
 pub fn name_from_host(host: &str) -> String {
-    let base = host.split('/').next().unwrap_or(host).trim_start_matches("*.");
+    let base = host
+        .split('/')
+        .next()
+        .unwrap_or(host)
+        .trim_start_matches("*.");
     let mut name: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     while name.contains("--") {
         name = name.replace("--", "-");
@@ -460,7 +516,9 @@ fn is_service_name(s: &str) -> bool {
     let mut b = s.bytes();
     matches!(b.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
         && s.len() <= 64
-        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && b.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
 }
 
 impl ServiceSpec {
@@ -478,8 +536,15 @@ impl ServiceSpec {
     /// Validates and compiles. Does not check that referenced credentials exist (the caller
     /// knows the vault's keys).
     pub fn compile(&self) -> Result<CompiledService, ServiceError> {
-        let svc = if self.name.is_empty() { self.host.as_str() } else { self.name.as_str() };
-        let err = |message: String| ServiceError { service: svc.into(), message };
+        let svc = if self.name.is_empty() {
+            self.host.as_str()
+        } else {
+            self.name.as_str()
+        };
+        let err = |message: String| ServiceError {
+            service: svc.into(),
+            message,
+        };
         if !is_service_name(&self.name) {
             return Err(err(
                 "name must be 1-64 characters from a-z, 0-9, '-', '_' and '.', starting with a letter or digit".into(),
@@ -505,12 +570,22 @@ impl ServiceSpec {
         let injections = match &self.auth {
             AuthSpec::Bearer { token } => vec![Injection::Template {
                 header: http::header::AUTHORIZATION,
-                parts: vec![TemplatePart::Text("Bearer ".into()), TemplatePart::Key(token.clone())],
+                parts: vec![
+                    TemplatePart::Text("Bearer ".into()),
+                    TemplatePart::Key(token.clone()),
+                ],
             }],
             AuthSpec::Basic { username, password } => {
-                vec![Injection::Basic { username: username.clone(), password: password.clone() }]
+                vec![Injection::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                }]
             }
-            AuthSpec::ApiKey { key, header, prefix } => {
+            AuthSpec::ApiKey {
+                key,
+                header,
+                prefix,
+            } => {
                 let header = check_header_name(svc, header)?;
                 check_literal(svc, prefix)?;
                 let mut parts = Vec::new();
@@ -545,10 +620,17 @@ impl ServiceSpec {
             if p.len() < 6 || p.len() > 128 {
                 return Err(err(format!("placeholder {p:?} must be 6-128 characters")));
             }
-            if !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.~-".contains(&b)) {
-                return Err(err(format!("placeholder {p:?} may only use A-Z, a-z, 0-9, '_', '.', '~' and '-'")));
+            if !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.~-".contains(&b))
+            {
+                return Err(err(format!(
+                    "placeholder {p:?} may only use A-Z, a-z, 0-9, '_', '.', '~' and '-'"
+                )));
             }
-            if !p.bytes().any(|b| b.is_ascii_alphanumeric()) || !(p.contains("__") || p.bytes().any(|b| b"-.~".contains(&b))) {
+            if !p.bytes().any(|b| b.is_ascii_alphanumeric())
+                || !(p.contains("__") || p.bytes().any(|b| b"-.~".contains(&b)))
+            {
                 return Err(err(format!(
                     "placeholder {p:?} must contain \"__\" or one of - . ~ so it cannot collide with ordinary words"
                 )));
@@ -557,18 +639,27 @@ impl ServiceSpec {
                 return Err(err(format!("placeholder {p:?} is declared twice")));
             }
             if s.locations.is_empty() {
-                return Err(err(format!("placeholder {p:?} needs at least one location in `in`")));
+                return Err(err(format!(
+                    "placeholder {p:?} needs at least one location in `in`"
+                )));
             }
         }
-        for (a, b) in self.substitutions.iter().flat_map(|a| self.substitutions.iter().map(move |b| (a, b))) {
+        for (a, b) in self
+            .substitutions
+            .iter()
+            .flat_map(|a| self.substitutions.iter().map(move |b| (a, b)))
+        {
             if a.placeholder != b.placeholder && b.placeholder.contains(&a.placeholder) {
-                return Err(err(format!("placeholder {:?} contains placeholder {:?}", b.placeholder, a.placeholder)));
+                return Err(err(format!(
+                    "placeholder {:?} contains placeholder {:?}",
+                    b.placeholder, a.placeholder
+                )));
             }
         }
-        if let Some(d) = &self.description {
-            if d.len() > 1000 {
-                return Err(err("description longer than 1000 characters".into()));
-            }
+        if let Some(d) = &self.description
+            && d.len() > 1000
+        {
+            return Err(err("description longer than 1000 characters".into()));
         }
         Ok(CompiledService {
             name: self.name.clone(),
@@ -593,13 +684,18 @@ pub fn validate_services(
     for spec in specs {
         let compiled = spec.compile()?;
         if !names.insert(compiled.name.clone()) {
-            return Err(ServiceError { service: compiled.name, message: "name is used by more than one service".into() });
+            return Err(ServiceError {
+                service: compiled.name,
+                message: "name is used by more than one service".into(),
+            });
         }
         for key in compiled.referenced_keys() {
             if !known_keys.contains(&key) {
                 return Err(ServiceError {
                     service: compiled.name,
-                    message: format!("references credential {key} which does not exist in this vault; set it first"),
+                    message: format!(
+                        "references credential {key} which does not exist in this vault; set it first"
+                    ),
                 });
             }
         }
@@ -645,11 +741,18 @@ services:
     auth: { type: passthrough }
     enabled: false
 "#;
-        let specs: Vec<ServiceSpec> = parse_service_file(yaml).unwrap().into_iter().map(ServiceSpec::normalized).collect();
+        let specs: Vec<ServiceSpec> = parse_service_file(yaml)
+            .unwrap()
+            .into_iter()
+            .map(ServiceSpec::normalized)
+            .collect();
         assert_eq!(specs.len(), 4);
         assert_eq!(specs[1].name, "github-com");
         assert_eq!(specs[1].methods, vec!["GET", "POST"]);
-        let known: BTreeSet<_> = ["STRIPE_KEY", "GH_TOKEN", "A", "B"].into_iter().map(key).collect();
+        let known: BTreeSet<_> = ["STRIPE_KEY", "GH_TOKEN", "A", "B"]
+            .into_iter()
+            .map(key)
+            .collect();
         let compiled = validate_services(&specs, &known).unwrap();
         assert_eq!(compiled[2].pattern.port, Some(8443));
         assert_eq!(compiled[2].referenced_keys().len(), 2);
@@ -658,15 +761,26 @@ services:
         let again = parse_service_file(&render_service_file(&specs)).unwrap();
         assert_eq!(again, specs);
         // A bare list works too.
-        assert_eq!(parse_service_file("- host: a.example.com\n  auth: {type: passthrough}\n").unwrap().len(), 1);
+        assert_eq!(
+            parse_service_file("- host: a.example.com\n  auth: {type: passthrough}\n")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn bad_files_get_clear_errors() {
-        let unknown_type = parse_service_file("services:\n  - host: a.example.com\n    auth: {type: oauth, token: A}\n").unwrap_err();
+        let unknown_type = parse_service_file(
+            "services:\n  - host: a.example.com\n    auth: {type: oauth, token: A}\n",
+        )
+        .unwrap_err();
         assert!(unknown_type.contains("oauth"), "{unknown_type}");
         assert!(parse_service_file("services: [").is_err());
-        let typo = parse_service_file("services:\n  - host: a.example.com\n    auht: {type: passthrough}\n").unwrap_err();
+        let typo = parse_service_file(
+            "services:\n  - host: a.example.com\n    auht: {type: passthrough}\n",
+        )
+        .unwrap_err();
         assert!(typo.contains("auht") || typo.contains("auth"), "{typo}");
     }
 
@@ -698,7 +812,18 @@ services:
         assert!(p.matches_path("/v1/charges"));
         assert!(!p.matches_path("/v2/charges"));
         assert!(!p.matches_path("/v1"));
-        for bad in ["127.0.0.1", "localhost", "*.com", "a.*.com", "api.example.com:0", "api.example.com/../x", "api.example.com/a b", "a.example.com/**", "[::1]", "x"] {
+        for bad in [
+            "127.0.0.1",
+            "localhost",
+            "*.com",
+            "a.*.com",
+            "api.example.com:0",
+            "api.example.com/../x",
+            "api.example.com/a b",
+            "a.example.com/**",
+            "[::1]",
+            "x",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }
@@ -716,12 +841,15 @@ services:
     #[test]
     fn templates() {
         let parts = parse_template("s", "Key {{ A }}-{{B}}").unwrap();
-        assert_eq!(parts, vec![
-            TemplatePart::Text("Key ".into()),
-            TemplatePart::Key(key("A")),
-            TemplatePart::Text("-".into()),
-            TemplatePart::Key(key("B")),
-        ]);
+        assert_eq!(
+            parts,
+            vec![
+                TemplatePart::Text("Key ".into()),
+                TemplatePart::Key(key("A")),
+                TemplatePart::Text("-".into()),
+                TemplatePart::Key(key("B")),
+            ]
+        );
         assert!(parse_template("s", "{{ a }}").is_err());
         assert!(parse_template("s", "{{ A ").is_err());
         assert!(parse_template("s", "x\r\n{{A}}").is_err());
@@ -738,15 +866,46 @@ services:
             enabled: true,
             description: None,
         };
-        let host_header = mk(AuthSpec::ApiKey { key: key("A"), header: "Host".into(), prefix: String::new() }, vec![]);
+        let host_header = mk(
+            AuthSpec::ApiKey {
+                key: key("A"),
+                header: "Host".into(),
+                prefix: String::new(),
+            },
+            vec![],
+        );
         assert!(host_header.compile().is_err());
-        let weak = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "secret".into(), key: key("A"), locations: default_locations() }]);
+        let weak = mk(
+            AuthSpec::Passthrough,
+            vec![SubstitutionSpec {
+                placeholder: "secret".into(),
+                key: key("A"),
+                locations: default_locations(),
+            }],
+        );
         assert!(weak.compile().is_err());
-        let ok = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "__A__".into(), key: key("A"), locations: default_locations() }]);
+        let ok = mk(
+            AuthSpec::Passthrough,
+            vec![SubstitutionSpec {
+                placeholder: "__A__".into(),
+                key: key("A"),
+                locations: default_locations(),
+            }],
+        );
         assert!(ok.compile().is_err(), "too short");
-        let ok = mk(AuthSpec::Passthrough, vec![SubstitutionSpec { placeholder: "__KEY_A__".into(), key: key("A"), locations: default_locations() }]);
+        let ok = mk(
+            AuthSpec::Passthrough,
+            vec![SubstitutionSpec {
+                placeholder: "__KEY_A__".into(),
+                key: key("A"),
+                locations: default_locations(),
+            }],
+        );
         assert!(ok.compile().is_ok());
-        let trace = ServiceSpec { methods: vec!["TRACE".into()], ..mk(AuthSpec::Passthrough, vec![]) };
+        let trace = ServiceSpec {
+            methods: vec!["TRACE".into()],
+            ..mk(AuthSpec::Passthrough, vec![])
+        };
         assert!(trace.compile().is_err());
     }
 }

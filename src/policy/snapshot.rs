@@ -53,10 +53,22 @@ impl VaultSnapshot {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in services.iter().enumerate().filter(|(_, s)| s.enabled) {
-            let index = if s.pattern.wildcard { &mut wildcard } else { &mut exact };
+            let index = if s.pattern.wildcard {
+                &mut wildcard
+            } else {
+                &mut exact
+            };
             index.entry(s.pattern.host.clone()).or_default().push(i);
         }
-        Self { vault_id, vault_name, policy, services, exact, wildcard, credentials }
+        Self {
+            vault_id,
+            vault_name,
+            policy,
+            services,
+            exact,
+            wildcard,
+            credentials,
+        }
     }
 
     /// Services whose host part matches, most specific host first (exact before wildcard),

@@ -58,10 +58,11 @@ impl Store {
 
     /// Looks an agent up by name.
     pub async fn agent_by_name(&self, name: &AgentName) -> Result<Option<AgentRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_by, created_at FROM agents WHERE name = $1")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, created_by, created_at FROM agents WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(AgentRecord::from_row).transpose()
     }
 
@@ -83,7 +84,11 @@ impl Store {
     }
 
     /// Revokes every live token of an agent and issues `token` in their place, atomically.
-    pub async fn rotate_agent_token(&self, agent_id: &str, token: &TokenRecord) -> Result<(), StoreError> {
+    pub async fn rotate_agent_token(
+        &self,
+        agent_id: &str,
+        token: &TokenRecord,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
             .bind(now_ms())
@@ -98,11 +103,16 @@ impl Store {
     /// Deletes an agent; its tokens and grants go with it.
     pub async fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM vault_grants WHERE principal_kind = 'agent' AND principal_id = $1")
+        sqlx::query(
+            "DELETE FROM vault_grants WHERE principal_kind = 'agent' AND principal_id = $1",
+        )
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM agents WHERE id = $1")
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM agents WHERE id = $1").bind(agent_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }

@@ -60,7 +60,11 @@ impl Store {
     }
 
     /// The newest events of a vault.
-    pub async fn list_audit(&self, vault_id: &str, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+    pub async fn list_audit(
+        &self,
+        vault_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at, actor_kind, actor_id, action, target, detail FROM audit_events WHERE vault_id = $1 ORDER BY id DESC LIMIT $2",
         )

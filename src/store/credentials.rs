@@ -68,7 +68,6 @@ pub struct CredentialWrite {
     pub description: Option<String>,
 }
 
-
 impl Store {
     /// Writes several credentials in one transaction. Each overwrite bumps the version, and
     /// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
@@ -82,16 +81,18 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut written = Vec::with_capacity(writes.len());
         for write in writes {
-            let current = sqlx::query("SELECT version FROM credentials WHERE vault_id = $1 AND key = $2")
-                .bind(vault_id)
-                .bind(write.key.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let current =
+                sqlx::query("SELECT version FROM credentials WHERE vault_id = $1 AND key = $2")
+                    .bind(vault_id)
+                    .bind(write.key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let version = match current {
                 Some(row) => col::<i64>(&row, "version")? + 1,
                 None => 1,
             };
-            let sealed = seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let sealed =
+                seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO credentials (vault_id, key, version, sealed_value, kind, description, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, 'static', COALESCE($5, ''), $6, $6) \
@@ -113,7 +114,10 @@ impl Store {
     }
 
     /// Every credential of a vault, by key.
-    pub async fn list_credentials(&self, vault_id: &str) -> Result<Vec<CredentialRecord>, StoreError> {
+    pub async fn list_credentials(
+        &self,
+        vault_id: &str,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at \
              FROM credentials WHERE vault_id = $1 ORDER BY key",
@@ -192,4 +196,3 @@ impl Store {
         Ok(())
     }
 }
-

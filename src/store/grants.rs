@@ -134,7 +134,9 @@ impl Store {
         .bind(principal_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok((col(r, "vault_id")?, parsed(r, "role")?))).collect()
+        rows.iter()
+            .map(|r| Ok((col(r, "vault_id")?, parsed(r, "role")?)))
+            .collect()
     }
 
     /// The members of a vault, users first, then agents.
@@ -164,10 +166,12 @@ impl Store {
 
     /// How many admins a vault has (to refuse removing the last one).
     pub async fn count_vault_admins(&self, vault_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM vault_grants WHERE vault_id = $1 AND role = 'admin'")
-            .bind(vault_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM vault_grants WHERE vault_id = $1 AND role = 'admin'",
+        )
+        .bind(vault_id)
+        .fetch_one(&self.pool)
+        .await?;
         col(&row, "n")
     }
 }

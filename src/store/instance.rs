@@ -54,7 +54,10 @@ impl Store {
     }
 
     /// Stores the wrapped DEK unless another instance got there first; returns whether this one won.
-    pub async fn insert_master_key_if_absent(&self, key: &MasterKeyRecord) -> Result<bool, StoreError> {
+    pub async fn insert_master_key_if_absent(
+        &self,
+        key: &MasterKeyRecord,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let done = sqlx::query(
             "INSERT INTO master_key (id, kdf_salt, kdf_memory_kib, kdf_iterations, kdf_parallelism, wrapped_dek, created_at, updated_at) \
@@ -99,8 +102,13 @@ impl Store {
         let row = sqlx::query("SELECT cert_pem, sealed_key FROM ca_state WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(CaStateRecord { cert_pem: col(&r, "cert_pem")?, sealed_key: col(&r, "sealed_key")? }))
-            .transpose()
+        row.map(|r| {
+            Ok(CaStateRecord {
+                cert_pem: col(&r, "cert_pem")?,
+                sealed_key: col(&r, "sealed_key")?,
+            })
+        })
+        .transpose()
     }
 
     /// Stores the CA unless another instance got there first.
@@ -160,7 +168,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let existing = sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&mut *tx).await?;
+        let existing = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&mut *tx)
+            .await?;
         if col::<i64>(&existing, "n")? > 0 {
             // The token is burnt either way: it must never work once an owner exists.
             tx.commit().await?;

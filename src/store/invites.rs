@@ -100,7 +100,10 @@ impl Store {
     }
 
     /// Finds an invitation by its token hash.
-    pub async fn invite_by_hash(&self, hash: &TokenHash) -> Result<Option<InviteRecord>, StoreError> {
+    pub async fn invite_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<InviteRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at \
              FROM invites WHERE token_hash = $1",
@@ -108,7 +111,11 @@ impl Store {
         .bind(hash.0.to_vec())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(InviteRecord::from_row).transpose()?.filter(|i| i.token_hash.ct_eq(hash)))
+        Ok(row
+            .as_ref()
+            .map(InviteRecord::from_row)
+            .transpose()?
+            .filter(|i| i.token_hash.ct_eq(hash)))
     }
 
     /// Every invitation, newest first.
@@ -155,7 +162,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        super::users::insert_user(&mut tx, user_id, &invite.email, password_hash, invite.role).await?;
+        super::users::insert_user(&mut tx, user_id, &invite.email, password_hash, invite.role)
+            .await?;
         for grant in &invite.vault_grants {
             // A vault deleted since the invitation was made is skipped, not an error.
             let exists = sqlx::query("SELECT id FROM vaults WHERE id = $1")
@@ -163,8 +171,14 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if exists.is_some() {
-                super::grants::upsert_grant(&mut tx, &grant.vault_id, PrincipalKind::User, user_id, grant.role)
-                    .await?;
+                super::grants::upsert_grant(
+                    &mut tx,
+                    &grant.vault_id,
+                    PrincipalKind::User,
+                    user_id,
+                    grant.role,
+                )
+                .await?;
             }
         }
         tx.commit().await?;

@@ -4,6 +4,7 @@
 
 mod agents;
 mod audit;
+pub mod changes;
 mod credentials;
 mod grants;
 mod instance;
@@ -121,16 +122,17 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        Ok(Self { pool, backend: Backend::Postgres })
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
     }
 
     async fn open_sqlite(data_dir: &Path) -> Result<Self, StoreError> {
         let db_path = prepare_data_dir(data_dir)?;
-        let encoded = percent_encoding::utf8_percent_encode(
-            &db_path.to_string_lossy(),
-            &PATH_ENCODE_SET,
-        )
-        .to_string();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&db_path.to_string_lossy(), &PATH_ENCODE_SET)
+                .to_string();
         let url = format!("sqlite://{encoded}?mode=rwc");
         let pool = AnyPoolOptions::new()
             .max_connections(4)
@@ -152,7 +154,10 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, backend: Backend::Sqlite };
+        let store = Self {
+            pool,
+            backend: Backend::Sqlite,
+        };
         restrict_sqlite_sidecars(&db_path);
         Ok(store)
     }
@@ -250,7 +255,8 @@ where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
     use sqlx::Row;
-    row.try_get(name).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
 /// Parses a stored text column into a domain type.
@@ -262,5 +268,6 @@ where
     T::Err: std::fmt::Display,
 {
     let text: String = col(row, name)?;
-    text.parse().map_err(|e: T::Err| StoreError::Corrupt(format!("column {name}: {e}")))
+    text.parse()
+        .map_err(|e: T::Err| StoreError::Corrupt(format!("column {name}: {e}")))
 }

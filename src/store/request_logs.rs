@@ -165,7 +165,11 @@ impl Store {
                     host: col(r, "host")?,
                     path: col(r, "path")?,
                     service: col(r, "service")?,
-                    credential_keys: keys.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+                    credential_keys: keys
+                        .split(',')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                     status: col(r, "status")?,
                     bytes_in: col(r, "bytes_in")?,
                     bytes_out: col(r, "bytes_out")?,
@@ -179,13 +183,19 @@ impl Store {
 
     /// Applies retention: deletes rows older than `max_age_ms` and, per vault, all but the
     /// newest `max_rows` rows. Returns how many rows were deleted.
-    pub async fn prune_request_logs(&self, max_age_ms: i64, max_rows: i64) -> Result<u64, StoreError> {
+    pub async fn prune_request_logs(
+        &self,
+        max_age_ms: i64,
+        max_rows: i64,
+    ) -> Result<u64, StoreError> {
         let mut deleted = sqlx::query("DELETE FROM request_logs WHERE created_at < $1")
             .bind(now_ms() - max_age_ms)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let vaults = sqlx::query("SELECT DISTINCT vault_id FROM request_logs").fetch_all(&self.pool).await?;
+        let vaults = sqlx::query("SELECT DISTINCT vault_id FROM request_logs")
+            .fetch_all(&self.pool)
+            .await?;
         for v in vaults {
             let vault_id: String = col(&v, "vault_id")?;
             let cutoff = sqlx::query(

@@ -18,10 +18,17 @@ pub struct ServiceRow {
 
 impl Store {
     /// Replaces all of a vault's services atomically.
-    pub async fn replace_services(&self, vault_id: &str, rows: &[ServiceRow]) -> Result<(), StoreError> {
+    pub async fn replace_services(
+        &self,
+        vault_id: &str,
+        rows: &[ServiceRow],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM services WHERE vault_id = $1").bind(vault_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM services WHERE vault_id = $1")
+            .bind(vault_id)
+            .execute(&mut *tx)
+            .await?;
         for row in rows {
             sqlx::query(
                 "INSERT INTO services (vault_id, name, position, spec, mac, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -36,7 +43,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::unique(e, "service"))?;
         }
-        sqlx::query("UPDATE vaults SET updated_at = $1 WHERE id = $2").bind(now).bind(vault_id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE vaults SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(vault_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -45,10 +56,12 @@ impl Store {
     pub async fn upsert_service(&self, vault_id: &str, row: &ServiceRow) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let next = sqlx::query("SELECT COALESCE(MAX(position), -1) + 1 AS next FROM services WHERE vault_id = $1")
-            .bind(vault_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let next = sqlx::query(
+            "SELECT COALESCE(MAX(position), -1) + 1 AS next FROM services WHERE vault_id = $1",
+        )
+        .bind(vault_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let next: i64 = col(&next, "next")?;
         sqlx::query(
             "INSERT INTO services (vault_id, name, position, spec, mac, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \

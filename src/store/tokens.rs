@@ -78,7 +78,10 @@ impl TokenRecord {
             agent_id: col(row, "agent_id")?,
             vault_id: col(row, "vault_id")?,
             vault_role: role
-                .map(|r| r.parse().map_err(|e: crate::domain::DomainError| StoreError::Corrupt(e.to_string())))
+                .map(|r| {
+                    r.parse()
+                        .map_err(|e: crate::domain::DomainError| StoreError::Corrupt(e.to_string()))
+                })
                 .transpose()?,
             label: col(row, "label")?,
             expires_at: col(row, "expires_at")?,
@@ -153,21 +156,24 @@ impl Store {
 
     /// Revokes one token. Returns whether a live token was revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Revokes every live token of an agent, including scoped tokens it minted.
     pub async fn revoke_agent_tokens(&self, agent_id: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(agent_id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 

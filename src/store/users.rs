@@ -79,24 +79,30 @@ impl Store {
 
     /// Looks a user up by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, email, password_hash, role, created_at FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, email, password_hash, role, created_at FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(UserRecord::from_row).transpose()
     }
 
     /// Every user, by email.
     pub async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, email, password_hash, role, created_at FROM users ORDER BY email")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, email, password_hash, role, created_at FROM users ORDER BY email",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(UserRecord::from_row).collect()
     }
 
     /// How many users exist.
     pub async fn count_users(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
         col(&row, "n")
     }
 
@@ -104,12 +110,13 @@ impl Store {
     pub async fn set_user_password(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let now = now_ms();
-        let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-            .bind(password_hash)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+                .bind(password_hash)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

@@ -93,7 +93,10 @@ impl Store {
 
     /// Deletes a vault and, by cascade, everything in it. Returns whether it existed.
     pub async fn delete_vault(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM vaults WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM vaults WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -103,16 +106,17 @@ impl Store {
         id: &str,
         policy: UnmatchedHostPolicy,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE vaults SET unmatched_host_policy = $1, updated_at = $2 WHERE id = $3")
-            .bind(policy.as_str())
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE vaults SET unmatched_host_policy = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(policy.as_str())
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
     }
 }
-

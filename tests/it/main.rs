@@ -1,1 +1,9 @@
-fn main(){}
+//! The integration suite: one binary, the real server on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+mod admin_api;
+mod cli;
+mod proxy;
+mod store;

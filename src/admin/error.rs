@@ -1,0 +1,191 @@
+//! The one API error type: every handler returns it, and it alone decides the status and the
+//! JSON body. Internal details are logged here and never sent to the caller.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::crypto::CryptoError;
+use crate::identity::AuthError;
+use crate::store::StoreError;
+
+/// An error answered by the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is invalid (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong, naming the field; never echoes a secret.
+        message: String,
+    },
+    /// No valid credentials (401).
+    #[error("authentication required: log in, or pass a valid token")]
+    Unauthorized,
+    /// Wrong email or password at login (401).
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    /// Authenticated but not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing does not exist, or the caller may not know it exists (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request body is over the cap (413).
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The request body is not JSON (415).
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Too many failed attempts from this client (429).
+    #[error("too many failed attempts; wait a minute and try again")]
+    TooManyRequests,
+    /// The store is unreachable (503).
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// A stored value failed its integrity check (500, logged as an alarm).
+    #[error("a stored value failed its integrity check; it may have been tampered with")]
+    Integrity(String),
+    /// Anything else (500, logged).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 with a code and message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 500 whose cause is logged.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        Self::Internal(err.to_string())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "admin API internal error"),
+            Self::Integrity(detail) => {
+                tracing::error!(error = %detail, "INTEGRITY ALARM: stored data failed authentication")
+            }
+            Self::Unavailable => tracing::warn!("admin API: database unavailable"),
+            _ => {}
+        }
+        let mut response = (
+            status,
+            Json(json!({ "error": code, "message": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"agent-vault\""),
+            );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound("not found".into()),
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            e if e.is_unavailable() => Self::Unavailable,
+            e => Self::internal(e),
+        }
+    }
+}
+
+impl From<CryptoError> for ApiError {
+    fn from(err: CryptoError) -> Self {
+        match err {
+            CryptoError::Integrity | CryptoError::Malformed => Self::Integrity(err.to_string()),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Store(e) => e.into(),
+            _ => Self::Unauthorized,
+        }
+    }
+}
+
+/// Replaces double-quoted fragments of a parser message (serde quotes input strings that way)
+/// with a placeholder, so an error never echoes input that could be a secret sent in the wrong
+/// field. Back-quoted field and variant names are kept: they are schema, not data.
+pub fn scrub_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            out.push(c);
+            out.push('…');
+            for d in chars.by_ref() {
+                if d == c {
+                    break;
+                }
+            }
+            out.push(c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_quoted_input() {
+        assert_eq!(
+            scrub_quoted("invalid type: string \"sk_live_123\", expected a map"),
+            "invalid type: string \"…\", expected a map"
+        );
+        assert_eq!(
+            scrub_quoted("unknown field `tokn`, expected `token`"),
+            "unknown field `tokn`, expected `token`"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! The admin API: JSON over HTTP under `/v1`. Every route checks who is calling and with which
+//! role; errors go through [`error::ApiError`]; writes rebuild the touched vault's snapshot so
+//! the proxy uses the change on its very next request.
+
+mod agents;
+mod auth;
+mod credentials;
+pub mod error;
+pub mod extract;
+mod logs;
+mod meta;
+mod services;
+mod vaults;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{delete, get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::ca::CertificateAuthority;
+use crate::config::Config;
+use crate::crypto::PasswordHasher;
+use crate::domain::{VaultName, VaultRole};
+use crate::identity::{Authenticated, FailureBudget, Identity};
+use crate::keys::Keyring;
+use crate::registry::Snapshots;
+use crate::store::changes::Change;
+use crate::store::{Store, VaultRecord};
+
+pub use error::ApiError;
+
+/// Shared state of the admin API.
+#[derive(Clone)]
+pub struct AdminState(Arc<AdminInner>);
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of [`AdminState`].
+#[allow(missing_debug_implementations)]
+pub struct AdminInner {
+    /// The database.
+    pub store: Store,
+    /// The unsealed keys.
+    pub keyring: Keyring,
+    /// Token resolution.
+    pub identity: Identity,
+    /// The proxy's snapshots.
+    pub snapshots: Snapshots,
+    /// The proxy's CA.
+    pub ca: Arc<CertificateAuthority>,
+    /// The whole configuration.
+    pub config: Arc<Config>,
+    /// User password hashing.
+    pub passwords: PasswordHasher,
+    /// Base URL for links (approval, invitations).
+    pub public_url: String,
+    /// The proxy's bound address.
+    pub proxy_addr: SocketAddr,
+    /// Where the setup token file lives (deleted once used).
+    pub setup_token_file: PathBuf,
+    /// Failed authentications per client address.
+    pub auth_failures: FailureBudget,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = AdminInner;
+    fn deref(&self) -> &AdminInner {
+        &self.0
+    }
+}
+
+impl AdminState {
+    /// Wraps the parts.
+    pub fn new(inner: AdminInner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Resolves a vault the caller may act on with at least `need`. A vault the caller has no
+    /// role in is reported as not found, so names cannot be probed.
+    pub async fn vault_access(
+        &self,
+        caller: &Authenticated,
+        name: &str,
+        need: VaultRole,
+    ) -> Result<(VaultRecord, VaultRole), ApiError> {
+        let not_found = || ApiError::NotFound(format!("vault {name:?} not found"));
+        let parsed = VaultName::parse(name).map_err(|_| not_found())?;
+        let vault = self
+            .store
+            .vault_by_name(&parsed)
+            .await?
+            .ok_or_else(not_found)?;
+        let role = caller.role_in(&vault.id).ok_or_else(not_found)?;
+        if role < need {
+            return Err(ApiError::Forbidden(format!(
+                "this needs the {need} role in vault {name:?}; you have {role}"
+            )));
+        }
+        Ok((vault, role))
+    }
+
+    /// Rebuilds a vault's snapshot after a write. The write is committed; a failed rebuild is
+    /// logged and retried from scratch so the proxy never keeps serving stale bindings.
+    pub async fn changed(&self, vault_id: &str) {
+        if let Err(e) = self.snapshots.reload(vault_id).await {
+            tracing::error!(error = %e, "rebuilding vault snapshot failed; reloading all");
+            if let Err(e) = self.snapshots.reload_all().await {
+                tracing::error!(error = %e, "reloading snapshots failed");
+            }
+        }
+        if let Err(e) = self
+            .store
+            .publish(&Change::Vault(vault_id.to_owned()))
+            .await
+        {
+            tracing::error!(error = %e, "could not notify other instances of a vault change");
+        }
+    }
+
+    /// Drops cached token answers here and on other instances after a revocation or a grant
+    /// change, and wakes open connections to re-check.
+    pub async fn tokens_changed(&self) {
+        self.identity.invalidate_all();
+        if let Err(e) = self.store.publish(&Change::Tokens).await {
+            tracing::error!(error = %e, "could not notify other instances of a token change");
+        }
+    }
+}
+
+/// Headers on every admin response.
+fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    let set = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    router
+        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(set(header::REFERRER_POLICY, "no-referrer"))
+        .layer(set(header::CACHE_CONTROL, "no-store"))
+        .layer(set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ))
+}
+
+/// The `/v1` API router.
+pub fn router(state: AdminState) -> Router {
+    let limit = state.config.limits.max_admin_body_bytes;
+    let api = Router::new()
+        .route("/v1/health", get(meta::health))
+        .route("/v1/status", get(meta::status))
+        .route("/v1/ca.pem", get(meta::ca_pem))
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/whoami", get(auth::whoami))
+        .route("/v1/users", get(auth::list_users))
+        .route(
+            "/v1/invites",
+            get(auth::list_invites).post(auth::create_invite),
+        )
+        .route("/v1/invites/{id}", delete(auth::revoke_invite))
+        .route("/v1/vaults", get(vaults::list).post(vaults::create))
+        .route(
+            "/v1/vaults/{vault}",
+            get(vaults::show).delete(vaults::remove),
+        )
+        .route(
+            "/v1/vaults/{vault}/settings",
+            get(vaults::settings).patch(vaults::update_settings),
+        )
+        .route(
+            "/v1/vaults/{vault}/members",
+            get(vaults::members).put(vaults::set_member),
+        )
+        .route(
+            "/v1/vaults/{vault}/members/{kind}/{who}",
+            delete(vaults::remove_member),
+        )
+        .route(
+            "/v1/vaults/{vault}/credentials",
+            get(credentials::list)
+                .put(credentials::set)
+                .delete(credentials::remove),
+        )
+        .route(
+            "/v1/vaults/{vault}/credentials/{key}",
+            get(credentials::get_one),
+        )
+        .route(
+            "/v1/vaults/{vault}/services",
+            get(services::list)
+                .put(services::replace)
+                .post(services::upsert),
+        )
+        .route(
+            "/v1/vaults/{vault}/services/{name}",
+            delete(services::remove),
+        )
+        .route(
+            "/v1/vaults/{vault}/tokens",
+            get(agents::list_tokens).post(agents::mint_token),
+        )
+        .route("/v1/tokens/{id}", delete(agents::revoke_token))
+        .route("/v1/agents", get(agents::list).post(agents::create))
+        .route("/v1/agents/{name}", delete(agents::remove))
+        .route("/v1/agents/{name}/rotate", post(agents::rotate))
+        .route("/v1/agents/{name}/revoke", post(agents::revoke))
+        .route("/v1/vaults/{vault}/logs", get(logs::list))
+        .route("/v1/vaults/{vault}/audit", get(logs::audit))
+        .fallback(meta::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    security_headers(api)
+}
+
+/// Mints a raw token of `kind`, stores its hash, and returns both. `fill` sets the owner fields.
+pub(crate) async fn issue_token(
+    state: &AdminState,
+    kind: crate::crypto::TokenKind,
+    store_kind: crate::store::TokenStoreKind,
+    fill: impl FnOnce(&mut crate::store::TokenRecord),
+    ttl: Option<std::time::Duration>,
+) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
+    let raw = kind.generate()?;
+    let now = crate::domain::now_ms();
+    let mut record = crate::store::TokenRecord {
+        id: crate::crypto::random_id()?,
+        hash: state.keyring.token_hasher().hash(&raw),
+        kind: store_kind,
+        user_id: None,
+        agent_id: None,
+        vault_id: None,
+        vault_role: None,
+        label: String::new(),
+        expires_at: ttl
+            .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
+        revoked_at: None,
+        created_at: now,
+    };
+    fill(&mut record);
+    state.store.insert_token(&record).await?;
+    Ok((raw, record))
+}

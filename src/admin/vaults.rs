@@ -1,0 +1,315 @@
+//! Vaults, their settings and their members.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::extract::{ApiJson, Caller};
+use super::{AdminState, ApiError};
+use crate::domain::{AgentName, Email, UnmatchedHostPolicy, VaultName, VaultRole};
+use crate::identity::Principal;
+use crate::store::{PrincipalKind, VaultRecord};
+
+/// A vault as the API shows it.
+#[derive(Serialize)]
+pub struct VaultView {
+    name: VaultName,
+    role: VaultRole,
+    unmatched_host_policy: UnmatchedHostPolicy,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn view(v: &VaultRecord, role: VaultRole) -> VaultView {
+    VaultView {
+        name: v.name.clone(),
+        role,
+        unmatched_host_policy: v.unmatched_host_policy,
+        created_at: v.created_at,
+        updated_at: v.updated_at,
+    }
+}
+
+/// `GET /v1/vaults`: the vaults the caller has a role in.
+pub async fn list(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Json<Vec<VaultView>>, ApiError> {
+    let vaults = state.store.list_vaults().await?;
+    Ok(Json(
+        vaults
+            .iter()
+            .filter_map(|v| caller.role_in(&v.id).map(|r| view(v, r)))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    name: String,
+}
+
+/// `POST /v1/vaults`: humans create vaults and become their admin.
+pub async fn create(
+    State(state): State<AdminState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    let Principal::User { id, .. } = &caller.principal else {
+        return Err(ApiError::Forbidden(
+            "only human users can create vaults".into(),
+        ));
+    };
+    let name = VaultName::parse(&body.name)
+        .map_err(|e| ApiError::bad_request("invalid_vault_name", e.to_string()))?;
+    let vault = state
+        .store
+        .create_vault(&name, Some((PrincipalKind::User, id)))
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("vault {name:?} already exists"))
+            }
+            other => other.into(),
+        })?;
+    state.tokens_changed().await;
+    state.changed(&vault.id).await;
+    crate::audit::record(
+        &state.store,
+        &caller,
+        "vault.create",
+        Some(&vault.id),
+        name.to_string(),
+        String::new(),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(view(&vault, VaultRole::Admin))).into_response())
+}
+
+/// `GET /v1/vaults/{vault}`.
+pub async fn show(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<VaultView>, ApiError> {
+    let (vault, role) = state.vault_access(&caller, &name, VaultRole::Proxy).await?;
+    Ok(Json(view(&vault, role)))
+}
+
+/// `DELETE /v1/vaults/{vault}` (admin): deletes everything in it.
+pub async fn remove(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Admin).await?;
+    if !caller.is_user() {
+        return Err(ApiError::Forbidden(
+            "only human users can delete vaults".into(),
+        ));
+    }
+    state.store.delete_vault(&vault.id).await?;
+    state.tokens_changed().await;
+    state.changed(&vault.id).await;
+    crate::audit::record(
+        &state.store,
+        &caller,
+        "vault.delete",
+        None,
+        vault.name.to_string(),
+        String::new(),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/vaults/{vault}/settings`.
+pub async fn settings(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Proxy).await?;
+    Ok(Json(
+        json!({ "unmatched_host_policy": vault.unmatched_host_policy }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    unmatched_host_policy: Option<UnmatchedHostPolicy>,
+}
+
+/// `PATCH /v1/vaults/{vault}/settings` (admin).
+pub async fn update_settings(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SettingsBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Admin).await?;
+    let Some(policy) = body.unmatched_host_policy else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "nothing to change: give unmatched_host_policy",
+        ));
+    };
+    state
+        .store
+        .set_unmatched_host_policy(&vault.id, policy)
+        .await?;
+    state.changed(&vault.id).await;
+    crate::audit::record(
+        &state.store,
+        &caller,
+        "vault.settings",
+        Some(&vault.id),
+        "unmatched_host_policy".into(),
+        policy.to_string(),
+    )
+    .await;
+    Ok(Json(json!({ "unmatched_host_policy": policy })))
+}
+
+/// `GET /v1/vaults/{vault}/members` (member or higher).
+pub async fn members(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (vault, _) = state
+        .vault_access(&caller, &name, VaultRole::Member)
+        .await?;
+    let members: Vec<_> = state
+        .store
+        .list_members(&vault.id)
+        .await?
+        .into_iter()
+        .map(|m| json!({ "kind": m.kind, "name": m.display, "role": m.role }))
+        .collect();
+    Ok(Json(json!(members)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberBody {
+    kind: PrincipalKind,
+    /// The user's email or the agent's name.
+    name: String,
+    role: VaultRole,
+}
+
+async fn principal_id(
+    state: &AdminState,
+    kind: PrincipalKind,
+    who: &str,
+) -> Result<String, ApiError> {
+    let missing = || ApiError::NotFound(format!("no {} named {who:?}", kind.as_str()));
+    match kind {
+        PrincipalKind::User => {
+            let email = Email::parse(who).map_err(|_| missing())?;
+            Ok(state
+                .store
+                .user_by_email(&email)
+                .await?
+                .ok_or_else(missing)?
+                .id)
+        }
+        PrincipalKind::Agent => {
+            let name = AgentName::parse(who).map_err(|_| missing())?;
+            Ok(state
+                .store
+                .agent_by_name(&name)
+                .await?
+                .ok_or_else(missing)?
+                .id)
+        }
+    }
+}
+
+async fn guard_last_admin(
+    state: &AdminState,
+    vault_id: &str,
+    kind: PrincipalKind,
+    id: &str,
+) -> Result<(), ApiError> {
+    let current = state.store.role_in_vault(vault_id, kind, id).await?;
+    if current == Some(VaultRole::Admin) && state.store.count_vault_admins(vault_id).await? <= 1 {
+        return Err(ApiError::Conflict(
+            "a vault must keep at least one admin".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/vaults/{vault}/members` (admin): grants or changes a role.
+pub async fn set_member(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<MemberBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Admin).await?;
+    if body.kind == PrincipalKind::User && body.role == VaultRole::Proxy {
+        return Err(ApiError::bad_request(
+            "invalid_role",
+            "users hold member or admin roles; proxy is for agents",
+        ));
+    }
+    let id = principal_id(&state, body.kind, &body.name).await?;
+    if body.role != VaultRole::Admin {
+        guard_last_admin(&state, &vault.id, body.kind, &id).await?;
+    }
+    state
+        .store
+        .grant(&vault.id, body.kind, &id, body.role)
+        .await?;
+    state.tokens_changed().await;
+    crate::audit::record(
+        &state.store,
+        &caller,
+        "member.set",
+        Some(&vault.id),
+        format!("{}:{}", body.kind.as_str(), body.name),
+        body.role.to_string(),
+    )
+    .await;
+    Ok(Json(
+        json!({ "kind": body.kind, "name": body.name, "role": body.role }),
+    ))
+}
+
+/// `DELETE /v1/vaults/{vault}/members/{kind}/{who}` (admin).
+pub async fn remove_member(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((name, kind, who)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Admin).await?;
+    let kind: PrincipalKind = kind
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_kind", "member kind must be user or agent"))?;
+    let id = principal_id(&state, kind, &who).await?;
+    guard_last_admin(&state, &vault.id, kind, &id).await?;
+    if !state.store.revoke_grant(&vault.id, kind, &id).await? {
+        return Err(ApiError::NotFound(format!(
+            "{who:?} is not a member of vault {name:?}"
+        )));
+    }
+    state.tokens_changed().await;
+    crate::audit::record(
+        &state.store,
+        &caller,
+        "member.remove",
+        Some(&vault.id),
+        format!("{}:{who}", kind.as_str()),
+        String::new(),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,311 @@
+//! The application: `App::build` opens the store, unseals, binds both listeners (port 0 picks a
+//! free one), wires every part together, and `App::run` serves until shutdown, then drains.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminInner, AdminState};
+use crate::audit::RequestLogger;
+use crate::ca::{CaError, CertificateAuthority};
+use crate::config::Config;
+use crate::crypto::{CryptoError, PasswordHasher, TokenKind};
+use crate::identity::{FailureBudget, Identity};
+use crate::keys::{self, Keyring, UnsealError};
+use crate::netguard::NetGuard;
+use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
+use crate::registry::Snapshots;
+use crate::store::changes::{self, Change};
+use crate::store::{Backend, Store, StoreError};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    /// The master password is wrong or the keys could not be unsealed.
+    #[error("{0}")]
+    Unseal(#[from] UnsealError),
+    /// The CA could not be loaded or created.
+    #[error("cannot load the proxy CA: {0}")]
+    Ca(#[from] CaError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Upstream TLS settings are unusable.
+    #[error("configuration error: {0}")]
+    Upstream(String),
+    /// The setup token file could not be written.
+    #[error("cannot write {path}: {source}")]
+    SetupFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A cryptographic operation failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// A built, listening application.
+#[allow(missing_debug_implementations)]
+pub struct App {
+    admin_listener: TcpListener,
+    proxy_listener: TcpListener,
+    admin_state: AdminState,
+    proxy_state: Arc<ProxyState>,
+    logger_task: JoinHandle<()>,
+    shutdown: CancellationToken,
+    store: Store,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// The setup token file, when no owner exists yet.
+    pub setup_token_file: Option<PathBuf>,
+    /// The base URL for links.
+    pub public_url: String,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Writes a fresh setup token (0600) unless a valid one is already outstanding.
+async fn ensure_setup_token(
+    store: &Store,
+    keyring: &Keyring,
+    data_dir: &Path,
+) -> Result<PathBuf, AppError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("setup-token");
+    let outstanding = store.setup_token_hash().await?;
+    if let (Some(hash), Ok(existing)) = (&outstanding, std::fs::read_to_string(&path)) {
+        let existing = SecretString::from(existing.trim().to_owned());
+        if hex::encode(keyring.token_hasher().hash(&existing).0) == *hash {
+            return Ok(path);
+        }
+    }
+    let raw = TokenKind::Setup.generate()?;
+    let io = |source| AppError::SetupFile {
+        path: path.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(data_dir)
+        .map_err(io)?;
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(raw.expose_secret().as_bytes()).map_err(io)?;
+    file.write_all(b"\n").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    store
+        .set_setup_token_hash(&hex::encode(keyring.token_hasher().hash(&raw).0))
+        .await?;
+    Ok(path)
+}
+
+impl App {
+    /// Opens, unseals, binds and wires. Nothing listens if unsealing fails.
+    pub async fn build(config: Config, password: SecretString) -> Result<Self, AppError> {
+        let config = Arc::new(config);
+        let store = Store::open(
+            &config.data_dir,
+            config.database_url.as_ref().map(|u| u.0.as_str()),
+        )
+        .await?;
+        let (keyring, initialized) = keys::unseal_or_init(&store, password, config.kdf).await?;
+        if initialized {
+            tracing::info!("initialized a new vault: generated and sealed the data-encryption key");
+        }
+        let admin_listener = bind(SocketAddr::new(config.server.host, config.server.port)).await?;
+        let proxy_listener = bind(SocketAddr::new(
+            config.proxy_host(),
+            config.server.proxy_port,
+        ))
+        .await?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| AppError::Bind {
+                addr: SocketAddr::new(config.server.host, config.server.port),
+                source,
+            })?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| AppError::Bind {
+                addr: SocketAddr::new(config.proxy_host(), config.server.proxy_port),
+                source,
+            })?;
+
+        let guard = NetGuard::new(
+            config.upstream.allow_private_ranges,
+            config.upstream.network_allowlist.clone(),
+        );
+        guard.add_own_listener(admin_addr);
+        guard.add_own_listener(proxy_addr);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let ca = Arc::new(CertificateAuthority::load_or_create(&store, &keyring).await?);
+        let leaves = ca.leaf_cache(provider.clone());
+        let upstream =
+            Upstream::new(&config.upstream, guard, provider).map_err(AppError::Upstream)?;
+        let identity = Identity::new(
+            store.clone(),
+            keyring.token_hasher().clone(),
+            config.tokens.cache_ttl,
+        );
+        let snapshots = Snapshots::load(store.clone(), keyring.clone()).await?;
+        let shutdown = CancellationToken::new();
+        let (logger, logger_task) =
+            RequestLogger::start(store.clone(), config.request_log.clone(), shutdown.clone());
+
+        let setup_token_file = if store.count_users().await? == 0 {
+            Some(ensure_setup_token(&store, &keyring, &config.data_dir).await?)
+        } else {
+            None
+        };
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{admin_addr}"));
+
+        let admin_state = AdminState::new(AdminInner {
+            store: store.clone(),
+            keyring: keyring.clone(),
+            identity: identity.clone(),
+            snapshots: snapshots.clone(),
+            ca,
+            config: config.clone(),
+            passwords: PasswordHasher::new(config.kdf)?,
+            public_url: public_url.clone(),
+            proxy_addr,
+            setup_token_file: config.data_dir.join("setup-token"),
+            auth_failures: FailureBudget::new(config.limits.auth_failures_per_minute),
+        });
+        let proxy_state = ProxyState::new(ProxyParts {
+            identity: identity.clone(),
+            snapshots: snapshots.clone(),
+            keyring,
+            leaves,
+            upstream,
+            limits: config.limits.clone(),
+            logger,
+            shutdown: shutdown.clone(),
+            shutdown_grace: config.server.shutdown_grace,
+        });
+
+        if store.backend() == Backend::Postgres
+            && let Some(url) = config.database_url.clone()
+        {
+            let (snaps, ident) = (snapshots.clone(), identity.clone());
+            tokio::spawn(changes::listen(url.0, shutdown.clone(), move |change| {
+                let (snaps, ident) = (snaps.clone(), ident.clone());
+                tokio::spawn(async move {
+                    let result = match change {
+                        Some(Change::Vault(id)) => snaps.reload(&id).await,
+                        Some(Change::Tokens) => {
+                            ident.invalidate_all();
+                            Ok(())
+                        }
+                        None => {
+                            ident.invalidate_all();
+                            snaps.reload_all().await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "applying a change from another instance failed");
+                    }
+                });
+            }));
+        }
+        tokio::spawn(maintenance(store.clone(), shutdown.clone()));
+
+        Ok(Self {
+            admin_listener,
+            proxy_listener,
+            admin_state,
+            proxy_state,
+            logger_task,
+            shutdown,
+            store,
+            admin_addr,
+            proxy_addr,
+            setup_token_file,
+            public_url,
+        })
+    }
+
+    /// A token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The proxy's shared state (tests inspect the leaf cache through it).
+    pub fn proxy_state(&self) -> Arc<ProxyState> {
+        self.proxy_state.clone()
+    }
+
+    /// Serves both listeners until the shutdown token is cancelled, then drains open requests
+    /// and tunnels (up to `server.shutdown_grace`) and flushes the request log.
+    pub async fn run(self) -> Result<(), std::io::Error> {
+        let router = admin::router(self.admin_state.clone());
+        let shutdown = self.shutdown.clone();
+        let admin = axum::serve(
+            self.admin_listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let admin_task = tokio::spawn(async move { admin.await });
+        proxy::serve(self.proxy_listener, self.proxy_state.clone()).await;
+        // serve() returns once shutdown was requested.
+        self.proxy_state.drain().await;
+        let grace = self.proxy_state.shutdown_grace;
+        match tokio::time::timeout(grace, admin_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
+            Err(_) => tracing::warn!("admin server did not stop within the grace period"),
+            Ok(Ok(Ok(()))) => {}
+        }
+        drop(self.admin_state);
+        drop(self.proxy_state);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.logger_task).await;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// Periodic housekeeping: dead tokens are deleted a day after they stop working.
+async fn maintenance(store: Store, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = store.purge_dead_tokens(24 * 3600 * 1000).await {
+            tracing::warn!(error = %e, "purging dead tokens failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `agent-vault ca fetch`: the proxy's root certificate, for clients to trust.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::CliError;
+use super::client::{Client, DEFAULT_ADDRESS};
+
+/// `agent-vault ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Download the root certificate (PEM) to a file or standard output.
+    Fetch {
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Runs a CA command.
+pub async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), CliError> {
+    let CaCommand::Fetch { output } = cmd;
+    let client = Client::anonymous(address.unwrap_or(DEFAULT_ADDRESS))?;
+    let pem = client.get_text("/v1/ca.pem").await?;
+    if !pem.starts_with("-----BEGIN CERTIFICATE-----") {
+        return Err(CliError::msg("the server did not return a PEM certificate"));
+    }
+    match output {
+        Some(path) => {
+            std::fs::write(&path, pem)
+                .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("wrote the agent-vault CA certificate to {}", path.display());
+        }
+        None => print!("{pem}"),
+    }
+    Ok(())
+}

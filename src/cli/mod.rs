@@ -1,0 +1,187 @@
+//! The command line. Every command but `server` and `master-password` is a client of the admin
+//! API. Errors are one line a person can act on; exit codes are 0 (ok), 1 (error), 2 (usage).
+
+mod agent;
+mod auth;
+mod ca;
+pub mod client;
+mod credential;
+mod master_password;
+pub mod output;
+mod run;
+mod server;
+mod service;
+mod vault;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+
+/// An error the CLI reports on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A problem described for a person.
+    #[error("{0}")]
+    Message(String),
+    /// The server refused.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's error code.
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// The child of `run` exited; carry its code through.
+    #[error("child exited with {0}")]
+    ChildExit(i32),
+}
+
+impl CliError {
+    /// A plain message.
+    pub fn msg(m: impl Into<String>) -> Self {
+        Self::Message(m.into())
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::ChildExit(code) => *code,
+            _ => 1,
+        }
+    }
+}
+
+/// agent-vault: a credential vault and HTTPS proxy that attaches secrets to AI agents' requests
+/// without ever handing the secrets to them.
+#[derive(Debug, Parser)]
+#[command(name = "agent-vault", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Admin API address of the server.
+    #[arg(long, global = true, env = "AGENT_VAULT_ADDR", value_name = "URL")]
+    address: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: admin API and web UI, and the proxy.
+    Server(server::ServerArgs),
+    /// Register, log in and out, see who you are, invite users.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Vaults and everything in them: credentials, services, settings, tokens, logs.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+    /// Agents: non-human identities holding proxy tokens.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Run a command with the proxy and CA configured and a short-lived token.
+    Run(run::RunArgs),
+    /// The proxy's root CA certificate.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Change the master password (re-wraps the data key; works offline).
+    #[command(subcommand, name = "master-password")]
+    MasterPassword(master_password::MasterPasswordCommand),
+}
+
+/// `--json`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--vault` (default from `AGENT_VAULT_VAULT`, then `default`).
+#[derive(Debug, Args, Clone)]
+pub struct VaultArg {
+    /// The vault to act on.
+    #[arg(
+        long,
+        short = 'v',
+        env = "AGENT_VAULT_VAULT",
+        default_value = "default"
+    )]
+    pub vault: String,
+}
+
+/// Parses durations like `30m`, `1h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30m, 1h or 7d: {e}"))
+}
+
+/// Reads all of standard input.
+pub fn read_stdin() -> Result<String, CliError> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+    Ok(text)
+}
+
+/// Reads one secret line from standard input (without its line ending).
+pub fn read_secret_line() -> Result<SecretString, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// Asks for a password on the terminal.
+pub fn prompt_password(prompt: &str) -> Result<SecretString, CliError> {
+    rpassword::prompt_password(prompt)
+        .map(SecretString::from)
+        .map_err(|e| {
+            CliError::msg(format!(
+                "cannot read a password from the terminal ({e}); use --password-stdin"
+            ))
+        })
+}
+
+/// A file path or `-` for standard input.
+pub fn read_file_or_stdin(path: &PathBuf) -> Result<String, CliError> {
+    if path.as_os_str() == "-" {
+        return read_stdin();
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub async fn run(self) -> Result<(), CliError> {
+        let address = self.address.as_deref();
+        match self.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Auth(cmd) => auth::run(cmd, address).await,
+            Command::Vault(cmd) => vault::run(cmd, address).await,
+            Command::Agent(cmd) => agent::run(cmd, address).await,
+            Command::Run(args) => run::run(args, address).await,
+            Command::Ca(cmd) => ca::run(cmd, address).await,
+            Command::MasterPassword(cmd) => master_password::run(cmd).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

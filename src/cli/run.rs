@@ -1,0 +1,257 @@
+//! `agent-vault run -- COMMAND...`: mint a short-lived proxy-role token, write the CA, run the
+//! command with proxy and CA variables set, forward signals, exit with the command's code, and
+//! revoke the token afterwards. The command never sees a credential value.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::client::{Acting, Client, seg};
+use super::{CliError, VaultArg, parse_duration};
+use crate::crypto::TokenKind;
+
+/// Flags of `agent-vault run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    vault: VaultArg,
+    /// Lifetime of the token minted for this run (default: the server's, 1h).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+/// Variables `run` owns; any inherited copy (in any case) is replaced.
+const OWNED_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_USE_ENV_PROXY",
+    "GIT_SSL_CAINFO",
+    "DENO_CERT",
+    "AGENT_VAULT_ADDR",
+    "AGENT_VAULT_TOKEN",
+    "AGENT_VAULT_VAULT",
+];
+
+fn pem_encode(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Writes `ca.pem` (the agent-vault root only) and `ca-bundle.pem` (it plus the system roots,
+/// so tunnelled hosts that present their real certificates still verify).
+fn write_ca_files(ca_pem: &str) -> Result<(PathBuf, PathBuf), CliError> {
+    let home = std::env::var_os("HOME").ok_or_else(|| CliError::msg("HOME is not set"))?;
+    let dir = PathBuf::from(home).join(".agent-vault");
+    let ca = dir.join("ca.pem");
+    let bundle = dir.join("ca-bundle.pem");
+    write_private(&ca, ca_pem)?;
+    let mut all = String::from(ca_pem);
+    for cert in rustls_native_certs::load_native_certs().certs {
+        all.push_str(&pem_encode(&cert));
+    }
+    write_private(&bundle, &all)?;
+    Ok((ca, bundle))
+}
+
+fn proxy_host(address: &str) -> String {
+    let host = url::Url::parse(address)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    match host.as_str() {
+        "0.0.0.0" | "[::]" | "::" => "127.0.0.1".into(),
+        _ => host,
+    }
+}
+
+/// Runs the command.
+pub async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliError> {
+    let client = Client::authenticated(address)?;
+    let vault = args.vault.vault.clone();
+    let inherited = std::env::var("AGENT_VAULT_TOKEN").unwrap_or_default();
+    let (token, token_id, proxy_port) =
+        if client.acting == Acting::Agent && TokenKind::Scoped.matches_format(&inherited) {
+            // Already a scoped token (run inside run, or from `vault token`): use it as it is.
+            let status: Value = Client::anonymous(client.base())?.get("/v1/status").await?;
+            (
+                SecretString::from(inherited),
+                None,
+                status["proxy_port"].as_u64().unwrap_or(14322),
+            )
+        } else {
+            let mut body = json!({ "label": format!("run: {}", args.command[0]) });
+            if let Some(t) = args.ttl {
+                body["ttl_seconds"] = json!(t.as_secs());
+            }
+            let resp: Value = client
+                .post(&format!("/v1/vaults/{}/tokens", seg(&vault)), &body)
+                .await?;
+            let token = resp["token"]
+                .as_str()
+                .ok_or_else(|| CliError::msg("the server returned no token"))?;
+            (
+                SecretString::from(token.to_owned()),
+                resp["id"].as_str().map(str::to_owned),
+                resp["proxy_port"].as_u64().unwrap_or(14322),
+            )
+        };
+    let ca_pem = Client::anonymous(client.base())?
+        .get_text("/v1/ca.pem")
+        .await?;
+    let (ca, bundle) = write_ca_files(&ca_pem)?;
+    let host = proxy_host(client.base());
+    let proxy = format!(
+        "http://{}:{}@{host}:{proxy_port}",
+        token.expose_secret(),
+        vault
+    );
+    let no_proxy = format!("localhost,127.0.0.1,::1,{host}");
+
+    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy().to_ascii_uppercase();
+        if OWNED_VARS.contains(&k.as_str()) {
+            cmd.env_remove(&key);
+        }
+    }
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        cmd.env(name, &proxy);
+    }
+    cmd.env("NO_PROXY", &no_proxy).env("no_proxy", &no_proxy);
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "DENO_CERT",
+    ] {
+        cmd.env(name, &bundle);
+    }
+    cmd.env("NODE_EXTRA_CA_CERTS", &ca)
+        .env("NODE_USE_ENV_PROXY", "1")
+        .env("AGENT_VAULT_ADDR", client.base())
+        .env("AGENT_VAULT_TOKEN", token.expose_secret())
+        .env("AGENT_VAULT_VAULT", &vault);
+
+    let outcome = match cmd.spawn() {
+        Ok(mut child) => {
+            let pid = child.id();
+            let forwarder = tokio::spawn(forward_signals(pid));
+            let status = child.wait().await;
+            forwarder.abort();
+            status
+                .map_err(|e| CliError::msg(format!("waiting for {} failed: {e}", args.command[0])))
+        }
+        Err(e) => Err(CliError::msg(format!(
+            "cannot run {}: {e}",
+            args.command[0]
+        ))),
+    };
+    if let Some(id) = token_id
+        && let Err(e) = client
+            .delete::<Value>(&format!("/v1/tokens/{}", seg(&id)), None)
+            .await
+    {
+        eprintln!(
+            "agent-vault: warning: could not revoke the run's token ({e}); it expires on its own"
+        );
+    }
+    let status = outcome?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CliError::ChildExit(code))
+    }
+}
+
+/// Forwards SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to the child. SIGINT and SIGQUIT from a terminal
+/// already reach the child through its process group, so they are not sent twice.
+async fn forward_signals(pid: Option<u32>) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
+    let kinds = [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    for (kind, sig) in kinds {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // Keep SIGINT and SIGQUIT from killing us before the child has finished.
+    let _ignore_int = signal(SignalKind::interrupt());
+    let _ignore_quit = signal(SignalKind::quit());
+    while let Some(sig) = rx.recv().await {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}

@@ -1,0 +1,383 @@
+//! CONNECT: authenticate, decide on the canonical authority, then either intercept (terminate
+//! TLS with a leaf for that host and handle each request), splice bytes opaquely (tunnel
+//! policy, nothing attached), or refuse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::auth::{self, Session};
+use super::error::ProxyError;
+use super::pipeline::{self, Target};
+use super::upstream::{ConnectError, dial};
+use super::{Activity, ProxyBody, ProxyState};
+use crate::domain::now_ms;
+use crate::policy::{
+    Authority, ConnectDecision, Host, canonicalize_host, decide_connect, parse_authority,
+};
+use crate::store::RequestLogRow;
+
+fn established() -> Response<ProxyBody> {
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+fn tunnel_row(
+    session: &Session,
+    authority: &Authority,
+    status: u16,
+    bytes: (u64, u64),
+    started: Instant,
+    error: Option<&'static str>,
+) -> RequestLogRow {
+    RequestLogRow {
+        vault_id: session.vault_id.clone(),
+        actor_kind: session.actor.0,
+        actor_id: session.actor.1.clone(),
+        kind: "tunnel",
+        method: "CONNECT".into(),
+        host: authority.to_string(),
+        path: String::new(),
+        service: None,
+        credential_keys: Vec::new(),
+        status,
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+        latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error_code: error,
+        created_at: now_ms(),
+    }
+}
+
+/// Handles a CONNECT request.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let Some(target) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return ProxyError::BadRequest("CONNECT needs a host:port target".into()).into_response();
+    };
+    let authority = match parse_authority(&target, None) {
+        Ok(a) => a,
+        Err(e) => {
+            return ProxyError::BadRequest(format!("invalid CONNECT target: {e}")).into_response();
+        }
+    };
+    let (session, snapshot) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    match decide_connect(&snapshot, &authority) {
+        ConnectDecision::Deny(_) => {
+            let err = ProxyError::ForbiddenHost {
+                vault: session.vault_name.clone(),
+                host: authority.to_string(),
+                hostname: authority.host.to_string(),
+            };
+            state.logger.log(tunnel_row(
+                &session,
+                &authority,
+                403,
+                (0, 0),
+                started,
+                Some(err.code()),
+            ));
+            err.into_response()
+        }
+        ConnectDecision::Intercept => {
+            let on_upgrade = hyper::upgrade::on(req);
+            let st = state.clone();
+            state.tasks.spawn(async move {
+                intercept(st, Arc::new(session), authority, on_upgrade).await;
+                drop(permit);
+            });
+            established()
+        }
+        ConnectDecision::Tunnel => {
+            let host = match &authority.host {
+                Host::Domain(d) => d.clone(),
+                Host::Ip(ip) => ip.to_string(),
+            };
+            let upstream = &state.upstream;
+            match dial(
+                &upstream.resolver,
+                &upstream.guard,
+                &host,
+                authority.port,
+                upstream.connect_timeout,
+            )
+            .await
+            {
+                Ok((tcp, _)) => {
+                    let on_upgrade = hyper::upgrade::on(req);
+                    let st = state.clone();
+                    state.tasks.spawn(async move {
+                        splice_tunnel(st, session, authority, on_upgrade, tcp, started).await;
+                        drop(permit);
+                    });
+                    established()
+                }
+                Err(e) => {
+                    let err = match e {
+                        ConnectError::Blocked(b) => ProxyError::Blocked(b),
+                        other => ProxyError::Unreachable(other.to_string()),
+                    };
+                    state.logger.log(tunnel_row(
+                        &session,
+                        &authority,
+                        err.status().as_u16(),
+                        (0, 0),
+                        started,
+                        Some(err.code()),
+                    ));
+                    err.into_response()
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the session is revoked (or loses its vault), checking whenever tokens change.
+async fn revoked(state: &ProxyState, session: &Session) {
+    let mut changes = state.identity.revocations();
+    loop {
+        if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if auth::recheck(state, session).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn idle(activity: &Activity, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        if activity.idle_for(limit) {
+            return;
+        }
+    }
+}
+
+async fn intercept(
+    state: Arc<ProxyState>,
+    session: Arc<Session>,
+    authority: Authority,
+    on_upgrade: OnUpgrade,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let io = TokioIo::new(upgraded);
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let handshake_limit = state.limits.tls_handshake_timeout;
+    let start = match tokio::time::timeout(handshake_limit, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            // Plaintext or garbage after CONNECT to a bound host: nothing is forwarded.
+            tracing::debug!(error = %e, host = %authority, "agent did not start TLS after CONNECT");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sni_mismatch = match start.client_hello().server_name() {
+        None => false,
+        Some(sni) => match canonicalize_host(sni) {
+            Ok(h) => h != authority.host,
+            Err(_) => true,
+        },
+    };
+    let host_for_cert = authority.host.to_string();
+    let host_for_cert = host_for_cert.trim_start_matches('[').trim_end_matches(']');
+    let config = match state.leaves.server_config(host_for_cert).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, host = %authority, "could not mint a leaf certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(handshake_limit, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, host = %authority, "agent TLS handshake failed (does it trust the agent-vault CA?)");
+            return;
+        }
+        Err(_) => return,
+    };
+    let target = Arc::new(Target {
+        authority,
+        https: true,
+        sni_mismatch,
+        absolute_form: false,
+    });
+    let activity = Arc::new(Activity::default());
+    activity.touch();
+    let st = state.clone();
+    let sess = session.clone();
+    let act = activity.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (st, sess, target, act) = (st.clone(), sess.clone(), target.clone(), act.clone());
+        async move {
+            act.begin();
+            let resp = pipeline::handle(st, sess, target, req).await;
+            act.end();
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout)
+        .max_buf_size(state.limits.max_header_bytes)
+        .max_headers(state.limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(state.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let grace = state.shutdown_grace;
+    let reason = tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "intercepted connection ended with an error");
+            }
+            return;
+        }
+        () = revoked(&state, &session) => "token revoked or vault access removed",
+        () = idle(&activity, state.limits.idle_timeout) => "idle timeout",
+        () = state.shutdown.cancelled() => "shutdown",
+    };
+    tracing::debug!(reason, "closing intercepted connection");
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(grace, conn).await;
+}
+
+pin_project_lite::pin_project! {
+    /// Counts bytes and records activity on a spliced stream.
+    struct Counted<S> {
+        #[pin]
+        inner: S,
+        read: Arc<AtomicU64>,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+async fn splice_tunnel(
+    state: Arc<ProxyState>,
+    session: Session,
+    authority: Authority,
+    on_upgrade: OnUpgrade,
+    upstream: TcpStream,
+    started: Instant,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::default());
+    activity.touch();
+    let (from_agent, from_upstream) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut agent = Counted {
+        inner: TokioIo::new(upgraded),
+        read: from_agent.clone(),
+        activity: activity.clone(),
+    };
+    let mut remote = Counted {
+        inner: upstream,
+        read: from_upstream.clone(),
+        activity: activity.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut agent, &mut remote);
+    tokio::pin!(copy);
+    tokio::select! {
+        res = &mut copy => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+            }
+        }
+        () = revoked(&state, &session) => tracing::debug!("closing tunnel: token revoked"),
+        () = idle(&activity, state.limits.tunnel_idle_timeout) => tracing::debug!("closing idle tunnel"),
+        () = state.shutdown.cancelled() => {
+            // Let the tunnel finish on its own within the grace period.
+            let _ = tokio::time::timeout(state.shutdown_grace, &mut copy).await;
+        }
+    }
+    let bytes = (
+        from_agent.load(Ordering::Relaxed),
+        from_upstream.load(Ordering::Relaxed),
+    );
+    state
+        .logger
+        .log(tunnel_row(&session, &authority, 200, bytes, started, None));
+}

@@ -1,0 +1,318 @@
+//! Every response the proxy itself makes: errors classified by origin (agent, policy, upstream,
+//! internal) and mapped to a status, a stable code, the `X-Agent-Vault-Proxy-Error` header and a
+//! JSON body, in exactly one place. Messages never contain header values, query strings,
+//! bodies or credential values.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use super::ProxyBody;
+use crate::netguard::Blocked;
+
+/// Header naming the proxy's error code on every response it makes itself.
+pub const PROXY_ERROR_HEADER: &str = "x-agent-vault-proxy-error";
+
+/// Where an error comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The agent sent something wrong.
+    Agent,
+    /// The vault's rules refuse it.
+    Policy,
+    /// The upstream could not be reached or misbehaved.
+    Upstream,
+    /// Our own fault.
+    Internal,
+}
+
+/// An error the proxy answers itself.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Missing, malformed, unknown, expired or revoked proxy token.
+    #[error(
+        "proxy authentication required: set HTTPS_PROXY=http://<token>:<vault>@<proxy address>"
+    )]
+    AuthRequired,
+    /// A user login session was presented; only agent and scoped tokens proxy.
+    #[error("login sessions cannot use the proxy; run your command with `agent-vault run`")]
+    SessionToken,
+    /// The token has no role in the vault it names (or names none and has several).
+    #[error("{0}")]
+    VaultAccess(String),
+    /// Too many failed authentications, or too many requests in flight for this agent.
+    #[error("{0}")]
+    RateLimited(&'static str),
+    /// The request is malformed for a proxy (bad target, origin-form, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// SNI or Host disagrees with the CONNECT authority.
+    #[error("the Host header or TLS server name does not match the CONNECT target {0}")]
+    HostMismatch(String),
+    /// TRACE and other refused methods.
+    #[error("method {0} is not allowed through the proxy")]
+    MethodNotAllowed(String),
+    /// A body over the configured cap.
+    #[error("request body exceeds the proxy's limit of {0} bytes")]
+    RequestTooLarge(u64),
+    /// The path of a request to a path-scoped service could be read two ways.
+    #[error(
+        "the request path contains dot segments or encoded separators, which path-scoped services refuse"
+    )]
+    AmbiguousPath,
+    /// A placeholder in a place or for a host its service does not declare.
+    #[error("{0}")]
+    PlaceholderRefused(String),
+    /// Credentials would travel over plain HTTP.
+    #[error("{0} is bound to credentials and must be reached over https://")]
+    Plaintext(String),
+    /// No service binds the host and the vault denies unmatched hosts.
+    #[error(
+        "no service in vault {vault:?} covers {host}, and the vault denies hosts without a service"
+    )]
+    ForbiddenHost {
+        /// The vault.
+        vault: String,
+        /// `host:port`.
+        host: String,
+        /// The bare host, for the proposal skeleton.
+        hostname: String,
+    },
+    /// A referenced credential does not exist.
+    #[error("a credential this service needs ({0}) is not in the vault; nothing was sent upstream")]
+    CredentialNotFound(String),
+    /// A stored credential or service failed its integrity check.
+    #[error("a stored credential or service failed its integrity check; nothing was sent upstream")]
+    Integrity,
+    /// The destination address is not allowed (SSRF guard).
+    #[error("the destination resolves to a blocked address ({0})")]
+    Blocked(Blocked),
+    /// DNS failure, refused or timed-out connection.
+    #[error("could not reach the upstream: {0}")]
+    Unreachable(String),
+    /// The upstream's certificate did not verify, or the handshake failed.
+    #[error("TLS with the upstream failed: {0}")]
+    UpstreamTls(String),
+    /// The upstream did not answer in time.
+    #[error("the upstream did not respond within {0}")]
+    UpstreamTimeout(String),
+    /// The upstream broke the protocol or closed early.
+    #[error("the upstream connection failed before a complete response")]
+    UpstreamProtocol,
+    /// The upstream's response is over the configured cap.
+    #[error("the upstream response exceeds the proxy's limit")]
+    ResponseTooLarge,
+    /// Shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// Our own fault (details logged).
+    #[error("internal proxy error")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The error's origin.
+    pub fn class(&self) -> ErrorClass {
+        use ProxyError::*;
+        match self {
+            AuthRequired
+            | SessionToken
+            | RateLimited(_)
+            | BadRequest(_)
+            | HostMismatch(_)
+            | MethodNotAllowed(_)
+            | RequestTooLarge(_)
+            | AmbiguousPath
+            | PlaceholderRefused(_)
+            | Plaintext(_) => ErrorClass::Agent,
+            VaultAccess(_) | ForbiddenHost { .. } | CredentialNotFound(_) | Blocked(_) => {
+                ErrorClass::Policy
+            }
+            Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
+            | ResponseTooLarge => ErrorClass::Upstream,
+            Integrity | ShuttingDown | Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// The stable code in the header and body.
+    pub fn code(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            AuthRequired | SessionToken => "proxy_auth_required",
+            VaultAccess(_) => "vault_access_denied",
+            RateLimited(_) => "rate_limited",
+            BadRequest(_) => "bad_request",
+            HostMismatch(_) => "host_mismatch",
+            MethodNotAllowed(_) => "method_not_allowed",
+            RequestTooLarge(_) => "request_too_large",
+            AmbiguousPath => "ambiguous_path",
+            PlaceholderRefused(_) => "placeholder_refused",
+            Plaintext(_) => "plaintext_refused",
+            ForbiddenHost { .. } => "forbidden_host",
+            CredentialNotFound(_) => "credential_not_found",
+            Integrity => "integrity_error",
+            Blocked(_) => "blocked_destination",
+            Unreachable(_) => "upstream_unreachable",
+            UpstreamTls(_) => "upstream_tls",
+            UpstreamTimeout(_) => "upstream_timeout",
+            UpstreamProtocol => "upstream_protocol",
+            ResponseTooLarge => "response_too_large",
+            ShuttingDown => "shutting_down",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            AuthRequired | SessionToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            VaultAccess(_)
+            | ForbiddenHost { .. }
+            | Blocked(_)
+            | PlaceholderRefused(_)
+            | Plaintext(_) => StatusCode::FORBIDDEN,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            BadRequest(_) | AmbiguousPath => StatusCode::BAD_REQUEST,
+            HostMismatch(_) => StatusCode::MISDIRECTED_REQUEST,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CredentialNotFound(_)
+            | Integrity
+            | Unreachable(_)
+            | UpstreamTls(_)
+            | UpstreamProtocol
+            | ResponseTooLarge => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn hint(&self) -> Value {
+        match self {
+            ProxyError::ForbiddenHost {
+                vault,
+                host,
+                hostname,
+            } => json!({
+                "text": format!(
+                    "ask a human to add a service for {host}: POST /v1/proposals with the skeleton below (or `agent-vault proposal create -f FILE`)"
+                ),
+                "proposal": {
+                    "vault": vault,
+                    "message": format!("I need access to {hostname}"),
+                    "services": [{
+                        "action": "set",
+                        "name": crate::policy::service::name_from_host(hostname),
+                        "host": hostname,
+                        "auth": { "type": "bearer", "token": "REPLACE_WITH_KEY" }
+                    }],
+                    "credentials": [{
+                        "action": "set",
+                        "key": "REPLACE_WITH_KEY",
+                        "description": "what this credential is for",
+                        "obtain": "https://where-a-human-gets-it.example"
+                    }]
+                }
+            }),
+            ProxyError::CredentialNotFound(key) => json!({
+                "text": format!("ask a human to set {key} (`agent-vault vault credential set {key}=-`) or propose it with POST /v1/proposals")
+            }),
+            ProxyError::AuthRequired => json!({
+                "text": "use `agent-vault run -- <command>`, or set HTTPS_PROXY=http://<token>:<vault>@<proxy address> with a token from `agent-vault vault token`"
+            }),
+            ProxyError::Blocked(_) => json!({
+                "text": "private, loopback and metadata addresses are blocked; an operator can allow ranges with upstream.network_allowlist"
+            }),
+            _ => Value::Null,
+        }
+    }
+
+    /// Logs at a level fitting the class and builds the response.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        match self.class() {
+            ErrorClass::Internal => {
+                tracing::error!(code = self.code(), detail = ?self, "proxy internal error")
+            }
+            ErrorClass::Upstream => {
+                tracing::info!(code = self.code(), error = %self, "upstream error")
+            }
+            ErrorClass::Agent | ErrorClass::Policy => {
+                tracing::debug!(code = self.code(), "proxy refused request")
+            }
+        }
+        let body =
+            json!({ "error": self.code(), "message": self.to_string(), "hint": self.hint() });
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            headers.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"agent-vault\""),
+            );
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn responses_carry_code_header_and_json() {
+        let resp = ProxyError::CredentialNotFound("STRIPE_KEY".into()).into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()[PROXY_ERROR_HEADER], "credential_not_found");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "credential_not_found");
+        assert!(v["message"].as_str().unwrap().contains("STRIPE_KEY"));
+        let auth = ProxyError::AuthRequired.into_response();
+        assert_eq!(auth.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert!(auth.headers().contains_key(header::PROXY_AUTHENTICATE));
+        assert_eq!(auth.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn every_variant_has_a_class_code_and_status() {
+        let all = [
+            ProxyError::AuthRequired,
+            ProxyError::ForbiddenHost {
+                vault: "v".into(),
+                host: "h:443".into(),
+                hostname: "h".into(),
+            },
+            ProxyError::Blocked(Blocked::Metadata),
+            ProxyError::UpstreamTls("x".into()),
+            ProxyError::Internal("x".into()),
+        ];
+        let classes: Vec<_> = all.iter().map(ProxyError::class).collect();
+        assert_eq!(
+            classes,
+            [
+                ErrorClass::Agent,
+                ErrorClass::Policy,
+                ErrorClass::Policy,
+                ErrorClass::Upstream,
+                ErrorClass::Internal
+            ]
+        );
+        assert_eq!(all[1].status(), StatusCode::FORBIDDEN);
+        assert_eq!(all[2].code(), "blocked_destination");
+    }
+}

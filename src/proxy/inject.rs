@@ -1,0 +1,209 @@
+//! Attaching credentials: open the sealed values a decision named (only for this request) and
+//! build the headers the service declares. An injected header always replaces whatever the agent
+//! sent in that slot.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretSlice};
+use zeroize::Zeroizing;
+
+use super::error::ProxyError;
+use crate::domain::CredentialKey;
+use crate::keys::Keyring;
+use crate::policy::SealedCredential;
+use crate::policy::service::{CompiledService, Injection, TemplatePart};
+
+/// The opened values of one request, dropped (and zeroized) when the request is built.
+pub struct Opened(HashMap<CredentialKey, SecretSlice<u8>>);
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("keys", &self.0.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Opened {
+    /// Opens every named credential; any failure fails the whole request closed.
+    pub fn open(
+        keyring: &Keyring,
+        vault_id: &str,
+        creds: &[(&CredentialKey, &SealedCredential)],
+    ) -> Result<Self, ProxyError> {
+        let mut map = HashMap::with_capacity(creds.len());
+        for (key, sealed) in creds {
+            let value = keyring.open_credential(vault_id, key.as_str(), sealed.version, &sealed.sealed).map_err(|e| {
+                tracing::error!(vault_id, key = %key, error = %e, "INTEGRITY ALARM: credential failed to open; request refused");
+                ProxyError::Integrity
+            })?;
+            map.insert((*key).clone(), value);
+        }
+        Ok(Self(map))
+    }
+
+    /// A value's bytes.
+    pub fn get(&self, key: &CredentialKey) -> Result<&[u8], ProxyError> {
+        self.0
+            .get(key)
+            .map(|v| v.expose_secret())
+            .ok_or_else(|| ProxyError::CredentialNotFound(key.to_string()))
+    }
+}
+
+fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
+    if bytes.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(ProxyError::PlaceholderRefused(
+            "a credential value contains a line break or NUL and cannot be put in a header".into(),
+        ));
+    }
+    let mut value = HeaderValue::from_bytes(bytes).map_err(|_| {
+        ProxyError::PlaceholderRefused("a credential value is not valid in an HTTP header".into())
+    })?;
+    // Keeps HPACK from indexing it and hyper from logging it.
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Sets the service's headers on `headers`, replacing any the agent sent.
+pub fn apply(
+    service: &CompiledService,
+    opened: &Opened,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    for injection in &service.injections {
+        let mut buf = Zeroizing::new(Vec::with_capacity(128));
+        match injection {
+            Injection::Template { parts, .. } => {
+                for part in parts {
+                    match part {
+                        TemplatePart::Text(t) => buf.extend_from_slice(t.as_bytes()),
+                        TemplatePart::Key(k) => buf.extend_from_slice(opened.get(k)?),
+                    }
+                }
+            }
+            Injection::Basic { username, password } => {
+                let mut pair = Zeroizing::new(Vec::with_capacity(128));
+                pair.extend_from_slice(opened.get(username)?);
+                pair.push(b':');
+                if let Some(p) = password {
+                    pair.extend_from_slice(opened.get(p)?);
+                }
+                buf.extend_from_slice(b"Basic ");
+                buf.extend_from_slice(STANDARD.encode(pair.as_slice()).as_bytes());
+            }
+        }
+        let name = injection.header();
+        headers.remove(&name);
+        headers.insert(name, header_value(&buf)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::crypto::DataKey;
+    use crate::policy::service::{ServiceSpec, parse_service_file};
+
+    fn setup(yaml: &str, values: &[(&str, &str)]) -> (CompiledService, Opened) {
+        let svc = parse_service_file(yaml).unwrap().remove(0).normalized();
+        let svc: ServiceSpec = svc;
+        let compiled = svc.compile().unwrap();
+        let ring = Keyring::from_dek(DataKey::from_bytes([9; 32]));
+        let sealed: Vec<(CredentialKey, SealedCredential)> = values
+            .iter()
+            .map(|(k, v)| {
+                let key = CredentialKey::parse(*k).unwrap();
+                let s = ring.seal_credential("vid", k, 1, v.as_bytes()).unwrap();
+                (
+                    key,
+                    SealedCredential {
+                        version: 1,
+                        sealed: Arc::from(s),
+                    },
+                )
+            })
+            .collect();
+        let refs: Vec<_> = sealed.iter().map(|(k, s)| (k, s)).collect();
+        (compiled, Opened::open(&ring, "vid", &refs).unwrap())
+    }
+
+    #[test]
+    fn each_auth_type_builds_its_header() {
+        let cases = [
+            (
+                "- host: a.example.com\n  auth: {type: bearer, token: T}\n",
+                vec![("T", "tok")],
+                "authorization",
+                "Bearer tok",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: basic, username: U, password: P}\n",
+                vec![("U", "user"), ("P", "pw")],
+                "authorization",
+                "Basic dXNlcjpwdw==",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: basic, username: U}\n",
+                vec![("U", "user")],
+                "authorization",
+                "Basic dXNlcjo=",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: api-key, key: K, header: X-Api-Key, prefix: 'Token '}\n",
+                vec![("K", "k1")],
+                "x-api-key",
+                "Token k1",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: custom, headers: {X-Auth: 'id={{ A }};sig={{B}}'}}\n",
+                vec![("A", "1"), ("B", "2")],
+                "x-auth",
+                "id=1;sig=2",
+            ),
+        ];
+        for (yaml, values, header, want) in cases {
+            let (svc, opened) = setup(yaml, &values);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer agent-supplied"),
+            );
+            headers.insert("x-api-key", HeaderValue::from_static("agent-supplied"));
+            apply(&svc, &opened, &mut headers).unwrap();
+            assert_eq!(headers.get_all(header).iter().count(), 1, "{yaml}");
+            assert_eq!(headers[header], want, "{yaml}");
+            assert!(headers[header].is_sensitive());
+        }
+    }
+
+    #[test]
+    fn values_with_line_breaks_are_refused() {
+        let (svc, opened) = setup(
+            "- host: a.example.com\n  auth: {type: bearer, token: T}\n",
+            &[("T", "a\r\nX-Evil: 1")],
+        );
+        assert!(apply(&svc, &opened, &mut HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn tampered_credentials_fail_closed() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([9; 32]));
+        let key = CredentialKey::parse("T").unwrap();
+        let sealed = ring.seal_credential("vid", "T", 1, b"v").unwrap();
+        let moved = SealedCredential {
+            version: 1,
+            sealed: Arc::from(sealed),
+        };
+        assert!(matches!(
+            Opened::open(&ring, "other-vault", &[(&key, &moved)]),
+            Err(ProxyError::Integrity)
+        ));
+    }
+}

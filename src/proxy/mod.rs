@@ -1,0 +1,180 @@
+//! The credential-injecting forward proxy: listener, CONNECT and TLS interception, absolute-form
+//! requests, the per-request pipeline, injection and substitution, the upstream client, and the
+//! responses the proxy makes itself.
+
+mod auth;
+mod body;
+mod connect;
+pub mod error;
+mod inject;
+mod listener;
+mod pipeline;
+mod substitute;
+pub mod upstream;
+mod websocket;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::RequestLogger;
+use crate::ca::LeafCache;
+use crate::config::LimitsConfig;
+use crate::identity::{FailureBudget, Identity};
+use crate::keys::Keyring;
+use crate::registry::Snapshots;
+
+pub use auth::parse_proxy_authorization;
+pub use listener::serve;
+pub use upstream::Upstream;
+
+/// Boxed error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the proxy returns and every request it sends upstream.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Everything the proxy shares across connections. Nothing here touches the database per request.
+pub struct ProxyState {
+    /// Token resolution (cached).
+    pub identity: Identity,
+    /// Per-vault snapshots.
+    pub snapshots: Snapshots,
+    /// The unsealed keys.
+    pub keyring: Keyring,
+    /// Leaf certificates per host.
+    pub leaves: LeafCache,
+    /// Pooled upstream clients.
+    pub upstream: Upstream,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// The request log.
+    pub logger: RequestLogger,
+    /// Failed authentications per client address.
+    pub auth_failures: FailureBudget,
+    /// Open connections, all agents together.
+    pub connections: Arc<Semaphore>,
+    /// Requests in flight per actor.
+    inflight: moka::sync::Cache<String, Arc<Semaphore>>,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// How long shutdown waits.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState").finish_non_exhaustive()
+    }
+}
+
+/// The parts a [`ProxyState`] is built from.
+#[allow(missing_debug_implementations)]
+pub struct ProxyParts {
+    /// Token resolution.
+    pub identity: Identity,
+    /// Snapshots.
+    pub snapshots: Snapshots,
+    /// Keys.
+    pub keyring: Keyring,
+    /// Leaf cache.
+    pub leaves: LeafCache,
+    /// Upstream clients.
+    pub upstream: Upstream,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Request log.
+    pub logger: RequestLogger,
+    /// Shutdown signal.
+    pub shutdown: CancellationToken,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+impl ProxyState {
+    /// Builds the shared state.
+    pub fn new(parts: ProxyParts) -> Arc<Self> {
+        let limits = parts.limits;
+        Arc::new(Self {
+            identity: parts.identity,
+            snapshots: parts.snapshots,
+            keyring: parts.keyring,
+            leaves: parts.leaves,
+            upstream: parts.upstream,
+            auth_failures: FailureBudget::new(limits.auth_failures_per_minute),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            inflight: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            limits,
+            logger: parts.logger,
+            shutdown: parts.shutdown,
+            tasks: TaskTracker::new(),
+            shutdown_grace: parts.shutdown_grace,
+        })
+    }
+
+    /// A slot for one in-flight request of `actor`, or `None` when it has too many.
+    fn request_slot(&self, actor: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let limit = self.limits.max_concurrent_requests_per_agent;
+        let sem = self
+            .inflight
+            .get_with_by_ref(actor, || Arc::new(Semaphore::new(limit)));
+        sem.try_acquire_owned().ok()
+    }
+
+    /// Waits for connections and tunnels to finish (after `shutdown` was cancelled).
+    pub async fn drain(&self) {
+        self.tasks.close();
+        if tokio::time::timeout(self.shutdown_grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tasks.len(),
+                "shutdown grace period over; closing remaining proxy connections"
+            );
+        }
+    }
+}
+
+/// When a connection last did something, and how many requests it has in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    inflight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn now() -> u64 {
+        u64::try_from(crate::domain::now_ms()).unwrap_or(0)
+    }
+
+    pub(crate) fn begin(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.last_ms.store(Self::now(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.last_ms.store(Self::now(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last_ms.store(Self::now(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle_for(&self, limit: Duration) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.inflight.load(Ordering::Relaxed) == 0
+            && Self::now().saturating_sub(last)
+                > u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,464 @@
+//! One request, from the agent's head to the upstream's last byte: re-check the token, check
+//! that Host agrees with the CONNECT authority, decide, substitute, inject, send, stream the
+//! response back, and log one row when it ends. Credentials are opened only here, only for
+//! the request that uses them, and only after every check has passed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::auth::{self, Session};
+use super::body::{End, Observed, is_too_large};
+use super::error::ProxyError;
+use super::inject::{self, Opened};
+use super::upstream::{ConnectError, connect_error};
+use super::{ProxyBody, ProxyState, substitute, websocket};
+use crate::domain::now_ms;
+use crate::policy::{
+    Authority, DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority,
+};
+use crate::store::RequestLogRow;
+
+/// Where requests on this connection go.
+#[derive(Debug)]
+pub struct Target {
+    /// The canonical authority (from CONNECT, or from the absolute-form URI).
+    pub authority: Authority,
+    /// Upstream scheme is https.
+    pub https: bool,
+    /// The TLS server name the agent sent disagreed with the CONNECT authority.
+    pub sni_mismatch: bool,
+    /// The request came in absolute form on the proxy's own connection.
+    pub absolute_form: bool,
+}
+
+/// Headers that describe one hop and never travel further.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+}
+
+/// What the request log row will say.
+#[derive(Clone)]
+struct Draft {
+    vault_id: String,
+    actor: (&'static str, String),
+    method: String,
+    host: String,
+    path: String,
+    service: Option<String>,
+    keys: Vec<String>,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl Draft {
+    fn row(&self, status: u16, bytes_out: u64, error: Option<&'static str>) -> RequestLogRow {
+        RequestLogRow {
+            vault_id: self.vault_id.clone(),
+            actor_kind: self.actor.0,
+            actor_id: self.actor.1.clone(),
+            kind: "request",
+            method: self.method.clone(),
+            host: self.host.clone(),
+            path: self.path.clone(),
+            service: self.service.clone(),
+            credential_keys: self.keys.clone(),
+            status,
+            bytes_in: self.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out,
+            latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error_code: error,
+            created_at: now_ms(),
+        }
+    }
+}
+
+/// An absolute-form request on the proxy's own connection (`GET http://host/...`, or
+/// `https://` from clients such as axios): authenticated on its own, then handled like any
+/// intercepted request.
+pub async fn absolute_form(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let https = match req.uri().scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return ProxyError::BadRequest(
+                "only http:// and https:// targets are supported".into(),
+            )
+            .into_response();
+        }
+    };
+    let Some(auth_text) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return ProxyError::BadRequest("the request URI has no host".into()).into_response();
+    };
+    if auth_text.contains('@') {
+        return ProxyError::BadRequest("user information in the request URI is not allowed".into())
+            .into_response();
+    }
+    let authority = match parse_authority(&auth_text, Some(if https { 443 } else { 80 })) {
+        Ok(a) => a,
+        Err(e) => {
+            return ProxyError::BadRequest(format!("invalid request host: {e}")).into_response();
+        }
+    };
+    let (session, _) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let target = Arc::new(Target {
+        authority,
+        https,
+        sni_mismatch: false,
+        absolute_form: true,
+    });
+    handle(state, Arc::new(session), target, req).await
+}
+
+/// Handles one request on an intercepted connection (or an absolute-form request).
+pub async fn handle(
+    state: Arc<ProxyState>,
+    session: Arc<Session>,
+    target: Arc<Target>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut draft = Draft {
+        vault_id: session.vault_id.clone(),
+        actor: session.actor.clone(),
+        method: req.method().to_string(),
+        host: target.authority.to_string(),
+        path: req.uri().path().to_owned(),
+        service: None,
+        keys: Vec::new(),
+        started: Instant::now(),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    };
+    match process(&state, &session, &target, req, &mut draft).await {
+        Ok(response) => response,
+        Err(err) => {
+            state
+                .logger
+                .log(draft.row(err.status().as_u16(), 0, Some(err.code())));
+            err.into_response()
+        }
+    }
+}
+
+fn check_host(target: &Target, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let default_port = if target.https { 443 } else { 80 };
+    let mismatch = || ProxyError::HostMismatch(target.authority.to_string());
+    if target.sni_mismatch {
+        return Err(mismatch());
+    }
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
+    let mut claimed: Vec<String> = hosts
+        .iter()
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .collect();
+    if !target.absolute_form
+        && let Some(a) = req.uri().authority()
+    {
+        claimed.push(a.as_str().to_owned());
+    }
+    for c in claimed {
+        match parse_authority(&c, Some(default_port)) {
+            Ok(a) if a == target.authority => {}
+            _ => return Err(mismatch()),
+        }
+    }
+    Ok(())
+}
+
+fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyError {
+    match reason {
+        DenyReason::ForbiddenHost => ProxyError::ForbiddenHost {
+            vault: snapshot.vault_name.to_string(),
+            host: target.authority.to_string(),
+            hostname: target.authority.host.to_string(),
+        },
+        DenyReason::CredentialNotFound(k) => ProxyError::CredentialNotFound(k.to_string()),
+        DenyReason::Integrity => ProxyError::Integrity,
+        DenyReason::AmbiguousPath => ProxyError::AmbiguousPath,
+        DenyReason::Plaintext => ProxyError::Plaintext(target.authority.to_string()),
+    }
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
+    if let Some(ce) = connect_error(err) {
+        return match ce {
+            ConnectError::Blocked(b) => ProxyError::Blocked(*b),
+            ConnectError::Tls(detail) => ProxyError::UpstreamTls(detail.clone()),
+            other => ProxyError::Unreachable(other.to_string()),
+        };
+    }
+    if is_too_large(err) {
+        return ProxyError::RequestTooLarge(0);
+    }
+    ProxyError::UpstreamProtocol
+}
+
+async fn process(
+    state: &Arc<ProxyState>,
+    session: &Session,
+    target: &Target,
+    mut req: Request<Incoming>,
+    draft: &mut Draft,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // The token is checked again on every request, so revocation reaches open connections.
+    let snapshot = auth::recheck(state, session).await?;
+    check_host(target, &req)?;
+    let method = req.method().clone();
+    if method == Method::TRACE || method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(method.to_string()));
+    }
+    let path = req.uri().path().to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let decision = decide_request(&snapshot, &target.authority, &method, &path, target.https);
+    let (service, sealed) = match decision {
+        RequestDecision::Deny(reason) => return Err(deny(reason, &snapshot, target)),
+        RequestDecision::Forward => (None, Vec::new()),
+        RequestDecision::Inject {
+            service,
+            credentials,
+        } => (Some(service), credentials),
+    };
+    draft.service = service.map(|s| s.name.clone());
+    let slot = state
+        .request_slot(&session.actor.1)
+        .ok_or(ProxyError::RateLimited(
+            "too many requests in flight for this agent",
+        ))?;
+
+    let placeholders: BTreeSet<String> = snapshot
+        .services
+        .iter()
+        .flat_map(|s| s.substitutions.iter().map(|r| r.placeholder.clone()))
+        .collect();
+    let opened = if sealed.is_empty() {
+        None
+    } else {
+        Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
+    };
+    draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
+
+    let websocket = is_websocket(&req);
+    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    parts.headers.remove(header::HOST);
+    substitute::headers(&mut parts.headers, service, opened.as_ref(), &placeholders)?;
+    if let (Some(service), Some(opened)) = (service, opened.as_ref()) {
+        inject::apply(service, opened, &mut parts.headers)?;
+    }
+    let new_path = substitute::target(&path_and_query, service, opened.as_ref(), &placeholders)?;
+    let scheme = if target.https { "https" } else { "http" };
+    let default_port = if target.https { 443 } else { 80 };
+    let uri: Uri = format!(
+        "{scheme}://{}{new_path}",
+        target.authority.host_header(default_port)
+    )
+    .parse()
+    .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))?;
+
+    let max_in = state.limits.max_request_body_bytes;
+    let declared_len = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > max_in) {
+        return Err(ProxyError::RequestTooLarge(max_in));
+    }
+    let body_kind = substitute::body_kind(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let encoded = parts.headers.contains_key(header::CONTENT_ENCODING);
+    let upstream_body: ProxyBody =
+        match (substitute::wants_body(service), body_kind, opened.as_ref()) {
+            (true, Some(kind), Some(opened)) if !encoded => {
+                let cap = state.limits.max_substitution_body_bytes;
+                let collected = Limited::new(body, cap).collect().await.map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        ProxyError::RequestTooLarge(cap as u64)
+                    } else {
+                        ProxyError::BadRequest("could not read the request body".into())
+                    }
+                })?;
+                let rewritten = substitute::body(&collected.to_bytes(), kind, service, opened)?;
+                draft
+                    .bytes_in
+                    .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                Full::new(Bytes::from(rewritten))
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+            _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
+        };
+    drop(opened);
+
+    let mut upstream_req = Request::from_parts(parts, upstream_body);
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.version_mut() = Version::HTTP_11;
+    let client = if websocket {
+        &state.upstream.upgrade_client
+    } else {
+        &state.upstream.client
+    };
+    let timeout = state.upstream.response_header_timeout;
+    let mut response = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout(
+                humantime::format_duration(timeout).to_string(),
+            ));
+        }
+        Ok(Err(e)) => {
+            let err = classify_send_error(&e);
+            return Err(match err {
+                ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
+                other => other,
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        if let Some(agent_upgrade) = agent_upgrade {
+            let st = state.clone();
+            let row = draft.row(101, 0, None);
+            state.tasks.spawn(async move {
+                websocket::splice(
+                    agent_upgrade,
+                    upstream_upgrade,
+                    st.limits.tunnel_idle_timeout,
+                )
+                .await;
+                st.logger.log(row);
+                drop(slot);
+            });
+        }
+        let (mut parts, _) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        ));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let max_out = state.limits.max_response_body_bytes;
+    let declared_out = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if max_out > 0 && declared_out.is_some_and(|n| n > max_out) {
+        return Err(ProxyError::ResponseTooLarge);
+    }
+    let status = parts.status.as_u16();
+    let logger = state.logger.clone();
+    let draft = draft.clone();
+    let body = Observed::new(body, Arc::new(AtomicU64::new(0)), max_out)
+        .on_end(move |end, bytes_out| {
+            let error = match end {
+                End::Complete => None,
+                End::Aborted => Some("response_aborted"),
+                End::TooLarge => Some("response_too_large"),
+            };
+            logger.log(draft.row(status, bytes_out, error));
+        })
+        .hold(slot)
+        .boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_never_travel() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic abc"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+}

@@ -1,0 +1,481 @@
+//! The way out: resolve (system resolver or static overrides) → check every address with the
+//! SSRF guard → dial a checked address → TLS verified against the configured roots with
+//! SNI = host. Connections are pooled per authority by hyper's client; there is one client per
+//! trust configuration, so pools never mix trust settings. Redirects are never followed.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::ProxyBody;
+use crate::config::{ResolveKey, Roots, UpstreamConfig, parse_resolve_key};
+use crate::netguard::{Blocked, NetGuard};
+
+/// Why a connection to an upstream could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The name did not resolve.
+    #[error("name resolution failed: {0}")]
+    Resolve(io::Error),
+    /// A resolved address is blocked by the SSRF guard.
+    #[error("blocked destination: {0}")]
+    Blocked(Blocked),
+    /// No address accepted a TCP connection.
+    #[error("connection failed: {0}")]
+    Connect(io::Error),
+    /// TLS failed (verification, protocol, or timeout).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The URI had no host.
+    #[error("missing host")]
+    NoHost,
+}
+
+/// Static overrides first, then the system resolver.
+#[derive(Clone, Debug, Default)]
+pub struct Resolver {
+    overrides: Vec<(ResolveKey, SocketAddr)>,
+}
+
+impl Resolver {
+    /// Builds the resolver from `upstream.resolve` (already validated).
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let overrides = config
+            .resolve
+            .iter()
+            .filter_map(|(k, v)| Some((parse_resolve_key(k).ok()?, v.parse().ok()?)))
+            .collect();
+        Self { overrides }
+    }
+
+    fn lookup_override(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        let exact = self
+            .overrides
+            .iter()
+            .find(|(k, _)| !k.wildcard && k.port == port && k.host == host);
+        let wild = || {
+            self.overrides.iter().find(|(k, _)| {
+                k.wildcard
+                    && k.port == port
+                    && host.len() > k.host.len() + 1
+                    && host.ends_with(&k.host)
+                    && host.as_bytes()[host.len() - k.host.len() - 1] == b'.'
+            })
+        };
+        exact.or_else(wild).map(|(_, a)| *a)
+    }
+
+    /// Every address `host:port` resolves to.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+        if let Some(addr) = self.lookup_override(host, port) {
+            return Ok(vec![addr]);
+        }
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(ConnectError::Resolve)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ConnectError::Resolve(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no addresses",
+            )));
+        }
+        Ok(addrs)
+    }
+}
+
+/// Resolves and checks every address, then connects to the first checked address that answers.
+/// Refuses outright when any answer is blocked: a mixed answer is a rebinding attempt.
+pub async fn dial(
+    resolver: &Resolver,
+    guard: &NetGuard,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let addrs = resolver.resolve(host, port).await?;
+    for addr in &addrs {
+        guard.check(*addr).map_err(ConnectError::Blocked)?;
+    }
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        }
+    }
+    Err(ConnectError::Connect(last))
+}
+
+/// The byte stream under a pooled upstream connection.
+#[derive(Debug)]
+enum Transport {
+    /// Plain TCP, for `http://` absolute-form requests to hosts that carry no credentials.
+    Plain(TokioIo<TcpStream>),
+    /// Verified TLS.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+/// A connection to an upstream, telling hyper whether h2 was negotiated.
+#[derive(Debug)]
+pub struct UpstreamStream {
+    io: Transport,
+    h2: bool,
+    peer: SocketAddr,
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new().extra(self.peer);
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Transport::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Transport::Tls($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+        }
+    };
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Transport::Plain(io) => io.is_write_vectored(),
+            Transport::Tls(io) => io.is_write_vectored(),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+}
+
+/// The connector hyper's pooled client calls for each new connection.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub struct Connector {
+    resolver: Resolver,
+    guard: NetGuard,
+    tls: TlsConnector,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = UpstreamStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or(ConnectError::NoHost)?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let plain = uri.scheme_str() == Some("http");
+            let port = uri.port_u16().unwrap_or(if plain { 80 } else { 443 });
+            let (tcp, peer) = dial(
+                &this.resolver,
+                &this.guard,
+                &host,
+                port,
+                this.connect_timeout,
+            )
+            .await?;
+            if plain {
+                return Ok(UpstreamStream {
+                    io: Transport::Plain(TokioIo::new(tcp)),
+                    h2: false,
+                    peer,
+                });
+            }
+            let name = ServerName::try_from(host).map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let tls = tokio::time::timeout(this.tls_timeout, this.tls.connect(name, tcp))
+                .await
+                .map_err(|_| ConnectError::Tls("handshake timed out".into()))?
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok(UpstreamStream {
+                io: Transport::Tls(Box::new(TokioIo::new(tls))),
+                h2,
+                peer,
+            })
+        })
+    }
+}
+
+/// Builds the TLS client configuration from `upstream.roots` and `upstream.extra_ca_files`.
+pub fn client_tls_config(
+    config: &UpstreamConfig,
+    provider: Arc<CryptoProvider>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match config.roots {
+        Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Roots::Native => {
+            let loaded = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err("upstream.roots = \"native\" but no system CA certificates were found; install ca-certificates or use \"webpki\"".into());
+            }
+        }
+        Roots::None => {}
+    }
+    for file in &config.extra_ca_files {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file).map_err(|e| {
+            format!(
+                "upstream.extra_ca_files: cannot read {}: {e}",
+                file.display()
+            )
+        })?;
+        let mut n = 0;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| format!("upstream.extra_ca_files: {}: {e}", file.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.extra_ca_files: {}: {e}", file.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "upstream.extra_ca_files: {} holds no certificate",
+                file.display()
+            ));
+        }
+    }
+    let mut tls = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tls)
+}
+
+/// The pooled clients: one speaking h2 or HTTP/1.1 (by ALPN), one HTTP/1.1-only for upgrades.
+#[derive(Clone)]
+pub struct Upstream {
+    /// For ordinary requests.
+    pub client: Client<Connector, ProxyBody>,
+    /// For WebSocket upgrades (HTTP/1.1 only).
+    pub upgrade_client: Client<Connector, ProxyBody>,
+    /// The resolver (also used for spliced tunnels).
+    pub resolver: Resolver,
+    /// The SSRF guard (also used for spliced tunnels).
+    pub guard: NetGuard,
+    /// Connect timeout per address.
+    pub connect_timeout: Duration,
+    /// How long to wait for a response head.
+    pub response_header_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds the clients.
+    pub fn new(
+        config: &UpstreamConfig,
+        guard: NetGuard,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let resolver = Resolver::new(config);
+        let make = |alpn: &[&[u8]], h2: bool| -> Result<Client<Connector, ProxyBody>, String> {
+            let tls = client_tls_config(config, provider.clone(), alpn)?;
+            let connector = Connector {
+                resolver: resolver.clone(),
+                guard: guard.clone(),
+                tls: TlsConnector::from(Arc::new(tls)),
+                connect_timeout: config.connect_timeout,
+                tls_timeout: config.tls_handshake_timeout,
+            };
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.pool_idle_timeout)
+                .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                // Hyper only re-sends a request that was never written to a reused connection,
+                // so nothing, idempotent or not, is ever sent twice.
+                .retry_canceled_requests(true)
+                .set_host(true);
+            if h2 {
+                builder
+                    .http2_adaptive_window(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .http2_keep_alive_while_idle(false);
+            }
+            Ok(builder.build(connector))
+        };
+        Ok(Self {
+            client: make(&[b"h2", b"http/1.1"], true)?,
+            upgrade_client: make(&[b"http/1.1"], false)?,
+            resolver,
+            guard,
+            connect_timeout: config.connect_timeout,
+            response_header_timeout: config.response_header_timeout,
+        })
+    }
+}
+
+/// Finds our connector's error inside a client error chain.
+pub fn connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<ConnectError>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn overrides_win_and_wildcards_need_a_label() {
+        let mut resolve = BTreeMap::new();
+        resolve.insert("*.example.test:443".to_owned(), "127.0.0.1:8443".to_owned());
+        resolve.insert(
+            "api.example.test:443".to_owned(),
+            "127.0.0.2:9443".to_owned(),
+        );
+        let r = Resolver::new(&UpstreamConfig {
+            resolve,
+            ..Default::default()
+        });
+        assert_eq!(
+            r.resolve("api.example.test", 443).await.unwrap(),
+            vec!["127.0.0.2:9443".parse().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("x.example.test", 443).await.unwrap(),
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("a.b.example.test", 443).await.unwrap(),
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
+        assert!(r.lookup_override("example.test", 443).is_none());
+        assert!(r.lookup_override("badexample.test", 443).is_none());
+        assert!(r.lookup_override("x.example.test", 80).is_none());
+    }
+
+    #[tokio::test]
+    async fn mixed_answers_are_refused() {
+        let mut resolve = BTreeMap::new();
+        resolve.insert(
+            "internal.example.test:443".to_owned(),
+            "10.0.0.1:443".to_owned(),
+        );
+        let config = UpstreamConfig {
+            resolve,
+            ..Default::default()
+        };
+        let r = Resolver::new(&config);
+        let err = dial(
+            &r,
+            &NetGuard::new(false, vec![]),
+            "internal.example.test",
+            443,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ConnectError::Blocked(Blocked::Private)),
+            "{err:?}"
+        );
+        let err = dial(
+            &r,
+            &NetGuard::new(false, vec![]),
+            "169.254.169.254",
+            80,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ConnectError::Blocked(Blocked::Metadata)),
+            "{err:?}"
+        );
+    }
+}

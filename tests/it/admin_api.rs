@@ -1,0 +1,596 @@
+//! The admin API through real HTTP: roles, bad input, and state left unchanged on errors.
+
+use serde_json::{Value, json};
+
+use crate::support::{OWNER_EMAIL, TestOptions, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn public_endpoints() {
+    let app = spawn_app().await;
+    let (status, body) = app.call_anon("GET", "/v1/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.call_anon("GET", "/v1/status", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["initialized"], true);
+    assert_eq!(body["proxy_port"], app.proxy.port());
+    let pem = app.ca_pem().await;
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let resp = app
+        .http
+        .get(format!("{}/v1/health", app.admin))
+        .send()
+        .await
+        .unwrap();
+    for h in [
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "content-security-policy",
+    ] {
+        assert!(resp.headers().contains_key(h), "missing {h}");
+    }
+    let (status, body) = app.call_anon("GET", "/v1/nope", None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn protected_routes_need_a_valid_token() {
+    let app = spawn_app().await;
+    for token in [
+        None,
+        Some("garbage"),
+        Some("av_sess_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        Some("Bearer x"),
+    ] {
+        let (status, body) = app.call_with(token, "GET", "/v1/vaults", None).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(body["error"], "unauthorized");
+    }
+    // A revoked session no longer works.
+    let token = app.login(OWNER_EMAIL, crate::support::OWNER_PASSWORD).await;
+    assert_eq!(
+        app.call_with(Some(&token), "GET", "/v1/vaults", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.call_with(Some(&token), "POST", "/v1/auth/logout", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        app.call_with(Some(&token), "GET", "/v1/vaults", None)
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn registration_rules() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .call_anon(
+            "POST",
+            "/v1/auth/register",
+            Some(json!({ "email": "eve@example.com", "password": "password-123" })),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("invitation"));
+    let setup = app.setup_token_file.clone().unwrap();
+    assert!(!setup.exists(), "the used setup token file is deleted");
+    let (status, _) = app
+        .call_anon("POST", "/v1/auth/register", Some(json!({ "email": "eve@example.com", "password": "password-123", "setup_token": "av_setup_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" })))
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/auth/register",
+            Some(
+                json!({ "email": "not-an-email", "password": "password-123", "setup_token": "x" }),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_email"))
+    );
+    let (status, body) = app
+        .call_anon(
+            "POST",
+            "/v1/auth/login",
+            Some(json!({ "email": OWNER_EMAIL, "password": "wrong" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let (_, users) = app.call("GET", "/v1/users", None).await;
+    assert_eq!(users.as_array().unwrap().len(), 1, "nothing was created");
+}
+
+#[tokio::test]
+async fn invitations_create_users_with_vault_roles() {
+    let app = spawn_app().await;
+    app.create_vault("team").await;
+    let inv = app.ok("POST", "/v1/invites", Some(json!({ "email": "Bob@Example.com", "vaults": [{ "vault": "team", "role": "member" }] }))).await;
+    let token = inv["token"].as_str().unwrap().to_owned();
+    let (status, _) = app.call_anon("POST", "/v1/auth/register", Some(json!({ "email": "carol@example.com", "password": "password-123", "invite_token": token }))).await;
+    assert_eq!(status, 403, "invitation is for a different email");
+    let (status, body) = app.call_anon("POST", "/v1/auth/register", Some(json!({ "email": "bob@example.com", "password": "password-123", "invite_token": token }))).await;
+    assert_eq!(status, 201, "{body}");
+    let bob = body["token"].as_str().unwrap().to_owned();
+    let (status, vaults) = app.call_with(Some(&bob), "GET", "/v1/vaults", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<_> = vaults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["team"]);
+    let (status, _) = app.call_anon("POST", "/v1/auth/register", Some(json!({ "email": "bob@example.com", "password": "password-123", "invite_token": token }))).await;
+    assert_eq!(status, 403, "an invitation works once");
+    let (status, _) = app
+        .call_with(
+            Some(&bob),
+            "POST",
+            "/v1/invites",
+            Some(json!({ "email": "x@example.com" })),
+        )
+        .await;
+    assert_eq!(status, 403, "members cannot invite");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.create_vault("vault-one").await;
+    app.set_credentials("vault-one", &[("GOOD", "value-1")])
+        .await;
+    let cases: Vec<(&str, String, Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/vaults".into(),
+            json!({ "name": "vault-one" }),
+            409,
+            "conflict",
+        ),
+        (
+            "POST",
+            "/v1/vaults".into(),
+            json!({ "name": "Bad_Name" }),
+            400,
+            "invalid_vault_name",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/credentials".into(),
+            json!({ "credentials": { "lower": "x" } }),
+            400,
+            "invalid_credential_key",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/credentials".into(),
+            json!({ "credentials": { "GOOD": "" } }),
+            400,
+            "invalid_credential_value",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/credentials".into(),
+            json!({ "credentials": { "OK": "x", "1BAD": "y" } }),
+            400,
+            "invalid_credential_key",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/nope/credentials".into(),
+            json!({ "credentials": { "A": "x" } }),
+            404,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/credentials".into(),
+            json!({ "credentials": "sk_live_should_not_echo" }),
+            400,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/services".into(),
+            json!({ "services": [{ "host": "api.example.test", "auth": { "type": "oauth", "token": "GOOD" } }] }),
+            400,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/services".into(),
+            json!({ "services": [{ "host": "api.example.test", "auth": { "type": "bearer", "token": "MISSING" } }] }),
+            400,
+            "invalid_service",
+        ),
+        (
+            "PUT",
+            "/v1/vaults/vault-one/services".into(),
+            json!({ "services": [{ "host": "10.0.0.1", "auth": { "type": "bearer", "token": "GOOD" } }] }),
+            400,
+            "invalid_service",
+        ),
+        (
+            "DELETE",
+            "/v1/vaults/vault-one/credentials".into(),
+            json!({ "keys": ["GOOD", "ABSENT"] }),
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            "/v1/vaults/vault-one/settings".into(),
+            json!({ "unmatched_host_policy": "allow" }),
+            400,
+            "invalid_json",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, resp) = app.call(method, &path, Some(body.clone())).await;
+        assert_eq!(
+            (got, resp["error"].as_str().unwrap_or("")),
+            (status, code),
+            "{method} {path} {body}: {resp}"
+        );
+        assert!(
+            !resp.to_string().contains("sk_live_should_not_echo"),
+            "errors never echo values: {resp}"
+        );
+    }
+    let (_, err) = app.call("PUT", "/v1/vaults/vault-one/services", Some(json!({ "services": [{ "host": "api.example.test", "auth": { "type": "bearer", "token": "MISSING" } }] }))).await;
+    assert!(
+        err["message"].as_str().unwrap().contains("MISSING"),
+        "names the missing key: {err}"
+    );
+    // Nothing changed.
+    let creds = app
+        .ok("GET", "/v1/vaults/vault-one/credentials?reveal=true", None)
+        .await;
+    assert_eq!(creds.as_array().unwrap().len(), 1);
+    assert_eq!(creds[0]["value"], "value-1");
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/vault-one/services", None).await["services"],
+        json!([])
+    );
+
+    // Body cap, content type, malformed JSON.
+    let big = "x".repeat(2 << 20);
+    let resp = app
+        .http
+        .put(format!("{}/v1/vaults/vault-one/credentials", app.admin))
+        .bearer_auth(&app.owner_token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"credentials\":{{\"BIG\":\"{big}\"}}}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let resp = app
+        .http
+        .put(format!("{}/v1/vaults/vault-one/credentials", app.admin))
+        .bearer_auth(&app.owner_token)
+        .body("A=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let resp = app
+        .http
+        .put(format!("{}/v1/vaults/vault-one/credentials", app.admin))
+        .bearer_auth(&app.owner_token)
+        .header("content-type", "application/json")
+        .body("{\"credentials\": {")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let creds = app
+        .ok("GET", "/v1/vaults/vault-one/credentials", None)
+        .await;
+    assert_eq!(creds.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn roles_limit_what_each_principal_can_do() {
+    let app = spawn_app().await;
+    app.create_vault("alpha").await;
+    app.create_vault("beta").await;
+    app.set_credentials("alpha", &[("SECRET", "alpha-secret")])
+        .await;
+    app.set_credentials("beta", &[("SECRET", "beta-secret")])
+        .await;
+    app.set_services_yaml(
+        "alpha",
+        "- name: s\n  host: api.example.test\n  auth: {type: bearer, token: SECRET}\n",
+    )
+    .await;
+    let agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "bot", "vaults": [{ "vault": "alpha", "role": "proxy" }] })),
+        )
+        .await;
+    let proxy_token = agent["token"].as_str().unwrap().to_owned();
+    let member = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "helper", "vaults": [{ "vault": "alpha", "role": "member" }] })),
+        )
+        .await;
+    let member_token = member["token"].as_str().unwrap().to_owned();
+
+    // Proxy role: key names and services, never values, no writes.
+    let (status, list) = app
+        .call_with(
+            Some(&proxy_token),
+            "GET",
+            "/v1/vaults/alpha/credentials",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["key"], "SECRET");
+    assert!(list[0].get("value").is_none());
+    assert!(!list.to_string().contains("alpha-secret"));
+    assert_eq!(
+        app.call_with(Some(&proxy_token), "GET", "/v1/vaults/alpha/services", None)
+            .await
+            .0,
+        200
+    );
+    for (method, path, body) in [
+        ("GET", "/v1/vaults/alpha/credentials?reveal=true", None),
+        ("GET", "/v1/vaults/alpha/credentials/SECRET", None),
+        (
+            "PUT",
+            "/v1/vaults/alpha/credentials",
+            Some(json!({ "credentials": { "SECRET": "overwrite" } })),
+        ),
+        (
+            "PUT",
+            "/v1/vaults/alpha/services",
+            Some(json!({ "services": [] })),
+        ),
+        ("GET", "/v1/vaults/alpha/logs", None),
+    ] {
+        let (status, body) = app.call_with(Some(&proxy_token), method, path, body).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(!body.to_string().contains("alpha-secret"));
+    }
+    for path in ["/v1/users", "/v1/agents", "/v1/invites"] {
+        assert_eq!(
+            app.call_with(Some(&proxy_token), "GET", path, None).await.0,
+            403,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        app.call_with(
+            Some(&proxy_token),
+            "POST",
+            "/v1/vaults",
+            Some(json!({ "name": "mine" }))
+        )
+        .await
+        .0,
+        403
+    );
+    // Vault B does not exist for it.
+    let (status, _) = app
+        .call_with(
+            Some(&proxy_token),
+            "GET",
+            "/v1/vaults/beta/credentials",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Member role: values yes, services no.
+    let (status, v) = app
+        .call_with(
+            Some(&member_token),
+            "GET",
+            "/v1/vaults/alpha/credentials/SECRET",
+            None,
+        )
+        .await;
+    assert_eq!((status, v["value"].as_str()), (200, Some("alpha-secret")));
+    assert_eq!(
+        app.call_with(
+            Some(&member_token),
+            "PUT",
+            "/v1/vaults/alpha/services",
+            Some(json!({ "services": [] }))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        app.call_with(
+            Some(&member_token),
+            "GET",
+            "/v1/vaults/beta/credentials/SECRET",
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    // Nothing changed.
+    let v = app
+        .ok("GET", "/v1/vaults/alpha/credentials/SECRET", None)
+        .await;
+    assert_eq!(v["value"], "alpha-secret");
+}
+
+#[tokio::test]
+async fn agents_rotate_revoke_and_delete() {
+    let app = spawn_app().await;
+    app.create_vault("ops").await;
+    let created = app.ok("POST", "/v1/agents", Some(json!({ "name": "ci", "vaults": [{ "vault": "ops", "role": "proxy" }], "ttl_seconds": 3600 }))).await;
+    let first = created["token"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("av_agt_"));
+    assert!(created["expires_at"].as_i64().is_some());
+    assert_eq!(
+        app.call_with(Some(&first), "GET", "/v1/auth/whoami", None)
+            .await
+            .0,
+        200
+    );
+    let (status, _) = app
+        .call("POST", "/v1/agents", Some(json!({ "name": "ci" })))
+        .await;
+    assert_eq!(status, 409);
+    let rotated = app.ok("POST", "/v1/agents/ci/rotate", None).await;
+    let second = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.call_with(Some(&first), "GET", "/v1/auth/whoami", None)
+            .await
+            .0,
+        401,
+        "rotation revokes the old token"
+    );
+    assert_eq!(
+        app.call_with(Some(&second), "GET", "/v1/auth/whoami", None)
+            .await
+            .0,
+        200
+    );
+    let revoked = app.ok("POST", "/v1/agents/ci/revoke", None).await;
+    assert_eq!(revoked["revoked_tokens"], 1);
+    assert_eq!(
+        app.call_with(Some(&second), "GET", "/v1/auth/whoami", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(app.call("DELETE", "/v1/agents/ci", None).await.0, 204);
+    assert_eq!(app.call("DELETE", "/v1/agents/ci", None).await.0, 404);
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "bad", "ttl_seconds": 5 })),
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_ttl")));
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.tokens.scoped_default_ttl = std::time::Duration::from_secs(60)
+        })),
+        ..Default::default()
+    })
+    .await;
+    app.create_vault("exp").await;
+    let (token, id) = app.proxy_token("exp").await;
+    assert_eq!(
+        app.call_with(Some(&token), "GET", "/v1/vaults/exp/services", None)
+            .await
+            .0,
+        200
+    );
+    // Move the expiry into the past directly in the database.
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tokens SET expires_at = 1 WHERE id = $1")
+        .bind(&id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(
+        app.call_with(Some(&token), "GET", "/v1/vaults/exp/services", None)
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn tampered_rows_are_reported_as_integrity_errors() {
+    let app = spawn_app().await;
+    app.create_vault("tamper").await;
+    app.set_credentials("tamper", &[("A", "value-a"), ("B", "value-b")])
+        .await;
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'B') WHERE key = 'A'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let (status, body) = app
+        .call("GET", "/v1/vaults/tamper/credentials/A", None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("integrity_error")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("value-b"));
+    let (status, _) = app
+        .call("GET", "/v1/vaults/tamper/credentials/B", None)
+        .await;
+    assert_eq!(status, 200, "untouched rows still work");
+}
+
+#[tokio::test]
+async fn members_and_last_admin_guard() {
+    let app = spawn_app().await;
+    app.create_vault("crew").await;
+    app.ok("POST", "/v1/agents", Some(json!({ "name": "worker" })))
+        .await;
+    app.ok(
+        "PUT",
+        "/v1/vaults/crew/members",
+        Some(json!({ "kind": "agent", "name": "worker", "role": "proxy" })),
+    )
+    .await;
+    let members = app.ok("GET", "/v1/vaults/crew/members", None).await;
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    let (status, _) = app
+        .call(
+            "DELETE",
+            &format!("/v1/vaults/crew/members/user/{OWNER_EMAIL}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "the last admin stays");
+    assert_eq!(
+        app.call("DELETE", "/v1/vaults/crew/members/agent/worker", None)
+            .await
+            .0,
+        204
+    );
+    let (status, _) = app
+        .call(
+            "PUT",
+            "/v1/vaults/crew/members",
+            Some(json!({ "kind": "user", "name": "ghost@example.com", "role": "member" })),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

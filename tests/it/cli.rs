@@ -1,0 +1,416 @@
+//! The CLI binary against the real server, as a new user follows the README.
+
+use std::sync::Arc;
+
+use crate::support::{
+    MASTER_PASSWORD, TestDatabase, TestOptions, spawn_app_against, spawn_app_with,
+};
+
+async fn readme_flow(postgres: Option<String>) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = TestOptions {
+        register_owner: false,
+        data_dir: Some(dir.clone()),
+        postgres: postgres.clone(),
+        ..Default::default()
+    };
+    let mut app = spawn_app_with(opts).await;
+    let setup = std::fs::read_to_string(app.setup_token_file.as_ref().unwrap()).unwrap();
+    let meta = std::fs::metadata(app.setup_token_file.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+
+    let out = app
+        .cli_env(
+            &[
+                "auth",
+                "register",
+                "--email",
+                "ada@example.com",
+                "--password-stdin",
+            ],
+            Some("ada-password-1\n"),
+            &[("AGENT_VAULT_SETUP_TOKEN", setup.trim())],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = app.cli(&["vault", "create", "my-vault"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = app
+        .cli(
+            &[
+                "vault",
+                "credential",
+                "set",
+                "A=1",
+                "B=2",
+                "--vault",
+                "my-vault",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = app
+        .cli(
+            &[
+                "vault",
+                "credential",
+                "set",
+                "STRIPE_KEY=-",
+                "--vault",
+                "my-vault",
+            ],
+            Some("sk_test_from_stdin\n"),
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let list = app
+        .cli(
+            &["vault", "credential", "list", "--vault", "my-vault"],
+            None,
+        )
+        .await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        list.stdout.contains("STRIPE_KEY") && !list.stdout.contains("sk_test_from_stdin"),
+        "{list:?}"
+    );
+    let reveal = app
+        .cli(
+            &[
+                "vault",
+                "credential",
+                "list",
+                "--reveal",
+                "--vault",
+                "my-vault",
+                "--json",
+            ],
+            None,
+        )
+        .await;
+    let values: Vec<_> = reveal
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, vec!["1", "2", "sk_test_from_stdin"]);
+    let yaml = dir.path().join("services.yaml");
+    std::fs::write(&yaml, "services:\n  - name: stripe\n    host: api.example.test\n    auth: {type: bearer, token: STRIPE_KEY}\n").unwrap();
+    let out = app
+        .cli(
+            &[
+                "vault",
+                "service",
+                "set",
+                "-f",
+                yaml.to_str().unwrap(),
+                "--vault",
+                "my-vault",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = app
+        .cli(
+            &["agent", "create", "bot", "--vault", "my-vault", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let agent_token = out.json()["token"].as_str().unwrap().to_owned();
+    assert!(agent_token.starts_with("av_agt_"));
+
+    let ca_before = app.ca_pem().await;
+    let upstream = app.upstream.clone();
+    let ca = app.upstream_ca.clone();
+    let home = std::mem::replace(&mut app.home, tempfile::tempdir().unwrap());
+    app.stop().await;
+
+    // Restart on the same data: everything is still there, including the CA.
+    let opts = TestOptions {
+        register_owner: false,
+        data_dir: Some(dir.clone()),
+        postgres,
+        ..Default::default()
+    };
+    let mut app = spawn_app_against(opts, upstream, ca).await;
+    assert!(
+        app.setup_token_file.is_none(),
+        "no new setup token once an owner exists"
+    );
+    assert_eq!(app.ca_pem().await, ca_before, "the CA survives restarts");
+    app.home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(app.home.path().join(".agent-vault")).unwrap();
+    std::fs::copy(
+        home.path().join(".agent-vault/session.json"),
+        app.home.path().join(".agent-vault/session.json"),
+    )
+    .unwrap();
+    let out = app
+        .cli(
+            &[
+                "--address",
+                &app.admin.clone(),
+                "vault",
+                "credential",
+                "get",
+                "STRIPE_KEY",
+                "--vault",
+                "my-vault",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, "sk_test_from_stdin"),
+        "{out:?}"
+    );
+    let out = app
+        .cli(
+            &[
+                "--address",
+                &app.admin.clone(),
+                "vault",
+                "service",
+                "list",
+                "--vault",
+                "my-vault",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.stdout.contains("api.example.test"), "{out:?}");
+    let out = app
+        .cli(
+            &["--address", &app.admin.clone(), "agent", "list", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(out.json()[0]["name"], "bot");
+    let (status, _) = app
+        .call_with(
+            Some(&agent_token),
+            "GET",
+            "/v1/vaults/my-vault/services",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the agent token survives the restart");
+
+    if app.config.database_url.is_none() {
+        // Nothing secret in the clear in any file of the data directory.
+        for needle in [
+            "sk_test_from_stdin",
+            MASTER_PASSWORD,
+            "ada-password-1",
+            &agent_token,
+        ] {
+            for entry in walk(dir.path()) {
+                if entry.ends_with("session.json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&entry).unwrap();
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{needle:?} found in {}",
+                    entry.display()
+                );
+            }
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn readme_flow_on_sqlite_survives_restart() {
+    readme_flow(None).await;
+}
+
+#[tokio::test]
+async fn readme_flow_on_postgres_survives_restart() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    readme_flow(Some(db.url.clone())).await;
+}
+
+#[tokio::test]
+async fn exit_codes_and_one_line_errors() {
+    let app = crate::support::spawn_app().await;
+    app.cli_login().await;
+    let usage = app.cli(&["vault", "credential", "set"], None).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    let unknown = app
+        .cli(
+            &["vault", "credential", "get", "NOPE", "--vault", "default"],
+            None,
+        )
+        .await;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert_eq!(unknown.stderr.trim().lines().count(), 1, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("NOPE") && unknown.stderr.contains("404"),
+        "{unknown:?}"
+    );
+    let bad_key = app
+        .cli(
+            &[
+                "vault",
+                "credential",
+                "set",
+                "lower=secret-value",
+                "--vault",
+                "default",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(bad_key.code, 1);
+    assert!(
+        bad_key.stderr.contains("UPPER") || bad_key.stderr.contains("[A-Z]"),
+        "{bad_key:?}"
+    );
+    assert!(!bad_key.stderr.contains("secret-value"));
+    let missing_file = app
+        .cli(
+            &["vault", "service", "set", "-f", "/nonexistent.yaml"],
+            None,
+        )
+        .await;
+    assert_eq!(missing_file.code, 1);
+    let bad_yaml = app
+        .cli(
+            &["vault", "service", "set", "-f", "-"],
+            Some("services: [\n"),
+        )
+        .await;
+    assert_eq!(bad_yaml.code, 1, "{bad_yaml:?}");
+    let bad_auth = app
+        .cli(
+            &["vault", "service", "set", "-f", "-"],
+            Some("services:\n  - host: a.example.test\n    auth: {type: oauth}\n"),
+        )
+        .await;
+    assert_eq!(bad_auth.code, 1);
+    assert!(bad_auth.stderr.contains("oauth"), "{bad_auth:?}");
+    let dup = app.cli(&["vault", "create", "default"], None).await;
+    assert_eq!(dup.code, 1);
+    assert!(dup.stderr.contains("409"), "{dup:?}");
+    let anon = app
+        .cli_env(&["vault", "list"], None, &[("HOME", "/nonexistent-home")])
+        .await;
+    assert_eq!(anon.code, 1);
+    assert!(anon.stderr.contains("auth login"), "{anon:?}");
+    let down = app
+        .cli(&["--address", "http://127.0.0.1:1", "vault", "list"], None)
+        .await;
+    assert_eq!(down.code, 1);
+    assert!(down.stderr.contains("cannot reach"), "{down:?}");
+}
+
+#[tokio::test]
+async fn wrong_master_password_exits_before_listening() {
+    let app = crate::support::spawn_app().await;
+    let data_dir = app.config.data_dir.clone();
+    let _keep = app.data_dir.clone();
+    app.stop().await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+        .args([
+            "server",
+            "--port",
+            "0",
+            "--proxy-port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .env("AGENT_VAULT_MASTER_PASSWORD", "definitely wrong")
+        .env("HOME", data_dir.to_str().unwrap())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child)
+        .await
+        .expect("the server exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wrong master password"), "{stderr}");
+    assert!(!stdout.contains("admin API"), "it never listened: {stdout}");
+    assert!(!stderr.contains("definitely wrong"));
+}
+
+/// Runs `agent-vault server` expecting it to exit on its own.
+async fn server_exits(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
+    cmd.arg("server").args(args).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the server exits")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[upstream]\nrootz = \"native\"\n").unwrap();
+    let password = ("AGENT_VAULT_MASTER_PASSWORD", "irrelevant-password");
+    let out = server_exits(
+        &["--config", file.to_str().unwrap(), "--data-dir", data],
+        &[password],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rootz"));
+    let out = server_exits(
+        &["--data-dir", data],
+        &[password, ("AGENT_VAULT_LIMITS__MAX_CONNECTIONS", "lots")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server_exits(
+        &["--data-dir", data, "--port", "0", "--proxy-port", "0"],
+        &[("AGENT_VAULT_MASTER_PASSWORD", "short")],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a weak first master password is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,543 @@
+//! Shared test support: the real app on port 0, a fake HTTPS upstream signed by its own test CA,
+//! agents as real HTTP clients through the proxy, and the CLI binary.
+
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod pki;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use agent_vault::app::App;
+use agent_vault::config::{Config, DatabaseUrl, Roots};
+use agent_vault::crypto::KdfParams;
+use agent_vault::proxy::ProxyState;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+pub use pki::TestCa;
+pub use upstream::{Alpn, FakeUpstream};
+
+pub const MASTER_PASSWORD: &str = "correct horse battery staple";
+pub const OWNER_EMAIL: &str = "owner@example.com";
+pub const OWNER_PASSWORD: &str = "owner-password-1";
+pub const TINY_KDF: KdfParams = KdfParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
+static CRYPTO: Once = Once::new();
+
+pub fn install_crypto() {
+    CRYPTO.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A Postgres database created for one test and dropped afterwards.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// `None` (with a printed notice) when AGENT_VAULT_TEST_DATABASE_URL is unset.
+    pub async fn create() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("AGENT_VAULT_TEST_DATABASE_URL") else {
+            eprintln!(
+                "notice: AGENT_VAULT_TEST_DATABASE_URL is unset; skipping the Postgres variant of this test"
+            );
+            return None;
+        };
+        sqlx::any::install_default_drivers();
+        let name = format!("av_test_{}", agent_vault::crypto::random_id().unwrap());
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .expect("connect to the test Postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut conn) =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A last-minute configuration change.
+pub type Tweak = Box<dyn FnOnce(&mut Config) + Send>;
+
+/// How to build a test app.
+pub struct TestOptions {
+    /// Allow loopback destinations (the fake upstream lives there).
+    pub allow_loopback: bool,
+    /// Run on a fresh Postgres database.
+    pub postgres: Option<String>,
+    /// Upstream protocols.
+    pub alpn: Alpn,
+    /// Last-minute configuration changes.
+    pub tweak: Option<Tweak>,
+    /// Reuse this data directory (restarts).
+    pub data_dir: Option<Arc<TempDir>>,
+    /// Register the owner.
+    pub register_owner: bool,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            allow_loopback: true,
+            postgres: None,
+            alpn: Alpn::Both,
+            tweak: None,
+            data_dir: None,
+            register_owner: true,
+        }
+    }
+}
+
+/// A running app with its fake upstream.
+pub struct TestApp {
+    pub admin: String,
+    pub proxy: SocketAddr,
+    pub upstream: FakeUpstream,
+    pub upstream_ca: Arc<TestCa>,
+    pub upstream_ca_file: PathBuf,
+    pub data_dir: Arc<TempDir>,
+    pub home: TempDir,
+    pub owner_token: String,
+    pub http: reqwest::Client,
+    pub proxy_state: Arc<ProxyState>,
+    pub setup_token_file: Option<PathBuf>,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Builds the configuration tests use: port 0, tiny KDF, trust only the upstream test CA, and
+/// `*.example.test` resolved to the fake upstream.
+pub fn test_config(
+    data_dir: &std::path::Path,
+    ca_file: &std::path::Path,
+    upstream: SocketAddr,
+    allow_loopback: bool,
+) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
+    config.server.port = 0;
+    config.server.proxy_port = 0;
+    config.server.shutdown_grace = Duration::from_secs(2);
+    config.kdf = TINY_KDF;
+    config.upstream.roots = Roots::None;
+    config.upstream.extra_ca_files = vec![ca_file.to_path_buf()];
+    config
+        .upstream
+        .resolve
+        .insert("*.example.test:443".into(), upstream.to_string());
+    config
+        .upstream
+        .resolve
+        .insert("example.test:443".into(), upstream.to_string());
+    config.upstream.connect_timeout = Duration::from_secs(3);
+    if allow_loopback {
+        config.upstream.network_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+    }
+    config.request_log.flush_interval = Duration::from_millis(20);
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
+    install_crypto();
+    let ca = Arc::new(TestCa::new("agent-vault tests upstream CA"));
+    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
+    let upstream = FakeUpstream::start(chain, key, opts.alpn).await;
+    spawn_app_against(opts, upstream, ca).await
+}
+
+pub async fn spawn_app_against(
+    opts: TestOptions,
+    upstream: FakeUpstream,
+    ca: Arc<TestCa>,
+) -> TestApp {
+    install_crypto();
+    let data_dir = opts
+        .data_dir
+        .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+    let ca_file = data_dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let mut config = test_config(
+        &data_dir.path().join("data"),
+        &ca_file,
+        upstream.addr,
+        opts.allow_loopback,
+    );
+    if let Some(url) = opts.postgres {
+        config.database_url = Some(DatabaseUrl(url));
+    }
+    if let Some(tweak) = opts.tweak {
+        tweak(&mut config);
+    }
+    let app = App::build(config.clone(), SecretString::from(MASTER_PASSWORD))
+        .await
+        .expect("app builds");
+    let admin = format!("http://{}", app.admin_addr);
+    let proxy = app.proxy_addr;
+    let proxy_state = app.proxy_state();
+    let setup_token_file = app.setup_token_file.clone();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(async move {
+        app.run().await.unwrap();
+    });
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut test = TestApp {
+        admin,
+        proxy,
+        upstream,
+        upstream_ca: ca,
+        upstream_ca_file: ca_file,
+        data_dir,
+        home: tempfile::tempdir().unwrap(),
+        owner_token: String::new(),
+        http,
+        proxy_state,
+        setup_token_file,
+        config,
+        shutdown,
+        task: Some(task),
+    };
+    if opts.register_owner {
+        if let Some(path) = &test.setup_token_file {
+            let setup = std::fs::read_to_string(path).unwrap();
+            let (status, body) = test
+                .call_anon("POST", "/v1/auth/register", Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD, "setup_token": setup.trim() })))
+                .await;
+            assert_eq!(status, 201, "{body}");
+            test.owner_token = body["token"].as_str().unwrap().to_owned();
+        } else {
+            test.owner_token = test.login(OWNER_EMAIL, OWNER_PASSWORD).await;
+        }
+    }
+    test
+}
+
+impl TestApp {
+    /// Stops the app and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("app stops within 15s")
+                .unwrap();
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (status, body) = self
+            .call_anon(
+                "POST",
+                "/v1/auth/login",
+                Some(json!({ "email": email, "password": password })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Calls the admin API with an explicit token (or none).
+    pub async fn call_with(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn call_anon(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(None, method, path, body).await
+    }
+
+    /// Calls the admin API as the owner.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let token = self.owner_token.clone();
+        self.call_with(Some(&token), method, path, body).await
+    }
+
+    /// Calls and asserts the status.
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {value}"
+        );
+        value
+    }
+
+    pub async fn create_vault(&self, name: &str) {
+        self.ok("POST", "/v1/vaults", Some(json!({ "name": name })))
+            .await;
+    }
+
+    pub async fn set_credentials(&self, vault: &str, pairs: &[(&str, &str)]) {
+        let map: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        self.ok(
+            "PUT",
+            &format!("/v1/vaults/{vault}/credentials"),
+            Some(json!({ "credentials": map })),
+        )
+        .await;
+    }
+
+    /// Replaces a vault's services with those of a YAML document.
+    pub async fn set_services_yaml(&self, vault: &str, yaml: &str) {
+        let specs = agent_vault::policy::service::parse_service_file(yaml).unwrap();
+        self.ok(
+            "PUT",
+            &format!("/v1/vaults/{vault}/services"),
+            Some(json!({ "services": specs })),
+        )
+        .await;
+    }
+
+    pub async fn set_policy(&self, vault: &str, policy: &str) {
+        self.ok(
+            "PATCH",
+            &format!("/v1/vaults/{vault}/settings"),
+            Some(json!({ "unmatched_host_policy": policy })),
+        )
+        .await;
+    }
+
+    /// A scoped proxy token for `vault`.
+    pub async fn proxy_token(&self, vault: &str) -> (String, String) {
+        let v = self
+            .ok(
+                "POST",
+                &format!("/v1/vaults/{vault}/tokens"),
+                Some(json!({})),
+            )
+            .await;
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A vault with one bearer service for api.example.test and its credential.
+    pub async fn stripe_vault(&self, vault: &str, value: &str) -> String {
+        self.create_vault(vault).await;
+        self.set_credentials(vault, &[("STRIPE_KEY", value)]).await;
+        self.set_services_yaml(
+            vault,
+            "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
+        )
+        .await;
+        self.proxy_token(vault).await.0
+    }
+
+    pub async fn ca_pem(&self) -> String {
+        self.http
+            .get(format!("{}/v1/ca.pem", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// An HTTP client acting as an agent: proxy set with token and vault, trusting only the
+    /// proxy's CA.
+    pub async fn agent(&self, token: &str, vault: &str) -> reqwest::Client {
+        self.agent_builder(token, vault).await.build().unwrap()
+    }
+
+    pub async fn agent_builder(&self, token: &str, vault: &str) -> reqwest::ClientBuilder {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem().await.as_bytes()).unwrap();
+        let proxy = reqwest::Proxy::all(format!("http://{token}:{vault}@{}", self.proxy)).unwrap();
+        reqwest::Client::builder()
+            .proxy(proxy)
+            .tls_certs_only([ca])
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// Waits (bounded) until the vault's request log has at least `n` rows.
+    pub async fn wait_for_logs(&self, vault: &str, n: usize) -> Vec<Value> {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let (_, v) = self
+                .call("GET", &format!("/v1/vaults/{vault}/logs"), None)
+                .await;
+            if let Some(rows) = v.as_array()
+                && rows.len() >= n
+            {
+                return rows.clone();
+            }
+            last = v;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("request log of {vault} never reached {n} rows: {last}");
+    }
+
+    /// Runs the CLI binary against this app with its own HOME.
+    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+        self.cli_env(args, stdin, &[]).await
+    }
+
+    pub async fn cli_env(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> CliOutput {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("AGENT_VAULT_ADDR", &self.admin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).await.unwrap();
+        }
+        drop(input);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("CLI finishes")
+            .unwrap();
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Logs the CLI in as the owner.
+    pub async fn cli_login(&self) {
+        let out = self
+            .cli(
+                &["auth", "login", "--email", OWNER_EMAIL, "--password-stdin"],
+                Some(&format!("{OWNER_PASSWORD}\n")),
+            )
+            .await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+}
+
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `f` against a fresh SQLite store and, when configured, a fresh Postgres store.
+pub async fn for_each_store<F, Fut>(f: F)
+where
+    F: Fn(agent_vault::store::Store, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = agent_vault::store::Store::open(dir.path(), None)
+        .await
+        .unwrap();
+    f(store.clone(), "sqlite").await;
+    store.close().await;
+    if let Some(db) = TestDatabase::create().await {
+        let store = agent_vault::store::Store::open(dir.path(), Some(&db.url))
+            .await
+            .unwrap();
+        f(store.clone(), "postgres").await;
+        store.close().await;
+        drop(db);
+    }
+}

@@ -1,0 +1,344 @@
+//! A fake HTTPS upstream on loopback that records every request it receives.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+    pub sni: Option<String>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// Which protocols the upstream offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    Both,
+    H2Only,
+    H1Only,
+}
+
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// `/gated` sends its first event, then waits for this before the rest.
+    pub gate: Arc<tokio::sync::Notify>,
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+fn query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+impl FakeUpstream {
+    pub async fn start(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        alpn: Alpn,
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = match alpn {
+            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::H2Only => vec![b"h2".to_vec()],
+            Alpn::H1Only => vec![b"http/1.1".to_vec()],
+        };
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rec, conns) = (recorded.clone(), connections.clone());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let gate2 = gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let rec = rec.clone();
+                let gate = gate2.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    let h2_only = alpn == Alpn::H2Only;
+                    let svc = service_fn(move |req| {
+                        let rec = rec.clone();
+                        let sni = sni.clone();
+                        let gate = gate.clone();
+                        async move { Ok::<_, Infallible>(route(req, rec, sni, gate).await) }
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if h2_only {
+                        builder = builder.http2_only();
+                    }
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            recorded,
+            connections,
+            gate,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.recorded.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.recorded
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received no request")
+    }
+
+    pub fn clear(&self) {
+        self.recorded.lock().unwrap().clear();
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn route(
+    mut req: Request<Incoming>,
+    rec: Arc<Mutex<Vec<Recorded>>>,
+    sni: Option<String>,
+    gate: Arc<tokio::sync::Notify>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let params = query(req.uri().query());
+    let is_ws = path == "/ws";
+    let on_upgrade = is_ws.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = if is_ws {
+        Bytes::new()
+    } else {
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    };
+    let record = Recorded {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        version: parts.version,
+        sni,
+    };
+    rec.lock().unwrap().push(record.clone());
+    match path.as_str() {
+        "/echo" => {
+            let headers: HashMap<String, String> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({ "method": record.method, "path": record.path_and_query, "headers": headers });
+            full(StatusCode::OK, "application/json", body.to_string())
+        }
+        "/echo-body" => full(StatusCode::OK, "application/octet-stream", body),
+        "/redirect" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "https://evil.example.test/steal")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap(),
+        "/sse" => {
+            let n: usize = params.get("n").and_then(|v| v.parse().ok()).unwrap_or(5);
+            let interval: u64 = params
+                .get("interval_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            let stream = futures_util::stream::unfold(0usize, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(interval)).await;
+                }
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!("data: event {i}\n\n")))),
+                    i + 1,
+                ))
+            });
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+        "/gated" => {
+            let stream = futures_util::stream::unfold(0usize, move |i| {
+                let gate = gate.clone();
+                async move {
+                    match i {
+                        0 => Some((
+                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+                                b"data: first\n\n",
+                            ))),
+                            1,
+                        )),
+                        1 => {
+                            gate.notified().await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+        "/bytes" => {
+            let n: usize = params.get("n").and_then(|v| v.parse().ok()).unwrap_or(1024);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(n, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let take = left.min(chunk.len());
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..take))),
+                        left - take,
+                    ))
+                }
+            });
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", n.to_string())
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+        "/ws" => {
+            let key = parts
+                .headers
+                .get("sec-websocket-key")
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_default();
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+            if let Some(on_upgrade) = on_upgrade {
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                        } else if msg.is_close() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept)
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap()
+        }
+        p if p.starts_with("/status/") => {
+            let code = p.trim_start_matches("/status/").parse().unwrap_or(500);
+            full(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "text/plain",
+                "status",
+            )
+        }
+        _ => full(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({ "ok": true, "path": record.path_and_query }).to_string(),
+        ),
+    }
+}
