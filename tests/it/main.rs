@@ -6,4 +6,5 @@ mod support;
 mod admin_api;
 mod cli;
 mod proxy;
+mod run;
 mod store;
