@@ -19,6 +19,7 @@ use crate::crypto::{CryptoError, PasswordHasher, TokenKind};
 use crate::identity::{FailureBudget, Identity};
 use crate::keys::{self, Keyring, UnsealError};
 use crate::netguard::NetGuard;
+use crate::notify::Notifier;
 use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
 use crate::registry::Snapshots;
 use crate::store::changes::{self, Change};
@@ -204,6 +205,8 @@ impl App {
             proxy_addr,
             setup_token_file: config.data_dir.join("setup-token"),
             auth_failures: FailureBudget::new(config.limits.auth_failures_per_minute),
+            notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)
+                .map_err(|e| AppError::Upstream(e.to_string()))?,
         });
         let proxy_state = ProxyState::new(ProxyParts {
             identity: identity.clone(),
@@ -271,7 +274,8 @@ impl App {
     /// Serves both listeners until the shutdown token is cancelled, then drains open requests
     /// and tunnels (up to `server.shutdown_grace`) and flushes the request log.
     pub async fn run(self) -> Result<(), std::io::Error> {
-        let router = admin::router(self.admin_state.clone());
+        let router = crate::web::router(self.admin_state.clone())
+            .merge(admin::router(self.admin_state.clone()));
         let shutdown = self.shutdown.clone();
         let admin = axum::serve(
             self.admin_listener,
@@ -297,14 +301,24 @@ impl App {
     }
 }
 
-/// Periodic housekeeping: dead tokens are deleted a day after they stop working.
+/// Periodic housekeeping: overdue proposals expire (reads also treat them as expired), and
+/// dead tokens are deleted a day after they stop working.
 async fn maintenance(store: Store, shutdown: CancellationToken) {
+    let mut tick: u64 = 0;
     loop {
-        if let Err(e) = store.purge_dead_tokens(24 * 3600 * 1000).await {
-            tracing::warn!(error = %e, "purging dead tokens failed");
+        match store.expire_proposals().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "proposals expired"),
+            Err(e) => tracing::warn!(error = %e, "expiring proposals failed"),
         }
+        if tick % 10 == 0 {
+            if let Err(e) = store.purge_dead_tokens(24 * 3600 * 1000).await {
+                tracing::warn!(error = %e, "purging dead tokens failed");
+            }
+        }
+        tick = tick.wrapping_add(1);
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
             () = shutdown.cancelled() => return,
         }
     }

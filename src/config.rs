@@ -114,6 +114,8 @@ pub struct Config {
     pub request_log: RequestLogConfig,
     /// Agent proposals.
     pub proposals: ProposalsConfig,
+    /// Optional email notifications to approvers.
+    pub smtp: SmtpConfig,
 }
 
 impl Default for Config {
@@ -129,6 +131,7 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             request_log: RequestLogConfig::default(),
             proposals: ProposalsConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -407,6 +410,69 @@ impl Default for ProposalsConfig {
     }
 }
 
+/// A secret configuration value (an SMTP password): never printed, never serialized back.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigSecret(pub String);
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigSecret([REDACTED])")
+    }
+}
+
+impl Serialize for ConfigSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[REDACTED]")
+    }
+}
+
+/// How to secure the SMTP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// STARTTLS required (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS (a local relay only).
+    None,
+}
+
+/// Email notifications of new proposals to the vault's approvers (off unless `host` is set).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// SMTP server host; unset disables email.
+    pub host: Option<String>,
+    /// SMTP port.
+    pub port: u16,
+    /// `starttls`, `tls` or `none`.
+    pub security: SmtpSecurity,
+    /// Login user name, if the server needs one.
+    pub username: Option<String>,
+    /// Login password (prefer `password_file` or AGENT_VAULT_SMTP__PASSWORD).
+    pub password: Option<ConfigSecret>,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// The sender address.
+    pub from: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: None,
+            password: None,
+            password_file: None,
+            from: "agent-vault@localhost".into(),
+        }
+    }
+}
+
 /// Overrides from command-line flags; `None` leaves the lower layers in charge.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FlagOverrides {
@@ -564,6 +630,28 @@ impl Config {
                     "proposals.webhook_url",
                     "must be an http:// or https:// URL",
                 ));
+            }
+        }
+        if self.smtp.host.is_some() {
+            if crate::domain::Email::parse(&self.smtp.from).is_err() {
+                return Err(invalid(
+                    "smtp.from",
+                    format!("{:?} is not an email address", self.smtp.from),
+                ));
+            }
+            if self.smtp.password.is_some() && self.smtp.password_file.is_some() {
+                return Err(invalid(
+                    "smtp.password_file",
+                    "give either smtp.password or smtp.password_file, not both",
+                ));
+            }
+            if let Some(file) = &self.smtp.password_file {
+                if !file.is_file() {
+                    return Err(invalid(
+                        "smtp.password_file",
+                        format!("{} is not a readable file", file.display()),
+                    ));
+                }
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

@@ -47,6 +47,7 @@ pub struct Keyring {
     dek: DataKey,
     tokens: TokenHasher,
     service_mac: DataKey,
+    csrf: DataKey,
 }
 
 impl fmt::Debug for Keyring {
@@ -71,10 +72,12 @@ impl Keyring {
     pub fn from_dek(dek: DataKey) -> Self {
         let tokens = TokenHasher::new(derive_subkey(&dek, b"token-hash"));
         let service_mac = derive_subkey(&dek, b"service-mac");
+        let csrf = derive_subkey(&dek, b"csrf");
         Self {
             dek,
             tokens,
             service_mac,
+            csrf,
         }
     }
 
@@ -120,6 +123,27 @@ impl Keyring {
             mac.update(field.as_bytes());
         }
         mac.finalize().into_bytes().to_vec()
+    }
+
+    /// A CSRF token bound to one login session and one purpose (e.g. a proposal id): forms
+    /// carry it, and a request from another site cannot know it.
+    pub fn csrf_token(&self, session_token_id: &str, purpose: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.csrf.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        for field in [session_token_id, purpose] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Checks a CSRF token in constant time.
+    pub fn verify_csrf(&self, session_token_id: &str, purpose: &str, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.csrf_token(session_token_id, purpose)
+            .as_bytes()
+            .ct_eq(presented.as_bytes())
+            .into()
     }
 
     /// Checks a stored service MAC in constant time.

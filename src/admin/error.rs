@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The request body is not JSON (415).
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// Too many pending proposals in the vault (429).
+    #[error("{0}")]
+    TooManyPending(String),
     /// Too many failed attempts from this client (429).
     #[error("too many failed attempts; wait a minute and try again")]
     TooManyRequests,
@@ -83,6 +86,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManyPending(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 mod logs;
 mod meta;
+pub(crate) mod proposals;
 mod services;
 mod vaults;
 
@@ -71,6 +72,8 @@ pub struct AdminInner {
     pub setup_token_file: PathBuf,
     /// Failed authentications per client address.
     pub auth_failures: FailureBudget,
+    /// Proposal notifications.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl std::ops::Deref for AdminState {
@@ -217,6 +220,19 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/agents/{name}", delete(agents::remove))
         .route("/v1/agents/{name}/rotate", post(agents::rotate))
         .route("/v1/agents/{name}/revoke", post(agents::revoke))
+        .route("/v1/discover", get(proposals::discover))
+        .route("/v1/proposals", post(proposals::create))
+        .route("/v1/proposals/{id}", get(proposals::poll))
+        .route("/v1/vaults/{vault}/proposals", get(proposals::list))
+        .route("/v1/vaults/{vault}/proposals/{n}", get(proposals::show))
+        .route(
+            "/v1/vaults/{vault}/proposals/{n}/approve",
+            post(proposals::approve_api),
+        )
+        .route(
+            "/v1/vaults/{vault}/proposals/{n}/reject",
+            post(proposals::reject_api),
+        )
         .route("/v1/vaults/{vault}/logs", get(logs::list))
         .route("/v1/vaults/{vault}/audit", get(logs::audit))
         .fallback(meta::not_found)

@@ -8,6 +8,7 @@ pub mod client;
 mod credential;
 mod master_password;
 pub mod output;
+mod proposal;
 mod run;
 mod server;
 mod service;
@@ -83,6 +84,9 @@ enum Command {
     Agent(agent::AgentCommand),
     /// Run a command with the proxy and CA configured and a short-lived token.
     Run(run::RunArgs),
+    /// Proposals: agents ask for services and credentials, humans approve.
+    #[command(subcommand)]
+    Proposal(proposal::ProposalCommand),
     /// The proxy's root CA certificate.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -168,6 +172,7 @@ impl Cli {
             Command::Vault(cmd) => vault::run(cmd, address).await,
             Command::Agent(cmd) => agent::run(cmd, address).await,
             Command::Run(args) => run::run(args, address).await,
+            Command::Proposal(cmd) => proposal::run(cmd, address).await,
             Command::Ca(cmd) => ca::run(cmd, address).await,
             Command::MasterPassword(cmd) => master_password::run(cmd).await,
         }

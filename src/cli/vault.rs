@@ -56,6 +56,14 @@ pub enum VaultCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// What this vault offers an agent: services (name, host) and credential key names.
+    Discover {
+        /// The vault (default: AGENT_VAULT_VAULT, or the token's only vault).
+        #[arg(long, env = "AGENT_VAULT_VAULT")]
+        vault: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show the request log of proxied traffic.
     Logs {
         #[command(flatten)]
@@ -309,6 +317,42 @@ pub async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), CliErro
                 );
             } else {
                 println!("{}", output::text(&resp, "token"));
+            }
+        }
+        VaultCommand::Discover { vault, json } => {
+            let q = vault
+                .map(|v| format!("?vault={}", seg(&v)))
+                .unwrap_or_default();
+            let d: Value = client.get(&format!("/v1/discover{q}")).await?;
+            if json.json {
+                output::json(&d);
+            } else {
+                println!(
+                    "vault {} (unmatched hosts: {})",
+                    output::text(&d, "vault"),
+                    output::text(&d, "unmatched_host_policy")
+                );
+                for s in d["services"].as_array().into_iter().flatten() {
+                    println!(
+                        "  service {}  {}",
+                        output::text(s, "name"),
+                        output::text(s, "host")
+                    );
+                }
+                let keys: Vec<_> = d["credentials"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "  credentials: {}",
+                    if keys.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        keys.join(", ")
+                    }
+                );
             }
         }
         VaultCommand::Logs {

@@ -68,6 +68,67 @@ pub struct CredentialWrite {
     pub description: Option<String>,
 }
 
+/// Writes credentials inside a transaction: each overwrite bumps the version, and
+/// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
+pub(super) async fn write_credentials(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    writes: &[CredentialWrite],
+    seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
+) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
+    let now = now_ms();
+    let mut written = Vec::with_capacity(writes.len());
+    for write in writes {
+        let current =
+            sqlx::query("SELECT version FROM credentials WHERE vault_id = $1 AND key = $2")
+                .bind(vault_id)
+                .bind(write.key.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+        let version = match current {
+            Some(row) => col::<i64>(&row, "version")? + 1,
+            None => 1,
+        };
+        let sealed = seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO credentials (vault_id, key, version, sealed_value, kind, description, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'static', COALESCE($5, ''), $6, $6) \
+             ON CONFLICT (vault_id, key) DO UPDATE SET version = excluded.version, sealed_value = excluded.sealed_value, \
+             description = COALESCE($5, credentials.description), updated_at = excluded.updated_at",
+        )
+        .bind(vault_id)
+        .bind(write.key.as_str())
+        .bind(version)
+        .bind(sealed)
+        .bind(write.description.as_deref())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        written.push((write.key.clone(), version));
+    }
+    Ok(written)
+}
+
+/// Deletes credentials inside a transaction; returns the keys that did not exist.
+pub(super) async fn remove_credentials(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    keys: &[CredentialKey],
+) -> Result<Vec<CredentialKey>, StoreError> {
+    let mut missing = Vec::new();
+    for key in keys {
+        let done = sqlx::query("DELETE FROM credentials WHERE vault_id = $1 AND key = $2")
+            .bind(vault_id)
+            .bind(key.as_str())
+            .execute(&mut **tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            missing.push(key.clone());
+        }
+    }
+    Ok(missing)
+}
+
 impl Store {
     /// Writes several credentials in one transaction. Each overwrite bumps the version, and
     /// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
@@ -77,38 +138,8 @@ impl Store {
         writes: &[CredentialWrite],
         seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
     ) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let mut written = Vec::with_capacity(writes.len());
-        for write in writes {
-            let current =
-                sqlx::query("SELECT version FROM credentials WHERE vault_id = $1 AND key = $2")
-                    .bind(vault_id)
-                    .bind(write.key.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let version = match current {
-                Some(row) => col::<i64>(&row, "version")? + 1,
-                None => 1,
-            };
-            let sealed =
-                seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO credentials (vault_id, key, version, sealed_value, kind, description, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, 'static', COALESCE($5, ''), $6, $6) \
-                 ON CONFLICT (vault_id, key) DO UPDATE SET version = excluded.version, sealed_value = excluded.sealed_value, \
-                 description = COALESCE($5, credentials.description), updated_at = excluded.updated_at",
-            )
-            .bind(vault_id)
-            .bind(write.key.as_str())
-            .bind(version)
-            .bind(sealed)
-            .bind(write.description.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            written.push((write.key.clone(), version));
-        }
+        let written = write_credentials(&mut tx, vault_id, writes, seal).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -153,17 +184,7 @@ impl Store {
         keys: &[CredentialKey],
     ) -> Result<Vec<CredentialKey>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut missing = Vec::new();
-        for key in keys {
-            let done = sqlx::query("DELETE FROM credentials WHERE vault_id = $1 AND key = $2")
-                .bind(vault_id)
-                .bind(key.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                missing.push(key.clone());
-            }
-        }
+        let missing = remove_credentials(&mut tx, vault_id, keys).await?;
         if missing.is_empty() {
             tx.commit().await?;
         } else {

@@ -9,7 +9,7 @@ mod credentials;
 mod grants;
 mod instance;
 mod invites;
-// mod proposals;
+mod proposals;
 mod request_logs;
 mod services;
 mod tokens;
@@ -30,6 +30,9 @@ pub use grants::{MemberRecord, PrincipalKind};
 pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 
+pub use proposals::{
+    ApplyWrites, CreateRefused, ProposalRecord, ProposalStatus, ProposalValueRecord,
+};
 pub use request_logs::{RequestLogFilter, RequestLogRecord, RequestLogRow};
 pub use services::ServiceRow;
 pub use tokens::{TokenRecord, TokenStoreKind};

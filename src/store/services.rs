@@ -16,6 +16,39 @@ pub struct ServiceRow {
     pub mac: Vec<u8>,
 }
 
+/// Replaces a vault's services inside a transaction.
+pub(super) async fn replace_services_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    rows: &[ServiceRow],
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query("DELETE FROM services WHERE vault_id = $1")
+        .bind(vault_id)
+        .execute(&mut **tx)
+        .await?;
+    for row in rows {
+        sqlx::query(
+            "INSERT INTO services (vault_id, name, position, spec, mac, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(vault_id)
+        .bind(&row.name)
+        .bind(row.position)
+        .bind(&row.spec)
+        .bind(row.mac.clone())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| StoreError::unique(e, "service"))?;
+    }
+    sqlx::query("UPDATE vaults SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(vault_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Replaces all of a vault's services atomically.
     pub async fn replace_services(
@@ -23,31 +56,8 @@ impl Store {
         vault_id: &str,
         rows: &[ServiceRow],
     ) -> Result<(), StoreError> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM services WHERE vault_id = $1")
-            .bind(vault_id)
-            .execute(&mut *tx)
-            .await?;
-        for row in rows {
-            sqlx::query(
-                "INSERT INTO services (vault_id, name, position, spec, mac, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            )
-            .bind(vault_id)
-            .bind(&row.name)
-            .bind(row.position)
-            .bind(&row.spec)
-            .bind(row.mac.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::unique(e, "service"))?;
-        }
-        sqlx::query("UPDATE vaults SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(vault_id)
-            .execute(&mut *tx)
-            .await?;
+        replace_services_in(&mut tx, vault_id, rows).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -5,6 +5,7 @@ mod support;
 
 mod admin_api;
 mod cli;
+mod proposals;
 mod proxy;
 mod run;
 mod store;

@@ -1,0 +1,270 @@
+//! `agent-vault proposal`: agents ask for services and credentials; humans list, inspect,
+//! approve (with the values, `KEY=-` from stdin) or reject.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::client::{Client, seg};
+use super::credential::parse_pairs;
+use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
+
+/// `agent-vault proposal ...`
+#[derive(Debug, Subcommand)]
+pub enum ProposalCommand {
+    /// Propose services and credentials from a YAML or JSON file (agents).
+    Create {
+        /// The file, or - for standard input.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// The vault (default: AGENT_VAULT_VAULT, or the token's only vault).
+        #[arg(long, env = "AGENT_VAULT_VAULT")]
+        vault: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show a proposal's status by id (agents poll this).
+    Status {
+        /// The id `create` printed.
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List a vault's proposals (member role).
+    List {
+        /// Only this status: pending, applied, rejected, expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one proposal with its risks and the values it still needs.
+    Show {
+        /// The proposal number.
+        number: i64,
+        #[command(flatten)]
+        vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Approve a proposal, giving values as KEY=VALUE or KEY=- (standard input).
+    Approve {
+        /// The proposal number.
+        number: i64,
+        /// Values for the credentials it asks for.
+        #[arg(value_name = "KEY=VALUE")]
+        values: Vec<String>,
+        #[command(flatten)]
+        vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Reject a proposal.
+    Reject {
+        /// The proposal number.
+        number: i64,
+        /// Why (shown to the agent).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+fn summary(p: &Value) -> String {
+    let services = p["services"].as_array().map(Vec::len).unwrap_or(0);
+    let creds = p["credentials"].as_array().map(Vec::len).unwrap_or(0);
+    format!("{services} service change(s), {creds} credential slot(s)")
+}
+
+fn print_detail(p: &Value) {
+    println!(
+        "proposal #{} in vault {}: {}",
+        output::text(p, "number"),
+        output::text(p, "vault"),
+        output::text(p, "status")
+    );
+    if let Some(m) = p["message"].as_str().filter(|m| !m.is_empty()) {
+        println!("message: {m}");
+    }
+    for s in p["services"].as_array().into_iter().flatten() {
+        match s["action"].as_str() {
+            Some("delete") => println!("  service remove {}", output::text(s, "name")),
+            _ => println!(
+                "  service set    {} -> {} ({})",
+                output::text(s, "name"),
+                output::text(s, "host"),
+                output::text(&s["auth"], "type")
+            ),
+        }
+    }
+    for c in p["credentials"].as_array().into_iter().flatten() {
+        let extra = if c["has_value"] == true {
+            " (value supplied by the agent)"
+        } else {
+            ""
+        };
+        println!(
+            "  credential {} {}{extra}  {}",
+            output::text(c, "action"),
+            output::text(c, "key"),
+            c["description"].as_str().unwrap_or("")
+        );
+        if let Some(url) = c["obtain"].as_str() {
+            println!("      obtain at: {url}");
+        }
+    }
+    for r in p["risks"].as_array().into_iter().flatten() {
+        println!(
+            "  {}: {}",
+            output::text(r, "severity"),
+            output::text(r, "text")
+        );
+    }
+    if let Some(missing) = p["missing_values"].as_array().filter(|m| !m.is_empty()) {
+        let keys: Vec<_> = missing.iter().filter_map(Value::as_str).collect();
+        println!("  values needed to approve: {}", keys.join(", "));
+    }
+}
+
+/// Runs a proposal command.
+pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliError> {
+    let client = Client::authenticated(address)?;
+    match cmd {
+        ProposalCommand::Create { file, vault, json } => {
+            let text = read_file_or_stdin(&file)?;
+            let mut body: Value = serde_norway::from_str(&text)
+                .map_err(|e| CliError::msg(format!("{}: {e}", file.display())))?;
+            if let (Some(v), Some(obj)) = (vault, body.as_object_mut()) {
+                obj.entry("vault").or_insert(json!(v));
+            }
+            let resp: Value = client.post("/v1/proposals", &body).await?;
+            if json.json {
+                output::json(
+                    &json!({ "id": resp["id"], "number": resp["number"], "status": resp["status"], "approval_url": resp["approval_url"], "vault": resp["vault"] }),
+                );
+            } else {
+                println!(
+                    "proposal #{} created in vault {} ({}).",
+                    output::text(&resp, "number"),
+                    output::text(&resp, "vault"),
+                    output::text(&resp, "id")
+                );
+                println!("A human must review and approve it here:");
+                println!("  {}", output::text(&resp, "approval_url"));
+                println!(
+                    "Check its status with: agent-vault proposal status {}",
+                    output::text(&resp, "id")
+                );
+            }
+        }
+        ProposalCommand::Status { id, json } => {
+            let p: Value = client.get(&format!("/v1/proposals/{}", seg(&id))).await?;
+            if json.json {
+                output::json(&p)
+            } else {
+                print_detail(&p)
+            }
+        }
+        ProposalCommand::List {
+            status,
+            vault,
+            json,
+        } => {
+            let q = status
+                .map(|s| format!("?status={}", seg(&s)))
+                .unwrap_or_default();
+            let list: Vec<Value> = client
+                .get(&format!("/v1/vaults/{}/proposals{q}", seg(&vault.vault)))
+                .await?;
+            if json.json {
+                output::json(&json!(list));
+            } else {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            output::text(p, "number"),
+                            output::text(p, "status"),
+                            summary(p),
+                            p["message"]
+                                .as_str()
+                                .unwrap_or("")
+                                .chars()
+                                .take(60)
+                                .collect(),
+                            output::time(p, "expires_at"),
+                        ]
+                    })
+                    .collect();
+                output::table(&["#", "STATUS", "CHANGES", "MESSAGE", "EXPIRES"], &rows);
+            }
+        }
+        ProposalCommand::Show {
+            number,
+            vault,
+            json,
+        } => {
+            let p: Value = client
+                .get(&format!(
+                    "/v1/vaults/{}/proposals/{number}",
+                    seg(&vault.vault)
+                ))
+                .await?;
+            if json.json {
+                output::json(&p)
+            } else {
+                print_detail(&p)
+            }
+        }
+        ProposalCommand::Approve {
+            number,
+            values,
+            vault,
+            json,
+        } => {
+            let path = format!("/v1/vaults/{}/proposals/{number}", seg(&vault.vault));
+            // Approve exactly what was fetched: the server refuses if anything changed since.
+            let shown: Value = client.get(&path).await?;
+            let values = parse_pairs(&values)?;
+            let resp: Value = client
+                .post(
+                    &format!("{path}/approve"),
+                    &json!({ "values": values, "approval_hash": shown["approval_hash"] }),
+                )
+                .await?;
+            if json.json {
+                output::json(&resp)
+            } else {
+                println!(
+                    "approved proposal #{number} in vault {}; the changes are live",
+                    vault.vault
+                )
+            }
+        }
+        ProposalCommand::Reject {
+            number,
+            reason,
+            vault,
+            json,
+        } => {
+            let resp: Value = client
+                .post(
+                    &format!("/v1/vaults/{}/proposals/{number}/reject", seg(&vault.vault)),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            if json.json {
+                output::json(&resp)
+            } else {
+                println!("rejected proposal #{number} in vault {}", vault.vault)
+            }
+        }
+    }
+    Ok(())
+}

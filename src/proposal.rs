@@ -1,0 +1,682 @@
+//! Proposals as data: what an agent may ask for, how it is validated (exactly like direct edits),
+//! what is risky about it, the hash that ties an approval to the exact content shown, and the
+//! plan that applies it. Pure: no IO, no clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::domain::CredentialKey;
+use crate::policy::service::{ServiceSpec, validate_services};
+
+/// Most services one proposal may change.
+pub const MAX_SERVICES: usize = 10;
+/// Most credential slots one proposal may carry.
+pub const MAX_CREDENTIALS: usize = 10;
+/// Longest message to the human.
+pub const MAX_MESSAGE: usize = 2000;
+/// Longest credential description and `obtain` URL.
+pub const MAX_DESCRIPTION: usize = 500;
+/// Longest instructions for obtaining a credential.
+pub const MAX_INSTRUCTIONS: usize = 1000;
+/// Largest agent-supplied value.
+pub const MAX_VALUE: usize = 64 * 1024;
+
+/// Why a proposal was refused. Messages name the item and field, never a value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProposalError(pub String);
+
+fn err(msg: impl Into<String>) -> ProposalError {
+    ProposalError(msg.into())
+}
+
+/// A change to one service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum ServiceChange {
+    /// Add the service, or replace the one with the same name.
+    Set(ServiceSpec),
+    /// Remove a service by name.
+    Delete {
+        /// The service's name.
+        name: String,
+    },
+}
+
+/// A credential slot as an agent sends it.
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CredentialSlotRequest {
+    /// Ask for a credential to be set.
+    Set {
+        /// Its key.
+        key: String,
+        /// What it is for.
+        #[serde(default)]
+        description: String,
+        /// Where a human can get it (http or https URL).
+        #[serde(default)]
+        obtain: Option<String>,
+        /// How to get it.
+        #[serde(default)]
+        instructions: Option<String>,
+        /// A value the agent already has (sealed at once; approving still needs a human).
+        #[serde(default)]
+        value: Option<SecretString>,
+    },
+    /// Ask for a credential to be deleted.
+    Delete {
+        /// Its key.
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for CredentialSlotRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Set { key, .. } => f
+                .debug_struct("Set")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            Self::Delete { key } => f.debug_struct("Delete").field("key", key).finish(),
+        }
+    }
+}
+
+/// What `POST /v1/proposals` accepts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalRequest {
+    /// The vault (optional for tokens bound to one vault).
+    #[serde(default)]
+    pub vault: Option<String>,
+    /// A message for the human.
+    #[serde(default)]
+    pub message: String,
+    /// Service changes.
+    #[serde(default)]
+    pub services: Vec<ServiceChange>,
+    /// Credential slots.
+    #[serde(default)]
+    pub credentials: Vec<CredentialSlotRequest>,
+}
+
+/// A credential slot as stored and shown (never with a value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum CredentialSlot {
+    /// Set a credential.
+    Set {
+        /// Its key.
+        key: CredentialKey,
+        /// What it is for.
+        description: String,
+        /// Where to get it.
+        obtain: Option<String>,
+        /// How to get it.
+        instructions: Option<String>,
+        /// Whether the agent supplied a value (sealed separately).
+        has_value: bool,
+    },
+    /// Delete a credential.
+    Delete {
+        /// Its key.
+        key: CredentialKey,
+    },
+}
+
+impl CredentialSlot {
+    /// The slot's key.
+    pub fn key(&self) -> &CredentialKey {
+        match self {
+            Self::Set { key, .. } | Self::Delete { key } => key,
+        }
+    }
+}
+
+/// A validated proposal's content, as stored and hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalContent {
+    /// The message for the human.
+    pub message: String,
+    /// Service changes.
+    pub services: Vec<ServiceChange>,
+    /// Credential slots.
+    pub credentials: Vec<CredentialSlot>,
+}
+
+/// The vault as it is now, for validation, risk analysis and applying.
+#[derive(Clone, Debug, Default)]
+pub struct VaultState {
+    /// Current services, in order.
+    pub services: Vec<ServiceSpec>,
+    /// Current credential keys.
+    pub keys: BTreeSet<CredentialKey>,
+}
+
+impl VaultState {
+    /// A fingerprint of the state, so an approval is refused if the vault changed since the
+    /// page was shown (the risks shown depend on it).
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.services).unwrap_or_default());
+        for k in &self.keys {
+            h.update(k.as_str().as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+fn check_url(key: &CredentialKey, url: &str) -> Result<(), ProposalError> {
+    if url.len() > MAX_DESCRIPTION {
+        return Err(err(format!(
+            "credential {key}: `obtain` is longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(err(format!(
+            "credential {key}: `obtain` must be an http:// or https:// URL"
+        ))),
+    }
+}
+
+fn check_text(what: &str, text: &str, max: usize) -> Result<(), ProposalError> {
+    if text.chars().count() > max {
+        return Err(err(format!("{what} is longer than {max} characters")));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(err(format!("{what} contains control characters")));
+    }
+    Ok(())
+}
+
+/// Validates a request against the vault's current state. Returns the content to store and the
+/// agent-supplied values to seal.
+pub fn validate(
+    req: ProposalRequest,
+    state: &VaultState,
+) -> Result<(ProposalContent, Vec<(CredentialKey, SecretString)>), ProposalError> {
+    if req.services.is_empty() && req.credentials.is_empty() {
+        return Err(err(
+            "a proposal needs at least one service or credential change",
+        ));
+    }
+    if req.services.len() > MAX_SERVICES {
+        return Err(err(format!(
+            "a proposal may change at most {MAX_SERVICES} services"
+        )));
+    }
+    if req.credentials.len() > MAX_CREDENTIALS {
+        return Err(err(format!(
+            "a proposal may carry at most {MAX_CREDENTIALS} credential slots"
+        )));
+    }
+    check_text("the message", &req.message, MAX_MESSAGE)?;
+
+    let mut slots = Vec::new();
+    let mut values = Vec::new();
+    let mut seen = BTreeSet::new();
+    for slot in req.credentials {
+        let (key, slot) = match slot {
+            CredentialSlotRequest::Set {
+                key,
+                description,
+                obtain,
+                instructions,
+                value,
+            } => {
+                let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
+                check_text(
+                    &format!("credential {key}: the description"),
+                    &description,
+                    MAX_DESCRIPTION,
+                )?;
+                if let Some(url) = &obtain {
+                    check_url(&key, url)?;
+                }
+                if let Some(text) = &instructions {
+                    check_text(
+                        &format!("credential {key}: the instructions"),
+                        text,
+                        MAX_INSTRUCTIONS,
+                    )?;
+                }
+                let has_value = match value {
+                    Some(v) if v.expose_secret().is_empty() => false,
+                    Some(v) => {
+                        if v.expose_secret().len() > MAX_VALUE {
+                            return Err(err(format!(
+                                "credential {key}: the value is longer than {MAX_VALUE} bytes"
+                            )));
+                        }
+                        values.push((key.clone(), v));
+                        true
+                    }
+                    None => false,
+                };
+                (
+                    key.clone(),
+                    CredentialSlot::Set {
+                        key,
+                        description,
+                        obtain,
+                        instructions,
+                        has_value,
+                    },
+                )
+            }
+            CredentialSlotRequest::Delete { key } => {
+                let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
+                if !state.keys.contains(&key) {
+                    return Err(err(format!(
+                        "credential {key} cannot be deleted: it does not exist in this vault"
+                    )));
+                }
+                (key.clone(), CredentialSlot::Delete { key })
+            }
+        };
+        if !seen.insert(key.clone()) {
+            return Err(err(format!("credential {key} appears more than once")));
+        }
+        slots.push(slot);
+    }
+
+    let mut services = Vec::new();
+    let mut names = BTreeSet::new();
+    for change in req.services {
+        let change = match change {
+            ServiceChange::Set(spec) => {
+                let spec = spec.normalized();
+                spec.compile().map_err(|e| err(e.to_string()))?;
+                ServiceChange::Set(spec)
+            }
+            ServiceChange::Delete { name } => {
+                if !state.services.iter().any(|s| s.name == name) {
+                    return Err(err(format!(
+                        "service {name:?} cannot be deleted: it does not exist in this vault"
+                    )));
+                }
+                ServiceChange::Delete { name }
+            }
+        };
+        let name = match &change {
+            ServiceChange::Set(s) => s.name.clone(),
+            ServiceChange::Delete { name } => name.clone(),
+        };
+        if !names.insert(name.clone()) {
+            return Err(err(format!("service {name:?} appears more than once")));
+        }
+        services.push(change);
+    }
+    let content = ProposalContent {
+        message: req.message,
+        services,
+        credentials: slots,
+    };
+    // The vault as it would be after approval must be consistent: every referenced key exists.
+    plan(&content, state)?;
+    Ok((content, values))
+}
+
+/// What applying a proposal does to the vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyPlan {
+    /// The vault's complete service list afterwards.
+    pub services: Vec<ServiceSpec>,
+    /// Keys to set (values from the approver, else the agent).
+    pub set_keys: Vec<CredentialKey>,
+    /// Keys to delete.
+    pub delete_keys: Vec<CredentialKey>,
+}
+
+/// Computes the result of applying `content` to `state`, checking it exactly as a direct edit.
+pub fn plan(content: &ProposalContent, state: &VaultState) -> Result<ApplyPlan, ProposalError> {
+    let mut services = state.services.clone();
+    for change in &content.services {
+        match change {
+            ServiceChange::Set(spec) => match services.iter_mut().find(|s| s.name == spec.name) {
+                Some(existing) => *existing = spec.clone(),
+                None => services.push(spec.clone()),
+            },
+            ServiceChange::Delete { name } => services.retain(|s| &s.name != name),
+        }
+    }
+    let mut keys = state.keys.clone();
+    let mut set_keys = Vec::new();
+    let mut delete_keys = Vec::new();
+    for slot in &content.credentials {
+        match slot {
+            CredentialSlot::Set { key, .. } => {
+                keys.insert(key.clone());
+                set_keys.push(key.clone());
+            }
+            CredentialSlot::Delete { key } => {
+                keys.remove(key);
+                delete_keys.push(key.clone());
+            }
+        }
+    }
+    validate_services(&services, &keys).map_err(|e| err(e.to_string()))?;
+    Ok(ApplyPlan {
+        services,
+        set_keys,
+        delete_keys,
+    })
+}
+
+/// The hash of the content, plus the vault state it was shown against.
+pub fn approval_hash(content: &ProposalContent, state: &VaultState) -> String {
+    let mut h = Sha256::new();
+    h.update(content_hash(content).as_bytes());
+    h.update(b"\n");
+    h.update(state.fingerprint().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The hash of the content alone (stored with the proposal).
+pub fn content_hash(content: &ProposalContent) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(content).unwrap_or_default(),
+    ))
+}
+
+/// Whether approving needs the admin role (service changes do; credential-only needs member).
+pub fn needs_admin(content: &ProposalContent) -> bool {
+    !content.services.is_empty()
+}
+
+/// Set slots without an agent-supplied value: the approver must supply these.
+pub fn missing_values(content: &ProposalContent) -> Vec<CredentialKey> {
+    content
+        .credentials
+        .iter()
+        .filter_map(|s| match s {
+            CredentialSlot::Set {
+                key,
+                has_value: false,
+                ..
+            } => Some(key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How serious a flagged change is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Could send an existing secret somewhere new, or widen access.
+    Warning,
+    /// Worth knowing.
+    Notice,
+}
+
+/// A flagged change, for the approver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Risk {
+    /// How serious.
+    pub severity: Severity,
+    /// What, in one sentence.
+    pub text: String,
+}
+
+fn hosts_using(services: &[ServiceSpec], key: &CredentialKey) -> BTreeSet<String> {
+    services
+        .iter()
+        .filter(|s| {
+            s.compile()
+                .map(|c| c.referenced_keys().contains(key))
+                .unwrap_or(false)
+        })
+        .map(|s| s.host.clone())
+        .collect()
+}
+
+/// Flags what an approver should look at twice.
+pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
+    let mut out = Vec::new();
+    let warn = |text: String| Risk {
+        severity: Severity::Warning,
+        text,
+    };
+    let current: BTreeMap<&str, &ServiceSpec> = state
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for change in &content.services {
+        match change {
+            ServiceChange::Set(spec) => {
+                if spec.host.starts_with("*.") {
+                    out.push(warn(format!("service {:?} uses the wildcard host {}: every subdomain gets its credentials", spec.name, spec.host)));
+                }
+                if let Some(old) = current.get(spec.name.as_str()) {
+                    if old.host != spec.host {
+                        out.push(warn(format!(
+                            "service {:?} changes its host from {} to {}",
+                            spec.name, old.host, spec.host
+                        )));
+                    }
+                    if old.auth != spec.auth || old.substitutions != spec.substitutions {
+                        out.push(warn(format!(
+                            "service {:?} changes how credentials are attached",
+                            spec.name
+                        )));
+                    }
+                }
+                if let Ok(compiled) = spec.compile() {
+                    for key in compiled.referenced_keys() {
+                        if !state.keys.contains(&key) {
+                            continue;
+                        }
+                        let before = hosts_using(&state.services, &key);
+                        if !before.contains(&spec.host) {
+                            let was = if before.is_empty() {
+                                "no host".to_owned()
+                            } else {
+                                before.into_iter().collect::<Vec<_>>().join(", ")
+                            };
+                            out.push(warn(format!(
+                                "the existing credential {key} would be sent to {} (today it goes to {was})",
+                                spec.host
+                            )));
+                        }
+                    }
+                }
+            }
+            ServiceChange::Delete { name } => out.push(Risk {
+                severity: Severity::Notice,
+                text: format!("service {name:?} will be removed"),
+            }),
+        }
+    }
+    for slot in &content.credentials {
+        match slot {
+            CredentialSlot::Set {
+                key,
+                has_value: true,
+                ..
+            } if state.keys.contains(key) => {
+                out.push(warn(format!("the agent supplied a value for the existing credential {key}; approving replaces it unless you enter one")));
+            }
+            CredentialSlot::Set { key, .. } if state.keys.contains(key) => {
+                out.push(Risk {
+                    severity: Severity::Notice,
+                    text: format!(
+                        "credential {key} already exists; the value you enter replaces it"
+                    ),
+                });
+            }
+            CredentialSlot::Delete { key } => out.push(Risk {
+                severity: Severity::Notice,
+                text: format!("credential {key} will be deleted"),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::service::parse_service_file;
+
+    fn key(k: &str) -> CredentialKey {
+        CredentialKey::parse(k).unwrap()
+    }
+
+    fn state() -> VaultState {
+        VaultState {
+            services: parse_service_file("- name: stripe\n  host: api.stripe.com\n  auth: {type: bearer, token: STRIPE_KEY}\n")
+                .unwrap()
+                .into_iter()
+                .map(ServiceSpec::normalized)
+                .collect(),
+            keys: [key("STRIPE_KEY"), key("OLD")].into_iter().collect(),
+        }
+    }
+
+    fn request(json: serde_json::Value) -> ProposalRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_new_service_with_its_credential_validates() {
+        let (content, values) = validate(
+            request(serde_json::json!({
+                "message": "I need GitHub",
+                "services": [{"action": "set", "name": "gh", "host": "api.github.com", "auth": {"type": "bearer", "token": "GH_TOKEN"}}],
+                "credentials": [{"action": "set", "key": "GH_TOKEN", "description": "repo access", "obtain": "https://github.com/settings/tokens", "value": "ghp_agent"}]
+            })),
+            &state(),
+        )
+        .unwrap();
+        assert_eq!(values.len(), 1);
+        assert_eq!(missing_values(&content), vec![]);
+        assert!(needs_admin(&content));
+        let stored = serde_json::to_string(&content).unwrap();
+        assert!(
+            !stored.contains("ghp_agent"),
+            "values are never part of the content"
+        );
+        let plan = plan(&content, &state()).unwrap();
+        assert_eq!(plan.services.len(), 2);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_reason() {
+        let cases = [
+            (serde_json::json!({}), "at least one"),
+            (
+                serde_json::json!({"services": [{"action": "set", "host": "api.x.com", "auth": {"type": "bearer", "token": "NOPE"}}]}),
+                "NOPE",
+            ),
+            (
+                serde_json::json!({"services": [{"action": "delete", "name": "ghost"}]}),
+                "ghost",
+            ),
+            (
+                serde_json::json!({"credentials": [{"action": "set", "key": "lower"}]}),
+                "invalid credential key",
+            ),
+            (
+                serde_json::json!({"credentials": [{"action": "set", "key": "A", "obtain": "javascript:alert(1)"}]}),
+                "obtain",
+            ),
+            (
+                serde_json::json!({"credentials": [{"action": "delete", "key": "MISSING"}]}),
+                "MISSING",
+            ),
+            (
+                serde_json::json!({"credentials": [{"action": "set", "key": "A"}, {"action": "set", "key": "A"}]}),
+                "more than once",
+            ),
+            (
+                serde_json::json!({"credentials": [{"action": "delete", "key": "STRIPE_KEY"}]}),
+                "STRIPE_KEY",
+            ),
+            (
+                serde_json::json!({"message": "x".repeat(MAX_MESSAGE + 1), "credentials": [{"action": "set", "key": "A"}]}),
+                "message",
+            ),
+            (
+                serde_json::json!({"services": [{"action": "set", "host": "10.0.0.1", "auth": {"type": "passthrough"}}]}),
+                "IP",
+            ),
+        ];
+        for (json, needle) in cases {
+            let e = validate(request(json.clone()), &state()).unwrap_err();
+            assert!(e.0.contains(needle), "{json}: {e}");
+        }
+        let many: Vec<_> = (0..=MAX_CREDENTIALS)
+            .map(|i| serde_json::json!({"action": "set", "key": format!("K{i}")}))
+            .collect();
+        assert!(
+            validate(
+                request(serde_json::json!({ "credentials": many })),
+                &state()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn rebinding_an_existing_credential_is_flagged() {
+        let (content, _) = validate(
+            request(serde_json::json!({
+                "services": [{"action": "set", "name": "exfil", "host": "*.attacker.example", "auth": {"type": "bearer", "token": "STRIPE_KEY"}}]
+            })),
+            &state(),
+        )
+        .unwrap();
+        let risks = risks(&content, &state());
+        assert!(
+            risks.iter().any(|r| r
+                .text
+                .contains("existing credential STRIPE_KEY would be sent to *.attacker.example")),
+            "{risks:?}"
+        );
+        assert!(
+            risks.iter().any(|r| r.text.contains("wildcard")),
+            "{risks:?}"
+        );
+        let (moved, _) = validate(
+            request(serde_json::json!({
+                "services": [{"action": "set", "name": "stripe", "host": "api.stripe.evil.example", "auth": {"type": "bearer", "token": "STRIPE_KEY"}}]
+            })),
+            &state(),
+        )
+        .unwrap();
+        let risks = super::risks(&moved, &state());
+        assert!(
+            risks.iter().any(|r| r.text.contains("changes its host")),
+            "{risks:?}"
+        );
+    }
+
+    #[test]
+    fn approval_hash_covers_content_and_state() {
+        let (content, _) = validate(
+            request(serde_json::json!({"credentials": [{"action": "set", "key": "NEW"}]})),
+            &state(),
+        )
+        .unwrap();
+        let h1 = approval_hash(&content, &state());
+        let mut other = state();
+        other.keys.insert(key("ANOTHER"));
+        assert_ne!(h1, approval_hash(&content, &other));
+        let mut edited = content.clone();
+        edited.message = "changed".into();
+        assert_ne!(h1, approval_hash(&edited, &state()));
+        assert_eq!(h1, approval_hash(&content, &state()));
+    }
+}

@@ -1,0 +1,385 @@
+//! Proposals: creation with a per-vault number, expiry, rejection, and the one transaction that
+//! applies an approved proposal.
+
+use sqlx::any::AnyRow;
+
+use super::credentials::{CredentialWrite, remove_credentials, write_credentials};
+use super::services::replace_services_in;
+use super::{ServiceRow, Store, StoreError, col};
+use crate::crypto::{CryptoError, TokenHash};
+use crate::domain::{CredentialKey, now_ms};
+
+/// Where a proposal stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProposalStatus {
+    /// Waiting for a human.
+    Pending,
+    /// Approved and applied.
+    Applied,
+    /// Rejected by a human.
+    Rejected,
+    /// Nobody decided in time.
+    Expired,
+}
+
+impl ProposalStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl std::str::FromStr for ProposalStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "applied" => Ok(Self::Applied),
+            "rejected" => Ok(Self::Rejected),
+            "expired" => Ok(Self::Expired),
+            other => Err(format!("unknown proposal status {other:?}")),
+        }
+    }
+}
+
+/// A stored proposal. `content` is the validated JSON; values live in `proposal_values`.
+#[derive(Clone, Debug)]
+pub struct ProposalRecord {
+    /// Random id (used in links).
+    pub id: String,
+    /// The vault.
+    pub vault_id: String,
+    /// The per-vault number people use (`proposal show N`).
+    pub seq: i64,
+    /// Status, with expiry applied at read time.
+    pub status: ProposalStatus,
+    /// `agent` or `scoped` or `user`.
+    pub created_by_kind: String,
+    /// The creator's id (an agent id or a token id; never a raw token).
+    pub created_by_id: String,
+    /// The id of the token that created it (for status polling by its creator).
+    pub creator_token_id: Option<String>,
+    /// The message for the human.
+    pub message: String,
+    /// The content JSON.
+    pub content: String,
+    /// SHA-256 of the content.
+    pub content_hash: String,
+    /// HMAC of the view-only approval link token.
+    pub approval_token_hash: TokenHash,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// Who decided (user id).
+    pub reviewed_by: Option<String>,
+    /// When.
+    pub reviewed_at: Option<i64>,
+    /// The rejection reason.
+    pub review_note: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+/// An agent-supplied value, sealed with AAD (proposal id, key).
+#[derive(Clone)]
+pub struct ProposalValueRecord {
+    /// The key.
+    pub key: CredentialKey,
+    /// The sealed value.
+    pub sealed_value: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProposalValueRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProposalValueRecord")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProposalRecord {
+    fn from_row(row: &AnyRow, now: i64) -> Result<Self, StoreError> {
+        let status: String = col(row, "status")?;
+        let mut status: ProposalStatus = status.parse().map_err(StoreError::Corrupt)?;
+        let expires_at: i64 = col(row, "expires_at")?;
+        if status == ProposalStatus::Pending && expires_at <= now {
+            // Expiry holds on every read, whether or not the sweep has run yet.
+            status = ProposalStatus::Expired;
+        }
+        let hash: Vec<u8> = col(row, "approval_token_hash")?;
+        Ok(Self {
+            id: col(row, "id")?,
+            vault_id: col(row, "vault_id")?,
+            seq: col(row, "seq")?,
+            status,
+            created_by_kind: col(row, "created_by_kind")?,
+            created_by_id: col(row, "created_by_id")?,
+            creator_token_id: col(row, "creator_token_id")?,
+            message: col(row, "message")?,
+            content: col(row, "content")?,
+            content_hash: col(row, "content_hash")?,
+            approval_token_hash: TokenHash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Corrupt("approval hash length".into()))?,
+            expires_at,
+            reviewed_by: col(row, "reviewed_by")?,
+            reviewed_at: col(row, "reviewed_at")?,
+            review_note: col(row, "review_note")?,
+            created_at: col(row, "created_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, vault_id, seq, status, created_by_kind, created_by_id, creator_token_id, message, content, content_hash, \
+     approval_token_hash, expires_at, reviewed_by, reviewed_at, review_note, created_at";
+
+/// Why a proposal was not created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateRefused {
+    /// The vault already has this many pending proposals.
+    TooManyPending(i64),
+}
+
+/// Everything an approval writes.
+#[derive(Debug)]
+pub struct ApplyWrites<'a> {
+    /// The vault's complete service list afterwards.
+    pub services: &'a [ServiceRow],
+    /// Credentials to set.
+    pub credentials: &'a [CredentialWrite],
+    /// Credentials to delete.
+    pub delete_keys: &'a [CredentialKey],
+    /// The approving user.
+    pub reviewer: &'a str,
+}
+
+impl Store {
+    /// Stores a new proposal with the next per-vault number, unless the vault already has
+    /// `max_pending` pending proposals.
+    pub async fn create_proposal(
+        &self,
+        record: &ProposalRecord,
+        values: &[ProposalValueRecord],
+        max_pending: i64,
+    ) -> Result<Result<i64, CreateRefused>, StoreError> {
+        let now = now_ms();
+        // Two instances on Postgres can race for the same number; the unique index refuses
+        // the loser, which retries with the next one.
+        for _ in 0..5 {
+            let mut tx = self.begin_write().await?;
+            let pending = sqlx::query("SELECT COUNT(*) AS n FROM proposals WHERE vault_id = $1 AND status = 'pending' AND expires_at > $2")
+                .bind(&record.vault_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            let pending: i64 = col(&pending, "n")?;
+            if pending >= max_pending {
+                tx.rollback().await?;
+                return Ok(Err(CreateRefused::TooManyPending(pending)));
+            }
+            let next = sqlx::query(
+                "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM proposals WHERE vault_id = $1",
+            )
+            .bind(&record.vault_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let seq: i64 = col(&next, "next")?;
+            let inserted = sqlx::query(
+                "INSERT INTO proposals (id, vault_id, seq, status, created_by_kind, created_by_id, creator_token_id, message, content, \
+                 content_hash, approval_token_hash, expires_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+            )
+            .bind(&record.id)
+            .bind(&record.vault_id)
+            .bind(seq)
+            .bind(&record.created_by_kind)
+            .bind(&record.created_by_id)
+            .bind(record.creator_token_id.as_deref())
+            .bind(&record.message)
+            .bind(&record.content)
+            .bind(&record.content_hash)
+            .bind(record.approval_token_hash.0.to_vec())
+            .bind(record.expires_at)
+            .bind(record.created_at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    let _ = tx.rollback().await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            for v in values {
+                sqlx::query("INSERT INTO proposal_values (proposal_id, key, sealed_value) VALUES ($1, $2, $3)")
+                    .bind(&record.id)
+                    .bind(v.key.as_str())
+                    .bind(v.sealed_value.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            return Ok(Ok(seq));
+        }
+        Err(StoreError::Conflict("proposal number"))
+    }
+
+    /// A proposal by id.
+    pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM proposals WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(|r| ProposalRecord::from_row(r, now_ms()))
+            .transpose()
+    }
+
+    /// A proposal by its per-vault number.
+    pub async fn proposal_by_seq(
+        &self,
+        vault_id: &str,
+        seq: i64,
+    ) -> Result<Option<ProposalRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM proposals WHERE vault_id = $1 AND seq = $2"
+        )))
+        .bind(vault_id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(|r| ProposalRecord::from_row(r, now_ms()))
+            .transpose()
+    }
+
+    /// A vault's proposals, newest first, optionally with one status.
+    pub async fn list_proposals(
+        &self,
+        vault_id: &str,
+        status: Option<ProposalStatus>,
+    ) -> Result<Vec<ProposalRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM proposals WHERE vault_id = $1 ORDER BY seq DESC"
+        )))
+        .bind(vault_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let now = now_ms();
+        let all = rows
+            .iter()
+            .map(|r| ProposalRecord::from_row(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|p| status.is_none_or(|s| p.status == s))
+            .collect())
+    }
+
+    /// The sealed values an agent supplied.
+    pub async fn proposal_values(&self, id: &str) -> Result<Vec<ProposalValueRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, sealed_value FROM proposal_values WHERE proposal_id = $1 ORDER BY key",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = col(r, "key")?;
+                Ok(ProposalValueRecord {
+                    key: CredentialKey::parse(key)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    sealed_value: col(r, "sealed_value")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks overdue pending proposals expired and drops their sealed values. Returns how many.
+    pub async fn expire_proposals(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "DELETE FROM proposal_values WHERE proposal_id IN (SELECT id FROM proposals WHERE status = 'pending' AND expires_at <= $1)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("UPDATE proposals SET status = 'expired', updated_at = $1 WHERE status = 'pending' AND expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Rejects a pending, unexpired proposal. Returns false if it was not pending any more.
+    pub async fn reject_proposal(
+        &self,
+        id: &str,
+        reviewer: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE proposals SET status = 'rejected', reviewed_by = $1, reviewed_at = $2, review_note = $3, updated_at = $2 \
+             WHERE id = $4 AND status = 'pending' AND expires_at > $2",
+        )
+        .bind(reviewer)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Applies an approved proposal in one transaction: the status flips from pending to
+    /// applied (so it can happen once), the services are replaced, credentials are written and
+    /// deleted. Returns false (and changes nothing) if the proposal was no longer pending.
+    pub async fn apply_proposal(
+        &self,
+        proposal: &ProposalRecord,
+        writes: ApplyWrites<'_>,
+        seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE proposals SET status = 'applied', reviewed_by = $1, reviewed_at = $2, updated_at = $2 \
+             WHERE id = $3 AND status = 'pending' AND expires_at > $2",
+        )
+        .bind(writes.reviewer)
+        .bind(now)
+        .bind(&proposal.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
+        write_credentials(&mut tx, &proposal.vault_id, writes.credentials, seal).await?;
+        remove_credentials(&mut tx, &proposal.vault_id, writes.delete_keys).await?;
+        sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")
+            .bind(&proposal.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,831 @@
+//! Proposals: agents ask, humans approve. API rules, states, limits, notifications, and the
+//! approval page over plain HTTP (the browser test drives it in Chromium).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, spawn_app, spawn_app_with,
+};
+
+/// A vault with the stripe service; returns a scoped proxy token for it.
+async fn setup(app: &TestApp) -> String {
+    app.stripe_vault("props", "sk_existing").await
+}
+
+fn github_proposal() -> Value {
+    json!({
+        "message": "I need to open issues on GitHub",
+        "services": [{ "action": "set", "name": "github", "host": "gh.example.test", "auth": { "type": "bearer", "token": "GH_TOKEN" } }],
+        "credentials": [{ "action": "set", "key": "GH_TOKEN", "description": "repo scope", "obtain": "https://github.com/settings/tokens" }]
+    })
+}
+
+async fn propose(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
+    app.call_with(Some(token), "POST", "/v1/proposals", Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn discovery_lists_services_and_keys_never_values() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (status, d) = app
+        .call_with(Some(&token), "GET", "/v1/discover", None)
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["vault"], "props");
+    assert_eq!(
+        d["services"],
+        json!([{ "name": "stripe", "host": "api.example.test" }])
+    );
+    assert_eq!(d["credentials"], json!(["STRIPE_KEY"]));
+    assert!(!d.to_string().contains("sk_existing"));
+}
+
+#[tokio::test]
+async fn agents_create_and_poll_proposals() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (status, created) = propose(&app, &token, github_proposal()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["number"], 1);
+    let url = created["approval_url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{}/approve/", app.admin)), "{url}");
+    let link_token = url.split("token=").nth(1).unwrap().to_owned();
+    assert!(link_token.starts_with("av_appr_"));
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // The creator polls its status; another agent cannot see it.
+    let (status, polled) = app
+        .call_with(Some(&token), "GET", &format!("/v1/proposals/{id}"), None)
+        .await;
+    assert_eq!((status, polled["status"].as_str()), (200, Some("pending")));
+    let (other, _) = app.proxy_token("props").await;
+    assert_eq!(
+        app.call_with(Some(&other), "GET", &format!("/v1/proposals/{id}"), None)
+            .await
+            .0,
+        404
+    );
+
+    // Nothing raw is stored: neither the approval link token nor the creator's token.
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT created_by_id, COALESCE(creator_token_id, ''), content FROM proposals",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let dump = format!("{rows:?}");
+    assert!(
+        !dump.contains(&link_token) && !dump.contains(&token),
+        "{dump}"
+    );
+    let db = std::fs::read(app.config.data_dir.join("agent-vault.db")).unwrap();
+    let wal = std::fs::read(app.config.data_dir.join("agent-vault.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes
+                .windows(link_token.len())
+                .any(|w| w == link_token.as_bytes())
+        );
+    }
+}
+
+#[tokio::test]
+async fn proposals_are_validated_like_direct_edits_and_limited() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.proposals.max_pending_per_vault = 2)),
+        ..Default::default()
+    })
+    .await;
+    let token = setup(&app).await;
+    let bad = [
+        (json!({}), "at least one"),
+        (
+            json!({ "services": [{ "action": "set", "host": "api.example.test", "auth": { "type": "bearer", "token": "NOT_THERE" } }] }),
+            "NOT_THERE",
+        ),
+        (
+            json!({ "services": [{ "action": "set", "host": "169.254.169.254", "auth": { "type": "passthrough" } }] }),
+            "IP",
+        ),
+        (
+            json!({ "services": [{ "action": "set", "host": "x.example.test", "auth": { "type": "oauth" } }] }),
+            "oauth",
+        ),
+        (
+            json!({ "credentials": [{ "action": "set", "key": "bad-key" }] }),
+            "invalid credential key",
+        ),
+        (
+            json!({ "credentials": [{ "action": "set", "key": "K", "obtain": "file:///etc/passwd" }] }),
+            "obtain",
+        ),
+        (
+            json!({ "message": "m".repeat(2001), "credentials": [{ "action": "set", "key": "K" }] }),
+            "message",
+        ),
+        (
+            json!({ "credentials": (0..11).map(|i| json!({ "action": "set", "key": format!("K{i}") })).collect::<Vec<_>>() }),
+            "at most 10",
+        ),
+        (
+            json!({ "credentials": [{ "action": "delete", "key": "STRIPE_KEY" }] }),
+            "STRIPE_KEY",
+        ),
+        (
+            json!({ "vault": "default", "credentials": [{ "action": "set", "key": "K" }] }),
+            "",
+        ),
+    ];
+    for (body, needle) in bad {
+        let (status, resp) = propose(&app, &token, body.clone()).await;
+        assert!(status == 400 || status == 404, "{body}: {status} {resp}");
+        assert!(
+            resp["message"].as_str().unwrap().contains(needle),
+            "{body}: {resp}"
+        );
+    }
+    assert_eq!(
+        propose(
+            &app,
+            &token,
+            json!({ "credentials": [{ "action": "set", "key": "A" }] })
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        propose(
+            &app,
+            &token,
+            json!({ "credentials": [{ "action": "set", "key": "B" }] })
+        )
+        .await
+        .0,
+        201
+    );
+    let (status, resp) = propose(
+        &app,
+        &token,
+        json!({ "credentials": [{ "action": "set", "key": "C" }] }),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"].as_str()),
+        (429, Some("too_many_pending")),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn approval_roles_states_and_the_next_request() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, created) = propose(&app, &token, github_proposal()).await;
+    let n = created["number"].as_i64().unwrap();
+    let base = format!("/v1/vaults/props/proposals/{n}");
+
+    // No agent token of any role approves, not even an admin agent.
+    let admin_agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "boss", "vaults": [{ "vault": "props", "role": "admin" }] })),
+        )
+        .await;
+    let admin_agent = admin_agent["token"].as_str().unwrap().to_owned();
+    for t in [&token, &admin_agent] {
+        let (status, body) = app
+            .call_with(
+                Some(t),
+                "POST",
+                &format!("{base}/approve"),
+                Some(json!({ "values": { "GH_TOKEN": "ghp_x" } })),
+            )
+            .await;
+        assert!(status == 403 || status == 404, "{body}");
+    }
+    // A member may not approve service changes.
+    let inv = app.ok("POST", "/v1/invites", Some(json!({ "email": "mia@example.com", "vaults": [{ "vault": "props", "role": "member" }] }))).await;
+    let (_, reg) = app
+        .call_anon("POST", "/v1/auth/register", Some(json!({ "email": "mia@example.com", "password": "mia-password", "invite_token": inv["token"] })))
+        .await;
+    let mia = reg["token"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .call_with(
+            Some(&mia),
+            "POST",
+            &format!("{base}/approve"),
+            Some(json!({ "values": { "GH_TOKEN": "ghp_x" } })),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("admin"));
+
+    // Missing value, wrong hash: refused, nothing applied.
+    let shown = app.ok("GET", &base, None).await;
+    assert_eq!(shown["missing_values"], json!(["GH_TOKEN"]));
+    assert_eq!(shown["requires_role"], "admin");
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("{base}/approve"),
+            Some(json!({ "approval_hash": shown["approval_hash"] })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("{base}/approve"),
+            Some(json!({ "values": { "GH_TOKEN": "ghp_new" }, "approval_hash": "0".repeat(64) })),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(app.ok("GET", &base, None).await["status"], "pending");
+
+    // The owner approves; the proxy uses the new credential on the very next request.
+    let approved = app.ok("POST", &format!("{base}/approve"), Some(json!({ "values": { "GH_TOKEN": "ghp_new" }, "approval_hash": shown["approval_hash"] }))).await;
+    assert_eq!(approved["status"], "applied");
+    let agent = app.agent(&token, "props").await;
+    agent
+        .get("https://gh.example.test/user")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.upstream.last().header("authorization").as_deref(),
+        Some("Bearer ghp_new")
+    );
+    let (_, polled) = app
+        .call_with(
+            Some(&token),
+            "GET",
+            &format!("/v1/proposals/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(polled["status"], "applied");
+    assert!(
+        !polled.to_string().contains("ghp_new"),
+        "values never go back to the agent"
+    );
+
+    // Twice, or reject after apply: refused.
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("{base}/approve"),
+            Some(json!({ "values": { "GH_TOKEN": "ghp_other" } })),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        app.call(
+            "POST",
+            &format!("{base}/reject"),
+            Some(json!({ "reason": "late" }))
+        )
+        .await
+        .0,
+        409
+    );
+}
+
+#[tokio::test]
+async fn agent_supplied_values_are_sealed_and_used_on_approval() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let body = json!({ "credentials": [{ "action": "set", "key": "ANALYTICS_KEY", "value": "agent-found-this-value" }] });
+    let (_, created) = propose(&app, &token, body).await;
+    let n = created["number"].as_i64().unwrap();
+    let shown = app
+        .ok("GET", &format!("/v1/vaults/props/proposals/{n}"), None)
+        .await;
+    assert_eq!(
+        shown["requires_role"], "member",
+        "credential-only proposals need the member role"
+    );
+    assert_eq!(shown["missing_values"], json!([]));
+    assert!(!shown.to_string().contains("agent-found-this-value"));
+    let db = std::fs::read(app.config.data_dir.join("agent-vault.db-wal")).unwrap_or_default();
+    assert!(
+        !db.windows(22).any(|w| w == b"agent-found-this-value"),
+        "the agent's value is sealed at rest"
+    );
+    app.ok(
+        "POST",
+        &format!("/v1/vaults/props/proposals/{n}/approve"),
+        Some(json!({})),
+    )
+    .await;
+    let v = app
+        .ok("GET", "/v1/vaults/props/credentials/ANALYTICS_KEY", None)
+        .await;
+    assert_eq!(v["value"], "agent-found-this-value");
+}
+
+#[tokio::test]
+async fn rejection_and_expiry() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, first) = propose(
+        &app,
+        &token,
+        json!({ "credentials": [{ "action": "set", "key": "ONE" }] }),
+    )
+    .await;
+    let (_, second) = propose(
+        &app,
+        &token,
+        json!({ "credentials": [{ "action": "set", "key": "TWO" }] }),
+    )
+    .await;
+    app.ok(
+        "POST",
+        "/v1/vaults/props/proposals/1/reject",
+        Some(json!({ "reason": "not needed" })),
+    )
+    .await;
+    let (_, polled) = app
+        .call_with(
+            Some(&token),
+            "GET",
+            &format!("/v1/proposals/{}", first["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (polled["status"].as_str(), polled["review_note"].as_str()),
+        (Some("rejected"), Some("not needed"))
+    );
+    assert_eq!(
+        app.call(
+            "POST",
+            "/v1/vaults/props/proposals/1/approve",
+            Some(json!({ "values": { "ONE": "x" } }))
+        )
+        .await
+        .0,
+        409
+    );
+
+    // Expiry holds on every read, before the sweep has run...
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE proposals SET expires_at = 1 WHERE id = $1")
+        .bind(second["id"].as_str().unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let shown = app.ok("GET", "/v1/vaults/props/proposals/2", None).await;
+    assert_eq!(shown["status"], "expired");
+    assert_eq!(
+        app.call(
+            "POST",
+            "/v1/vaults/props/proposals/2/approve",
+            Some(json!({ "values": { "TWO": "x" } }))
+        )
+        .await
+        .0,
+        409
+    );
+    // ...and the sweep records it.
+    assert_eq!(store.expire_proposals().await.unwrap(), 1);
+    let status: String = sqlx::query_scalar("SELECT status FROM proposals WHERE seq = 2")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "expired");
+    store.close().await;
+    let listed = app
+        .ok("GET", "/v1/vaults/props/proposals?status=pending", None)
+        .await;
+    assert_eq!(listed, json!([]));
+}
+
+#[tokio::test]
+async fn deny_policy_hint_is_a_ready_to_send_proposal() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    app.set_policy("props", "deny").await;
+    let auth = crate::support::agent::basic(&token, "props");
+    let (status, head) =
+        crate::support::agent::connect(app.proxy, "newapi.example.test:443", Some(&auth))
+            .await
+            .unwrap_err();
+    assert_eq!(status, 403);
+    let body: Value = serde_json::from_str(head.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let mut skeleton = body["hint"]["proposal"].clone();
+    // The agent fills in the key name and sends it back as is.
+    skeleton["services"][0]["auth"]["token"] = json!("NEWAPI_KEY");
+    skeleton["credentials"][0]["key"] = json!("NEWAPI_KEY");
+    let (status, created) = propose(&app, &token, skeleton).await;
+    assert_eq!(status, 201, "{created}");
+}
+
+/// A tiny HTTP server recording JSON POSTs; the first `fail_first` requests get a 500.
+async fn webhook_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, count) = (s.clone(), count.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (s, count) = (s.clone(), count.clone());
+                    async move {
+                        use http_body_util::BodyExt;
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let status = if n < fail_first { 500 } else { 200 };
+                        if status == 200 {
+                            s.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice::<Value>(&body).unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test]
+async fn webhook_gets_the_link_with_retries() {
+    let (url, seen) = webhook_receiver(1).await;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(move |c| c.proposals.webhook_url = Some(url))),
+        ..Default::default()
+    })
+    .await;
+    let token = setup(&app).await;
+    let (_, created) = propose(&app, &token, github_proposal()).await;
+    let mut got = None;
+    for _ in 0..200 {
+        if let Some(v) = seen.lock().unwrap().first().cloned() {
+            got = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let event = got.expect("the webhook was called after one failed attempt");
+    assert_eq!(event["event"], "proposal.created");
+    assert_eq!(event["approval_url"], created["approval_url"]);
+    assert_eq!(event["vault"], "props");
+}
+
+/// A minimal SMTP server that records DATA payloads.
+async fn smtp_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mails = Arc::new(Mutex::new(Vec::new()));
+    let m = mails.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let m = m.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut in_data = false;
+                let mut data = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            m.lock().unwrap().push(std::mem::take(&mut data));
+                            w.write_all(b"250 OK\r\n").await.unwrap();
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let cmd = line.to_ascii_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                        b"250-test\r\n250 OK\r\n"
+                    } else if cmd.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, mails)
+}
+
+#[tokio::test]
+async fn approvers_get_an_email_with_the_link() {
+    let (port, mails) = smtp_receiver().await;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(move |c| {
+            c.smtp.host = Some("127.0.0.1".into());
+            c.smtp.port = port;
+            c.smtp.security = agent_vault::config::SmtpSecurity::None;
+            c.smtp.from = "vault@example.com".into();
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = setup(&app).await;
+    let (_, created) = propose(&app, &token, github_proposal()).await;
+    let mut mail = None;
+    for _ in 0..200 {
+        if let Some(v) = mails.lock().unwrap().first().cloned() {
+            mail = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mail = mail.expect("an email was sent");
+    assert!(mail.contains(OWNER_EMAIL), "{mail}");
+    let id = created["id"].as_str().unwrap();
+    assert!(
+        mail.contains(id),
+        "the mail carries the approval link: {mail}"
+    );
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn attr(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in page"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn approval_page_over_http() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, created) = propose(&app, &token, github_proposal()).await;
+    let url = created["approval_url"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // The link shows the proposal and a login form; headers lock the page down.
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("GH_TOKEN") && html.contains("gh.example.test") && html.contains("Log in")
+    );
+    assert!(!html.contains("<script"), "no JavaScript at all");
+    // A wrong or missing token shows nothing.
+    let bad = url.replace("token=av_appr_", "token=av_appr_x");
+    assert_eq!(client.get(&bad).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client
+            .get(url.split('?').next().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Log in through the page's form and come back.
+    let next = format!(
+        "/approve/{}?token={}",
+        created["id"].as_str().unwrap(),
+        url.split("token=").nth(1).unwrap()
+    );
+    let origin = app.admin.clone();
+    let login = client
+        .post(format!("{}/login", app.admin))
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("email", OWNER_EMAIL),
+            ("password", OWNER_PASSWORD),
+            ("next", &next),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(login.headers()["location"], next.as_str());
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = client
+        .get(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = attr(&page, "csrf");
+    let hash = attr(&page, "hash");
+
+    let post = |body: String, origin: Option<String>| {
+        let mut req = client
+            .post(url.split('?').next().unwrap())
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    let approve_body = |csrf: &str| {
+        form(&[
+            ("action", "approve"),
+            ("csrf", csrf),
+            ("hash", &hash),
+            ("value_GH_TOKEN", "ghp_from_page"),
+        ])
+    };
+    // Cross-origin, no origin, or a wrong CSRF token: refused, still pending.
+    assert_eq!(
+        post(approve_body(&csrf), Some("http://evil.example".into()))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(post(approve_body(&csrf), None).await.unwrap().status(), 403);
+    assert_eq!(
+        post(approve_body("00"), Some(origin.clone()))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/props/proposals/1", None).await["status"],
+        "pending"
+    );
+    // The real thing.
+    let done = post(approve_body(&csrf), Some(origin.clone()))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let html = done.text().await.unwrap();
+    assert!(html.contains("Approved"), "{html}");
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/props/credentials/GH_TOKEN", None)
+            .await["value"],
+        "ghp_from_page"
+    );
+    // Replaying the same form does nothing.
+    assert_eq!(
+        post(approve_body(&csrf), Some(origin))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+}
+
+#[tokio::test]
+async fn cli_proposal_flow() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let file = app.home.path().join("proposal.yaml");
+    std::fs::write(
+        &file,
+        "message: I need GitHub\nservices:\n  - action: set\n    name: github\n    host: api.example.test\n    auth: {type: bearer, token: GH_TOKEN}\ncredentials:\n  - action: set\n    key: GH_TOKEN\n    description: repo scope\n",
+    )
+    .unwrap();
+    let agent_env = [
+        ("AGENT_VAULT_TOKEN", token.as_str()),
+        ("AGENT_VAULT_VAULT", "props"),
+    ];
+    let created = app
+        .cli_env(
+            &["proposal", "create", "-f", file.to_str().unwrap(), "--json"],
+            None,
+            &agent_env,
+        )
+        .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let v = created.json();
+    assert_eq!(v["status"], "pending");
+    assert!(v["approval_url"].as_str().unwrap().contains("/approve/"));
+    let id = v["id"].as_str().unwrap().to_owned();
+    // An agent cannot approve, even with the CLI.
+    let refused = app
+        .cli_env(
+            &["proposal", "approve", "1", "GH_TOKEN=x", "--vault", "props"],
+            None,
+            &agent_env,
+        )
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+
+    app.cli_login().await;
+    let list = app
+        .cli(
+            &[
+                "proposal", "list", "--vault", "props", "--status", "pending", "--json",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(list.json()[0]["number"], 1);
+    let show = app
+        .cli(&["proposal", "show", "1", "--vault", "props"], None)
+        .await;
+    assert!(
+        show.stdout.contains("GH_TOKEN") && show.stdout.contains("values needed"),
+        "{show:?}"
+    );
+    let approve = app
+        .cli(
+            &["proposal", "approve", "1", "GH_TOKEN=-", "--vault", "props"],
+            Some("ghp_cli_value\n"),
+        )
+        .await;
+    assert_eq!(approve.code, 0, "{approve:?}");
+    let status = app
+        .cli_env(&["proposal", "status", &id, "--json"], None, &agent_env)
+        .await;
+    assert_eq!(status.json()["status"], "applied");
+    let v = app
+        .ok("GET", "/v1/vaults/props/credentials/GH_TOKEN", None)
+        .await;
+    assert_eq!(v["value"], "ghp_cli_value");
+    let discover = app
+        .cli_env(&["vault", "discover", "--json"], None, &agent_env)
+        .await;
+    assert_eq!(
+        discover.json()["credentials"],
+        json!(["GH_TOKEN", "STRIPE_KEY"])
+    );
+}
