@@ -311,10 +311,10 @@ async fn maintenance(store: Store, shutdown: CancellationToken) {
             Ok(n) => tracing::info!(expired = n, "proposals expired"),
             Err(e) => tracing::warn!(error = %e, "expiring proposals failed"),
         }
-        if tick % 10 == 0 {
-            if let Err(e) = store.purge_dead_tokens(24 * 3600 * 1000).await {
-                tracing::warn!(error = %e, "purging dead tokens failed");
-            }
+        if tick.is_multiple_of(10)
+            && let Err(e) = store.purge_dead_tokens(24 * 3600 * 1000).await
+        {
+            tracing::warn!(error = %e, "purging dead tokens failed");
         }
         tick = tick.wrapping_add(1);
         tokio::select! {

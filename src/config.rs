@@ -645,13 +645,13 @@ impl Config {
                     "give either smtp.password or smtp.password_file, not both",
                 ));
             }
-            if let Some(file) = &self.smtp.password_file {
-                if !file.is_file() {
-                    return Err(invalid(
-                        "smtp.password_file",
-                        format!("{} is not a readable file", file.display()),
-                    ));
-                }
+            if let Some(file) = &self.smtp.password_file
+                && !file.is_file()
+            {
+                return Err(invalid(
+                    "smtp.password_file",
+                    format!("{} is not a readable file", file.display()),
+                ));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

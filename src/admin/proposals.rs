@@ -244,10 +244,11 @@ async fn approvers(
     };
     let mut out = Vec::new();
     for m in state.store.list_members(vault_id).await? {
-        if m.kind == PrincipalKind::User && m.role >= need {
-            if let Ok(email) = crate::domain::Email::parse(&m.display) {
-                out.push(email);
-            }
+        if m.kind == PrincipalKind::User
+            && m.role >= need
+            && let Ok(email) = crate::domain::Email::parse(&m.display)
+        {
+            out.push(email);
         }
     }
     Ok(out)

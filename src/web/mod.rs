@@ -135,22 +135,28 @@ fn origin_of(url: &str) -> Option<String> {
     Some(u.origin().ascii_serialization())
 }
 
-/// A state-changing request must come from one of our own pages: the browser's `Origin` must
-/// be our public origin, or the origin of the address the request was sent to.
+/// A state-changing request must come from one of our own pages. The browser's `Origin` must
+/// be our public origin or the origin of the address the request was sent to. Our pages send
+/// `Referrer-Policy: no-referrer`, under which browsers send `Origin: null` on form posts; then
+/// the browser's own `Sec-Fetch-Site: same-origin` is required instead. The CSRF token bound to
+/// the session is checked on top of this.
 fn same_origin(state: &AdminState, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mut allowed = Vec::new();
-    if let Some(o) = origin_of(&state.public_url) {
-        allowed.push(o);
-    }
-    if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
-        if let Some(o) = origin_of(&format!("http://{host}")) {
-            allowed.push(o);
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match origin {
+        Some(o) if o != "null" => {
+            let mut allowed = Vec::new();
+            if let Some(a) = origin_of(&state.public_url) {
+                allowed.push(a);
+            }
+            if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
+                && let Some(a) = origin_of(&format!("http://{host}"))
+            {
+                allowed.push(a);
+            }
+            allowed.iter().any(|a| a == o)
         }
+        _ => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
     }
-    allowed.iter().any(|a| a == origin)
 }
 
 fn time(ms: i64) -> String {
@@ -602,10 +608,10 @@ fn render(
         ));
     }
     if p.status != ProposalStatus::Pending {
-        if let Some(note) = &p.review_note {
-            if !note.is_empty() {
-                body.push_str(&format!("<p class=\"meta\">Reason: {}</p>", esc(note)));
-            }
+        if let Some(note) = &p.review_note
+            && !note.is_empty()
+        {
+            body.push_str(&format!("<p class=\"meta\">Reason: {}</p>", esc(note)));
         }
         return Ok(body);
     }

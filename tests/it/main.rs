@@ -4,6 +4,7 @@
 mod support;
 
 mod admin_api;
+mod browser;
 mod cli;
 mod proposals;
 mod proxy;

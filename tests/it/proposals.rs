@@ -720,6 +720,17 @@ async fn approval_page_over_http() {
         403
     );
     assert_eq!(post(approve_body(&csrf), None).await.unwrap().status(), 403);
+    let null_cross_site = client
+        .post(url.split('?').next().unwrap())
+        .header("cookie", &cookie)
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-site")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(approve_body(&csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(null_cross_site.status(), 403);
     assert_eq!(
         post(approve_body("00"), Some(origin.clone()))
             .await
@@ -731,8 +742,15 @@ async fn approval_page_over_http() {
         app.ok("GET", "/v1/vaults/props/proposals/1", None).await["status"],
         "pending"
     );
-    // The real thing.
-    let done = post(approve_body(&csrf), Some(origin.clone()))
+    // The real thing, as a browser sends it under Referrer-Policy: no-referrer.
+    let done = client
+        .post(url.split('?').next().unwrap())
+        .header("cookie", &cookie)
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(approve_body(&csrf))
+        .send()
         .await
         .unwrap();
     assert_eq!(done.status(), 200);
