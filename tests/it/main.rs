@@ -6,6 +6,8 @@ mod support;
 mod admin_api;
 mod browser;
 mod cli;
+mod durability;
+mod leaks;
 mod proposals;
 mod proxy;
 mod run;

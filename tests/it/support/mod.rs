@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod pki;
+pub mod process;
 pub mod upstream;
 
 use std::net::SocketAddr;

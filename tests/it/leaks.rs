@@ -1,0 +1,228 @@
+//! The canary scan: a server process at trace log level goes through the whole product
+//! (registration, credentials, services, agents, proxying with successes and every kind of
+//! error, proposals, approval, logs, CLI errors); afterwards no known secret, in any common
+//! encoding, may appear in anything it logged, any file of its data directory, any response an
+//! agent received, or any error message.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::support::process::ServerProcess;
+use crate::support::{Alpn, FakeUpstream, MASTER_PASSWORD, OWNER_EMAIL, TestCa, install_crypto};
+
+const CREDENTIAL: &str = "sk_live_CanaryCredential_7f3a";
+const PROPOSED: &str = "ghp_CanaryProposedValue_91bd";
+const APPROVED: &str = "xoxb-CanaryApprovedValue-55c1";
+const OWNER_PASSWORD: &str = "Canary-Owner-Password-3e8";
+
+fn encodings(secret: &str) -> Vec<(String, String)> {
+    let b = secret.as_bytes();
+    vec![
+        ("raw".into(), secret.to_owned()),
+        ("base64".into(), base64::engine::general_purpose::STANDARD.encode(b)),
+        ("base64url".into(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)),
+        ("percent".into(), percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string()),
+        ("hex".into(), hex::encode(b)),
+        ("HEX".into(), hex::encode_upper(b)),
+    ]
+}
+
+fn scan(haystack: &[u8], secrets: &[(&str, String)], place: &str) {
+    for (name, secret) in secrets {
+        for (encoding, needle) in encodings(secret) {
+            let found = haystack.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{name} ({encoding}) leaked into {place}");
+        }
+    }
+}
+
+struct Agent {
+    responses: Vec<u8>,
+}
+
+impl Agent {
+    async fn record(&mut self, resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        for (k, v) in resp.headers() {
+            self.responses.extend_from_slice(k.as_str().as_bytes());
+            self.responses.extend_from_slice(v.as_bytes());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        self.responses.extend_from_slice(&bytes);
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_logs_files_responses_or_errors() {
+    install_crypto();
+    let ca = Arc::new(TestCa::new("canary upstream CA"));
+    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
+    let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n",
+            ca_file.display(),
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], &[], "trace").await;
+    let base = server.admin.clone();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut errors = Vec::<u8>::new();
+    let mut agent = Agent { responses: Vec::new() };
+
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut req = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    let setup = std::fs::read_to_string(data.join("setup-token")).unwrap().trim().to_owned();
+    let resp = call("POST", "/v1/auth/register", None, Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD, "setup_token": setup }))).await.unwrap();
+    let owner: Value = resp.json().await.unwrap();
+    let owner = owner["token"].as_str().unwrap().to_owned();
+    call("POST", "/v1/vaults", Some(&owner), Some(json!({ "name": "canary" }))).await.unwrap();
+    call("PUT", "/v1/vaults/canary/credentials", Some(&owner), Some(json!({ "credentials": { "STRIPE_KEY": CREDENTIAL } }))).await.unwrap();
+    let services = json!({ "services": [
+        { "name": "stripe", "host": "api.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" } },
+        { "name": "ghost", "host": "ghost.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" },
+          "substitutions": [{ "placeholder": "__STRIPE_KEY__", "key": "STRIPE_KEY", "in": ["path", "query", "header", "body"] }] }
+    ] });
+    call("PUT", "/v1/vaults/canary/services", Some(&owner), Some(services)).await.unwrap();
+    let created: Value = call("POST", "/v1/agents", Some(&owner), Some(json!({ "name": "canary-bot", "vaults": [{ "vault": "canary", "role": "proxy" }] })))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_token = created["token"].as_str().unwrap().to_owned();
+    let scoped: Value = call("POST", "/v1/vaults/canary/tokens", Some(&owner), Some(json!({}))).await.unwrap().json().await.unwrap();
+    let scoped = scoped["token"].as_str().unwrap().to_owned();
+
+    // Bad input that carries secrets in the wrong places: errors must not echo them.
+    for body in [
+        json!({ "credentials": CREDENTIAL }),
+        json!({ "credentials": { "lower_case": CREDENTIAL } }),
+        json!({ "credentials": { "OK": CREDENTIAL }, "extra": CREDENTIAL }),
+    ] {
+        let resp = call("PUT", "/v1/vaults/canary/credentials", Some(&owner), Some(body)).await.unwrap();
+        errors.extend_from_slice(&resp.bytes().await.unwrap());
+    }
+    let resp = call("GET", "/v1/vaults", Some(CREDENTIAL), None).await.unwrap();
+    errors.extend_from_slice(&resp.bytes().await.unwrap());
+
+    // The agent: successes and every kind of proxy error.
+    let proxy_ca = reqwest::Certificate::from_pem(http.get(format!("{base}/v1/ca.pem")).send().await.unwrap().text().await.unwrap().as_bytes()).unwrap();
+    let proxied = |token: &str| {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(format!("http://{token}:canary@{}", server.proxy)).unwrap())
+            .tls_certs_only([proxy_ca.clone()])
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    for token in [&scoped, &agent_token] {
+        let c = proxied(token);
+        for url in [
+            "https://api.example.test/v1/charges?limit=1",
+            "https://api.example.test/redirect",
+            "https://api.example.test/status/401",
+            "https://ghost.example.test/bot__STRIPE_KEY__/x?k=__STRIPE_KEY__",
+        ] {
+            if let Ok(resp) = c.get(url).header("x-token", "__STRIPE_KEY__").send().await {
+                agent.record(resp).await;
+            }
+        }
+        if let Ok(resp) = c.post("https://ghost.example.test/echo-body").header("content-type", "application/json").body("{\"t\":\"__STRIPE_KEY__\"}").send().await {
+            let (status, _) = agent.record(resp).await;
+            assert_eq!(status, 200);
+        }
+    }
+    // Revoked/bad tokens and another vault.
+    let bad = proxied("av_run_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    if let Ok(resp) = bad.get("https://api.example.test/").send().await {
+        agent.record(resp).await;
+    }
+    assert!(upstream.requests().iter().any(|r| r.header("authorization").as_deref() == Some(&*format!("Bearer {CREDENTIAL}"))), "the credential was used");
+
+    // Proposals: an agent-supplied value and an approver-supplied value.
+    let (status, created) = agent
+        .record(
+            call(
+                "POST",
+                "/v1/proposals",
+                Some(&scoped),
+                Some(json!({ "credentials": [{ "action": "set", "key": "GH_TOKEN", "value": PROPOSED }, { "action": "set", "key": "SLACK_TOKEN" }] })),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let shown: Value = call("GET", "/v1/vaults/canary/proposals/1", Some(&owner), None).await.unwrap().json().await.unwrap();
+    let resp = call(
+        "POST",
+        "/v1/vaults/canary/proposals/1/approve",
+        Some(&owner),
+        Some(json!({ "values": { "SLACK_TOKEN": APPROVED }, "approval_hash": shown["approval_hash"] })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, polled) = agent.record(call("GET", &format!("/v1/proposals/{}", created["id"].as_str().unwrap()), Some(&scoped), None).await.unwrap()).await;
+    assert_eq!(polled["status"], "applied");
+    agent.record(call("GET", "/v1/discover", Some(&scoped), None).await.unwrap()).await;
+    agent.record(call("GET", "/v1/vaults/canary/credentials", Some(&scoped), None).await.unwrap()).await;
+    agent.record(call("GET", "/v1/vaults/canary/credentials?reveal=true", Some(&scoped), None).await.unwrap()).await;
+    // Logs and audit are readable by members and must be metadata only.
+    let logs = call("GET", "/v1/vaults/canary/logs", Some(&owner), None).await.unwrap().bytes().await.unwrap();
+    let audit = call("GET", "/v1/vaults/canary/audit", Some(&owner), None).await.unwrap().bytes().await.unwrap();
+
+    let log = server.stop().await;
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the server really logged at trace level");
+    let secrets: Vec<(&str, String)> = vec![
+        ("the credential", CREDENTIAL.to_owned()),
+        ("the agent-proposed value", PROPOSED.to_owned()),
+        ("the approver-supplied value", APPROVED.to_owned()),
+        ("the master password", MASTER_PASSWORD.to_owned()),
+        ("the owner's password", OWNER_PASSWORD.to_owned()),
+        ("the owner's session token", owner.clone()),
+        ("the agent token", agent_token.clone()),
+        ("the scoped token", scoped.clone()),
+        ("the setup token", setup.clone()),
+    ];
+    scan(log.as_bytes(), &secrets, "the server log");
+    scan(&errors, &secrets, "API error messages");
+    scan(&logs, &secrets, "the request log");
+    scan(&audit, &secrets, "the audit log");
+    for file in walk(&data) {
+        let bytes = std::fs::read(&file).unwrap();
+        scan(&bytes, &secrets[..5], &file.display().to_string());
+    }
+    // Responses the agent received may carry its own token only in nothing we echo back.
+    let agent_visible = &secrets[..5];
+    scan(&agent.responses, agent_visible, "responses the agent received");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
