@@ -79,6 +79,8 @@ pub struct App {
     pub setup_token_file: Option<PathBuf>,
     /// The base URL for links.
     pub public_url: String,
+    /// Whether `server.public_url` was configured (rather than derived).
+    pub public_url_configured: bool,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -191,7 +193,14 @@ impl App {
             .public_url
             .clone()
             .map(|u| u.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| format!("http://{admin_addr}"));
+            .unwrap_or_else(|| {
+                // Links must be usable: an unspecified bind address is not a place to go.
+                let mut addr = admin_addr;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+                }
+                format!("http://{addr}")
+            });
 
         let admin_state = AdminState::new(AdminInner {
             store: store.clone(),
@@ -257,6 +266,7 @@ impl App {
             admin_addr,
             proxy_addr,
             setup_token_file,
+            public_url_configured: config.server.public_url.is_some(),
             public_url,
         })
     }
@@ -274,8 +284,16 @@ impl App {
     /// Serves both listeners until the shutdown token is cancelled, then drains open requests
     /// and tunnels (up to `server.shutdown_grace`) and flushes the request log.
     pub async fn run(self) -> Result<(), std::io::Error> {
+        let hosts = admin::host_guard::AllowedHosts::new(
+            self.admin_addr,
+            self.admin_state.config.server.public_url.as_deref(),
+            &self.admin_state.config.server.allowed_hosts,
+        );
         let router = crate::web::router(self.admin_state.clone())
-            .merge(admin::router(self.admin_state.clone()));
+            .merge(admin::router(self.admin_state.clone()))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                admin::host_guard::guard(hosts.clone(), req, next)
+            }));
         let shutdown = self.shutdown.clone();
         let admin = axum::serve(
             self.admin_listener,

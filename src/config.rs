@@ -157,6 +157,10 @@ pub struct ServerConfig {
     pub proxy_port: u16,
     /// The base URL people use to reach the admin API (for approval and invite links).
     pub public_url: Option<String>,
+    /// Host headers the admin API and pages answer to, besides the bound address, `localhost`
+    /// and the host of `public_url` (a defence against DNS rebinding). Empty on a non-loopback
+    /// bind without `public_url` means any.
+    pub allowed_hosts: Vec<String>,
     /// How long graceful shutdown waits for open requests and tunnels.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -170,6 +174,7 @@ impl Default for ServerConfig {
             proxy_host: None,
             proxy_port: 14322,
             public_url: None,
+            allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -7,6 +7,7 @@ mod auth;
 mod credentials;
 pub mod error;
 pub mod extract;
+pub mod host_guard;
 mod logs;
 mod meta;
 pub(crate) mod proposals;

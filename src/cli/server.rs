@@ -114,6 +114,11 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let app = App::build(config, password)
         .await
         .map_err(|e| CliError::msg(e.to_string()))?;
+    if app.admin_addr.ip().is_unspecified() && !app.public_url_configured {
+        tracing::warn!(
+            "the admin API listens on every interface without server.public_url: it answers to any Host header; set server.public_url (or server.allowed_hosts) to refuse DNS-rebinding requests"
+        );
+    }
     println!("agent-vault {} is running", env!("CARGO_PKG_VERSION"));
     println!("admin API: http://{}", app.admin_addr);
     println!("proxy:     {}", app.proxy_addr);

@@ -594,3 +594,32 @@ async fn members_and_last_admin_guard() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn unknown_host_headers_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.admin.trim_start_matches("http://").to_owned();
+    for (host, want) in [
+        ("evil.example:14321", "421"),
+        (addr.as_str(), "200"),
+        (
+            &*format!("localhost:{}", addr.rsplit(':').next().unwrap()),
+            "200",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            format!("GET /v1/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {want}")),
+            "{host}: {out}"
+        );
+    }
+}

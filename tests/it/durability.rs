@@ -9,7 +9,14 @@ use serde_json::{Value, json};
 use crate::support::process::ServerProcess;
 use crate::support::{OWNER_EMAIL, OWNER_PASSWORD};
 
-async fn call(http: &reqwest::Client, base: &str, token: Option<&str>, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = http.request(method, format!("{base}{path}"));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -39,28 +46,69 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
         let token = if round == 0 {
             let setup = std::fs::read_to_string(data.join("setup-token")).unwrap();
             let body = json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD, "setup_token": setup.trim() });
-            let (status, v) = call(&http, &base, None, reqwest::Method::POST, "/v1/auth/register", Some(body)).await;
+            let (status, v) = call(
+                &http,
+                &base,
+                None,
+                reqwest::Method::POST,
+                "/v1/auth/register",
+                Some(body),
+            )
+            .await;
             assert_eq!(status, 201, "{v}");
             let token = v["token"].as_str().unwrap().to_owned();
-            let (status, _) = call(&http, &base, Some(&token), reqwest::Method::POST, "/v1/vaults", Some(json!({ "name": "durable" }))).await;
+            let (status, _) = call(
+                &http,
+                &base,
+                Some(&token),
+                reqwest::Method::POST,
+                "/v1/vaults",
+                Some(json!({ "name": "durable" })),
+            )
+            .await;
             assert_eq!(status, 201);
             token
         } else {
-            let (status, v) = call(&http, &base, None, reqwest::Method::POST, "/v1/auth/login", Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD }))).await;
+            let (status, v) = call(
+                &http,
+                &base,
+                None,
+                reqwest::Method::POST,
+                "/v1/auth/login",
+                Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD })),
+            )
+            .await;
             assert_eq!(status, 200, "round {round}: {v}");
             v["token"].as_str().unwrap().to_owned()
         };
         // Everything acknowledged before the last kill is there, with its value.
-        let (status, list) = call(&http, &base, Some(&token), reqwest::Method::GET, "/v1/vaults/durable/credentials?reveal=true", None).await;
+        let (status, list) = call(
+            &http,
+            &base,
+            Some(&token),
+            reqwest::Method::GET,
+            "/v1/vaults/durable/credentials?reveal=true",
+            None,
+        )
+        .await;
         assert_eq!(status, 200);
         let stored: BTreeMap<String, String> = list
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| (c["key"].as_str().unwrap().to_owned(), c["value"].as_str().unwrap().to_owned()))
+            .map(|c| {
+                (
+                    c["key"].as_str().unwrap().to_owned(),
+                    c["value"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         for (key, value) in acked.lock().unwrap().iter() {
-            assert_eq!(stored.get(key), Some(value), "round {round}: acknowledged write {key} was lost");
+            assert_eq!(
+                stored.get(key),
+                Some(value),
+                "round {round}: acknowledged write {key} was lost"
+            );
         }
         if round == rounds {
             server.stop().await;
@@ -71,13 +119,27 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1024);
         let mut writers = Vec::new();
         for w in 0..4 {
-            let (http, base, token, acked, tx) = (http.clone(), base.clone(), token.clone(), acked.clone(), tx.clone());
+            let (http, base, token, acked, tx) = (
+                http.clone(),
+                base.clone(),
+                token.clone(),
+                acked.clone(),
+                tx.clone(),
+            );
             writers.push(tokio::spawn(async move {
                 for i in 0.. {
                     let key = format!("K_{round}_{w}_{i}");
                     let value = format!("value-{round}-{w}-{i}");
                     let body = json!({ "credentials": { key.clone(): value.clone() } });
-                    let (status, _) = call(&http, &base, Some(&token), reqwest::Method::PUT, "/v1/vaults/durable/credentials", Some(body)).await;
+                    let (status, _) = call(
+                        &http,
+                        &base,
+                        Some(&token),
+                        reqwest::Method::PUT,
+                        "/v1/vaults/durable/credentials",
+                        Some(body),
+                    )
+                    .await;
                     if status != 200 {
                         return;
                     }
@@ -99,5 +161,8 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
             let _ = w.await;
         }
     }
-    assert!(acked.lock().unwrap().len() >= 8 * 6, "the test really wrote something");
+    assert!(
+        acked.lock().unwrap().len() >= 8 * 6,
+        "the test really wrote something"
+    );
 }

@@ -21,9 +21,19 @@ fn encodings(secret: &str) -> Vec<(String, String)> {
     let b = secret.as_bytes();
     vec![
         ("raw".into(), secret.to_owned()),
-        ("base64".into(), base64::engine::general_purpose::STANDARD.encode(b)),
-        ("base64url".into(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)),
-        ("percent".into(), percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string()),
+        (
+            "base64".into(),
+            base64::engine::general_purpose::STANDARD.encode(b),
+        ),
+        (
+            "base64url".into(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b),
+        ),
+        (
+            "percent".into(),
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        ),
         ("hex".into(), hex::encode(b)),
         ("HEX".into(), hex::encode_upper(b)),
     ]
@@ -32,7 +42,9 @@ fn encodings(secret: &str) -> Vec<(String, String)> {
 fn scan(haystack: &[u8], secrets: &[(&str, String)], place: &str) {
     for (name, secret) in secrets {
         for (encoding, needle) in encodings(secret) {
-            let found = haystack.windows(needle.len()).any(|w| w == needle.as_bytes());
+            let found = haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes());
             assert!(!found, "{name} ({encoding}) leaked into {place}");
         }
     }
@@ -51,7 +63,10 @@ impl Agent {
         }
         let bytes = resp.bytes().await.unwrap_or_default();
         self.responses.extend_from_slice(&bytes);
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 }
 
@@ -75,14 +90,21 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         ),
     )
     .unwrap();
-    let server = ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], &[], "trace").await;
+    let server =
+        ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], &[], "trace")
+            .await;
     let base = server.admin.clone();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut errors = Vec::<u8>::new();
-    let mut agent = Agent { responses: Vec::new() };
+    let mut agent = Agent {
+        responses: Vec::new(),
+    };
 
     let call = |method: &str, path: &str, token: Option<&str>, body: Option<Value>| {
-        let mut req = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}{path}"));
+        let mut req = http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{base}{path}"),
+        );
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -91,26 +113,72 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         }
         req.send()
     };
-    let setup = std::fs::read_to_string(data.join("setup-token")).unwrap().trim().to_owned();
-    let resp = call("POST", "/v1/auth/register", None, Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD, "setup_token": setup }))).await.unwrap();
+    let setup = std::fs::read_to_string(data.join("setup-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let resp = call(
+        "POST",
+        "/v1/auth/register",
+        None,
+        Some(json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD, "setup_token": setup })),
+    )
+    .await
+    .unwrap();
     let owner: Value = resp.json().await.unwrap();
     let owner = owner["token"].as_str().unwrap().to_owned();
-    call("POST", "/v1/vaults", Some(&owner), Some(json!({ "name": "canary" }))).await.unwrap();
-    call("PUT", "/v1/vaults/canary/credentials", Some(&owner), Some(json!({ "credentials": { "STRIPE_KEY": CREDENTIAL } }))).await.unwrap();
+    call(
+        "POST",
+        "/v1/vaults",
+        Some(&owner),
+        Some(json!({ "name": "canary" })),
+    )
+    .await
+    .unwrap();
+    call(
+        "PUT",
+        "/v1/vaults/canary/credentials",
+        Some(&owner),
+        Some(json!({ "credentials": { "STRIPE_KEY": CREDENTIAL } })),
+    )
+    .await
+    .unwrap();
     let services = json!({ "services": [
         { "name": "stripe", "host": "api.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" } },
         { "name": "ghost", "host": "ghost.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" },
           "substitutions": [{ "placeholder": "__STRIPE_KEY__", "key": "STRIPE_KEY", "in": ["path", "query", "header", "body"] }] }
     ] });
-    call("PUT", "/v1/vaults/canary/services", Some(&owner), Some(services)).await.unwrap();
-    let created: Value = call("POST", "/v1/agents", Some(&owner), Some(json!({ "name": "canary-bot", "vaults": [{ "vault": "canary", "role": "proxy" }] })))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    call(
+        "PUT",
+        "/v1/vaults/canary/services",
+        Some(&owner),
+        Some(services),
+    )
+    .await
+    .unwrap();
+    let created: Value = call(
+        "POST",
+        "/v1/agents",
+        Some(&owner),
+        Some(json!({ "name": "canary-bot", "vaults": [{ "vault": "canary", "role": "proxy" }] })),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let agent_token = created["token"].as_str().unwrap().to_owned();
-    let scoped: Value = call("POST", "/v1/vaults/canary/tokens", Some(&owner), Some(json!({}))).await.unwrap().json().await.unwrap();
+    let scoped: Value = call(
+        "POST",
+        "/v1/vaults/canary/tokens",
+        Some(&owner),
+        Some(json!({})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let scoped = scoped["token"].as_str().unwrap().to_owned();
 
     // Bad input that carries secrets in the wrong places: errors must not echo them.
@@ -119,14 +187,33 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         json!({ "credentials": { "lower_case": CREDENTIAL } }),
         json!({ "credentials": { "OK": CREDENTIAL }, "extra": CREDENTIAL }),
     ] {
-        let resp = call("PUT", "/v1/vaults/canary/credentials", Some(&owner), Some(body)).await.unwrap();
+        let resp = call(
+            "PUT",
+            "/v1/vaults/canary/credentials",
+            Some(&owner),
+            Some(body),
+        )
+        .await
+        .unwrap();
         errors.extend_from_slice(&resp.bytes().await.unwrap());
     }
-    let resp = call("GET", "/v1/vaults", Some(CREDENTIAL), None).await.unwrap();
+    let resp = call("GET", "/v1/vaults", Some(CREDENTIAL), None)
+        .await
+        .unwrap();
     errors.extend_from_slice(&resp.bytes().await.unwrap());
 
     // The agent: successes and every kind of proxy error.
-    let proxy_ca = reqwest::Certificate::from_pem(http.get(format!("{base}/v1/ca.pem")).send().await.unwrap().text().await.unwrap().as_bytes()).unwrap();
+    let proxy_ca = reqwest::Certificate::from_pem(
+        http.get(format!("{base}/v1/ca.pem"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
     let proxied = |token: &str| {
         reqwest::Client::builder()
             .proxy(reqwest::Proxy::all(format!("http://{token}:canary@{}", server.proxy)).unwrap())
@@ -147,7 +234,13 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
                 agent.record(resp).await;
             }
         }
-        if let Ok(resp) = c.post("https://ghost.example.test/echo-body").header("content-type", "application/json").body("{\"t\":\"__STRIPE_KEY__\"}").send().await {
+        if let Ok(resp) = c
+            .post("https://ghost.example.test/echo-body")
+            .header("content-type", "application/json")
+            .body("{\"t\":\"__STRIPE_KEY__\"}")
+            .send()
+            .await
+        {
             let (status, _) = agent.record(resp).await;
             assert_eq!(status, 200);
         }
@@ -173,7 +266,12 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let shown: Value = call("GET", "/v1/vaults/canary/proposals/1", Some(&owner), None).await.unwrap().json().await.unwrap();
+    let shown: Value = call("GET", "/v1/vaults/canary/proposals/1", Some(&owner), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let resp = call(
         "POST",
         "/v1/vaults/canary/proposals/1/approve",
@@ -183,17 +281,64 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     .await
     .unwrap();
     assert_eq!(resp.status(), 200);
-    let (_, polled) = agent.record(call("GET", &format!("/v1/proposals/{}", created["id"].as_str().unwrap()), Some(&scoped), None).await.unwrap()).await;
+    let (_, polled) = agent
+        .record(
+            call(
+                "GET",
+                &format!("/v1/proposals/{}", created["id"].as_str().unwrap()),
+                Some(&scoped),
+                None,
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
     assert_eq!(polled["status"], "applied");
-    agent.record(call("GET", "/v1/discover", Some(&scoped), None).await.unwrap()).await;
-    agent.record(call("GET", "/v1/vaults/canary/credentials", Some(&scoped), None).await.unwrap()).await;
-    agent.record(call("GET", "/v1/vaults/canary/credentials?reveal=true", Some(&scoped), None).await.unwrap()).await;
+    agent
+        .record(
+            call("GET", "/v1/discover", Some(&scoped), None)
+                .await
+                .unwrap(),
+        )
+        .await;
+    agent
+        .record(
+            call("GET", "/v1/vaults/canary/credentials", Some(&scoped), None)
+                .await
+                .unwrap(),
+        )
+        .await;
+    agent
+        .record(
+            call(
+                "GET",
+                "/v1/vaults/canary/credentials?reveal=true",
+                Some(&scoped),
+                None,
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
     // Logs and audit are readable by members and must be metadata only.
-    let logs = call("GET", "/v1/vaults/canary/logs", Some(&owner), None).await.unwrap().bytes().await.unwrap();
-    let audit = call("GET", "/v1/vaults/canary/audit", Some(&owner), None).await.unwrap().bytes().await.unwrap();
+    let logs = call("GET", "/v1/vaults/canary/logs", Some(&owner), None)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let audit = call("GET", "/v1/vaults/canary/audit", Some(&owner), None)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
 
     let log = server.stop().await;
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the server really logged at trace level");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the server really logged at trace level"
+    );
     let secrets: Vec<(&str, String)> = vec![
         ("the credential", CREDENTIAL.to_owned()),
         ("the agent-proposed value", PROPOSED.to_owned()),
@@ -215,14 +360,22 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     }
     // Responses the agent received may carry its own token only in nothing we echo back.
     let agent_visible = &secrets[..5];
-    scan(&agent.responses, agent_visible, "responses the agent received");
+    scan(
+        &agent.responses,
+        agent_visible,
+        "responses the agent received",
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
     }
     out
 }

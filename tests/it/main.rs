@@ -11,4 +11,5 @@ mod leaks;
 mod proposals;
 mod proxy;
 mod run;
+mod scaleout;
 mod store;

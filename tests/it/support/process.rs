@@ -25,23 +25,36 @@ impl ServerProcess {
     }
 
     /// Like [`start`](Self::start), with extra command-line arguments.
-    pub async fn start_with(data_dir: &Path, extra_args: &[&str], extra_env: &[(&str, &str)], log_level: &str) -> Self {
+    pub async fn start_with(
+        data_dir: &Path,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+        log_level: &str,
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-vault"));
-        cmd.args(["server", "--port", "0", "--proxy-port", "0", "--log-level", log_level])
-            .args(extra_args)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", data_dir)
-            .env("AGENT_VAULT_MASTER_PASSWORD", MASTER_PASSWORD)
-            .env("AGENT_VAULT_KDF__MEMORY_KIB", "64")
-            .env("AGENT_VAULT_KDF__ITERATIONS", "1")
-            .env("AGENT_VAULT_KDF__PARALLELISM", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args([
+            "server",
+            "--port",
+            "0",
+            "--proxy-port",
+            "0",
+            "--log-level",
+            log_level,
+        ])
+        .args(extra_args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", data_dir)
+        .env("AGENT_VAULT_MASTER_PASSWORD", MASTER_PASSWORD)
+        .env("AGENT_VAULT_KDF__MEMORY_KIB", "64")
+        .env("AGENT_VAULT_KDF__ITERATIONS", "1")
+        .env("AGENT_VAULT_KDF__PARALLELISM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -57,8 +70,13 @@ impl ServerProcess {
         let (mut admin, mut proxy) = (String::new(), String::new());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while admin.is_empty() || proxy.is_empty() {
-            let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("server prints its addresses").unwrap();
-            let Some(line) = line else { panic!("server exited before listening") };
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .expect("server prints its addresses")
+                .unwrap();
+            let Some(line) = line else {
+                panic!("server exited before listening")
+            };
             if let Some(a) = line.strip_prefix("admin API: ") {
                 admin = a.trim().to_owned();
             }
@@ -68,7 +86,13 @@ impl ServerProcess {
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, admin, proxy, data_dir: data_dir.to_owned(), stderr: Some(stderr_task) }
+        Self {
+            child,
+            admin,
+            proxy,
+            data_dir: data_dir.to_owned(),
+            stderr: Some(stderr_task),
+        }
     }
 
     /// SIGKILL, no chance to flush anything.
@@ -80,11 +104,18 @@ impl ServerProcess {
     /// SIGTERM and wait; returns everything the server wrote to stderr.
     pub async fn stop(mut self) -> String {
         if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
         match self.stderr.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(5), task).await.ok().and_then(Result::ok).unwrap_or_default(),
+            Some(task) => tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
             None => String::new(),
         }
     }

@@ -1,0 +1,97 @@
+//! Several instances on one Postgres database: changes made through one instance reach the
+//! other's proxy through LISTEN/NOTIFY, and revocation reaches it within a second.
+
+use std::time::Duration;
+
+use crate::support::{TestDatabase, TestOptions, spawn_app_against};
+
+#[tokio::test]
+async fn two_instances_share_state_through_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    crate::support::install_crypto();
+    let ca = std::sync::Arc::new(crate::support::TestCa::new("scale-out upstream CA"));
+    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
+    let upstream =
+        crate::support::FakeUpstream::start(chain, key, crate::support::Alpn::Both).await;
+    let a = spawn_app_against(
+        TestOptions {
+            postgres: Some(db.url.clone()),
+            ..Default::default()
+        },
+        upstream.clone(),
+        ca.clone(),
+    )
+    .await;
+    let b = spawn_app_against(
+        TestOptions {
+            postgres: Some(db.url.clone()),
+            register_owner: true,
+            ..Default::default()
+        },
+        upstream.clone(),
+        ca.clone(),
+    )
+    .await;
+    assert_eq!(
+        a.ca_pem().await,
+        b.ca_pem().await,
+        "both instances present the same CA"
+    );
+
+    // Configure through A, use through B.
+    let token = a.stripe_vault("shared", "sk_first").await;
+    let agent_b = b.agent(&token, "shared").await;
+    let mut seen = None;
+    for _ in 0..100 {
+        if let Ok(resp) = agent_b.get("https://api.example.test/").send().await {
+            if resp.status() == 200 {
+                seen = upstream.last().header("authorization");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("Bearer sk_first"));
+    a.set_credentials("shared", &[("STRIPE_KEY", "sk_second")])
+        .await;
+    let mut updated = false;
+    for _ in 0..100 {
+        agent_b
+            .get("https://api.example.test/")
+            .send()
+            .await
+            .unwrap();
+        if upstream.last().header("authorization").as_deref() == Some("Bearer sk_second") {
+            updated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(updated, "instance B picked up the change made through A");
+
+    // Revoke through A: B refuses the token within a second (cache TTL 500 ms).
+    let tokens = a.ok("GET", "/v1/vaults/shared/tokens", None).await;
+    let id = tokens[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a.call("DELETE", &format!("/v1/tokens/{id}"), None).await.0,
+        204
+    );
+    let mut refused = false;
+    for _ in 0..100 {
+        let fresh = b.agent(&token, "shared").await;
+        match fresh.get("https://api.example.test/").send().await {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(r) if r.status() == 407 => {
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(refused, "instance B stopped accepting the revoked token");
+}
