@@ -294,22 +294,21 @@ impl App {
             .layer(axum::middleware::from_fn(move |req, next| {
                 admin::host_guard::guard(hosts.clone(), req, next)
             }));
-        let shutdown = self.shutdown.clone();
-        let admin = axum::serve(
+        let admin_task = tokio::spawn(admin::server::serve(
             self.admin_listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let admin_task = tokio::spawn(async move { admin.await });
+            router,
+            self.shutdown.clone(),
+            self.admin_state.config.limits.header_read_timeout,
+            self.proxy_state.shutdown_grace,
+        ));
         proxy::serve(self.proxy_listener, self.proxy_state.clone()).await;
         // serve() returns once shutdown was requested.
         self.proxy_state.drain().await;
         let grace = self.proxy_state.shutdown_grace;
-        match tokio::time::timeout(grace, admin_task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin server ended with an error"),
+        match tokio::time::timeout(grace + Duration::from_secs(1), admin_task).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
             Err(_) => tracing::warn!("admin server did not stop within the grace period"),
-            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(())) => {}
         }
         drop(self.admin_state);
         drop(self.proxy_state);

@@ -134,6 +134,41 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Whether invitations can be emailed.
+    pub fn can_email(&self) -> bool {
+        self.smtp.is_some()
+    }
+
+    /// Emails an invitation in the background (only when SMTP is configured).
+    pub fn invitation(&self, to: Email, register_command: String, inviter: String) {
+        let Some(smtp) = self.smtp.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let body = format!(
+                "{inviter} invited you to agent-vault.\n\nCreate your account with (you will be asked for a password):\n\n  {register_command}\n\nThe invitation works once and expires in 48 hours.\n"
+            );
+            let Ok(to_box) = to.as_str().parse::<Mailbox>() else {
+                return;
+            };
+            match Message::builder()
+                .from(smtp.1.clone())
+                .to(to_box)
+                .subject("agent-vault: you are invited")
+                .body(body)
+            {
+                Ok(m) => {
+                    if let Err(e) = smtp.0.send(m).await {
+                        tracing::warn!(error = %e, "sending the invitation email failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "building the invitation email failed"),
+            }
+        });
+    }
+}
+
 async fn deliver_webhook(http: &reqwest::Client, url: &str, event: &ProposalEvent, base: Duration) {
     for attempt in 0..WEBHOOK_ATTEMPTS {
         match http.post(url).json(event).send().await {

@@ -423,16 +423,29 @@ pub async fn create_invite(
         String::new(),
     )
     .await;
+    let register_command = format!(
+        "agent-vault auth register --address {} --email {} --invite-token {} --password-stdin",
+        state.public_url,
+        invite.email,
+        raw.expose_secret()
+    );
+    let emailed = state.notifier.can_email();
+    let inviter = match &caller.principal {
+        crate::identity::Principal::User { email, .. } => email.to_string(),
+        _ => "An owner".into(),
+    };
+    state
+        .notifier
+        .invitation(invite.email.clone(), register_command.clone(), inviter);
+
     let body = json!({
         "id": invite.id,
         "email": invite.email,
         "role": invite.role,
         "token": raw.expose_secret(),
         "expires_at": invite.expires_at,
-        "register_command": format!(
-            "agent-vault auth register --address {} --email {} --invite-token {} --password-stdin",
-            state.public_url, invite.email, raw.expose_secret()
-        ),
+        "register_command": register_command,
+        "emailed": emailed,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -33,14 +33,14 @@ impl AllowedHosts {
             };
             set.insert(format!("{host}:{port}"));
         }
-        if let Some(url) = public_url.and_then(|u| url::Url::parse(u).ok()) {
-            if let Some(host) = url.host_str() {
-                let host = host.to_ascii_lowercase();
-                match url.port() {
-                    Some(p) => set.insert(format!("{host}:{p}")),
-                    None => set.insert(host),
-                };
-            }
+        if let Some(url) = public_url.and_then(|u| url::Url::parse(u).ok())
+            && let Some(host) = url.host_str()
+        {
+            let host = host.to_ascii_lowercase();
+            match url.port() {
+                Some(p) => set.insert(format!("{host}:{p}")),
+                None => set.insert(host),
+            };
         }
         for h in extra {
             set.insert(h.to_ascii_lowercase());

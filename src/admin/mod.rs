@@ -11,6 +11,7 @@ pub mod host_guard;
 mod logs;
 mod meta;
 pub(crate) mod proposals;
+pub mod server;
 mod services;
 mod vaults;
 

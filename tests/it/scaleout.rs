@@ -45,11 +45,11 @@ async fn two_instances_share_state_through_postgres() {
     let agent_b = b.agent(&token, "shared").await;
     let mut seen = None;
     for _ in 0..100 {
-        if let Ok(resp) = agent_b.get("https://api.example.test/").send().await {
-            if resp.status() == 200 {
-                seen = upstream.last().header("authorization");
-                break;
-            }
+        if let Ok(resp) = agent_b.get("https://api.example.test/").send().await
+            && resp.status() == 200
+        {
+            seen = upstream.last().header("authorization");
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
