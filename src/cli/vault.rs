@@ -132,32 +132,32 @@ pub enum MemberCommand {
     },
 }
 
+/// One request-log row as table cells.
+fn log_cells(r: &Value) -> Vec<String> {
+    vec![
+        output::time(r, "created_at"),
+        output::text(r, "method"),
+        output::text(r, "host"),
+        output::text(r, "path"),
+        output::text(r, "status"),
+        output::text(r, "service"),
+        r["credential_keys"]
+            .as_array()
+            .map(|k| {
+                k.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        format!("{}ms", output::text(r, "latency_ms")),
+        output::text(r, "error_code"),
+    ]
+}
+
 /// Prints request-log rows as a table.
 fn print_logs(rows: &[Value]) {
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                output::time(r, "created_at"),
-                output::text(r, "method"),
-                output::text(r, "host"),
-                output::text(r, "path"),
-                output::text(r, "status"),
-                output::text(r, "service"),
-                r["credential_keys"]
-                    .as_array()
-                    .map(|k| {
-                        k.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
-                format!("{}ms", output::text(r, "latency_ms")),
-                output::text(r, "error_code"),
-            ]
-        })
-        .collect();
+    let table: Vec<Vec<String>> = rows.iter().map(log_cells).collect();
     output::table(
         &[
             "TIME",
@@ -395,7 +395,7 @@ pub async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), CliErro
                     if json.json {
                         println!("{r}");
                     } else {
-                        print_logs(std::slice::from_ref(r));
+                        println!("{}", log_cells(r).join("  "));
                     }
                 }
             }
