@@ -414,3 +414,131 @@ async fn configuration_errors_name_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn master_password_change_rewraps_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = crate::support::process::ServerProcess::start(&data, &[], "warn").await;
+    server.stop().await;
+    let run = |stdin: &'static str| {
+        let data = data.clone();
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+                .args([
+                    "master-password",
+                    "change",
+                    "--password-stdin",
+                    "--data-dir",
+                ])
+                .arg(&data)
+                .env("AGENT_VAULT_KDF__MEMORY_KIB", "64")
+                .env("AGENT_VAULT_KDF__ITERATIONS", "1")
+                .env("AGENT_VAULT_KDF__PARALLELISM", "1")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .await
+                .unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let wrong = run("not the password\nnew password 123\n").await;
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong master password"));
+    let ok = run(Box::leak(
+        format!("{MASTER_PASSWORD}\nnew password 123\n").into_boxed_str(),
+    ))
+    .await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The old password no longer unseals; the new one does.
+    let old = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+            .args(["server", "--port", "0", "--proxy-port", "0", "--data-dir"])
+            .arg(&data)
+            .env("AGENT_VAULT_MASTER_PASSWORD", MASTER_PASSWORD)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(old.status.code(), Some(1));
+    let server = crate::support::process::ServerProcess::start(
+        &data,
+        &[("AGENT_VAULT_MASTER_PASSWORD", "new password 123")],
+        "warn",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_used_setup_token_cannot_register_again() {
+    let opts = TestOptions {
+        register_owner: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(opts).await;
+    let setup = std::fs::read_to_string(app.setup_token_file.as_ref().unwrap()).unwrap();
+    let first = app
+        .cli_env(
+            &[
+                "auth",
+                "register",
+                "--email",
+                "ada@example.com",
+                "--password-stdin",
+            ],
+            Some("ada-password-1\n"),
+            &[("AGENT_VAULT_SETUP_TOKEN", setup.trim())],
+        )
+        .await;
+    assert_eq!(first.code, 0, "{first:?}");
+    let again = app
+        .cli_env(
+            &[
+                "auth",
+                "register",
+                "--email",
+                "eve@example.com",
+                "--password-stdin",
+            ],
+            Some("eve-password-1\n"),
+            &[("AGENT_VAULT_SETUP_TOKEN", setup.trim())],
+        )
+        .await;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again.stderr.contains("setup token") && again.stderr.contains("403"),
+        "{again:?}"
+    );
+    let users = app
+        .call_with(
+            Some(&app.login("ada@example.com", "ada-password-1").await),
+            "GET",
+            "/v1/users",
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(users.as_array().unwrap().len(), 1);
+}

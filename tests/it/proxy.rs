@@ -954,3 +954,42 @@ async fn request_log_records_metadata_only() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()[0]["path"], "/v1/charges");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_open_streams_finish() {
+    let app = spawn_app().await;
+    let token = app.stripe_vault("drain", "sk_drain").await;
+    let agent = app.agent(&token, "drain").await;
+    let mut resp = agent
+        .get("https://api.example.test/gated")
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    let upstream = app.upstream.clone();
+    let proxy = app.proxy;
+    let stopping = tokio::spawn(app.stop());
+    // Wait (bounded) until the listener is closed: shutdown has begun.
+    let mut closed = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(proxy).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the proxy stopped accepting connections");
+    // The open stream still completes once the upstream sends the rest.
+    upstream.gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&rest), "data: second\n\n");
+    stopping.await.unwrap();
+}
