@@ -64,15 +64,25 @@ pub enum RequestDecision<'a> {
     Deny(DenyReason),
 }
 
-/// Whether a raw path could be normalized differently by the upstream than it was matched here.
+/// Whether a raw path could be normalized differently by the upstream than it was matched here:
+/// dot segments (also `..;`, which Tomcat and Spring read as `..`), encoded dots, slashes,
+/// backslashes, percent signs or NULs, and escapes that decode to invalid UTF-8 (overlong forms
+/// such as `%c0%ae`, which old servers read as `.`).
 pub fn path_is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     lower.contains("%2e")
         || lower.contains("%2f")
         || lower.contains("%5c")
         || lower.contains("%25")
+        || lower.contains("%00")
         || path.contains('\\')
-        || path.split('/').any(|seg| seg == "." || seg == "..")
+        || path.split('/').any(|seg| {
+            let name = seg.split(';').next().unwrap_or(seg);
+            name == "." || name == ".."
+        })
+        || percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
         || !path.starts_with('/')
 }
 
@@ -318,6 +328,10 @@ mod tests {
             "/api/./x",
             "/api\\..\\x",
             "api/x",
+            "/api/..;/admin",
+            "/api/.;x/admin",
+            "/api/%c0%ae%c0%ae/admin",
+            "/api/x%00.json",
         ] {
             assert!(
                 matches!(

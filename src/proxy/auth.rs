@@ -84,6 +84,8 @@ pub struct Session {
     pub vault_name: String,
     /// `(kind, id)` of the actor for logs and limits.
     pub actor: (&'static str, String),
+    /// When the token expires (ms), so open tunnels close then and not at their idle timeout.
+    pub expires_at: Option<i64>,
 }
 
 fn vault_for(
@@ -160,6 +162,7 @@ pub async fn authenticate(
         vault_id: snapshot.vault_id.clone(),
         vault_name: snapshot.vault_name.to_string(),
         actor: (kind, id.to_owned()),
+        expires_at: who.expires_at,
     };
     Ok((session, snapshot))
 }

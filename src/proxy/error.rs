@@ -103,6 +103,12 @@ pub enum ProxyError {
     /// The upstream's response is over the configured cap.
     #[error("the upstream response exceeds the proxy's limit")]
     ResponseTooLarge,
+    /// A response to a request that carried credentials uses a content or transfer coding the
+    /// proxy cannot decode, so it cannot be checked for reflected credentials.
+    #[error(
+        "the upstream answered with a content coding the proxy cannot scrub for credentials (only gzip, deflate and identity are accepted)"
+    )]
+    Unscrubbable,
     /// Shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -130,7 +136,7 @@ impl ProxyError {
                 ErrorClass::Policy
             }
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
-            | ResponseTooLarge => ErrorClass::Upstream,
+            | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
             Integrity | ShuttingDown | Internal(_) => ErrorClass::Internal,
         }
     }
@@ -158,6 +164,7 @@ impl ProxyError {
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamProtocol => "upstream_protocol",
             ResponseTooLarge => "response_too_large",
+            Unscrubbable => "response_not_scrubbable",
             ShuttingDown => "shutting_down",
             Internal(_) => "internal",
         }
@@ -183,7 +190,8 @@ impl ProxyError {
             | Unreachable(_)
             | UpstreamTls(_)
             | UpstreamProtocol
-            | ResponseTooLarge => StatusCode::BAD_GATEWAY,
+            | ResponseTooLarge
+            | Unscrubbable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

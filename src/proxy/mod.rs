@@ -9,6 +9,7 @@ pub mod error;
 mod inject;
 mod listener;
 mod pipeline;
+pub mod scrub;
 mod substitute;
 pub mod upstream;
 mod websocket;
