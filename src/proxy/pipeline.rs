@@ -19,8 +19,8 @@ use super::auth::{self, Session};
 use super::body::{End, Observed, is_too_large};
 use super::error::ProxyError;
 use super::inject::{self, Opened};
-use super::upstream::{ConnectError, connect_error};
 use super::scrub::{self, Needles, Scrubbed};
+use super::upstream::{ConnectError, connect_error};
 use super::{ProxyBody, ProxyState, substitute, websocket};
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
@@ -220,13 +220,13 @@ fn check_host(target: &Target, req: &Request<Incoming>) -> Result<(), ProxyError
 fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
-        return Err(ProxyError::BadRequest(
-            "more than one Content-Length header".into(),
+        return Err(ProxyError::BadFraming(
+            "more than one Content-Length header",
         ));
     }
     if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadRequest(
-            "Content-Length and Transfer-Encoding together".into(),
+        return Err(ProxyError::BadFraming(
+            "Content-Length and Transfer-Encoding together",
         ));
     }
     Ok(())
@@ -234,7 +234,11 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// Headers and parameters that frameworks (Rails, Laravel, Symfony, ASP.NET, Express) honour to
 /// run a request as another method.
-const METHOD_OVERRIDES: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// A service that allows only some methods must not be tricked into another one: the method the
 /// rule matched is the method the upstream runs.
@@ -306,6 +310,7 @@ async fn process(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The token is checked again on every request, so revocation reaches open connections.
     let snapshot = auth::recheck(state, session).await?;
+    state.check_head_size(req.headers())?;
     check_host(target, &req)?;
     check_framing(req.headers())?;
     let method = req.method().clone();

@@ -291,9 +291,10 @@ pub enum Coding {
 /// `chunked` are all undecodable.
 pub fn coding(headers: &HeaderMap) -> Option<Coding> {
     for te in headers.get_all(http::header::TRANSFER_ENCODING) {
-        let ok = te
-            .to_str()
-            .is_ok_and(|t| t.split(',').all(|c| c.trim().eq_ignore_ascii_case("chunked")));
+        let ok = te.to_str().is_ok_and(|t| {
+            t.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
         if !ok {
             return None;
         }
@@ -370,12 +371,12 @@ impl<B> Scrubbed<B> {
     pub fn new(inner: B, needles: Arc<Needles>, coding: Coding) -> Self {
         let decoder = match coding {
             Coding::Identity => None,
-            Coding::Gzip => Some(Decoder::Gzip(Box::new(
-                flate2::write::MultiGzDecoder::new(Vec::new()),
-            ))),
-            Coding::Deflate => Some(Decoder::Deflate(Box::new(
-                flate2::write::ZlibDecoder::new(Vec::new()),
-            ))),
+            Coding::Gzip => Some(Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(
+                Vec::new(),
+            )))),
+            Coding::Deflate => Some(Decoder::Deflate(Box::new(flate2::write::ZlibDecoder::new(
+                Vec::new(),
+            )))),
         };
         Self {
             inner,
@@ -557,7 +558,12 @@ mod tests {
             hex::encode(SECRET),
         ];
         for r in reflections {
-            let out = run(n.clone(), vec![format!("<{r}>").into_bytes()], Coding::Identity).await;
+            let out = run(
+                n.clone(),
+                vec![format!("<{r}>").into_bytes()],
+                Coding::Identity,
+            )
+            .await;
             let text = String::from_utf8_lossy(&out);
             assert!(text.contains("[REDACTED by agent-vault]"), "{r} -> {text}");
             assert!(!contains(&out, SECRET), "{text}");
@@ -569,7 +575,12 @@ mod tests {
             "a%2Fb%22c+d%C3%A9f",
             "a%2fb%22c%20d%c3%a9f",
         ] {
-            let out = run(special.clone(), vec![r.as_bytes().to_vec()], Coding::Identity).await;
+            let out = run(
+                special.clone(),
+                vec![r.as_bytes().to_vec()],
+                Coding::Identity,
+            )
+            .await;
             assert_eq!(out, MARKER, "{r}");
         }
     }
