@@ -357,4 +357,28 @@ mod tests {
             RequestDecision::Deny(DenyReason::Plaintext)
         ));
     }
+
+    proptest::proptest! {
+        /// A path accepted for a path-scoped service means the same to an upstream that
+        /// percent-decodes once and removes dot segments: decoding adds no separator, dot
+        /// segment, backslash or NUL.
+        #[test]
+        fn unambiguous_paths_survive_decoding(
+            segs in proptest::collection::vec("(\\.|\\.\\.|%2e|%2E|%2f|%25|%5c|%00|%c0%ae|;|[a-z0-9_~-]{1,4}|%[0-9a-fA-F]{2}){0,3}", 0..6)
+        ) {
+            let path = format!("/{}", segs.join("/"));
+            if !path_is_ambiguous(&path) {
+                let decoded: Vec<u8> = percent_encoding::percent_decode_str(&path).collect();
+                proptest::prop_assert_eq!(
+                    decoded.iter().filter(|&&b| b == b'/').count(),
+                    path.bytes().filter(|&b| b == b'/').count()
+                );
+                for seg in decoded.split(|&b| b == b'/') {
+                    let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+                    proptest::prop_assert!(name != b"." && name != b"..", "{}", path);
+                }
+                proptest::prop_assert!(!decoded.contains(&b'\\') && !decoded.contains(&0));
+            }
+        }
+    }
 }

@@ -236,5 +236,23 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = parse_proxy_authorization(&bytes);
         }
+
+        /// What `HTTPS_PROXY=http://token:vault@...` sends parses back to the same token and
+        /// vault, whether or not the client percent-encoded the userinfo.
+        #[test]
+        fn basic_credentials_round_trip(
+            token in "av_(run|agt)_[A-Za-z0-9_-]{1,60}",
+            vault in "[a-z0-9-]{3,64}",
+            encode in proptest::prelude::any::<bool>(),
+        ) {
+            let (t, v) = if encode {
+                (token.replace('-', "%2D"), vault.replace('-', "%2d"))
+            } else {
+                (token.clone(), vault.clone())
+            };
+            let c = parse_proxy_authorization(&basic(&format!("{t}:{v}"))).unwrap();
+            proptest::prop_assert_eq!(c.token.expose_secret(), token.as_str());
+            proptest::prop_assert_eq!(c.vault.as_deref(), Some(vault.as_str()));
+        }
     }
 }

@@ -148,8 +148,7 @@ async fn tokens_failure_budget_is_per_client_address_including_loopback() {
     );
     let mut s = from([127, 0, 0, 2], &app).await;
     s.write_all(
-        format!("GET https://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nProxy-Authorization: Bearer av_agt_nope\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        "GET https://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nProxy-Authorization: Bearer av_agt_nope\r\nConnection: close\r\n\r\n".as_bytes(),
     )
     .await
     .unwrap();
