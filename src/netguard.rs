@@ -220,9 +220,11 @@ impl NetGuard {
     }
 }
 
+/// The IPv4 address an IPv6 address stands for (mapped, compatible, NAT64, 6to4, Teredo), so a
+/// listener on 127.0.0.1 is recognized in every spelling.
 fn unwrap_mapped(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V6(v6) => embedded_ipv4(&v6).map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
 }
@@ -335,10 +337,20 @@ mod tests {
             guard.check("127.0.0.2:14322".parse().unwrap()),
             Err(Blocked::OwnListener)
         );
-        assert_eq!(
-            guard.check("[::ffff:127.0.0.1]:14322".parse().unwrap()),
-            Err(Blocked::OwnListener)
-        );
+        for spelling in [
+            "[::ffff:127.0.0.1]:14322",
+            "[::127.0.0.1]:14322",
+            "[64:ff9b::7f00:1]:14322",
+            "[2002:7f00:1::]:14322",
+            "[::1]:14322",
+            "0.0.0.0:14322",
+        ] {
+            assert_eq!(
+                guard.check(spelling.parse().unwrap()),
+                Err(Blocked::OwnListener),
+                "{spelling}"
+            );
+        }
         assert_eq!(guard.check("127.0.0.1:8443".parse().unwrap()), Ok(()));
     }
 }

@@ -64,15 +64,25 @@ pub enum RequestDecision<'a> {
     Deny(DenyReason),
 }
 
-/// Whether a raw path could be normalized differently by the upstream than it was matched here.
+/// Whether a raw path could be normalized differently by the upstream than it was matched here:
+/// dot segments (also `..;`, which Tomcat and Spring read as `..`), encoded dots, slashes,
+/// backslashes, percent signs or NULs, and escapes that decode to invalid UTF-8 (overlong forms
+/// such as `%c0%ae`, which old servers read as `.`).
 pub fn path_is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     lower.contains("%2e")
         || lower.contains("%2f")
         || lower.contains("%5c")
         || lower.contains("%25")
+        || lower.contains("%00")
         || path.contains('\\')
-        || path.split('/').any(|seg| seg == "." || seg == "..")
+        || path.split('/').any(|seg| {
+            let name = seg.split(';').next().unwrap_or(seg);
+            name == "." || name == ".."
+        })
+        || percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
         || !path.starts_with('/')
 }
 
@@ -318,6 +328,10 @@ mod tests {
             "/api/./x",
             "/api\\..\\x",
             "api/x",
+            "/api/..;/admin",
+            "/api/.;x/admin",
+            "/api/%c0%ae%c0%ae/admin",
+            "/api/x%00.json",
         ] {
             assert!(
                 matches!(
@@ -342,5 +356,29 @@ mod tests {
             decide_request(&s, &auth("raw.github.com:80"), &Method::GET, "/", false),
             RequestDecision::Deny(DenyReason::Plaintext)
         ));
+    }
+
+    proptest::proptest! {
+        /// A path accepted for a path-scoped service means the same to an upstream that
+        /// percent-decodes once and removes dot segments: decoding adds no separator, dot
+        /// segment, backslash or NUL.
+        #[test]
+        fn unambiguous_paths_survive_decoding(
+            segs in proptest::collection::vec("(\\.|\\.\\.|%2e|%2E|%2f|%25|%5c|%00|%c0%ae|;|[a-z0-9_~-]{1,4}|%[0-9a-fA-F]{2}){0,3}", 0..6)
+        ) {
+            let path = format!("/{}", segs.join("/"));
+            if !path_is_ambiguous(&path) {
+                let decoded: Vec<u8> = percent_encoding::percent_decode_str(&path).collect();
+                proptest::prop_assert_eq!(
+                    decoded.iter().filter(|&&b| b == b'/').count(),
+                    path.bytes().filter(|&b| b == b'/').count()
+                );
+                for seg in decoded.split(|&b| b == b'/') {
+                    let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+                    proptest::prop_assert!(name != b"." && name != b"..", "{}", path);
+                }
+                proptest::prop_assert!(!decoded.contains(&b'\\') && !decoded.contains(&0));
+            }
+        }
     }
 }

@@ -367,5 +367,26 @@ mod tests {
         fn never_panics_on_unicode(s in "\\PC{0,30}") {
             let _ = parse_authority(&s, Some(443));
         }
+
+        /// Case and one trailing dot never change the route, and a domain never reads as an
+        /// IPv4 address to another parser.
+        #[test]
+        fn spellings_of_one_name_route_alike(s in "[a-z0-9-]{1,10}(\\.[a-z0-9-]{1,10}){1,3}") {
+            let base = canonicalize_host(&s);
+            prop_assert_eq!(&canonicalize_host(&s.to_ascii_uppercase()), &base);
+            prop_assert_eq!(&canonicalize_host(&format!("{s}.")), &base);
+            if let Ok(Host::Domain(d)) = &base {
+                prop_assert!(d.parse::<Ipv4Addr>().is_err());
+                prop_assert!(!d.rsplit('.').next().is_some_and(numeric_label));
+            }
+        }
+
+        /// An authority prints to a form that parses back to itself.
+        #[test]
+        fn authorities_round_trip(s in "\\PC{0,30}", port in 1u16..) {
+            if let Ok(a) = parse_authority(&format!("{s}:{port}"), None) {
+                prop_assert_eq!(parse_authority(&a.to_string(), None), Ok(a));
+            }
+        }
     }
 }

@@ -908,4 +908,45 @@ services:
         };
         assert!(trace.compile().is_err());
     }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics the parser or the compiler, and whatever compiles binds
+        /// a dotted, non-IP, canonical host and a path glob without dot segments.
+        #[test]
+        fn service_files_never_panic(text in "\\PC{0,200}") {
+            if let Ok(specs) = parse_service_file(&text) {
+                for spec in specs {
+                    let _ = spec.normalized().compile();
+                }
+            }
+        }
+
+        #[test]
+        fn compiled_hosts_are_canonical(
+            host in "[*.a-zA-Z0-9%@:/\\[\\]-]{1,40}",
+            methods in proptest::collection::vec("[A-Za-z]{1,8}", 0..3),
+        ) {
+            let yaml = format!(
+                "- host: {}\n  methods: {}\n  auth: {{type: bearer, token: KEY}}\n",
+                serde_json::to_string(&host).unwrap(),
+                serde_json::to_string(&methods).unwrap(),
+            );
+            if let Ok(specs) = parse_service_file(&yaml) {
+                for spec in specs {
+                    if let Ok(c) = spec.normalized().compile() {
+                        let h = &c.pattern.host;
+                        proptest::prop_assert!(h.contains('.'));
+                        proptest::prop_assert!(h.parse::<std::net::IpAddr>().is_err());
+                        proptest::prop_assert_eq!(
+                            canonicalize_host(h),
+                            Ok(Host::Domain(h.clone()))
+                        );
+                        if let Some(p) = &c.pattern.path {
+                            proptest::prop_assert!(p.split('/').all(|s| s != "." && s != ".."));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

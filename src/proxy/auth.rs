@@ -84,6 +84,8 @@ pub struct Session {
     pub vault_name: String,
     /// `(kind, id)` of the actor for logs and limits.
     pub actor: (&'static str, String),
+    /// When the token expires (ms), so open tunnels close then and not at their idle timeout.
+    pub expires_at: Option<i64>,
 }
 
 fn vault_for(
@@ -160,6 +162,7 @@ pub async fn authenticate(
         vault_id: snapshot.vault_id.clone(),
         vault_name: snapshot.vault_name.to_string(),
         actor: (kind, id.to_owned()),
+        expires_at: who.expires_at,
     };
     Ok((session, snapshot))
 }
@@ -232,6 +235,24 @@ mod tests {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = parse_proxy_authorization(&bytes);
+        }
+
+        /// What `HTTPS_PROXY=http://token:vault@...` sends parses back to the same token and
+        /// vault, whether or not the client percent-encoded the userinfo.
+        #[test]
+        fn basic_credentials_round_trip(
+            token in "av_(run|agt)_[A-Za-z0-9_-]{1,60}",
+            vault in "[a-z0-9-]{3,64}",
+            encode in proptest::prelude::any::<bool>(),
+        ) {
+            let (t, v) = if encode {
+                (token.replace('-', "%2D"), vault.replace('-', "%2d"))
+            } else {
+                (token.clone(), vault.clone())
+            };
+            let c = parse_proxy_authorization(&basic(&format!("{t}:{v}"))).unwrap();
+            proptest::prop_assert_eq!(c.token.expose_secret(), token.as_str());
+            proptest::prop_assert_eq!(c.vault.as_deref(), Some(vault.as_str()));
         }
     }
 }

@@ -154,15 +154,33 @@ pub async fn handle(
     }
 }
 
-/// Waits until the session is revoked (or loses its vault), checking whenever tokens change.
+/// Waits until the session is revoked (or loses its vault), checking whenever tokens change, or
+/// until its token expires: nothing announces an expiry, and a spliced tunnel has no requests
+/// that would notice it.
 async fn revoked(state: &ProxyState, session: &Session) {
+    let expiry = async {
+        match session.expires_at {
+            Some(at) => {
+                let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(left)).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(expiry);
     let mut changes = state.identity.revocations();
     loop {
-        if changes.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        if auth::recheck(state, session).await.is_err() {
-            return;
+        tokio::select! {
+            () = &mut expiry => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    expiry.as_mut().await;
+                    return;
+                }
+                if auth::recheck(state, session).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

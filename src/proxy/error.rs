@@ -47,6 +47,12 @@ pub enum ProxyError {
     /// The request is malformed for a proxy (bad target, origin-form, ...).
     #[error("{0}")]
     BadRequest(String),
+    /// The request head is over `limits.max_header_bytes` (hyper's own limit is approximate).
+    #[error("the request headers exceed the proxy's limit of {0} bytes")]
+    HeadersTooLarge(usize),
+    /// The request's length could be read two ways (request smuggling); the connection is closed.
+    #[error("{0}")]
+    BadFraming(&'static str),
     /// SNI or Host disagrees with the CONNECT authority.
     #[error("the Host header or TLS server name does not match the CONNECT target {0}")]
     HostMismatch(String),
@@ -103,6 +109,12 @@ pub enum ProxyError {
     /// The upstream's response is over the configured cap.
     #[error("the upstream response exceeds the proxy's limit")]
     ResponseTooLarge,
+    /// A response to a request that carried credentials uses a content or transfer coding the
+    /// proxy cannot decode, so it cannot be checked for reflected credentials.
+    #[error(
+        "the upstream answered with a content coding the proxy cannot scrub for credentials (only gzip, deflate and identity are accepted)"
+    )]
+    Unscrubbable,
     /// Shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -120,6 +132,8 @@ impl ProxyError {
             | SessionToken
             | RateLimited(_)
             | BadRequest(_)
+            | BadFraming(_)
+            | HeadersTooLarge(_)
             | HostMismatch(_)
             | MethodNotAllowed(_)
             | RequestTooLarge(_)
@@ -130,7 +144,7 @@ impl ProxyError {
                 ErrorClass::Policy
             }
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
-            | ResponseTooLarge => ErrorClass::Upstream,
+            | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
             Integrity | ShuttingDown | Internal(_) => ErrorClass::Internal,
         }
     }
@@ -143,6 +157,8 @@ impl ProxyError {
             VaultAccess(_) => "vault_access_denied",
             RateLimited(_) => "rate_limited",
             BadRequest(_) => "bad_request",
+            BadFraming(_) => "bad_framing",
+            HeadersTooLarge(_) => "headers_too_large",
             HostMismatch(_) => "host_mismatch",
             MethodNotAllowed(_) => "method_not_allowed",
             RequestTooLarge(_) => "request_too_large",
@@ -158,6 +174,7 @@ impl ProxyError {
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamProtocol => "upstream_protocol",
             ResponseTooLarge => "response_too_large",
+            Unscrubbable => "response_not_scrubbable",
             ShuttingDown => "shutting_down",
             Internal(_) => "internal",
         }
@@ -174,16 +191,18 @@ impl ProxyError {
             | PlaceholderRefused(_)
             | Plaintext(_) => StatusCode::FORBIDDEN,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            BadRequest(_) | AmbiguousPath => StatusCode::BAD_REQUEST,
+            BadRequest(_) | BadFraming(_) | AmbiguousPath => StatusCode::BAD_REQUEST,
             HostMismatch(_) => StatusCode::MISDIRECTED_REQUEST,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             CredentialNotFound(_)
             | Integrity
             | Unreachable(_)
             | UpstreamTls(_)
             | UpstreamProtocol
-            | ResponseTooLarge => StatusCode::BAD_GATEWAY,
+            | ResponseTooLarge
+            | Unscrubbable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -260,6 +279,13 @@ impl ProxyError {
                 header::PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"agent-vault\""),
             );
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(
+            self,
+            ProxyError::BadFraming(_) | ProxyError::HeadersTooLarge(_)
+        ) {
+            // Whatever follows on this connection was framed by a reading we refused.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status() == StatusCode::TOO_MANY_REQUESTS {

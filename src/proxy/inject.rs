@@ -54,6 +54,32 @@ impl Opened {
     }
 }
 
+/// Every secret byte string a response could reflect for this request: each opened value, and
+/// the `user:password` pair of basic auth (reflected base64-encoded inside `Authorization`).
+pub fn reflectable(service: Option<&CompiledService>, opened: &Opened) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut out: Vec<Zeroizing<Vec<u8>>> = opened
+        .0
+        .values()
+        .map(|v| Zeroizing::new(v.expose_secret().to_vec()))
+        .collect();
+    for injection in service.into_iter().flat_map(|s| s.injections.iter()) {
+        if let Injection::Basic { username, password } = injection {
+            let mut pair = Zeroizing::new(Vec::with_capacity(64));
+            if let Ok(u) = opened.get(username) {
+                pair.extend_from_slice(u);
+            }
+            pair.push(b':');
+            if let Some(p) = password
+                && let Ok(p) = opened.get(p)
+            {
+                pair.extend_from_slice(p);
+            }
+            out.push(pair);
+        }
+    }
+    out
+}
+
 fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
     if bytes.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
         return Err(ProxyError::PlaceholderRefused(

@@ -89,6 +89,9 @@ async fn dispatch(
     if state.shutdown.is_cancelled() {
         return ProxyError::ShuttingDown.into_response();
     }
+    if let Err(e) = state.check_head_size(req.headers()) {
+        return e.into_response();
+    }
     if req.method() == Method::CONNECT {
         return connect::handle(state, peer, permit, req).await;
     }

@@ -9,6 +9,7 @@ pub mod error;
 mod inject;
 mod listener;
 mod pipeline;
+pub mod scrub;
 mod substitute;
 pub mod upstream;
 mod websocket;
@@ -128,6 +129,20 @@ impl ProxyState {
             .inflight
             .get_with_by_ref(actor, || Arc::new(Semaphore::new(limit)));
         sem.try_acquire_owned().ok()
+    }
+
+    /// Refuses a head over `limits.max_header_bytes`: hyper only checks its read buffer, which one
+    /// large read can overshoot.
+    fn check_head_size(&self, headers: &http::HeaderMap) -> Result<(), error::ProxyError> {
+        let limit = self.limits.max_header_bytes;
+        let size: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if size > limit {
+            return Err(error::ProxyError::HeadersTooLarge(limit));
+        }
+        Ok(())
     }
 
     /// Waits for connections and tunnels to finish (after `shutdown` was cancelled).

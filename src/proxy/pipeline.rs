@@ -19,9 +19,12 @@ use super::auth::{self, Session};
 use super::body::{End, Observed, is_too_large};
 use super::error::ProxyError;
 use super::inject::{self, Opened};
+use super::scrub::{self, Needles, Scrubbed};
 use super::upstream::{ConnectError, connect_error};
 use super::{ProxyBody, ProxyState, substitute, websocket};
 use crate::domain::now_ms;
+use crate::policy::decide::path_is_ambiguous;
+use crate::policy::service::CompiledService;
 use crate::policy::{
     Authority, DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority,
 };
@@ -211,6 +214,56 @@ fn check_host(target: &Target, req: &Request<Incoming>) -> Result<(), ProxyError
     Ok(())
 }
 
+/// Refuses request heads whose length two parsers could read differently: a body framed by both
+/// `Content-Length` and `Transfer-Encoding`, or by several `Content-Length` values. Forwarding
+/// either is how a request gets smuggled past the proxy into the upstream connection.
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err(ProxyError::BadFraming(
+            "more than one Content-Length header",
+        ));
+    }
+    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadFraming(
+            "Content-Length and Transfer-Encoding together",
+        ));
+    }
+    Ok(())
+}
+
+/// Headers and parameters that frameworks (Rails, Laravel, Symfony, ASP.NET, Express) honour to
+/// run a request as another method.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A service that allows only some methods must not be tricked into another one: the method the
+/// rule matched is the method the upstream runs.
+fn check_method_override(
+    service: &CompiledService,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(), ProxyError> {
+    if service.methods.is_none() {
+        return Ok(());
+    }
+    let in_query = query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let name = kv.split('=').next().unwrap_or(kv);
+            name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
+        })
+    });
+    if in_query || METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
+        return Err(ProxyError::BadRequest(
+            "method override headers and _method parameters are refused for services that allow only some methods".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyError {
     match reason {
         DenyReason::ForbiddenHost => ProxyError::ForbiddenHost {
@@ -257,7 +310,9 @@ async fn process(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The token is checked again on every request, so revocation reaches open connections.
     let snapshot = auth::recheck(state, session).await?;
+    state.check_head_size(req.headers())?;
     check_host(target, &req)?;
+    check_framing(req.headers())?;
     let method = req.method().clone();
     if method == Method::TRACE || method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(method.to_string()));
@@ -278,6 +333,9 @@ async fn process(
         } => (Some(service), credentials),
     };
     draft.service = service.map(|s| s.name.clone());
+    if let Some(service) = service {
+        check_method_override(service, req.headers(), req.uri().query())?;
+    }
     let slot = state
         .request_slot(&session.actor.1)
         .ok_or(ProxyError::RateLimited(
@@ -295,6 +353,11 @@ async fn process(
         Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
     };
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
+    // Everything this request could get reflected back, zeroized when its response ends.
+    let needles = opened.as_ref().and_then(|o| {
+        let values = inject::reflectable(service, o);
+        Needles::new(values.iter().map(|v| v.as_slice()))
+    });
 
     let websocket = is_websocket(&req);
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -306,6 +369,32 @@ async fn process(
         inject::apply(service, opened, &mut parts.headers)?;
     }
     let new_path = substitute::target(&path_and_query, service, opened.as_ref(), &placeholders)?;
+    if let Some(service) = service
+        && service.pattern.path.is_some()
+    {
+        // What was matched is what is forwarded: a substituted value must not move the request
+        // out of the path the rule allows.
+        let forwarded = new_path.split('?').next().unwrap_or(&new_path);
+        if forwarded != path
+            && (path_is_ambiguous(forwarded) || !service.pattern.matches_path(forwarded))
+        {
+            return Err(ProxyError::PlaceholderRefused(
+                "a substituted value would change which path rule the request falls under".into(),
+            ));
+        }
+    }
+    if needles.is_some() {
+        // Only codings the scrubber can decode, and no partial responses: a value read back in
+        // byte ranges would never appear whole.
+        if parts.headers.contains_key(header::ACCEPT_ENCODING) {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, identity"),
+            );
+        }
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+    }
     let scheme = if target.https { "https" } else { "http" };
     let default_port = if target.https { 443 } else { 80 };
     let uri: Uri = format!(
@@ -402,6 +491,9 @@ async fn process(
         }
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
+        if let Some(needles) = &needles {
+            needles.scrub_headers(&mut parts.headers);
+        }
         return Ok(Response::from_parts(
             parts,
             http_body_util::Empty::new()
@@ -411,6 +503,16 @@ async fn process(
     }
 
     let (mut parts, body) = response.into_parts();
+    let coding = match needles.as_ref().map(|_| scrub::coding(&parts.headers)) {
+        Some(None) => return Err(ProxyError::Unscrubbable),
+        Some(Some(c)) => Some(c),
+        None => None,
+    };
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // The body was framed by the transfer coding; a Content-Length next to it is a lie
+        // that would desynchronize the agent's connection.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, false);
     let max_out = state.limits.max_response_body_bytes;
     let declared_out = parts
@@ -433,8 +535,19 @@ async fn process(
             };
             logger.log(draft.row(status, bytes_out, error));
         })
-        .hold(slot)
-        .boxed();
+        .hold(slot);
+    let body = match (needles, coding) {
+        (Some(needles), Some(coding)) => {
+            needles.scrub_headers(&mut parts.headers);
+            // The body's length changes with every match, and decoded bodies go out as identity.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            if coding != scrub::Coding::Identity {
+                parts.headers.remove(header::CONTENT_ENCODING);
+            }
+            Scrubbed::new(body, needles, coding).boxed()
+        }
+        _ => body.boxed(),
+    };
     Ok(Response::from_parts(parts, body))
 }
 

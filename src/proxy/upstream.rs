@@ -46,10 +46,31 @@ pub enum ConnectError {
     NoHost,
 }
 
-/// Static overrides first, then the system resolver.
-#[derive(Clone, Debug, Default)]
+/// A name lookup other than the system resolver (split DNS, and tests that play a DNS server
+/// answering with rebinding or mixed addresses).
+pub trait Lookup: Send + Sync + 'static {
+    /// Every address `host:port` resolves to.
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+}
+
+/// Static overrides first, then the installed [`Lookup`] or else the system resolver.
+#[derive(Clone, Default)]
 pub struct Resolver {
     overrides: Vec<(ResolveKey, SocketAddr)>,
+    // Shared by every clone (the pooled clients' connectors hold clones).
+    custom: Arc<std::sync::RwLock<Option<Arc<dyn Lookup>>>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("overrides", &self.overrides)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Resolver {
@@ -60,7 +81,17 @@ impl Resolver {
             .iter()
             .filter_map(|(k, v)| Some((parse_resolve_key(k).ok()?, v.parse().ok()?)))
             .collect();
-        Self { overrides }
+        Self {
+            overrides,
+            custom: Arc::default(),
+        }
+    }
+
+    /// Installs (or removes) the lookup used instead of the system resolver.
+    pub fn set_lookup(&self, lookup: Option<Arc<dyn Lookup>>) {
+        if let Ok(mut custom) = self.custom.write() {
+            *custom = lookup;
+        }
     }
 
     fn lookup_override(&self, host: &str, port: u16) -> Option<SocketAddr> {
@@ -88,10 +119,17 @@ impl Resolver {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(ConnectError::Resolve)?
-            .collect();
+        let custom = self.custom.read().ok().and_then(|c| c.clone());
+        let addrs: Vec<SocketAddr> = match custom {
+            Some(lookup) => lookup
+                .lookup(host, port)
+                .await
+                .map_err(ConnectError::Resolve)?,
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(ConnectError::Resolve)?
+                .collect(),
+        };
         if addrs.is_empty() {
             return Err(ConnectError::Resolve(io::Error::new(
                 io::ErrorKind::NotFound,

@@ -4,6 +4,12 @@
 mod support;
 
 mod admin_api;
+mod attacks_exfil;
+mod attacks_framing;
+mod attacks_reflection;
+mod attacks_resources;
+mod attacks_ssrf;
+mod attacks_tls_tokens;
 mod browser;
 mod cli;
 mod durability;

@@ -57,12 +57,30 @@ pub async fn connect(
     if status == 200 {
         Ok(reader.into_inner())
     } else {
+        // The body, by its declared length when there is one (the proxy may keep the
+        // connection open after refusing a CONNECT).
+        let length = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        });
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            reader.read_to_end(&mut rest),
-        )
-        .await;
+        let wait = std::time::Duration::from_secs(2);
+        match length {
+            Some(n) => {
+                rest.resize(n, 0);
+                if tokio::time::timeout(wait, reader.read_exact(&mut rest))
+                    .await
+                    .is_err()
+                {
+                    rest.clear();
+                }
+            }
+            None => {
+                let _ = tokio::time::timeout(wait, reader.read_to_end(&mut rest)).await;
+            }
+        }
         Err((status, format!("{head}{}", String::from_utf8_lossy(&rest))))
     }
 }

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod pki;
 pub mod process;
+pub mod raw_upstream;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -435,6 +436,33 @@ impl TestApp {
             .proxy(proxy)
             .tls_certs_only([ca])
             .timeout(Duration::from_secs(30))
+    }
+
+    /// An intercepted TLS connection to `host:443` through the proxy, trusting the proxy's CA.
+    pub async fn tunnel(
+        &self,
+        token: &str,
+        vault: &str,
+        host: &str,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = agent::connect(
+            self.proxy,
+            &format!("{host}:443"),
+            Some(&agent::basic(token, vault)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CONNECT {host}: {e:?}"));
+        agent::tls(tcp, Some(host), Some(&self.ca_pem().await), alpn)
+            .await
+            .unwrap()
+    }
+
+    /// Sends one raw HTTP/1.1 request (which should say `Connection: close`) through an
+    /// intercepted connection to `host` and returns everything the proxy answered.
+    pub async fn raw_request(&self, token: &str, vault: &str, host: &str, raw: &str) -> String {
+        let tls = self.tunnel(token, vault, host, &[b"http/1.1"]).await;
+        agent::raw_exchange(tls, raw.as_bytes()).await
     }
 
     /// Waits (bounded) until the vault's request log has at least `n` rows.

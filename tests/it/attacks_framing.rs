@@ -1,0 +1,272 @@
+//! Framing: request smuggling from the agent's side, header injection through substituted
+//! values, and malformed or desynchronizing responses from the upstream's side (issue 6 §2, R11).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::support::raw_upstream::RawUpstream;
+use crate::support::{Alpn, FakeUpstream, TestCa, TestOptions, spawn_app, spawn_app_against};
+
+fn status(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Request heads whose body length two parsers could read differently never reach the
+/// upstream, and the connection they came on is closed.
+#[tokio::test]
+async fn framing_agent_side_smuggling_is_refused() {
+    let app = spawn_app().await;
+    let token = app.stripe_vault("smuggle", "sk_smuggle_value").await;
+    let head = "Host: api.example.test\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n";
+    let cases = [
+        format!(
+            "POST /clte HTTP/1.1\r\n{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /tecl HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /dupcl2 HTTP/1.1\r\n{head}Content-Length: 0\r\nContent-Length: 71\r\n\r\n{smuggled}"
+        ),
+        format!("POST /cllist HTTP/1.1\r\n{head}Content-Length: 0, 71\r\n\r\n{smuggled}"),
+        format!("POST /signed HTTP/1.1\r\n{head}Content-Length: +0\r\n\r\n{smuggled}"),
+        format!("POST /negative HTTP/1.1\r\n{head}Content-Length: -1\r\n\r\n{smuggled}"),
+        format!("POST /te HTTP/1.1\r\n{head}Transfer-Encoding: identity\r\n\r\n{smuggled}"),
+        format!(
+            "POST /te2 HTTP/1.1\r\n{head}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!("GET /fold HTTP/1.1\r\n{head}X-Folded: a\r\n b\r\n\r\n{smuggled}"),
+        format!("GET /space HTTP/1.1\r\n{head}Content-Length : 0\r\n\r\n{smuggled}"),
+        format!("GET /cr HTTP/1.1\r\n{head}X-A: a\rX-B: b\r\n\r\n{smuggled}"),
+        format!(
+            "POST /badchunk HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n{smuggled}"
+        ),
+    ];
+    for raw in cases {
+        let name = raw.split_whitespace().nth(1).unwrap().to_owned();
+        let out = app
+            .raw_request(&token, "smuggle", "api.example.test", &raw)
+            .await;
+        // RFC 9112 §6.1 allows refusing, or reading by Transfer-Encoding alone and closing.
+        if status(&out) == 200 {
+            assert!(
+                name.starts_with("/clte") || name.starts_with("/tecl"),
+                "{name}: {out}"
+            );
+            assert!(out.contains("connection: close"), "{name}: {out}");
+        }
+        let responses = out.split("HTTP/1.1 ").filter(|s| !s.is_empty()).count();
+        assert!(
+            responses <= 1,
+            "{name}: more than one response came back: {out}"
+        );
+    }
+    for r in app.upstream.requests() {
+        assert_ne!(
+            r.path_and_query, "/smuggled",
+            "a smuggled request got through"
+        );
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("hello"),
+            "{}: a body the agent framed badly was delivered",
+            r.path_and_query
+        );
+    }
+}
+
+/// Substituted and injected values can never add a header line or a request line.
+#[tokio::test]
+async fn framing_crlf_in_credential_values_cannot_inject() {
+    let app = spawn_app().await;
+    app.create_vault("crlf").await;
+    app.set_credentials(
+        "crlf",
+        &[("EVIL", "v1\r\nX-Injected: yes\r\n\r\nGET /x HTTP/1.1")],
+    )
+    .await;
+    app.set_services_yaml(
+        "crlf",
+        r#"
+- name: bearer
+  host: bearer.example.test
+  auth: {type: bearer, token: EVIL}
+- name: custom
+  host: custom.example.test
+  auth: {type: custom, headers: {X-Key: "k={{ EVIL }}"}}
+- name: sub
+  host: sub.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __EVIL_VALUE__, key: EVIL, in: [path, query, header, body]}
+"#,
+    )
+    .await;
+    let (token, _) = app.proxy_token("crlf").await;
+    let agent = app.agent(&token, "crlf").await;
+    let before = app.upstream.count();
+    for req in [
+        agent.get("https://bearer.example.test/"),
+        agent.get("https://custom.example.test/"),
+        agent
+            .get("https://sub.example.test/")
+            .header("x-token", "__EVIL_VALUE__"),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "placeholder_refused"
+        );
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was sent");
+    // In a URL or a body the value is escaped for its location.
+    agent
+        .get("https://sub.example.test/p/__EVIL_VALUE__?q=__EVIL_VALUE__")
+        .send()
+        .await
+        .unwrap();
+    let seen = app.upstream.last();
+    assert_eq!(
+        seen.path_and_query,
+        "/p/v1%0D%0AX-Injected%3A%20yes%0D%0A%0D%0AGET%20%2Fx%20HTTP%2F1.1?q=v1%0D%0AX-Injected%3A%20yes%0D%0A%0D%0AGET%20%2Fx%20HTTP%2F1.1"
+    );
+    assert!(seen.header("x-injected").is_none());
+    agent
+        .post("https://sub.example.test/b")
+        .json(&json!({ "k": "__EVIL_VALUE__" }))
+        .send()
+        .await
+        .unwrap();
+    let seen = app.upstream.last();
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body["k"], "v1\r\nX-Injected: yes\r\n\r\nGET /x HTTP/1.1");
+    assert!(
+        app.upstream
+            .requests()
+            .iter()
+            .all(|r| r.path_and_query != "/x")
+    );
+}
+
+const SECOND: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond";
+
+fn script(head: &str) -> Vec<u8> {
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let bytes: &[u8] = match path {
+        // One response, then a second one nobody asked for: the next request on this
+        // connection would read it as its own.
+        "/desync" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle"
+        }
+        "/desync-late" => b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\nsmuggle",
+        "/clte" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
+        "/dupcl" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhellosmuggle",
+        "/negcl" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello",
+        "/badchunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "/fold" => b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nhello",
+        "/te-gzip" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
+        "/reflect-in-header" => {
+            b"HTTP/1.1 200 OK\r\nX-Echo: Bearer sk_raw_upstream_value\r\nContent-Length: 2\r\n\r\nok"
+        }
+        _ => SECOND,
+    };
+    bytes.to_vec()
+}
+
+/// Malformed responses fail the request they answer, and the upstream connection they came on
+/// is never used again: the next request gets its own answer, not bytes left over.
+#[tokio::test]
+async fn framing_upstream_anomalies_discard_the_connection() {
+    crate::support::install_crypto();
+    let ca = Arc::new(TestCa::new("framing upstream CA"));
+    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
+    let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
+    let raw = RawUpstream::start(&ca, Arc::new(script)).await;
+    let raw_addr = raw.addr;
+    let app = spawn_app_against(
+        TestOptions {
+            tweak: Some(Box::new(move |c| {
+                c.upstream
+                    .resolve
+                    .insert("raw.example.test:443".into(), raw_addr.to_string());
+            })),
+            ..Default::default()
+        },
+        upstream,
+        ca,
+    )
+    .await;
+    app.create_vault("raw").await;
+    app.set_credentials("raw", &[("KEY", "sk_raw_upstream_value")])
+        .await;
+    app.set_services_yaml(
+        "raw",
+        "- name: raw\n  host: raw.example.test\n  auth: {type: bearer, token: KEY}\n",
+    )
+    .await;
+    let (token, _) = app.proxy_token("raw").await;
+    let agent = app.agent(&token, "raw").await;
+    let get = |path: &str| agent.get(format!("https://raw.example.test{path}")).send();
+
+    // A well-formed exchange first: the connection is pooled.
+    let resp = get("/warm").await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "second");
+    assert_eq!(raw.connections(), 1);
+
+    let cases: [(&str, Option<u16>); 8] = [
+        ("/desync", Some(200)),
+        ("/desync-late", Some(204)),
+        ("/clte", Some(200)),
+        ("/dupcl", Some(502)),
+        ("/negcl", Some(502)),
+        ("/badchunk", None),
+        ("/fold", Some(502)),
+        ("/te-gzip", Some(502)),
+    ];
+    for (path, want) in cases {
+        let before = raw.connections();
+        let result = get(path).await;
+        match (want, result) {
+            (Some(code), Ok(resp)) => {
+                assert_eq!(resp.status(), code, "{path}");
+                let body = resp.text().await.unwrap_or_default();
+                assert!(!body.contains("smuggle"), "{path}: {body}");
+                if path == "/clte" {
+                    assert_eq!(body, "hello", "the chunked framing wins, no stray length");
+                }
+            }
+            (None, Ok(resp)) => {
+                assert!(
+                    resp.bytes().await.is_err(),
+                    "{path}: a broken body is cut off, not completed"
+                );
+            }
+            (_, Err(e)) => assert!(want.is_none(), "{path}: {e}"),
+        }
+        let after = get("/after").await.unwrap();
+        assert_eq!(after.status(), 200, "{path}");
+        assert_eq!(
+            after.text().await.unwrap(),
+            "second",
+            "{path}: the next request read leftovers of a desynchronized connection"
+        );
+        if path.starts_with("/desync") {
+            assert!(
+                raw.connections() > before,
+                "{path}: the desynchronized connection was reused"
+            );
+        }
+    }
+    // Reflections in headers from a raw upstream are scrubbed too.
+    let resp = get("/reflect-in-header").await.unwrap();
+    assert_eq!(resp.headers()["x-echo"], "Bearer [REDACTED by agent-vault]");
+}

@@ -1,0 +1,466 @@
+//! Resources: slow and huge inputs, connection floods, per-agent concurrency, body caps, and
+//! HTTP/2 rapid-reset and CONTINUATION floods; memory measured by the process's RSS (I7, R10).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::agent::{self, basic};
+use crate::support::{TestOptions, spawn_app_with};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Reads until the peer closes (true) or the bound passes (false).
+async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn resources_slow_heads_and_handshakes_are_cut_off() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.limits.header_read_timeout = Duration::from_millis(300);
+            c.limits.tls_handshake_timeout = Duration::from_millis(300);
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("slow", "sk_slow_value").await;
+    // Slowloris on the proxy listener: half a CONNECT head, then nothing.
+    let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+    tcp.write_all(b"CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.exa")
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut tcp).await, "slow CONNECT head");
+    // A tunnel that never starts TLS.
+    let mut tcp = agent::connect(
+        app.proxy,
+        "api.example.test:443",
+        Some(&basic(&token, "slow")),
+    )
+    .await
+    .unwrap();
+    assert!(closed_by_peer(&mut tcp).await, "no ClientHello");
+    // Half a ClientHello.
+    let mut tcp = agent::connect(
+        app.proxy,
+        "api.example.test:443",
+        Some(&basic(&token, "slow")),
+    )
+    .await
+    .unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut tcp).await, "partial ClientHello");
+    // Slow request head inside the intercepted connection.
+    let mut tls = app
+        .tunnel(&token, "slow", "api.example.test", &[b"http/1.1"])
+        .await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: api.exam")
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut tls).await, "slow inner head");
+    assert_eq!(app.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn resources_huge_header_blocks_are_refused() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let token = app.stripe_vault("huge", "sk_huge_value").await;
+    let auth = basic(&token, "huge");
+    let big = "a".repeat(80 * 1024);
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (what, extra) in [
+        ("one huge header", format!("X-Big: {big}\r\n")),
+        ("too many headers", many.clone()),
+    ] {
+        let tcp = TcpStream::connect(app.proxy).await.unwrap();
+        let raw = format!(
+            "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\nProxy-Authorization: {auth}\r\n{extra}\r\n"
+        );
+        let out = agent::raw_exchange(tcp, raw.as_bytes()).await;
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400"),
+            "{what} on the proxy listener: {}",
+            &out[..out.len().min(200)]
+        );
+        let out = app
+            .raw_request(
+                &token,
+                "huge",
+                "api.example.test",
+                &format!(
+                    "GET / HTTP/1.1\r\nHost: api.example.test\r\n{extra}Connection: close\r\n\r\n"
+                ),
+            )
+            .await;
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400"),
+            "{what} inside the tunnel: {}",
+            &out[..out.len().min(200)]
+        );
+    }
+    assert_eq!(app.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn resources_global_connection_cap() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.limits.max_connections = 4)),
+        ..Default::default()
+    })
+    .await;
+    let before = rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+        // A request proves the connection was accepted and holds a slot.
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 400");
+        held.push(tcp);
+    }
+    // The fifth is closed at once.
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+        assert!(
+            buf.is_empty(),
+            "over the cap: {}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    // Closing one frees its slot for the next connection.
+    drop(held.pop());
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut buf = [0u8; 12];
+            if tcp.read_exact(&mut buf).await.is_ok() {
+                return buf;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a slot frees up once a connection closes");
+    assert_eq!(&served, b"HTTP/1.1 400");
+    let growth = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        growth < 32,
+        "refusing connections grew memory by {growth} MiB"
+    );
+}
+
+#[tokio::test]
+async fn resources_per_agent_concurrency_answers_429() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.limits.max_concurrent_requests_per_agent = 2)),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("busy", "sk_busy_value").await;
+    let (other, _) = app.proxy_token("busy").await;
+    let agent = app.agent(&token, "busy").await;
+    // Two streams in flight, each holding a slot until its body ends.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut resp = agent
+            .get("https://api.example.test/gated")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.is_some());
+        open.push(resp);
+    }
+    let resp = agent
+        .get("https://api.example.test/third")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "rate_limited");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // Another token is another actor with its own slots.
+    let resp = app
+        .agent(&other, "busy")
+        .await
+        .get("https://api.example.test/other-actor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Ending the streams frees the slots.
+    drop(open);
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let fresh = app.agent(&token, "busy").await;
+            let s = fresh
+                .get("https://api.example.test/after")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if s != 429 {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("slots are released when the responses end");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn resources_bodies_over_the_caps() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.limits.max_request_body_bytes = 4096;
+            c.limits.max_substitution_body_bytes = 1024;
+            c.limits.max_response_body_bytes = 64 * 1024;
+        })),
+        ..Default::default()
+    })
+    .await;
+    app.create_vault("caps").await;
+    app.set_credentials("caps", &[("KEY", "sk_caps_value")])
+        .await;
+    app.set_services_yaml(
+        "caps",
+        r#"
+- name: api
+  host: api.example.test
+  auth: {type: bearer, token: KEY}
+- name: sub
+  host: sub.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __CAPS_KEY__, key: KEY, in: [body]}
+"#,
+    )
+    .await;
+    let (token, _) = app.proxy_token("caps").await;
+    let agent = app.agent(&token, "caps").await;
+    let resp = agent
+        .post("https://api.example.test/declared")
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "request_too_large"
+    );
+    assert!(
+        app.upstream
+            .requests()
+            .iter()
+            .all(|r| r.path_and_query != "/declared")
+    );
+    // Without a declared length the stream is cut at the cap.
+    let chunks: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> = (0..10)
+        .map(|_| Ok(http_body::Frame::data(bytes::Bytes::from(vec![b'y'; 1000]))))
+        .collect();
+    let result = agent
+        .post("https://api.example.test/streamed")
+        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks),
+        )))
+        .send()
+        .await;
+    if let Ok(resp) = result {
+        // 413 when the cap trips before the upstream answers; an h2 upstream sees the stream
+        // reset first and the proxy reports 502.
+        assert!(
+            matches!(resp.status().as_u16(), 413 | 502),
+            "{}",
+            resp.status()
+        );
+    }
+    for r in app.upstream.requests() {
+        assert!(
+            r.body.len() <= 4096,
+            "{} got {} bytes",
+            r.path_and_query,
+            r.body.len()
+        );
+    }
+    // A body that must be buffered for substitution has its own, smaller cap.
+    let resp = agent
+        .post("https://sub.example.test/sub")
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"k\":\"__CAPS_KEY__\",\"pad\":\"{}\"}}",
+            "z".repeat(2000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // Responses over the cap: refused when declared, cut off when streamed.
+    let resp = agent
+        .get("https://api.example.test/bytes?n=200000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "response_too_large"
+    );
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1), first byte carrying `mask`.
+fn hpack_int(mask: u8, n: u32, mut v: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(mask | v as u8);
+        return;
+    }
+    out.push(mask | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn request_block(authority: &str) -> Vec<u8> {
+    // :method GET, :scheme https, :path /, :authority literal.
+    let mut b = vec![0x82, 0x87, 0x84, 0x41];
+    hpack_int(0, 7, authority.len(), &mut b);
+    b.extend_from_slice(authority.as_bytes());
+    b
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Rapid reset (CVE-2023-44487) and CONTINUATION floods against the intercepted h2 server: the
+/// connection is closed, the upstream sees a bounded number of requests, memory stays flat.
+#[tokio::test]
+async fn resources_h2_rapid_reset_and_continuation_floods() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let token = app.stripe_vault("flood", "sk_flood_value").await;
+    let before = rss_kib();
+
+    // Rapid reset: open and cancel streams as fast as the socket takes them.
+    let tls = app
+        .tunnel(&token, "flood", "api.example.test", &[b"h2"])
+        .await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let reader = tokio::spawn(async move { closed_by_peer(&mut rd).await });
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    wr.write_all(&out).await.unwrap();
+    let block = request_block("api.example.test");
+    let mut sent = 0u32;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        for batch in 0..200u32 {
+            let mut buf = Vec::new();
+            for i in 0..100u32 {
+                let id = 1 + 2 * (batch * 100 + i);
+                buf.extend(frame(0x1, 0x4 | 0x1, id, &block));
+                buf.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            sent += 100;
+        }
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("the server closes a rapid-reset connection")
+            .unwrap(),
+        "closed"
+    );
+    let reached = app.upstream.count();
+    assert!(
+        reached < 2000,
+        "{reached} of {sent} reset streams reached the upstream"
+    );
+
+    // CONTINUATION flood: one header block that never ends.
+    let tls = app
+        .tunnel(&token, "flood", "api.example.test", &[b"h2"])
+        .await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let reader = tokio::spawn(async move { closed_by_peer(&mut rd).await });
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x1, 0x1, 1, &request_block("api.example.test")));
+    wr.write_all(&out).await.unwrap();
+    let mut field = vec![0x00];
+    hpack_int(0, 7, 7, &mut field);
+    field.extend_from_slice(b"x-flood");
+    let value = vec![b'a'; 16_000];
+    hpack_int(0, 7, value.len(), &mut field);
+    field.extend_from_slice(&value);
+    let continuation = frame(0x9, 0, 1, &field);
+    let mut written = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..2000 {
+            // 32 MB in all, if the server never stops us.
+            if wr.write_all(&continuation).await.is_err() {
+                break;
+            }
+            written += continuation.len();
+        }
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("the server closes a CONTINUATION flood")
+            .unwrap()
+    );
+    let growth = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        growth < 64,
+        "floods grew memory by {growth} MiB (wrote {written} bytes of CONTINUATION)"
+    );
+}
