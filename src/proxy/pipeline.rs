@@ -278,6 +278,30 @@ fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyE
     }
 }
 
+/// The values for a service's `websocket` substitutions, by placeholder.
+fn websocket_substitutions(
+    service: Option<&crate::policy::CompiledService>,
+    opened: Option<&Opened>,
+) -> Result<Vec<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>, ProxyError> {
+    let (Some(service), Some(opened)) = (service, opened) else {
+        return Ok(Vec::new());
+    };
+    service
+        .substitutions
+        .iter()
+        .filter(|s| {
+            s.locations
+                .contains(&crate::policy::service::Location::Websocket)
+        })
+        .map(|s| {
+            Ok((
+                s.placeholder.as_bytes().to_vec(),
+                zeroize::Zeroizing::new(opened.get(&s.key)?.to_vec()),
+            ))
+        })
+        .collect()
+}
+
 fn is_websocket(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req
@@ -446,6 +470,20 @@ async fn process(
             }
             _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
         };
+    // A WebSocket that carries credentials, or declares frame substitutions, is read frame by
+    // frame after the upgrade; compression would make frames unreadable, so it is not offered.
+    let ws_rewrite = if websocket {
+        let substitutions = websocket_substitutions(service, opened.as_ref())?;
+        (needles.is_some() || !substitutions.is_empty()).then(|| websocket::Rewrite {
+            substitutions,
+            needles: needles.clone(),
+        })
+    } else {
+        None
+    };
+    if ws_rewrite.is_some() {
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     drop(opened);
 
     let mut upstream_req = Request::from_parts(parts, upstream_body);
@@ -483,6 +521,7 @@ async fn process(
                     agent_upgrade,
                     upstream_upgrade,
                     st.limits.tunnel_idle_timeout,
+                    ws_rewrite,
                 )
                 .await;
                 st.logger.log(row);

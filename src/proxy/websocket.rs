@@ -1,14 +1,51 @@
-//! WebSocket upgrades: the handshake went through the normal pipeline (so credentials were
-//! attached to it); once both sides switched protocols, frames are spliced byte for byte.
+//! WebSocket upgrades. The handshake goes through the normal pipeline (so credentials were
+//! attached to it). Afterwards frames are spliced; when the service declares `websocket`
+//! substitutions, or credentials were attached, frames are read one by one instead: placeholders
+//! in the agent's text frames are replaced, and injected values are scrubbed from the upstream's
+//! frames. Compression extensions are stripped from such handshakes so frames stay readable.
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use super::scrub::Needles;
+
+/// Largest frame read when rewriting; bigger frames close the connection.
+const MAX_FRAME: u64 = 16 << 20;
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+
+/// What to do to frames in each direction.
+pub struct Rewrite {
+    /// Placeholder → value, replaced in the agent's unfragmented text frames.
+    pub substitutions: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    /// Values to scrub from the upstream's frames.
+    pub needles: Option<Arc<Needles>>,
+}
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrite")
+            .field("substitutions", &self.substitutions.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Splices the agent's and the upstream's upgraded connections until either side closes or the
-/// connection is idle for `idle`.
-pub async fn splice(agent: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+/// connection is idle for `idle`; with a `rewrite`, frame by frame.
+pub async fn splice(
+    agent: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    rewrite: Option<Rewrite>,
+) {
     let (agent, upstream) = match tokio::try_join!(agent, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -18,10 +55,278 @@ pub async fn splice(agent: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
     };
     let mut agent = TokioIo::new(agent);
     let mut upstream = TokioIo::new(upstream);
-    let copy = tokio::io::copy_bidirectional(&mut agent, &mut upstream);
-    match tokio::time::timeout(idle, copy).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "websocket ended with an error"),
-        Err(_) => tracing::debug!("websocket closed after the idle limit"),
+    let Some(rewrite) = rewrite else {
+        let copy = tokio::io::copy_bidirectional(&mut agent, &mut upstream);
+        match tokio::time::timeout(idle, copy).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "websocket ended with an error"),
+            Err(_) => tracing::debug!("websocket closed after the idle limit"),
+        }
+        return;
+    };
+    let (agent_read, agent_write) = tokio::io::split(agent);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let subs = rewrite.substitutions;
+    let needles = rewrite.needles;
+    let to_upstream = pump(agent_read, upstream_write, idle, move |frame| {
+        substitute(frame, &subs)
+    });
+    let to_agent = pump(upstream_read, agent_write, idle, move |frame| {
+        scrub(frame, needles.as_deref())
+    });
+    tokio::select! {
+        res = to_upstream => if let Err(e) = res { tracing::debug!(error = %e, "websocket (agent side) ended") },
+        res = to_agent => if let Err(e) = res { tracing::debug!(error = %e, "websocket (upstream side) ended") },
+    }
+}
+
+/// One frame, unmasked.
+struct Frame {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    masked: bool,
+    payload: Vec<u8>,
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Frame>> {
+    let mut head = [0u8; 2];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let fin = head[0] & 0x80 != 0;
+    let rsv = (head[0] >> 4) & 0x7;
+    let opcode = head[0] & 0x0f;
+    let masked = head[1] & 0x80 != 0;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(r.read_u16().await?),
+        127 => r.read_u64().await?,
+        n => u64::from(n),
+    };
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "websocket frame too large to inspect",
+        ));
+    }
+    let mut mask = [0u8; 4];
+    if masked {
+        r.read_exact(&mut mask).await?;
+    }
+    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    r.read_exact(&mut payload).await?;
+    if masked {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    Ok(Some(Frame {
+        fin,
+        rsv,
+        opcode,
+        masked,
+        payload,
+    }))
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
+    let mut out = Vec::with_capacity(frame.payload.len() + 14);
+    out.push((u8::from(frame.fin) << 7) | (frame.rsv << 4) | frame.opcode);
+    let mask_bit = if frame.masked { 0x80 } else { 0 };
+    let len = frame.payload.len();
+    if len < 126 {
+        out.push(mask_bit | u8::try_from(len).unwrap_or(0));
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if frame.masked {
+        // A fresh key for what we re-encode: masks exist so the payload is unpredictable on
+        // the wire; reusing the client's would defeat that for rewritten frames.
+        let mask: [u8; 4] =
+            crate::crypto::random_bytes().map_err(|_| io::Error::other("no randomness"))?;
+        out.extend_from_slice(&mask);
+        out.extend(
+            frame
+                .payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4]),
+        );
+    } else {
+        out.extend_from_slice(&frame.payload);
+    }
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    idle: Duration,
+    mut edit: impl FnMut(&mut Frame) -> io::Result<()>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(idle, read_frame(&mut r))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket idle"))??;
+        let Some(mut frame) = frame else {
+            let _ = w.shutdown().await;
+            return Ok(());
+        };
+        edit(&mut frame)?;
+        let close = frame.opcode == OP_CLOSE;
+        write_frame(&mut w, &frame).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Replaces placeholders in the agent's unfragmented, uncompressed text frames.
+fn substitute(frame: &mut Frame, subs: &[(Vec<u8>, Zeroizing<Vec<u8>>)]) -> io::Result<()> {
+    if subs.is_empty() || frame.opcode != OP_TEXT || !frame.fin || frame.rsv != 0 {
+        return Ok(());
+    }
+    for (placeholder, value) in subs {
+        if frame
+            .payload
+            .windows(placeholder.len())
+            .any(|w| w == placeholder.as_slice())
+        {
+            frame.payload = replace_all(&frame.payload, placeholder, value);
+        }
+    }
+    Ok(())
+}
+
+/// Removes injected values from the upstream's data frames; refuses what it cannot read.
+fn scrub(frame: &mut Frame, needles: Option<&Needles>) -> io::Result<()> {
+    let Some(needles) = needles else {
+        return Ok(());
+    };
+    if !matches!(
+        frame.opcode,
+        OP_TEXT | OP_BINARY | OP_CONTINUATION | OP_CLOSE
+    ) {
+        return Ok(());
+    }
+    if frame.rsv != 0 {
+        // A compressed frame despite the stripped extension: it cannot be checked.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "compressed websocket frame cannot be scrubbed",
+        ));
+    }
+    if let Some(clean) = needles.scrub_complete(&frame.payload) {
+        frame.payload = clean;
+    }
+    Ok(())
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len() + with.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_masked_and_unmasked() {
+        for (masked, len) in [(true, 5usize), (false, 200), (true, 70_000)] {
+            let frame = Frame {
+                fin: true,
+                rsv: 0,
+                opcode: OP_TEXT,
+                masked,
+                payload: vec![b'a'; len],
+            };
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &frame).await.unwrap();
+            let back = read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+            assert_eq!(
+                (back.fin, back.opcode, back.masked, back.payload.len()),
+                (true, OP_TEXT, masked, len)
+            );
+            assert!(back.payload.iter().all(|&b| b == b'a'));
+        }
+    }
+
+    #[test]
+    fn text_frames_get_substitutions_and_other_frames_do_not() {
+        let subs = vec![(
+            b"__TOKEN__".to_vec(),
+            Zeroizing::new(b"s3cret-value".to_vec()),
+        )];
+        let mut text = Frame {
+            fin: true,
+            rsv: 0,
+            opcode: OP_TEXT,
+            masked: true,
+            payload: b"auth __TOKEN__ now".to_vec(),
+        };
+        substitute(&mut text, &subs).unwrap();
+        assert_eq!(text.payload, b"auth s3cret-value now");
+        let mut binary = Frame {
+            fin: true,
+            rsv: 0,
+            opcode: OP_BINARY,
+            masked: true,
+            payload: b"__TOKEN__".to_vec(),
+        };
+        substitute(&mut binary, &subs).unwrap();
+        assert_eq!(binary.payload, b"__TOKEN__");
+        let mut fragment = Frame {
+            fin: false,
+            rsv: 0,
+            opcode: OP_TEXT,
+            masked: true,
+            payload: b"__TOKEN__".to_vec(),
+        };
+        substitute(&mut fragment, &subs).unwrap();
+        assert_eq!(fragment.payload, b"__TOKEN__");
+    }
+
+    #[test]
+    fn upstream_frames_are_scrubbed() {
+        let needles = Needles::new([&b"s3cret-value"[..]]).unwrap();
+        let mut frame = Frame {
+            fin: true,
+            rsv: 0,
+            opcode: OP_TEXT,
+            masked: false,
+            payload: b"echo: s3cret-value".to_vec(),
+        };
+        scrub(&mut frame, Some(&needles)).unwrap();
+        assert!(!String::from_utf8_lossy(&frame.payload).contains("s3cret-value"));
+        let mut compressed = Frame {
+            fin: true,
+            rsv: 4,
+            opcode: OP_TEXT,
+            masked: false,
+            payload: vec![1, 2],
+        };
+        assert!(scrub(&mut compressed, Some(&needles)).is_err());
     }
 }

@@ -993,3 +993,75 @@ async fn graceful_shutdown_lets_open_streams_finish() {
     assert_eq!(String::from_utf8_lossy(&rest), "data: second\n\n");
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
+    let app = spawn_app().await;
+    app.create_vault("ws-frames").await;
+    app.set_credentials("ws-frames", &[("WS_TOKEN", "ws-secret-value-123")])
+        .await;
+    app.set_services_yaml(
+        "ws-frames",
+        "- name: stream\n  host: api.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_TOKEN__, key: WS_TOKEN, in: [websocket]}\n",
+    )
+    .await;
+    let (token, _) = app.proxy_token("ws-frames").await;
+    let tunnel = agent::connect(
+        app.proxy,
+        "api.example.test:443",
+        Some(&basic(&token, "ws-frames")),
+    )
+    .await
+    .unwrap();
+    let tls = agent::tls(
+        tunnel,
+        Some("api.example.test"),
+        Some(&app.ca_pem().await),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            "wss://api.example.test/ws",
+        )
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-extensions",
+        "permessage-deflate".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    let handshake = app.upstream.last();
+    assert!(
+        handshake.header("sec-websocket-extensions").is_none(),
+        "compression is not offered upstream"
+    );
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "auth __WS_TOKEN__ please",
+    ))
+    .await
+    .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let echoed = echo.into_text().unwrap().to_string();
+    let seen = app
+        .upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "WS")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        "auth ws-secret-value-123 please",
+        "the upstream got the value"
+    );
+    assert!(
+        !echoed.contains("ws-secret-value-123"),
+        "the echo back to the agent is scrubbed: {echoed}"
+    );
+    assert!(echoed.contains("REDACTED"), "{echoed}");
+}

@@ -303,6 +303,8 @@ async fn route(
                 .unwrap_or_default();
             let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
             if let Some(on_upgrade) = on_upgrade {
+                let rec = rec.clone();
+                let template = record.clone();
                 tokio::spawn(async move {
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
@@ -314,6 +316,13 @@ async fn route(
                     )
                     .await;
                     while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() {
+                            // Frames are recorded as requests with method WS, body = the text.
+                            let mut frame = template.clone();
+                            frame.method = "WS".into();
+                            frame.body = Bytes::from(msg.to_text().unwrap_or_default().to_owned());
+                            rec.lock().unwrap().push(frame);
+                        }
                         if msg.is_text() || msg.is_binary() {
                             if ws.send(msg).await.is_err() {
                                 return;
