@@ -282,7 +282,7 @@ fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyE
 fn websocket_substitutions(
     service: Option<&crate::policy::CompiledService>,
     opened: Option<&Opened>,
-) -> Result<Vec<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>, ProxyError> {
+) -> Result<websocket::FrameSubstitutions, ProxyError> {
     let (Some(service), Some(opened)) = (service, opened) else {
         return Ok(Vec::new());
     };

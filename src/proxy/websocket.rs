@@ -22,10 +22,13 @@ const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 
+/// Placeholder → value pairs for frame substitution.
+pub type FrameSubstitutions = Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>;
+
 /// What to do to frames in each direction.
 pub struct Rewrite {
     /// Placeholder → value, replaced in the agent's unfragmented text frames.
-    pub substitutions: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    pub substitutions: FrameSubstitutions,
     /// Values to scrub from the upstream's frames.
     pub needles: Option<Arc<Needles>>,
 }
