@@ -71,12 +71,10 @@ pub async fn list(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
-    let need = if q.reveal {
-        VaultRole::Member
-    } else {
-        VaultRole::Proxy
-    };
-    let (vault, _) = state.vault_access(&caller, &name, need).await?;
+    // Proxy-role tokens see key names through /v1/discover only; this route is for members.
+    let (vault, _) = state
+        .vault_access(&caller, &name, VaultRole::Member)
+        .await?;
     let records = state.store.list_credentials(&vault.id).await?;
     let mut out = Vec::with_capacity(records.len());
     for c in &records {

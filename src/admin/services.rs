@@ -86,7 +86,9 @@ pub async fn list(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<ServicesBody>, ApiError> {
-    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Proxy).await?;
+    let (vault, _) = state
+        .vault_access(&caller, &name, VaultRole::Member)
+        .await?;
     Ok(Json(ServicesBody {
         services: load_specs(&state, &vault.id).await?,
     }))

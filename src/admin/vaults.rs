@@ -42,7 +42,13 @@ pub async fn list(
     Ok(Json(
         vaults
             .iter()
-            .filter_map(|v| caller.role_in(&v.id).map(|r| view(v, r)))
+            // Proxy-role principals reach only discover and proposals.
+            .filter_map(|v| {
+                caller
+                    .role_in(&v.id)
+                    .filter(|r| *r >= VaultRole::Member)
+                    .map(|r| view(v, r))
+            })
             .collect(),
     ))
 }
@@ -96,7 +102,9 @@ pub async fn show(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<VaultView>, ApiError> {
-    let (vault, role) = state.vault_access(&caller, &name, VaultRole::Proxy).await?;
+    let (vault, role) = state
+        .vault_access(&caller, &name, VaultRole::Member)
+        .await?;
     Ok(Json(view(&vault, role)))
 }
 
@@ -133,7 +141,9 @@ pub async fn settings(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (vault, _) = state.vault_access(&caller, &name, VaultRole::Proxy).await?;
+    let (vault, _) = state
+        .vault_access(&caller, &name, VaultRole::Member)
+        .await?;
     Ok(Json(
         json!({ "unmatched_host_policy": vault.unmatched_host_policy }),
     ))

@@ -143,6 +143,29 @@ pub async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result<(), Cl
             reveal,
             vault,
             json,
+        } if client.acting == super::client::Acting::Agent && !reveal => {
+            // Agents see key names through discover, the only read route open to proxy roles.
+            let d: Value = client
+                .get(&format!("/v1/discover?vault={}", seg(&vault.vault)))
+                .await?;
+            if json.json {
+                let keys: Vec<Value> = d["credentials"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|k| json!({ "key": k }))
+                    .collect();
+                output::json(&json!(keys));
+            } else {
+                for k in d["credentials"].as_array().into_iter().flatten() {
+                    println!("{}", k.as_str().unwrap_or_default());
+                }
+            }
+        }
+        CredentialCommand::List {
+            reveal,
+            vault,
+            json,
         } => {
             let path = format!(
                 "/v1/vaults/{}/credentials{}",

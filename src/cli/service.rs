@@ -188,6 +188,19 @@ pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliEr
                 vault.vault
             );
         }
+        ServiceCommand::List { vault, json } if client.acting == super::client::Acting::Agent => {
+            // Agents see service names and hosts through discover.
+            let d: Value = client
+                .get(&format!("/v1/discover?vault={}", seg(&vault.vault)))
+                .await?;
+            if json.json {
+                output::json(&d["services"]);
+            } else {
+                for s in d["services"].as_array().into_iter().flatten() {
+                    println!("{}  {}", output::text(s, "name"), output::text(s, "host"));
+                }
+            }
+        }
         ServiceCommand::List { vault, json } => {
             let resp: Value = client
                 .get(&format!("/v1/vaults/{}/services", seg(&vault.vault)))

@@ -335,25 +335,13 @@ async fn roles_limit_what_each_principal_can_do() {
         .await;
     let member_token = member["token"].as_str().unwrap().to_owned();
 
-    // Proxy role: key names and services, never values, no writes.
-    let (status, list) = app
-        .call_with(
-            Some(&proxy_token),
-            "GET",
-            "/v1/vaults/alpha/credentials",
-            None,
-        )
+    // Proxy role: key names and services through discover, never values, no writes.
+    let (status, d) = app
+        .call_with(Some(&proxy_token), "GET", "/v1/discover", None)
         .await;
-    assert_eq!(status, 200);
-    assert_eq!(list[0]["key"], "SECRET");
-    assert!(list[0].get("value").is_none());
-    assert!(!list.to_string().contains("alpha-secret"));
-    assert_eq!(
-        app.call_with(Some(&proxy_token), "GET", "/v1/vaults/alpha/services", None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["credentials"], json!(["SECRET"]));
+    assert!(!d.to_string().contains("alpha-secret"));
     for (method, path, body) in [
         ("GET", "/v1/vaults/alpha/credentials?reveal=true", None),
         ("GET", "/v1/vaults/alpha/credentials/SECRET", None),
@@ -368,6 +356,8 @@ async fn roles_limit_what_each_principal_can_do() {
             Some(json!({ "services": [] })),
         ),
         ("GET", "/v1/vaults/alpha/logs", None),
+        ("GET", "/v1/vaults/alpha/credentials", None),
+        ("GET", "/v1/vaults/alpha/services", None),
     ] {
         let (status, body) = app.call_with(Some(&proxy_token), method, path, body).await;
         assert_eq!(status, 403, "{method} {path}: {body}");
@@ -505,7 +495,7 @@ async fn expired_tokens_are_refused() {
     app.create_vault("exp").await;
     let (token, id) = app.proxy_token("exp").await;
     assert_eq!(
-        app.call_with(Some(&token), "GET", "/v1/vaults/exp/services", None)
+        app.call_with(Some(&token), "GET", "/v1/discover", None)
             .await
             .0,
         200
@@ -521,7 +511,7 @@ async fn expired_tokens_are_refused() {
         .unwrap();
     store.close().await;
     assert_eq!(
-        app.call_with(Some(&token), "GET", "/v1/vaults/exp/services", None)
+        app.call_with(Some(&token), "GET", "/v1/discover", None)
             .await
             .0,
         401
@@ -622,4 +612,149 @@ async fn unknown_host_headers_are_refused() {
             "{host}: {out}"
         );
     }
+}
+
+#[tokio::test]
+async fn proxy_role_tokens_reach_only_discover_and_proposals() {
+    let app = spawn_app().await;
+    app.create_vault("only").await;
+    app.set_credentials("only", &[("K", "v-secret-only")]).await;
+    app.set_services_yaml(
+        "only",
+        "- name: s\n  host: api.example.test\n  auth: {type: bearer, token: K}\n",
+    )
+    .await;
+    let agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "px", "vaults": [{ "vault": "only", "role": "proxy" }] })),
+        )
+        .await;
+    let agent_token = agent["token"].as_str().unwrap().to_owned();
+    let (scoped, scoped_id) = app.proxy_token("only").await;
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/v1/users".into(), None),
+        ("GET", "/v1/invites".into(), None),
+        (
+            "POST",
+            "/v1/invites".into(),
+            Some(json!({ "email": "x@example.com" })),
+        ),
+        ("DELETE", "/v1/invites/abc".into(), None),
+        ("POST", "/v1/vaults".into(), Some(json!({ "name": "mine" }))),
+        ("GET", "/v1/vaults/only".into(), None),
+        ("DELETE", "/v1/vaults/only".into(), None),
+        ("GET", "/v1/vaults/only/settings".into(), None),
+        (
+            "PATCH",
+            "/v1/vaults/only/settings".into(),
+            Some(json!({ "unmatched_host_policy": "tunnel" })),
+        ),
+        ("GET", "/v1/vaults/only/members".into(), None),
+        (
+            "PUT",
+            "/v1/vaults/only/members".into(),
+            Some(json!({ "kind": "agent", "name": "px", "role": "admin" })),
+        ),
+        ("DELETE", "/v1/vaults/only/members/agent/px".into(), None),
+        ("GET", "/v1/vaults/only/credentials".into(), None),
+        (
+            "GET",
+            "/v1/vaults/only/credentials?reveal=true".into(),
+            None,
+        ),
+        ("GET", "/v1/vaults/only/credentials/K".into(), None),
+        (
+            "PUT",
+            "/v1/vaults/only/credentials".into(),
+            Some(json!({ "credentials": { "K": "x" } })),
+        ),
+        (
+            "DELETE",
+            "/v1/vaults/only/credentials".into(),
+            Some(json!({ "keys": ["K"] })),
+        ),
+        ("GET", "/v1/vaults/only/services".into(), None),
+        (
+            "PUT",
+            "/v1/vaults/only/services".into(),
+            Some(json!({ "services": [] })),
+        ),
+        (
+            "POST",
+            "/v1/vaults/only/services".into(),
+            Some(json!({ "host": "x.example.test", "auth": { "type": "passthrough" } })),
+        ),
+        ("DELETE", "/v1/vaults/only/services/s".into(), None),
+        ("GET", "/v1/vaults/only/tokens".into(), None),
+        ("GET", "/v1/agents".into(), None),
+        (
+            "POST",
+            "/v1/agents".into(),
+            Some(json!({ "name": "other" })),
+        ),
+        ("POST", "/v1/agents/px/rotate".into(), None),
+        ("POST", "/v1/agents/px/revoke".into(), None),
+        ("DELETE", "/v1/agents/px".into(), None),
+        ("GET", "/v1/vaults/only/logs".into(), None),
+        ("GET", "/v1/vaults/only/audit".into(), None),
+        ("GET", "/v1/vaults/only/proposals".into(), None),
+        ("GET", "/v1/vaults/only/proposals/1".into(), None),
+        (
+            "POST",
+            "/v1/vaults/only/proposals/1/approve".into(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/v1/vaults/only/proposals/1/reject".into(),
+            Some(json!({})),
+        ),
+        ("DELETE", format!("/v1/tokens/{scoped_id}"), None),
+    ];
+    let (status, _) = app
+        .call_with(
+            Some(&scoped),
+            "POST",
+            "/v1/proposals",
+            Some(json!({ "credentials": [{ "action": "set", "key": "NEW" }] })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for token in [&agent_token, &scoped] {
+        for (method, path, body) in &routes {
+            if token == &scoped && path.starts_with("/v1/tokens/") {
+                continue; // a token may revoke itself
+            }
+            let (status, resp) = app.call_with(Some(token), method, path, body.clone()).await;
+            assert!(
+                matches!(status, 401 | 403 | 404),
+                "{method} {path} answered {status}: {resp}"
+            );
+            assert!(!resp.to_string().contains("v-secret-only"));
+        }
+        let (status, _) = app
+            .call_with(Some(token), "GET", "/v1/discover?vault=only", None)
+            .await;
+        assert_eq!(status, 200);
+        let (status, vaults) = app.call_with(Some(token), "GET", "/v1/vaults", None).await;
+        assert_eq!(
+            (status, vaults),
+            (200, json!([])),
+            "vaults it only proxies for are not listed"
+        );
+    }
+    // Nothing changed.
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/only/credentials/K", None).await["value"],
+        "v-secret-only"
+    );
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/only/services", None).await["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -196,12 +196,7 @@ async fn readme_flow(postgres: Option<String>) {
         .await;
     assert_eq!(out.json()[0]["name"], "bot");
     let (status, _) = app
-        .call_with(
-            Some(&agent_token),
-            "GET",
-            "/v1/vaults/my-vault/services",
-            None,
-        )
+        .call_with(Some(&agent_token), "GET", "/v1/discover", None)
         .await;
     assert_eq!(status, 200, "the agent token survives the restart");
 

@@ -1065,3 +1065,56 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
     );
     assert!(echoed.contains("REDACTED"), "{echoed}");
 }
+
+#[tokio::test]
+async fn tampered_rows_fail_closed_at_the_proxy() {
+    let app = spawn_app().await;
+    let token = app.stripe_vault("rows", "sk_rows_value").await;
+    app.set_credentials("rows", &[("OTHER", "other-value")])
+        .await;
+    let agent = app.agent(&token, "rows").await;
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    // A credential row carrying another row's ciphertext.
+    sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'OTHER') WHERE key = 'STRIPE_KEY'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    app.set_policy("rows", "tunnel").await; // any write rebuilds the snapshot from the rows
+    let before = app.upstream.count();
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "integrity_error"
+    );
+    assert_eq!(app.upstream.count(), before, "nothing was sent upstream");
+    // A service row pointed at another host without the key that MACs it.
+    sqlx::query(
+        "UPDATE services SET spec = REPLACE(spec, 'api.example.test', 'evil.example.test')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    app.set_credentials("rows", &[("STRIPE_KEY", "sk_rows_value")])
+        .await;
+    let resp = agent
+        .get("https://evil.example.test/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "integrity_error"
+    );
+    assert!(
+        app.upstream
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "the credential never left"
+    );
+    store.close().await;
+}
