@@ -278,6 +278,38 @@ fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyE
     }
 }
 
+/// Builds the upstream URI from its parts (never by pasting strings) and checks that it names
+/// exactly the target: no user information, the same host, the same port.
+fn upstream_uri(
+    scheme: &str,
+    authority: &Authority,
+    default_port: u16,
+    path_and_query: &str,
+) -> Result<Uri, ProxyError> {
+    let refuse = || ProxyError::BadRequest("the request target cannot be forwarded".into());
+    if !path_and_query.starts_with('/') {
+        return Err(refuse());
+    }
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.host_header(default_port).as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| refuse())?;
+    let auth = uri.authority().ok_or_else(refuse)?;
+    let same_port = auth.port_u16().unwrap_or(default_port) == authority.port;
+    if auth.as_str().contains('@')
+        || !same_port
+        || parse_authority(auth.as_str(), Some(default_port))
+            .ok()
+            .as_ref()
+            != Some(authority)
+    {
+        return Err(refuse());
+    }
+    Ok(uri)
+}
+
 /// The values for a service's `websocket` substitutions, by placeholder.
 fn websocket_substitutions(
     service: Option<&crate::policy::CompiledService>,
@@ -347,6 +379,14 @@ async fn process(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    // Only origin-form paths: an h2 `:path` such as `@evil.example/x` or `.evil.example/x` would
+    // otherwise splice into the upstream URI's authority and move the request, credentials and
+    // all, to another host.
+    if !path_and_query.starts_with('/') || !path.starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "the request path must start with /".into(),
+        ));
+    }
     let decision = decide_request(&snapshot, &target.authority, &method, &path, target.https);
     let (service, sealed) = match decision {
         RequestDecision::Deny(reason) => return Err(deny(reason, &snapshot, target)),
@@ -421,12 +461,7 @@ async fn process(
     }
     let scheme = if target.https { "https" } else { "http" };
     let default_port = if target.https { 443 } else { 80 };
-    let uri: Uri = format!(
-        "{scheme}://{}{new_path}",
-        target.authority.host_header(default_port)
-    )
-    .parse()
-    .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))?;
+    let uri = upstream_uri(scheme, &target.authority, default_port, &new_path)?;
 
     let max_in = state.limits.max_request_body_bytes;
     let declared_len = parts

@@ -272,6 +272,11 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            // Defence in depth: the pipeline builds URIs from parts, but never dial a URI whose
+            // authority carries user information (it would name a different host).
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ConnectError::NoHost);
+            }
             let host = uri
                 .host()
                 .ok_or(ConnectError::NoHost)?

