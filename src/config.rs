@@ -328,9 +328,13 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
-    /// Lifetime of a human login session.
+    /// Lifetime of a human login session (CLI and API).
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Lifetime of a web page login (its cookie reaches every port of the host, so it is kept
+    /// short; approving also asks for the password again).
+    #[serde(with = "humantime_serde")]
+    pub web_session_ttl: Duration,
     /// Default lifetime of agent tokens when `--ttl` is not given (none = no expiry).
     #[serde(with = "humantime_serde")]
     pub agent_default_ttl: Option<Duration>,
@@ -353,6 +357,7 @@ impl Default for TokensConfig {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(7 * 24 * 3600),
+            web_session_ttl: Duration::from_secs(8 * 3600),
             agent_default_ttl: None,
             scoped_default_ttl: Duration::from_secs(3600),
             scoped_max_ttl: Duration::from_secs(7 * 24 * 3600),

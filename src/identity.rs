@@ -290,6 +290,26 @@ impl Identity {
                     (None, Some(u)) => Minter::User(u.clone()),
                     (None, None) => return Err(AuthError::Orphaned),
                 };
+                // A scoped token lives no longer than its minter's access to the vault.
+                let minter_ok = match &minted_by {
+                    Minter::Agent(a) => self
+                        .store
+                        .role_in_vault(&vault_id, PrincipalKind::Agent, a)
+                        .await?
+                        .is_some(),
+                    Minter::User(u) => match self.store.user_by_id(u).await? {
+                        Some(user) if user.role == InstanceRole::Owner => true,
+                        Some(user) => self
+                            .store
+                            .role_in_vault(&vault_id, PrincipalKind::User, &user.id)
+                            .await?
+                            .is_some_and(|r| r >= VaultRole::Member),
+                        None => false,
+                    },
+                };
+                if !minter_ok {
+                    return Err(AuthError::Revoked);
+                }
                 let role = token.vault_role.unwrap_or(VaultRole::Proxy);
                 (
                     Principal::Scoped {

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::extract::{ApiJson, Caller, ClientIp, SESSION_COOKIE};
+use super::extract::{ApiJson, Caller, ClientIp};
 use super::{AdminState, ApiError, issue_token};
 use crate::crypto::{TokenKind, random_id};
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
@@ -37,9 +37,6 @@ pub struct RegisterBody {
 pub struct LoginBody {
     email: String,
     password: SecretString,
-    /// Also set the session cookie (the web pages do).
-    #[serde(default)]
-    cookie: bool,
 }
 
 /// A user as the API shows it.
@@ -105,7 +102,6 @@ async fn session_response(
     state: &AdminState,
     user: &UserRecord,
     status: StatusCode,
-    cookie: bool,
 ) -> Result<Response, ApiError> {
     let ttl = state.config.tokens.session_ttl;
     let (raw, record) = issue_token(
@@ -125,22 +121,7 @@ async fn session_response(
         "token_id": record.id,
         "expires_at": record.expires_at,
     });
-    let mut response = (status, Json(body)).into_response();
-    if cookie {
-        let secure = if state.public_url.starts_with("https://") {
-            "; Secure"
-        } else {
-            ""
-        };
-        let value = format!(
-            "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-            raw.expose_secret(),
-            ttl.as_secs()
-        );
-        let value = HeaderValue::from_str(&value).map_err(ApiError::internal)?;
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    Ok((status, Json(body)).into_response())
 }
 
 /// `POST /v1/auth/register`: the first owner with the setup token, anyone else with an invitation.
@@ -192,7 +173,7 @@ pub async fn register(
             if let Some(v) = state.store.vault_by_name(&default_vault).await? {
                 state.changed(&v.id).await;
             }
-            session_response(&state, &user, StatusCode::CREATED, false).await
+            session_response(&state, &user, StatusCode::CREATED).await
         }
         (None, Some(invite_token)) => {
             if !TokenKind::Invite.matches_format(invite_token.expose_secret()) {
@@ -227,7 +208,7 @@ pub async fn register(
                 .await?
                 .ok_or_else(|| ApiError::internal("new user vanished"))?;
             state.tokens_changed().await;
-            session_response(&state, &user, StatusCode::CREATED, false).await
+            session_response(&state, &user, StatusCode::CREATED).await
         }
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "invalid_body",
@@ -265,7 +246,7 @@ pub async fn login(
     )
     .await?;
     match user {
-        Some(user) if ok => session_response(&state, &user, StatusCode::OK, body.cookie).await,
+        Some(user) if ok => session_response(&state, &user, StatusCode::OK).await,
         _ => {
             state.auth_failures.record(ip);
             Err(invalid())

@@ -29,27 +29,16 @@ impl std::ops::Deref for Caller {
     }
 }
 
-/// The raw token a request carries, from `Authorization: Bearer` or the session cookie.
+/// The raw token a request carries in `Authorization: Bearer`. The API never accepts the web
+/// pages' session cookie: browsers send cookies to every port of a host, so a page another
+/// local program serves could otherwise act with the human's session.
 pub fn raw_token(parts: &Parts) -> Option<SecretString> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        let (scheme, token) = text.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| SecretString::from(token.trim().to_owned()));
-    }
-    for value in parts.headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((name, val)) = pair.trim().split_once('=')
-                && name == SESSION_COOKIE
-                && !val.is_empty()
-            {
-                return Some(SecretString::from(val.to_owned()));
-            }
-        }
-    }
-    None
+    let value = parts.headers.get(header::AUTHORIZATION)?;
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| SecretString::from(token.trim().to_owned()))
 }
 
 impl FromRequestParts<AdminState> for Caller {
@@ -61,14 +50,16 @@ impl FromRequestParts<AdminState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let raw = raw_token(parts).ok_or(ApiError::Unauthorized)?;
         let ip = client_ip(parts);
-        if state.auth_failures.exhausted(ip) {
-            return Err(ApiError::TooManyRequests);
-        }
+        // A valid token always works: the budget only slows guessing, so a process that burns
+        // the budget of a shared address (loopback) cannot lock the human out.
         match state.identity.authenticate_fresh(&raw).await {
             Ok(who) => Ok(Caller(who)),
             Err(crate::identity::AuthError::Store(e)) => Err(e.into()),
             Err(e) => {
                 tracing::debug!(reason = %e, %ip, "admin API token refused");
+                if state.auth_failures.exhausted(ip) {
+                    return Err(ApiError::TooManyRequests);
+                }
                 state.auth_failures.record(ip);
                 Err(ApiError::Unauthorized)
             }

@@ -564,6 +564,9 @@ async fn process(
             });
         }
         let (mut parts, _) = response.into_parts();
+        // hyper keeps a non-standard reason phrase in an extension and writes it back out; it
+        // is upstream text that no scrubber sees, so it never travels on.
+        parts.extensions.clear();
         strip_hop_by_hop(&mut parts.headers, true);
         if let Some(needles) = &needles {
             needles.scrub_headers(&mut parts.headers);
@@ -577,6 +580,9 @@ async fn process(
     }
 
     let (mut parts, body) = response.into_parts();
+    // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
+    // upstream text that no scrubber sees, so it never travels on.
+    parts.extensions.clear();
     let coding = match needles.as_ref().map(|_| scrub::coding(&parts.headers)) {
         Some(None) => return Err(ProxyError::Unscrubbable),
         Some(Some(c)) => Some(c),

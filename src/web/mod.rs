@@ -248,7 +248,7 @@ async fn login_submit(
             &login_form(&next, Some("wrong email or password")),
         );
     };
-    let ttl = state.config.tokens.session_ttl;
+    let ttl = state.config.tokens.web_session_ttl;
     let issued = crate::admin::issue_token(
         &state,
         TokenKind::Session,
@@ -666,6 +666,9 @@ fn render(
                 "<h2>Decide</h2><form method=\"post\" action=\"/approve/{id}\" id=\"approve-form\">\
                  <input type=\"hidden\" name=\"action\" value=\"approve\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <input type=\"hidden\" name=\"hash\" value=\"{hash}\">{token_field}{inputs}\
+                 <label for=\"confirm_password\">Your password</label>\
+                 <input type=\"password\" id=\"confirm_password\" name=\"confirm_password\" autocomplete=\"current-password\" required>\
+                 <p class=\"hint\">Approving changes which credentials go where; confirm it is you.</p>\
                  <div class=\"actions\"><button type=\"submit\" class=\"approve\" id=\"approve\">Approve</button></div></form>\
                  <form method=\"post\" action=\"/approve/{id}\" id=\"reject-form\">\
                  <input type=\"hidden\" name=\"action\" value=\"reject\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -752,6 +755,41 @@ async fn render_page(
     }
 }
 
+/// Approving asks for the password again: the page's session cookie travels to every port of
+/// the host, so holding it alone must not be enough to change what credentials go where.
+async fn confirm(
+    state: &AdminState,
+    user_id: &str,
+    password: Option<SecretString>,
+    ip: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    if state.auth_failures.exhausted(ip) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let Some(password) = password.filter(|p| !p.expose_secret().is_empty()) else {
+        return Err(ApiError::bad_request(
+            "password_required",
+            "enter your password to approve",
+        ));
+    };
+    let user = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let hasher = state.passwords.clone();
+    let phc = user.password_hash.clone();
+    let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, &phc))
+        .await
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        state.auth_failures.record(ip);
+        Err(ApiError::InvalidCredentials)
+    }
+}
+
 async fn approval_page(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -778,6 +816,7 @@ async fn approval_page(
 async fn approval_submit(
     State(state): State<AdminState>,
     Path(id): Path<String>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     axum::Form(fields): axum::Form<Vec<(String, String)>>,
 ) -> Response {
@@ -787,7 +826,12 @@ async fn approval_submit(
     }
     let mut form: BTreeMap<String, String> = BTreeMap::new();
     let mut values: BTreeMap<String, SecretString> = BTreeMap::new();
+    let mut confirm_password: Option<SecretString> = None;
     for (name, value) in fields {
+        if name == "confirm_password" {
+            confirm_password = Some(SecretString::from(value));
+            continue;
+        }
         match name.strip_prefix("value_") {
             Some(key) => {
                 values.insert(key.to_owned(), SecretString::from(value));
@@ -818,9 +862,12 @@ async fn approval_submit(
     };
     let hash = form.get("hash").map(String::as_str).unwrap_or_default();
     let outcome = match form.get("action").map(String::as_str) {
-        Some("approve") => approve(&state, user, &user_id, &p, values, hash)
-            .await
-            .map(|()| "Approved: the changes are live."),
+        Some("approve") => match confirm(&state, &user_id, confirm_password, ip).await {
+            Ok(()) => approve(&state, user, &user_id, &p, values, hash)
+                .await
+                .map(|()| "Approved: the changes are live."),
+            Err(e) => Err(e),
+        },
         Some("reject") => {
             let reason = form.get("reason").map(String::as_str).unwrap_or_default();
             reject(&state, user, &user_id, &p, reason)

@@ -758,3 +758,46 @@ async fn proxy_role_tokens_reach_only_discover_and_proposals() {
         1
     );
 }
+
+#[tokio::test]
+async fn scoped_tokens_end_with_their_minters_access() {
+    let app = spawn_app().await;
+    app.create_vault("minted").await;
+    let agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "minter", "vaults": [{ "vault": "minted", "role": "proxy" }] })),
+        )
+        .await;
+    let agent_token = agent["token"].as_str().unwrap().to_owned();
+    let (status, scoped) = app
+        .call_with(
+            Some(&agent_token),
+            "POST",
+            "/v1/vaults/minted/tokens",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{scoped}");
+    let scoped = scoped["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.call_with(Some(&scoped), "GET", "/v1/discover", None)
+            .await
+            .0,
+        200
+    );
+    // Removing the agent from the vault ends the tokens it minted there.
+    assert_eq!(
+        app.call("DELETE", "/v1/vaults/minted/members/agent/minter", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        app.call_with(Some(&scoped), "GET", "/v1/discover", None)
+            .await
+            .0,
+        401
+    );
+}

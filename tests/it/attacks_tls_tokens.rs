@@ -155,12 +155,19 @@ async fn tokens_failure_budget_is_per_client_address_including_loopback() {
     let mut out = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
     assert!(out.starts_with("HTTP/1.1 407"), "{out}");
-    // Exhausted: even the right token waits.
-    let out = connect_from([127, 0, 0, 2], &app, Some(&good)).await;
+    // Exhausted: further guesses answer 429...
+    let out = connect_from([127, 0, 0, 2], &app, Some(&unknown)).await;
     assert!(out.starts_with("HTTP/1.1 429"), "{out}");
     assert!(
         out.contains("x-agent-vault-proxy-error: rate_limited"),
         "{out}"
+    );
+    // ...while a valid token from the same address still works: a guesser sharing the address
+    // (loopback) cannot lock out the real agent.
+    assert!(
+        connect_from([127, 0, 0, 2], &app, Some(&good))
+            .await
+            .starts_with("HTTP/1.1 200")
     );
     // Another address has its own budget.
     assert!(

@@ -170,6 +170,12 @@ async fn approver_logs_in_enters_the_value_and_the_agent_retry_succeeds() {
         .send_keys("sk_test_from_browser")
         .await
         .unwrap();
+    c.find(Locator::Id("confirm_password"))
+        .await
+        .unwrap()
+        .send_keys(OWNER_PASSWORD)
+        .await
+        .unwrap();
     if let Ok(dir) = std::env::var("AGENT_VAULT_SCREENSHOT_DIR") {
         let png = c.screenshot().await.unwrap();
         std::fs::write(std::path::Path::new(&dir).join("approval-page.png"), png).unwrap();
@@ -274,7 +280,24 @@ async fn cross_origin_post_is_refused_and_rebinding_is_flagged() {
         .click()
         .await
         .unwrap();
-    let body = text_of(c, "body").await;
+    // Wait (bounded) for the navigation to our origin to finish, then read the page.
+    let mut body = String::new();
+    for _ in 0..100 {
+        let on_ours = c
+            .current_url()
+            .await
+            .map(|u| u.as_str().starts_with(&app.admin))
+            .unwrap_or(false);
+        if on_ours {
+            if let Ok(source) = c.source().await {
+                body = source;
+                if body.contains("refused") {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(body.contains("cross-origin request refused"), "{body}");
     let shown = app.ok("GET", "/v1/vaults/bank/proposals/1", None).await;
     assert_eq!(shown["status"], "pending", "nothing was approved");

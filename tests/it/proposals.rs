@@ -703,14 +703,37 @@ async fn approval_page_over_http() {
         }
         req.send()
     };
-    let approve_body = |csrf: &str| {
+    let approve_with = |csrf: &str, password: &str| {
         form(&[
             ("action", "approve"),
             ("csrf", csrf),
             ("hash", &hash),
             ("value_GH_TOKEN", "ghp_from_page"),
+            ("confirm_password", password),
         ])
     };
+    let approve_body = |csrf: &str| approve_with(csrf, OWNER_PASSWORD);
+    // The session cookie alone is not enough: approving asks for the password again.
+    for (password, status) in [("", 400), ("not-my-password", 401)] {
+        let resp = client
+            .post(url.split('?').next().unwrap())
+            .header("cookie", &cookie)
+            .header("origin", &origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(approve_with(&csrf, password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "password {password:?}");
+    }
+    // The API never accepts the page's cookie.
+    let api = client
+        .get(format!("{}/v1/vaults", app.admin))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
     // Cross-origin, no origin, or a wrong CSRF token: refused, still pending.
     assert_eq!(
         post(approve_body(&csrf), Some("http://evil.example".into()))

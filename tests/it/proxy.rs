@@ -420,7 +420,8 @@ async fn proxy_authentication_failures() {
     .await
     .unwrap_err();
     assert_eq!(status, 407, "login sessions cannot proxy");
-    // The failure budget: after 5 failures from this address, even good tokens wait.
+    // The failure budget: after 5 failures from this address, guesses answer 429; the valid
+    // token keeps working.
     for _ in 0..5 {
         let (status, _) = agent::connect(
             app.proxy,
@@ -437,11 +438,23 @@ async fn proxy_authentication_failures() {
     let (status, head) = agent::connect(
         app.proxy,
         "bearer.example.test:443",
-        Some(&basic(&token, "authn")),
+        Some(&basic(
+            "av_run_wrongwrongwrongwrongwrongwrongwrongwrong",
+            "authn",
+        )),
     )
     .await
     .unwrap_err();
     assert_eq!(status, 429, "{head}");
+    assert!(
+        agent::connect(
+            app.proxy,
+            "bearer.example.test:443",
+            Some(&basic(&token, "authn"))
+        )
+        .await
+        .is_ok()
+    );
 }
 
 #[tokio::test]
