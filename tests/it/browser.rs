@@ -288,12 +288,10 @@ async fn cross_origin_post_is_refused_and_rebinding_is_flagged() {
             .await
             .map(|u| u.as_str().starts_with(&app.admin))
             .unwrap_or(false);
-        if on_ours {
-            if let Ok(source) = c.source().await {
-                body = source;
-                if body.contains("refused") {
-                    break;
-                }
+        if on_ours && let Ok(source) = c.source().await {
+            body = source;
+            if body.contains("refused") {
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
