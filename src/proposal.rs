@@ -195,7 +195,21 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), ProposalError> {
     {
         return Err(err(format!("{what} contains control characters")));
     }
+    // Bidirectional overrides and invisible characters can make the approval page show
+    // something other than what the text says.
+    if text.chars().any(is_invisible_format) {
+        return Err(err(format!(
+            "{what} contains invisible or text-direction characters"
+        )));
+    }
     Ok(())
+}
+
+/// Unicode format characters that hide or reorder text (the ones of category Cf that matter).
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Validates a request against the vault's current state. Returns the content to store and the
@@ -617,6 +631,13 @@ mod tests {
             let e = validate(request(json.clone()), &state()).unwrap_err();
             assert!(e.0.contains(needle), "{json}: {e}");
         }
+        let hidden = validate(
+            request(
+                serde_json::json!({"message": "approve\u{202E}gnp.exe", "credentials": [{"action": "set", "key": "A"}]}),
+            ),
+            &state(),
+        );
+        assert!(hidden.unwrap_err().0.contains("invisible"));
         let many: Vec<_> = (0..=MAX_CREDENTIALS)
             .map(|i| serde_json::json!({"action": "set", "key": format!("K{i}")}))
             .collect();

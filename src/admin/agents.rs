@@ -344,7 +344,11 @@ pub async fn mint_token(
     let minter = match &caller.principal {
         Principal::User { id, .. } => Minter::User(id.clone()),
         Principal::Agent { id, .. } => Minter::Agent(id.clone()),
-        Principal::Scoped { .. } => unreachable!("refused above"),
+        Principal::Scoped { .. } => {
+            return Err(ApiError::Forbidden(
+                "a scoped token cannot mint further tokens".into(),
+            ));
+        }
     };
     let vault_id = vault.id.clone();
     let (raw, record) = issue_token(

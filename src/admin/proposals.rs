@@ -21,8 +21,8 @@ use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
 use crate::proposal::{self, ProposalContent, ProposalRequest, VaultState};
 use crate::store::{
-    ApplyWrites, CreateRefused, CredentialWrite, PrincipalKind, ProposalRecord, ProposalStatus,
-    ProposalValueRecord, VaultRecord,
+    ApplyOutcome, ApplyWrites, CreateRefused, CredentialWrite, PrincipalKind, ProposalRecord,
+    ProposalStatus, ProposalValueRecord, VaultRecord,
 };
 
 /// The vault's current services and keys.
@@ -573,15 +573,44 @@ pub(crate) async fn approve(
                     .unwrap_or_default();
                 keyring.seal_credential(&vault_id, key.as_str(), version, value)
             },
+            |rows, keys| {
+                // The vault inside the transaction must be the one the approver reviewed.
+                let services: Option<Vec<ServiceSpec>> = rows
+                    .iter()
+                    .map(|r| {
+                        state
+                            .keyring
+                            .verify_service_mac(&p.vault_id, &r.name, &r.spec, &r.mac)
+                            .then(|| serde_json::from_str(&r.spec).ok())
+                            .flatten()
+                    })
+                    .collect();
+                services.is_some_and(|services| {
+                    VaultState {
+                        services,
+                        keys: keys.iter().cloned().collect(),
+                    }
+                    .fingerprint()
+                        == vs.fingerprint()
+                })
+            },
         )
         .await?;
-    if !applied {
-        let now = state
-            .store
-            .proposal(&p.id)
-            .await?
-            .unwrap_or_else(|| p.clone());
-        return Err(not_pending(&now));
+    match applied {
+        ApplyOutcome::Applied => {}
+        ApplyOutcome::VaultChanged => {
+            return Err(ApiError::Conflict(
+                "the vault changed since the proposal was shown; reload it and review again".into(),
+            ));
+        }
+        ApplyOutcome::NotPending => {
+            let now = state
+                .store
+                .proposal(&p.id)
+                .await?
+                .unwrap_or_else(|| p.clone());
+            return Err(not_pending(&now));
+        }
     }
     state.changed(&p.vault_id).await;
     crate::audit::record(

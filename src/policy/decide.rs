@@ -99,6 +99,10 @@ pub fn decide_request<'a>(
     };
     let mut candidates = snapshot.candidates(host, authority.port).peekable();
     if candidates.peek().is_none() {
+        // Plain http to a name bound for https: say so instead of forwarding it bare.
+        if !secure && authority.port == 80 && snapshot.binds(host, 443) {
+            return RequestDecision::Deny(DenyReason::Plaintext);
+        }
         return unmatched(snapshot);
     }
     let candidates: Vec<&CompiledService> = candidates.collect();

@@ -254,7 +254,9 @@ impl HostPattern {
 
     /// Whether the host part matches a canonical domain and port (ignoring the path).
     pub fn matches_host(&self, host: &str, port: u16) -> bool {
-        if self.port.is_some_and(|p| p != port) {
+        // No port in the pattern means the https default: another port on the same name may be
+        // another program (a debug endpoint that echoes), which was not approved.
+        if self.port.unwrap_or(443) != port {
             return false;
         }
         if self.wildcard {

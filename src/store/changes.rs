@@ -58,7 +58,10 @@ pub async fn listen(
         };
         if let Err(e) = listener.listen(CHANNEL).await {
             tracing::warn!(error = %e, "change listener cannot LISTEN; retrying");
-            continue;
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue,
+                () = shutdown.cancelled() => return,
+            }
         }
         // We may have missed changes while disconnected.
         on_change(None);

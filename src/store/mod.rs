@@ -31,7 +31,7 @@ pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 
 pub use proposals::{
-    ApplyWrites, CreateRefused, ProposalRecord, ProposalStatus, ProposalValueRecord,
+    ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalStatus, ProposalValueRecord,
 };
 pub use request_logs::{RequestLogFilter, RequestLogRecord, RequestLogRow};
 pub use services::ServiceRow;

@@ -356,9 +356,29 @@ impl Store {
         proposal: &ProposalRecord,
         writes: ApplyWrites<'_>,
         seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
-    ) -> Result<bool, StoreError> {
+        still_current: impl Fn(&[ServiceRow], &[CredentialKey]) -> bool,
+    ) -> Result<ApplyOutcome, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Lock the vault, then check that it is still what the approver reviewed: a concurrent
+        // edit must not be silently overwritten by the proposal's service list.
+        super::services::lock_vault(&mut tx, &proposal.vault_id).await?;
+        let rows = super::services::services_in(&mut tx, &proposal.vault_id).await?;
+        let keys: Vec<CredentialKey> =
+            sqlx::query("SELECT key FROM credentials WHERE vault_id = $1 ORDER BY key")
+                .bind(&proposal.vault_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let k: String = col(r, "key")?;
+                    CredentialKey::parse(k).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+        if !still_current(&rows, &keys) {
+            tx.rollback().await?;
+            return Ok(ApplyOutcome::VaultChanged);
+        }
         let done = sqlx::query(
             "UPDATE proposals SET status = 'applied', reviewed_by = $1, reviewed_at = $2, updated_at = $2 \
              WHERE id = $3 AND status = 'pending' AND expires_at > $2",
@@ -370,7 +390,7 @@ impl Store {
         .await?;
         if done.rows_affected() != 1 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(ApplyOutcome::NotPending);
         }
         replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
         write_credentials(&mut tx, &proposal.vault_id, writes.credentials, seal).await?;
@@ -380,6 +400,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(ApplyOutcome::Applied)
     }
+}
+
+/// What `apply_proposal` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied, in one transaction.
+    Applied,
+    /// The proposal was no longer pending (decided, or expired).
+    NotPending,
+    /// The vault changed since the approver reviewed it.
+    VaultChanged,
 }

@@ -23,6 +23,7 @@ pub(super) async fn replace_services_in(
     rows: &[ServiceRow],
 ) -> Result<(), StoreError> {
     let now = now_ms();
+    lock_vault(tx, vault_id).await?;
     sqlx::query("DELETE FROM services WHERE vault_id = $1")
         .bind(vault_id)
         .execute(&mut **tx)
@@ -41,12 +42,45 @@ pub(super) async fn replace_services_in(
         .await
         .map_err(|e| StoreError::unique(e, "service"))?;
     }
+    Ok(())
+}
+
+/// Takes the vault's row lock for the rest of the transaction (on SQLite the write transaction
+/// already excludes other writers), so writers that change a vault's bindings are serialized and
+/// always lock in the same order.
+pub(super) async fn lock_vault(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE vaults SET updated_at = $1 WHERE id = $2")
-        .bind(now)
+        .bind(now_ms())
         .bind(vault_id)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A vault's service rows in declaration order, read inside a transaction.
+pub(super) async fn services_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+) -> Result<Vec<ServiceRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, position, spec, mac FROM services WHERE vault_id = $1 ORDER BY position, name",
+    )
+    .bind(vault_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ServiceRow {
+                name: col(r, "name")?,
+                position: col(r, "position")?,
+                spec: col(r, "spec")?,
+                mac: col(r, "mac")?,
+            })
+        })
+        .collect()
 }
 
 impl Store {

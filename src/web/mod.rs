@@ -167,7 +167,10 @@ fn time(ms: i64) -> String {
 
 /// Only same-site relative paths may be redirect targets after login.
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") {
+    // Browsers drop tabs and newlines from URLs and read a backslash as a slash, so "/\t/evil"
+    // would become "//evil": any of them makes the target unsafe.
+    let odd = next.chars().any(|c| c.is_control() || c == '\\');
+    if next.starts_with('/') && !next.starts_with("//") && !odd {
         next
     } else {
         "/"

@@ -870,3 +870,32 @@ async fn cli_proposal_flow() {
         json!(["GH_TOKEN", "STRIPE_KEY"])
     );
 }
+
+#[tokio::test]
+async fn an_edit_after_review_is_not_overwritten_by_approval() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, _) = propose(&app, &token, github_proposal()).await;
+    let shown = app.ok("GET", "/v1/vaults/props/proposals/1", None).await;
+    // An admin removes the stripe service after the approver looked at the proposal.
+    assert_eq!(
+        app.call("DELETE", "/v1/vaults/props/services/stripe", None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/vaults/props/proposals/1/approve",
+            Some(json!({ "values": { "GH_TOKEN": "ghp_x" }, "approval_hash": shown["approval_hash"] })),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let services = app.ok("GET", "/v1/vaults/props/services", None).await;
+    assert_eq!(services["services"], json!([]), "the removal stands");
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/props/proposals/1", None).await["status"],
+        "pending"
+    );
+}
