@@ -253,7 +253,11 @@ impl App {
                 });
             }));
         }
-        tokio::spawn(maintenance(store.clone(), shutdown.clone()));
+        tokio::spawn(maintenance(
+            store.clone(),
+            snapshots.clone(),
+            shutdown.clone(),
+        ));
 
         Ok(Self {
             admin_listener,
@@ -318,11 +322,17 @@ impl App {
     }
 }
 
-/// Periodic housekeeping: overdue proposals expire (reads also treat them as expired), and
-/// dead tokens are deleted a day after they stop working.
-async fn maintenance(store: Store, shutdown: CancellationToken) {
+/// Periodic housekeeping: overdue proposals expire (reads also treat them as expired), dead
+/// tokens are deleted a day after they stop working, and every snapshot is rebuilt from the
+/// store (a safety net for a rebuild that failed, or a notification that was lost).
+async fn maintenance(store: Store, snapshots: Snapshots, shutdown: CancellationToken) {
     let mut tick: u64 = 0;
     loop {
+        if tick > 0
+            && let Err(e) = snapshots.reload_all().await
+        {
+            tracing::warn!(error = %e, "periodic snapshot rebuild failed");
+        }
         match store.expire_proposals().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "proposals expired"),

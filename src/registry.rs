@@ -58,7 +58,22 @@ impl Snapshots {
     /// The snapshot of a vault, by id.
     pub fn get_by_id(&self, id: &str) -> Option<Arc<VaultSnapshot>> {
         let name = self.by_id.load().get(id).cloned()?;
-        self.map.load().get(&name).cloned()
+        // The two maps are swapped one after the other; a vault deleted and re-created under the
+        // same name in between must not hand one vault's session the other vault.
+        self.map
+            .load()
+            .get(&name)
+            .filter(|s| s.vault_id == id)
+            .cloned()
+    }
+
+    /// Drops a vault's snapshot, so the proxy refuses it until a rebuild succeeds (used when a
+    /// rebuild after a write failed: serving the old bindings would ignore the write).
+    pub async fn forget(&self, vault_id: &str) {
+        let _guard = self.writer.lock().await;
+        let mut map: Map = (**self.map.load()).clone();
+        map.retain(|_, s| s.vault_id != vault_id);
+        self.publish(map);
     }
 
     /// Rebuilds every snapshot (startup, and when another instance signals a change it could

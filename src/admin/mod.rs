@@ -119,10 +119,10 @@ impl AdminState {
     /// logged and retried from scratch so the proxy never keeps serving stale bindings.
     pub async fn changed(&self, vault_id: &str) {
         if let Err(e) = self.snapshots.reload(vault_id).await {
-            tracing::error!(error = %e, "rebuilding vault snapshot failed; reloading all");
-            if let Err(e) = self.snapshots.reload_all().await {
-                tracing::error!(error = %e, "reloading snapshots failed");
-            }
+            // Fail closed: the write is committed, so the old snapshot is wrong. The vault is
+            // refused until the periodic reload (or the next write) rebuilds it.
+            tracing::error!(error = %e, vault_id, "rebuilding a vault snapshot failed; refusing the vault until it rebuilds");
+            self.snapshots.forget(vault_id).await;
         }
         if let Err(e) = self
             .store

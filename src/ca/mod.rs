@@ -39,6 +39,9 @@ pub enum CaError {
     /// TLS configuration could not be built.
     #[error("TLS configuration error: {0}")]
     Tls(#[from] rustls::Error),
+    /// The stored certificate does not belong to the sealed key.
+    #[error("the stored CA certificate does not match the sealed CA key (the row was changed)")]
+    Mismatch,
     /// The host cannot be put in a certificate.
     #[error("cannot mint a certificate for this host")]
     BadHost,
@@ -122,8 +125,16 @@ impl CertificateAuthority {
             &PrivatePkcs8KeyDer::from(key_der.expose_secret()),
             &PKCS_ECDSA_P256_SHA256,
         )?;
-        let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(state.cert_pem.as_bytes())
+        let root_der: CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(state.cert_pem.as_bytes())
+                .map_err(|_| CaError::Certificate(rcgen::Error::CouldNotParseCertificate))?;
+        // The certificate is stored in the clear: a database writer could swap in their own
+        // root. It must carry the public half of the sealed key, or nothing is served.
+        let (_, parsed) = x509_parser::parse_x509_certificate(root_der.as_ref())
             .map_err(|_| CaError::Certificate(rcgen::Error::CouldNotParseCertificate))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Mismatch);
+        }
         let issuer = Issuer::from_ca_cert_pem(&state.cert_pem, key)?;
         Ok(Self {
             root_pem: state.cert_pem.clone(),

@@ -53,6 +53,18 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// Keeps keys and values out of core dumps and away from same-user debuggers: no core files,
+/// and the process is not dumpable (ptrace by other same-uid processes is refused).
+fn harden_process() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
+}
+
 /// Finds the master password: environment, file, stdin, or the terminal.
 fn master_password(password_stdin: bool, first_start: bool) -> Result<SecretString, CliError> {
     if let Ok(p) = std::env::var("AGENT_VAULT_MASTER_PASSWORD") {
@@ -106,6 +118,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let config =
         Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
     init_logging(&config);
+    harden_process();
     // Files the server creates (database, WAL, setup token) are for this user only.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let first_start =

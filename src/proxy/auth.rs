@@ -154,7 +154,9 @@ pub async fn authenticate(
     };
     let who = match state.identity.authenticate_cached(&creds.token).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => return Err(ProxyError::Internal(format!("token lookup: {e}"))),
+        Err(AuthError::Store(e)) => {
+            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
+        }
         Err(e) => return Err(fail(&e.to_string())),
     };
     let snapshot = vault_for(state, &who, creds.vault.as_deref())?;
@@ -177,7 +179,9 @@ pub async fn recheck(
 ) -> Result<Arc<VaultSnapshot>, ProxyError> {
     let who = match state.identity.authenticate_hash(session.token_hash).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => return Err(ProxyError::Internal(format!("token lookup: {e}"))),
+        Err(AuthError::Store(e)) => {
+            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
+        }
         Err(_) => return Err(ProxyError::AuthRequired),
     };
     if who.role_in(&session.vault_id).is_none() {

@@ -118,6 +118,9 @@ pub enum ProxyError {
     /// Shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    /// The store could not answer a token check (details logged); nothing is forwarded.
+    #[error("the vault's database is unavailable; try again shortly")]
+    Unavailable(String),
     /// Our own fault (details logged).
     #[error("internal proxy error")]
     Internal(String),
@@ -145,7 +148,7 @@ impl ProxyError {
             }
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
             | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
-            Integrity | ShuttingDown | Internal(_) => ErrorClass::Internal,
+            Integrity | ShuttingDown | Unavailable(_) | Internal(_) => ErrorClass::Internal,
         }
     }
 
@@ -176,6 +179,7 @@ impl ProxyError {
             ResponseTooLarge => "response_too_large",
             Unscrubbable => "response_not_scrubbable",
             ShuttingDown => "shutting_down",
+            Unavailable(_) => "unavailable",
             Internal(_) => "internal",
         }
     }
@@ -204,7 +208,7 @@ impl ProxyError {
             | ResponseTooLarge
             | Unscrubbable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

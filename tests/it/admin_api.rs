@@ -801,3 +801,34 @@ async fn scoped_tokens_end_with_their_minters_access() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_swapped_ca_certificate_stops_startup() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await;
+    let config = app.config.clone();
+    app.stop().await;
+    // A database writer replaces the stored root certificate with their own.
+    let other = crate::support::TestCa::new("attacker root");
+    let store = agent_vault::store::Store::open(&config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE ca_state SET cert_pem = $1")
+        .bind(other.pem.clone())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let err = agent_vault::app::App::build(
+        config,
+        secrecy::SecretString::from(crate::support::MASTER_PASSWORD),
+    )
+    .await
+    .err()
+    .expect("startup refuses a CA certificate that does not match the sealed key");
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
