@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Store, StoreError, col};
+use super::{Backend, Store, StoreError, col};
 use crate::domain::now_ms;
 
 /// One row to write. Never values, query strings, header values or bodies.
@@ -86,40 +86,89 @@ pub struct RequestLogFilter {
     pub limit: i64,
 }
 
+/// Appends `($first, ..., $(first + n - 1))`; on SQLite `(?, ..., ?)`, because SQLite looks
+/// up a numbered parameter's name by a linear scan, which made large statements quadratic.
+fn placeholders(sql: &mut String, backend: Backend, first: usize, n: usize) {
+    use std::fmt::Write;
+    sql.push('(');
+    for i in first..first + n {
+        let sep = if i == first { "" } else { ", " };
+        let _ = match backend {
+            Backend::Sqlite => write!(sql, "{sep}?"),
+            Backend::Postgres => write!(sql, "{sep}${i}"),
+        };
+    }
+    sql.push(')');
+}
+
 fn u64_to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Store {
-    /// Writes a batch of rows in one transaction.
+    /// Writes a batch of rows in one transaction, many rows per statement (one round trip to
+    /// the database per chunk, not per row: the proxy may log tens of thousands of rows a
+    /// second). Rows of a vault deleted meanwhile are skipped.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
+        /// Rows per statement: 15 parameters each stays far below both backends' limits.
+        const CHUNK: usize = 100;
+        const COLUMNS: usize = 15;
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for r in rows {
-            sqlx::query(
+        // Rows of a vault deleted since they were queued are dropped here, not by a filter in
+        // the INSERT: a filtered INSERT ... SELECT may insert in any order on Postgres, and ids
+        // must follow the order requests happened in (`logs --follow` pages by id).
+        let mut vault_ids: Vec<&str> = rows.iter().map(|r| r.vault_id.as_str()).collect();
+        vault_ids.sort_unstable();
+        vault_ids.dedup();
+        let mut sql = String::from("SELECT id FROM vaults WHERE id IN ");
+        placeholders(&mut sql, self.backend, 1, vault_ids.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &vault_ids {
+            query = query.bind(*id);
+        }
+        let live: std::collections::HashSet<String> = query
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| col::<String>(r, "id"))
+            .collect::<Result<_, _>>()?;
+        let rows: Vec<&RequestLogRow> =
+            rows.iter().filter(|r| live.contains(&r.vault_id)).collect();
+        for chunk in rows.chunks(CHUNK) {
+            let mut sql = String::with_capacity(300 + chunk.len() * 90);
+            sql.push_str(
                 "INSERT INTO request_logs (vault_id, actor_kind, actor_id, kind, method, host, path, service, credential_keys, \
-                 status, bytes_in, bytes_out, latency_ms, error_code, created_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 WHERE EXISTS (SELECT 1 FROM vaults WHERE id = $1)",
-            )
-            .bind(&r.vault_id)
-            .bind(r.actor_kind)
-            .bind(&r.actor_id)
-            .bind(r.kind)
-            .bind(&r.method)
-            .bind(&r.host)
-            .bind(&r.path)
-            .bind(r.service.as_deref())
-            .bind(r.credential_keys.join(","))
-            .bind(i64::from(r.status))
-            .bind(u64_to_i64(r.bytes_in))
-            .bind(u64_to_i64(r.bytes_out))
-            .bind(u64_to_i64(r.latency_ms))
-            .bind(r.error_code)
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await?;
+                 status, bytes_in, bytes_out, latency_ms, error_code, created_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                placeholders(&mut sql, self.backend, i * COLUMNS + 1, COLUMNS);
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.vault_id.clone())
+                    .bind(r.actor_kind)
+                    .bind(r.actor_id.clone())
+                    .bind(r.kind)
+                    .bind(r.method.clone())
+                    .bind(r.host.clone())
+                    .bind(r.path.clone())
+                    .bind(r.service.clone())
+                    .bind(r.credential_keys.join(","))
+                    .bind(i64::from(r.status))
+                    .bind(u64_to_i64(r.bytes_in))
+                    .bind(u64_to_i64(r.bytes_out))
+                    .bind(u64_to_i64(r.latency_ms))
+                    .bind(r.error_code)
+                    .bind(r.created_at);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -367,3 +367,63 @@ async fn postgres_instances_starting_together_migrate_once() {
         s.close().await;
     }
 }
+
+#[tokio::test]
+async fn request_logs_are_written_in_multi_row_batches() {
+    for_each_store(|store, backend| async move {
+        let vault = store
+            .create_vault(&VaultName::parse("logs").unwrap(), None)
+            .await
+            .unwrap();
+        let row = |i: usize, vault_id: &str| agent_vault::store::RequestLogRow {
+            vault_id: vault_id.to_owned(),
+            actor_kind: "agent",
+            actor_id: format!("agent-{i}"),
+            kind: "request",
+            method: "GET".into(),
+            host: "api.example.test:443".into(),
+            path: format!("/v1/items/{i}"),
+            service: i.is_multiple_of(2).then(|| "stripe".to_owned()),
+            credential_keys: if i.is_multiple_of(2) {
+                vec!["STRIPE_KEY".into()]
+            } else {
+                vec![]
+            },
+            status: 200,
+            bytes_in: i as u64,
+            bytes_out: u64::MAX,
+            latency_ms: 3,
+            error_code: i.is_multiple_of(3).then_some("upstream_timeout"),
+            created_at: 1_700_000_000_000 + i as i64,
+        };
+        // More rows than one statement carries, and a row for a vault that no longer exists.
+        let mut rows: Vec<_> = (0..250).map(|i| row(i, &vault.id)).collect();
+        rows.insert(120, row(999, "deleted-vault"));
+        store.insert_request_logs(&rows).await.unwrap();
+        let listed = store
+            .list_request_logs(
+                &vault.id,
+                &agent_vault::store::RequestLogFilter {
+                    after: Some(0),
+                    before: None,
+                    limit: 1000,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 250, "{backend}");
+        for (i, r) in listed.iter().enumerate() {
+            assert_eq!(r.path, format!("/v1/items/{i}"), "{backend}: order kept");
+            assert_eq!(r.actor_id, format!("agent-{i}"));
+            assert_eq!(r.service.is_some(), i % 2 == 0);
+            assert_eq!(r.credential_keys.len(), usize::from(i.is_multiple_of(2)));
+            assert_eq!(
+                r.error_code.as_deref(),
+                i.is_multiple_of(3).then_some("upstream_timeout")
+            );
+            assert_eq!(r.bytes_in, i as i64);
+            assert_eq!(r.bytes_out, i64::MAX);
+        }
+    })
+    .await;
+}
