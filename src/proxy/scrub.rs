@@ -67,6 +67,9 @@ pub struct Needles {
     list: Vec<Zeroizing<Vec<u8>>>,
     /// `list[start[b]..start[b + 1]]` are the needles that begin with byte `b`.
     start: Box<[u16; 257]>,
+    /// Whether some needle begins with byte `b`: the scan skips ahead with this table alone,
+    /// which keeps large bodies streaming at memory speed.
+    first: Box<[bool; 256]>,
     max_len: usize,
 }
 
@@ -200,9 +203,14 @@ impl Needles {
             *slot = u16::try_from(i).unwrap_or(u16::MAX);
         }
         let max_len = list.iter().map(|n| n.len()).max().unwrap_or(0);
+        let mut first = Box::new([false; 256]);
+        for n in &list {
+            first[usize::from(n[0])] = true;
+        }
         Some(Arc::new(Self {
             list,
             start,
+            first,
             max_len,
         }))
     }
@@ -218,11 +226,11 @@ impl Needles {
     fn scan(&self, buf: &[u8], last: bool, matches: &mut Vec<(usize, usize)>) -> usize {
         let mut i = 0;
         while i < buf.len() {
-            let bucket = self.bucket(buf[i]);
-            if bucket.is_empty() {
-                i += 1;
-                continue;
+            match buf[i..].iter().position(|&b| self.first[usize::from(b)]) {
+                Some(skip) => i += skip,
+                None => break,
             }
+            let bucket = self.bucket(buf[i]);
             let rest = &buf[i..];
             if !last
                 && rest.len() < self.max_len
