@@ -258,10 +258,17 @@ async fn intercept(
     let service = service_fn(move |req: Request<Incoming>| {
         let (st, sess, target, act) = (st.clone(), sess.clone(), target.clone(), act.clone());
         async move {
-            act.begin();
+            let busy = act.busy();
             let resp = pipeline::handle(st, sess, target, req).await;
-            act.end();
-            Ok::<_, std::convert::Infallible>(resp)
+            // The request stays in flight while its body streams: a long download or event
+            // stream is not an idle connection.
+            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                body.map_frame(move |frame| {
+                    let _ = &busy;
+                    frame
+                })
+                .boxed()
+            }))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

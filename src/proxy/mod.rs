@@ -160,6 +160,16 @@ impl ProxyState {
     }
 }
 
+/// A request in flight on a connection; dropping it (with the response body) ends it.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// When a connection last did something, and how many requests it has in flight.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
@@ -172,12 +182,14 @@ impl Activity {
         u64::try_from(crate::domain::now_ms()).unwrap_or(0)
     }
 
-    pub(crate) fn begin(&self) {
+    /// Marks a request in flight until the returned guard is dropped.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.last_ms.store(Self::now(), Ordering::Relaxed);
+        Busy(self.clone())
     }
 
-    pub(crate) fn end(&self) {
+    fn end(&self) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
         self.last_ms.store(Self::now(), Ordering::Relaxed);
     }

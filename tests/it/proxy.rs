@@ -667,6 +667,42 @@ async fn sse_events_stream_through_without_buffering() {
     assert_eq!(String::from_utf8_lossy(&rest), "data: second\n\n");
 }
 
+#[tokio::test]
+async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.limits.idle_timeout = Duration::from_secs(1);
+            // An idle connection is closed gracefully: in-flight responses get this long.
+            c.server.shutdown_grace = Duration::from_millis(200);
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("long", "sk_long_stream").await;
+    let agent = app.agent(&token, "long").await;
+    let mut resp = agent
+        .get("https://api.example.test/gated")
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    // The response is still streaming: the connection is busy, not idle, however long the
+    // upstream takes. (The idle watcher checks every 250 ms at this limit.)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.upstream.gate.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .expect("the stream was not cut by the idle timeout")
+        .unwrap();
+    assert_eq!(&rest[..], b"data: second\n\n");
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
