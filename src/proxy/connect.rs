@@ -157,7 +157,7 @@ pub async fn handle(
 /// Waits until the session is revoked (or loses its vault), checking whenever tokens change, or
 /// until its token expires: nothing announces an expiry, and a spliced tunnel has no requests
 /// that would notice it.
-async fn revoked(state: &ProxyState, session: &Session) {
+pub(super) async fn revoked(state: &ProxyState, session: &Session) {
     let expiry = async {
         match session.expires_at {
             Some(at) => {
@@ -185,7 +185,8 @@ async fn revoked(state: &ProxyState, session: &Session) {
     }
 }
 
-async fn idle(activity: &Activity, limit: Duration) {
+/// Resolves once nothing has been read on the connection (and nothing is in flight) for `limit`.
+pub(super) async fn idle(activity: &Activity, limit: Duration) {
     let tick = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         tokio::time::sleep(tick).await;
@@ -307,11 +308,11 @@ async fn intercept(
 
 pin_project_lite::pin_project! {
     /// Counts bytes and records activity on a spliced stream.
-    struct Counted<S> {
+    pub(super) struct Counted<S> {
         #[pin]
-        inner: S,
-        read: Arc<AtomicU64>,
-        activity: Arc<Activity>,
+        pub(super) inner: S,
+        pub(super) read: Arc<AtomicU64>,
+        pub(super) activity: Arc<Activity>,
     }
 }
 

@@ -21,7 +21,7 @@ use super::error::ProxyError;
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
 use super::upstream::{ConnectError, connect_error};
-use super::{ProxyBody, ProxyState, substitute, websocket};
+use super::{ProxyBody, ProxyState, connect, substitute, websocket};
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::CompiledService;
@@ -550,15 +550,27 @@ async fn process(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         if let Some(agent_upgrade) = agent_upgrade {
             let st = state.clone();
+            let session = session.clone();
             let row = draft.row(101, 0, None);
             state.tasks.spawn(async move {
-                websocket::splice(
+                let splice = websocket::splice(
                     agent_upgrade,
                     upstream_upgrade,
                     st.limits.tunnel_idle_timeout,
                     ws_rewrite,
-                )
-                .await;
+                );
+                tokio::pin!(splice);
+                // An upgraded connection has left hyper's connection (and its revocation
+                // watch): it needs its own, like a tunnel.
+                tokio::select! {
+                    () = &mut splice => {}
+                    () = connect::revoked(&st, &session) => {
+                        tracing::debug!("closing websocket: token revoked or vault access removed");
+                    }
+                    () = st.shutdown.cancelled() => {
+                        let _ = tokio::time::timeout(st.shutdown_grace, &mut splice).await;
+                    }
+                }
                 st.logger.log(row);
                 drop(slot);
             });

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
@@ -13,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
+use super::Activity;
+use super::connect::{self, Counted};
 use super::scrub::Needles;
 
 /// Largest frame read when rewriting; bigger frames close the connection.
@@ -41,8 +44,8 @@ impl std::fmt::Debug for Rewrite {
     }
 }
 
-/// Splices the agent's and the upstream's upgraded connections until either side closes or the
-/// connection is idle for `idle`; with a `rewrite`, frame by frame.
+/// Splices the agent's and the upstream's upgraded connections until either side closes or
+/// nothing has been read in either direction for `idle`; with a `rewrite`, frame by frame.
 pub async fn splice(
     agent: OnUpgrade,
     upstream: OnUpgrade,
@@ -56,14 +59,29 @@ pub async fn splice(
             return;
         }
     };
-    let mut agent = TokioIo::new(agent);
-    let mut upstream = TokioIo::new(upstream);
+    // Idle means nothing read in either direction: a stream that only the upstream talks on
+    // (or only the agent) is busy, and a busy connection lives as long as it stays busy.
+    let activity = Arc::new(Activity::default());
+    activity.touch();
+    let read = Arc::new(AtomicU64::new(0));
+    let mut agent = Counted {
+        inner: TokioIo::new(agent),
+        read: read.clone(),
+        activity: activity.clone(),
+    };
+    let mut upstream = Counted {
+        inner: TokioIo::new(upstream),
+        read,
+        activity: activity.clone(),
+    };
     let Some(rewrite) = rewrite else {
-        let copy = tokio::io::copy_bidirectional(&mut agent, &mut upstream);
-        match tokio::time::timeout(idle, copy).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "websocket ended with an error"),
-            Err(_) => tracing::debug!("websocket closed after the idle limit"),
+        tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "websocket ended with an error");
+                }
+            }
+            () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
         }
         return;
     };
@@ -71,15 +89,16 @@ pub async fn splice(
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let subs = rewrite.substitutions;
     let needles = rewrite.needles;
-    let to_upstream = pump(agent_read, upstream_write, idle, move |frame| {
+    let to_upstream = pump(agent_read, upstream_write, move |frame| {
         substitute(frame, &subs)
     });
-    let to_agent = pump(upstream_read, agent_write, idle, move |frame| {
+    let to_agent = pump(upstream_read, agent_write, move |frame| {
         scrub(frame, needles.as_deref())
     });
     tokio::select! {
         res = to_upstream => if let Err(e) = res { tracing::debug!(error = %e, "websocket (agent side) ended") },
         res = to_agent => if let Err(e) = res { tracing::debug!(error = %e, "websocket (upstream side) ended") },
+        () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
     }
 }
 
@@ -171,7 +190,6 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Res
 async fn pump<R, W>(
     mut r: R,
     mut w: W,
-    idle: Duration,
     mut edit: impl FnMut(&mut Frame) -> io::Result<()>,
 ) -> io::Result<()>
 where
@@ -179,10 +197,7 @@ where
     W: AsyncWrite + Unpin,
 {
     loop {
-        let frame = tokio::time::timeout(idle, read_frame(&mut r))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket idle"))??;
-        let Some(mut frame) = frame else {
+        let Some(mut frame) = read_frame(&mut r).await? else {
             let _ = w.shutdown().await;
             return Ok(());
         };

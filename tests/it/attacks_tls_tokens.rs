@@ -293,3 +293,58 @@ async fn tokens_revoked_and_expired_on_new_and_open_connections() {
         "a tunnel does not outlive its token"
     );
 }
+
+#[tokio::test]
+async fn an_open_websocket_closes_when_its_token_is_revoked() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    app.stripe_vault("ws-life", "sk_ws_life_value").await;
+    let (token, id) = app.proxy_token("ws-life").await;
+    let tcp = agent::connect(
+        app.proxy,
+        "api.example.test:443",
+        Some(&basic(&token, "ws-life")),
+    )
+    .await
+    .unwrap();
+    let tls = agent::tls(
+        tcp,
+        Some("api.example.test"),
+        Some(&app.ca_pem().await),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("before")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "before");
+
+    assert_eq!(
+        app.call("DELETE", &format!("/v1/tokens/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    // The upgraded connection is no longer hyper's: it must be closed by the revocation
+    // watch, not left open for as long as the agent likes.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let _ = ws.send(Message::text("after")).await;
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the websocket outlived its revoked token");
+}

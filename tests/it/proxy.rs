@@ -791,6 +791,59 @@ async fn websocket_handshake_gets_credentials_and_frames_flow() {
 }
 
 #[tokio::test]
+async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.limits.tunnel_idle_timeout = Duration::from_secs(1);
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("ws-idle", "sk_ws_idle").await;
+    let tunnel = agent::connect(
+        app.proxy,
+        "api.example.test:443",
+        Some(&basic(&token, "ws-idle")),
+    )
+    .await
+    .unwrap();
+    let tls = agent::tls(
+        tunnel,
+        Some("api.example.test"),
+        Some(&app.ca_pem().await),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
+        .await
+        .unwrap();
+    // Busy for 2.5 s, well past the 1 s idle limit: every message still comes back.
+    for i in 0..10 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Quiet: the proxy closes it.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle websocket stays open");
+}
+
+#[tokio::test]
 async fn http2_clients_and_h2_only_upstreams_work() {
     let app = spawn_app_with(TestOptions {
         alpn: Alpn::H2Only,
