@@ -76,6 +76,8 @@ pub fn path_is_ambiguous(path: &str) -> bool {
         || lower.contains("%25")
         || lower.contains("%00")
         || path.contains('\\')
+        // hyper refuses raw control bytes in a request target; this rule must hold without it.
+        || path.bytes().any(|b| b.is_ascii_control())
         || path.split('/').any(|seg| {
             let name = seg.split(';').next().unwrap_or(seg);
             name == "." || name == ".."
@@ -360,6 +362,15 @@ mod tests {
             decide_request(&s, &auth("raw.github.com:80"), &Method::GET, "/", false),
             RequestDecision::Deny(DenyReason::Plaintext)
         ));
+    }
+
+    #[test]
+    fn raw_control_bytes_make_a_path_ambiguous() {
+        // Found by `cargo fuzz run path`: a raw NUL passed the check that only knew `%00`.
+        assert!(path_is_ambiguous("/%\u{4}\u{0}"));
+        assert!(path_is_ambiguous("/v1/\u{0}/charges"));
+        assert!(path_is_ambiguous("/v1/\tcharges"));
+        assert!(!path_is_ambiguous("/v1/charges"));
     }
 
     proptest::proptest! {
