@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 
 use super::credentials::{CredentialWrite, remove_credentials, write_credentials};
 use super::services::replace_services_in;
-use super::{ServiceRow, Store, StoreError, col};
+use super::{Backend, ServiceRow, Store, StoreError, col};
 use crate::crypto::{CryptoError, TokenHash};
 use crate::domain::{CredentialKey, now_ms};
 
@@ -171,6 +171,14 @@ impl Store {
         // the loser, which retries with the next one.
         for _ in 0..5 {
             let mut tx = self.begin_write().await?;
+            if self.backend == Backend::Postgres {
+                // Concurrent creators (or instances) must not both pass the count below; the
+                // vault's row lock serialises them. SQLite's write transaction already does.
+                sqlx::query("SELECT id FROM vaults WHERE id = $1 FOR UPDATE")
+                    .bind(&record.vault_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let pending = sqlx::query("SELECT COUNT(*) AS n FROM proposals WHERE vault_id = $1 AND status = 'pending' AND expires_at > $2")
                 .bind(&record.vault_id)
                 .bind(now)

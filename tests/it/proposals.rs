@@ -899,3 +899,28 @@ async fn an_edit_after_review_is_not_overwritten_by_approval() {
         "pending"
     );
 }
+
+#[tokio::test]
+async fn concurrent_proposals_never_exceed_the_pending_limit() {
+    // Postgres runs writers concurrently (SQLite serialises them): the count must still hold.
+    for db in [None, crate::support::TestDatabase::create().await] {
+        let app = spawn_app_with(TestOptions {
+            postgres: db.as_ref().map(|d| d.url.clone()),
+            tweak: Some(Box::new(|c| c.proposals.max_pending_per_vault = 5)),
+            ..Default::default()
+        })
+        .await;
+        let token = setup(&app).await;
+        let attempts = (0..16).map(|_| propose(&app, &token, github_proposal()));
+        let results = futures_util::future::join_all(attempts).await;
+        let created = results.iter().filter(|(s, _)| *s == 201).count();
+        let refused = results
+            .iter()
+            .filter(|(s, b)| *s == 429 && b["error"] == "too_many_pending")
+            .count();
+        assert_eq!((created, refused), (5, 11), "{results:?}");
+        let (_, listed) = app.call("GET", "/v1/vaults/props/proposals", None).await;
+        assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
+        app.stop().await;
+    }
+}
