@@ -235,6 +235,14 @@ impl HostPattern {
                 "host {input:?}: a wildcard needs at least two labels after \"*.\""
             ));
         }
+        if wildcard && psl::suffix(canonical.as_bytes()).is_some_and(|s| s == canonical.as_bytes())
+        {
+            // Anyone can register a name under a public suffix (co.uk, github.io, s3.amazonaws.com):
+            // a credential bound to all of them goes to whoever registers one.
+            return Err(format!(
+                "host {input:?}: {canonical} is a public suffix; name the hosts you mean instead of a wildcard"
+            ));
+        }
         if canonical == "localhost"
             || canonical.ends_with(".localhost")
             || canonical == "metadata.google.internal"
@@ -818,6 +826,9 @@ services:
             "127.0.0.1",
             "localhost",
             "*.com",
+            "*.co.uk",
+            "*.github.io",
+            "*.s3.amazonaws.com",
             "a.*.com",
             "api.example.com:0",
             "api.example.com/../x",
