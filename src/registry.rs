@@ -82,8 +82,16 @@ impl Snapshots {
         let _guard = self.writer.lock().await;
         let mut map = HashMap::new();
         for vault in self.store.list_vaults().await? {
-            let snap = self.build(&vault).await?;
-            map.insert(vault.name.clone(), Arc::new(snap));
+            // One vault that cannot be built must not keep every other vault stale: it is
+            // left out (the proxy refuses it) until a later rebuild works.
+            match self.build(&vault).await {
+                Ok(snap) => {
+                    map.insert(vault.name.clone(), Arc::new(snap));
+                }
+                Err(e) => {
+                    tracing::error!(vault = %vault.name, error = %e, "building a vault snapshot failed; the proxy refuses the vault until it builds");
+                }
+            }
         }
         self.publish(map);
         Ok(())

@@ -169,6 +169,9 @@ pub(super) async fn revoked(state: &ProxyState, session: &Session) {
     };
     tokio::pin!(expiry);
     let mut changes = state.identity.revocations();
+    // A revocation between the caller's last check and this subscription would otherwise go
+    // unseen until the next change: check once more now.
+    changes.mark_changed();
     loop {
         tokio::select! {
             () = &mut expiry => return,
@@ -261,11 +264,12 @@ async fn intercept(
         async move {
             let busy = act.busy();
             let resp = pipeline::handle(st, sess, target, req).await;
-            // The request stays in flight while its body streams: a long download or event
-            // stream is not an idle connection.
+            drop(busy);
+            // Every frame of a streaming response counts as activity: a long download or event
+            // stream is not idle, while a response that stalls for the idle limit is.
             Ok::<_, std::convert::Infallible>(resp.map(|body| {
                 body.map_frame(move |frame| {
-                    let _ = &busy;
+                    act.touch();
                     frame
                 })
                 .boxed()

@@ -160,7 +160,7 @@ impl ProxyState {
     }
 }
 
-/// A request in flight on a connection; dropping it (with the response body) ends it.
+/// A request in flight on a connection (until its response head is ready); dropping it ends it.
 #[derive(Debug)]
 pub(crate) struct Busy(Arc<Activity>);
 

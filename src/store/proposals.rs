@@ -173,8 +173,9 @@ impl Store {
             let mut tx = self.begin_write().await?;
             if self.backend == Backend::Postgres {
                 // Concurrent creators (or instances) must not both pass the count below; the
-                // vault's row lock serialises them. SQLite's write transaction already does.
-                sqlx::query("SELECT id FROM vaults WHERE id = $1 FOR UPDATE")
+                // vault's row lock serialises them (NO KEY: foreign-key checks of other writers
+                // are not blocked). SQLite's write transaction already does.
+                sqlx::query("SELECT id FROM vaults WHERE id = $1 FOR NO KEY UPDATE")
                     .bind(&record.vault_id)
                     .execute(&mut *tx)
                     .await?;

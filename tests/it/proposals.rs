@@ -903,7 +903,11 @@ async fn an_edit_after_review_is_not_overwritten_by_approval() {
 #[tokio::test]
 async fn concurrent_proposals_never_exceed_the_pending_limit() {
     // Postgres runs writers concurrently (SQLite serialises them): the count must still hold.
-    for db in [None, crate::support::TestDatabase::create().await] {
+    let mut dbs = vec![None];
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        dbs.push(Some(db));
+    }
+    for db in dbs {
         let app = spawn_app_with(TestOptions {
             postgres: db.as_ref().map(|d| d.url.clone()),
             tweak: Some(Box::new(|c| c.proposals.max_pending_per_vault = 5)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use crate::support::agent::{self, basic};
@@ -668,7 +668,7 @@ async fn sse_events_stream_through_without_buffering() {
 }
 
 #[tokio::test]
-async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
+async fn streaming_responses_keep_a_connection_busy_and_stalled_or_idle_ones_close() {
     let app = spawn_app_with(TestOptions {
         tweak: Some(Box::new(|c| {
             c.limits.idle_timeout = Duration::from_secs(1);
@@ -679,28 +679,71 @@ async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
     })
     .await;
     let token = app.stripe_vault("long", "sk_long_stream").await;
-    let agent = app.agent(&token, "long").await;
-    let mut resp = agent
-        .get("https://api.example.test/gated")
-        .send()
+    let auth = basic(&token, "long");
+    let ca = app.ca_pem().await;
+    let open = || async {
+        let tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+            .await
+            .unwrap();
+        let tls = agent::tls(tcp, Some("api.example.test"), Some(&ca), &[b"http/1.1"])
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", "api.example.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // 12 events 250 ms apart: 2.75 s of streaming, well past the 1 s idle limit.
+    let (mut sender, _conn) = open().await;
+    let resp = sender
+        .send_request(get("/sse?n=12&interval_ms=250"))
         .await
         .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
         .await
         .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("a busy stream is not cut by the idle timeout")
+        .to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body)
+            .matches("data: event")
+            .count(),
+        12
+    );
+
+    // A response that stalls (the upstream sends one event, then nothing) is closed.
+    let (mut sender, conn) = open().await;
+    let resp = sender.send_request(get("/gated")).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"data: first\n\n");
-    // The response is still streaming: the connection is busy, not idle, however long the
-    // upstream takes. (The idle watcher checks every 250 ms at this limit.)
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cut = tokio::time::timeout(Duration::from_secs(10), body.frame()).await;
+    assert!(
+        matches!(cut, Ok(None | Some(Err(_)))),
+        "a stalled response holds its connection forever"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+
+    // After a finished response, an idle connection is closed.
+    let (mut sender, conn) = open().await;
+    let resp = sender.send_request(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .is_ok(),
+        "an idle connection was not closed"
+    );
     app.upstream.gate.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-        .await
-        .unwrap()
-        .expect("the stream was not cut by the idle timeout")
-        .unwrap();
-    assert_eq!(&rest[..], b"data: second\n\n");
 }
 
 fn rss_kib() -> u64 {
@@ -800,47 +843,58 @@ async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
         ..Default::default()
     })
     .await;
-    let token = app.stripe_vault("ws-idle", "sk_ws_idle").await;
-    let tunnel = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "ws-idle")),
+    // With a credential attached, frames are read one by one (scrubbing); with passthrough
+    // auth and no substitutions, bytes are spliced. Both keep a busy socket open.
+    let rewriting = app.stripe_vault("ws-idle", "sk_ws_idle").await;
+    app.create_vault("ws-plain").await;
+    app.set_services_yaml(
+        "ws-plain",
+        "- name: plain\n  host: api.example.test\n  auth: {type: passthrough}\n",
     )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("api.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
+    .await;
+    let plain = app.proxy_token("ws-plain").await.0;
+    for (token, vault) in [(rewriting, "ws-idle"), (plain, "ws-plain")] {
+        let tunnel = agent::connect(
+            app.proxy,
+            "api.example.test:443",
+            Some(&basic(&token, vault)),
+        )
         .await
         .unwrap();
-    // Busy for 2.5 s, well past the 1 s idle limit: every message still comes back.
-    for i in 0..10 {
-        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
-        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let tls = agent::tls(
+            tunnel,
+            Some("api.example.test"),
+            Some(&app.ca_pem().await),
+            &[b"http/1.1"],
+        )
+        .await
+        .unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
             .await
-            .unwrap()
-            .unwrap()
             .unwrap();
-        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Quiet: the proxy closes it.
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
-            }
+        // Busy for 2.5 s, well past the 1 s idle limit: every message still comes back.
+        for i in 0..10 {
+            ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+            let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{vault}: websocket cut while busy: {e}"));
+            assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-    })
-    .await;
-    assert!(closed.is_ok(), "an idle websocket stays open");
+        // Quiet: the proxy closes it.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{vault}: an idle websocket stays open");
+    }
 }
 
 #[tokio::test]
