@@ -188,7 +188,8 @@ pub(super) async fn revoked(state: &ProxyState, session: &Session) {
     }
 }
 
-/// Resolves once nothing has been read on the connection (and nothing is in flight) for `limit`.
+/// Resolves once the connection has shown no activity (reads, response frames) for `limit` and
+/// no request is waiting for its response head.
 pub(super) async fn idle(activity: &Activity, limit: Duration) {
     let tick = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     loop {
