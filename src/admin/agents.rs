@@ -22,6 +22,25 @@ use crate::store::{AgentRecord, PrincipalKind, TokenStoreKind};
 /// Shortest token lifetime accepted.
 const MIN_TTL: Duration = Duration::from_secs(60);
 
+/// A new token for an agent, not yet stored (it is stored with the agent, or replaces its
+/// previous token).
+fn agent_token(
+    state: &AdminState,
+    agent_id: &str,
+    ttl: Option<Duration>,
+) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
+    super::new_token(
+        state,
+        TokenKind::Agent,
+        TokenStoreKind::Agent,
+        |t| {
+            t.agent_id = Some(agent_id.to_owned());
+            t.label = "agent".into();
+        },
+        ttl,
+    )
+}
+
 fn ttl_from(
     seconds: Option<u64>,
     default: Option<Duration>,
@@ -122,22 +141,7 @@ pub async fn create(
         created_by: Some(user_id),
         created_at: now_ms(),
     };
-    let raw = TokenKind::Agent.generate()?;
-    let now = now_ms();
-    let token = crate::store::TokenRecord {
-        id: random_id()?,
-        hash: state.keyring.token_hasher().hash(&raw),
-        kind: TokenStoreKind::Agent,
-        user_id: None,
-        agent_id: Some(agent.id.clone()),
-        vault_id: None,
-        vault_role: None,
-        label: "agent".into(),
-        expires_at: ttl
-            .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
-        revoked_at: None,
-        created_at: now,
-    };
+    let (raw, token) = agent_token(&state, &agent.id, ttl)?;
     state
         .store
         .create_agent(&agent, &grants, &token)
@@ -220,22 +224,7 @@ pub async fn rotate(
         state.config.tokens.agent_default_ttl,
         None,
     )?;
-    let raw = TokenKind::Agent.generate()?;
-    let now = now_ms();
-    let token = crate::store::TokenRecord {
-        id: random_id()?,
-        hash: state.keyring.token_hasher().hash(&raw),
-        kind: TokenStoreKind::Agent,
-        user_id: None,
-        agent_id: Some(agent.id.clone()),
-        vault_id: None,
-        vault_role: None,
-        label: "agent".into(),
-        expires_at: ttl
-            .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
-        revoked_at: None,
-        created_at: now,
-    };
+    let (raw, token) = agent_token(&state, &agent.id, ttl)?;
     state.store.rotate_agent_token(&agent.id, &token).await?;
     state.tokens_changed().await;
     crate::audit::record(

@@ -251,6 +251,20 @@ pub(crate) async fn issue_token(
     fill: impl FnOnce(&mut crate::store::TokenRecord),
     ttl: Option<std::time::Duration>,
 ) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
+    let (raw, record) = new_token(state, kind, store_kind, fill, ttl)?;
+    state.store.insert_token(&record).await?;
+    Ok((raw, record))
+}
+
+/// Mints a raw token of `kind` and the record of its hash, for callers that store it together
+/// with other rows. `fill` sets the owner fields.
+pub(crate) fn new_token(
+    state: &AdminState,
+    kind: crate::crypto::TokenKind,
+    store_kind: crate::store::TokenStoreKind,
+    fill: impl FnOnce(&mut crate::store::TokenRecord),
+    ttl: Option<std::time::Duration>,
+) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
     let raw = kind.generate()?;
     let now = crate::domain::now_ms();
     let mut record = crate::store::TokenRecord {
@@ -268,6 +282,5 @@ pub(crate) async fn issue_token(
         created_at: now,
     };
     fill(&mut record);
-    state.store.insert_token(&record).await?;
     Ok((raw, record))
 }

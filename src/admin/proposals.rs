@@ -314,6 +314,22 @@ pub async fn list(
     Ok(Json(out))
 }
 
+/// Proposal number `n` of vault `name`, for a caller with member role or higher there.
+async fn proposal_in(
+    state: &AdminState,
+    caller: &Caller,
+    name: &str,
+    n: i64,
+) -> Result<(VaultRecord, ProposalRecord), ApiError> {
+    let (vault, _) = state.vault_access(caller, name, VaultRole::Member).await?;
+    let p = state
+        .store
+        .proposal_by_seq(&vault.id, n)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no proposal #{n} in vault {name:?}")))?;
+    Ok((vault, p))
+}
+
 /// `GET /v1/vaults/{vault}/proposals/{n}` (member or higher): with risks, the values still
 /// needed, and the approval hash the CLI sends back.
 pub async fn show(
@@ -321,14 +337,7 @@ pub async fn show(
     caller: Caller,
     Path((name, n)): Path<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (vault, _) = state
-        .vault_access(&caller, &name, VaultRole::Member)
-        .await?;
-    let p = state
-        .store
-        .proposal_by_seq(&vault.id, n)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no proposal #{n} in vault {name:?}")))?;
+    let (vault, p) = proposal_in(&state, &caller, &name, n).await?;
     let content = content_of(&p)?;
     let vs = vault_state(&state, &vault.id).await?;
     let mut out = proposal_json(&p, vault.name.as_str(), &content);
@@ -378,14 +387,7 @@ pub async fn approve_api(
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = require_bearer_human(&caller, &headers)?;
-    let (vault, _) = state
-        .vault_access(&caller, &name, VaultRole::Member)
-        .await?;
-    let p = state
-        .store
-        .proposal_by_seq(&vault.id, n)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no proposal #{n} in vault {name:?}")))?;
+    let (vault, p) = proposal_in(&state, &caller, &name, n).await?;
     let content = content_of(&p)?;
     let hash = match body.approval_hash {
         Some(h) => h,
@@ -413,14 +415,7 @@ pub async fn reject_api(
     ApiJson(body): ApiJson<RejectBody>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = require_bearer_human(&caller, &headers)?;
-    let (vault, _) = state
-        .vault_access(&caller, &name, VaultRole::Member)
-        .await?;
-    let p = state
-        .store
-        .proposal_by_seq(&vault.id, n)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no proposal #{n} in vault {name:?}")))?;
+    let (_, p) = proposal_in(&state, &caller, &name, n).await?;
     reject(&state, &caller, &user_id, &p, &body.reason).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "rejected" }),
