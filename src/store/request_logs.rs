@@ -152,14 +152,14 @@ impl Store {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
                 query = query
-                    .bind(r.vault_id.clone())
+                    .bind(r.vault_id.as_str())
                     .bind(r.actor_kind)
-                    .bind(r.actor_id.clone())
+                    .bind(r.actor_id.as_str())
                     .bind(r.kind)
-                    .bind(r.method.clone())
-                    .bind(r.host.clone())
-                    .bind(r.path.clone())
-                    .bind(r.service.clone())
+                    .bind(r.method.as_str())
+                    .bind(r.host.as_str())
+                    .bind(r.path.as_str())
+                    .bind(r.service.as_deref())
                     .bind(r.credential_keys.join(","))
                     .bind(i64::from(r.status))
                     .bind(u64_to_i64(r.bytes_in))
