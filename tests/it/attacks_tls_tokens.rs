@@ -11,9 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::agent::{self, basic};
-use crate::support::{
-    Alpn, FakeUpstream, TestApp, TestCa, TestOptions, spawn_app, spawn_app_against,
-};
+use crate::support::{TestApp, TestCa, TestOptions, spawn_app};
 
 async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut buf = [0u8; 4096];
@@ -76,23 +74,7 @@ async fn tls_not_yet_valid_and_ip_only_upstream_certificates_are_502() {
         ("IP address only", &["127.0.0.1"][..], (-1, 30)),
     ] {
         let (chain, key) = trusted.server_cert(names, days);
-        let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
-        let app = spawn_app_against(TestOptions::default(), upstream, trusted.clone()).await;
-        let token = app.stripe_vault("tls-bad", "sk_tls_bad").await;
-        let resp = app
-            .agent(&token, "tls-bad")
-            .await
-            .get("https://api.example.test/")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 502, "{what}");
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "upstream_tls",
-            "{what}"
-        );
-        assert_eq!(app.upstream.count(), 0, "{what}: nothing reached it");
+        crate::support::assert_upstream_tls_refused(what, &trusted, chain, key).await;
     }
 }
 
@@ -301,21 +283,9 @@ async fn an_open_websocket_closes_when_its_token_is_revoked() {
     let app = spawn_app().await;
     app.stripe_vault("ws-life", "sk_ws_life_value").await;
     let (token, id) = app.proxy_token("ws-life").await;
-    let tcp = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "ws-life")),
-    )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tcp,
-        Some("api.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let tls = app
+        .tunnel(&token, "ws-life", "api.example.test", &[b"http/1.1"])
+        .await;
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
         .await
         .unwrap();

@@ -160,21 +160,9 @@ async fn bound_host_without_a_fitting_rule_gets_no_credentials() {
         .await
         .unwrap();
     let _ = resp; // reqwest normalizes dot segments itself; the raw form is tested below.
-    let tunnel = agent::connect(
-        app.proxy,
-        "scoped.example.test:443",
-        Some(&basic(&token, "scoped")),
-    )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("scoped.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let tls = app
+        .tunnel(&token, "scoped", "scoped.example.test", &[b"http/1.1"])
+        .await;
     let before = app.upstream.count();
     let out = agent::raw_exchange(
         tls,
@@ -592,23 +580,7 @@ async fn untrusted_or_wrong_name_upstream_certificates_are_502() {
         ),
     ];
     for (what, (chain, key)) in cases {
-        let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
-        let app = spawn_app_against(TestOptions::default(), upstream, trusted.clone()).await;
-        let token = app.stripe_vault("tls", "sk_tls").await;
-        let resp = app
-            .agent(&token, "tls")
-            .await
-            .get("https://api.example.test/")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 502, "{what}");
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "upstream_tls",
-            "{what}"
-        );
-        assert_eq!(app.upstream.count(), 0, "{what}: no request reached it");
+        crate::support::assert_upstream_tls_refused(what, &trusted, chain, key).await;
     }
 }
 
@@ -679,15 +651,10 @@ async fn streaming_responses_keep_a_connection_busy_and_stalled_or_idle_ones_clo
     })
     .await;
     let token = app.stripe_vault("long", "sk_long_stream").await;
-    let auth = basic(&token, "long");
-    let ca = app.ca_pem().await;
     let open = || async {
-        let tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
-            .await
-            .unwrap();
-        let tls = agent::tls(tcp, Some("api.example.test"), Some(&ca), &[b"http/1.1"])
-            .await
-            .unwrap();
+        let tls = app
+            .tunnel(&token, "long", "api.example.test", &[b"http/1.1"])
+            .await;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -794,21 +761,9 @@ async fn large_downloads_stream_with_flat_memory() {
 async fn websocket_handshake_gets_credentials_and_frames_flow() {
     let app = spawn_app().await;
     let token = app.stripe_vault("ws-vault", "sk_ws").await;
-    let tunnel = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "ws-vault")),
-    )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("api.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let tls = app
+        .tunnel(&token, "ws-vault", "api.example.test", &[b"http/1.1"])
+        .await;
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
         .await
         .unwrap();
@@ -854,21 +809,9 @@ async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
     .await;
     let plain = app.proxy_token("ws-plain").await.0;
     for (token, vault) in [(rewriting, "ws-idle"), (plain, "ws-plain")] {
-        let tunnel = agent::connect(
-            app.proxy,
-            "api.example.test:443",
-            Some(&basic(&token, vault)),
-        )
-        .await
-        .unwrap();
-        let tls = agent::tls(
-            tunnel,
-            Some("api.example.test"),
-            Some(&app.ca_pem().await),
-            &[b"http/1.1"],
-        )
-        .await
-        .unwrap();
+        let tls = app
+            .tunnel(&token, vault, "api.example.test", &[b"http/1.1"])
+            .await;
         let (mut ws, _) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
             .await
             .unwrap();
@@ -968,21 +911,9 @@ async fn revoked_token_is_cut_off_on_an_open_tunnel() {
     let token = app.stripe_vault("revoke", "sk_revoke").await;
     let tokens = app.ok("GET", "/v1/vaults/revoke/tokens", None).await;
     let id = tokens[0]["id"].as_str().unwrap().to_owned();
-    let tunnel = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "revoke")),
-    )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("api.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let tls = app
+        .tunnel(&token, "revoke", "api.example.test", &[b"http/1.1"])
+        .await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -1162,21 +1093,9 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
     )
     .await;
     let (token, _) = app.proxy_token("ws-frames").await;
-    let tunnel = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "ws-frames")),
-    )
-    .await
-    .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("api.example.test"),
-        Some(&app.ca_pem().await),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let tls = app
+        .tunnel(&token, "ws-frames", "api.example.test", &[b"http/1.1"])
+        .await;
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
             "wss://api.example.test/ws",

@@ -206,6 +206,33 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     spawn_app_against(opts, upstream, ca).await
 }
 
+/// Runs an app against an upstream serving `chain` (trusted roots: `trusted` only) and checks
+/// that a request to it is answered 502 `upstream_tls` with nothing reaching the upstream.
+pub async fn assert_upstream_tls_refused(
+    what: &str,
+    trusted: &Arc<TestCa>,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) {
+    let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
+    let app = spawn_app_against(TestOptions::default(), upstream, trusted.clone()).await;
+    let token = app.stripe_vault("tls", "sk_tls_refused").await;
+    let resp = app
+        .agent(&token, "tls")
+        .await
+        .get("https://api.example.test/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502, "{what}");
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "upstream_tls",
+        "{what}"
+    );
+    assert_eq!(app.upstream.count(), 0, "{what}: nothing reached it");
+}
+
 pub async fn spawn_app_against(
     opts: TestOptions,
     upstream: FakeUpstream,
