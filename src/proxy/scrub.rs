@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::BoxError;
 
@@ -67,10 +67,25 @@ pub struct Needles {
     list: Vec<Zeroizing<Vec<u8>>>,
     /// `list[start[b]..start[b + 1]]` are the needles that begin with byte `b`.
     start: Box<[u16; 257]>,
-    /// Whether some needle begins with byte `b`: the scan skips ahead with this table alone,
-    /// which keeps large bodies streaming at memory speed.
+    /// Whether some needle begins with byte `b`: the scan skips ahead with this table when
+    /// there are too many distinct first bytes for [`Self::groups`].
     first: Box<[bool; 256]>,
+    /// The distinct first bytes in threes, when there are at most [`MAX_GROUPS`] of them: the
+    /// scan finds the next candidate with one vectorised `memchr3` pass per group instead of
+    /// looking every byte up (a quarter of the proxy's CPU in a large download).
+    groups: Vec<[u8; 3]>,
     max_len: usize,
+}
+
+/// More groups than this and the table scan is faster than that many passes.
+const MAX_GROUPS: usize = 4;
+
+impl Drop for Needles {
+    fn drop(&mut self) {
+        // The first bytes of secret values; the needles zeroize themselves.
+        self.first.zeroize();
+        self.groups.zeroize();
+    }
 }
 
 impl std::fmt::Debug for Needles {
@@ -207,10 +222,20 @@ impl Needles {
         for n in &list {
             first[usize::from(n[0])] = true;
         }
+        let distinct: Vec<u8> = (0..=255u8).filter(|&b| first[usize::from(b)]).collect();
+        let groups = if distinct.len() <= 3 * MAX_GROUPS {
+            distinct
+                .chunks(3)
+                .map(|c| [c[0], c[c.len().min(2) - 1], c[c.len() - 1]])
+                .collect()
+        } else {
+            Vec::new()
+        };
         Some(Arc::new(Self {
             list,
             start,
             first,
+            groups,
             max_len,
         }))
     }
@@ -224,11 +249,28 @@ impl Needles {
     /// and returns where output must stop. Unless `last`, a tail that is a proper prefix of a
     /// needle is held back (the return value is its start); otherwise everything is output.
     fn scan(&self, buf: &[u8], last: bool, matches: &mut Vec<(usize, usize)>) -> usize {
+        // Where each group's next first byte is at or after `i` (`buf.len()`: none left).
+        let group_next = |g: &[u8; 3], from: usize| {
+            memchr::memchr3(g[0], g[1], g[2], &buf[from..]).map_or(buf.len(), |p| from + p)
+        };
+        let mut next: Vec<usize> = self.groups.iter().map(|g| group_next(g, 0)).collect();
         let mut i = 0;
         while i < buf.len() {
-            match buf[i..].iter().position(|&b| self.first[usize::from(b)]) {
-                Some(skip) => i += skip,
-                None => break,
+            if self.groups.is_empty() {
+                match buf[i..].iter().position(|&b| self.first[usize::from(b)]) {
+                    Some(skip) => i += skip,
+                    None => break,
+                }
+            } else {
+                for (at, g) in next.iter_mut().zip(&self.groups) {
+                    if *at < i {
+                        *at = group_next(g, i);
+                    }
+                }
+                i = next.iter().copied().min().unwrap_or(buf.len());
+                if i >= buf.len() {
+                    break;
+                }
             }
             let bucket = self.bucket(buf[i]);
             let rest = &buf[i..];
@@ -731,6 +773,35 @@ mod tests {
         );
         assert_eq!(h["x-plain"], "nothing here");
         assert!(Needles::new([b"abc".as_slice()]).is_none());
+    }
+
+    #[test]
+    fn both_skip_strategies_find_every_value() {
+        // Few distinct first bytes: memchr groups. Many (one value per letter): the table.
+        let few: Vec<Vec<u8>> = vec![b"sk_live_abcdef12".to_vec()];
+        let many: Vec<Vec<u8>> = (b'a'..=b'z')
+            .map(|c| format!("{}_secret_{}", c as char, c as char).into_bytes())
+            .collect();
+        for values in [few, many] {
+            let n = Needles::new(values.iter().map(|v| v.as_slice())).unwrap();
+            assert_eq!(n.groups.is_empty(), values.len() > 1, "strategy under test");
+            let mut text = b"prefix ".to_vec();
+            for v in &values {
+                text.extend_from_slice(b"<");
+                text.extend_from_slice(v);
+                text.extend_from_slice(b"> and ");
+                text.extend_from_slice(STANDARD.encode(v).as_bytes());
+                text.extend_from_slice(b" zz");
+            }
+            let out = n.scrub_complete(&text).unwrap();
+            for v in &values {
+                assert!(!contains(&out, v), "{}", String::from_utf8_lossy(v));
+                assert!(!contains(&out, STANDARD.encode(v).as_bytes()));
+            }
+            let markers = out.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+            assert_eq!(markers, 2 * values.len());
+            assert!(out.starts_with(b"prefix <") && out.ends_with(b" zz"));
+        }
     }
 
     proptest! {
