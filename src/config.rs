@@ -376,9 +376,10 @@ pub struct RequestLogConfig {
     pub max_age: Duration,
     /// At most this many rows are kept per vault.
     pub max_rows_per_vault: u64,
-    /// Rows are written in batches of at most this many.
+    /// Rows are written in transactions of at most this many.
     pub batch_size: usize,
-    /// A partial batch is written after at most this long.
+    /// The writer collects rows for this long after the first one arrives, then writes them
+    /// all.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Rows waiting to be written; beyond this, new rows are dropped and counted.
@@ -390,7 +391,7 @@ impl Default for RequestLogConfig {
         Self {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_rows_per_vault: 10_000,
-            batch_size: 256,
+            batch_size: 4096,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 65_536,
         }

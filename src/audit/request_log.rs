@@ -81,24 +81,32 @@ async fn write_loop(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.flush_interval;
-        while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(row)) => batch.push(row),
-                Ok(None) | Err(_) => break,
+        // Collect for one interval without waiting on the queue: a writer waiting on it is
+        // woken, across threads, by every row (at tens of thousands of requests a second that
+        // cost the proxy a fifth of its CPU); one that sleeps is woken once per interval.
+        tokio::select! {
+            () = tokio::time::sleep(config.flush_interval) => {}
+            () = shutdown.cancelled() => {}
+        }
+        loop {
+            while batch.len() < config.batch_size {
+                match rx.try_recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
+                }
+            }
+            let full = batch.len() >= config.batch_size;
+            flush(&store, &mut batch).await;
+            if !full {
+                break;
             }
         }
-        flush(&store, &mut batch).await;
     }
     // Drain what is already queued so a graceful shutdown loses nothing.
     rx.close();
-    while let Some(row) = rx.recv().await {
-        batch.push(row);
-        if batch.len() >= config.batch_size {
-            flush(&store, &mut batch).await;
-        }
+    while rx.recv_many(&mut batch, config.batch_size).await > 0 {
+        flush(&store, &mut batch).await;
     }
-    flush(&store, &mut batch).await;
 }
 
 async fn flush(store: &Store, batch: &mut Vec<RequestLogRow>) {

@@ -33,7 +33,9 @@ pub use invites::{InviteRecord, InviteVaultGrant};
 pub use proposals::{
     ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalStatus, ProposalValueRecord,
 };
-pub use request_logs::{RequestLogFilter, RequestLogRecord, RequestLogRow};
+pub use request_logs::{
+    REQUEST_LOG_ROWS_PER_STATEMENT, RequestLogFilter, RequestLogRecord, RequestLogRow,
+};
 pub use services::ServiceRow;
 pub use tokens::{TokenRecord, TokenStoreKind};
 pub use users::UserRecord;

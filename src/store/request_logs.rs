@@ -101,6 +101,10 @@ fn placeholders(sql: &mut String, backend: Backend, first: usize, n: usize) {
     sql.push(')');
 }
 
+/// Rows per INSERT statement: 15 parameters each, 15,000 in all, below SQLite's limit of 32,766
+/// and Postgres's of 65,535. Every statement is a round trip to SQLite's worker thread.
+pub const REQUEST_LOG_ROWS_PER_STATEMENT: usize = 1000;
+
 fn u64_to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -110,8 +114,7 @@ impl Store {
     /// the database per chunk, not per row: the proxy may log tens of thousands of rows a
     /// second). Rows of a vault deleted meanwhile are skipped.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
-        /// Rows per statement: 15 parameters each stays far below both backends' limits.
-        const CHUNK: usize = 100;
+        const CHUNK: usize = REQUEST_LOG_ROWS_PER_STATEMENT;
         const COLUMNS: usize = 15;
         if rows.is_empty() {
             return Ok(());

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use agent_vault::crypto::{DataKey, TokenKind};
 use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
 use agent_vault::keys::{self, Keyring, UnsealError};
-use agent_vault::store::{CredentialWrite, PrincipalKind, Store, StoreError};
+use agent_vault::store::{CredentialWrite, PrincipalKind, RequestLogRecord, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{TINY_KDF, TestDatabase, for_each_store};
@@ -397,21 +397,31 @@ async fn request_logs_are_written_in_multi_row_batches() {
             created_at: 1_700_000_000_000 + i as i64,
         };
         // More rows than one statement carries, and a row for a vault that no longer exists.
-        let mut rows: Vec<_> = (0..250).map(|i| row(i, &vault.id)).collect();
+        let per_statement = agent_vault::store::REQUEST_LOG_ROWS_PER_STATEMENT;
+        let mut rows: Vec<_> = (0..2 * per_statement + 50)
+            .map(|i| row(i, &vault.id))
+            .collect();
         rows.insert(120, row(999, "deleted-vault"));
         store.insert_request_logs(&rows).await.unwrap();
-        let listed = store
-            .list_request_logs(
-                &vault.id,
-                &agent_vault::store::RequestLogFilter {
-                    after: Some(0),
-                    before: None,
-                    limit: 1000,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 250, "{backend}");
+        let mut listed = Vec::new();
+        loop {
+            let page = store
+                .list_request_logs(
+                    &vault.id,
+                    &agent_vault::store::RequestLogFilter {
+                        after: Some(listed.last().map_or(0, |r: &RequestLogRecord| r.id)),
+                        before: None,
+                        limit: 1000,
+                    },
+                )
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            listed.extend(page);
+        }
+        assert_eq!(listed.len(), 2 * per_statement + 50, "{backend}");
         for (i, r) in listed.iter().enumerate() {
             assert_eq!(r.path, format!("/v1/items/{i}"), "{backend}: order kept");
             assert_eq!(r.actor_id, format!("agent-{i}"));
