@@ -203,7 +203,10 @@ async fn start_server(dir: &Path, upstream: SocketAddr, upstream_ca: &Path) -> R
             ca = upstream_ca,
         ),
     )?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+    // AGENT_VAULT_BENCH_BIN runs another build of the server (A/B comparisons in one session).
+    let bin = std::env::var_os("AGENT_VAULT_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-vault").into());
+    let mut child = tokio::process::Command::new(bin)
         .arg("server")
         .arg("--config")
         .arg(&config)
