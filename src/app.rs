@@ -59,6 +59,9 @@ pub enum AppError {
     /// A cryptographic operation failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The proxy's worker threads could not start.
+    #[error(transparent)]
+    Workers(#[from] proxy::workers::WorkerError),
 }
 
 /// A built, listening application.
@@ -68,6 +71,7 @@ pub struct App {
     proxy_listener: TcpListener,
     admin_state: AdminState,
     proxy_state: Arc<ProxyState>,
+    workers: proxy::Workers,
     logger_task: JoinHandle<()>,
     shutdown: CancellationToken,
     store: Store,
@@ -171,8 +175,9 @@ impl App {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let ca = Arc::new(CertificateAuthority::load_or_create(&store, &keyring).await?);
         let leaves = ca.leaf_cache(provider.clone());
-        let upstream =
-            Upstream::new(&config.upstream, guard, provider).map_err(AppError::Upstream)?;
+        let workers = proxy::workers::count(config.server.proxy_threads);
+        let upstream = Upstream::new(&config.upstream, guard, provider, workers)
+            .map_err(AppError::Upstream)?;
         let identity = Identity::new(
             store.clone(),
             keyring.token_hasher().clone(),
@@ -263,6 +268,7 @@ impl App {
             admin_listener,
             proxy_listener,
             admin_state,
+            workers: proxy::Workers::start(&proxy_state, workers)?,
             proxy_state,
             logger_task,
             shutdown,
@@ -305,9 +311,8 @@ impl App {
             self.admin_state.config.limits.header_read_timeout,
             self.proxy_state.shutdown_grace,
         ));
-        proxy::serve(self.proxy_listener, self.proxy_state.clone()).await;
-        // serve() returns once shutdown was requested.
-        self.proxy_state.drain().await;
+        // serve() returns once shutdown was requested and open connections have drained.
+        proxy::serve(self.proxy_listener, self.proxy_state.clone(), self.workers).await;
         let grace = self.proxy_state.shutdown_grace;
         match tokio::time::timeout(grace + Duration::from_secs(1), admin_task).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),

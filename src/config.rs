@@ -143,6 +143,9 @@ fn default_data_dir() -> PathBuf {
         .join(".agent-vault")
 }
 
+/// More proxy workers than this is a typo, not a machine.
+const MAX_PROXY_THREADS: usize = 1024;
+
 /// Listeners.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,6 +167,8 @@ pub struct ServerConfig {
     /// How long graceful shutdown waits for open requests and tunnels.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Proxy worker threads, each serving its share of agent connections (0: one per core).
+    pub proxy_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -176,6 +181,7 @@ impl Default for ServerConfig {
             public_url: None,
             allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            proxy_threads: 0,
         }
     }
 }
@@ -618,6 +624,12 @@ impl Config {
                     format!("{to:?} is not an ip:port address"),
                 )
             })?;
+        }
+        if self.server.proxy_threads > MAX_PROXY_THREADS {
+            return Err(invalid(
+                "server.proxy_threads",
+                format!("at most {MAX_PROXY_THREADS} (0 means one per core)"),
+            ));
         }
         if let Some(url) = &self.server.public_url {
             let parsed = url::Url::parse(url)

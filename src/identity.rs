@@ -152,6 +152,10 @@ pub struct Identity {
     hasher: TokenHasher,
     cache: moka::sync::Cache<TokenHash, CacheEntry>,
     revocations: Arc<watch::Sender<u64>>,
+    /// The runtime the store's connections belong to. The proxy's workers run their own
+    /// runtimes; a database connection one of them opened would die with it at shutdown,
+    /// under the request log's last flush, so lookups from there run here.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -173,6 +177,7 @@ impl Identity {
             hasher,
             cache,
             revocations: Arc::new(tx),
+            home: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -230,6 +235,19 @@ impl Identity {
     }
 
     async fn resolve(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
+        let Some(home) = &self.home else {
+            return self.resolve_here(hash).await;
+        };
+        let this = self.clone();
+        home.spawn(async move { this.resolve_here(hash).await })
+            .await
+            // The home runtime is shutting down (or the lookup panicked): the store is gone.
+            .unwrap_or(Err(AuthError::Store(StoreError::Database(
+                sqlx::Error::PoolClosed,
+            ))))
+    }
+
+    async fn resolve_here(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
         let token = self
             .store
             .token_by_hash(&hash)

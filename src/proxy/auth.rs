@@ -86,6 +86,8 @@ pub struct Session {
     pub actor: (&'static str, String),
     /// When the token expires (ms), so open tunnels close then and not at their idle timeout.
     pub expires_at: Option<i64>,
+    /// The actor's in-flight request limit, shared with its other connections.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn vault_for(
@@ -167,6 +169,7 @@ pub async fn authenticate(
         vault_name: snapshot.vault_name.to_string(),
         actor: (kind, id.to_owned()),
         expires_at: who.expires_at,
+        slots: state.agent_slots(id),
     };
     Ok((session, snapshot))
 }

@@ -11,13 +11,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::auth::{self, Session};
 use super::error::ProxyError;
@@ -61,6 +62,27 @@ fn tunnel_row(
         error_code: error,
         created_at: now_ms(),
     }
+}
+
+/// How intercepted connections speak HTTP to the agent (built once: every connection's task
+/// would otherwise carry its own copy).
+pub(super) fn agent_http(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    builder
 }
 
 /// Handles a CONNECT request.
@@ -180,7 +202,8 @@ pub(super) async fn revoked(state: &ProxyState, session: &Session) {
                     expiry.as_mut().await;
                     return;
                 }
-                if auth::recheck(state, session).await.is_err() {
+                // Boxed: this future lives inside every open connection's task.
+                if Box::pin(auth::recheck(state, session)).await.is_err() {
                     return;
                 }
             }
@@ -200,17 +223,18 @@ pub(super) async fn idle(activity: &Activity, limit: Duration) {
     }
 }
 
-async fn intercept(
-    state: Arc<ProxyState>,
-    session: Arc<Session>,
-    authority: Authority,
+/// Completes the agent's TLS handshake with a leaf for the CONNECT authority. Also says
+/// whether the agent's SNI named another host (its requests are then refused with 421).
+async fn accept_tls(
+    state: &ProxyState,
+    authority: &Authority,
     on_upgrade: OnUpgrade,
-) {
+) -> Option<(TlsStream<TokioIo<Upgraded>>, bool)> {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "CONNECT upgrade failed");
-            return;
+            return None;
         }
     };
     let io = TokioIo::new(upgraded);
@@ -221,9 +245,9 @@ async fn intercept(
         Ok(Err(e)) => {
             // Plaintext or garbage after CONNECT to a bound host: nothing is forwarded.
             tracing::debug!(error = %e, host = %authority, "agent did not start TLS after CONNECT");
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     let sni_mismatch = match start.client_hello().server_name() {
         None => false,
@@ -238,23 +262,32 @@ async fn intercept(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, host = %authority, "could not mint a leaf certificate");
-            return;
+            return None;
         }
     };
-    let tls = match tokio::time::timeout(handshake_limit, start.into_stream(config)).await {
-        Ok(Ok(tls)) => tls,
+    match tokio::time::timeout(handshake_limit, start.into_stream(config)).await {
+        Ok(Ok(tls)) => Some((tls, sni_mismatch)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, host = %authority, "agent TLS handshake failed (does it trust the agent-vault CA?)");
-            return;
+            None
         }
-        Err(_) => return,
+        Err(_) => None,
+    }
+}
+
+async fn intercept(
+    state: Arc<ProxyState>,
+    session: Arc<Session>,
+    authority: Authority,
+    on_upgrade: OnUpgrade,
+) {
+    // Boxed, like every large state below that an idle connection does not need: this task
+    // lives as long as the connection, and its size is what each idle tunnel costs.
+    let Some((tls, sni_mismatch)) = Box::pin(accept_tls(&state, &authority, on_upgrade)).await
+    else {
+        return;
     };
-    let target = Arc::new(Target {
-        authority,
-        https: true,
-        sni_mismatch,
-        absolute_form: false,
-    });
+    let target = Arc::new(Target::new(authority, true, sni_mismatch, false));
     let activity = Arc::new(Activity::default());
     activity.touch();
     let st = state.clone();
@@ -262,9 +295,12 @@ async fn intercept(
     let act = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (st, sess, target, act) = (st.clone(), sess.clone(), target.clone(), act.clone());
+        // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
+        // and the request's state machine is kilobytes that an idle connection need not hold.
+        let handling = Box::pin(pipeline::handle(st, sess, target, req));
         async move {
             let busy = act.busy();
-            let resp = pipeline::handle(st, sess, target, req).await;
+            let resp = handling.await;
             drop(busy);
             // Every frame of a streaming response counts as activity: a long download or event
             // stream is not idle, while a response that stalls for the idle limit is.
@@ -277,22 +313,9 @@ async fn intercept(
             }))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(state.limits.max_header_bytes)
-        .max_headers(state.limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
-        .max_header_list_size(u32::try_from(state.limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let conn = state
+        .agent_http
+        .serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let grace = state.shutdown_grace;
     let reason = tokio::select! {

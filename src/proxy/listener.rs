@@ -15,10 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ProxyError;
+use super::workers::Workers;
 use super::{ProxyBody, ProxyState, connect, pipeline};
 
-/// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+/// Accepts connections until shutdown and hands them to the workers; then drains open
+/// connections and tunnels (up to `server.shutdown_grace`) and stops the workers.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Workers) {
     let mut refused: u64 = 0;
     loop {
         tokio::select! {
@@ -33,8 +35,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let st = state.clone();
-                    state.tasks.spawn(serve_connection(st, stream, peer, Arc::new(permit)));
+                    if let Err(e) = workers.assign(stream, peer, Arc::new(permit)) {
+                        tracing::warn!(error = %e, "could not hand a proxy connection to a worker");
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and kin: back off instead of spinning.
@@ -45,9 +48,14 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
             () = state.shutdown.cancelled() => break,
         }
     }
+    // Closed before draining, so clients see at once that no new connection is taken.
+    drop(listener);
+    state.drain().await;
+    workers.stop().await;
 }
 
-async fn serve_connection(
+/// Serves one agent connection (on a worker's runtime).
+pub(super) async fn serve_connection(
     state: Arc<ProxyState>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -57,7 +65,9 @@ async fn serve_connection(
     let service = service_fn(move |req: Request<Incoming>| {
         let st = st.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(dispatch(st, peer, permit, req).await) }
+        // Boxed: hyper keeps a slot the size of this future for the connection's whole life.
+        let handling = Box::pin(dispatch(st, peer, permit, req));
+        async move { Ok::<_, Infallible>(handling.await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -13,9 +13,10 @@ pub mod scrub;
 mod substitute;
 pub mod upstream;
 mod websocket;
+pub mod workers;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ use crate::registry::Snapshots;
 pub use auth::parse_proxy_authorization;
 pub use listener::serve;
 pub use upstream::Upstream;
+pub use workers::Workers;
 
 /// Boxed error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,14 +61,17 @@ pub struct ProxyState {
     pub auth_failures: FailureBudget,
     /// Open connections, all agents together.
     pub connections: Arc<Semaphore>,
-    /// Requests in flight per actor.
-    inflight: moka::sync::Cache<String, Arc<Semaphore>>,
+    /// Requests in flight per actor: each connection's session holds its actor's semaphore,
+    /// and the entry lives as long as one does.
+    inflight: std::sync::Mutex<AgentSlots>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// How long shutdown waits.
     pub shutdown_grace: Duration,
+    /// How intercepted connections speak HTTP/1.1 and h2 to agents.
+    agent_http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -110,10 +115,8 @@ impl ProxyState {
             upstream: parts.upstream,
             auth_failures: FailureBudget::new(limits.auth_failures_per_minute),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            inflight: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            agent_http: connect::agent_http(&limits),
+            inflight: std::sync::Mutex::default(),
             limits,
             logger: parts.logger,
             shutdown: parts.shutdown,
@@ -122,13 +125,25 @@ impl ProxyState {
         })
     }
 
-    /// A slot for one in-flight request of `actor`, or `None` when it has too many.
-    fn request_slot(&self, actor: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let limit = self.limits.max_concurrent_requests_per_agent;
-        let sem = self
+    /// The semaphore that limits the requests in flight of `actor` across its connections.
+    fn agent_slots(&self, actor: &str) -> Arc<Semaphore> {
+        let mut slots = self
             .inflight
-            .get_with_by_ref(actor, || Arc::new(Semaphore::new(limit)));
-        sem.try_acquire_owned().ok()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(live) = slots.map.get(actor).and_then(Weak::upgrade) {
+            return live;
+        }
+        // Agents without a connection left are forgotten whenever the map has doubled.
+        if slots.map.len() >= slots.prune_at {
+            slots.map.retain(|_, sem| sem.strong_count() > 0);
+            slots.prune_at = (2 * slots.map.len()).max(1024);
+        }
+        let sem = Arc::new(Semaphore::new(
+            self.limits.max_concurrent_requests_per_agent,
+        ));
+        slots.map.insert(actor.to_owned(), Arc::downgrade(&sem));
+        sem
     }
 
     /// Refuses a head over `limits.max_header_bytes`: hyper only checks its read buffer, which one
@@ -146,7 +161,7 @@ impl ProxyState {
     }
 
     /// Waits for connections and tunnels to finish (after `shutdown` was cancelled).
-    pub async fn drain(&self) {
+    async fn drain(&self) {
         self.tasks.close();
         if tokio::time::timeout(self.shutdown_grace, self.tasks.wait())
             .await
@@ -156,6 +171,22 @@ impl ProxyState {
                 open = self.tasks.len(),
                 "shutdown grace period over; closing remaining proxy connections"
             );
+        }
+    }
+}
+
+/// The per-agent in-flight semaphores, by actor id.
+#[derive(Debug)]
+struct AgentSlots {
+    map: std::collections::HashMap<String, Weak<Semaphore>>,
+    prune_at: usize,
+}
+
+impl Default for AgentSlots {
+    fn default() -> Self {
+        Self {
+            map: std::collections::HashMap::new(),
+            prune_at: 1024,
         }
     }
 }

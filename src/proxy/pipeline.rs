@@ -41,6 +41,35 @@ pub struct Target {
     pub sni_mismatch: bool,
     /// The request came in absolute form on the proxy's own connection.
     pub absolute_form: bool,
+    /// The authority as a `Host` header writes it (the port only when not the default): the
+    /// form nearly every request claims, so most checks are one comparison.
+    host_header: String,
+}
+
+impl Target {
+    /// Where requests go: the canonical authority, over https or not.
+    pub fn new(authority: Authority, https: bool, sni_mismatch: bool, absolute_form: bool) -> Self {
+        let host_header = authority.host_header(if https { 443 } else { 80 });
+        Self {
+            authority,
+            https,
+            sni_mismatch,
+            absolute_form,
+            host_header,
+        }
+    }
+
+    /// Whether `claimed` (a `Host` header or URI authority) names this target.
+    fn names(&self, claimed: &[u8]) -> bool {
+        if claimed == self.host_header.as_bytes() {
+            return true;
+        }
+        let default_port = if self.https { 443 } else { 80 };
+        std::str::from_utf8(claimed)
+            .ok()
+            .and_then(|c| parse_authority(c, Some(default_port)).ok())
+            .is_some_and(|a| a == self.authority)
+    }
 }
 
 /// Headers that describe one hop and never travel further.
@@ -148,12 +177,7 @@ pub async fn absolute_form(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let target = Arc::new(Target {
-        authority,
-        https,
-        sni_mismatch: false,
-        absolute_form: true,
-    });
+    let target = Arc::new(Target::new(authority, https, false, true));
     handle(state, Arc::new(session), target, req).await
 }
 
@@ -187,29 +211,23 @@ pub async fn handle(
 }
 
 fn check_host(target: &Target, req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let default_port = if target.https { 443 } else { 80 };
     let mismatch = || ProxyError::HostMismatch(target.authority.to_string());
     if target.sni_mismatch {
         return Err(mismatch());
     }
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
-    let mut claimed: Vec<String> = hosts
-        .iter()
-        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        .collect();
+    if host.is_some_and(|h| !target.names(h.as_bytes())) {
+        return Err(mismatch());
+    }
     if !target.absolute_form
         && let Some(a) = req.uri().authority()
+        && !target.names(a.as_str().as_bytes())
     {
-        claimed.push(a.as_str().to_owned());
-    }
-    for c in claimed {
-        match parse_authority(&c, Some(default_port)) {
-            Ok(a) if a == target.authority => {}
-            _ => return Err(mismatch()),
-        }
+        return Err(mismatch());
     }
     Ok(())
 }
@@ -280,31 +298,25 @@ fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyE
 
 /// Builds the upstream URI from its parts (never by pasting strings) and checks that it names
 /// exactly the target: no user information, the same host, the same port.
-fn upstream_uri(
-    scheme: &str,
-    authority: &Authority,
-    default_port: u16,
-    path_and_query: &str,
-) -> Result<Uri, ProxyError> {
+fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError> {
     let refuse = || ProxyError::BadRequest("the request target cannot be forwarded".into());
     if !path_and_query.starts_with('/') {
         return Err(refuse());
     }
+    let (scheme, default_port) = if target.https {
+        ("https", 443)
+    } else {
+        ("http", 80)
+    };
     let uri = Uri::builder()
         .scheme(scheme)
-        .authority(authority.host_header(default_port).as_str())
+        .authority(target.host_header.as_str())
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| refuse())?;
     let auth = uri.authority().ok_or_else(refuse)?;
-    let same_port = auth.port_u16().unwrap_or(default_port) == authority.port;
-    if auth.as_str().contains('@')
-        || !same_port
-        || parse_authority(auth.as_str(), Some(default_port))
-            .ok()
-            .as_ref()
-            != Some(authority)
-    {
+    let same_port = auth.port_u16().unwrap_or(default_port) == target.authority.port;
+    if auth.as_str().contains('@') || !same_port || !target.names(auth.as_str().as_bytes()) {
         return Err(refuse());
     }
     Ok(uri)
@@ -400,11 +412,11 @@ async fn process(
     if let Some(service) = service {
         check_method_override(service, req.headers(), req.uri().query())?;
     }
-    let slot = state
-        .request_slot(&session.actor.1)
-        .ok_or(ProxyError::RateLimited(
-            "too many requests in flight for this agent",
-        ))?;
+    let slot = session
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::RateLimited("too many requests in flight for this agent"))?;
 
     let placeholders: BTreeSet<String> = snapshot
         .services
@@ -459,9 +471,7 @@ async fn process(
         parts.headers.remove(header::RANGE);
         parts.headers.remove(header::IF_RANGE);
     }
-    let scheme = if target.https { "https" } else { "http" };
-    let default_port = if target.https { 443 } else { 80 };
-    let uri = upstream_uri(scheme, &target.authority, default_port, &new_path)?;
+    let uri = upstream_uri(target, &new_path)?;
 
     let max_in = state.limits.max_request_body_bytes;
     let declared_len = parts
@@ -524,11 +534,7 @@ async fn process(
     let mut upstream_req = Request::from_parts(parts, upstream_body);
     *upstream_req.uri_mut() = uri;
     *upstream_req.version_mut() = Version::HTTP_11;
-    let client = if websocket {
-        &state.upstream.upgrade_client
-    } else {
-        &state.upstream.client
-    };
+    let client = state.upstream.client(websocket);
     let timeout = state.upstream.response_header_timeout;
     let mut response = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
         Err(_) => {

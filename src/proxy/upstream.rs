@@ -1,7 +1,8 @@
 //! The way out: resolve (system resolver or static overrides) → check every address with the
 //! SSRF guard → dial a checked address → TLS verified against the configured roots with
-//! SNI = host. Connections are pooled per authority by hyper's client; there is one client per
-//! trust configuration, so pools never mix trust settings. Redirects are never followed.
+//! SNI = host. Connections are pooled per authority by hyper's client; each proxy worker has its
+//! own clients, all with one trust configuration, so pools never mix trust settings. Redirects
+//! are never followed.
 
 use std::future::Future;
 use std::io;
@@ -249,10 +250,13 @@ impl hyper::rt::Write for UpstreamStream {
     }
 }
 
-/// The connector hyper's pooled client calls for each new connection.
+/// The connector hyper's pooled client calls for each new connection. Hyper clones it for every
+/// request, pooled connection or not, so it is one reference count.
 #[derive(Clone)]
 #[allow(missing_debug_implementations)]
-pub struct Connector {
+pub struct Connector(Arc<ConnectorInner>);
+
+struct ConnectorInner {
     resolver: Resolver,
     guard: NetGuard,
     tls: TlsConnector,
@@ -270,7 +274,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             // Defence in depth: the pipeline builds URIs from parts, but never dial a URI whose
             // authority carries user information (it would name a different host).
@@ -366,13 +370,18 @@ pub fn client_tls_config(
     Ok(tls)
 }
 
-/// The pooled clients: one speaking h2 or HTTP/1.1 (by ALPN), one HTTP/1.1-only for upgrades.
-#[derive(Clone)]
+/// One worker's pooled clients: one speaking h2 or HTTP/1.1 (by ALPN), one HTTP/1.1-only for
+/// upgrades.
+struct Clients {
+    client: Client<Connector, ProxyBody>,
+    upgrade: Client<Connector, ProxyBody>,
+}
+
+/// The way out: per-worker pooled clients over one resolver and SSRF guard.
 pub struct Upstream {
-    /// For ordinary requests.
-    pub client: Client<Connector, ProxyBody>,
-    /// For WebSocket upgrades (HTTP/1.1 only).
-    pub upgrade_client: Client<Connector, ProxyBody>,
+    /// A worker's requests use its own pools, so an upstream connection lives on the thread of
+    /// the agent connections it serves.
+    per_worker: Vec<Clients>,
     /// The resolver (also used for spliced tunnels).
     pub resolver: Resolver,
     /// The SSRF guard (also used for spliced tunnels).
@@ -390,22 +399,30 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the clients.
+    /// Builds the clients for `workers` proxy workers.
     pub fn new(
         config: &UpstreamConfig,
         guard: NetGuard,
         provider: Arc<CryptoProvider>,
+        workers: usize,
     ) -> Result<Self, String> {
         let resolver = Resolver::new(config);
-        let make = |alpn: &[&[u8]], h2: bool| -> Result<Client<Connector, ProxyBody>, String> {
+        // Built once: parsing the roots is the expensive part, and every pool may share it.
+        let connector = |alpn: &[&[u8]]| -> Result<Connector, String> {
             let tls = client_tls_config(config, provider.clone(), alpn)?;
-            let connector = Connector {
+            Ok(Connector(Arc::new(ConnectorInner {
                 resolver: resolver.clone(),
                 guard: guard.clone(),
                 tls: TlsConnector::from(Arc::new(tls)),
                 connect_timeout: config.connect_timeout,
                 tls_timeout: config.tls_handshake_timeout,
-            };
+            })))
+        };
+        let (any, h1_only) = (
+            connector(&[b"h2", b"http/1.1"])?,
+            connector(&[b"http/1.1"])?,
+        );
+        let make = |connector: Connector, h2: bool| -> Client<Connector, ProxyBody> {
             let mut builder = Client::builder(TokioExecutor::new());
             builder
                 .pool_timer(TokioTimer::new())
@@ -422,16 +439,33 @@ impl Upstream {
                     .http2_keep_alive_interval(Duration::from_secs(30))
                     .http2_keep_alive_while_idle(false);
             }
-            Ok(builder.build(connector))
+            builder.build(connector)
         };
+        let per_worker = (0..workers.max(1))
+            .map(|_| Clients {
+                client: make(any.clone(), true),
+                upgrade: make(h1_only.clone(), false),
+            })
+            .collect();
         Ok(Self {
-            client: make(&[b"h2", b"http/1.1"], true)?,
-            upgrade_client: make(&[b"http/1.1"], false)?,
+            per_worker,
             resolver,
             guard,
             connect_timeout: config.connect_timeout,
             response_header_timeout: config.response_header_timeout,
         })
+    }
+
+    /// The pooled client of this thread's worker (the first worker's on any other thread);
+    /// `upgrade` picks the HTTP/1.1-only one that WebSocket upgrades need.
+    pub fn client(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
+        let index = super::workers::current().unwrap_or(0) % self.per_worker.len();
+        let clients = &self.per_worker[index];
+        if upgrade {
+            &clients.upgrade
+        } else {
+            &clients.client
+        }
     }
 }
 
