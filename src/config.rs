@@ -870,6 +870,8 @@ mod tests {
                     "kdf",
                 ),
                 ("[tokens]\ncache_ttl = \"5s\"\n", "tokens.cache_ttl"),
+                ("[server]\nproxy_threads = 5000\n", "server.proxy_threads"),
+                ("[server]\nproxy_threads = -1\n", "proxy_threads"),
             ];
             for (toml, key) in cases {
                 let err = load_in_jail(jail, Some(toml)).unwrap_err().to_string();

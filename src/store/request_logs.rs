@@ -101,9 +101,21 @@ fn placeholders(sql: &mut String, backend: Backend, first: usize, n: usize) {
     sql.push(')');
 }
 
-/// Rows per INSERT statement: 15 parameters each, 15,000 in all, below SQLite's limit of 32,766
-/// and Postgres's of 65,535. Every statement is a round trip to SQLite's worker thread.
-pub const REQUEST_LOG_ROWS_PER_STATEMENT: usize = 1000;
+/// Most rows per INSERT statement (15 parameters each). Every statement is a round trip to
+/// SQLite's worker thread, and every distinct statement text is prepared and cached by each
+/// connection: a batch goes out in statements of a power of two rows, so at most nine shapes
+/// are ever cached (a cache of a statement per batch length grew the server by megabytes a
+/// second under load).
+pub const REQUEST_LOG_ROWS_PER_STATEMENT: usize = 256;
+
+/// How many rows the next statement carries when `left` remain: a power of two.
+fn statement_rows(left: usize) -> usize {
+    if left >= REQUEST_LOG_ROWS_PER_STATEMENT {
+        REQUEST_LOG_ROWS_PER_STATEMENT
+    } else {
+        1 << left.ilog2()
+    }
+}
 
 fn u64_to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -114,7 +126,6 @@ impl Store {
     /// the database per chunk, not per row: the proxy may log tens of thousands of rows a
     /// second). Rows of a vault deleted meanwhile are skipped.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
-        const CHUNK: usize = REQUEST_LOG_ROWS_PER_STATEMENT;
         const COLUMNS: usize = 15;
         if rows.is_empty() {
             return Ok(());
@@ -140,7 +151,10 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let rows: Vec<&RequestLogRow> =
             rows.iter().filter(|r| live.contains(&r.vault_id)).collect();
-        for chunk in rows.chunks(CHUNK) {
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(statement_rows(rest.len()));
+            rest = after;
             let mut sql = String::with_capacity(300 + chunk.len() * 90);
             sql.push_str(
                 "INSERT INTO request_logs (vault_id, actor_kind, actor_id, kind, method, host, path, service, credential_keys, \
@@ -268,5 +282,28 @@ impl Store {
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_use_few_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for total in 1..=2000 {
+            let (mut left, mut statements) = (total, 0);
+            while left > 0 {
+                let n = statement_rows(left);
+                assert!(n >= 1 && n <= left && n <= REQUEST_LOG_ROWS_PER_STATEMENT);
+                shapes.insert(n);
+                left -= n;
+                statements += 1;
+            }
+            // Full statements, then at most one per bit of the remainder.
+            assert!(statements <= total / REQUEST_LOG_ROWS_PER_STATEMENT + 8);
+        }
+        assert_eq!(shapes.len(), 9);
     }
 }
