@@ -65,8 +65,6 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Needles {
     /// Sorted by first byte, then longest first (so the longest match at a position wins).
     list: Vec<Zeroizing<Vec<u8>>>,
-    /// `list[start[b]..start[b + 1]]` are the needles that begin with byte `b`.
-    start: Box<[u16; 257]>,
     /// Whether some needle begins with byte `b`: the scan skips ahead with this table when
     /// there are too many distinct first bytes for [`Self::groups`].
     first: Box<[bool; 256]>,
@@ -120,7 +118,7 @@ fn base64_fragments(value: &[u8], engine: &impl Engine, out: &mut Vec<Zeroizing<
 
 fn percent_variants(value: &[u8], out: &mut Vec<Zeroizing<Vec<u8>>>) {
     for set in [NON_ALPHANUMERIC, URI_COMPONENT, UNRESERVED] {
-        let upper = Zeroizing::new(percent_encode(value, set).to_string().into_bytes());
+        let upper = Zeroizing::new(percent_encode(value, set).collect::<String>().into_bytes());
         if upper.as_slice() == value {
             continue;
         }
@@ -209,20 +207,15 @@ impl Needles {
             return None;
         }
         list.sort_by(|a, b| a[0].cmp(&b[0]).then(b.len().cmp(&a.len())));
-        let mut start = Box::new([0u16; 257]);
-        let mut i = 0usize;
-        for (b, slot) in start.iter_mut().enumerate() {
-            while i < list.len() && usize::from(list[i][0]) < b {
-                i += 1;
-            }
-            *slot = u16::try_from(i).unwrap_or(u16::MAX);
-        }
         let max_len = list.iter().map(|n| n.len()).max().unwrap_or(0);
         let mut first = Box::new([false; 256]);
+        let mut distinct = Zeroizing::new(Vec::new());
         for n in &list {
-            first[usize::from(n[0])] = true;
+            if !first[usize::from(n[0])] {
+                first[usize::from(n[0])] = true;
+                distinct.push(n[0]);
+            }
         }
-        let distinct: Vec<u8> = (0..=255u8).filter(|&b| first[usize::from(b)]).collect();
         let groups = if distinct.len() <= 3 * MAX_GROUPS {
             distinct
                 .chunks(3)
@@ -233,16 +226,18 @@ impl Needles {
         };
         Some(Arc::new(Self {
             list,
-            start,
             first,
             groups,
             max_len,
         }))
     }
 
+    /// The needles that begin with `first` (a binary search: candidates are rare once the
+    /// scan has skipped to them, and a table per request cost more than all the searches).
     fn bucket(&self, first: u8) -> &[Zeroizing<Vec<u8>>] {
-        let b = usize::from(first);
-        &self.list[usize::from(self.start[b])..usize::from(self.start[b + 1])]
+        let from = self.list.partition_point(|n| n[0] < first);
+        let to = from + self.list[from..].partition_point(|n| n[0] == first);
+        &self.list[from..to]
     }
 
     /// Scans `buf`: pushes the `(start, end)` of each match (leftmost, longest, not overlapping)
