@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -24,6 +23,7 @@ use super::auth::{self, Session};
 use super::error::ProxyError;
 use super::pipeline::{self, Target};
 use super::upstream::{ConnectError, dial};
+use super::workers::Slot;
 use super::{Activity, ProxyBody, ProxyState};
 use crate::domain::now_ms;
 use crate::policy::{
@@ -89,7 +89,7 @@ pub(super) fn agent_http(limits: &crate::config::LimitsConfig) -> auto::Builder<
 pub async fn handle(
     state: Arc<ProxyState>,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -128,7 +128,7 @@ pub async fn handle(
             let st = state.clone();
             state.tasks.spawn(async move {
                 intercept(st, Arc::new(session), authority, on_upgrade).await;
-                drop(permit);
+                drop(slot);
             });
             established()
         }
@@ -152,7 +152,7 @@ pub async fn handle(
                     let st = state.clone();
                     state.tasks.spawn(async move {
                         splice_tunnel(st, session, authority, on_upgrade, tcp, started).await;
-                        drop(permit);
+                        drop(slot);
                     });
                     established()
                 }

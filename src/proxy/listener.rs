@@ -12,15 +12,29 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ProxyError;
-use super::workers::Workers;
+use super::workers::{Slot, Workers};
 use super::{ProxyBody, ProxyState, connect, pipeline};
 
-/// Accepts connections until shutdown and hands them to the workers; then drains open
-/// connections and tunnels (up to `server.shutdown_grace`) and stops the workers.
+/// Has the workers accept connections until shutdown; then drains open connections and
+/// tunnels (up to `server.shutdown_grace`) and stops the workers.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Workers) {
+    match listener.into_std().and_then(|l| workers.listen(l)) {
+        Ok(()) => state.shutdown.cancelled().await,
+        Err(e) => {
+            tracing::error!(error = %e, "the proxy cannot accept connections");
+            state.shutdown.cancelled().await;
+        }
+    }
+    // Each worker's accept loop has closed its copy of the socket (it is a task the drain
+    // waits for), so clients see at once that no new connection is taken.
+    state.drain().await;
+    workers.stop().await;
+}
+
+/// Accepts connections on one worker until shutdown, under the global connection limit.
+pub(super) async fn accept_loop(listener: TcpListener, state: Arc<ProxyState>) {
     let mut refused: u64 = 0;
     loop {
         tokio::select! {
@@ -35,9 +49,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Worke
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = workers.assign(stream, peer, Arc::new(permit)) {
-                        tracing::warn!(error = %e, "could not hand a proxy connection to a worker");
-                    }
+                    let st = state.clone();
+                    state
+                        .tasks
+                        .spawn(serve_connection(st, stream, peer, Arc::new(Slot(permit))));
                 }
                 Err(e) => {
                     // Out of file descriptors and kin: back off instead of spinning.
@@ -48,25 +63,21 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Worke
             () = state.shutdown.cancelled() => break,
         }
     }
-    // Closed before draining, so clients see at once that no new connection is taken.
-    drop(listener);
-    state.drain().await;
-    workers.stop().await;
 }
 
 /// Serves one agent connection (on a worker's runtime).
-pub(super) async fn serve_connection(
+async fn serve_connection(
     state: Arc<ProxyState>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
 ) {
     let st = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let st = st.clone();
-        let permit = permit.clone();
+        let slot = slot.clone();
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life.
-        let handling = Box::pin(dispatch(st, peer, permit, req));
+        let handling = Box::pin(dispatch(st, peer, slot, req));
         async move { Ok::<_, Infallible>(handling.await) }
     });
     let conn = http1::Builder::new()
@@ -93,7 +104,7 @@ pub(super) async fn serve_connection(
 async fn dispatch(
     state: Arc<ProxyState>,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if state.shutdown.is_cancelled() {
@@ -103,7 +114,7 @@ async fn dispatch(
         return e.into_response();
     }
     if req.method() == Method::CONNECT {
-        return connect::handle(state, peer, permit, req).await;
+        return connect::handle(state, peer, slot, req).await;
     }
     if req.uri().scheme().is_some() {
         return pipeline::absolute_form(state, peer, req).await;

@@ -1,14 +1,15 @@
-//! The proxy's worker threads: one single-threaded runtime per worker. The accept loop hands
-//! each connection to a worker, round robin, and the connection lives there until it closes,
-//! together with the upstream connections its requests use (each worker has its own pools). A
-//! request therefore never crosses threads: on the multi-threaded scheduler, the wake-ups between
-//! the agent's connection, the upstream connection and idle workers cost about a quarter of the
-//! proxy's CPU per request (see the README's benchmark).
+//! The proxy's worker threads: one single-threaded runtime per worker. Every worker accepts on
+//! the proxy's listening socket (a worker busy with its connections is not in `accept`, so new
+//! connections go to idle ones), and a connection lives on the worker that accepted it until it
+//! closes, together with the upstream connections its requests use (each worker has its own
+//! pools). A request therefore never crosses threads: on the multi-threaded scheduler, the
+//! wake-ups between the agent's connection, the upstream connection and idle workers cost about
+//! a quarter of the proxy's CPU per request (see the README's benchmark). Accepting on the
+//! workers themselves, rather than handing connections over from one accept loop, keeps new
+//! connections as cheap as they were on the shared scheduler.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -32,18 +33,16 @@ pub fn count(configured: usize) -> usize {
     }
 }
 
-/// An accepted connection on its way to a worker.
-struct Job {
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
-}
+/// An accepted connection's place under the global connection limit, given back when the
+/// connection, and any tunnel it turned into, ends.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] pub(super) OwnedSemaphorePermit);
 
 /// Handles to the running workers.
 #[derive(Debug)]
 pub struct Workers {
-    queues: Vec<mpsc::UnboundedSender<Job>>,
-    next: AtomicUsize,
+    /// Each worker's mailbox for the listening socket it accepts on.
+    listeners: Vec<mpsc::UnboundedSender<std::net::TcpListener>>,
     stopped: Vec<oneshot::Receiver<()>>,
 }
 
@@ -61,9 +60,10 @@ pub enum WorkerError {
 }
 
 impl Workers {
-    /// Starts `n` workers serving connections with `state`.
+    /// Starts `n` workers serving connections with `state`; they accept once
+    /// [`Workers::listen`] gives them the socket.
     pub fn start(state: &Arc<ProxyState>, n: usize) -> Result<Self, WorkerError> {
-        let mut queues = Vec::with_capacity(n);
+        let mut listeners = Vec::with_capacity(n);
         let mut stopped = Vec::with_capacity(n);
         for index in 0..n {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -83,56 +83,58 @@ impl Workers {
                     let _ = done_tx.send(());
                 })
                 .map_err(|source| WorkerError::Start { index, source })?;
-            queues.push(tx);
+            listeners.push(tx);
             stopped.push(done_rx);
         }
-        Ok(Self {
-            queues,
-            next: AtomicUsize::new(0),
-            stopped,
-        })
+        Ok(Self { listeners, stopped })
     }
 
-    /// Hands an accepted connection to the next worker; gives it back when none can take it.
-    pub fn assign(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-        permit: Arc<OwnedSemaphorePermit>,
-    ) -> std::io::Result<()> {
-        let stream = stream.into_std()?;
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        self.queues[index]
-            .send(Job {
-                stream,
-                peer,
-                permit,
-            })
+    /// Has every worker accept on `listener` (each on its own duplicate of the socket) until
+    /// shutdown. Fails only when no worker could be given the socket.
+    pub fn listen(&self, listener: std::net::TcpListener) -> std::io::Result<()> {
+        let Some((last, others)) = self.listeners.split_last() else {
+            return Err(std::io::Error::other("no proxy worker is running"));
+        };
+        for (worker, mailbox) in others.iter().enumerate() {
+            match listener.try_clone() {
+                Ok(socket) => {
+                    let _ = mailbox.send(socket);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, worker, "cannot share the proxy socket with a worker");
+                }
+            }
+        }
+        last.send(listener)
             .map_err(|_| std::io::Error::other("proxy worker has stopped"))
     }
 
     /// Stops the workers and waits for their threads. Connections still open are closed: the
     /// caller drains them first, within the shutdown grace period, while the workers still run.
     pub async fn stop(mut self) {
-        self.queues.clear();
+        self.listeners.clear();
         for done in self.stopped.drain(..) {
             let _ = done.await;
         }
     }
 }
 
-/// A worker's loop: serve connections until [`Workers::stop`]. The runtime drives every
-/// connection task while this waits for the next job.
-async fn run(state: Arc<ProxyState>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(job) = jobs.recv().await {
-        match tokio::net::TcpStream::from_std(job.stream) {
-            Ok(stream) => {
-                let st = state.clone();
-                state.tasks.spawn(super::listener::serve_connection(
-                    st, stream, job.peer, job.permit,
-                ));
+/// A worker's loop: accept on every socket it is given until [`Workers::stop`]. The runtime
+/// drives every connection task while this waits.
+async fn run(
+    state: Arc<ProxyState>,
+    mut listeners: mpsc::UnboundedReceiver<std::net::TcpListener>,
+) {
+    while let Some(listener) = listeners.recv().await {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                state
+                    .tasks
+                    .spawn(super::listener::accept_loop(listener, state.clone()));
             }
-            Err(e) => tracing::warn!(error = %e, "proxy worker could not take a connection"),
+            Err(e) => {
+                tracing::warn!(error = %e, "proxy worker could not take the listening socket")
+            }
         }
     }
 }
