@@ -42,7 +42,7 @@ const SSE_EVENTS: usize = 50;
 const SSE_GAP: Duration = Duration::from_millis(20);
 const ECHO_LEN: usize = 16 * 1024;
 /// Downloads measured per route (each takes only milliseconds; the median smooths the noise).
-const DOWNLOADS: usize = 20;
+const DOWNLOADS: usize = 7;
 const MASTER_PASSWORD: &str = "benchmark master password";
 
 type UpBody = BoxBody<Bytes, hyper::Error>;
@@ -453,6 +453,12 @@ struct Sample {
 }
 
 impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.ok += other.ok;
+        self.failures += other.failures;
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+    }
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -557,6 +563,46 @@ async fn keep_alive(
     Ok((all, total))
 }
 
+/// Direct and proxy runs alternate in this many rounds and are pooled per route: load from a
+/// neighbour on the shared machine then weighs on both routes alike instead of on whichever
+/// happened to run during it (single runs of the direct route varied by a third).
+const ROUNDS: u32 = 3;
+
+/// [`keep_alive`] both ways in alternating rounds; also the proxy's CPU seconds over its
+/// rounds and the requests it served then.
+async fn keep_alive_pair(
+    target: &Arc<Target>,
+    concurrency: usize,
+    work: Work,
+    secs: f64,
+    pid: i32,
+) -> Result<(Sample, Sample, f64, u64)> {
+    let (mut direct, mut proxy) = (Sample::default(), Sample::default());
+    let (mut cpu, mut sent) = (0.0, 0);
+    let round = secs / f64::from(ROUNDS);
+    for _ in 0..ROUNDS {
+        let (d, _) = keep_alive(target, Route::Direct, concurrency, work, round).await?;
+        direct.merge(d);
+        let cpu0 = cpu_seconds(pid);
+        let (p, n) = keep_alive(target, Route::Proxy, concurrency, work, round).await?;
+        cpu += cpu_seconds(pid) - cpu0;
+        sent += n;
+        proxy.merge(p);
+    }
+    Ok((direct, proxy, cpu, sent))
+}
+
+/// [`new_connections`] both ways in alternating rounds.
+async fn new_connections_pair(target: &Arc<Target>, secs: f64) -> Result<(Sample, Sample)> {
+    let (mut direct, mut proxy) = (Sample::default(), Sample::default());
+    let round = secs / f64::from(ROUNDS);
+    for _ in 0..ROUNDS {
+        direct.merge(new_connections(target, Route::Direct, 32, round).await?);
+        proxy.merge(new_connections(target, Route::Proxy, 32, round).await?);
+    }
+    Ok((direct, proxy))
+}
+
 /// A new connection for every request: TCP, (CONNECT,) full TLS handshakes, one GET.
 async fn new_connections(
     target: &Arc<Target>,
@@ -607,11 +653,33 @@ async fn new_connections(
     Ok(all)
 }
 
+#[derive(Default)]
 struct Download {
-    ttfb_ms: f64,
-    mb_per_s: f64,
+    /// Per download.
+    ttfb_ms: Vec<f64>,
+    /// Per download.
+    mb_per_s: Vec<f64>,
     rss_growth: u64,
     failures: u64,
+}
+
+impl Download {
+    fn merge(&mut self, other: Download) {
+        self.ttfb_ms.extend(other.ttfb_ms);
+        self.mb_per_s.extend(other.mb_per_s);
+        self.rss_growth = self.rss_growth.max(other.rss_growth);
+        self.failures += other.failures;
+    }
+}
+
+/// [`download`] both ways in alternating rounds (see [`ROUNDS`]).
+async fn download_pair(target: &Arc<Target>, pid: i32) -> Result<(Download, Download)> {
+    let (mut direct, mut proxy) = (Download::default(), Download::default());
+    for _ in 0..ROUNDS {
+        direct.merge(download(target, Route::Direct, pid).await?);
+        proxy.merge(download(target, Route::Proxy, pid).await?);
+    }
+    Ok((direct, proxy))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -622,7 +690,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// [`DOWNLOADS`] 10 MB downloads on one connection (after one more to warm up); median time to
+/// [`DOWNLOADS`] 10 MB downloads on one connection (after one more to warm up): time to
 /// first byte and MB/s, and the proxy's peak RSS above its level before the first download.
 async fn download(target: &Arc<Target>, route: Route, pid: i32) -> Result<Download> {
     let mut send = target.open(route).await?;
@@ -686,8 +754,8 @@ async fn download(target: &Arc<Target>, route: Route, pid: i32) -> Result<Downlo
     done.store(true, Ordering::Relaxed);
     sampler.await?;
     Ok(Download {
-        ttfb_ms: median(ttfb),
-        mb_per_s: median(rate),
+        ttfb_ms: ttfb,
+        mb_per_s: rate,
         rss_growth: peak.load(Ordering::Relaxed).saturating_sub(before),
         failures,
     })
@@ -965,8 +1033,7 @@ async fn run(opts: Options) -> Result<()> {
 
     // Keep-alive, concurrency 1.
     if opts.runs("keepalive") {
-        let (d1, _) = keep_alive(&target, Route::Direct, 1, Work::Small, secs).await?;
-        let (p1, _) = keep_alive(&target, Route::Proxy, 1, Work::Small, secs).await?;
+        let (d1, p1, _, _) = keep_alive_pair(&target, 1, Work::Small, secs, pid).await?;
         failures += d1.failures + p1.failures;
         let added = p1.pct_ms(0.5) - d1.pct_ms(0.5);
         rows.push(row(
@@ -989,10 +1056,8 @@ async fn run(opts: Options) -> Result<()> {
         ));
 
         // Keep-alive, concurrency 32, with the proxy's CPU time.
-        let (d32, _) = keep_alive(&target, Route::Direct, 32, Work::Small, secs).await?;
-        let cpu0 = cpu_seconds(pid);
-        let (p32, sent) = keep_alive(&target, Route::Proxy, 32, Work::Small, secs).await?;
-        let cpu_per_10k = (cpu_seconds(pid) - cpu0) / sent as f64 * 10_000.0;
+        let (d32, p32, cpu, sent) = keep_alive_pair(&target, 32, Work::Small, secs, pid).await?;
+        let cpu_per_10k = cpu / sent as f64 * 10_000.0;
         failures += d32.failures + p32.failures;
         let ratio = p32.rate() / d32.rate();
         rows.push(row(
@@ -1023,8 +1088,7 @@ async fn run(opts: Options) -> Result<()> {
 
     // New connection per request, concurrency 32.
     if opts.runs("newconn") {
-        let dn = new_connections(&target, Route::Direct, 32, secs).await?;
-        let pn = new_connections(&target, Route::Proxy, 32, secs).await?;
+        let (dn, pn) = new_connections_pair(&target, secs).await?;
         failures += dn.failures + pn.failures;
         let ratio = pn.rate() / dn.rate();
         rows.push(row(
@@ -1049,20 +1113,20 @@ async fn run(opts: Options) -> Result<()> {
 
     // 10 MB download.
     if opts.runs("download") {
-        let dd = download(&target, Route::Direct, pid).await?;
-        let pd = download(&target, Route::Proxy, pid).await?;
+        let (dd, pd) = download_pair(&target, pid).await?;
         failures += dd.failures + pd.failures;
-        let ratio = pd.mb_per_s / dd.mb_per_s;
+        let (d_rate, p_rate) = (median(dd.mb_per_s), median(pd.mb_per_s));
+        let ratio = p_rate / d_rate;
         rows.push(row(
             "10 MB download: time to first byte ms",
-            Some(dd.ttfb_ms),
-            pd.ttfb_ms,
+            Some(median(dd.ttfb_ms)),
+            median(pd.ttfb_ms),
             None,
         ));
         rows.push(row(
             "10 MB download: MB/s",
-            Some(dd.mb_per_s),
-            pd.mb_per_s,
+            Some(d_rate),
+            p_rate,
             Some((">=0.7x".into(), ratio >= 0.7)),
         ));
         let growth_mb = pd.rss_growth as f64 / 1e6;
@@ -1089,8 +1153,7 @@ async fn run(opts: Options) -> Result<()> {
 
     // 16 KiB POST echo.
     if opts.runs("echo") {
-        let (de, _) = keep_alive(&target, Route::Direct, 32, Work::Echo, secs).await?;
-        let (pe, _) = keep_alive(&target, Route::Proxy, 32, Work::Echo, secs).await?;
+        let (de, pe, _, _) = keep_alive_pair(&target, 32, Work::Echo, secs, pid).await?;
         failures += de.failures + pe.failures;
         rows.push(row(
             "16 KiB POST echo, c=32: req/s",
