@@ -52,7 +52,7 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<ProxyState>) {
                     let st = state.clone();
                     state
                         .tasks
-                        .spawn(serve_connection(st, stream, peer, Arc::new(Slot(permit))));
+                        .spawn(serve_connection(st, stream, peer, Arc::new(Slot::new(permit))));
                 }
                 Err(e) => {
                     // Out of file descriptors and kin: back off instead of spinning.
