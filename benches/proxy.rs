@@ -448,17 +448,28 @@ async fn exchange(send: &mut Sender, req: Request<Full<Bytes>>, expect_len: usiz
 struct Sample {
     ok: u64,
     failures: u64,
+    /// Requests sent, warm-up included (for CPU per request).
+    sent: u64,
     seconds: f64,
     latencies: Vec<Duration>,
 }
 
-impl Sample {
+/// Results of several runs of one route that pool into one.
+trait Pooled: Default {
+    fn merge(&mut self, other: Self);
+}
+
+impl Pooled for Sample {
     fn merge(&mut self, other: Sample) {
         self.ok += other.ok;
         self.failures += other.failures;
+        self.sent += other.sent;
         self.seconds += other.seconds;
         self.latencies.extend(other.latencies);
     }
+}
+
+impl Sample {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -480,15 +491,14 @@ enum Work {
 }
 
 /// `concurrency` keep-alive connections, each sending requests back to back for `secs`
-/// (after a warm-up that is not counted). Returns the sample and the number of requests sent
-/// in total (for CPU per request).
+/// (after a warm-up that is not counted).
 async fn keep_alive(
     target: &Arc<Target>,
     route: Route,
     concurrency: usize,
     work: Work,
     secs: f64,
-) -> Result<(Sample, u64)> {
+) -> Result<Sample> {
     let warm = Duration::from_millis(500);
     let mut senders = Vec::new();
     for _ in 0..concurrency {
@@ -502,7 +512,7 @@ async fn keep_alive(
         .map(|mut send| {
             let echo = echo.clone();
             tokio::spawn(async move {
-                let (mut s, mut total) = (Sample::default(), 0u64);
+                let mut s = Sample::default();
                 loop {
                     let t0 = Instant::now();
                     if t0 >= until {
@@ -526,7 +536,7 @@ async fn keep_alive(
                             .await
                         }
                     };
-                    total += 1;
+                    s.sent += 1;
                     if t0 < measure_from {
                         if result.is_err() {
                             s.failures += 1;
@@ -544,23 +554,16 @@ async fn keep_alive(
                         }
                     }
                 }
-                (s, total)
+                s
             })
         })
         .collect();
-    let mut all = Sample {
-        seconds: secs,
-        ..Default::default()
-    };
-    let mut total = 0;
+    let mut all = Sample::default();
     for t in tasks {
-        let (s, n) = t.await?;
-        all.ok += s.ok;
-        all.failures += s.failures;
-        all.latencies.extend(s.latencies);
-        total += n;
+        all.merge(t.await?);
     }
-    Ok((all, total))
+    all.seconds = secs;
+    Ok(all)
 }
 
 /// Direct and proxy runs alternate in this many rounds and are pooled per route: load from a
@@ -568,39 +571,22 @@ async fn keep_alive(
 /// happened to run during it (single runs of the direct route varied by a third).
 const ROUNDS: u32 = 3;
 
-/// [`keep_alive`] both ways in alternating rounds; also the proxy's CPU seconds over its
-/// rounds and the requests it served then.
-async fn keep_alive_pair(
-    target: &Arc<Target>,
-    concurrency: usize,
-    work: Work,
-    secs: f64,
-    pid: i32,
-) -> Result<(Sample, Sample, f64, u64)> {
-    let (mut direct, mut proxy) = (Sample::default(), Sample::default());
-    let (mut cpu, mut sent) = (0.0, 0);
-    let round = secs / f64::from(ROUNDS);
+/// `measure` on both routes in [`ROUNDS`] alternating rounds, pooled per route; also the
+/// proxy's CPU seconds over its rounds.
+async fn alternate<T, F, Fut>(pid: i32, mut measure: F) -> Result<(T, T, f64)>
+where
+    T: Pooled,
+    F: FnMut(Route) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (mut direct, mut proxy, mut cpu) = (T::default(), T::default(), 0.0);
     for _ in 0..ROUNDS {
-        let (d, _) = keep_alive(target, Route::Direct, concurrency, work, round).await?;
-        direct.merge(d);
+        direct.merge(measure(Route::Direct).await?);
         let cpu0 = cpu_seconds(pid);
-        let (p, n) = keep_alive(target, Route::Proxy, concurrency, work, round).await?;
+        proxy.merge(measure(Route::Proxy).await?);
         cpu += cpu_seconds(pid) - cpu0;
-        sent += n;
-        proxy.merge(p);
     }
-    Ok((direct, proxy, cpu, sent))
-}
-
-/// [`new_connections`] both ways in alternating rounds.
-async fn new_connections_pair(target: &Arc<Target>, secs: f64) -> Result<(Sample, Sample)> {
-    let (mut direct, mut proxy) = (Sample::default(), Sample::default());
-    let round = secs / f64::from(ROUNDS);
-    for _ in 0..ROUNDS {
-        direct.merge(new_connections(target, Route::Direct, 32, round).await?);
-        proxy.merge(new_connections(target, Route::Proxy, 32, round).await?);
-    }
-    Ok((direct, proxy))
+    Ok((direct, proxy, cpu))
 }
 
 /// A new connection for every request: TCP, (CONNECT,) full TLS handshakes, one GET.
@@ -640,16 +626,11 @@ async fn new_connections(
             })
         })
         .collect();
-    let mut all = Sample {
-        seconds: secs,
-        ..Default::default()
-    };
+    let mut all = Sample::default();
     for t in tasks {
-        let s = t.await?;
-        all.ok += s.ok;
-        all.failures += s.failures;
-        all.latencies.extend(s.latencies);
+        all.merge(t.await?);
     }
+    all.seconds = secs;
     Ok(all)
 }
 
@@ -663,23 +644,13 @@ struct Download {
     failures: u64,
 }
 
-impl Download {
+impl Pooled for Download {
     fn merge(&mut self, other: Download) {
         self.ttfb_ms.extend(other.ttfb_ms);
         self.mb_per_s.extend(other.mb_per_s);
         self.rss_growth = self.rss_growth.max(other.rss_growth);
         self.failures += other.failures;
     }
-}
-
-/// [`download`] both ways in alternating rounds (see [`ROUNDS`]).
-async fn download_pair(target: &Arc<Target>, pid: i32) -> Result<(Download, Download)> {
-    let (mut direct, mut proxy) = (Download::default(), Download::default());
-    for _ in 0..ROUNDS {
-        direct.merge(download(target, Route::Direct, pid).await?);
-        proxy.merge(download(target, Route::Proxy, pid).await?);
-    }
-    Ok((direct, proxy))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -883,6 +854,30 @@ struct Row {
     target: Option<(String, bool)>,
 }
 
+/// A phase's rate, p50 and p99 rows (names `rate` and `{prefix}: p50 ms`, ...), with the
+/// rate's and the p50's targets.
+fn sample_rows(
+    rows: &mut Vec<Row>,
+    (rate, prefix): (&str, &str),
+    (direct, proxy): (&Sample, &Sample),
+    rate_target: Option<(String, bool)>,
+    p50_target: Option<(String, bool)>,
+) {
+    rows.push(row(rate, Some(direct.rate()), proxy.rate(), rate_target));
+    rows.push(row(
+        &format!("{prefix}: p50 ms"),
+        Some(direct.pct_ms(0.5)),
+        proxy.pct_ms(0.5),
+        p50_target,
+    ));
+    rows.push(row(
+        &format!("{prefix}: p99 ms"),
+        Some(direct.pct_ms(0.99)),
+        proxy.pct_ms(0.99),
+        None,
+    ));
+}
+
 fn row(name: &str, direct: Option<f64>, proxy: f64, target: Option<(String, bool)>) -> Row {
     Row {
         name: name.to_owned(),
@@ -1027,57 +1022,42 @@ async fn run(opts: Options) -> Result<()> {
     println!("agent-vault proxy benchmark on {}", machine());
     println!("phases of {} s; {} idle tunnels", opts.secs, opts.tunnels);
     let secs = opts.secs;
+    let round = secs / f64::from(ROUNDS);
     let mut failures = 0;
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
 
     // Keep-alive, concurrency 1.
     if opts.runs("keepalive") {
-        let (d1, p1, _, _) = keep_alive_pair(&target, 1, Work::Small, secs, pid).await?;
+        let (d1, p1, _) = alternate(pid, |route| {
+            keep_alive(&target, route, 1, Work::Small, round)
+        })
+        .await?;
         failures += d1.failures + p1.failures;
         let added = p1.pct_ms(0.5) - d1.pct_ms(0.5);
-        rows.push(row(
-            "keep-alive GET 100 B, c=1: req/s",
-            Some(d1.rate()),
-            p1.rate(),
+        sample_rows(
+            &mut rows,
+            ("keep-alive GET 100 B, c=1: req/s", "keep-alive c=1"),
+            (&d1, &p1),
             None,
-        ));
-        rows.push(row(
-            "keep-alive c=1: p50 ms",
-            Some(d1.pct_ms(0.5)),
-            p1.pct_ms(0.5),
             Some(("+<=0.2 ms".into(), added <= 0.2)),
-        ));
-        rows.push(row(
-            "keep-alive c=1: p99 ms",
-            Some(d1.pct_ms(0.99)),
-            p1.pct_ms(0.99),
-            None,
-        ));
+        );
 
         // Keep-alive, concurrency 32, with the proxy's CPU time.
-        let (d32, p32, cpu, sent) = keep_alive_pair(&target, 32, Work::Small, secs, pid).await?;
-        let cpu_per_10k = cpu / sent as f64 * 10_000.0;
+        let (d32, p32, cpu) = alternate(pid, |route| {
+            keep_alive(&target, route, 32, Work::Small, round)
+        })
+        .await?;
+        let cpu_per_10k = cpu / p32.sent as f64 * 10_000.0;
         failures += d32.failures + p32.failures;
         let ratio = p32.rate() / d32.rate();
-        rows.push(row(
-            "keep-alive GET 100 B, c=32: req/s",
-            Some(d32.rate()),
-            p32.rate(),
+        sample_rows(
+            &mut rows,
+            ("keep-alive GET 100 B, c=32: req/s", "keep-alive c=32"),
+            (&d32, &p32),
             Some((">=0.4x".into(), ratio >= 0.4)),
-        ));
-        rows.push(row(
-            "keep-alive c=32: p50 ms",
-            Some(d32.pct_ms(0.5)),
-            p32.pct_ms(0.5),
             None,
-        ));
-        rows.push(row(
-            "keep-alive c=32: p99 ms",
-            Some(d32.pct_ms(0.99)),
-            p32.pct_ms(0.99),
-            None,
-        ));
+        );
         rows.push(row(
             "proxy CPU seconds per 10,000 requests",
             None,
@@ -1088,32 +1068,22 @@ async fn run(opts: Options) -> Result<()> {
 
     // New connection per request, concurrency 32.
     if opts.runs("newconn") {
-        let (dn, pn) = new_connections_pair(&target, secs).await?;
+        let (dn, pn, _) =
+            alternate(pid, |route| new_connections(&target, route, 32, round)).await?;
         failures += dn.failures + pn.failures;
         let ratio = pn.rate() / dn.rate();
-        rows.push(row(
-            "new connection per GET, c=32: conn/s",
-            Some(dn.rate()),
-            pn.rate(),
+        sample_rows(
+            &mut rows,
+            ("new connection per GET, c=32: conn/s", "new connection"),
+            (&dn, &pn),
             Some((">=0.7x".into(), ratio >= 0.7)),
-        ));
-        rows.push(row(
-            "new connection: p50 ms",
-            Some(dn.pct_ms(0.5)),
-            pn.pct_ms(0.5),
             None,
-        ));
-        rows.push(row(
-            "new connection: p99 ms",
-            Some(dn.pct_ms(0.99)),
-            pn.pct_ms(0.99),
-            None,
-        ));
+        );
     }
 
     // 10 MB download.
     if opts.runs("download") {
-        let (dd, pd) = download_pair(&target, pid).await?;
+        let (dd, pd, _) = alternate(pid, |route| download(&target, route, pid)).await?;
         failures += dd.failures + pd.failures;
         let (d_rate, p_rate) = (median(dd.mb_per_s), median(pd.mb_per_s));
         let ratio = p_rate / d_rate;
@@ -1153,7 +1123,10 @@ async fn run(opts: Options) -> Result<()> {
 
     // 16 KiB POST echo.
     if opts.runs("echo") {
-        let (de, pe, _, _) = keep_alive_pair(&target, 32, Work::Echo, secs, pid).await?;
+        let (de, pe, _) = alternate(pid, |route| {
+            keep_alive(&target, route, 32, Work::Echo, round)
+        })
+        .await?;
         failures += de.failures + pe.failures;
         rows.push(row(
             "16 KiB POST echo, c=32: req/s",
