@@ -42,7 +42,7 @@ const SSE_EVENTS: usize = 50;
 const SSE_GAP: Duration = Duration::from_millis(20);
 const ECHO_LEN: usize = 16 * 1024;
 /// Downloads measured per route (each takes only milliseconds; the median smooths the noise).
-const DOWNLOADS: usize = 7;
+const DOWNLOADS: usize = 15;
 const MASTER_PASSWORD: &str = "benchmark master password";
 
 type UpBody = BoxBody<Bytes, hyper::Error>;
