@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
@@ -101,27 +101,70 @@ fn push(out: &mut Vec<Zeroizing<Vec<u8>>>, needle: Vec<u8>) {
     }
 }
 
-/// The base64 characters that depend only on `value`, for each of the three alignments it can
-/// have inside a longer encoded string.
-fn base64_fragments(value: &[u8], engine: &impl Engine, out: &mut Vec<Zeroizing<Vec<u8>>>) {
+/// The URL-safe form of standard base64 text: the alphabets differ only in `+` and `/`, so one
+/// encoding serves both.
+fn url_safe(standard: &[u8]) -> Vec<u8> {
+    standard
+        .iter()
+        .map(|&b| match b {
+            b'+' => b'-',
+            b'/' => b'_',
+            b => b,
+        })
+        .collect()
+}
+
+/// Pushes standard base64 text and its URL-safe form.
+fn push_base64(out: &mut Vec<Zeroizing<Vec<u8>>>, standard: &[u8]) {
+    push(out, standard.to_vec());
+    push(out, url_safe(standard));
+}
+
+/// `value` in base64, padded, and the characters that depend only on `value` for each of the
+/// three alignments it can have inside a longer encoded string; every one in both alphabets.
+/// Three encodings in reused buffers: this runs for every request that carries a credential.
+fn base64_variants(value: &[u8], out: &mut Vec<Zeroizing<Vec<u8>>>) {
+    let padded = Zeroizing::new(STANDARD.encode(value).into_bytes());
+    push_base64(out, &padded);
+    let mut input = Zeroizing::new(Vec::with_capacity(value.len() + 2));
+    let mut encoded = Zeroizing::new(Vec::with_capacity(padded.len() + 4));
     for k in 0..3usize {
-        let mut input = Zeroizing::new(vec![0u8; k]);
-        input.extend_from_slice(value);
-        let encoded = Zeroizing::new(engine.encode(input.as_slice()).into_bytes());
+        let text: &[u8] = if k == 0 {
+            // Alignment 0 is the padded encoding without its padding.
+            let unpadded = padded
+                .iter()
+                .position(|&b| b == b'=')
+                .unwrap_or(padded.len());
+            &padded[..unpadded]
+        } else {
+            input.clear();
+            input.resize(k, 0);
+            input.extend_from_slice(value);
+            encoded.clear();
+            encoded.resize(input.len().div_ceil(3) * 4, 0);
+            let Ok(n) = STANDARD_NO_PAD.encode_slice(input.as_slice(), encoded.as_mut_slice())
+            else {
+                continue;
+            };
+            &encoded[..n]
+        };
         let start = (8 * k).div_ceil(6);
-        let end = (8 * (k + value.len()) / 6).min(encoded.len());
+        let end = (8 * (k + value.len()) / 6).min(text.len());
         if start < end {
-            push(out, encoded[start..end].to_vec());
+            push_base64(out, &text[start..end]);
         }
     }
 }
 
 fn percent_variants(value: &[u8], out: &mut Vec<Zeroizing<Vec<u8>>>) {
     for set in [NON_ALPHANUMERIC, URI_COMPONENT, UNRESERVED] {
-        let upper = Zeroizing::new(percent_encode(value, set).collect::<String>().into_bytes());
-        if upper.as_slice() == value {
+        // The first piece is the whole value when nothing in it needs encoding (most tokens,
+        // for the two narrower sets): no allocation then.
+        let mut pieces = percent_encode(value, set);
+        if pieces.clone().next().is_some_and(|p| p.as_bytes() == value) {
             continue;
         }
+        let upper = Zeroizing::new(pieces.by_ref().collect::<String>().into_bytes());
         let mut lower = upper.clone();
         let mut i = 0;
         while i < lower.len() {
@@ -142,6 +185,14 @@ fn percent_variants(value: &[u8], out: &mut Vec<Zeroizing<Vec<u8>>>) {
 }
 
 fn json_variants(value: &[u8], out: &mut Vec<Zeroizing<Vec<u8>>>) {
+    // Printable ASCII without a quote, backslash or solidus is its own JSON string body in
+    // every form below: nothing to add, and nothing to allocate.
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\\' | b'/'))
+    {
+        return;
+    }
     let Ok(text) = std::str::from_utf8(value) else {
         return;
     };
@@ -193,11 +244,7 @@ impl Needles {
                 continue;
             }
             push(&mut list, value.to_vec());
-            for engine in [STANDARD, URL_SAFE] {
-                push(&mut list, engine.encode(value).into_bytes());
-            }
-            base64_fragments(value, &STANDARD_NO_PAD, &mut list);
-            base64_fragments(value, &URL_SAFE_NO_PAD, &mut list);
+            base64_variants(value, &mut list);
             percent_variants(value, &mut list);
             json_variants(value, &mut list);
             push(&mut list, hex::encode(value).into_bytes());
@@ -562,6 +609,8 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
     use proptest::prelude::*;
 
+    use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+
     use super::*;
 
     const SECRET: &[u8] = b"sk_live_4eC39HqLyjWDarjtT1zdp7dc";
@@ -612,6 +661,31 @@ mod tests {
             let text = String::from_utf8_lossy(&out);
             assert!(text.contains("[REDACTED by agent-vault]"), "{r} -> {text}");
             assert!(!contains(&out, SECRET), "{text}");
+        }
+        // Bytes whose base64 has `+` and `/` at every alignment, so both alphabets differ.
+        let value: &[u8] = b"k3y>?>~\xfb\xff\xbe?>s3cr3t";
+        let binary = Needles::new([value]).unwrap();
+        for prefix in [&b""[..], b"x", b"xy", b"Bearer "] {
+            let mut plain = prefix.to_vec();
+            plain.extend_from_slice(value);
+            for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+                let encoded = engine.encode(&plain).into_bytes();
+                // The characters that depend only on the value, as the encoder wrote them.
+                let from = (8 * prefix.len()).div_ceil(6);
+                let to = 8 * plain.len() / 6;
+                let fragment = &encoded[from..to];
+                let out = run(binary.clone(), vec![encoded.clone()], Coding::Identity).await;
+                assert!(
+                    contains(&out, MARKER),
+                    "{}",
+                    String::from_utf8_lossy(&encoded)
+                );
+                assert!(
+                    !contains(&out, fragment),
+                    "{}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
         }
         let special = Needles::new([b"a/b\"c d\xc3\xa9f".as_slice()]).unwrap();
         for r in [
