@@ -44,13 +44,17 @@ pub struct Target {
     /// The authority as a `Host` header writes it (the port only when not the default): the
     /// form nearly every request claims, so most checks are one comparison.
     host_header: String,
+    /// The authority as the request log writes it, formatted once per connection.
+    logged: String,
 }
 
 impl Target {
     /// Where requests go: the canonical authority, over https or not.
     pub fn new(authority: Authority, https: bool, sni_mismatch: bool, absolute_form: bool) -> Self {
         let host_header = authority.host_header(if https { 443 } else { 80 });
+        let logged = authority.to_string();
         Self {
+            logged,
             authority,
             https,
             sni_mismatch,
@@ -83,7 +87,16 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == "proxy-connection" || name == "keep-alive"
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most heads carry none of them (and a name listed in Connection needs Connection): one
+    // pass over the few names present instead of a lookup for every hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -191,8 +204,8 @@ pub async fn handle(
     let mut draft = Draft {
         vault_id: session.vault_id.clone(),
         actor: session.actor.clone(),
-        method: req.method().to_string(),
-        host: target.authority.to_string(),
+        method: req.method().as_str().to_owned(),
+        host: target.logged.clone(),
         path: req.uri().path().to_owned(),
         service: None,
         keys: Vec::new(),
