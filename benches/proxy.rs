@@ -121,8 +121,9 @@ fn upstream_handle(req: Request<Incoming>, counters: &UpstreamCounters) -> Respo
 
 /// Starts the upstream on a runtime of its own, as a real upstream runs in its own process.
 /// On the client's runtime, a 10 MB response was written in one long task poll while the
-/// client's socket events waited behind it (`perf record` on system-call tracepoints: 5.7 ms of upstream writes
-/// before the client read its first byte), which skewed time to first byte on both routes.
+/// client's socket events waited behind it (`perf record` on system-call tracepoints: 5.7 ms
+/// of upstream writes before the client read its first byte), which skewed time to first byte
+/// on both routes.
 fn start_upstream(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
