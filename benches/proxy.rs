@@ -587,20 +587,34 @@ const ROUNDS: u32 = 3;
 
 /// `measure` on both routes in [`ROUNDS`] alternating rounds, pooled per route; also the
 /// proxy's CPU seconds over its rounds.
-async fn alternate<T, F, Fut>(pid: i32, mut measure: F) -> Result<(T, T, f64)>
+async fn alternate<T, F, Fut>(pid: i32, mut measure: F) -> Result<(T, T, Cpu)>
 where
     T: Pooled,
     F: FnMut(Route) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let (mut direct, mut proxy, mut cpu) = (T::default(), T::default(), 0.0);
+    let (mut direct, mut proxy, mut cpu) = (T::default(), T::default(), Cpu::default());
+    let me = i32::try_from(std::process::id())?;
     for _ in 0..ROUNDS {
+        let ours = cpu_seconds(me);
         direct.merge(measure(Route::Direct).await?);
-        let cpu0 = cpu_seconds(pid);
+        let (ours_between, proxy0) = (cpu_seconds(me), cpu_seconds(pid));
+        cpu.client_direct += ours_between - ours;
         proxy.merge(measure(Route::Proxy).await?);
-        cpu += cpu_seconds(pid) - cpu0;
+        cpu.proxy += cpu_seconds(pid) - proxy0;
+        cpu.client_proxy += cpu_seconds(me) - ours_between;
     }
     Ok((direct, proxy, cpu))
+}
+
+/// CPU seconds spent during the proxy runs by the proxy, and during each route's runs by this
+/// process (the client and the upstream): what the proxy costs the machine besides its own
+/// time.
+#[derive(Default)]
+struct Cpu {
+    proxy: f64,
+    client_direct: f64,
+    client_proxy: f64,
 }
 
 /// A new connection for every request: TCP, (CONNECT,) full TLS handshakes, one GET.
@@ -1062,7 +1076,8 @@ async fn run(opts: Options) -> Result<()> {
             keep_alive(&target, route, 32, Work::Small, round)
         })
         .await?;
-        let cpu_per_10k = cpu / p32.sent as f64 * 10_000.0;
+        let per_10k = |seconds: f64, sent: u64| seconds / sent as f64 * 10_000.0;
+        let cpu_per_10k = per_10k(cpu.proxy, p32.sent);
         failures += d32.failures + p32.failures;
         let ratio = p32.rate() / d32.rate();
         sample_rows(
@@ -1076,6 +1091,12 @@ async fn run(opts: Options) -> Result<()> {
             "proxy CPU seconds per 10,000 requests",
             None,
             cpu_per_10k,
+            None,
+        ));
+        rows.push(row(
+            "client + upstream CPU seconds per 10,000 requests",
+            Some(per_10k(cpu.client_direct, d32.sent)),
+            per_10k(cpu.client_proxy, p32.sent),
             None,
         ));
     }
