@@ -585,8 +585,8 @@ async fn keep_alive(
 /// happened to run during it (single runs of the direct route varied by a third).
 const ROUNDS: u32 = 3;
 
-/// `measure` on both routes in [`ROUNDS`] alternating rounds, pooled per route; also the
-/// proxy's CPU seconds over its rounds.
+/// `measure` on both routes in [`ROUNDS`] alternating rounds, pooled per route; also the CPU
+/// seconds each route took (see [`Cpu`]).
 async fn alternate<T, F, Fut>(pid: i32, mut measure: F) -> Result<(T, T, Cpu)>
 where
     T: Pooled,
