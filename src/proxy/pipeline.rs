@@ -65,9 +65,11 @@ impl Target {
 
     /// Whether `claimed` (a `Host` header or URI authority) names this target.
     fn names(&self, claimed: &[u8]) -> bool {
-        if claimed == self.host_header.as_bytes() {
-            return true;
-        }
+        claimed == self.host_header.as_bytes() || self.parses_to_target(claimed)
+    }
+
+    /// Whether `claimed`, parsed on its own, is this target's authority.
+    fn parses_to_target(&self, claimed: &[u8]) -> bool {
         let default_port = if self.https { 443 } else { 80 };
         std::str::from_utf8(claimed)
             .ok()
@@ -329,7 +331,12 @@ fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError
         .map_err(|_| refuse())?;
     let auth = uri.authority().ok_or_else(refuse)?;
     let same_port = auth.port_u16().unwrap_or(default_port) == target.authority.port;
-    if auth.as_str().contains('@') || !same_port || !target.names(auth.as_str().as_bytes()) {
+    // Parsed again, not compared with the text it was built from: that comparison could not
+    // fail, and this check is here for the case where the builder reads it differently.
+    if auth.as_str().contains('@')
+        || !same_port
+        || !target.parses_to_target(auth.as_str().as_bytes())
+    {
         return Err(refuse());
     }
     Ok(uri)

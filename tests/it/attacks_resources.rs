@@ -183,7 +183,7 @@ async fn resources_per_agent_concurrency_answers_429() {
     let app = spawn_app_with(TestOptions {
         tweak: Some(Box::new(|c| {
             c.limits.max_concurrent_requests_per_agent = 2;
-            // Connections go to workers round robin: the limit holds across them.
+            // Connections land on whichever worker accepts them: the limit holds across them.
             c.server.proxy_threads = 3;
         })),
         ..Default::default()
