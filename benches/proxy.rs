@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -128,11 +128,16 @@ fn start_upstream(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     counters: Arc<UpstreamCounters>,
+    h2: bool,
 ) -> Result<SocketAddr> {
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, usize::from))
@@ -160,9 +165,15 @@ fn start_upstream(
                         let resp = upstream_handle(req, &counters);
                         async move { Ok::<_, std::convert::Infallible>(resp) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    }
                 });
             }
         })
@@ -958,6 +969,8 @@ struct Options {
     secs: f64,
     tunnels: usize,
     json: PathBuf,
+    /// Whether the upstream offers h2 by ALPN (the client always speaks HTTP/1.1).
+    upstream_h2: bool,
 }
 
 /// The measurement phases, in the order they run.
@@ -975,6 +988,7 @@ fn options() -> Result<Options> {
         secs: 5.0,
         tunnels: 10_000,
         json: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-proxy.json"),
+        upstream_h2: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -982,6 +996,7 @@ fn options() -> Result<Options> {
             "--seconds" => o.secs = args.next().context("--seconds N")?.parse()?,
             "--tunnels" => o.tunnels = args.next().context("--tunnels N")?.parse()?,
             "--json" => o.json = args.next().context("--json FILE")?.into(),
+            "--upstream-h2" => o.upstream_h2 = true,
             "--only" => {
                 o.only = args
                     .next()
@@ -996,7 +1011,7 @@ fn options() -> Result<Options> {
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => bail!(
-                "unknown option {other} (known: --seconds N, --tunnels N, --json FILE, --only PHASE,...)"
+                "unknown option {other} (known: --seconds N, --tunnels N, --json FILE, --only PHASE,..., --upstream-h2)"
             ),
         }
     }
@@ -1033,7 +1048,7 @@ async fn run(opts: Options) -> Result<()> {
     let ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, &ca_pem)?;
     let counters = Arc::new(UpstreamCounters::default());
-    let upstream = start_upstream(chain, key, counters.clone())?;
+    let upstream = start_upstream(chain, key, counters.clone(), opts.upstream_h2)?;
     let mut server = start_server(dir.path(), upstream, &ca_file).await?;
     let (token, proxy_ca) = provision(&server, &dir.path().join("data")).await?;
     let pid = server.pid;
@@ -1048,7 +1063,16 @@ async fn run(opts: Options) -> Result<()> {
         proxy_tls: client_tls(&proxy_ca)?,
     });
     println!("agent-vault proxy benchmark on {}", machine());
-    println!("phases of {} s; {} idle tunnels", opts.secs, opts.tunnels);
+    println!(
+        "phases of {} s; {} idle tunnels; upstream offers {}",
+        opts.secs,
+        opts.tunnels,
+        if opts.upstream_h2 {
+            "h2 and HTTP/1.1"
+        } else {
+            "HTTP/1.1 only"
+        }
+    );
     let secs = opts.secs;
     let round = secs / f64::from(ROUNDS);
     let mut failures = 0;
@@ -1230,6 +1254,7 @@ async fn run(opts: Options) -> Result<()> {
         "machine": machine(),
         "seconds_per_phase": secs,
         "tunnels": opts.tunnels,
+        "upstream_h2": opts.upstream_h2,
         "failures": failures,
         "upstream_refused": refused,
         "results": json,
