@@ -879,6 +879,28 @@ async fn http2_clients_and_h2_only_upstreams_work() {
         (resp.status().as_u16(), resp.version()),
         (200, reqwest::Version::HTTP_11)
     );
+    // Concurrent bodies larger than one stream's flow-control window, and together larger
+    // than the connection's, arrive whole over the pooled h2 upstream connections.
+    let size = 3 << 20;
+    let downloads = (0..4).map(|_| {
+        let h1 = h1.clone();
+        async move {
+            let resp = h1
+                .get(format!("https://api.example.test/bytes?n={size}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.bytes().await.unwrap();
+            body.len() == size && body.iter().all(|&b| b == b'x')
+        }
+    });
+    assert!(
+        futures_util::future::join_all(downloads)
+            .await
+            .into_iter()
+            .all(|whole| whole)
+    );
 }
 
 #[tokio::test]
