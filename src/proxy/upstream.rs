@@ -445,10 +445,11 @@ impl Upstream {
                 // Fixed windows, not hyper's adaptive one: that starts at 64 KiB for the whole
                 // connection and grows only with its bandwidth-delay estimate, which on a
                 // low-latency link stays small, so concurrent responses and large downloads
-                // waited on WINDOW_UPDATEs (a 10 MB download through the proxy at 0.23x direct,
-                // 16 KiB echoes at 32 concurrent requests at 0.23x, against 0.50x and 0.38x over
-                // HTTP/1.1). These bound what one stream or connection may buffer here when the
-                // agent reads slowly.
+                // waited on WINDOW_UPDATEs (10 MB downloads through the proxy at 0.17-0.24x
+                // direct and 16 KiB echoes at 32 concurrent requests at 0.24-0.27x, against
+                // 0.39-0.45x and 0.27-0.37x with these windows; see the README's benchmark).
+                // They also bound what one stream or connection may buffer here when the agent
+                // reads slowly.
                 builder
                     .http2_initial_stream_window_size(H2_STREAM_WINDOW)
                     .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)

@@ -879,10 +879,11 @@ async fn http2_clients_and_h2_only_upstreams_work() {
         (resp.status().as_u16(), resp.version()),
         (200, reqwest::Version::HTTP_11)
     );
-    // Concurrent bodies larger than one stream's flow-control window, and together larger
-    // than the connection's, arrive whole over the pooled h2 upstream connections.
+    // Concurrent bodies, each larger than an upstream h2 stream's flow-control window and
+    // together (18 MiB) larger than a connection's even when spread over two workers' pooled
+    // connections, arrive whole.
     let size = 3 << 20;
-    let downloads = (0..4).map(|_| {
+    let downloads = (0..6).map(|_| {
         let h1 = h1.clone();
         async move {
             let resp = h1
