@@ -879,9 +879,9 @@ async fn http2_clients_and_h2_only_upstreams_work() {
         (resp.status().as_u16(), resp.version()),
         (200, reqwest::Version::HTTP_11)
     );
-    // Concurrent bodies, each larger than an upstream h2 stream's flow-control window and
-    // together (18 MiB) larger than a connection's even when spread over two workers' pooled
-    // connections, arrive whole.
+    // Concurrent bodies, each larger than an upstream h2 stream's flow-control window, arrive
+    // whole. Together (18 MiB) they exceed a connection's window too, as long as the proxy has
+    // at most two workers (one per core) to spread them over.
     let size = 3 << 20;
     let downloads = (0..6).map(|_| {
         let h1 = h1.clone();
