@@ -25,15 +25,11 @@ fn find_program(candidates: &[&str]) -> Option<String> {
 async fn browser() -> Option<Browser> {
     let Some(driver) = find_program(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
     else {
-        eprintln!(
-            "notice: chromedriver is not installed; skipping the browser test (.ci/run installs chromium-driver)"
-        );
+        crate::support::missing_dependency("chromedriver (Debian package chromium-driver)");
         return None;
     };
     let Some(chromium) = find_program(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]) else {
-        eprintln!(
-            "notice: chromium is not installed; skipping the browser test (.ci/run installs chromium)"
-        );
+        crate::support::missing_dependency("chromium (Debian package chromium)");
         return None;
     };
     let port = {

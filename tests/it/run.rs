@@ -21,7 +21,7 @@ fn program(name: &str) -> Option<String> {
         .ok()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if path.is_empty() {
-        eprintln!("notice: {name} is not installed; skipping (.ci/run installs it)");
+        crate::support::missing_dependency(&format!("the program {name}"));
         return None;
     }
     Some(path)
@@ -38,9 +38,7 @@ fn python_with(modules: &str) -> Option<String> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!(
-            "notice: python modules {modules} are not installed; skipping (.ci/run installs them)"
-        );
+        crate::support::missing_dependency(&format!("the python modules {modules}"));
         return None;
     }
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
