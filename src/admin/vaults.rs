@@ -200,7 +200,14 @@ pub async fn members(
         .list_members(&vault.id)
         .await?
         .into_iter()
-        .map(|m| json!({ "kind": m.kind, "name": m.display, "role": m.role }))
+        .map(|m| {
+            if m.integrity_ok {
+                json!({ "kind": m.kind, "name": m.display, "role": m.role })
+            } else {
+                // Edited outside agent-vault: it holds no role. Shown so an admin removes it.
+                json!({ "kind": m.kind, "name": m.display, "role": "integrity_error", "integrity_error": true })
+            }
+        })
         .collect();
     Ok(Json(json!(members)))
 }
@@ -218,6 +225,7 @@ async fn principal_id(
     state: &AdminState,
     kind: PrincipalKind,
     who: &str,
+    removing: bool,
 ) -> Result<String, ApiError> {
     let missing = || ApiError::NotFound(format!("no {} named {who:?}", kind.as_str()));
     match kind {
@@ -232,26 +240,37 @@ async fn principal_id(
         }
         PrincipalKind::Agent => {
             let name = AgentName::parse(who).map_err(|_| missing())?;
-            Ok(state
+            let agent = state
                 .store
                 .agent_by_name(&name)
                 .await?
-                .ok_or_else(missing)?
-                .id)
+                .ok_or_else(missing)?;
+            if !agent.integrity_ok && !removing {
+                return Err(ApiError::Integrity(format!(
+                    "agent row {} failed its MAC",
+                    agent.id
+                )));
+            }
+            Ok(agent.id)
         }
     }
 }
 
+/// Refuses to take the admin role from the last human admin of a vault. Agents do not count:
+/// a vault whose only admin is an agent has no human above what a prompt can make it do.
 async fn guard_last_admin(
     state: &AdminState,
     vault_id: &str,
     kind: PrincipalKind,
     id: &str,
 ) -> Result<(), ApiError> {
+    if kind != PrincipalKind::User {
+        return Ok(());
+    }
     let current = state.store.role_in_vault(vault_id, kind, id).await?;
-    if current == Some(VaultRole::Admin) && state.store.count_vault_admins(vault_id).await? <= 1 {
+    if current == Some(VaultRole::Admin) && state.store.count_human_admins(vault_id).await? <= 1 {
         return Err(ApiError::Conflict(
-            "a vault must keep at least one admin".into(),
+            "a vault must keep at least one human admin".into(),
         ));
     }
     Ok(())
@@ -271,7 +290,7 @@ pub async fn set_member(
             "users hold member or admin roles; proxy is for agents",
         ));
     }
-    let id = principal_id(&state, body.kind, &body.name).await?;
+    let id = principal_id(&state, body.kind, &body.name, false).await?;
     if body.role != VaultRole::Admin {
         guard_last_admin(&state, &vault.id, body.kind, &id).await?;
     }
@@ -304,7 +323,7 @@ pub async fn remove_member(
     let kind: PrincipalKind = kind
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_kind", "member kind must be user or agent"))?;
-    let id = principal_id(&state, kind, &who).await?;
+    let id = principal_id(&state, kind, &who, true).await?;
     guard_last_admin(&state, &vault.id, kind, &id).await?;
     if !state.store.revoke_grant(&vault.id, kind, &id).await? {
         return Err(ApiError::NotFound(format!(

@@ -2,8 +2,10 @@
 
 use sqlx::{Any, Transaction};
 
+use super::authority::{agent_fields, grant_fields, user_fields};
 use super::{Store, StoreError, col, parsed};
 use crate::domain::{VaultRole, now_ms};
+use crate::keys::{AuthorityMacs, AuthorityRow};
 
 /// Whether a principal is a human user or an agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -47,24 +49,33 @@ pub struct MemberRecord {
     pub display: String,
     /// The role in this vault.
     pub role: VaultRole,
+    /// Whether the grant (and the user or agent row behind it) passed its MAC; a member that
+    /// did not holds no role, and the API shows `integrity_error`.
+    pub integrity_ok: bool,
 }
 
 pub(super) async fn upsert_grant(
     tx: &mut Transaction<'static, Any>,
+    macs: &AuthorityMacs,
     vault_id: &str,
     kind: PrincipalKind,
     principal_id: &str,
     role: VaultRole,
 ) -> Result<(), StoreError> {
+    let mac = macs.mac(
+        AuthorityRow::Grant,
+        &grant_fields(vault_id, kind.as_str(), principal_id, role.as_str()),
+    );
     sqlx::query(
-        "INSERT INTO vault_grants (vault_id, principal_kind, principal_id, role, created_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (vault_id, principal_kind, principal_id) DO UPDATE SET role = excluded.role",
+        "INSERT INTO vault_grants (vault_id, principal_kind, principal_id, role, created_at, mac) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (vault_id, principal_kind, principal_id) DO UPDATE SET role = excluded.role, mac = excluded.mac",
     )
     .bind(vault_id)
     .bind(kind.as_str())
     .bind(principal_id)
     .bind(role.as_str())
     .bind(now_ms())
+    .bind(mac)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -79,8 +90,9 @@ impl Store {
         principal_id: &str,
         role: VaultRole,
     ) -> Result<(), StoreError> {
+        let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
-        upsert_grant(&mut tx, vault_id, kind, principal_id, role).await?;
+        upsert_grant(&mut tx, macs, vault_id, kind, principal_id, role).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -111,14 +123,27 @@ impl Store {
         principal_id: &str,
     ) -> Result<Option<VaultRole>, StoreError> {
         let row = sqlx::query(
-            "SELECT role FROM vault_grants WHERE vault_id = $1 AND principal_kind = $2 AND principal_id = $3",
+            "SELECT role, mac FROM vault_grants WHERE vault_id = $1 AND principal_kind = $2 AND principal_id = $3",
         )
         .bind(vault_id)
         .bind(kind.as_str())
         .bind(principal_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(|r| parsed(r, "role")).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let role: String = col(&row, "role")?;
+        let mac: Option<Vec<u8>> = col(&row, "mac")?;
+        if !self.verify_row(
+            AuthorityRow::Grant,
+            principal_id,
+            &grant_fields(vault_id, kind.as_str(), principal_id, &role),
+            mac.as_deref(),
+        )? {
+            return Ok(None);
+        }
+        parsed(&row, "role").map(Some)
     }
 
     /// Every vault a principal holds a grant in: (vault id, role).
@@ -128,21 +153,36 @@ impl Store {
         principal_id: &str,
     ) -> Result<Vec<(String, VaultRole)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT vault_id, role FROM vault_grants WHERE principal_kind = $1 AND principal_id = $2",
+            "SELECT vault_id, role, mac FROM vault_grants WHERE principal_kind = $1 AND principal_id = $2",
         )
         .bind(kind.as_str())
         .bind(principal_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((col(r, "vault_id")?, parsed(r, "role")?)))
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let vault_id: String = col(r, "vault_id")?;
+            let role: String = col(r, "role")?;
+            let mac: Option<Vec<u8>> = col(r, "mac")?;
+            if self.verify_row(
+                AuthorityRow::Grant,
+                principal_id,
+                &grant_fields(&vault_id, kind.as_str(), principal_id, &role),
+                mac.as_deref(),
+            )? {
+                out.push((vault_id, parsed(r, "role")?));
+            }
+        }
+        Ok(out)
     }
 
-    /// The members of a vault, users first, then agents.
+    /// The members of a vault, users first, then agents. Members whose grant, user or agent row
+    /// fails its MAC are listed with `integrity_ok: false` so an admin can see and remove them.
     pub async fn list_members(&self, vault_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT g.principal_kind AS kind, g.principal_id AS id, g.role AS role, \
+            "SELECT g.principal_kind AS kind, g.principal_id AS id, g.role AS role, g.mac AS grant_mac, \
+                    u.id AS user_id, u.email AS user_email, u.role AS user_role, u.password_hash AS user_phc, u.mac AS user_mac, \
+                    a.id AS agent_id, a.name AS agent_name, a.created_by AS agent_created_by, a.mac AS agent_mac, \
                     COALESCE(u.email, a.name, g.principal_id) AS display \
              FROM vault_grants g \
              LEFT JOIN users u ON g.principal_kind = 'user' AND u.id = g.principal_id \
@@ -152,26 +192,72 @@ impl Store {
         .bind(vault_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MemberRecord {
-                    kind: parsed(r, "kind")?,
-                    id: col(r, "id")?,
-                    display: col(r, "display")?,
-                    role: parsed(r, "role")?,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind: PrincipalKind = parsed(r, "kind")?;
+            let id: String = col(r, "id")?;
+            let role: String = col(r, "role")?;
+            let grant_mac: Option<Vec<u8>> = col(r, "grant_mac")?;
+            let mut ok = self.verify_row(
+                AuthorityRow::Grant,
+                &id,
+                &grant_fields(vault_id, kind.as_str(), &id, &role),
+                grant_mac.as_deref(),
+            )?;
+            // The name shown (and, for users, the address approval mail goes to) comes from the
+            // principal's own row, so that row must be authentic too.
+            match kind {
+                PrincipalKind::User => {
+                    let uid: Option<String> = col(r, "user_id")?;
+                    if uid.is_some() {
+                        let email: String = col(r, "user_email")?;
+                        let urole: String = col(r, "user_role")?;
+                        let phc: String = col(r, "user_phc")?;
+                        let umac: Option<Vec<u8>> = col(r, "user_mac")?;
+                        ok &= self.verify_row(
+                            AuthorityRow::User,
+                            &id,
+                            &user_fields(&id, &email, &urole, &phc),
+                            umac.as_deref(),
+                        )?;
+                    }
+                }
+                PrincipalKind::Agent => {
+                    let aid: Option<String> = col(r, "agent_id")?;
+                    if aid.is_some() {
+                        let name: String = col(r, "agent_name")?;
+                        let created_by: Option<String> = col(r, "agent_created_by")?;
+                        let amac: Option<Vec<u8>> = col(r, "agent_mac")?;
+                        ok &= self.verify_row(
+                            AuthorityRow::Agent,
+                            &id,
+                            &agent_fields(&id, &name, created_by.as_deref()),
+                            amac.as_deref(),
+                        )?;
+                    }
+                }
+            }
+            out.push(MemberRecord {
+                kind,
+                id,
+                display: col(r, "display")?,
+                role: parsed(r, "role")?,
+                integrity_ok: ok,
+            });
+        }
+        Ok(out)
     }
 
-    /// How many admins a vault has (to refuse removing the last one).
-    pub async fn count_vault_admins(&self, vault_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM vault_grants WHERE vault_id = $1 AND role = 'admin'",
-        )
-        .bind(vault_id)
-        .fetch_one(&self.pool)
-        .await?;
-        col(&row, "n")
+    /// How many humans hold an authentic admin grant in a vault (to refuse removing the last
+    /// one: an admin-role agent left alone would control the vault with no human above it).
+    pub async fn count_human_admins(&self, vault_id: &str) -> Result<i64, StoreError> {
+        let members = self.list_members(vault_id).await?;
+        let humans = members
+            .iter()
+            .filter(|m| {
+                m.integrity_ok && m.kind == PrincipalKind::User && m.role == VaultRole::Admin
+            })
+            .count();
+        Ok(i64::try_from(humans).unwrap_or(i64::MAX))
     }
 }

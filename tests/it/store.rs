@@ -437,3 +437,55 @@ async fn request_logs_are_written_in_multi_row_batches() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn authority_rows_from_before_the_upgrade_are_bound_once_and_never_again() {
+    for_each_store(|store, backend| async move {
+        let vault = store
+            .create_vault(&VaultName::parse("old").unwrap(), None)
+            .await
+            .unwrap();
+        // Rows as a version without MACs wrote them; migration 0003 marked the backfill pending.
+        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ('a-old', 'old-agent', NULL, 0, 0)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO vault_grants (vault_id, principal_kind, principal_id, role, created_at) VALUES ($1, 'agent', 'a-old', 'proxy', 0)")
+            .bind(&vault.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(store.agent_by_id("a-old").await.unwrap().is_none(), "{backend}: unbound rows are not trusted");
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 2, "{backend}");
+        assert!(store.agent_by_id("a-old").await.unwrap().is_some(), "{backend}");
+        assert_eq!(
+            store
+                .role_in_vault(&vault.id, PrincipalKind::Agent, "a-old")
+                .await
+                .unwrap(),
+            Some(VaultRole::Proxy)
+        );
+        // Done once: a row written without a MAC later (by a database writer) stays refused,
+        // at this start and every later one.
+        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ('a-new', 'new-agent', NULL, 0, 0)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 0, "{backend}");
+        assert!(store.agent_by_id("a-new").await.unwrap().is_none(), "{backend}");
+        sqlx::query("UPDATE vault_grants SET mac = NULL WHERE principal_id = 'a-old'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 0, "{backend}");
+        assert_eq!(
+            store
+                .role_in_vault(&vault.id, PrincipalKind::Agent, "a-old")
+                .await
+                .unwrap(),
+            None,
+            "{backend}: a MAC wiped after the upgrade is a failed MAC"
+        );
+    })
+    .await;
+}
