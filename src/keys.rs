@@ -179,6 +179,8 @@ pub enum AuthorityRow {
     Invite,
     /// `agents`: (id, name, creator).
     Agent,
+    /// `tokens`: (id, hash, kind, user, agent, vault, role, expiry).
+    Token,
 }
 
 impl AuthorityRow {
@@ -189,6 +191,7 @@ impl AuthorityRow {
             Self::User => "users",
             Self::Invite => "invites",
             Self::Agent => "agents",
+            Self::Token => "tokens",
         }
     }
 
@@ -198,6 +201,7 @@ impl AuthorityRow {
             Self::User => b"authority-mac user v1",
             Self::Invite => b"authority-mac invite v1",
             Self::Agent => b"authority-mac agent v1",
+            Self::Token => b"authority-mac token v1",
         }
     }
 }
@@ -214,6 +218,8 @@ pub enum MacField<'a> {
     Int(i64),
     /// A nullable text column.
     OptText(Option<&'a str>),
+    /// A nullable integer column.
+    OptInt(Option<i64>),
 }
 
 /// Keys (derived from the DEK) that bind authority rows, so a database writer cannot grant a
@@ -224,6 +230,7 @@ pub struct AuthorityMacs {
     user: DataKey,
     invite: DataKey,
     agent: DataKey,
+    token: DataKey,
 }
 
 impl fmt::Debug for AuthorityMacs {
@@ -239,6 +246,7 @@ impl AuthorityMacs {
             user: derive_subkey(dek, AuthorityRow::User.label()),
             invite: derive_subkey(dek, AuthorityRow::Invite.label()),
             agent: derive_subkey(dek, AuthorityRow::Agent.label()),
+            token: derive_subkey(dek, AuthorityRow::Token.label()),
         }
     }
 
@@ -249,6 +257,7 @@ impl AuthorityMacs {
             AuthorityRow::User => &self.user,
             AuthorityRow::Invite => &self.invite,
             AuthorityRow::Agent => &self.agent,
+            AuthorityRow::Token => &self.token,
         };
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
@@ -263,6 +272,8 @@ impl AuthorityMacs {
                 MacField::Int(i) => (3, i.to_be_bytes().to_vec().into()),
                 MacField::OptText(None) => (4, (&[][..]).into()),
                 MacField::OptText(Some(s)) => (5, s.as_bytes().into()),
+                MacField::OptInt(None) => (6, (&[][..]).into()),
+                MacField::OptInt(Some(i)) => (7, i.to_be_bytes().to_vec().into()),
             };
             mac.update(&[tag]);
             mac.update(&(bytes.len() as u64).to_be_bytes());

@@ -79,7 +79,7 @@ impl Store {
             )
             .await?;
         }
-        super::tokens::insert_token(&mut tx, token).await?;
+        super::tokens::insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -129,13 +129,14 @@ impl Store {
         agent_id: &str,
         token: &TokenRecord,
     ) -> Result<(), StoreError> {
+        let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
             .bind(now_ms())
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
-        super::tokens::insert_token(&mut tx, token).await?;
+        super::tokens::insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())
     }

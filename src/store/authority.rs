@@ -1,4 +1,4 @@
-//! MACs over authority rows (grants, users, invites, agents). Every write of such a row stores
+//! MACs over authority rows (grants, users, invites, agents, tokens). Every write of such a row stores
 //! a MAC keyed from the DEK; every read checks it, and a row that fails is treated as absent and
 //! raised as an integrity alarm. Rows from before migration 0003 get their MAC at the first
 //! unseal after it (the DEK is not available earlier).
@@ -71,6 +71,31 @@ pub(super) fn agent_fields<'a>(
         MacField::Text(id),
         MacField::Text(name),
         MacField::OptText(created_by),
+    ]
+}
+
+/// The fields of a `tokens` row under its MAC: everything that says whose it is and what it
+/// may do (revocation is not bound: a writer who clears it gains nothing a backup would not).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn token_fields<'a>(
+    id: &'a str,
+    hash: &'a [u8],
+    kind: &'a str,
+    user_id: Option<&'a str>,
+    agent_id: Option<&'a str>,
+    vault_id: Option<&'a str>,
+    vault_role: Option<&'a str>,
+    expires_at: Option<i64>,
+) -> [MacField<'a>; 8] {
+    [
+        MacField::Text(id),
+        MacField::Bytes(hash),
+        MacField::Text(kind),
+        MacField::OptText(user_id),
+        MacField::OptText(agent_id),
+        MacField::OptText(vault_id),
+        MacField::OptText(vault_role),
+        MacField::OptInt(expires_at),
     ]
 }
 
@@ -212,6 +237,41 @@ impl Store {
                 &agent_fields(&id, &name, created_by.as_deref()),
             );
             sqlx::query("UPDATE agents SET mac = $1 WHERE id = $2 AND mac IS NULL")
+                .bind(mac)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            bound += 1;
+        }
+
+        let rows = sqlx::query(
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, expires_at FROM tokens WHERE mac IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let id: String = col(r, "id")?;
+            let hash: Vec<u8> = col(r, "hash")?;
+            let kind: String = col(r, "kind")?;
+            let user_id: Option<String> = col(r, "user_id")?;
+            let agent_id: Option<String> = col(r, "agent_id")?;
+            let vault_id: Option<String> = col(r, "vault_id")?;
+            let vault_role: Option<String> = col(r, "vault_role")?;
+            let expires_at: Option<i64> = col(r, "expires_at")?;
+            let mac = macs.mac(
+                AuthorityRow::Token,
+                &token_fields(
+                    &id,
+                    &hash,
+                    &kind,
+                    user_id.as_deref(),
+                    agent_id.as_deref(),
+                    vault_id.as_deref(),
+                    vault_role.as_deref(),
+                    expires_at,
+                ),
+            );
+            sqlx::query("UPDATE tokens SET mac = $1 WHERE id = $2 AND mac IS NULL")
                 .bind(mac)
                 .bind(&id)
                 .execute(&mut *tx)

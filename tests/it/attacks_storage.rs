@@ -365,3 +365,62 @@ async fn agent_row_renamed_in_the_database_has_its_tokens_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tokens_repointed_in_the_database_are_refused() {
+    on_each_backend(|app, backend| async move {
+        app.create_vault("tok").await;
+        app.set_credentials("tok", &[("SECRET", "value-tok-secret")])
+            .await;
+        // A member's session re-pointed at the owner.
+        let inv = app
+            .ok(
+                "POST",
+                "/v1/invites",
+                Some(json!({ "email": "trudy@example.com" })),
+            )
+            .await;
+        let (status, body) = app
+            .call_anon(
+                "POST",
+                "/v1/auth/register",
+                Some(json!({ "email": "trudy@example.com", "password": "trudy-password", "invite_token": inv["token"] })),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {body}");
+        let session = body["token"].as_str().unwrap().to_owned();
+        let session_id = body["token_id"].as_str().unwrap().to_owned();
+        sql(
+            &app,
+            "UPDATE tokens SET user_id = (SELECT id FROM users WHERE email = $1) WHERE id = $2",
+            &[OWNER_EMAIL, &session_id],
+        )
+        .await;
+        let (status, resp) = app.call_with(Some(&session), "GET", "/v1/users", None).await;
+        assert_eq!(status, 401, "{backend}: {resp}");
+
+        // A proxy-role scoped token whose role is raised to admin.
+        let created = app
+            .ok(
+                "POST",
+                "/v1/agents",
+                Some(json!({ "name": "minter", "vaults": [{ "vault": "tok", "role": "proxy" }] })),
+            )
+            .await;
+        let agent = created["token"].as_str().unwrap().to_owned();
+        let (status, minted) = app
+            .call_with(Some(&agent), "POST", "/v1/vaults/tok/tokens", Some(json!({})))
+            .await;
+        assert_eq!(status, 201, "{backend}: {minted}");
+        let scoped = minted["token"].as_str().unwrap().to_owned();
+        let scoped_id = minted["id"].as_str().unwrap().to_owned();
+        sql(
+            &app,
+            "UPDATE tokens SET vault_role = 'admin', expires_at = NULL WHERE id = $1",
+            &[&scoped_id],
+        )
+        .await;
+        assert_no_admin_power(&app, &scoped, "tok", "value-tok-secret", backend).await;
+    })
+    .await;
+}
