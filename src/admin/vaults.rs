@@ -11,7 +11,7 @@ use super::extract::{ApiJson, Caller};
 use super::{AdminState, ApiError};
 use crate::domain::{AgentName, Email, UnmatchedHostPolicy, VaultName, VaultRole};
 use crate::identity::Principal;
-use crate::store::{PrincipalKind, VaultRecord};
+use crate::store::{GrantChange, PrincipalKind, VaultRecord};
 
 /// A vault as the API shows it.
 #[derive(Serialize)]
@@ -256,24 +256,10 @@ async fn principal_id(
     }
 }
 
-/// Refuses to take the admin role from the last human admin of a vault. Agents do not count:
-/// a vault whose only admin is an agent has no human above what a prompt can make it do.
-async fn guard_last_admin(
-    state: &AdminState,
-    vault_id: &str,
-    kind: PrincipalKind,
-    id: &str,
-) -> Result<(), ApiError> {
-    if kind != PrincipalKind::User {
-        return Ok(());
-    }
-    let current = state.store.role_in_vault(vault_id, kind, id).await?;
-    if current == Some(VaultRole::Admin) && state.store.count_human_admins(vault_id).await? <= 1 {
-        return Err(ApiError::Conflict(
-            "a vault must keep at least one human admin".into(),
-        ));
-    }
-    Ok(())
+fn last_human_admin() -> ApiError {
+    // Agents do not count: a vault whose only admin is an agent has no human above what a
+    // prompt can make it do.
+    ApiError::Conflict("a vault must keep at least one human admin".into())
 }
 
 /// `PUT /v1/vaults/{vault}/members` (admin): grants or changes a role.
@@ -291,13 +277,14 @@ pub async fn set_member(
         ));
     }
     let id = principal_id(&state, body.kind, &body.name, false).await?;
-    if body.role != VaultRole::Admin {
-        guard_last_admin(&state, &vault.id, body.kind, &id).await?;
-    }
-    state
+    match state
         .store
-        .grant(&vault.id, body.kind, &id, body.role)
-        .await?;
+        .change_grant_keeping_a_human_admin(&vault.id, body.kind, &id, Some(body.role))
+        .await?
+    {
+        GrantChange::LastHumanAdmin => return Err(last_human_admin()),
+        GrantChange::Done | GrantChange::NotMember => {}
+    }
     state.tokens_changed().await;
     crate::audit::record(
         &state.store,
@@ -324,11 +311,18 @@ pub async fn remove_member(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_kind", "member kind must be user or agent"))?;
     let id = principal_id(&state, kind, &who, true).await?;
-    guard_last_admin(&state, &vault.id, kind, &id).await?;
-    if !state.store.revoke_grant(&vault.id, kind, &id).await? {
-        return Err(ApiError::NotFound(format!(
-            "{who:?} is not a member of vault {name:?}"
-        )));
+    match state
+        .store
+        .change_grant_keeping_a_human_admin(&vault.id, kind, &id, None)
+        .await?
+    {
+        GrantChange::Done => {}
+        GrantChange::LastHumanAdmin => return Err(last_human_admin()),
+        GrantChange::NotMember => {
+            return Err(ApiError::NotFound(format!(
+                "{who:?} is not a member of vault {name:?}"
+            )));
+        }
     }
     state.tokens_changed().await;
     crate::audit::record(

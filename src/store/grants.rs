@@ -54,6 +54,17 @@ pub struct MemberRecord {
     pub integrity_ok: bool,
 }
 
+/// What a guarded grant change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantChange {
+    /// The grant was written or removed.
+    Done,
+    /// There was no grant to remove.
+    NotMember,
+    /// Refused: it would leave the vault without a human admin.
+    LastHumanAdmin,
+}
+
 pub(super) async fn upsert_grant(
     tx: &mut Transaction<'static, Any>,
     macs: &AuthorityMacs,
@@ -179,6 +190,17 @@ impl Store {
     /// The members of a vault, users first, then agents. Members whose grant, user or agent row
     /// fails its MAC are listed with `integrity_ok: false` so an admin can see and remove them.
     pub async fn list_members(&self, vault_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+        self.members_with(&self.pool, vault_id).await
+    }
+
+    async fn members_with<'e, E>(
+        &self,
+        executor: E,
+        vault_id: &str,
+    ) -> Result<Vec<MemberRecord>, StoreError>
+    where
+        E: sqlx::Executor<'e, Database = Any>,
+    {
         let rows = sqlx::query(
             "SELECT g.principal_kind AS kind, g.principal_id AS id, g.role AS role, g.mac AS grant_mac, \
                     u.id AS user_id, u.email AS user_email, u.role AS user_role, u.password_hash AS user_phc, u.mac AS user_mac, \
@@ -190,7 +212,7 @@ impl Store {
              WHERE g.vault_id = $1 ORDER BY g.principal_kind DESC, display",
         )
         .bind(vault_id)
-        .fetch_all(&self.pool)
+        .fetch_all(executor)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -248,16 +270,50 @@ impl Store {
         Ok(out)
     }
 
-    /// How many humans hold an authentic admin grant in a vault (to refuse removing the last
-    /// one: an admin-role agent left alone would control the vault with no human above it).
-    pub async fn count_human_admins(&self, vault_id: &str) -> Result<i64, StoreError> {
-        let members = self.list_members(vault_id).await?;
-        let humans = members
-            .iter()
-            .filter(|m| {
+    /// Grants, changes (`Some(role)`) or removes (`None`) a principal's role, refusing to take
+    /// the admin role from the last human admin of the vault. Check and write share one
+    /// transaction under the vault's lock, so two admins stepping down at once cannot both pass.
+    pub async fn change_grant_keeping_a_human_admin(
+        &self,
+        vault_id: &str,
+        kind: PrincipalKind,
+        principal_id: &str,
+        role: Option<VaultRole>,
+    ) -> Result<GrantChange, StoreError> {
+        let macs = self.macs()?;
+        let mut tx = self.begin_write().await?;
+        super::services::lock_vault(&mut tx, vault_id).await?;
+        if kind == PrincipalKind::User && role != Some(VaultRole::Admin) {
+            let members = self.members_with(&mut *tx, vault_id).await?;
+            let human_admin = |m: &MemberRecord| {
                 m.integrity_ok && m.kind == PrincipalKind::User && m.role == VaultRole::Admin
-            })
-            .count();
-        Ok(i64::try_from(humans).unwrap_or(i64::MAX))
+            };
+            let is_admin = members
+                .iter()
+                .any(|m| m.id == principal_id && human_admin(m));
+            if is_admin && members.iter().filter(|m| human_admin(m)).count() <= 1 {
+                tx.rollback().await?;
+                return Ok(GrantChange::LastHumanAdmin);
+            }
+        }
+        match role {
+            Some(role) => upsert_grant(&mut tx, macs, vault_id, kind, principal_id, role).await?,
+            None => {
+                let done = sqlx::query(
+                    "DELETE FROM vault_grants WHERE vault_id = $1 AND principal_kind = $2 AND principal_id = $3",
+                )
+                .bind(vault_id)
+                .bind(kind.as_str())
+                .bind(principal_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(GrantChange::NotMember);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(GrantChange::Done)
     }
 }

@@ -27,7 +27,7 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use agents::AgentRecord;
 pub use audit::{AuditEvent, AuditRecord};
 pub use credentials::{CredentialRecord, CredentialWrite};
-pub use grants::{MemberRecord, PrincipalKind};
+pub use grants::{GrantChange, MemberRecord, PrincipalKind};
 pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 

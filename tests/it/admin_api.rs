@@ -836,6 +836,20 @@ async fn a_swapped_ca_certificate_stops_startup() {
 #[tokio::test]
 async fn last_human_admin_cannot_leave_a_vault_to_an_admin_agent() {
     let app = spawn_app().await;
+    last_human_admin_stays(&app).await;
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        let app = spawn_app_with(TestOptions {
+            postgres: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        last_human_admin_stays(&app).await;
+        drop(app);
+        drop(db);
+    }
+}
+
+async fn last_human_admin_stays(app: &crate::support::TestApp) {
     let inv = app
         .ok(
             "POST",

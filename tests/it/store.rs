@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use agent_vault::crypto::{DataKey, TokenKind};
 use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
 use agent_vault::keys::{self, Keyring, UnsealError};
-use agent_vault::store::{CredentialWrite, PrincipalKind, RequestLogRecord, Store, StoreError};
+use agent_vault::store::{
+    CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store, StoreError,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{TINY_KDF, TestDatabase, for_each_store};
@@ -485,6 +487,56 @@ async fn authority_rows_from_before_the_upgrade_are_bound_once_and_never_again()
                 .unwrap(),
             None,
             "{backend}: a MAC wiped after the upgrade is a failed MAC"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_last_human_admins_stepping_down_at_once_leave_one() {
+    for_each_store(|store, backend| async move {
+        let vault = store
+            .create_vault(&VaultName::parse("pair").unwrap(), None)
+            .await
+            .unwrap();
+        for user in ["u-a", "u-b"] {
+            store
+                .grant(&vault.id, PrincipalKind::User, user, VaultRole::Admin)
+                .await
+                .unwrap();
+        }
+        store
+            .grant(&vault.id, PrincipalKind::Agent, "bot", VaultRole::Admin)
+            .await
+            .unwrap();
+        let step_down = |user: &'static str| {
+            let store = store.clone();
+            let vault_id = vault.id.clone();
+            async move {
+                store
+                    .change_grant_keeping_a_human_admin(&vault_id, PrincipalKind::User, user, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = tokio::join!(step_down("u-a"), step_down("u-b"));
+        let mut outcomes = vec![a, b];
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            vec![GrantChange::Done, GrantChange::LastHumanAdmin],
+            "{backend}"
+        );
+        let humans = store
+            .list_members(&vault.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.kind == PrincipalKind::User && m.role == VaultRole::Admin)
+            .count();
+        assert_eq!(
+            humans, 1,
+            "{backend}: the agent admin does not replace a human"
         );
     })
     .await;
