@@ -424,3 +424,62 @@ async fn tokens_repointed_in_the_database_are_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rows_from_before_the_upgrade_work_after_the_first_start_and_edits_after_it_do_not() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await;
+    app.create_vault("kept").await;
+    let created = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "old-bot", "vaults": [{ "vault": "kept", "role": "proxy" }] })),
+        )
+        .await;
+    let bot = created["token"].as_str().unwrap().to_owned();
+    // What a database written by the version before migration 0003 looks like to it: no MACs,
+    // and the backfill still pending.
+    for table in [
+        "UPDATE vault_grants SET mac = NULL",
+        "UPDATE users SET mac = NULL",
+        "UPDATE agents SET mac = NULL",
+        "UPDATE tokens SET mac = NULL",
+    ] {
+        sql(&app, table, &[]).await;
+    }
+    sql(
+        &app,
+        "INSERT INTO instance_state (key, value, updated_at) VALUES ('authority_macs_pending', '1', 0)",
+        &[],
+    )
+    .await;
+    app.stop().await;
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await;
+    // The owner logged in (spawn_app_with does), and the agent's token and grant still work.
+    let who = app
+        .call_with(Some(&bot), "GET", "/v1/auth/whoami", None)
+        .await
+        .1;
+    assert_eq!(who["vaults"][0]["role"], "proxy", "{who}");
+    // Once bound, an edit is caught as on any other start.
+    sql(
+        &app,
+        "UPDATE vault_grants SET role = 'admin' WHERE principal_kind = 'agent'",
+        &[],
+    )
+    .await;
+    let who = app
+        .call_with(Some(&bot), "GET", "/v1/auth/whoami", None)
+        .await
+        .1;
+    assert_eq!(who["vaults"], json!([]), "{who}");
+}
