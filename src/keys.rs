@@ -179,7 +179,7 @@ pub enum AuthorityRow {
     Invite,
     /// `agents`: (id, name, creator).
     Agent,
-    /// `tokens`: (id, hash, kind, user, agent, vault, role, expiry).
+    /// `tokens`: (id, hash, kind, user, agent, vault, role).
     Token,
 }
 
@@ -218,8 +218,6 @@ pub enum MacField<'a> {
     Int(i64),
     /// A nullable text column.
     OptText(Option<&'a str>),
-    /// A nullable integer column.
-    OptInt(Option<i64>),
 }
 
 /// Keys (derived from the DEK) that bind authority rows, so a database writer cannot grant a
@@ -272,8 +270,6 @@ impl AuthorityMacs {
                 MacField::Int(i) => (3, i.to_be_bytes().to_vec().into()),
                 MacField::OptText(None) => (4, (&[][..]).into()),
                 MacField::OptText(Some(s)) => (5, s.as_bytes().into()),
-                MacField::OptInt(None) => (6, (&[][..]).into()),
-                MacField::OptInt(Some(i)) => (7, i.to_be_bytes().to_vec().into()),
             };
             mac.update(&[tag]);
             mac.update(&(bytes.len() as u64).to_be_bytes());

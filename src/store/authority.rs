@@ -75,8 +75,8 @@ pub(super) fn agent_fields<'a>(
 }
 
 /// The fields of a `tokens` row under its MAC: everything that says whose it is and what it
-/// may do (revocation is not bound: a writer who clears it gains nothing a backup would not).
-#[allow(clippy::too_many_arguments)]
+/// may do. Its lifetime (expiry, revocation) is not bound: an edit there only matters to a
+/// writer who also holds the raw token, which the database never stores.
 pub(super) fn token_fields<'a>(
     id: &'a str,
     hash: &'a [u8],
@@ -85,8 +85,7 @@ pub(super) fn token_fields<'a>(
     agent_id: Option<&'a str>,
     vault_id: Option<&'a str>,
     vault_role: Option<&'a str>,
-    expires_at: Option<i64>,
-) -> [MacField<'a>; 8] {
+) -> [MacField<'a>; 7] {
     [
         MacField::Text(id),
         MacField::Bytes(hash),
@@ -95,7 +94,6 @@ pub(super) fn token_fields<'a>(
         MacField::OptText(agent_id),
         MacField::OptText(vault_id),
         MacField::OptText(vault_role),
-        MacField::OptInt(expires_at),
     ]
 }
 
@@ -245,7 +243,7 @@ impl Store {
         }
 
         let rows = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, expires_at FROM tokens WHERE mac IS NULL",
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role FROM tokens WHERE mac IS NULL",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -257,7 +255,6 @@ impl Store {
             let agent_id: Option<String> = col(r, "agent_id")?;
             let vault_id: Option<String> = col(r, "vault_id")?;
             let vault_role: Option<String> = col(r, "vault_role")?;
-            let expires_at: Option<i64> = col(r, "expires_at")?;
             let mac = macs.mac(
                 AuthorityRow::Token,
                 &token_fields(
@@ -268,7 +265,6 @@ impl Store {
                     agent_id.as_deref(),
                     vault_id.as_deref(),
                     vault_role.as_deref(),
-                    expires_at,
                 ),
             );
             sqlx::query("UPDATE tokens SET mac = $1 WHERE id = $2 AND mac IS NULL")

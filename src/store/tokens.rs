@@ -110,7 +110,6 @@ impl TokenRecord {
                 self.agent_id.as_deref(),
                 self.vault_id.as_deref(),
                 self.vault_role.map(|r| r.as_str()),
-                self.expires_at,
             ),
         )
     }
@@ -154,7 +153,7 @@ impl Store {
     }
 
     /// Finds a token by its keyed hash (live or not; the caller decides). A row whose MAC fails
-    /// (re-pointed at another user or agent, another vault or role, a later expiry) is absent.
+    /// (re-pointed at another user or agent, another vault or role) is absent.
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE hash = $1",
@@ -176,7 +175,6 @@ impl Store {
                         record.agent_id.as_deref(),
                         record.vault_id.as_deref(),
                         col::<Option<String>>(&row, "vault_role")?.as_deref(),
-                        record.expires_at,
                     ),
                     stored.as_deref(),
                 );

@@ -416,7 +416,7 @@ async fn tokens_repointed_in_the_database_are_refused() {
         let scoped_id = minted["id"].as_str().unwrap().to_owned();
         sql(
             &app,
-            "UPDATE tokens SET vault_role = 'admin', expires_at = NULL WHERE id = $1",
+            "UPDATE tokens SET vault_role = 'admin' WHERE id = $1",
             &[&scoped_id],
         )
         .await;
