@@ -153,7 +153,7 @@ impl App {
         if bound > 0 {
             tracing::warn!(
                 rows = bound,
-                "bound existing grants, users, invites and agents with MACs (first start after upgrading); rows edited before this start are trusted as they were"
+                "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
             );
         }
         let admin_listener = bind(SocketAddr::new(config.server.host, config.server.port)).await?;

@@ -225,12 +225,25 @@ async fn principal_id(
     state: &AdminState,
     kind: PrincipalKind,
     who: &str,
+    // Removal also finds rows that failed their MAC, so they can be cleaned up.
     removing: bool,
 ) -> Result<String, ApiError> {
     let missing = || ApiError::NotFound(format!("no {} named {who:?}", kind.as_str()));
     match kind {
         PrincipalKind::User => {
             let email = Email::parse(who).map_err(|_| missing())?;
+            if removing {
+                // A user row that failed its MAC is absent to lookups, but an admin must still
+                // be able to take its grant away.
+                return Ok(state
+                    .store
+                    .list_users()
+                    .await?
+                    .into_iter()
+                    .find(|u| u.email == email)
+                    .ok_or_else(missing)?
+                    .id);
+            }
             Ok(state
                 .store
                 .user_by_email(&email)

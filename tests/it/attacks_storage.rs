@@ -200,7 +200,7 @@ async fn user_role_flipped_to_owner_in_the_database_gives_no_owner_powers() {
             .ok(
                 "POST",
                 "/v1/invites",
-                Some(json!({ "email": "mallory@example.com" })),
+                Some(json!({ "email": "mallory@example.com", "vaults": [{ "vault": "default", "role": "member" }] })),
             )
             .await;
         let (status, body) = app
@@ -258,6 +258,18 @@ async fn user_role_flipped_to_owner_in_the_database_gives_no_owner_powers() {
             .cloned()
             .unwrap();
         assert_eq!(row["role"], "integrity_error", "{backend}: {users}");
+        // Its grant can still be taken away by an admin.
+        assert_eq!(
+            app.call(
+                "DELETE",
+                "/v1/vaults/default/members/user/mallory@example.com",
+                None
+            )
+            .await
+            .0,
+            204,
+            "{backend}"
+        );
     })
     .await;
 }
