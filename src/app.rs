@@ -147,6 +147,15 @@ impl App {
         if initialized {
             tracing::info!("initialized a new vault: generated and sealed the data-encryption key");
         }
+        // From here on every authority row is MACed on write and checked on read.
+        let store = store.with_authority_macs(keyring.authority_macs());
+        let bound = store.backfill_authority_macs().await?;
+        if bound > 0 {
+            tracing::warn!(
+                rows = bound,
+                "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
+            );
+        }
         let admin_listener = bind(SocketAddr::new(config.server.host, config.server.port)).await?;
         let proxy_listener = bind(SocketAddr::new(
             config.proxy_host(),

@@ -48,6 +48,7 @@ pub struct Keyring {
     tokens: TokenHasher,
     service_mac: DataKey,
     csrf: DataKey,
+    authority: AuthorityMacs,
 }
 
 impl fmt::Debug for Keyring {
@@ -73,12 +74,19 @@ impl Keyring {
         let tokens = TokenHasher::new(derive_subkey(&dek, b"token-hash"));
         let service_mac = derive_subkey(&dek, b"service-mac");
         let csrf = derive_subkey(&dek, b"csrf");
+        let authority = AuthorityMacs::derive(&dek);
         Self {
             dek,
             tokens,
             service_mac,
             csrf,
+            authority,
         }
+    }
+
+    /// The keys binding authority rows (grants, users, invites, agents), for the store.
+    pub fn authority_macs(&self) -> AuthorityMacs {
+        self.authority.clone()
     }
 
     /// The data-encryption key.
@@ -156,6 +164,129 @@ impl Keyring {
     ) -> bool {
         use subtle::ConstantTimeEq;
         self.service_mac(vault_id, name, spec).ct_eq(stored).into()
+    }
+}
+
+/// The kinds of row that carry authority, each MACed under its own key so a MAC from one table
+/// never verifies in another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorityRow {
+    /// `vault_grants`: (vault, principal kind, principal id, role).
+    Grant,
+    /// `users`: (id, email, role, password hash).
+    User,
+    /// `invites`: (id, email, role, vault grants, expiry, token hash, creator).
+    Invite,
+    /// `agents`: (id, name, creator).
+    Agent,
+    /// `tokens`: (id, hash, kind, user, agent, vault, role).
+    Token,
+}
+
+impl AuthorityRow {
+    /// The table the row lives in (for alarms).
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Grant => "vault_grants",
+            Self::User => "users",
+            Self::Invite => "invites",
+            Self::Agent => "agents",
+            Self::Token => "tokens",
+        }
+    }
+
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::Grant => b"authority-mac grant v1",
+            Self::User => b"authority-mac user v1",
+            Self::Invite => b"authority-mac invite v1",
+            Self::Agent => b"authority-mac agent v1",
+            Self::Token => b"authority-mac token v1",
+        }
+    }
+}
+
+/// One field of a row under a MAC. Each is tagged and length-prefixed so no two different
+/// rows encode to the same bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum MacField<'a> {
+    /// A text column.
+    Text(&'a str),
+    /// A binary column.
+    Bytes(&'a [u8]),
+    /// An integer column.
+    Int(i64),
+    /// A nullable text column.
+    OptText(Option<&'a str>),
+}
+
+/// Keys (derived from the DEK) that bind authority rows, so a database writer cannot grant a
+/// role, change a password hash or move a row to another id without the master password.
+#[derive(Clone)]
+pub struct AuthorityMacs {
+    grant: DataKey,
+    user: DataKey,
+    invite: DataKey,
+    agent: DataKey,
+    token: DataKey,
+}
+
+impl fmt::Debug for AuthorityMacs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthorityMacs([REDACTED])")
+    }
+}
+
+impl AuthorityMacs {
+    fn derive(dek: &DataKey) -> Self {
+        Self {
+            grant: derive_subkey(dek, AuthorityRow::Grant.label()),
+            user: derive_subkey(dek, AuthorityRow::User.label()),
+            invite: derive_subkey(dek, AuthorityRow::Invite.label()),
+            agent: derive_subkey(dek, AuthorityRow::Agent.label()),
+            token: derive_subkey(dek, AuthorityRow::Token.label()),
+        }
+    }
+
+    /// The MAC of one row of `kind`, over its fields in a fixed order.
+    pub fn mac(&self, kind: AuthorityRow, fields: &[MacField<'_>]) -> Vec<u8> {
+        let key = match kind {
+            AuthorityRow::Grant => &self.grant,
+            AuthorityRow::User => &self.user,
+            AuthorityRow::Invite => &self.invite,
+            AuthorityRow::Agent => &self.agent,
+            AuthorityRow::Token => &self.token,
+        };
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        // The label as well as the key: belt and braces against cross-table replay.
+        let label = kind.label();
+        mac.update(&(label.len() as u64).to_be_bytes());
+        mac.update(label);
+        for field in fields {
+            let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match field {
+                MacField::Text(s) => (1, s.as_bytes().into()),
+                MacField::Bytes(b) => (2, (*b).into()),
+                MacField::Int(i) => (3, i.to_be_bytes().to_vec().into()),
+                MacField::OptText(None) => (4, (&[][..]).into()),
+                MacField::OptText(Some(s)) => (5, s.as_bytes().into()),
+            };
+            mac.update(&[tag]);
+            mac.update(&(bytes.len() as u64).to_be_bytes());
+            mac.update(&bytes);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Checks a stored MAC in constant time; a missing one never verifies.
+    pub fn verify(
+        &self,
+        kind: AuthorityRow,
+        fields: &[MacField<'_>],
+        stored: Option<&[u8]>,
+    ) -> bool {
+        use subtle::ConstantTimeEq;
+        stored.is_some_and(|s| self.mac(kind, fields).ct_eq(s).into())
     }
 }
 
@@ -271,6 +402,26 @@ mod tests {
         assert!(!ring.verify_service_mac("v", "svc", "{\"host\":1}", &mac));
         assert!(!ring.verify_service_mac("w", "svc", "{}", &mac));
         assert_eq!(format!("{ring:?}"), "Keyring([REDACTED])");
+    }
+
+    #[test]
+    fn authority_macs_do_not_verify_across_tables_or_fields() {
+        let macs = Keyring::from_dek(DataKey::from_bytes([4; 32])).authority_macs();
+        let fields = [MacField::Text("a"), MacField::Text("b")];
+        let mac = macs.mac(AuthorityRow::Grant, &fields);
+        assert!(macs.verify(AuthorityRow::Grant, &fields, Some(&mac)));
+        assert!(!macs.verify(AuthorityRow::User, &fields, Some(&mac)));
+        assert!(!macs.verify(AuthorityRow::Grant, &fields, None));
+        let shifted = [MacField::Text("ab"), MacField::Text("")];
+        assert!(!macs.verify(AuthorityRow::Grant, &shifted, Some(&mac)));
+        let none = [MacField::OptText(None)];
+        let empty = [MacField::OptText(Some(""))];
+        assert_ne!(
+            macs.mac(AuthorityRow::Agent, &none),
+            macs.mac(AuthorityRow::Agent, &empty)
+        );
+        let other = Keyring::from_dek(DataKey::from_bytes([5; 32])).authority_macs();
+        assert!(!other.verify(AuthorityRow::Grant, &fields, Some(&mac)));
     }
 
     #[test]

@@ -105,6 +105,16 @@ async fn agent_view(
         .iter()
         .filter(|t| t.kind == TokenStoreKind::Agent)
         .collect();
+    if !agent.integrity_ok {
+        // Its tokens resolve to nothing; show it so an owner can delete it.
+        return Ok(json!({
+            "name": agent.name,
+            "created_at": agent.created_at,
+            "vaults": [],
+            "active_tokens": 0,
+            "integrity_error": true,
+        }));
+    }
     Ok(json!({
         "name": agent.name,
         "created_at": agent.created_at,
@@ -140,6 +150,7 @@ pub async fn create(
         name: name.clone(),
         created_by: Some(user_id),
         created_at: now_ms(),
+        integrity_ok: true,
     };
     let (raw, token) = agent_token(&state, &agent.id, ttl)?;
     state
@@ -181,10 +192,28 @@ async fn managed_agent(
         .agent_by_name(&parsed)
         .await?
         .ok_or_else(not_found)?;
-    if caller.is_owner() || agent.created_by.as_deref() == Some(user_id) {
+    // Whom a tampered row claims as its creator is not evidence: only owners manage it.
+    let creator = agent
+        .integrity_ok
+        .then_some(agent.created_by.as_deref())
+        .flatten();
+    if caller.is_owner() || creator == Some(user_id) {
         Ok(agent)
     } else {
         Err(not_found())
+    }
+}
+
+/// An agent row that failed its MAC may only be deleted: a new token for it would be a token
+/// for whatever the edit made of it.
+fn require_intact(agent: &AgentRecord) -> Result<(), ApiError> {
+    if agent.integrity_ok {
+        Ok(())
+    } else {
+        Err(ApiError::Integrity(format!(
+            "agent row {} failed its MAC",
+            agent.id
+        )))
     }
 }
 
@@ -196,7 +225,11 @@ pub async fn list(
     let user_id = require_user(&caller)?.to_owned();
     let mut out = Vec::new();
     for agent in state.store.list_agents().await? {
-        if caller.is_owner() || agent.created_by.as_deref() == Some(user_id.as_str()) {
+        let creator = agent
+            .integrity_ok
+            .then_some(agent.created_by.as_deref())
+            .flatten();
+        if caller.is_owner() || creator == Some(user_id.as_str()) {
             out.push(agent_view(&state, &agent).await?);
         }
     }
@@ -218,6 +251,7 @@ pub async fn rotate(
     body: Option<ApiJson<RotateBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let agent = managed_agent(&state, &caller, &name).await?;
+    require_intact(&agent)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let ttl = ttl_from(
         body.ttl_seconds,

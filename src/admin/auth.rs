@@ -312,7 +312,7 @@ fn require_owner(caller: &Caller) -> Result<(), ApiError> {
 pub async fn list_users(
     State(state): State<AdminState>,
     caller: Caller,
-) -> Result<Json<Vec<UserView>>, ApiError> {
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     require_owner(&caller)?;
     Ok(Json(
         state
@@ -320,7 +320,15 @@ pub async fn list_users(
             .list_users()
             .await?
             .iter()
-            .map(UserView::from)
+            .map(|u| {
+                let mut view = json!(UserView::from(u));
+                // A row edited outside agent-vault has no role; say so instead of failing.
+                if !u.integrity_ok {
+                    view["role"] = json!("integrity_error");
+                    view["integrity_error"] = json!(true);
+                }
+                view
+            })
             .collect(),
     ))
 }
@@ -393,6 +401,7 @@ pub async fn create_invite(
         accepted_at: None,
         revoked_at: None,
         created_at: now,
+        integrity_ok: true,
     };
     state.store.create_invite(&invite).await?;
     crate::audit::record(
@@ -443,7 +452,10 @@ pub async fn list_invites(
         .list_invites()
         .await?
         .into_iter()
-        .map(|i| json!({ "id": i.id, "email": i.email, "role": i.role, "status": i.status(now), "expires_at": i.expires_at, "created_at": i.created_at }))
+        .map(|i| {
+            let status = if i.integrity_ok { i.status(now) } else { "integrity_error" };
+            json!({ "id": i.id, "email": i.email, "role": i.role, "status": status, "expires_at": i.expires_at, "created_at": i.created_at })
+        })
         .collect();
     Ok(Json(json!(invites)))
 }

@@ -245,6 +245,7 @@ async fn approvers(
     let mut out = Vec::new();
     for m in state.store.list_members(vault_id).await? {
         if m.kind == PrincipalKind::User
+            && m.integrity_ok
             && m.role >= need
             && let Ok(email) = crate::domain::Email::parse(&m.display)
         {

@@ -11,7 +11,7 @@ use super::extract::{ApiJson, Caller};
 use super::{AdminState, ApiError};
 use crate::domain::{AgentName, Email, UnmatchedHostPolicy, VaultName, VaultRole};
 use crate::identity::Principal;
-use crate::store::{PrincipalKind, VaultRecord};
+use crate::store::{GrantChange, PrincipalKind, VaultRecord};
 
 /// A vault as the API shows it.
 #[derive(Serialize)]
@@ -200,7 +200,14 @@ pub async fn members(
         .list_members(&vault.id)
         .await?
         .into_iter()
-        .map(|m| json!({ "kind": m.kind, "name": m.display, "role": m.role }))
+        .map(|m| {
+            if m.integrity_ok {
+                json!({ "kind": m.kind, "name": m.display, "role": m.role })
+            } else {
+                // Edited outside agent-vault: it holds no role. Shown so an admin removes it.
+                json!({ "kind": m.kind, "name": m.display, "role": "integrity_error", "integrity_error": true })
+            }
+        })
         .collect();
     Ok(Json(json!(members)))
 }
@@ -218,11 +225,25 @@ async fn principal_id(
     state: &AdminState,
     kind: PrincipalKind,
     who: &str,
+    // Removal also finds rows that failed their MAC, so they can be cleaned up.
+    removing: bool,
 ) -> Result<String, ApiError> {
     let missing = || ApiError::NotFound(format!("no {} named {who:?}", kind.as_str()));
     match kind {
         PrincipalKind::User => {
             let email = Email::parse(who).map_err(|_| missing())?;
+            if removing {
+                // A user row that failed its MAC is absent to lookups, but an admin must still
+                // be able to take its grant away.
+                return Ok(state
+                    .store
+                    .list_users()
+                    .await?
+                    .into_iter()
+                    .find(|u| u.email == email)
+                    .ok_or_else(missing)?
+                    .id);
+            }
             Ok(state
                 .store
                 .user_by_email(&email)
@@ -232,29 +253,26 @@ async fn principal_id(
         }
         PrincipalKind::Agent => {
             let name = AgentName::parse(who).map_err(|_| missing())?;
-            Ok(state
+            let agent = state
                 .store
                 .agent_by_name(&name)
                 .await?
-                .ok_or_else(missing)?
-                .id)
+                .ok_or_else(missing)?;
+            if !agent.integrity_ok && !removing {
+                return Err(ApiError::Integrity(format!(
+                    "agent row {} failed its MAC",
+                    agent.id
+                )));
+            }
+            Ok(agent.id)
         }
     }
 }
 
-async fn guard_last_admin(
-    state: &AdminState,
-    vault_id: &str,
-    kind: PrincipalKind,
-    id: &str,
-) -> Result<(), ApiError> {
-    let current = state.store.role_in_vault(vault_id, kind, id).await?;
-    if current == Some(VaultRole::Admin) && state.store.count_vault_admins(vault_id).await? <= 1 {
-        return Err(ApiError::Conflict(
-            "a vault must keep at least one admin".into(),
-        ));
-    }
-    Ok(())
+fn last_human_admin() -> ApiError {
+    // Agents do not count: a vault whose only admin is an agent has no human above what a
+    // prompt can make it do.
+    ApiError::Conflict("a vault must keep at least one human admin".into())
 }
 
 /// `PUT /v1/vaults/{vault}/members` (admin): grants or changes a role.
@@ -271,14 +289,15 @@ pub async fn set_member(
             "users hold member or admin roles; proxy is for agents",
         ));
     }
-    let id = principal_id(&state, body.kind, &body.name).await?;
-    if body.role != VaultRole::Admin {
-        guard_last_admin(&state, &vault.id, body.kind, &id).await?;
-    }
-    state
+    let id = principal_id(&state, body.kind, &body.name, false).await?;
+    match state
         .store
-        .grant(&vault.id, body.kind, &id, body.role)
-        .await?;
+        .change_grant_keeping_a_human_admin(&vault.id, body.kind, &id, Some(body.role))
+        .await?
+    {
+        GrantChange::LastHumanAdmin => return Err(last_human_admin()),
+        GrantChange::Done | GrantChange::NotMember => {}
+    }
     state.tokens_changed().await;
     crate::audit::record(
         &state.store,
@@ -304,12 +323,19 @@ pub async fn remove_member(
     let kind: PrincipalKind = kind
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_kind", "member kind must be user or agent"))?;
-    let id = principal_id(&state, kind, &who).await?;
-    guard_last_admin(&state, &vault.id, kind, &id).await?;
-    if !state.store.revoke_grant(&vault.id, kind, &id).await? {
-        return Err(ApiError::NotFound(format!(
-            "{who:?} is not a member of vault {name:?}"
-        )));
+    let id = principal_id(&state, kind, &who, true).await?;
+    match state
+        .store
+        .change_grant_keeping_a_human_admin(&vault.id, kind, &id, None)
+        .await?
+    {
+        GrantChange::Done => {}
+        GrantChange::LastHumanAdmin => return Err(last_human_admin()),
+        GrantChange::NotMember => {
+            return Err(ApiError::NotFound(format!(
+                "{who:?} is not a member of vault {name:?}"
+            )));
+        }
     }
     state.tokens_changed().await;
     crate::audit::record(

@@ -2,8 +2,10 @@
 
 use sqlx::any::AnyRow;
 
+use super::authority::agent_fields;
 use super::{PrincipalKind, Store, StoreError, TokenRecord, col};
 use crate::domain::{AgentName, VaultRole, now_ms};
+use crate::keys::AuthorityRow;
 
 /// A stored agent.
 #[derive(Clone, Debug)]
@@ -16,16 +18,29 @@ pub struct AgentRecord {
     pub created_by: Option<String>,
     /// Creation time (ms).
     pub created_at: i64,
+    /// Whether the row passed its MAC (set when read; ignored when written). Lookups drop rows
+    /// that did not, so their tokens resolve to nothing; the listing flags them.
+    pub integrity_ok: bool,
 }
 
 impl AgentRecord {
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    fn from_row(store: &Store, row: &AnyRow) -> Result<Self, StoreError> {
+        let id: String = col(row, "id")?;
         let name: String = col(row, "name")?;
+        let created_by: Option<String> = col(row, "created_by")?;
+        let mac: Option<Vec<u8>> = col(row, "mac")?;
+        let integrity_ok = store.verify_row(
+            AuthorityRow::Agent,
+            &id,
+            &agent_fields(&id, &name, created_by.as_deref()),
+            mac.as_deref(),
+        )?;
         Ok(Self {
-            id: col(row, "id")?,
+            id,
             name: AgentName::parse(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            created_by: col(row, "created_by")?,
+            created_by,
             created_at: col(row, "created_at")?,
+            integrity_ok,
         })
     }
 }
@@ -38,49 +53,74 @@ impl Store {
         grants: &[(String, VaultRole)],
         token: &TokenRecord,
     ) -> Result<(), StoreError> {
+        let macs = self.macs()?;
+        let mac = macs.mac(
+            AuthorityRow::Agent,
+            &agent_fields(&agent.id, agent.name.as_str(), agent.created_by.as_deref()),
+        );
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at, mac) VALUES ($1, $2, $3, $4, $4, $5)")
             .bind(&agent.id)
             .bind(agent.name.as_str())
             .bind(agent.created_by.as_deref())
             .bind(agent.created_at)
+            .bind(mac)
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::unique(e, "agent"))?;
         for (vault_id, role) in grants {
-            super::grants::upsert_grant(&mut tx, vault_id, PrincipalKind::Agent, &agent.id, *role)
-                .await?;
+            super::grants::upsert_grant(
+                &mut tx,
+                macs,
+                vault_id,
+                PrincipalKind::Agent,
+                &agent.id,
+                *role,
+            )
+            .await?;
         }
-        super::tokens::insert_token(&mut tx, token).await?;
+        super::tokens::insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Looks an agent up by name.
+    /// Looks an agent up by name, including a row that fails its MAC (flagged), so that an
+    /// admin can still find and delete it; callers that grant anything check `integrity_ok`.
     pub async fn agent_by_name(&self, name: &AgentName) -> Result<Option<AgentRecord>, StoreError> {
         let row =
-            sqlx::query("SELECT id, name, created_by, created_at FROM agents WHERE name = $1")
+            sqlx::query("SELECT id, name, created_by, created_at, mac FROM agents WHERE name = $1")
                 .bind(name.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        row.as_ref().map(AgentRecord::from_row).transpose()
+        row.as_ref()
+            .map(|r| AgentRecord::from_row(self, r))
+            .transpose()
     }
 
-    /// Looks an agent up by id.
+    /// Looks an agent up by id; a row that fails its MAC is treated as absent (its tokens
+    /// resolve to nothing).
     pub async fn agent_by_id(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_by, created_at FROM agents WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(AgentRecord::from_row).transpose()
+        let row =
+            sqlx::query("SELECT id, name, created_by, created_at, mac FROM agents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .as_ref()
+            .map(|r| AgentRecord::from_row(self, r))
+            .transpose()?
+            .filter(|a| a.integrity_ok))
     }
 
-    /// Every agent, by name.
+    /// Every agent, by name, including rows that fail their MAC (flagged).
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_by, created_at FROM agents ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(AgentRecord::from_row).collect()
+        let rows =
+            sqlx::query("SELECT id, name, created_by, created_at, mac FROM agents ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| AgentRecord::from_row(self, r))
+            .collect()
     }
 
     /// Revokes every live token of an agent and issues `token` in their place, atomically.
@@ -89,13 +129,14 @@ impl Store {
         agent_id: &str,
         token: &TokenRecord,
     ) -> Result<(), StoreError> {
+        let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
             .bind(now_ms())
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
-        super::tokens::insert_token(&mut tx, token).await?;
+        super::tokens::insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())
     }

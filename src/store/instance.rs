@@ -158,6 +158,7 @@ impl Store {
         password_hash: &str,
         default_vault: (&str, &VaultName),
     ) -> Result<Option<()>, StoreError> {
+        let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
         let burnt = sqlx::query("DELETE FROM instance_state WHERE key = $1 AND value = $2")
             .bind(SETUP_TOKEN_KEY)
@@ -176,7 +177,15 @@ impl Store {
             tx.commit().await?;
             return Ok(None);
         }
-        users::insert_user(&mut tx, user_id, email, password_hash, InstanceRole::Owner).await?;
+        users::insert_user(
+            &mut tx,
+            macs,
+            user_id,
+            email,
+            password_hash,
+            InstanceRole::Owner,
+        )
+        .await?;
         let now = now_ms();
         let (vault_id, vault_name) = default_vault;
         sqlx::query(
@@ -195,6 +204,7 @@ impl Store {
         let vault_id: String = col(&vault, "id")?;
         super::grants::upsert_grant(
             &mut tx,
+            macs,
             &vault_id,
             super::PrincipalKind::User,
             user_id,

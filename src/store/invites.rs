@@ -3,9 +3,11 @@
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
+use super::authority::invite_fields;
 use super::{PrincipalKind, Store, StoreError, col, parsed};
 use crate::crypto::TokenHash;
 use crate::domain::{Email, InstanceRole, VaultRole, now_ms};
+use crate::keys::AuthorityRow;
 
 /// A vault role granted when the invitation is accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,26 +41,41 @@ pub struct InviteRecord {
     pub revoked_at: Option<i64>,
     /// Creation time (ms).
     pub created_at: i64,
+    /// Whether the row passed its MAC (set when read; ignored when written). Lookups drop rows
+    /// that did not; the listing shows them as `integrity_error`.
+    pub integrity_ok: bool,
 }
 
 impl InviteRecord {
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    fn from_row(store: &Store, row: &AnyRow) -> Result<Self, StoreError> {
+        let id: String = col(row, "id")?;
         let hash: Vec<u8> = col(row, "token_hash")?;
         let grants: String = col(row, "vault_grants")?;
         let email: String = col(row, "email")?;
+        let role: String = col(row, "role")?;
+        let expires_at: i64 = col(row, "expires_at")?;
+        let created_by: String = col(row, "created_by")?;
+        let mac: Option<Vec<u8>> = col(row, "mac")?;
+        let integrity_ok = store.verify_row(
+            AuthorityRow::Invite,
+            &id,
+            &invite_fields(&id, &email, &role, &grants, expires_at, &hash, &created_by),
+            mac.as_deref(),
+        )?;
         Ok(Self {
-            id: col(row, "id")?,
+            id,
             token_hash: TokenHash::from_slice(&hash)
                 .ok_or_else(|| StoreError::Corrupt("invite hash length".into()))?,
             email: Email::parse(email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             role: parsed(row, "role")?,
             vault_grants: serde_json::from_str(&grants)
                 .map_err(|e| StoreError::Corrupt(format!("invite grants: {e}")))?,
-            created_by: col(row, "created_by")?,
-            expires_at: col(row, "expires_at")?,
+            created_by,
+            expires_at,
             accepted_at: col(row, "accepted_at")?,
             revoked_at: col(row, "revoked_at")?,
             created_at: col(row, "created_at")?,
+            integrity_ok,
         })
     }
 
@@ -79,11 +96,24 @@ impl InviteRecord {
 impl Store {
     /// Stores a new invitation.
     pub async fn create_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
+        let macs = self.macs()?;
         let grants = serde_json::to_string(&invite.vault_grants)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mac = macs.mac(
+            AuthorityRow::Invite,
+            &invite_fields(
+                &invite.id,
+                invite.email.as_str(),
+                invite.role.as_str(),
+                &grants,
+                invite.expires_at,
+                &invite.token_hash.0,
+                &invite.created_by,
+            ),
+        );
         sqlx::query(
-            "INSERT INTO invites (id, token_hash, email, role, vault_grants, created_by, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO invites (id, token_hash, email, role, vault_grants, created_by, expires_at, created_at, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&invite.id)
         .bind(invite.token_hash.0.to_vec())
@@ -93,40 +123,37 @@ impl Store {
         .bind(&invite.created_by)
         .bind(invite.expires_at)
         .bind(invite.created_at)
+        .bind(mac)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::unique(e, "invite"))?;
         Ok(())
     }
 
-    /// Finds an invitation by its token hash.
+    /// Finds an invitation by its token hash; one that fails its MAC is refused as absent.
     pub async fn invite_by_hash(
         &self,
         hash: &TokenHash,
     ) -> Result<Option<InviteRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at \
-             FROM invites WHERE token_hash = $1",
-        )
+        let row = sqlx::query("SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac FROM invites WHERE token_hash = $1")
         .bind(hash.0.to_vec())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row
             .as_ref()
-            .map(InviteRecord::from_row)
+            .map(|r| InviteRecord::from_row(self, r))
             .transpose()?
-            .filter(|i| i.token_hash.ct_eq(hash)))
+            .filter(|i| i.integrity_ok && i.token_hash.ct_eq(hash)))
     }
 
-    /// Every invitation, newest first.
+    /// Every invitation, newest first, including rows that fail their MAC (flagged).
     pub async fn list_invites(&self) -> Result<Vec<InviteRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at \
-             FROM invites ORDER BY created_at DESC",
-        )
+        let rows = sqlx::query("SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac FROM invites ORDER BY created_at DESC")
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(InviteRecord::from_row).collect()
+        rows.iter()
+            .map(|r| InviteRecord::from_row(self, r))
+            .collect()
     }
 
     /// Revokes a pending invitation. Returns whether one was revoked.
@@ -149,8 +176,30 @@ impl Store {
         user_id: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
+        let macs = self.macs()?;
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Re-read and re-check inside the transaction: the caller's copy was checked, but the
+        // row could have been edited since, and the grants come from this copy.
+        let row = sqlx::query("SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac FROM invites WHERE id = $1")
+            .bind(&invite.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let current = row
+            .as_ref()
+            .map(|r| InviteRecord::from_row(self, r))
+            .transpose()?;
+        let Some(invite) = current.filter(|i| {
+            i.integrity_ok
+                && i.token_hash.ct_eq(&invite.token_hash)
+                && i.email == invite.email
+                && i.role == invite.role
+                && i.vault_grants == invite.vault_grants
+        }) else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let invite = &invite;
         let done = sqlx::query(
             "UPDATE invites SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
         )
@@ -162,8 +211,15 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        super::users::insert_user(&mut tx, user_id, &invite.email, password_hash, invite.role)
-            .await?;
+        super::users::insert_user(
+            &mut tx,
+            macs,
+            user_id,
+            &invite.email,
+            password_hash,
+            invite.role,
+        )
+        .await?;
         for grant in &invite.vault_grants {
             // A vault deleted since the invitation was made is skipped, not an error.
             let exists = sqlx::query("SELECT id FROM vaults WHERE id = $1")
@@ -173,6 +229,7 @@ impl Store {
             if exists.is_some() {
                 super::grants::upsert_grant(
                     &mut tx,
+                    macs,
                     &grant.vault_id,
                     PrincipalKind::User,
                     user_id,

@@ -4,6 +4,7 @@
 
 mod agents;
 mod audit;
+mod authority;
 pub mod changes;
 mod credentials;
 mod grants;
@@ -26,7 +27,7 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use agents::AgentRecord;
 pub use audit::{AuditEvent, AuditRecord};
 pub use credentials::{CredentialRecord, CredentialWrite};
-pub use grants::{MemberRecord, PrincipalKind};
+pub use grants::{GrantChange, MemberRecord, PrincipalKind};
 pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 
@@ -71,6 +72,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Authority rows (grants, users, invites, agents) were read or written before unsealing.
+    #[error("the store is sealed: authority rows need the keys from unsealing")]
+    Sealed,
     /// The data directory or database file could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Io {
@@ -106,6 +110,8 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    // Set once unsealed: every read and write of an authority row goes through it.
+    authority: Option<crate::keys::AuthorityMacs>,
 }
 
 impl Store {
@@ -130,6 +136,7 @@ impl Store {
         Ok(Self {
             pool,
             backend: Backend::Postgres,
+            authority: None,
         })
     }
 
@@ -162,6 +169,7 @@ impl Store {
         let store = Self {
             pool,
             backend: Backend::Sqlite,
+            authority: None,
         };
         restrict_sqlite_sidecars(&db_path);
         Ok(store)

@@ -3,9 +3,11 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
+use super::authority::token_fields;
 use super::{Store, StoreError, col};
 use crate::crypto::TokenHash;
 use crate::domain::{VaultRole, now_ms};
+use crate::keys::{AuthorityMacs, AuthorityRow};
 
 /// What a stored token is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,13 +98,32 @@ impl TokenRecord {
     }
 }
 
+impl TokenRecord {
+    fn mac(&self, macs: &AuthorityMacs) -> Vec<u8> {
+        macs.mac(
+            AuthorityRow::Token,
+            &token_fields(
+                &self.id,
+                &self.hash.0,
+                self.kind.as_str(),
+                self.user_id.as_deref(),
+                self.agent_id.as_deref(),
+                self.vault_id.as_deref(),
+                self.vault_role.map(|r| r.as_str()),
+            ),
+        )
+    }
+}
+
 pub(super) async fn insert_token(
     tx: &mut Transaction<'static, Any>,
+    macs: &AuthorityMacs,
     token: &TokenRecord,
 ) -> Result<(), StoreError> {
+    let mac = token.mac(macs);
     sqlx::query(
-        "INSERT INTO tokens (id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)",
+        "INSERT INTO tokens (id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11)",
     )
     .bind(&token.id)
     .bind(token.hash.0.to_vec())
@@ -114,6 +135,7 @@ pub(super) async fn insert_token(
     .bind(&token.label)
     .bind(token.expires_at)
     .bind(token.created_at)
+    .bind(mac)
     .execute(&mut **tx)
     .await
     .map_err(|e| StoreError::unique(e, "token"))?;
@@ -123,21 +145,46 @@ pub(super) async fn insert_token(
 impl Store {
     /// Stores a new token.
     pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
-        insert_token(&mut tx, token).await?;
+        insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Finds a token by its keyed hash (live or not; the caller decides).
+    /// Finds a token by its keyed hash (live or not; the caller decides). A row whose MAC fails
+    /// (re-pointed at another user or agent, another vault or role) is absent.
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens WHERE hash = $1",
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE hash = $1",
         )
         .bind(hash.0.to_vec())
         .fetch_optional(&self.pool)
         .await?;
-        let record = row.as_ref().map(TokenRecord::from_row).transpose()?;
+        let record = match row {
+            Some(row) => {
+                let record = TokenRecord::from_row(&row)?;
+                let stored: Option<Vec<u8>> = col(&row, "mac")?;
+                let ok = self.macs()?.verify(
+                    AuthorityRow::Token,
+                    &token_fields(
+                        &record.id,
+                        &record.hash.0,
+                        &col::<String>(&row, "kind")?,
+                        record.user_id.as_deref(),
+                        record.agent_id.as_deref(),
+                        record.vault_id.as_deref(),
+                        col::<Option<String>>(&row, "vault_role")?.as_deref(),
+                    ),
+                    stored.as_deref(),
+                );
+                if !ok {
+                    super::authority::alarm(AuthorityRow::Token, &record.id);
+                }
+                ok.then_some(record)
+            }
+            None => None,
+        };
         // The index lookup already matched; compare again in constant time so a future change
         // to the lookup can never turn this into a prefix comparison.
         Ok(record.filter(|r| r.hash.ct_eq(hash)))

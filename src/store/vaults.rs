@@ -42,6 +42,10 @@ impl Store {
     ) -> Result<VaultRecord, StoreError> {
         let id = random_id().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = now_ms();
+        let macs = match creator {
+            Some(_) => Some(self.macs()?),
+            None => None,
+        };
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO vaults (id, name, unmatched_host_policy, created_at, updated_at) VALUES ($1, $2, 'tunnel', $3, $3)",
@@ -52,8 +56,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::unique(e, "vault"))?;
-        if let Some((kind, principal_id)) = creator {
-            super::grants::upsert_grant(&mut tx, &id, kind, principal_id, VaultRole::Admin).await?;
+        if let (Some((kind, principal_id)), Some(macs)) = (creator, macs) {
+            super::grants::upsert_grant(&mut tx, macs, &id, kind, principal_id, VaultRole::Admin)
+                .await?;
         }
         tx.commit().await?;
         Ok(VaultRecord {

@@ -832,3 +832,91 @@ async fn a_swapped_ca_certificate_stops_startup() {
     .expect("startup refuses a CA certificate that does not match the sealed key");
     assert!(err.to_string().contains("does not match"), "{err}");
 }
+
+#[tokio::test]
+async fn last_human_admin_cannot_leave_a_vault_to_an_admin_agent() {
+    let app = spawn_app().await;
+    last_human_admin_stays(&app).await;
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        let app = spawn_app_with(TestOptions {
+            postgres: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        last_human_admin_stays(&app).await;
+        drop(app);
+        drop(db);
+    }
+}
+
+async fn last_human_admin_stays(app: &crate::support::TestApp) {
+    let inv = app
+        .ok(
+            "POST",
+            "/v1/invites",
+            Some(json!({ "email": "alice@example.com" })),
+        )
+        .await;
+    let (status, body) = app.call_anon("POST", "/v1/auth/register", Some(json!({ "email": "alice@example.com", "password": "alice-password", "invite_token": inv["token"] }))).await;
+    assert_eq!(status, 201, "{body}");
+    let alice = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .call_with(
+            Some(&alice),
+            "POST",
+            "/v1/vaults",
+            Some(json!({ "name": "alices" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app
+        .call_with(
+            Some(&alice),
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "ops-bot", "vaults": [{ "vault": "alices", "role": "admin" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The agent is an admin too, but it is no human: alice may neither leave nor step down.
+    let (status, body) = app
+        .call_with(
+            Some(&alice),
+            "DELETE",
+            "/v1/vaults/alices/members/user/alice@example.com",
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = app
+        .call_with(
+            Some(&alice),
+            "PUT",
+            "/v1/vaults/alices/members",
+            Some(json!({ "kind": "user", "name": "alice@example.com", "role": "member" })),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let members = app
+        .call_with(Some(&alice), "GET", "/v1/vaults/alices/members", None)
+        .await
+        .1;
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "alice@example.com" && m["role"] == "admin"),
+        "{members}"
+    );
+    // Removing the agent is fine: the human admin stays.
+    let (status, body) = app
+        .call_with(
+            Some(&alice),
+            "DELETE",
+            "/v1/vaults/alices/members/agent/ops-bot",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+}

@@ -9,6 +9,7 @@ mod attacks_framing;
 mod attacks_reflection;
 mod attacks_resources;
 mod attacks_ssrf;
+mod attacks_storage;
 mod attacks_tls_tokens;
 mod browser;
 mod cli;

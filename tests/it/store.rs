@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use agent_vault::crypto::{DataKey, TokenKind};
 use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
 use agent_vault::keys::{self, Keyring, UnsealError};
-use agent_vault::store::{CredentialWrite, PrincipalKind, RequestLogRecord, Store, StoreError};
+use agent_vault::store::{
+    CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store, StoreError,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{TINY_KDF, TestDatabase, for_each_store};
@@ -434,6 +436,108 @@ async fn request_logs_are_written_in_multi_row_batches() {
             assert_eq!(r.bytes_in, i as i64);
             assert_eq!(r.bytes_out, i64::MAX);
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn authority_rows_from_before_the_upgrade_are_bound_once_and_never_again() {
+    for_each_store(|store, backend| async move {
+        let vault = store
+            .create_vault(&VaultName::parse("old").unwrap(), None)
+            .await
+            .unwrap();
+        // Rows as a version without MACs wrote them; migration 0003 marked the backfill pending.
+        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ('a-old', 'old-agent', NULL, 0, 0)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO vault_grants (vault_id, principal_kind, principal_id, role, created_at) VALUES ($1, 'agent', 'a-old', 'proxy', 0)")
+            .bind(&vault.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(store.agent_by_id("a-old").await.unwrap().is_none(), "{backend}: unbound rows are not trusted");
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 2, "{backend}");
+        assert!(store.agent_by_id("a-old").await.unwrap().is_some(), "{backend}");
+        assert_eq!(
+            store
+                .role_in_vault(&vault.id, PrincipalKind::Agent, "a-old")
+                .await
+                .unwrap(),
+            Some(VaultRole::Proxy)
+        );
+        // Done once: a row written without a MAC later (by a database writer) stays refused,
+        // at this start and every later one.
+        sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ('a-new', 'new-agent', NULL, 0, 0)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 0, "{backend}");
+        assert!(store.agent_by_id("a-new").await.unwrap().is_none(), "{backend}");
+        sqlx::query("UPDATE vault_grants SET mac = NULL WHERE principal_id = 'a-old'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 0, "{backend}");
+        assert_eq!(
+            store
+                .role_in_vault(&vault.id, PrincipalKind::Agent, "a-old")
+                .await
+                .unwrap(),
+            None,
+            "{backend}: a MAC wiped after the upgrade is a failed MAC"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_last_human_admins_stepping_down_at_once_leave_one() {
+    for_each_store(|store, backend| async move {
+        let vault = store
+            .create_vault(&VaultName::parse("pair").unwrap(), None)
+            .await
+            .unwrap();
+        for user in ["u-a", "u-b"] {
+            store
+                .grant(&vault.id, PrincipalKind::User, user, VaultRole::Admin)
+                .await
+                .unwrap();
+        }
+        store
+            .grant(&vault.id, PrincipalKind::Agent, "bot", VaultRole::Admin)
+            .await
+            .unwrap();
+        let step_down = |user: &'static str| {
+            let store = store.clone();
+            let vault_id = vault.id.clone();
+            async move {
+                store
+                    .change_grant_keeping_a_human_admin(&vault_id, PrincipalKind::User, user, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = tokio::join!(step_down("u-a"), step_down("u-b"));
+        let mut outcomes = vec![a, b];
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            vec![GrantChange::Done, GrantChange::LastHumanAdmin],
+            "{backend}"
+        );
+        let humans = store
+            .list_members(&vault.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.kind == PrincipalKind::User && m.role == VaultRole::Admin)
+            .count();
+        assert_eq!(
+            humans, 1,
+            "{backend}: the agent admin does not replace a human"
+        );
     })
     .await;
 }

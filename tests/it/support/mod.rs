@@ -590,16 +590,22 @@ where
     F: Fn(agent_vault::store::Store, &'static str) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    // Unsealed the way the server does it, so authority rows can be written and read.
+    let macs =
+        agent_vault::keys::Keyring::from_dek(agent_vault::crypto::DataKey::from_bytes([42; 32]))
+            .authority_macs();
     let dir = tempfile::tempdir().unwrap();
     let store = agent_vault::store::Store::open(dir.path(), None)
         .await
-        .unwrap();
+        .unwrap()
+        .with_authority_macs(macs.clone());
     f(store.clone(), "sqlite").await;
     store.close().await;
     if let Some(db) = TestDatabase::create().await {
         let store = agent_vault::store::Store::open(dir.path(), Some(&db.url))
             .await
-            .unwrap();
+            .unwrap()
+            .with_authority_macs(macs);
         f(store.clone(), "postgres").await;
         store.close().await;
         drop(db);
