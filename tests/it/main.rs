@@ -10,6 +10,7 @@ mod attacks_reflection;
 mod attacks_resources;
 mod attacks_ssrf;
 mod attacks_tls_tokens;
+mod attacks_websession;
 mod browser;
 mod cli;
 mod durability;
