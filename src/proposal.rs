@@ -176,8 +176,10 @@ impl VaultState {
 /// page, where an agent-run server would receive the browser's same-site requests. Numeric
 /// spellings (`2130706433`, `0x7f.1`, `[::ffff:7f00:1]`) are parsed the way browsers parse them
 /// and classified like the proxy classifies destinations. This server's own host names are
-/// checked by [`check_links`].
-fn check_url(key: &CredentialKey, url: &str) -> Result<(), ProposalError> {
+/// checked by [`check_links`]. Returns the URL as the parser serializes it (ASCII only: A-label
+/// host, percent-encoded path), so what the approver reads is where it goes, with no
+/// text-direction or invisible characters.
+fn check_url(key: &CredentialKey, url: &str) -> Result<String, ProposalError> {
     if url.len() > MAX_DESCRIPTION {
         return Err(err(format!(
             "credential {key}: `obtain` is longer than {MAX_DESCRIPTION} characters"
@@ -209,19 +211,21 @@ fn check_url(key: &CredentialKey, url: &str) -> Result<(), ProposalError> {
             {
                 return Err(refused("this machine (localhost)"));
             }
-            Ok(())
         }
         // Any address the proxy's SSRF guard refuses is refused as a link target too.
-        Some(url::Host::Ipv4(ip)) => match crate::netguard::classify(ip.into()) {
-            Some(blocked) => Err(refused(&format!("a {blocked}"))),
-            None => Ok(()),
-        },
-        Some(url::Host::Ipv6(ip)) => match crate::netguard::classify(ip.into()) {
-            Some(blocked) => Err(refused(&format!("a {blocked}"))),
-            None => Ok(()),
-        },
-        None => Err(refused("no host")),
+        Some(url::Host::Ipv4(ip)) => {
+            if let Some(blocked) = crate::netguard::classify(ip.into()) {
+                return Err(refused(&format!("a {blocked}")));
+            }
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            if let Some(blocked) = crate::netguard::classify(ip.into()) {
+                return Err(refused(&format!("a {blocked}")));
+            }
+        }
+        None => return Err(refused("no host")),
     }
+    Ok(parsed.to_string())
 }
 
 /// The host names and addresses this server is reached at (its public URL, the Host names it
@@ -370,9 +374,7 @@ pub fn validate(
                     &description,
                     MAX_DESCRIPTION,
                 )?;
-                if let Some(url) = &obtain {
-                    check_url(&key, url)?;
-                }
+                let obtain = obtain.map(|url| check_url(&key, &url)).transpose()?;
                 if let Some(text) = &instructions {
                     check_text(
                         &format!("credential {key}: the instructions"),
@@ -748,6 +750,21 @@ mod tests {
             );
         }
         assert!(obtain("https://github.com/settings/tokens?x=1").is_ok());
+        // Stored as parsed: A-label host, no text-direction or invisible characters.
+        let stored = obtain("https://GitHub.com/\u{202E}txt.exe?q=a b").unwrap();
+        let CredentialSlot::Set {
+            obtain: Some(url), ..
+        } = &stored.credentials[0]
+        else {
+            panic!("a set slot with its link");
+        };
+        assert_eq!(url, "https://github.com/%E2%80%AEtxt.exe?q=a%20b");
+        let idn = obtain("https://straße.example/").unwrap();
+        assert!(
+            serde_json::to_string(&idn)
+                .unwrap()
+                .contains("https://xn--strae-oqa.example/")
+        );
         assert!(obtain("https://[2606:4700:4700::1111]/").is_ok());
     }
 

@@ -203,7 +203,8 @@ async fn agent_obtain_links_are_not_clickable() {
         .text()
         .await
         .unwrap();
-    let escaped = "https://github.com/settings/tokens?scopes=repo&amp;note=&quot;x&quot;";
+    // Stored and shown as the URL parser serializes it, then HTML-escaped.
+    let escaped = "https://github.com/settings/tokens?scopes=repo&amp;note=%22x%22";
     assert!(
         html.contains(escaped),
         "the full URL is shown as text: {html}"
@@ -331,4 +332,34 @@ async fn web_session_cookie_over_tls_is_host_prefixed_and_secure() {
             .0,
         401
     );
+    // Logout clears it with the attributes a browser needs to accept the change.
+    let cookie = format!("{name}={value}");
+    let (_, page) = dashboard(&app, &cookie).await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = browser()
+        .post(format!("{}/logout", app.admin))
+        .header("cookie", &cookie)
+        .header("origin", public)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let cleared = out.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cleared.starts_with("__Host-av_session=;")
+            && cleared.contains("Max-Age=0")
+            && cleared.contains("Secure")
+            && cleared.contains("Path=/"),
+        "{cleared}"
+    );
+    assert_eq!(dashboard(&app, &cookie).await.0, 303);
 }
