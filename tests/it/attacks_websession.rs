@@ -164,6 +164,21 @@ async fn expired_web_session_is_refused_by_the_pages() {
     let store = agent_vault::store::Store::open(&app.config.data_dir, None)
         .await
         .unwrap();
+    let kind: String = sqlx::query_scalar("SELECT kind FROM tokens WHERE label = 'web'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kind, "web", "the web kind is recorded");
+    // The record's kind must agree with the token's prefix.
+    let set_kind = |kind: &'static str| {
+        sqlx::query("UPDATE tokens SET kind = $1 WHERE label = 'web'")
+            .bind(kind)
+            .execute(store.pool())
+    };
+    set_kind("session").await.unwrap();
+    assert_eq!(dashboard(&app, &cookie).await.0, 303);
+    set_kind("web").await.unwrap();
+    assert_eq!(dashboard(&app, &cookie).await.0, 200);
     sqlx::query("UPDATE tokens SET expires_at = 1 WHERE label = 'web'")
         .execute(store.pool())
         .await
