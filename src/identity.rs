@@ -32,6 +32,9 @@ pub enum AuthError {
     /// The token's owner no longer exists.
     #[error("token owner no longer exists")]
     Orphaned,
+    /// The stored kind disagrees with the token's prefix (a tampered row).
+    #[error("token kind does not match its record")]
+    KindMismatch,
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -142,6 +145,22 @@ impl Authenticated {
     }
 }
 
+/// The kinds the admin API and the proxy accept as a bearer token. Not [`TokenKind::Web`]: a
+/// browser sends the pages' cookie to every port of the host, so any local program could
+/// receive it.
+const BEARER_KINDS: [TokenKind; 3] = [TokenKind::Session, TokenKind::Agent, TokenKind::Scoped];
+
+/// How a token kind is recorded in the tokens table (only kinds that resolve to a principal).
+fn store_kind_of(kind: TokenKind) -> Option<TokenStoreKind> {
+    match kind {
+        TokenKind::Session => Some(TokenStoreKind::Session),
+        TokenKind::Web => Some(TokenStoreKind::Web),
+        TokenKind::Agent => Some(TokenStoreKind::Agent),
+        TokenKind::Scoped => Some(TokenStoreKind::Scoped),
+        TokenKind::Setup | TokenKind::Invite | TokenKind::Approval => None,
+    }
+}
+
 #[derive(Clone)]
 struct CacheEntry(Arc<Authenticated>);
 
@@ -186,30 +205,57 @@ impl Identity {
         self.hasher.hash(raw)
     }
 
-    /// Resolves a raw token from the store (admin API path).
+    /// Resolves a raw bearer token from the store (admin API path). Web sessions are refused.
     pub async fn authenticate_fresh(
         &self,
         raw: &SecretString,
     ) -> Result<Arc<Authenticated>, AuthError> {
-        let hash = self.check_format(raw)?;
-        let resolved = Arc::new(self.resolve(hash).await?);
+        self.authenticate_fresh_as(raw, &BEARER_KINDS).await
+    }
+
+    /// Resolves a web pages' session cookie from the store: only the web kind is accepted.
+    pub async fn authenticate_web(
+        &self,
+        raw: &SecretString,
+    ) -> Result<Arc<Authenticated>, AuthError> {
+        self.authenticate_fresh_as(raw, &[TokenKind::Web]).await
+    }
+
+    async fn authenticate_fresh_as(
+        &self,
+        raw: &SecretString,
+        allowed: &[TokenKind],
+    ) -> Result<Arc<Authenticated>, AuthError> {
+        let (hash, kind) = self.check_format(raw, allowed)?;
+        let resolved = Arc::new(self.resolve(hash, Some(kind)).await?);
         self.cache.insert(hash, CacheEntry(resolved.clone()));
         Ok(resolved)
     }
 
-    /// Resolves a raw token, from the cache when fresh enough (proxy path).
+    /// Resolves a raw bearer token, from the cache when fresh enough (proxy path). Web sessions
+    /// are refused.
     pub async fn authenticate_cached(
         &self,
         raw: &SecretString,
     ) -> Result<Arc<Authenticated>, AuthError> {
-        let hash = self.check_format(raw)?;
-        self.authenticate_hash(hash).await
+        let (hash, kind) = self.check_format(raw, &BEARER_KINDS)?;
+        self.lookup(hash, Some(kind)).await
     }
 
     /// Re-checks an already verified token by its hash (every request on an open connection).
     pub async fn authenticate_hash(
         &self,
         hash: TokenHash,
+    ) -> Result<Arc<Authenticated>, AuthError> {
+        self.lookup(hash, None).await
+    }
+
+    /// The cached answer for `hash`, or the store's. A cached answer was checked against the
+    /// token's prefix when it was filled: the hash covers the prefix, so it is the same token.
+    async fn lookup(
+        &self,
+        hash: TokenHash,
+        kind: Option<TokenKind>,
     ) -> Result<Arc<Authenticated>, AuthError> {
         if let Some(CacheEntry(hit)) = self.cache.get(&hash) {
             return if hit.unexpired(now_ms()) {
@@ -218,28 +264,37 @@ impl Identity {
                 Err(AuthError::Expired)
             };
         }
-        let resolved = Arc::new(self.resolve(hash).await?);
+        let resolved = Arc::new(self.resolve(hash, kind).await?);
         self.cache.insert(hash, CacheEntry(resolved.clone()));
         Ok(resolved)
     }
 
-    fn check_format(&self, raw: &SecretString) -> Result<TokenHash, AuthError> {
+    /// The token's keyed hash and kind, if it is well-formed and of an `allowed` kind. The
+    /// prefix is part of what is hashed, so a token cannot change its kind and still match.
+    fn check_format(
+        &self,
+        raw: &SecretString,
+        allowed: &[TokenKind],
+    ) -> Result<(TokenHash, TokenKind), AuthError> {
         let text = raw.expose_secret();
-        let kind_ok = [TokenKind::Session, TokenKind::Agent, TokenKind::Scoped]
-            .into_iter()
-            .any(|k| k.matches_format(text));
-        if !kind_ok {
-            return Err(AuthError::Malformed);
-        }
-        Ok(self.hasher.hash(raw))
+        let kind = allowed
+            .iter()
+            .copied()
+            .find(|k| k.matches_format(text))
+            .ok_or(AuthError::Malformed)?;
+        Ok((self.hasher.hash(raw), kind))
     }
 
-    async fn resolve(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
+    async fn resolve(
+        &self,
+        hash: TokenHash,
+        kind: Option<TokenKind>,
+    ) -> Result<Authenticated, AuthError> {
         let Some(home) = &self.home else {
-            return self.resolve_here(hash).await;
+            return self.resolve_here(hash, kind).await;
         };
         let this = self.clone();
-        home.spawn(async move { this.resolve_here(hash).await })
+        home.spawn(async move { this.resolve_here(hash, kind).await })
             .await
             // The home runtime is shutting down (or the lookup panicked): the store is gone.
             .unwrap_or(Err(AuthError::Store(StoreError::Database(
@@ -247,12 +302,19 @@ impl Identity {
             ))))
     }
 
-    async fn resolve_here(&self, hash: TokenHash) -> Result<Authenticated, AuthError> {
+    async fn resolve_here(
+        &self,
+        hash: TokenHash,
+        kind: Option<TokenKind>,
+    ) -> Result<Authenticated, AuthError> {
         let token = self
             .store
             .token_by_hash(&hash)
             .await?
             .ok_or(AuthError::Unknown)?;
+        if kind.is_some_and(|k| store_kind_of(k) != Some(token.kind)) {
+            return Err(AuthError::KindMismatch);
+        }
         let now = now_ms();
         if token.revoked_at.is_some() {
             return Err(AuthError::Revoked);
@@ -265,7 +327,7 @@ impl Identity {
 
     async fn principal_of(&self, token: TokenRecord) -> Result<Authenticated, AuthError> {
         let (principal, grants) = match token.kind {
-            TokenStoreKind::Session => {
+            TokenStoreKind::Session | TokenStoreKind::Web => {
                 let user_id = token.user_id.clone().ok_or(AuthError::Orphaned)?;
                 let user = self
                     .store

@@ -195,9 +195,12 @@ async fn send_emails(
     event: &ProposalEvent,
     approvers: &[Email],
 ) {
+    // The agent's own words stay out of the mail: mail clients turn URLs in plain text into
+    // links, and a click would carry the approver's session cookie to whatever the agent runs
+    // on another port of this host. The page shows them as text.
     let body = format!(
-        "An agent ({}) proposed a change to vault {}:\n\n{}\n\nReview it, enter any credential values it needs, and approve or reject it here:\n{}\n\nThe link lets you view the proposal; approving needs your login.\n",
-        event.created_by, event.vault, event.message, event.approval_url
+        "An agent ({}) proposed a change to vault {}.\n\nRead its message, review the change, enter any credential values it needs, and approve or reject it here:\n{}\n\nThe link lets you view the proposal; approving needs your login.\n",
+        event.created_by, event.vault, event.approval_url
     );
     for to in approvers {
         let Ok(to_box) = to.as_str().parse::<Mailbox>() else {

@@ -171,18 +171,139 @@ impl VaultState {
     }
 }
 
-fn check_url(key: &CredentialKey, url: &str) -> Result<(), ProposalError> {
+/// An `obtain` link is shown to the approver, who may open it while logged in to the pages. It
+/// must lead to a public https site: never this machine, a private network, or a plain-http
+/// page, where an agent-run server would receive the browser's same-site requests. Numeric
+/// spellings (`2130706433`, `0x7f.1`, `[::ffff:7f00:1]`) are parsed the way browsers parse them
+/// and classified like the proxy classifies destinations. This server's own host names are
+/// checked by [`check_links`]. Returns the URL as the parser serializes it (ASCII only: A-label
+/// host, percent-encoded path), so what the approver reads is where it goes, with no
+/// text-direction or invisible characters.
+fn check_url(key: &CredentialKey, url: &str) -> Result<String, ProposalError> {
     if url.len() > MAX_DESCRIPTION {
         return Err(err(format!(
             "credential {key}: `obtain` is longer than {MAX_DESCRIPTION} characters"
         )));
     }
-    match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(err(format!(
-            "credential {key}: `obtain` must be an http:// or https:// URL"
-        ))),
+    let parsed = match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => u,
+        _ => {
+            return Err(err(format!(
+                "credential {key}: `obtain` must be an https:// URL"
+            )));
+        }
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(err(format!(
+            "credential {key}: `obtain` must not contain a user name or password"
+        )));
     }
+    let refused = |what: &str| {
+        err(format!(
+            "credential {key}: `obtain` must not point at {what}; give a link to a public https site"
+        ))
+    };
+    match parsed.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            if name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost")
+            {
+                return Err(refused("this machine (localhost)"));
+            }
+        }
+        // Any address the proxy's SSRF guard refuses is refused as a link target too.
+        Some(url::Host::Ipv4(ip)) => {
+            if let Some(blocked) = crate::netguard::classify(ip.into()) {
+                return Err(refused(&format!("a {blocked}")));
+            }
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            if let Some(blocked) = crate::netguard::classify(ip.into()) {
+                return Err(refused(&format!("a {blocked}")));
+            }
+        }
+        None => return Err(refused("no host")),
+    }
+    Ok(parsed.to_string())
+}
+
+/// The host names and addresses this server is reached at (its public URL, the Host names it
+/// answers to, its listeners). Links an agent supplies may not point there.
+#[derive(Clone, Debug, Default)]
+pub struct OwnHosts {
+    names: BTreeSet<String>,
+    addrs: BTreeSet<std::net::IpAddr>,
+}
+
+impl OwnHosts {
+    /// Adds the host of a URL (`server.public_url`).
+    pub fn add_url(&mut self, url: &str) {
+        if let Ok(u) = url::Url::parse(url) {
+            match u.host() {
+                Some(url::Host::Domain(d)) => self.add_name(d),
+                Some(url::Host::Ipv4(ip)) => self.add_addr(ip.into()),
+                Some(url::Host::Ipv6(ip)) => self.add_addr(ip.into()),
+                None => {}
+            }
+        }
+    }
+
+    /// Adds a `host` or `host:port` as found in a Host header (`server.allowed_hosts`).
+    pub fn add_host(&mut self, host: &str) {
+        self.add_url(&format!("https://{host}/"));
+    }
+
+    /// Adds a listener address.
+    pub fn add_addr(&mut self, ip: std::net::IpAddr) {
+        if !ip.is_unspecified() {
+            self.addrs.insert(canonical_ip(ip));
+        }
+    }
+
+    fn add_name(&mut self, name: &str) {
+        self.names
+            .insert(name.trim_end_matches('.').to_ascii_lowercase());
+    }
+
+    fn contains(&self, host: &url::Host<&str>) -> bool {
+        match host {
+            url::Host::Domain(d) => self
+                .names
+                .contains(&d.trim_end_matches('.').to_ascii_lowercase()),
+            url::Host::Ipv4(ip) => self.addrs.contains(&canonical_ip((*ip).into())),
+            url::Host::Ipv6(ip) => self.addrs.contains(&canonical_ip((*ip).into())),
+        }
+    }
+}
+
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => crate::netguard::embedded_ipv4(&v6)
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Refuses links in validated content that point at this server itself (whatever port): a
+/// click from the approval page would be a same-site request to it.
+pub fn check_links(content: &ProposalContent, own: &OwnHosts) -> Result<(), ProposalError> {
+    for slot in &content.credentials {
+        if let CredentialSlot::Set {
+            key,
+            obtain: Some(url),
+            ..
+        } = slot
+            && let Ok(parsed) = url::Url::parse(url)
+            && parsed.host().is_some_and(|h| own.contains(&h))
+        {
+            return Err(err(format!(
+                "credential {key}: `obtain` must not point at this server's own host; give a link to a public https site"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_text(what: &str, text: &str, max: usize) -> Result<(), ProposalError> {
@@ -253,9 +374,7 @@ pub fn validate(
                     &description,
                     MAX_DESCRIPTION,
                 )?;
-                if let Some(url) = &obtain {
-                    check_url(&key, url)?;
-                }
+                let obtain = obtain.map(|url| check_url(&key, &url)).transpose()?;
                 if let Some(text) = &instructions {
                     check_text(
                         &format!("credential {key}: the instructions"),
@@ -584,6 +703,101 @@ mod tests {
         );
         let plan = plan(&content, &state()).unwrap();
         assert_eq!(plan.services.len(), 2);
+    }
+
+    fn obtain(url: &str) -> Result<ProposalContent, ProposalError> {
+        validate(
+            request(
+                serde_json::json!({"credentials": [{"action": "set", "key": "K", "obtain": url}]}),
+            ),
+            &state(),
+        )
+        .map(|(content, _)| content)
+    }
+
+    #[test]
+    fn obtain_links_must_be_public_https() {
+        for url in [
+            "http://github.com/settings/tokens",
+            "https://127.0.0.1:8080/",
+            "https://2130706433/",
+            "https://0x7f.1/",
+            "https://0177.0.0.1/",
+            "https://127.1/",
+            "https://0/",
+            "https://[::]/",
+            "https://[::1]/",
+            "https://[::ffff:7f00:1]/",
+            "https://[64:ff9b::7f00:1]/",
+            "https://localhost/",
+            "https://Localhost./",
+            "https://a.b.localhost:8443/",
+            "https://10.0.0.1/",
+            "https://192.168.0.1/",
+            "https://[fd12::1]/",
+            "https://169.254.169.254/",
+            "https://[fe80::1]/",
+            "https://github.com@127.0.0.1/",
+            "https://user:pw@github.com/",
+            "javascript:alert(1)",
+            "data:text/html,x",
+        ] {
+            let e = obtain(url).unwrap_err();
+            assert!(e.0.contains("credential K: `obtain`"), "{url}: {e}");
+            assert!(
+                !e.0.contains(url),
+                "the message does not echo the link: {e}"
+            );
+        }
+        assert!(obtain("https://github.com/settings/tokens?x=1").is_ok());
+        // Stored as parsed: A-label host, no text-direction or invisible characters.
+        let stored = obtain("https://GitHub.com/\u{202E}txt.exe?q=a b").unwrap();
+        let CredentialSlot::Set {
+            obtain: Some(url), ..
+        } = &stored.credentials[0]
+        else {
+            panic!("a set slot with its link");
+        };
+        assert_eq!(url, "https://github.com/%E2%80%AEtxt.exe?q=a%20b");
+        let idn = obtain("https://straße.example/").unwrap();
+        assert!(
+            serde_json::to_string(&idn)
+                .unwrap()
+                .contains("https://xn--strae-oqa.example/")
+        );
+        assert!(obtain("https://[2606:4700:4700::1111]/").is_ok());
+    }
+
+    #[test]
+    fn obtain_links_to_this_server_are_refused() {
+        let mut own = OwnHosts::default();
+        own.add_url("https://Vault.Corp.example/");
+        own.add_host("av.intranet.example:8443");
+        own.add_addr("203.0.113.7".parse().unwrap());
+        own.add_addr("0.0.0.0".parse().unwrap());
+        for url in [
+            "https://vault.corp.example/approve",
+            "https://VAULT.corp.example.:444/",
+            "https://av.intranet.example/",
+            "https://203.0.113.7:9000/",
+            "https://[::ffff:203.0.113.7]/",
+        ] {
+            let content = ProposalContent {
+                credentials: vec![CredentialSlot::Set {
+                    key: key("K"),
+                    description: String::new(),
+                    obtain: Some(url.into()),
+                    instructions: None,
+                    has_value: false,
+                }],
+                message: String::new(),
+                services: Vec::new(),
+            };
+            let e = check_links(&content, &own).unwrap_err();
+            assert!(e.0.contains("own host"), "{url}: {e}");
+        }
+        let fine = obtain("https://github.com/settings/tokens").unwrap();
+        assert!(check_links(&fine, &own).is_ok());
     }
 
     #[test]

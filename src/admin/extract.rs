@@ -15,8 +15,11 @@ use super::AdminState;
 use super::error::{ApiError, scrub_quoted};
 use crate::identity::Authenticated;
 
-/// Name of the session cookie the web pages use.
+/// Name of the session cookie the web pages use over plain HTTP (loopback).
 pub const SESSION_COOKIE: &str = "av_session";
+
+/// Name of the session cookie when the pages are served over TLS.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-av_session";
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]

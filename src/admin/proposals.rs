@@ -130,6 +130,18 @@ pub(crate) fn content_of(p: &ProposalRecord) -> Result<ProposalContent, ApiError
         .map_err(|e| ApiError::Integrity(format!("proposal {} content: {e}", p.id)))
 }
 
+/// Where this server is reached: its public URL, the Host names it answers to, its listeners.
+fn own_hosts(state: &AdminState) -> proposal::OwnHosts {
+    let mut own = proposal::OwnHosts::default();
+    own.add_url(&state.public_url);
+    for host in &state.config.server.allowed_hosts {
+        own.add_host(host);
+    }
+    own.add_addr(state.config.server.host);
+    own.add_addr(state.proxy_addr.ip());
+    own
+}
+
 /// `POST /v1/proposals`: an agent asks for services and credentials.
 pub async fn create(
     State(state): State<AdminState>,
@@ -140,6 +152,8 @@ pub async fn create(
     let vs = vault_state(&state, &vault.id).await?;
     let (content, values) =
         proposal::validate(req, &vs).map_err(|e| ApiError::bad_request("invalid_proposal", e.0))?;
+    proposal::check_links(&content, &own_hosts(&state))
+        .map_err(|e| ApiError::bad_request("invalid_proposal", e.0))?;
     let id = random_id()?;
     let raw = TokenKind::Approval.generate()?;
     let now = now_ms();

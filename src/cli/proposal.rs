@@ -116,7 +116,9 @@ fn print_detail(p: &Value) {
             c["description"].as_str().unwrap_or("")
         );
         if let Some(url) = c["obtain"].as_str() {
-            println!("      obtain at: {url}");
+            println!(
+                "      obtain at (link provided by the agent; check it before opening): {url}"
+            );
         }
     }
     for r in p["risks"].as_array().into_iter().flatten() {

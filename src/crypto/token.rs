@@ -15,8 +15,11 @@ use super::{CryptoError, DataKey, random_bytes};
 /// What a token is for; the prefix makes a leaked token recognisable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenKind {
-    /// A human's login session.
+    /// A human's login session for the CLI and the admin API (a bearer token).
     Session,
+    /// A human's browser session: the web pages' cookie, never accepted as a bearer, because
+    /// browsers send cookies to every port of a host.
+    Web,
     /// An agent's long-lived token.
     Agent,
     /// A short-lived proxy-role token bound to one vault (minted by `run` and `vault token`).
@@ -34,6 +37,7 @@ impl TokenKind {
     pub fn prefix(self) -> &'static str {
         match self {
             Self::Session => "av_sess_",
+            Self::Web => "av_web_",
             Self::Agent => "av_agt_",
             Self::Scoped => "av_run_",
             Self::Setup => "av_setup_",
@@ -46,6 +50,7 @@ impl TokenKind {
     pub fn of(raw: &str) -> Option<Self> {
         [
             Self::Session,
+            Self::Web,
             Self::Agent,
             Self::Scoped,
             Self::Setup,
@@ -147,6 +152,11 @@ mod tests {
         assert!(!TokenKind::Session.matches_format(a.expose_secret()));
         assert_eq!(TokenKind::of(a.expose_secret()), Some(TokenKind::Agent));
         assert!(!TokenKind::Agent.matches_format("av_agt_short"));
+        let web = TokenKind::Web.generate().unwrap();
+        assert!(web.expose_secret().starts_with("av_web_"));
+        assert!(TokenKind::Web.matches_format(web.expose_secret()));
+        assert!(!TokenKind::Session.matches_format(web.expose_secret()));
+        assert_eq!(TokenKind::of(web.expose_secret()), Some(TokenKind::Web));
     }
 
     #[test]

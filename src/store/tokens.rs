@@ -12,8 +12,10 @@ use crate::keys::{AuthorityMacs, AuthorityRow};
 /// What a stored token is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenStoreKind {
-    /// A human login session.
+    /// A human login session for the CLI and the admin API.
     Session,
+    /// A human's browser session (the web pages' cookie only).
+    Web,
     /// An agent's token.
     Agent,
     /// A short-lived proxy token bound to one vault.
@@ -24,6 +26,7 @@ impl TokenStoreKind {
     fn as_str(self) -> &'static str {
         match self {
             Self::Session => "session",
+            Self::Web => "web",
             Self::Agent => "agent",
             Self::Scoped => "scoped",
         }
@@ -32,6 +35,7 @@ impl TokenStoreKind {
     fn parse(s: &str) -> Result<Self, StoreError> {
         match s {
             "session" => Ok(Self::Session),
+            "web" => Ok(Self::Web),
             "agent" => Ok(Self::Agent),
             "scoped" => Ok(Self::Scoped),
             other => Err(StoreError::Corrupt(format!("unknown token kind {other:?}"))),

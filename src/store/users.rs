@@ -177,7 +177,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind = 'session' AND revoked_at IS NULL")
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind IN ('session', 'web') AND revoked_at IS NULL")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)

@@ -66,6 +66,9 @@ button { font: inherit; font-weight: 600; padding: 6px 16px; border-radius: 6px;
 button.approve { background: #1f883d; color: #fff; border-color: #1a7f37; }
 button.reject { background: #fff; color: var(--bad); border-color: var(--bad); }
 details { margin: 8px 0; }
+.agent-url { margin: 4px 0; }
+.agent-url code { display: block; word-break: break-all; margin-top: 2px; }
+.agent-warning { color: var(--warn); font-size: 13px; }
 "#;
 
 #[cfg(test)]

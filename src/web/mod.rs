@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::admin::extract::{ClientIp, SESSION_COOKIE};
+use crate::admin::extract::{ClientIp, SECURE_SESSION_COOKIE, SESSION_COOKIE};
 use crate::admin::proposals::{approve, content_of, reject, vault_state};
 use crate::admin::{AdminState, ApiError};
 use crate::crypto::TokenKind;
@@ -109,8 +109,41 @@ fn api_error_page(err: ApiError) -> Response {
     error_page(status_of(&err), &page_message(&err))
 }
 
+/// Whether people reach the pages over TLS (a TLS-terminating front end, by `public_url`).
+fn served_over_tls(state: &AdminState) -> bool {
+    state
+        .public_url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The session cookie's name. Over TLS it is `__Host-` prefixed: the browser then keeps it only
+/// if it was set `Secure`, with `Path=/` and no `Domain`, by this origin, so a plain-http
+/// service on another port of the host can neither read it nor plant one of its own.
+fn cookie_name(state: &AdminState) -> &'static str {
+    if served_over_tls(state) {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// The `Set-Cookie` value for the session cookie (`Max-Age=0` clears it).
+fn session_cookie(state: &AdminState, value: &str, max_age: u64) -> String {
+    let secure = if served_over_tls(state) {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        cookie_name(state)
+    )
+}
+
 /// The session cookie's token (pages never accept bearer headers).
-fn cookie_token(headers: &HeaderMap) -> Option<SecretString> {
+fn cookie_token(state: &AdminState, headers: &HeaderMap) -> Option<SecretString> {
+    let wanted = cookie_name(state);
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -118,15 +151,15 @@ fn cookie_token(headers: &HeaderMap) -> Option<SecretString> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE && !value.is_empty())
-                .then(|| SecretString::from(value.to_owned()))
+            (name == wanted && !value.is_empty()).then(|| SecretString::from(value.to_owned()))
         })
 }
 
-/// The logged-in human, if any. Agent tokens in a cookie are ignored: pages are for people.
+/// The logged-in human, if any. Only web-session tokens count: agent tokens and API sessions
+/// in a cookie are ignored, and the web token itself is refused everywhere else.
 async fn web_user(state: &AdminState, headers: &HeaderMap) -> Option<Arc<Authenticated>> {
-    let raw = cookie_token(headers)?;
-    let who = state.identity.authenticate_fresh(&raw).await.ok()?;
+    let raw = cookie_token(state, headers)?;
+    let who = state.identity.authenticate_web(&raw).await.ok()?;
     matches!(who.principal, Principal::User { .. }).then_some(who)
 }
 
@@ -254,8 +287,8 @@ async fn login_submit(
     let ttl = state.config.tokens.web_session_ttl;
     let issued = crate::admin::issue_token(
         &state,
-        TokenKind::Session,
-        TokenStoreKind::Session,
+        TokenKind::Web,
+        TokenStoreKind::Web,
         |t| {
             t.user_id = Some(user.id.clone());
             t.label = "web".into();
@@ -267,16 +300,7 @@ async fn login_submit(
         Ok(x) => x,
         Err(e) => return api_error_page(e),
     };
-    let secure = if state.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        raw.expose_secret(),
-        ttl.as_secs()
-    );
+    let cookie = session_cookie(&state, raw.expose_secret(), ttl.as_secs());
     let mut response = Redirect::to(&next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -311,10 +335,9 @@ async fn logout(
     let _ = state.store.revoke_token(&user.token_id).await;
     state.tokens_changed().await;
     let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("av_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
     response
 }
 
@@ -516,11 +539,15 @@ fn credential_rows(content: &ProposalContent) -> String {
                 instructions,
                 has_value,
             } => {
+                // Never a link: a click would carry the approver's cookie to whatever the agent
+                // runs (cookies are not isolated by port). The approver reads it and decides.
                 let link = obtain
                     .as_ref()
                     .map(|u| {
                         format!(
-                            "<a href=\"{0}\" rel=\"noopener noreferrer\" target=\"_blank\">{0}</a>",
+                            "<div class=\"agent-url\"><span class=\"agent-warning\">⚠ Link provided by the agent; \
+                             not clickable. Check where it goes before you copy it into your browser:</span>\
+                             <code>{}</code></div>",
                             esc(u)
                         )
                     })

@@ -11,6 +11,7 @@ mod attacks_resources;
 mod attacks_ssrf;
 mod attacks_storage;
 mod attacks_tls_tokens;
+mod attacks_websession;
 mod browser;
 mod cli;
 mod durability;

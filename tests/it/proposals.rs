@@ -586,6 +586,46 @@ async fn approvers_get_an_email_with_the_link() {
     );
 }
 
+/// Mail clients turn URLs in plain text into links, and a click from the approver's browser
+/// would carry the page's session cookie to a server the agent runs on another port: the
+/// agent's words stay on the approval page, where they are text.
+#[tokio::test]
+async fn agent_text_with_links_never_reaches_the_approvers_email() {
+    let (port, mails) = smtp_receiver().await;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(move |c| {
+            c.smtp.host = Some("127.0.0.1".into());
+            c.smtp.port = port;
+            c.smtp.security = agent_vault::config::SmtpSecurity::None;
+            c.smtp.from = "vault@example.com".into();
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = setup(&app).await;
+    let mut body = github_proposal();
+    body["message"] =
+        json!("Urgent: first open http://127.0.0.1:9/steal and www.agent-site.example");
+    let (status, created) = propose(&app, &token, body).await;
+    assert_eq!(status, 201, "{created}");
+    let mut mail = None;
+    for _ in 0..200 {
+        if let Some(v) = mails.lock().unwrap().first().cloned() {
+            mail = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mail = mail.expect("an email was sent");
+    assert!(
+        mail.contains(created["id"].as_str().unwrap()),
+        "the mail still carries our approval link: {mail}"
+    );
+    for agent_text in ["127.0.0.1:9", "steal", "agent-site", "Urgent"] {
+        assert!(!mail.contains(agent_text), "{agent_text}: {mail}");
+    }
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()

@@ -541,3 +541,118 @@ async fn two_last_human_admins_stepping_down_at_once_leave_one() {
     })
     .await;
 }
+
+/// A database from before web sessions had their own kind (migrations up to 0003) keeps its
+/// tokens through 0004, which rebuilds the SQLite table and replaces the Postgres constraint,
+/// and then accepts the `web` kind and nothing unknown.
+#[tokio::test]
+async fn web_session_migration_keeps_existing_tokens() {
+    sqlx::any::install_default_drivers();
+    let run = |url: String, tree: &'static str| async move {
+        let mut old = sqlx::migrate::Migrator::new(std::path::Path::new(tree))
+            .await
+            .unwrap();
+        old.migrations = old
+            .migrations
+            .iter()
+            .filter(|m| m.version < 4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        old.run(&pool).await.unwrap();
+        sqlx::query("INSERT INTO users (id, email, password_hash, role, created_at, updated_at) VALUES ('u1', 'a@example.test', 'x', 'owner', 1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (id, kind, hash) in [
+            ("t1", "session", vec![1u8; 32]),
+            ("t2", "agent", vec![2u8; 32]),
+        ] {
+            sqlx::query("INSERT INTO tokens (id, hash, kind, user_id, label, expires_at, created_at) VALUES ($1, $2, $3, 'u1', 'old', 99, 1)")
+                .bind(id)
+                .bind(hash)
+                .bind(kind)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    };
+    let check = |store: Store, backend: &'static str| async move {
+        let t1 = store
+            .token_by_hash(&agent_vault::crypto::TokenHash([1; 32]))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{backend}: the old session survived"));
+        assert_eq!(
+            (t1.id.as_str(), t1.kind, t1.label.as_str(), t1.expires_at),
+            (
+                "t1",
+                agent_vault::store::TokenStoreKind::Session,
+                "old",
+                Some(99)
+            ),
+            "{backend}"
+        );
+        let web = agent_vault::store::TokenRecord {
+            id: "t3".into(),
+            hash: agent_vault::crypto::TokenHash([3; 32]),
+            kind: agent_vault::store::TokenStoreKind::Web,
+            user_id: Some("u1".into()),
+            agent_id: None,
+            vault_id: None,
+            vault_role: None,
+            label: "web".into(),
+            expires_at: None,
+            revoked_at: None,
+            created_at: 2,
+        };
+        store.insert_token(&web).await.unwrap();
+        let stored = store
+            .token_by_hash(&agent_vault::crypto::TokenHash([3; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.kind,
+            agent_vault::store::TokenStoreKind::Web,
+            "{backend}"
+        );
+        let bogus = sqlx::query("UPDATE tokens SET kind = 'bogus' WHERE id = 't1'")
+            .execute(store.pool())
+            .await;
+        assert!(bogus.is_err(), "{backend}: the constraint still holds");
+        // Deleting the user still cascades to its tokens (the rebuilt table keeps its keys).
+        sqlx::query("DELETE FROM users WHERE id = 'u1'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE user_id IS NOT NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "{backend}");
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent-vault.db");
+    run(
+        format!("sqlite://{}?mode=rwc", db.display()),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
+    )
+    .await;
+    let store = Store::open(dir.path(), None).await.unwrap();
+    check(store.clone(), "sqlite").await;
+    store.close().await;
+    if let Some(pg) = TestDatabase::create().await {
+        run(
+            pg.url.clone(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
+        )
+        .await;
+        let store = Store::open(dir.path(), Some(&pg.url)).await.unwrap();
+        check(store.clone(), "postgres").await;
+        store.close().await;
+    }
+}
