@@ -516,3 +516,105 @@ async fn exfil_h2_path_that_rewrites_the_authority() {
     }
     assert_eq!(app.upstream.count(), 0, "nothing reached any upstream");
 }
+
+const NOTES_SECRET: &str = "sk_notes_0123456789abcdef";
+
+/// A service whose substitution is meant for one header and one JSON field.
+const NOTES_SERVICES: &str = r#"
+- name: notes
+  host: notes.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __NOTES_KEY__, key: NOTES_KEY, in: [header, body]}
+"#;
+
+async fn notes_setup(app: &TestApp, vault: &str) -> reqwest::Client {
+    app.create_vault(vault).await;
+    app.set_credentials(vault, &[("NOTES_KEY", NOTES_SECRET)])
+        .await;
+    app.set_services_yaml(vault, NOTES_SERVICES).await;
+    let token = app.proxy_token(vault).await.0;
+    app.agent(&token, vault).await
+}
+
+fn assert_placeholder_refused(resp: &reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), 403, "{what}");
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "placeholder_refused",
+        "{what}"
+    );
+}
+
+/// The agent writes the placeholder into headers the upstream stores or echoes by design, into
+/// a declared header with text around it or repeated, and into JSON fields nobody declared:
+/// every one is refused before anything is sent.
+#[tokio::test]
+async fn exfil_substitution_into_undeclared_header_is_refused() {
+    let app = spawn_app().await;
+    let agent = notes_setup(&app, "exfil-subst-h").await;
+    let before = app.upstream.count();
+    let url = "https://notes.example.test/notes";
+    for (name, value) in [
+        ("user-agent", "__NOTES_KEY__"),
+        ("cookie", "session=__NOTES_KEY__"),
+        ("referer", "https://x.example/__NOTES_KEY__"),
+        ("origin", "__NOTES_KEY__"),
+        ("x-forwarded-for", "__NOTES_KEY__"),
+        ("x-note", "__NOTES_KEY__"),
+        ("x-api-key", "Bearer __NOTES_KEY__"),
+        ("x-api-key", "__NOTES_KEY____NOTES_KEY__"),
+    ] {
+        let resp = agent.get(url).header(name, value).send().await.unwrap();
+        assert_placeholder_refused(&resp, name);
+    }
+    for body in [
+        json!({ "title": "__NOTES_KEY__" }),
+        json!({ "auth": { "token": "see __NOTES_KEY__" } }),
+        json!({ "auth": { "token": "__NOTES_KEY__" }, "note": "__NOTES_KEY__" }),
+        json!({ "auth": [{ "token": "__NOTES_KEY__" }] }),
+        json!({ "__NOTES_KEY__": 1 }),
+    ] {
+        let resp = agent.post(url).json(&body).send().await.unwrap();
+        assert_placeholder_refused(&resp, &body.to_string());
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was sent");
+}
+
+/// The whole attack: write the placeholder into a field the upstream stores (through the
+/// service's host, where substitution happens), then read the field back through the vault's
+/// default `tunnel` policy under a name no service binds, where nothing is scrubbed. The write
+/// is refused, so there is nothing to read.
+#[tokio::test]
+async fn exfil_substitution_read_back_through_a_tunnel() {
+    let app = spawn_app().await;
+    let agent = notes_setup(&app, "exfil-subst-t").await;
+    let token = app.proxy_token("exfil-subst-t").await.0;
+    let write = agent
+        .post("https://notes.example.test/issues")
+        .header("user-agent", "__NOTES_KEY__")
+        .json(&json!({ "title": "hello", "body": "__NOTES_KEY__" }))
+        .send()
+        .await
+        .unwrap();
+    let write_status = write.status();
+    let upstream_ca = reqwest::Certificate::from_pem(app.upstream_ca.pem.as_bytes()).unwrap();
+    let proxy = reqwest::Proxy::all(format!("http://{token}:exfil-subst-t@{}", app.proxy)).unwrap();
+    let tunneled = reqwest::Client::builder()
+        .proxy(proxy)
+        .tls_certs_only([upstream_ca])
+        .build()
+        .unwrap();
+    let read = tunneled
+        .get("https://readback.example.test/stored")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "the tunnel reaches the upstream");
+    let stored = read.text().await.unwrap();
+    assert!(
+        !stored.contains(NOTES_SECRET),
+        "the credential was read back through the tunnel: {stored}"
+    );
+    assert_eq!(write_status, 403, "the write was refused");
+}
