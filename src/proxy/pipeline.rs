@@ -480,31 +480,32 @@ async fn process(
             .and_then(|v| v.to_str().ok()),
     );
     let encoded = parts.headers.contains_key(header::CONTENT_ENCODING);
-    let upstream_body: ProxyBody = match (plan.wants_body(), body_kind) {
-        (true, Some(kind)) if !encoded => {
-            let cap = state.limits.max_substitution_body_bytes;
-            let collected = Limited::new(body, cap).collect().await.map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    ProxyError::RequestTooLarge(cap as u64)
-                } else {
-                    ProxyError::BadRequest("could not read the request body".into())
-                }
-            })?;
-            let rewritten = plan.body(&collected.to_bytes(), kind)?;
-            draft
-                .bytes_in
-                .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            Full::new(Bytes::from(rewritten))
-                .map_err(|never| match never {})
-                .boxed()
-        }
-        _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
-    };
+    let upstream_body: ProxyBody =
+        match (substitute::wants_body(service), body_kind, opened.as_ref()) {
+            (true, Some(kind), Some(_)) if !encoded => {
+                let cap = state.limits.max_substitution_body_bytes;
+                let collected = Limited::new(body, cap).collect().await.map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        ProxyError::RequestTooLarge(cap as u64)
+                    } else {
+                        ProxyError::BadRequest("could not read the request body".into())
+                    }
+                })?;
+                let rewritten = plan.body(&collected.to_bytes(), kind)?;
+                draft
+                    .bytes_in
+                    .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                Full::new(Bytes::from(rewritten))
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+            _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
+        };
     // A WebSocket that carries credentials, or declares frame substitutions, is read frame by
     // frame after the upgrade; compression would make frames unreadable, so it is not offered.
     let ws_rewrite = if websocket {

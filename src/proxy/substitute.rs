@@ -140,13 +140,6 @@ impl Plan {
             .any(|r| matches!(r.kind, PlaceKind::Websocket(_)))
     }
 
-    /// Whether the request body must be buffered: a JSON or form place is declared.
-    pub fn wants_body(&self) -> bool {
-        self.ready
-            .iter()
-            .any(|r| matches!(r.kind, PlaceKind::Json(_) | PlaceKind::Form(_)))
-    }
-
     /// The first known placeholder in `text`.
     pub fn find(&self, text: &[u8]) -> Option<&str> {
         self.all
@@ -380,6 +373,15 @@ impl Plan {
         out.extend_from_slice(&doc[copied..]);
         Ok(Some(out))
     }
+}
+
+/// Whether the request body must be buffered: the service declares a JSON or form place.
+pub fn wants_body(service: Option<&CompiledService>) -> bool {
+    service
+        .into_iter()
+        .flat_map(|s| s.substitutions.iter().filter(|s| !s.disabled))
+        .flat_map(|s| s.places.iter())
+        .any(|p| matches!(p.kind, PlaceKind::Json(_) | PlaceKind::Form(_)))
 }
 
 /// The kinds of bodies substitution understands.
