@@ -593,6 +593,27 @@ mod tests {
         assert!(refused(plan.frame(b"auth __WS_KEY__")));
     }
 
+    proptest::proptest! {
+        /// Whatever a target is made of, what goes out holds no placeholder, plain or
+        /// percent-encoded: each one was replaced at a declared place or the request refused.
+        #[test]
+        fn no_placeholder_survives_a_target(
+            parts in proptest::collection::vec(0usize..12, 1..16),
+        ) {
+            const PIECES: [&str; 12] = [
+                "__BOT_TOKEN__", "bot", "/", "?", "&", "=", "x", "%5F", "_", "+", ";", "__OTHER_KEY__",
+            ];
+            let target: String = std::iter::once("/")
+                .chain(parts.iter().map(|&i| PIECES[i]))
+                .collect();
+            let plan = setup("s3cret");
+            if let Ok(out) = plan.target(&target) {
+                let decoded: Vec<u8> = percent_decode(out.replace('+', " ").as_bytes()).collect();
+                proptest::prop_assert!(plan.find(&decoded).is_none(), "{target} -> {out}");
+            }
+        }
+    }
+
     #[test]
     fn disabled_substitutions_are_refused_everywhere_with_directions() {
         let spec = parse_service_file(
