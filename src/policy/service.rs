@@ -377,13 +377,14 @@ impl SubstitutionSpec {
                 })
                 .collect();
             let what = if written.is_empty() {
-                "has no `in`".to_owned()
+                "has no `in`, which used to mean anywhere in the path and query".to_owned()
             } else {
-                format!("uses the old form `in: [{}]`", written.join(", "))
+                format!(
+                    "uses the old form `in: [{}]`, which replaced it anywhere in those parts of the request",
+                    written.join(", ")
+                )
             };
-            return Err(format!(
-                "placeholder {p:?} {what}, which replaced it anywhere in that part of the request; {EXACT_PLACE_HELP}"
-            ));
+            return Err(format!("placeholder {p:?} {what}; {EXACT_PLACE_HELP}"));
         }
         let mut places: Vec<Place> = Vec::with_capacity(self.places.len());
         for entry in &self.places {
