@@ -614,6 +614,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever JSON body is sent, what goes out holds no placeholder in any string or key
+        /// as a JSON parser reads it, and it is still JSON when it was.
+        #[test]
+        fn no_placeholder_survives_a_json_body(
+            parts in proptest::collection::vec(0usize..14, 1..20),
+        ) {
+            const PIECES: [&str; 14] = [
+                "{", "}", "[", "]", ",", ":", "\"", "token", "list", "__BOT_TOKEN__",
+                "\\u005f", "_", " ", "1",
+            ];
+            let doc: String = parts.iter().map(|&i| PIECES[i]).collect();
+            let plan = setup("s3cret");
+            if let Ok(out) = plan.body(doc.as_bytes(), BodyKind::Json) {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out) {
+                    proptest::prop_assert!(
+                        !value.to_string().contains("__BOT_TOKEN__"),
+                        "{doc} -> {}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+                if serde_json::from_str::<serde_json::Value>(&doc).is_ok() {
+                    proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+                }
+            }
+        }
+    }
+
     #[test]
     fn disabled_substitutions_are_refused_everywhere_with_directions() {
         let spec = parse_service_file(
