@@ -1277,6 +1277,23 @@ services:
             .compile()
     }
 
+    /// The README's service file is what people copy: it must parse and compile as written.
+    #[test]
+    fn the_readme_service_file_compiles() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Service files")
+            .nth(1)
+            .and_then(|s| s.split("```yaml").nth(1))
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let specs = parse_service_file(section).unwrap();
+        assert!(specs.len() >= 6);
+        for spec in specs {
+            spec.normalized().compile().unwrap();
+        }
+    }
+
     #[test]
     fn substitutions_name_exact_places() {
         let svc = one_substitution(
