@@ -83,20 +83,42 @@ pub async fn splice(
         }
         return;
     };
-    let (agent_read, agent_write) = tokio::io::split(agent);
+    let (agent_read, mut agent_write) = tokio::io::split(agent);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let frames = rewrite.frames;
     let needles = rewrite.needles;
     let to_upstream = pump(agent_read, upstream_write, move |frame| {
         substitute(frame, &frames)
     });
-    let to_agent = pump(upstream_read, agent_write, move |frame| {
+    let to_agent = pump(upstream_read, &mut agent_write, move |frame| {
         scrub(frame, needles.as_deref())
     });
+    let mut refused = false;
     tokio::select! {
-        res = to_upstream => if let Err(e) = res { tracing::debug!(error = %e, "websocket (agent side) ended") },
+        res = to_upstream => if let Err(e) = res {
+            refused = e.kind() == io::ErrorKind::PermissionDenied;
+            tracing::debug!(error = %e, "websocket (agent side) ended");
+        },
         res = to_agent => if let Err(e) = res { tracing::debug!(error = %e, "websocket (upstream side) ended") },
         () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
+    }
+    if refused {
+        // Tell the agent why, as the HTTP path would with 403 `placeholder_refused`: close code
+        // 1008 (policy violation).
+        let mut payload = 1008u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"placeholder_refused");
+        let close = Frame {
+            fin: true,
+            rsv: 0,
+            opcode: OP_CLOSE,
+            masked: false,
+            payload,
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            write_frame(&mut agent_write, &close),
+        )
+        .await;
     }
 }
 
@@ -210,7 +232,8 @@ where
 
 /// Replaces placeholders at declared JSON Pointers of the agent's unfragmented, uncompressed
 /// text frames. A placeholder anywhere else (another field, a non-JSON, fragmented or binary
-/// frame) ends the connection before the frame is sent.
+/// frame) ends the connection before the frame is sent (a `PermissionDenied` error, which
+/// closes the agent's side with 1008).
 fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
     if plan.is_empty() || !matches!(frame.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
         return Ok(());
@@ -218,7 +241,7 @@ fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
     if frame.opcode == OP_TEXT && frame.fin && frame.rsv == 0 {
         if let Some(rewritten) = plan
             .frame(&frame.payload)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?
         {
             frame.payload = rewritten;
         }
@@ -226,7 +249,7 @@ fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
     }
     if plan.find(&frame.payload).is_some() {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
+            io::ErrorKind::PermissionDenied,
             "a placeholder in a fragmented, compressed or binary websocket frame is refused",
         ));
     }

@@ -1177,13 +1177,13 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
     let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .expect("the connection ends");
-    assert!(
-        !matches!(
-            next,
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
-        ),
-        "{next:?}"
-    );
+    match next {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008);
+            assert_eq!(frame.reason.as_str(), "placeholder_refused");
+        }
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
     let frames: Vec<_> = app
         .upstream
         .requests()
