@@ -1,7 +1,8 @@
 //! WebSocket upgrades. The handshake goes through the normal pipeline (so credentials were
 //! attached to it). Afterwards frames are spliced; when the service declares `websocket`
-//! substitutions, or credentials were attached, frames are read one by one instead: placeholders
-//! in the agent's text frames are replaced, and injected values are scrubbed from the upstream's
+//! places, or credentials were attached, frames are read one by one instead: a placeholder that
+//! is the whole string at a declared JSON Pointer of the agent's text frame is replaced, one
+//! anywhere else closes the connection, and injected values are scrubbed from the upstream's
 //! frames. Compression extensions are stripped from such handshakes so frames stay readable.
 
 use std::io;
