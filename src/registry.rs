@@ -128,9 +128,15 @@ impl Snapshots {
                 .verify_service_mac(&vault.id, &row.name, &row.spec, &row.mac);
             let compiled = serde_json::from_str::<ServiceSpec>(&row.spec)
                 .map_err(|e| e.to_string())
-                .and_then(|spec| spec.compile().map_err(|e| e.to_string()));
+                .and_then(|spec| spec.compile_stored().map_err(|e| e.to_string()));
             match compiled {
                 Ok(mut svc) => {
+                    for sub in svc.substitutions.iter().filter(|s| s.disabled) {
+                        // Stored before substitutions named exact places: the loose form would
+                        // let the agent write the value where it can be read back, so it stays
+                        // off (its placeholder is refused) until an admin rewrites it.
+                        tracing::error!(vault = %vault.name, service = %row.name, placeholder = %sub.placeholder, "stored substitution uses the old form without exact places; it is disabled until the service is set again");
+                    }
                     if !mac_ok {
                         // The definition was changed outside agent-vault. Keep it bound so its
                         // host fails closed instead of falling through to the tunnel policy.

@@ -60,20 +60,103 @@ fn default_api_key_header() -> String {
     "Authorization".into()
 }
 
-/// Where a substitution placeholder may be replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Location {
-    /// The URL path (value percent-encoded as a path segment).
-    Path,
-    /// The query string (value form-encoded).
-    Query,
-    /// Request header values (values with CR or LF are refused).
-    Header,
-    /// JSON or form request bodies, up to the substitution size cap.
-    Body,
-    /// Client-to-upstream WebSocket text frames.
-    Websocket,
+/// One exact place a placeholder may stand, as written under `in:`. Exactly one of the place
+/// fields is set; the whole value at that place must be the placeholder (after `prefix`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceSpec {
+    /// A request header, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A query parameter, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A field of a JSON request body, by JSON Pointer (RFC 6901), e.g. `/auth/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<String>,
+    /// A field of an `application/x-www-form-urlencoded` body, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
+    /// A path segment, counting from 1 after the leading `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<u32>,
+    /// A field of the agent's JSON WebSocket text frames, by JSON Pointer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<String>,
+    /// Literal text that must stand right before the placeholder (`Bearer `, `bot`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+}
+
+/// An entry of a substitution's `in:` list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PlaceEntry {
+    /// An exact place.
+    Exact(PlaceSpec),
+    /// The old, loose form (`header`, `body`, `path`, ...), which replaced the placeholder
+    /// anywhere in that part of the request. Parsed only to refuse it with directions, and so
+    /// stored definitions that still carry it load with the substitution disabled.
+    Legacy(String),
+}
+
+impl PlaceEntry {
+    /// How an approver reads the place: `header X-Api-Key`, `JSON field /auth/token`, ...
+    pub fn describe(&self) -> String {
+        let spec = match self {
+            PlaceEntry::Legacy(old) => {
+                return format!("anywhere in the {old} (old form, refused)");
+            }
+            PlaceEntry::Exact(spec) => spec,
+        };
+        let mut out = Vec::new();
+        if let Some(h) = &spec.header {
+            out.push(format!("header {h}"));
+        }
+        if let Some(q) = &spec.query {
+            out.push(format!("query parameter {q}"));
+        }
+        if let Some(j) = &spec.json {
+            out.push(format!("JSON field {j}"));
+        }
+        if let Some(f) = &spec.form {
+            out.push(format!("form field {f}"));
+        }
+        if let Some(n) = spec.path {
+            out.push(format!("path segment {n}"));
+        }
+        if let Some(w) = &spec.websocket {
+            out.push(format!("WebSocket JSON field {w}"));
+        }
+        let mut text = out.join(" and ");
+        if !spec.prefix.is_empty() {
+            text.push_str(&format!(" after the text {:?}", spec.prefix));
+        }
+        text
+    }
+}
+
+impl<'de> Deserialize<'de> for PlaceEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PlaceEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an exact place such as {header: X-Api-Key}, {query: api_key}, {json: /auth/token}, {form: password}, {path: 2} or {websocket: /auth/token}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PlaceEntry, E> {
+                Ok(PlaceEntry::Legacy(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PlaceEntry, A::Error> {
+                PlaceSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PlaceEntry::Exact)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A placeholder the agent writes where the real value must go.
@@ -84,13 +167,248 @@ pub struct SubstitutionSpec {
     pub placeholder: String,
     /// The credential that replaces it.
     pub key: CredentialKey,
-    /// Where it may be replaced (default: path and query).
-    #[serde(default = "default_locations", rename = "in")]
-    pub locations: Vec<Location>,
+    /// The exact places where it may be replaced (required).
+    #[serde(default, rename = "in")]
+    pub places: Vec<PlaceEntry>,
 }
 
-fn default_locations() -> Vec<Location> {
-    vec![Location::Path, Location::Query]
+/// Where, exactly, a compiled substitution may happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlaceKind {
+    /// A request header.
+    Header(HeaderName),
+    /// A query parameter, by its decoded name.
+    Query(String),
+    /// A JSON body field, by its decoded JSON Pointer tokens.
+    Json(Vec<String>),
+    /// A form body field, by its decoded name.
+    Form(String),
+    /// The path segment at this index (1 = the first after the leading `/`).
+    PathSegment(usize),
+    /// A field of the agent's JSON WebSocket text frames, by decoded JSON Pointer tokens.
+    Websocket(Vec<String>),
+}
+
+/// A compiled place: where, and the literal text before the placeholder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Where.
+    pub kind: PlaceKind,
+    /// Text that must stand before the placeholder; it stays in the forwarded value.
+    pub prefix: String,
+}
+
+/// A validated substitution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledSubstitution {
+    /// The text the agent sends.
+    pub placeholder: String,
+    /// The credential that replaces it.
+    pub key: CredentialKey,
+    /// The exact places it may stand; empty when disabled.
+    pub places: Vec<Place>,
+    /// Loaded from a stored definition in the old, loose form: it replaces nothing and its
+    /// placeholder is refused everywhere until an admin rewrites it with exact places.
+    pub disabled: bool,
+}
+
+/// How to write an exact place, for error messages about the old form.
+pub const EXACT_PLACE_HELP: &str = "name each exact place, e.g. `in: [{header: X-Api-Key}, {query: api_key}, {json: /auth/token}, {form: password}, {path: 2}, {websocket: /auth/token}]`, with `prefix: \"Bearer \"` beside a place when literal text must stand before the placeholder";
+
+/// Headers that upstreams echo, log or store by design: a placeholder there would be written
+/// back where the agent can read it.
+const ECHOED_HEADERS: &[&str] = &[
+    "cookie",
+    "cookie2",
+    "set-cookie",
+    "user-agent",
+    "referer",
+    "origin",
+    "forwarded",
+    "via",
+    "host",
+    "x-real-ip",
+    "true-client-ip",
+];
+
+fn is_echoed_header(name: &HeaderName) -> bool {
+    ECHOED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("x-forwarded-")
+}
+
+/// Parses an RFC 6901 JSON Pointer into its unescaped tokens.
+pub fn parse_json_pointer(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.len() > 256 {
+        return Err(format!(
+            "JSON Pointer {pointer:?} is longer than 256 characters"
+        ));
+    }
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Err(format!(
+            "JSON Pointer {pointer:?} must start with '/', e.g. /auth/token"
+        ));
+    };
+    rest.split('/')
+        .map(|token| {
+            let mut out = String::with_capacity(token.len());
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => {
+                            return Err(format!(
+                                "JSON Pointer {pointer:?}: '~' must be followed by 0 or 1"
+                            ));
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+fn check_field_name(kind: &str, name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("{kind} name must be 1-128 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{kind} name may not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+impl PlaceSpec {
+    fn compile(&self, placeholder: &str) -> Result<Place, String> {
+        let set = [
+            self.header.is_some(),
+            self.query.is_some(),
+            self.json.is_some(),
+            self.form.is_some(),
+            self.path.is_some(),
+            self.websocket.is_some(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count();
+        if set != 1 {
+            return Err(format!(
+                "each entry of `in` names exactly one place (header, query, json, form, path or websocket); {EXACT_PLACE_HELP}"
+            ));
+        }
+        let kind = if let Some(name) = &self.header {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{name:?} is not a valid header name"))?;
+            if is_echoed_header(&header) {
+                return Err(format!(
+                    "header {name:?} cannot hold a placeholder: upstreams echo, log or store it by design, where the agent could read the value back; use the header the API reads its key from, such as X-Api-Key or Authorization"
+                ));
+            }
+            if FORBIDDEN_HEADERS.contains(&header.as_str()) {
+                return Err(format!("header {name:?} cannot hold a placeholder"));
+            }
+            PlaceKind::Header(header)
+        } else if let Some(name) = &self.query {
+            PlaceKind::Query(check_field_name("query parameter", name)?)
+        } else if let Some(pointer) = &self.json {
+            PlaceKind::Json(parse_json_pointer(pointer)?)
+        } else if let Some(name) = &self.form {
+            PlaceKind::Form(check_field_name("form field", name)?)
+        } else if let Some(index) = self.path {
+            if !(1..=64).contains(&index) {
+                return Err(format!(
+                    "path segment {index} is out of range: segments count from 1 (the first after the leading /) to 64"
+                ));
+            }
+            PlaceKind::PathSegment(index as usize)
+        } else if let Some(pointer) = &self.websocket {
+            PlaceKind::Websocket(parse_json_pointer(pointer)?)
+        } else {
+            return Err(EXACT_PLACE_HELP.into());
+        };
+        if self.prefix.len() > 64 {
+            return Err("prefix longer than 64 characters".into());
+        }
+        if self
+            .prefix
+            .bytes()
+            .any(|b| b == 0x7f || (b < 0x20 && b != b'\t'))
+        {
+            return Err("prefix may not contain control characters".into());
+        }
+        if self.prefix.contains(placeholder) {
+            return Err("prefix may not contain the placeholder".into());
+        }
+        Ok(Place {
+            kind,
+            prefix: self.prefix.clone(),
+        })
+    }
+}
+
+impl SubstitutionSpec {
+    /// Compiles the places. In the old, loose form it is refused, or with `lenient` (a stored
+    /// definition) compiled disabled.
+    fn compile(&self, lenient: bool) -> Result<CompiledSubstitution, String> {
+        let p = &self.placeholder;
+        let legacy = self.places.is_empty()
+            || self
+                .places
+                .iter()
+                .any(|e| matches!(e, PlaceEntry::Legacy(_)));
+        if legacy {
+            if lenient {
+                return Ok(CompiledSubstitution {
+                    placeholder: p.clone(),
+                    key: self.key.clone(),
+                    places: Vec::new(),
+                    disabled: true,
+                });
+            }
+            let written: Vec<&str> = self
+                .places
+                .iter()
+                .filter_map(|e| match e {
+                    PlaceEntry::Legacy(s) => Some(s.as_str()),
+                    PlaceEntry::Exact(_) => None,
+                })
+                .collect();
+            let what = if written.is_empty() {
+                "has no `in`, which used to mean anywhere in the path and query".to_owned()
+            } else {
+                format!(
+                    "uses the old form `in: [{}]`, which replaced it anywhere in those parts of the request",
+                    written.join(", ")
+                )
+            };
+            return Err(format!("placeholder {p:?} {what}; {EXACT_PLACE_HELP}"));
+        }
+        let mut places: Vec<Place> = Vec::with_capacity(self.places.len());
+        for entry in &self.places {
+            let PlaceEntry::Exact(spec) = entry else {
+                continue;
+            };
+            let place = spec
+                .compile(p)
+                .map_err(|m| format!("placeholder {p:?}: {m}"))?;
+            if places.iter().any(|q| q.kind == place.kind) {
+                return Err(format!("placeholder {p:?}: a place is declared twice"));
+            }
+            places.push(place);
+        }
+        if places.len() > 16 {
+            return Err(format!("placeholder {p:?}: more than 16 places"));
+        }
+        Ok(CompiledSubstitution {
+            placeholder: p.clone(),
+            key: self.key.clone(),
+            places,
+            disabled: false,
+        })
+    }
 }
 
 fn is_true(v: &bool) -> bool {
@@ -384,7 +702,7 @@ pub struct CompiledService {
     /// Headers to set.
     pub injections: Vec<Injection>,
     /// Placeholders to replace.
-    pub substitutions: Vec<SubstitutionSpec>,
+    pub substitutions: Vec<CompiledSubstitution>,
     /// Whether it binds anything.
     pub enabled: bool,
     /// Its stored MAC failed: requests it would match fail closed.
@@ -412,7 +730,7 @@ impl CompiledService {
                 }
             }
         }
-        for s in &self.substitutions {
+        for s in self.substitutions.iter().filter(|s| !s.disabled) {
             keys.insert(s.key.clone());
         }
         keys
@@ -546,6 +864,17 @@ impl ServiceSpec {
     /// Validates and compiles. Does not check that referenced credentials exist (the caller
     /// knows the vault's keys).
     pub fn compile(&self) -> Result<CompiledService, ServiceError> {
+        self.compile_with(false)
+    }
+
+    /// Compiles a definition read back from the store. A substitution still in the old, loose
+    /// form loads disabled (see [`CompiledSubstitution::disabled`]) instead of failing the whole
+    /// service, whose host would then fall through to the vault's unmatched-host policy.
+    pub fn compile_stored(&self) -> Result<CompiledService, ServiceError> {
+        self.compile_with(true)
+    }
+
+    fn compile_with(&self, lenient: bool) -> Result<CompiledService, ServiceError> {
         let svc = if self.name.is_empty() {
             self.host.as_str()
         } else {
@@ -625,6 +954,7 @@ impl ServiceSpec {
             AuthSpec::Passthrough => Vec::new(),
         };
         let mut seen = BTreeSet::new();
+        let mut substitutions = Vec::with_capacity(self.substitutions.len());
         for s in &self.substitutions {
             let p = &s.placeholder;
             if p.len() < 6 || p.len() > 128 {
@@ -648,11 +978,7 @@ impl ServiceSpec {
             if !seen.insert(p.clone()) {
                 return Err(err(format!("placeholder {p:?} is declared twice")));
             }
-            if s.locations.is_empty() {
-                return Err(err(format!(
-                    "placeholder {p:?} needs at least one location in `in`"
-                )));
-            }
+            substitutions.push(s.compile(lenient).map_err(err)?);
         }
         for (a, b) in self
             .substitutions
@@ -676,7 +1002,7 @@ impl ServiceSpec {
             pattern,
             methods,
             injections,
-            substitutions: self.substitutions.clone(),
+            substitutions,
             enabled: self.enabled,
             integrity_failed: false,
         })
@@ -745,7 +1071,13 @@ services:
     substitutions:
       - placeholder: __TELEGRAM__
         key: A
-        in: [path]
+        in:
+          - {path: 1, prefix: bot}
+          - header: X-Api-Key
+          - {query: api_key}
+          - json: /auth/to~1ken
+          - form: password
+          - websocket: /token
   - name: open
     host: docs.example.test
     auth: { type: passthrough }
@@ -893,7 +1225,10 @@ services:
             vec![SubstitutionSpec {
                 placeholder: "secret".into(),
                 key: key("A"),
-                locations: default_locations(),
+                places: vec![PlaceEntry::Exact(PlaceSpec {
+                    query: Some("k".into()),
+                    ..PlaceSpec::default()
+                })],
             }],
         );
         assert!(weak.compile().is_err());
@@ -902,7 +1237,10 @@ services:
             vec![SubstitutionSpec {
                 placeholder: "__A__".into(),
                 key: key("A"),
-                locations: default_locations(),
+                places: vec![PlaceEntry::Exact(PlaceSpec {
+                    query: Some("k".into()),
+                    ..PlaceSpec::default()
+                })],
             }],
         );
         assert!(ok.compile().is_err(), "too short");
@@ -911,7 +1249,10 @@ services:
             vec![SubstitutionSpec {
                 placeholder: "__KEY_A__".into(),
                 key: key("A"),
-                locations: default_locations(),
+                places: vec![PlaceEntry::Exact(PlaceSpec {
+                    query: Some("k".into()),
+                    ..PlaceSpec::default()
+                })],
             }],
         );
         assert!(ok.compile().is_ok());
@@ -920,6 +1261,132 @@ services:
             ..mk(AuthSpec::Passthrough, vec![])
         };
         assert!(trace.compile().is_err());
+    }
+
+    fn one_substitution(places: &str) -> Result<CompiledService, ServiceError> {
+        let yaml = format!(
+            "- host: api.example.com\n  auth: {{type: passthrough}}\n  substitutions:\n    - placeholder: __KEY_A__\n      key: A\n{places}"
+        );
+        parse_service_file(&yaml)
+            .map_err(|message| ServiceError {
+                service: "parse".into(),
+                message,
+            })?
+            .remove(0)
+            .normalized()
+            .compile()
+    }
+
+    /// The README's service file is what people copy: it must parse and compile as written.
+    #[test]
+    fn the_readme_service_file_compiles() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Service files")
+            .nth(1)
+            .and_then(|s| s.split("```yaml").nth(1))
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let specs = parse_service_file(section).unwrap();
+        assert!(specs.len() >= 6);
+        for spec in specs {
+            spec.normalized().compile().unwrap();
+        }
+    }
+
+    #[test]
+    fn substitutions_name_exact_places() {
+        let svc = one_substitution(
+            "      in:\n        - {header: Authorization, prefix: \"Bearer \"}\n        - {query: api_key}\n        - {json: /auth/0/to~0k~1en}\n        - {form: password}\n        - {path: 2}\n        - {websocket: /t}\n",
+        )
+        .unwrap();
+        let sub = &svc.substitutions[0];
+        assert!(!sub.disabled);
+        let kinds: Vec<PlaceKind> = sub.places.iter().map(|p| p.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                PlaceKind::Header(http::header::AUTHORIZATION),
+                PlaceKind::Query("api_key".into()),
+                PlaceKind::Json(vec!["auth".into(), "0".into(), "to~k/en".into()]),
+                PlaceKind::Form("password".into()),
+                PlaceKind::PathSegment(2),
+                PlaceKind::Websocket(vec!["t".into()]),
+            ]
+        );
+        assert_eq!(sub.places[0].prefix, "Bearer ");
+        assert!(svc.referenced_keys().contains(&key("A")));
+    }
+
+    #[test]
+    fn old_substitution_forms_are_refused_with_directions() {
+        for places in [
+            "      in: [header, body]\n",
+            "      in: [path, query]\n",
+            "      in: [websocket]\n",
+            "",
+        ] {
+            let err = one_substitution(places).unwrap_err().to_string();
+            assert!(
+                err.contains("{header: X-Api-Key}") && err.contains("{json: /auth/token}"),
+                "{places:?}: {err}"
+            );
+            // A stored definition in the old form loads with the substitution off.
+            let yaml = format!(
+                "- host: api.example.com\n  auth: {{type: bearer, token: B}}\n  substitutions:\n    - placeholder: __KEY_A__\n      key: A\n{places}"
+            );
+            let spec = parse_service_file(&yaml).unwrap().remove(0).normalized();
+            let stored = spec.compile_stored().unwrap();
+            assert!(stored.substitutions[0].disabled);
+            assert!(stored.substitutions[0].places.is_empty());
+            assert_eq!(stored.referenced_keys(), [key("B")].into_iter().collect());
+            assert_eq!(
+                stored.injections.len(),
+                1,
+                "the rest of the service still binds"
+            );
+        }
+    }
+
+    #[test]
+    fn echoed_headers_cannot_hold_placeholders() {
+        for name in [
+            "User-Agent",
+            "Cookie",
+            "Referer",
+            "Origin",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "Forwarded",
+            "Via",
+            "Host",
+            "Set-Cookie",
+            "Content-Length",
+        ] {
+            let err = one_substitution(&format!("      in: [{{header: {name}}}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cannot hold a placeholder"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_places_are_refused() {
+        for places in [
+            "      in: [{header: X-A, query: a}]\n",
+            "      in: [{prefix: x}]\n",
+            "      in: [{path: 0}]\n",
+            "      in: [{path: 65}]\n",
+            "      in: [{json: auth/token}]\n",
+            "      in: [{json: /a~2}]\n",
+            "      in: [{query: a}, {query: a}]\n",
+            "      in: [{body: a}]\n",
+            "      in: [{query: \"\"}]\n",
+            "      in: [{query: a, prefix: \"a\\nb\"}]\n",
+            "      in: [{query: a, prefix: \"x__KEY_A__\"}]\n",
+        ] {
+            assert!(one_substitution(places).is_err(), "{places}");
+        }
     }
 
     proptest::proptest! {

@@ -7,6 +7,7 @@ mod body;
 mod connect;
 pub mod error;
 mod inject;
+mod jsonscan;
 mod listener;
 mod pipeline;
 pub mod scrub;

@@ -3,7 +3,6 @@
 //! response back, and log one row when it ends. Credentials are opened only here, only for
 //! the request that uses them, and only after every check has passed.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -342,30 +341,6 @@ fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError
     Ok(uri)
 }
 
-/// The values for a service's `websocket` substitutions, by placeholder.
-fn websocket_substitutions(
-    service: Option<&crate::policy::CompiledService>,
-    opened: Option<&Opened>,
-) -> Result<websocket::FrameSubstitutions, ProxyError> {
-    let (Some(service), Some(opened)) = (service, opened) else {
-        return Ok(Vec::new());
-    };
-    service
-        .substitutions
-        .iter()
-        .filter(|s| {
-            s.locations
-                .contains(&crate::policy::service::Location::Websocket)
-        })
-        .map(|s| {
-            Ok((
-                s.placeholder.as_bytes().to_vec(),
-                zeroize::Zeroizing::new(opened.get(&s.key)?.to_vec()),
-            ))
-        })
-        .collect()
-}
-
 fn is_websocket(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req
@@ -438,16 +413,12 @@ async fn process(
         .try_acquire_owned()
         .map_err(|_| ProxyError::RateLimited("too many requests in flight for this agent"))?;
 
-    let placeholders: BTreeSet<String> = snapshot
-        .services
-        .iter()
-        .flat_map(|s| s.substitutions.iter().map(|r| r.placeholder.clone()))
-        .collect();
     let opened = if sealed.is_empty() {
         None
     } else {
         Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
     };
+    let plan = substitute::Plan::new(&snapshot.services, service, opened.as_ref())?;
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
     // Everything this request could get reflected back, zeroized when its response ends.
     let needles = opened.as_ref().and_then(|o| {
@@ -460,11 +431,11 @@ async fn process(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, websocket);
     parts.headers.remove(header::HOST);
-    substitute::headers(&mut parts.headers, service, opened.as_ref(), &placeholders)?;
+    plan.headers(&mut parts.headers)?;
     if let (Some(service), Some(opened)) = (service, opened.as_ref()) {
         inject::apply(service, opened, &mut parts.headers)?;
     }
-    let new_path = substitute::target(&path_and_query, service, opened.as_ref(), &placeholders)?;
+    let new_path = plan.target(&path_and_query)?;
     if let Some(service) = service
         && service.pattern.path.is_some()
     {
@@ -511,7 +482,7 @@ async fn process(
     let encoded = parts.headers.contains_key(header::CONTENT_ENCODING);
     let upstream_body: ProxyBody =
         match (substitute::wants_body(service), body_kind, opened.as_ref()) {
-            (true, Some(kind), Some(opened)) if !encoded => {
+            (true, Some(kind), Some(_)) if !encoded => {
                 let cap = state.limits.max_substitution_body_bytes;
                 let collected = Limited::new(body, cap).collect().await.map_err(|e| {
                     if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -522,7 +493,7 @@ async fn process(
                         ProxyError::BadRequest("could not read the request body".into())
                     }
                 })?;
-                let rewritten = substitute::body(&collected.to_bytes(), kind, service, opened)?;
+                let rewritten = plan.body(&collected.to_bytes(), kind)?;
                 draft
                     .bytes_in
                     .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -538,9 +509,9 @@ async fn process(
     // A WebSocket that carries credentials, or declares frame substitutions, is read frame by
     // frame after the upgrade; compression would make frames unreadable, so it is not offered.
     let ws_rewrite = if websocket {
-        let substitutions = websocket_substitutions(service, opened.as_ref())?;
-        (needles.is_some() || !substitutions.is_empty()).then(|| websocket::Rewrite {
-            substitutions,
+        let frames = plan.for_websocket();
+        (needles.is_some() || frames.has_websocket_places()).then(|| websocket::Rewrite {
+            frames,
             needles: needles.clone(),
         })
     } else {
@@ -549,6 +520,7 @@ async fn process(
     if ws_rewrite.is_some() {
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    drop(plan);
     drop(opened);
 
     let mut upstream_req = Request::from_parts(parts, upstream_body);

@@ -1,16 +1,21 @@
 //! Placeholder substitution: the agent writes `__STRIPE_KEY__` where a value must go, and the
-//! proxy replaces it, escaped for the location, only where the matched service declares it.
-//! A known placeholder anywhere else (another location, or a request bound for another host) is
-//! refused rather than forwarded.
+//! proxy replaces it, escaped for the place, only where the matched service declares it: as the
+//! whole value (after a declared prefix) of one named header, query parameter, JSON Pointer,
+//! form field, path segment or WebSocket JSON field. A known placeholder anywhere else (another
+//! header, field or parameter, inside longer text, or in a request bound for another host) is
+//! refused rather than forwarded: a value written where the upstream stores or echoes it could be
+//! read back later through a tunnel, where nothing is scrubbed.
 
 use std::collections::BTreeSet;
 
 use http::{HeaderMap, HeaderValue};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
+use zeroize::Zeroizing;
 
 use super::error::ProxyError;
 use super::inject::Opened;
-use crate::policy::service::{CompiledService, Location};
+use super::jsonscan;
+use crate::policy::service::{CompiledService, PlaceKind};
 
 /// Everything but RFC 3986 unreserved characters is encoded, in paths and in queries alike, so a
 /// value can never add a path segment, a query parameter or a fragment.
@@ -29,123 +34,354 @@ fn encode_component(value: &[u8]) -> Result<String, ProxyError> {
     Ok(utf8_percent_encode(text, COMPONENT).to_string())
 }
 
-fn refused(placeholder: &str, place: &str) -> ProxyError {
-    ProxyError::PlaceholderRefused(format!(
-        "placeholder {placeholder} is not allowed in the {place} of a request to this host; only the service that declares it may use it, where it declares it"
-    ))
+/// One declared place with its value opened: what the whole value there must be, and what
+/// replaces it.
+struct Ready {
+    kind: PlaceKind,
+    /// `prefix + placeholder`.
+    expected: Vec<u8>,
+    /// `prefix + credential value`.
+    value: Zeroizing<Vec<u8>>,
 }
 
-fn rules(
-    service: Option<&CompiledService>,
-    location: Location,
-) -> impl Iterator<Item = (&str, &crate::domain::CredentialKey)> {
-    service
-        .into_iter()
-        .flat_map(|s| s.substitutions.iter())
-        .filter(move |r| r.locations.contains(&location))
-        .map(|r| (r.placeholder.as_str(), &r.key))
+/// The substitutions of one request: the matched service's declared places, and every
+/// placeholder the vault declares, which are refused wherever no place takes them.
+pub struct Plan {
+    ready: Vec<Ready>,
+    all: BTreeSet<String>,
+    disabled: BTreeSet<String>,
 }
 
-/// Whether a body substitution is declared for this service.
-pub fn wants_body(service: Option<&CompiledService>) -> bool {
-    rules(service, Location::Body).next().is_some()
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("places", &self.ready.len())
+            .field("placeholders", &self.all)
+            .finish()
+    }
 }
 
-/// Rewrites the path and query. `placeholders` are all placeholders declared in the vault.
-pub fn target(
-    path_and_query: &str,
-    service: Option<&CompiledService>,
-    opened: Option<&Opened>,
-    placeholders: &BTreeSet<String>,
-) -> Result<String, ProxyError> {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (path_and_query.to_owned(), None),
-    };
-    let mut path = path;
-    let mut query = query;
-    if let Some(opened) = opened {
-        for (placeholder, key) in rules(service, Location::Path) {
-            if path.contains(placeholder) {
-                path = path.replace(placeholder, &encode_component(opened.get(key)?)?);
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Form decoding (`+` is a space), as servers read query strings and form bodies.
+fn form_decode(text: &str) -> Vec<u8> {
+    let spaced = text.replace('+', " ");
+    percent_decode(spaced.as_bytes()).collect()
+}
+
+impl Plan {
+    /// Collects the vault's placeholders and opens the matched service's declared places.
+    pub fn new(
+        services: &[CompiledService],
+        service: Option<&CompiledService>,
+        opened: Option<&Opened>,
+    ) -> Result<Self, ProxyError> {
+        let mut all = BTreeSet::new();
+        let mut disabled = BTreeSet::new();
+        for sub in services.iter().flat_map(|s| s.substitutions.iter()) {
+            all.insert(sub.placeholder.clone());
+            if sub.disabled {
+                disabled.insert(sub.placeholder.clone());
             }
         }
-        if let Some(q) = query.as_mut() {
-            for (placeholder, key) in rules(service, Location::Query) {
-                if q.contains(placeholder) {
-                    *q = q.replace(placeholder, &encode_component(opened.get(key)?)?);
+        let mut ready = Vec::new();
+        if let (Some(service), Some(opened)) = (service, opened) {
+            for sub in service.substitutions.iter().filter(|s| !s.disabled) {
+                let secret = opened.get(&sub.key)?;
+                for place in &sub.places {
+                    let mut expected = place.prefix.as_bytes().to_vec();
+                    expected.extend_from_slice(sub.placeholder.as_bytes());
+                    let mut value = Zeroizing::new(place.prefix.as_bytes().to_vec());
+                    value.extend_from_slice(secret);
+                    ready.push(Ready {
+                        kind: place.kind.clone(),
+                        expected,
+                        value,
+                    });
                 }
             }
         }
+        Ok(Self {
+            ready,
+            all,
+            disabled,
+        })
     }
-    for p in placeholders {
-        if path.contains(p.as_str()) {
-            return Err(refused(p, "path"));
-        }
-        if query.as_deref().is_some_and(|q| q.contains(p.as_str())) {
-            return Err(refused(p, "query"));
-        }
-    }
-    Ok(match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    })
-}
 
-/// Rewrites header values in place.
-pub fn headers(
-    headers: &mut HeaderMap,
-    service: Option<&CompiledService>,
-    opened: Option<&Opened>,
-    placeholders: &BTreeSet<String>,
-) -> Result<(), ProxyError> {
-    if placeholders.is_empty() {
-        return Ok(());
+    /// The part of the plan that applies to the agent's WebSocket frames.
+    pub fn for_websocket(&self) -> Self {
+        Self {
+            ready: self
+                .ready
+                .iter()
+                .filter(|r| matches!(r.kind, PlaceKind::Websocket(_)))
+                .map(|r| Ready {
+                    kind: r.kind.clone(),
+                    expected: r.expected.clone(),
+                    value: r.value.clone(),
+                })
+                .collect(),
+            all: self.all.clone(),
+            disabled: self.disabled.clone(),
+        }
     }
-    let names: Vec<_> = headers.keys().cloned().collect();
-    for name in names {
-        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        let mut changed = false;
-        let mut rewritten = Vec::with_capacity(values.len());
-        for value in values {
-            let mut bytes = value.as_bytes().to_vec();
-            let mut touched = false;
-            if let Some(opened) = opened {
-                for (placeholder, key) in rules(service, Location::Header) {
-                    if contains(&bytes, placeholder.as_bytes()) {
-                        let v = opened.get(key)?;
+
+    /// Whether the vault declares any placeholder at all.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Whether WebSocket frames have places to substitute.
+    pub fn has_websocket_places(&self) -> bool {
+        self.ready
+            .iter()
+            .any(|r| matches!(r.kind, PlaceKind::Websocket(_)))
+    }
+
+    /// The first known placeholder in `text`.
+    pub fn find(&self, text: &[u8]) -> Option<&str> {
+        self.all
+            .iter()
+            .find(|p| contains(text, p.as_bytes()))
+            .map(String::as_str)
+    }
+
+    fn refused(&self, placeholder: &str, place: &str) -> ProxyError {
+        ProxyError::PlaceholderRefused(if self.disabled.contains(placeholder) {
+            format!(
+                "placeholder {placeholder} belongs to a substitution stored in the old form without exact places, which is disabled; an admin must set its service again naming each exact place"
+            )
+        } else {
+            format!(
+                "placeholder {placeholder} is not allowed in {place} of a request to this host; it is replaced only as the whole value of a place its service names under `in`, and only for that service's host"
+            )
+        })
+    }
+
+    /// `Ok(None)`: no placeholder in `value`. `Ok(Some(v))`: the whole value is a declared
+    /// place's placeholder, and `v` replaces it. Anything else is refused.
+    fn check(
+        &self,
+        value: &[u8],
+        at: impl Fn(&PlaceKind) -> bool,
+        place: impl FnOnce() -> String,
+    ) -> Result<Option<&[u8]>, ProxyError> {
+        let Some(placeholder) = self.find(value) else {
+            return Ok(None);
+        };
+        match self
+            .ready
+            .iter()
+            .find(|r| at(&r.kind) && r.expected == value)
+        {
+            Some(r) => Ok(Some(r.value.as_slice())),
+            None => Err(self.refused(placeholder, &place())),
+        }
+    }
+
+    /// Rewrites the path and query.
+    pub fn target(&self, path_and_query: &str) -> Result<String, ProxyError> {
+        if self.all.is_empty() {
+            return Ok(path_and_query.to_owned());
+        }
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut out = String::with_capacity(path_and_query.len());
+        for (i, segment) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            let decoded: Vec<u8> = percent_decode(segment.as_bytes()).collect();
+            match self.check(
+                &decoded,
+                |k| *k == PlaceKind::PathSegment(i),
+                || format!("path segment {i}"),
+            )? {
+                Some(value) => out.push_str(&encode_component(value)?),
+                None => out.push_str(segment),
+            }
+        }
+        if let Some(query) = query {
+            out.push('?');
+            out.push_str(&self.pairs(query, false)?);
+        }
+        Ok(out)
+    }
+
+    /// Rewrites `name=value&...` (a query string, or a form body with `form`).
+    fn pairs(&self, text: &str, form: bool) -> Result<String, ProxyError> {
+        let what = if form {
+            "form field"
+        } else {
+            "query parameter"
+        };
+        let mut out = String::with_capacity(text.len());
+        for (i, piece) in text.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let (name, value) = match piece.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (piece, None),
+            };
+            let decoded_name = form_decode(name);
+            if let Some(p) = self.find(&decoded_name) {
+                return Err(self.refused(p, &format!("a {what} name")));
+            }
+            let Some(value) = value else {
+                out.push_str(piece);
+                continue;
+            };
+            let at = |k: &PlaceKind| match k {
+                PlaceKind::Query(n) if !form => n.as_bytes() == decoded_name.as_slice(),
+                PlaceKind::Form(n) if form => n.as_bytes() == decoded_name.as_slice(),
+                _ => false,
+            };
+            match self.check(&form_decode(value), at, || {
+                format!("an undeclared {what}, or with other text around it,")
+            })? {
+                Some(v) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(&encode_component(v)?);
+                }
+                None => out.push_str(piece),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites header values in place.
+    pub fn headers(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+        if self.all.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<_> = headers.keys().cloned().collect();
+        for name in names {
+            let mut changed = false;
+            let mut rewritten = Vec::new();
+            for value in headers.get_all(&name) {
+                let at = |k: &PlaceKind| matches!(k, PlaceKind::Header(h) if *h == name);
+                match self.check(value.as_bytes(), at, || format!("header {name}"))? {
+                    Some(v) => {
                         if v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
                             return Err(ProxyError::PlaceholderRefused("a credential value contains a line break or NUL and cannot go in a header".into()));
                         }
-                        bytes = replace(&bytes, placeholder.as_bytes(), v);
-                        touched = true;
+                        let mut hv = HeaderValue::from_bytes(v).map_err(|_| {
+                            ProxyError::PlaceholderRefused(
+                                "a credential value is not valid in an HTTP header".into(),
+                            )
+                        })?;
+                        hv.set_sensitive(true);
+                        rewritten.push(hv);
+                        changed = true;
                     }
+                    None => rewritten.push(value.clone()),
                 }
             }
-            if let Some(p) = placeholders.iter().find(|p| contains(&bytes, p.as_bytes())) {
-                return Err(refused(p, "headers"));
-            }
-            if touched {
-                let mut hv = HeaderValue::from_bytes(&bytes).map_err(|_| {
-                    ProxyError::PlaceholderRefused(
-                        "a credential value is not valid in an HTTP header".into(),
-                    )
-                })?;
-                hv.set_sensitive(true);
-                rewritten.push(hv);
-                changed = true;
-            } else {
-                rewritten.push(value);
+            if changed {
+                headers.remove(&name);
+                for v in rewritten {
+                    headers.append(name.clone(), v);
+                }
             }
         }
-        if changed {
-            headers.remove(&name);
-            for v in rewritten {
-                headers.append(name.clone(), v);
-            }
+        Ok(())
+    }
+
+    /// Rewrites a buffered body.
+    pub fn body(&self, bytes: &[u8], kind: BodyKind) -> Result<Vec<u8>, ProxyError> {
+        match kind {
+            BodyKind::Json => Ok(self
+                .json(
+                    bytes,
+                    |k, pointer| matches!(k, PlaceKind::Json(p) if p.as_slice() == pointer),
+                    "JSON body",
+                )?
+                .unwrap_or_else(|| bytes.to_vec())),
+            BodyKind::Form => match std::str::from_utf8(bytes) {
+                Ok(text) => Ok(self.pairs(text, true)?.into_bytes()),
+                Err(_) => match self.find(bytes) {
+                    Some(p) => Err(self.refused(p, "a form body that is not UTF-8 text")),
+                    None => Ok(bytes.to_vec()),
+                },
+            },
         }
     }
-    Ok(())
+
+    /// Rewrites the agent's WebSocket text frame; `Ok(None)` leaves it as it is.
+    pub fn frame(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, ProxyError> {
+        self.json(
+            payload,
+            |k, pointer| matches!(k, PlaceKind::Websocket(p) if p.as_slice() == pointer),
+            "WebSocket frame",
+        )
+    }
+
+    /// Replaces placeholders standing as whole JSON string values at declared pointers, in
+    /// place; `Ok(None)` when there is nothing to replace.
+    fn json(
+        &self,
+        doc: &[u8],
+        at: impl Fn(&PlaceKind, &[String]) -> bool,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, ProxyError> {
+        if self.all.is_empty() {
+            return Ok(None);
+        }
+        let found = match jsonscan::scan(doc, &|s| self.find(s.as_bytes()).is_some()) {
+            Ok(found) => found,
+            Err(jsonscan::Malformed) => {
+                return match self.find(doc) {
+                    Some(p) => Err(self.refused(p, &format!("a {what} that is not valid JSON"))),
+                    None => Ok(None),
+                };
+            }
+        };
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(doc.len());
+        let mut copied = 0;
+        for f in &found {
+            if f.is_key {
+                let p = self.find(f.value.as_bytes()).unwrap_or_default();
+                return Err(self.refused(p, &format!("a key of a {what}")));
+            }
+            let value = self.check(
+                f.value.as_bytes(),
+                |k| at(k, &f.pointer),
+                || format!("an undeclared field of a {what}, or with other text around it,"),
+            )?;
+            if let Some(value) = value {
+                let text = std::str::from_utf8(value).map_err(|_| {
+                    ProxyError::PlaceholderRefused(
+                        "a credential value is not UTF-8 text and cannot go in JSON".into(),
+                    )
+                })?;
+                let quoted =
+                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.to_string()))?;
+                out.extend_from_slice(&doc[copied..f.span.start]);
+                out.extend_from_slice(quoted.as_bytes());
+                copied = f.span.end;
+            }
+        }
+        out.extend_from_slice(&doc[copied..]);
+        Ok(Some(out))
+    }
+}
+
+/// Whether the request body must be buffered: the service declares a JSON or form place.
+pub fn wants_body(service: Option<&CompiledService>) -> bool {
+    service
+        .into_iter()
+        .flat_map(|s| s.substitutions.iter().filter(|s| !s.disabled))
+        .flat_map(|s| s.places.iter())
+        .any(|p| matches!(p.kind, PlaceKind::Json(_) | PlaceKind::Form(_)))
 }
 
 /// The kinds of bodies substitution understands.
@@ -169,56 +405,6 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     }
 }
 
-/// Rewrites a buffered body.
-pub fn body(
-    bytes: &[u8],
-    kind: BodyKind,
-    service: Option<&CompiledService>,
-    opened: &Opened,
-) -> Result<Vec<u8>, ProxyError> {
-    let mut out = bytes.to_vec();
-    for (placeholder, key) in rules(service, Location::Body) {
-        if !contains(&out, placeholder.as_bytes()) {
-            continue;
-        }
-        let value = opened.get(key)?;
-        let encoded = match kind {
-            BodyKind::Json => {
-                let text = std::str::from_utf8(value).map_err(|_| {
-                    ProxyError::PlaceholderRefused(
-                        "a credential value is not UTF-8 text and cannot go in JSON".into(),
-                    )
-                })?;
-                let quoted =
-                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.to_string()))?;
-                quoted.as_bytes()[1..quoted.len() - 1].to_vec()
-            }
-            BodyKind::Form => encode_component(value)?.into_bytes(),
-        };
-        out = replace(&out, placeholder.as_bytes(), &encoded);
-    }
-    Ok(out)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(haystack.len() + with.len());
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -230,14 +416,32 @@ mod tests {
     use crate::policy::SealedCredential;
     use crate::policy::service::parse_service_file;
 
-    fn setup(value: &str) -> (CompiledService, Opened, BTreeSet<String>) {
-        let yaml = "- host: api.telegram.org\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __BOT_TOKEN__, key: BOT, in: [path, query, header, body]}\n";
-        let svc = parse_service_file(yaml)
+    const SERVICES: &str = r#"
+- host: api.telegram.org
+  auth: {type: passthrough}
+  substitutions:
+    - placeholder: __BOT_TOKEN__
+      key: BOT
+      in:
+        - {path: 1, prefix: bot}
+        - {path: 3}
+        - {query: x}
+        - {header: X-Token, prefix: "bot "}
+        - {json: /token}
+        - {json: /list/1}
+        - {form: token}
+- host: other.example.com
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __OTHER_KEY__, key: BOT, in: [{query: k}]}
+"#;
+
+    fn setup(value: &str) -> Plan {
+        let services: Vec<CompiledService> = parse_service_file(SERVICES)
             .unwrap()
-            .remove(0)
-            .normalized()
-            .compile()
-            .unwrap();
+            .into_iter()
+            .map(|s| s.normalized().compile().unwrap())
+            .collect();
         let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
         let key = CredentialKey::parse("BOT").unwrap();
         let sealed = SealedCredential {
@@ -248,75 +452,212 @@ mod tests {
             ),
         };
         let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let all = ["__BOT_TOKEN__".to_owned(), "__OTHER_KEY__".to_owned()]
-            .into_iter()
-            .collect();
-        (svc, opened, all)
+        Plan::new(&services, Some(&services[0]), Some(&opened)).unwrap()
+    }
+
+    fn refused<T: std::fmt::Debug>(r: Result<T, ProxyError>) -> bool {
+        matches!(r, Err(ProxyError::PlaceholderRefused(_)))
     }
 
     #[test]
     fn path_and_query_values_are_encoded() {
-        let (svc, opened, all) = setup("12:ab/c?d&e=f#g");
-        let out = target(
-            "/bot__BOT_TOKEN__/send?x=__BOT_TOKEN__",
-            Some(&svc),
-            Some(&opened),
-            &all,
-        )
-        .unwrap();
-        assert_eq!(
-            out,
-            "/bot12%3Aab%2Fc%3Fd%26e%3Df%23g/send?x=12%3Aab%2Fc%3Fd%26e%3Df%23g"
-        );
+        let plan = setup("12:ab/c?d&e=f#g");
+        let out = plan
+            .target(
+                "/bot__BOT_TOKEN__/send/__BOT_TOKEN__?x=__BOT_TOKEN__&y=1&x=%5F%5FBOT_TOKEN%5F%5F",
+            )
+            .unwrap();
+        let v = "12%3Aab%2Fc%3Fd%26e%3Df%23g";
+        assert_eq!(out, format!("/bot{v}/send/{v}?x={v}&y=1&x={v}"));
+        assert_eq!(plan.target("/a/b?c=d&e").unwrap(), "/a/b?c=d&e");
     }
 
     #[test]
-    fn foreign_or_undeclared_placeholders_are_refused() {
-        let (svc, opened, all) = setup("v");
-        assert!(target("/x/__OTHER_KEY__", Some(&svc), Some(&opened), &all).is_err());
+    fn placeholders_outside_declared_places_are_refused() {
+        let plan = setup("v");
+        for target in [
+            "/x/__BOT_TOKEN__",
+            "/bot__BOT_TOKEN__x/a",
+            "/__BOT_TOKEN__/a",
+            "/a/b/__BOT_TOKEN____BOT_TOKEN__",
+            "/a/b/x%5F%5FBOT_TOKEN__",
+            "/a?y=__BOT_TOKEN__",
+            "/a?x=__BOT_TOKEN__x",
+            "/a?x=__BOT_TOKEN__;y=1",
+            "/a?__BOT_TOKEN__=1",
+            "/a?__BOT_TOKEN__",
+            "/a?x=__OTHER_KEY__",
+        ] {
+            assert!(refused(plan.target(target)), "{target}");
+        }
+        let no_service = Plan::new(&[], None, None).unwrap();
         assert!(
-            target("/x/__BOT_TOKEN__", None, None, &all).is_err(),
-            "no service: refused"
+            no_service.target("/x/__BOT_TOKEN__").is_ok(),
+            "no placeholders in the vault"
         );
-        let mut h = HeaderMap::new();
-        h.insert("x-other", HeaderValue::from_static("__OTHER_KEY__"));
-        assert!(headers(&mut h, Some(&svc), Some(&opened), &all).is_err());
+        for (name, value) in [
+            ("x-other", "__BOT_TOKEN__"),
+            ("x-token", "__BOT_TOKEN__"),
+            ("x-token", "bot __BOT_TOKEN__ x"),
+            ("x-token", "bot __OTHER_KEY__"),
+            ("user-agent", "__BOT_TOKEN__"),
+            ("cookie", "a=__BOT_TOKEN__"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            assert!(refused(plan.headers(&mut h)), "{name}: {value}");
+        }
     }
 
     #[test]
     fn headers_refuse_line_breaks() {
-        let (svc, opened, all) = setup("a\r\nInjected: yes");
         let mut h = HeaderMap::new();
         h.insert("x-token", HeaderValue::from_static("bot __BOT_TOKEN__"));
-        assert!(headers(&mut h, Some(&svc), Some(&opened), &all).is_err());
-        let (svc, opened, all) = setup("plain");
-        headers(&mut h, Some(&svc), Some(&opened), &all).unwrap();
+        assert!(refused(setup("a\r\nInjected: yes").headers(&mut h)));
+        setup("plain").headers(&mut h).unwrap();
         assert_eq!(h["x-token"], "bot plain");
+        assert!(h["x-token"].is_sensitive());
     }
 
     #[test]
-    fn bodies_are_escaped_for_their_type() {
-        let (svc, opened, _) = setup("q\"uo\\te&x=1");
-        let json = body(
-            br#"{"token":"__BOT_TOKEN__"}"#,
-            BodyKind::Json,
-            Some(&svc),
-            &opened,
-        )
-        .unwrap();
-        assert_eq!(json, br#"{"token":"q\"uo\\te&x=1"}"#);
-        let form = body(
-            b"token=__BOT_TOKEN__&a=b",
-            BodyKind::Form,
-            Some(&svc),
-            &opened,
-        )
-        .unwrap();
+    fn bodies_are_escaped_and_pinned() {
+        let plan = setup("q\"uo\\te&x=1");
+        let json = plan
+            .body(
+                br#"{ "token" : "__BOT_TOKEN__", "n": 12345678901234567890123, "list": ["a", "__BOT_TOKEN__"]}"#,
+                BodyKind::Json,
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{ "token" : "q\"uo\\te&x=1", "n": 12345678901234567890123, "list": ["a", "q\"uo\\te&x=1"]}"#,
+            "only the declared strings change, byte for byte"
+        );
+        for bad in [
+            r#"{"note":"__BOT_TOKEN__"}"#,
+            r#"{"token":"x __BOT_TOKEN__"}"#,
+            r#"{"token":{"a":"__BOT_TOKEN__"}}"#,
+            r#"{"list":["__BOT_TOKEN__"]}"#,
+            r#"{"__BOT_TOKEN__":1}"#,
+            r#"{"note":"\u005f_BOT_TOKEN__"}"#,
+            r#"{"token":"__BOT_TOKEN__""#,
+        ] {
+            assert!(refused(plan.body(bad.as_bytes(), BodyKind::Json)), "{bad}");
+        }
+        let untouched = br#"{"a": "b"}"#;
+        assert_eq!(plan.body(untouched, BodyKind::Json).unwrap(), untouched);
+        let form = plan
+            .body(b"token=__BOT_TOKEN__&a=b", BodyKind::Form)
+            .unwrap();
         assert_eq!(form, b"token=q%22uo%5Cte%26x%3D1&a=b");
+        for bad in [
+            "a=__BOT_TOKEN__",
+            "token=__BOT_TOKEN__+x",
+            "__BOT_TOKEN__=1",
+        ] {
+            assert!(refused(plan.body(bad.as_bytes(), BodyKind::Form)), "{bad}");
+        }
         assert_eq!(
             body_kind(Some("application/json; charset=utf-8")),
             Some(BodyKind::Json)
         );
         assert_eq!(body_kind(Some("multipart/form-data")), None);
+    }
+
+    #[test]
+    fn websocket_frames_are_pinned_to_their_pointer() {
+        let services: Vec<CompiledService> = parse_service_file(
+            "- host: ws.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_KEY__, key: BOT, in: [{websocket: /auth}]}\n",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|s| s.normalized().compile().unwrap())
+        .collect();
+        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
+        let key = CredentialKey::parse("BOT").unwrap();
+        let sealed = SealedCredential {
+            version: 1,
+            sealed: Arc::from(ring.seal_credential("v", "BOT", 1, b"s3cret").unwrap()),
+        };
+        let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
+        let plan = Plan::new(&services, Some(&services[0]), Some(&opened))
+            .unwrap()
+            .for_websocket();
+        assert!(plan.has_websocket_places());
+        assert_eq!(
+            plan.frame(br#"{"auth":"__WS_KEY__"}"#).unwrap().unwrap(),
+            br#"{"auth":"s3cret"}"#
+        );
+        assert_eq!(plan.frame(b"not json").unwrap(), None);
+        assert!(refused(plan.frame(br#"{"msg":"__WS_KEY__"}"#)));
+        assert!(refused(plan.frame(b"auth __WS_KEY__")));
+    }
+
+    proptest::proptest! {
+        /// Whatever a target is made of, what goes out holds no placeholder, plain or
+        /// percent-encoded: each one was replaced at a declared place or the request refused.
+        #[test]
+        fn no_placeholder_survives_a_target(
+            parts in proptest::collection::vec(0usize..12, 1..16),
+        ) {
+            const PIECES: [&str; 12] = [
+                "__BOT_TOKEN__", "bot", "/", "?", "&", "=", "x", "%5F", "_", "+", ";", "__OTHER_KEY__",
+            ];
+            let target: String = std::iter::once("/")
+                .chain(parts.iter().map(|&i| PIECES[i]))
+                .collect();
+            let plan = setup("s3cret");
+            if let Ok(out) = plan.target(&target) {
+                let decoded: Vec<u8> = percent_decode(out.replace('+', " ").as_bytes()).collect();
+                proptest::prop_assert!(plan.find(&decoded).is_none(), "{target} -> {out}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever JSON body is sent, what goes out holds no placeholder in any string or key
+        /// as a JSON parser reads it, and it is still JSON when it was.
+        #[test]
+        fn no_placeholder_survives_a_json_body(
+            parts in proptest::collection::vec(0usize..14, 1..20),
+        ) {
+            const PIECES: [&str; 14] = [
+                "{", "}", "[", "]", ",", ":", "\"", "token", "list", "__BOT_TOKEN__",
+                "\\u005f", "_", " ", "1",
+            ];
+            let doc: String = parts.iter().map(|&i| PIECES[i]).collect();
+            let plan = setup("s3cret");
+            if let Ok(out) = plan.body(doc.as_bytes(), BodyKind::Json) {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out) {
+                    proptest::prop_assert!(
+                        !value.to_string().contains("__BOT_TOKEN__"),
+                        "{doc} -> {}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+                if serde_json::from_str::<serde_json::Value>(&doc).is_ok() {
+                    proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn disabled_substitutions_are_refused_everywhere_with_directions() {
+        let spec = parse_service_file(
+            "- host: api.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __OLD_KEY__, key: BOT, in: [header, body]}\n",
+        )
+        .unwrap()
+        .remove(0)
+        .normalized();
+        let svc = spec.compile_stored().unwrap();
+        let plan = Plan::new(std::slice::from_ref(&svc), Some(&svc), None).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("__OLD_KEY__"));
+        match plan.headers(&mut h) {
+            Err(ProxyError::PlaceholderRefused(m)) => assert!(m.contains("old form"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(refused(plan.target("/__OLD_KEY__")));
     }
 }

@@ -1,7 +1,8 @@
 //! WebSocket upgrades. The handshake goes through the normal pipeline (so credentials were
 //! attached to it). Afterwards frames are spliced; when the service declares `websocket`
-//! substitutions, or credentials were attached, frames are read one by one instead: placeholders
-//! in the agent's text frames are replaced, and injected values are scrubbed from the upstream's
+//! places, or credentials were attached, frames are read one by one instead: a placeholder that
+//! is the whole string at a declared JSON Pointer of the agent's text frame is replaced, one
+//! anywhere else closes the connection, and injected values are scrubbed from the upstream's
 //! frames. Compression extensions are stripped from such handshakes so frames stay readable.
 
 use std::io;
@@ -12,11 +13,11 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use zeroize::Zeroizing;
 
 use super::Activity;
 use super::connect::{self, Counted};
 use super::scrub::Needles;
+use super::substitute::Plan;
 
 /// Largest frame read when rewriting; bigger frames close the connection.
 const MAX_FRAME: u64 = 16 << 20;
@@ -25,13 +26,11 @@ const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 
-/// Placeholder → value pairs for frame substitution.
-pub type FrameSubstitutions = Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>;
-
 /// What to do to frames in each direction.
 pub struct Rewrite {
-    /// Placeholder → value, replaced in the agent's unfragmented text frames.
-    pub substitutions: FrameSubstitutions,
+    /// The declared WebSocket places (JSON Pointers into the agent's unfragmented text frames),
+    /// and the vault's placeholders, refused anywhere else in the agent's frames.
+    pub frames: Plan,
     /// Values to scrub from the upstream's frames.
     pub needles: Option<Arc<Needles>>,
 }
@@ -39,7 +38,7 @@ pub struct Rewrite {
 impl std::fmt::Debug for Rewrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rewrite")
-            .field("substitutions", &self.substitutions.len())
+            .field("frames", &self.frames)
             .finish_non_exhaustive()
     }
 }
@@ -85,20 +84,42 @@ pub async fn splice(
         }
         return;
     };
-    let (agent_read, agent_write) = tokio::io::split(agent);
+    let (agent_read, mut agent_write) = tokio::io::split(agent);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let subs = rewrite.substitutions;
+    let frames = rewrite.frames;
     let needles = rewrite.needles;
     let to_upstream = pump(agent_read, upstream_write, move |frame| {
-        substitute(frame, &subs)
+        substitute(frame, &frames)
     });
-    let to_agent = pump(upstream_read, agent_write, move |frame| {
+    let to_agent = pump(upstream_read, &mut agent_write, move |frame| {
         scrub(frame, needles.as_deref())
     });
+    let mut refused = false;
     tokio::select! {
-        res = to_upstream => if let Err(e) = res { tracing::debug!(error = %e, "websocket (agent side) ended") },
+        res = to_upstream => if let Err(e) = res {
+            refused = e.kind() == io::ErrorKind::PermissionDenied;
+            tracing::debug!(error = %e, "websocket (agent side) ended");
+        },
         res = to_agent => if let Err(e) = res { tracing::debug!(error = %e, "websocket (upstream side) ended") },
         () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
+    }
+    if refused {
+        // Tell the agent why, as the HTTP path would with 403 `placeholder_refused`: close code
+        // 1008 (policy violation).
+        let mut payload = 1008u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"placeholder_refused");
+        let close = Frame {
+            fin: true,
+            rsv: 0,
+            opcode: OP_CLOSE,
+            masked: false,
+            payload,
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            write_frame(&mut agent_write, &close),
+        )
+        .await;
     }
 }
 
@@ -210,19 +231,28 @@ where
     }
 }
 
-/// Replaces placeholders in the agent's unfragmented, uncompressed text frames.
-fn substitute(frame: &mut Frame, subs: &[(Vec<u8>, Zeroizing<Vec<u8>>)]) -> io::Result<()> {
-    if subs.is_empty() || frame.opcode != OP_TEXT || !frame.fin || frame.rsv != 0 {
+/// Replaces placeholders at declared JSON Pointers of the agent's unfragmented, uncompressed
+/// text frames. A placeholder anywhere else (another field, a non-JSON, fragmented or binary
+/// frame) ends the connection before the frame is sent (a `PermissionDenied` error, which
+/// closes the agent's side with 1008).
+fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
+    if plan.is_empty() || !matches!(frame.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
         return Ok(());
     }
-    for (placeholder, value) in subs {
-        if frame
-            .payload
-            .windows(placeholder.len())
-            .any(|w| w == placeholder.as_slice())
+    if frame.opcode == OP_TEXT && frame.fin && frame.rsv == 0 {
+        if let Some(rewritten) = plan
+            .frame(&frame.payload)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?
         {
-            frame.payload = replace_all(&frame.payload, placeholder, value);
+            frame.payload = rewritten;
         }
+        return Ok(());
+    }
+    if plan.find(&frame.payload).is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a placeholder in a fragmented, compressed or binary websocket frame is refused",
+        ));
     }
     Ok(())
 }
@@ -251,21 +281,6 @@ fn scrub(frame: &mut Frame, needles: Option<&Needles>) -> io::Result<()> {
     Ok(())
 }
 
-fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(haystack.len() + with.len());
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,38 +307,52 @@ mod tests {
     }
 
     #[test]
-    fn text_frames_get_substitutions_and_other_frames_do_not() {
-        let subs = vec![(
-            b"__TOKEN__".to_vec(),
-            Zeroizing::new(b"s3cret-value".to_vec()),
-        )];
-        let mut text = Frame {
-            fin: true,
-            rsv: 0,
-            opcode: OP_TEXT,
-            masked: true,
-            payload: b"auth __TOKEN__ now".to_vec(),
+    fn text_frames_get_substitutions_and_other_frames_are_refused() {
+        use crate::crypto::DataKey;
+        use crate::domain::CredentialKey;
+        use crate::keys::Keyring;
+        use crate::policy::SealedCredential;
+        use crate::policy::service::{CompiledService, parse_service_file};
+        use crate::proxy::inject::Opened;
+        let services: Vec<CompiledService> = parse_service_file(
+            "- host: ws.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __TOKEN__, key: K, in: [{websocket: /auth}]}\n",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|s| s.normalized().compile().unwrap())
+        .collect();
+        let ring = Keyring::from_dek(DataKey::from_bytes([2; 32]));
+        let key = CredentialKey::parse("K").unwrap();
+        let sealed = SealedCredential {
+            version: 1,
+            sealed: Arc::from(ring.seal_credential("v", "K", 1, b"s3cret-value").unwrap()),
         };
-        substitute(&mut text, &subs).unwrap();
-        assert_eq!(text.payload, b"auth s3cret-value now");
-        let mut binary = Frame {
-            fin: true,
+        let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
+        let plan = Plan::new(&services, Some(&services[0]), Some(&opened))
+            .unwrap()
+            .for_websocket();
+        let frame = |opcode, fin, payload: &[u8]| Frame {
+            fin,
             rsv: 0,
-            opcode: OP_BINARY,
+            opcode,
             masked: true,
-            payload: b"__TOKEN__".to_vec(),
+            payload: payload.to_vec(),
         };
-        substitute(&mut binary, &subs).unwrap();
-        assert_eq!(binary.payload, b"__TOKEN__");
-        let mut fragment = Frame {
-            fin: false,
-            rsv: 0,
-            opcode: OP_TEXT,
-            masked: true,
-            payload: b"__TOKEN__".to_vec(),
-        };
-        substitute(&mut fragment, &subs).unwrap();
-        assert_eq!(fragment.payload, b"__TOKEN__");
+        let mut text = frame(OP_TEXT, true, br#"{"auth": "__TOKEN__", "n": 1}"#);
+        substitute(&mut text, &plan).unwrap();
+        assert_eq!(text.payload, br#"{"auth": "s3cret-value", "n": 1}"#);
+        let mut plain = frame(OP_TEXT, true, b"hello");
+        substitute(&mut plain, &plan).unwrap();
+        assert_eq!(plain.payload, b"hello");
+        for mut bad in [
+            frame(OP_TEXT, true, b"auth __TOKEN__ now"),
+            frame(OP_TEXT, true, br#"{"note": "__TOKEN__"}"#),
+            frame(OP_BINARY, true, b"__TOKEN__"),
+            frame(OP_TEXT, false, br#"{"auth": "__TOKEN__"}"#),
+            frame(OP_CONTINUATION, true, b"__TOKEN__"),
+        ] {
+            assert!(substitute(&mut bad, &plan).is_err());
+        }
     }
 
     #[test]

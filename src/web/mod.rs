@@ -513,16 +513,12 @@ fn substitutions(spec: &ServiceSpec) -> String {
     spec.substitutions
         .iter()
         .map(|s| {
-            let places: Vec<String> = s
-                .locations
-                .iter()
-                .map(|l| format!("{l:?}").to_lowercase())
-                .collect();
+            let places: Vec<String> = s.places.iter().map(|p| p.describe()).collect();
             format!(
-                "<br>replaces <code>{}</code> with <code>{}</code> in {}",
+                "<br>replaces <code>{}</code> with <code>{}</code> only as the whole value of: {}",
                 esc(&s.placeholder),
                 esc(s.key.as_str()),
-                esc(&places.join(", "))
+                esc(&places.join("; "))
             )
         })
         .collect()

@@ -26,7 +26,7 @@ const SERVICES: &str = r#"
   host: tg.example.test
   auth: {type: passthrough}
   substitutions:
-    - {placeholder: __TG_TOKEN__, key: KEY, in: [path]}
+    - {placeholder: __TG_TOKEN__, key: KEY, in: [{path: 1, prefix: bot}]}
 "#;
 
 async fn setup(app: &TestApp, vault: &str) -> String {
@@ -318,6 +318,9 @@ async fn exfil_placeholders_outside_declared_locations_are_refused() {
     let before = app.upstream.count();
     let refused = [
         agent.get("https://tg.example.test/send?text=__TG_TOKEN__"),
+        agent.get("https://tg.example.test/x/bot__TG_TOKEN__"),
+        agent.get("https://tg.example.test/bot__TG_TOKEN__x/getMe"),
+        agent.get("https://tg.example.test/__TG_TOKEN__/getMe"),
         agent
             .get("https://tg.example.test/x")
             .header("x-note", "__TG_TOKEN__"),
@@ -515,4 +518,264 @@ async fn exfil_h2_path_that_rewrites_the_authority() {
         assert!(!r.path_and_query.contains("steal"), "{r:?}");
     }
     assert_eq!(app.upstream.count(), 0, "nothing reached any upstream");
+}
+
+const NOTES_SECRET: &str = "sk_notes_0123456789abcdef";
+
+/// A service whose substitution is meant for one header and one JSON field.
+const NOTES_SERVICES: &str = r#"
+- name: notes
+  host: notes.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - placeholder: __NOTES_KEY__
+      key: NOTES_KEY
+      in:
+        - header: X-Api-Key
+        - json: /auth/token
+"#;
+
+async fn notes_setup(app: &TestApp, vault: &str) -> reqwest::Client {
+    app.create_vault(vault).await;
+    app.set_credentials(vault, &[("NOTES_KEY", NOTES_SECRET)])
+        .await;
+    app.set_services_yaml(vault, NOTES_SERVICES).await;
+    let token = app.proxy_token(vault).await.0;
+    app.agent(&token, vault).await
+}
+
+fn assert_placeholder_refused(resp: &reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), 403, "{what}");
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "placeholder_refused",
+        "{what}"
+    );
+}
+
+/// The agent writes the placeholder into headers the upstream stores or echoes by design, into
+/// a declared header with text around it or repeated, and into JSON fields nobody declared:
+/// every one is refused before anything is sent.
+#[tokio::test]
+async fn exfil_substitution_into_undeclared_header_is_refused() {
+    let app = spawn_app().await;
+    let agent = notes_setup(&app, "exfil-subst-h").await;
+    let before = app.upstream.count();
+    let url = "https://notes.example.test/notes";
+    for (name, value) in [
+        ("user-agent", "__NOTES_KEY__"),
+        ("cookie", "session=__NOTES_KEY__"),
+        ("referer", "https://x.example/__NOTES_KEY__"),
+        ("origin", "__NOTES_KEY__"),
+        ("x-forwarded-for", "__NOTES_KEY__"),
+        ("x-note", "__NOTES_KEY__"),
+        ("x-api-key", "Bearer __NOTES_KEY__"),
+        ("x-api-key", "__NOTES_KEY____NOTES_KEY__"),
+    ] {
+        let resp = agent.get(url).header(name, value).send().await.unwrap();
+        assert_placeholder_refused(&resp, name);
+    }
+    for body in [
+        json!({ "title": "__NOTES_KEY__" }),
+        json!({ "auth": { "token": "see __NOTES_KEY__" } }),
+        json!({ "auth": { "token": "__NOTES_KEY__" }, "note": "__NOTES_KEY__" }),
+        json!({ "auth": [{ "token": "__NOTES_KEY__" }] }),
+        json!({ "__NOTES_KEY__": 1 }),
+    ] {
+        let resp = agent.post(url).json(&body).send().await.unwrap();
+        assert_placeholder_refused(&resp, &body.to_string());
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was sent");
+}
+
+/// The whole attack: write the placeholder into a field the upstream stores (through the
+/// service's host, where substitution happens), then read the field back through the vault's
+/// default `tunnel` policy under a name no service binds, where nothing is scrubbed. The write
+/// is refused, so there is nothing to read.
+#[tokio::test]
+async fn exfil_substitution_read_back_through_a_tunnel() {
+    let app = spawn_app().await;
+    let agent = notes_setup(&app, "exfil-subst-t").await;
+    let token = app.proxy_token("exfil-subst-t").await.0;
+    let write = agent
+        .post("https://notes.example.test/issues")
+        .header("user-agent", "__NOTES_KEY__")
+        .json(&json!({ "title": "hello", "body": "__NOTES_KEY__" }))
+        .send()
+        .await
+        .unwrap();
+    let write_status = write.status();
+    let upstream_ca = reqwest::Certificate::from_pem(app.upstream_ca.pem.as_bytes()).unwrap();
+    let proxy = reqwest::Proxy::all(format!("http://{token}:exfil-subst-t@{}", app.proxy)).unwrap();
+    let tunneled = reqwest::Client::builder()
+        .proxy(proxy)
+        .tls_certs_only([upstream_ca])
+        .build()
+        .unwrap();
+    let read = tunneled
+        .get("https://readback.example.test/stored")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "the tunnel reaches the upstream");
+    let stored = read.text().await.unwrap();
+    assert!(
+        !stored.contains(NOTES_SECRET),
+        "the credential was read back through the tunnel: {stored}"
+    );
+    assert_eq!(write_status, 403, "the write was refused");
+}
+
+/// An agent (through a proposal) or an admin declares a substitution into a header that upstreams
+/// echo or store by design, or keeps the old loose form: both are refused when set, with an error
+/// that says how to write the exact place, and nothing is stored.
+#[tokio::test]
+async fn exfil_substitution_into_echoed_headers_cannot_be_declared() {
+    let app = spawn_app().await;
+    app.create_vault("exfil-subst-set").await;
+    app.set_credentials("exfil-subst-set", &[("NOTES_KEY", NOTES_SECRET)])
+        .await;
+    let token = app.proxy_token("exfil-subst-set").await.0;
+    let service = |places: serde_json::Value| {
+        json!({ "name": "notes", "host": "notes.example.test", "auth": { "type": "passthrough" },
+                "substitutions": [{ "placeholder": "__NOTES_KEY__", "key": "NOTES_KEY", "in": places }] })
+    };
+    for header in [
+        "User-Agent",
+        "Cookie",
+        "Referer",
+        "Origin",
+        "X-Forwarded-For",
+        "Forwarded",
+        "Via",
+        "Host",
+    ] {
+        let places = json!([{ "header": header }]);
+        let (status, body) = app
+            .call(
+                "PUT",
+                "/v1/vaults/exfil-subst-set/services",
+                Some(json!({ "services": [service(places.clone())] })),
+            )
+            .await;
+        assert_eq!(status, 400, "{header}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot hold a placeholder"),
+            "{header}: {body}"
+        );
+        let mut proposed = service(places);
+        proposed["action"] = json!("set");
+        let (status, body) = app
+            .call_with(
+                Some(&token),
+                "POST",
+                "/v1/proposals",
+                Some(json!({ "message": "notes", "services": [proposed] })),
+            )
+            .await;
+        assert_eq!(status, 400, "proposal with {header}: {body}");
+    }
+    for old in [
+        json!(["header", "body"]),
+        json!(["path", "query"]),
+        json!(null),
+    ] {
+        let mut spec = service(old.clone());
+        if old.is_null() {
+            spec["substitutions"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("in");
+        }
+        let (status, body) = app
+            .call(
+                "PUT",
+                "/v1/vaults/exfil-subst-set/services",
+                Some(json!({ "services": [spec] })),
+            )
+            .await;
+        assert_eq!(status, 400, "{old}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("{header: X-Api-Key}") && message.contains("{json: /auth/token}"),
+            "{old}: {message}"
+        );
+    }
+    let listed = app
+        .ok("GET", "/v1/vaults/exfil-subst-set/services", None)
+        .await;
+    assert_eq!(listed["services"], json!([]), "nothing was stored");
+}
+
+/// What a service declares still works, each value escaped for its place: a header with a
+/// declared prefix, a query parameter, a JSON Pointer, a form field and a path segment.
+#[tokio::test]
+async fn substitution_at_declared_places_is_replaced() {
+    let app = spawn_app().await;
+    app.create_vault("subst-places").await;
+    app.set_credentials("subst-places", &[("NOTES_KEY", "v a/l&u\"e")])
+        .await;
+    app.set_services_yaml(
+        "subst-places",
+        r#"
+- name: notes
+  host: notes.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - placeholder: __NOTES_KEY__
+      key: NOTES_KEY
+      in:
+        - {header: Authorization, prefix: "Bearer "}
+        - query: api_key
+        - json: /auth/token
+        - form: password
+        - {path: 2, prefix: "k-"}
+"#,
+    )
+    .await;
+    let token = app.proxy_token("subst-places").await.0;
+    let agent = app.agent(&token, "subst-places").await;
+    let resp = agent
+        .get("https://notes.example.test/u/k-__NOTES_KEY__/x?api_key=__NOTES_KEY__&q=1")
+        .header("authorization", "Bearer __NOTES_KEY__")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = app.upstream.last();
+    assert_eq!(
+        seen.path_and_query,
+        "/u/k-v%20a%2Fl%26u%22e/x?api_key=v%20a%2Fl%26u%22e&q=1"
+    );
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer v a/l&u\"e")
+    );
+    let resp = agent
+        .post("https://notes.example.test/login")
+        .json(&json!({ "user": "me", "auth": { "token": "__NOTES_KEY__" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&app.upstream.last().body).unwrap();
+    assert_eq!(
+        body,
+        json!({ "user": "me", "auth": { "token": "v a/l&u\"e" } })
+    );
+    let resp = agent
+        .post("https://notes.example.test/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user=me&password=__NOTES_KEY__")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        String::from_utf8_lossy(&app.upstream.last().body),
+        "user=me&password=v%20a%2Fl%26u%22e"
+    );
 }

@@ -102,7 +102,7 @@ async fn framing_crlf_in_credential_values_cannot_inject() {
   host: sub.example.test
   auth: {type: passthrough}
   substitutions:
-    - {placeholder: __EVIL_VALUE__, key: EVIL, in: [path, query, header, body]}
+    - {placeholder: __EVIL_VALUE__, key: EVIL, in: [{header: X-Token}, {path: 2}, {query: q}, {json: /k}]}
 "#,
     )
     .await;

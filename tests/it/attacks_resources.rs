@@ -271,7 +271,7 @@ async fn resources_bodies_over_the_caps() {
   host: sub.example.test
   auth: {type: passthrough}
   substitutions:
-    - {placeholder: __CAPS_KEY__, key: KEY, in: [body]}
+    - {placeholder: __CAPS_KEY__, key: KEY, in: [{json: /k}]}
 "#,
     )
     .await;

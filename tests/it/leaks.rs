@@ -146,7 +146,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     let services = json!({ "services": [
         { "name": "stripe", "host": "api.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" } },
         { "name": "ghost", "host": "ghost.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" },
-          "substitutions": [{ "placeholder": "__STRIPE_KEY__", "key": "STRIPE_KEY", "in": ["path", "query", "header", "body"] }] }
+          "substitutions": [{ "placeholder": "__STRIPE_KEY__", "key": "STRIPE_KEY", "in": [{ "path": 1, "prefix": "bot" }, { "query": "k" }, { "header": "X-Token" }, { "json": "/t" }] }] }
     ] });
     call(
         "PUT",

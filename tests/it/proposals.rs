@@ -968,3 +968,61 @@ async fn concurrent_proposals_never_exceed_the_pending_limit() {
         app.stop().await;
     }
 }
+
+/// An agent proposes a substitution: the approval page says exactly where the value would go,
+/// escaped, and a proposal in the old loose form is refused with directions.
+#[tokio::test]
+async fn approval_page_shows_exact_substitution_places() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (status, created) = propose(
+        &app,
+        &token,
+        json!({
+            "message": "notes need the key",
+            "services": [{ "action": "set", "name": "notes", "host": "notes.example.test",
+                "auth": { "type": "passthrough" },
+                "substitutions": [{ "placeholder": "__NOTES_KEY__", "key": "STRIPE_KEY",
+                    "in": [{ "header": "X-Api-Key" }, { "json": "/a<b>", "prefix": "<i>" }] }] }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let url = created["approval_url"].as_str().unwrap().to_owned();
+    let html = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("header X-Api-Key"), "{html}");
+    assert!(
+        html.contains("JSON field /a&lt;b&gt; after the text &quot;&lt;i&gt;&quot;"),
+        "{html}"
+    );
+    assert!(!html.contains("<i>"), "agent text is escaped");
+    let (status, body) = propose(
+        &app,
+        &token,
+        json!({
+            "message": "loose",
+            "services": [{ "action": "set", "name": "loose", "host": "notes.example.test",
+                "auth": { "type": "passthrough" },
+                "substitutions": [{ "placeholder": "__NOTES_KEY__", "key": "STRIPE_KEY", "in": ["header", "body"] }] }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("{header: X-Api-Key}"),
+        "{body}"
+    );
+}

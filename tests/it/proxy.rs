@@ -1112,7 +1112,7 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
         .await;
     app.set_services_yaml(
         "ws-frames",
-        "- name: stream\n  host: api.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_TOKEN__, key: WS_TOKEN, in: [websocket]}\n",
+        "- name: stream\n  host: api.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_TOKEN__, key: WS_TOKEN, in: [{websocket: /auth}]}\n",
     )
     .await;
     let (token, _) = app.proxy_token("ws-frames").await;
@@ -1135,7 +1135,7 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
         "compression is not offered upstream"
     );
     ws.send(tokio_tungstenite::tungstenite::Message::text(
-        "auth __WS_TOKEN__ please",
+        r#"{"auth":"__WS_TOKEN__","say":"please"}"#,
     ))
     .await
     .unwrap();
@@ -1154,7 +1154,7 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&seen.body),
-        "auth ws-secret-value-123 please",
+        r#"{"auth":"ws-secret-value-123","say":"please"}"#,
         "the upstream got the value"
     );
     assert!(
@@ -1162,6 +1162,39 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
         "the echo back to the agent is scrubbed: {echoed}"
     );
     assert!(echoed.contains("REDACTED"), "{echoed}");
+    // The placeholder anywhere but the declared pointer ends the connection, unsent.
+    let frames_before = app
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "WS")
+        .count();
+    let _ = ws
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"auth":"x","note":"__WS_TOKEN__"}"#,
+        ))
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the connection ends");
+    match next {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008);
+            assert_eq!(frame.reason.as_str(), "placeholder_refused");
+        }
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    let frames: Vec<_> = app
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "WS")
+        .collect();
+    assert_eq!(
+        frames.len(),
+        frames_before,
+        "the frame never reached the upstream"
+    );
 }
 
 #[tokio::test]

@@ -656,3 +656,111 @@ async fn web_session_migration_keeps_existing_tokens() {
         store.close().await;
     }
 }
+
+/// A service stored before substitutions named exact places (`in: [header, body]`, its MAC
+/// valid) loads with that substitution disabled: the service still binds its host and attaches
+/// its auth, the placeholder is refused wherever it appears (403 `placeholder_refused`, nothing
+/// sent), and the loose substitution never runs. SQLite always, Postgres when configured.
+#[tokio::test]
+async fn stored_loose_substitutions_load_disabled() {
+    use crate::support::{TestOptions, spawn_app_with};
+    const SECRET: &str = "sk_legacy_0123456789abcdef";
+    let mut backends = vec![None];
+    if let Some(db) = TestDatabase::create().await {
+        backends.push(Some(db));
+    }
+    for db in &backends {
+        let url = db.as_ref().map(|d| d.url.clone());
+        let app = spawn_app_with(TestOptions {
+            postgres: url.clone(),
+            ..TestOptions::default()
+        })
+        .await;
+        app.create_vault("legacy").await;
+        app.set_credentials("legacy", &[("KEY", SECRET), ("AUTH", "auth-value")])
+            .await;
+        app.set_services_yaml(
+            "legacy",
+            "- name: notes\n  host: notes.example.test\n  auth: {type: bearer, token: AUTH}\n",
+        )
+        .await;
+        let (token, _) = app.proxy_token("legacy").await;
+        let agent = app.agent(&token, "legacy").await;
+        // The row as an older version wrote it, with the MAC that version computed.
+        let vault_id = app
+            .proxy_state
+            .snapshots
+            .get("legacy")
+            .unwrap()
+            .vault_id
+            .clone();
+        let spec = serde_json::json!({
+            "name": "notes", "host": "notes.example.test",
+            "auth": { "type": "bearer", "token": "AUTH" },
+            "substitutions": [{ "placeholder": "__LEGACY_KEY__", "key": "KEY", "in": ["header", "body"] }]
+        })
+        .to_string();
+        let mac = app
+            .proxy_state
+            .keyring
+            .service_mac(&vault_id, "notes", &spec);
+        let store = Store::open(&app.config.data_dir, url.as_deref())
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE services SET spec = $1, mac = $2 WHERE vault_id = $3 AND name = 'notes'",
+        )
+        .bind(spec)
+        .bind(mac)
+        .bind(vault_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        app.set_policy("legacy", "tunnel").await; // any write rebuilds the snapshot from the rows
+        let before = app.upstream.count();
+        let resp = agent
+            .get("https://notes.example.test/x")
+            .header("x-api-key", "__LEGACY_KEY__")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "placeholder_refused"
+        );
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("old form"), "{body}");
+        assert_eq!(app.upstream.count(), before, "nothing was sent");
+        // The rest of the service still binds its host.
+        let resp = agent
+            .post("https://notes.example.test/notes")
+            .json(&serde_json::json!({ "text": "__LEGACY_KEY__" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = app.upstream.last();
+        assert_eq!(
+            seen.header("authorization").as_deref(),
+            Some("Bearer auth-value")
+        );
+        assert!(
+            app.upstream
+                .requests()
+                .iter()
+                .all(|r| !format!("{r:?}").contains(SECRET)),
+            "the loose substitution never ran"
+        );
+        // Listing shows the stored definition as it is, and setting it again is refused with
+        // directions.
+        let listed = app.ok("GET", "/v1/vaults/legacy/services", None).await;
+        assert_eq!(listed["services"][0]["substitutions"][0]["in"][0], "header");
+        let (status, err) = app
+            .call("PUT", "/v1/vaults/legacy/services", Some(listed))
+            .await;
+        assert_eq!(status, 400, "{err}");
+        store.close().await;
+        app.stop().await;
+    }
+}

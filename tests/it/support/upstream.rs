@@ -212,6 +212,24 @@ async fn route(
             full(StatusCode::OK, "application/json", body.to_string())
         }
         "/echo-body" => full(StatusCode::OK, "application/octet-stream", body),
+        // An upstream that keeps what it was sent (issue bodies, profile fields, access logs)
+        // and shows it to whoever asks, over any name that reaches it.
+        "/stored" => {
+            let stored: Vec<String> = rec
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {:?} {}",
+                        r.path_and_query,
+                        r.headers,
+                        String::from_utf8_lossy(&r.body)
+                    )
+                })
+                .collect();
+            full(StatusCode::OK, "text/plain", stored.join("\n"))
+        }
         "/reflect" => reflect(&parts.headers, &params),
         "/redirect" => Response::builder()
             .status(StatusCode::FOUND)
