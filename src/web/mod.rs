@@ -626,7 +626,11 @@ fn render(
             };
             body.push_str(&format!(
                 "<p class=\"{class}\">{}{}</p>",
-                if class == "risk" { "⚠ " } else { "" },
+                match r.severity {
+                    Severity::High => "⚠ High risk: ",
+                    Severity::Warning => "⚠ ",
+                    Severity::Notice => "",
+                },
                 esc(&r.text)
             ));
         }

@@ -77,6 +77,10 @@ async fn lookalike_cyrillic_host_needs_acknowledgement_over_the_api() {
     let shown = app.ok("GET", base, None).await;
     let ascii = a_label(CYRILLIC_HOST);
     assert!(ascii.starts_with("api.xn--"), "{ascii}");
+    assert_eq!(
+        shown["hosts"],
+        json!([{ "service": "stripe-v2", "a_label": ascii, "unicode": CYRILLIC_HOST }])
+    );
     let flagged = ack_risks(&shown);
     assert!(!flagged.is_empty(), "{shown}");
     let texts: Vec<&str> = flagged
