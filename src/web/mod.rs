@@ -493,6 +493,7 @@ fn service_rows(content: &ProposalContent, state: &VaultState) -> String {
 
 /// A host as the proxy routes on it (A-labels) and, when it differs, as a browser would show
 /// it, with every non-ASCII character named: a look-alike cannot hide behind its rendering.
+/// The Unicode form is forced left-to-right so right-to-left letters cannot reorder it.
 fn host_cell(host: &str) -> String {
     let forms = HostForms::of(host);
     let mut cell = format!("<code class=\"host-ascii\">{}</code>", esc(&forms.ascii));
@@ -511,7 +512,7 @@ fn host_cell(host: &str) -> String {
             .map(confusable::describe_char)
             .collect();
         cell.push_str(&format!(
-            "<br>displayed as <code class=\"host-unicode\">{}</code><br><span class=\"hint\">non-ASCII: {}</span>",
+            "<br>displayed as <code class=\"host-unicode\"><bdo dir=\"ltr\">{}</bdo></code><br><span class=\"hint\">non-ASCII: {}</span>",
             esc(&forms.unicode),
             esc(&chars.join(", "))
         ));
