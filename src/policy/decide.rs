@@ -2,10 +2,9 @@
 //! the snapshot and the request head.
 
 use http::Method;
-
-use super::host::{Authority, Host};
 use unicode_normalization::UnicodeNormalization;
 
+use super::host::{Authority, Host};
 use super::service::{CompiledService, is_standard_method};
 use super::snapshot::{SealedCredential, VaultSnapshot};
 use crate::domain::{CredentialKey, UnmatchedHostPolicy};
