@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::CredentialKey;
+use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{ServiceSpec, validate_services};
 
 /// Most services one proposal may change.
@@ -546,6 +547,8 @@ pub fn missing_values(content: &ProposalContent) -> Vec<CredentialKey> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Reads like a host the vault already trusts: the classic way to phish a credential.
+    High,
     /// Could send an existing secret somewhere new, or widen access.
     Warning,
     /// Worth knowing.
@@ -559,8 +562,59 @@ pub struct Risk {
     pub severity: Severity,
     /// What, in one sentence.
     pub text: String,
+    /// Whether approving needs the approver to acknowledge this risk explicitly (by `id`).
+    pub needs_acknowledgement: bool,
+    /// A stable name for the risk (kind and service), for acknowledging it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
+impl Risk {
+    fn new(severity: Severity, text: String) -> Self {
+        Self {
+            severity,
+            text,
+            needs_acknowledgement: false,
+            id: None,
+        }
+    }
+
+    fn acknowledged_as(severity: Severity, id: String, text: String) -> Self {
+        Self {
+            severity,
+            text,
+            needs_acknowledgement: true,
+            id: Some(id),
+        }
+    }
+}
+
+/// What an approver explicitly acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Acknowledgement {
+    /// Nothing.
+    #[default]
+    Nothing,
+    /// Every risk shown (an API caller's `"acknowledge_risks": true`).
+    All,
+    /// These risk ids (the ticked boxes, or an API caller's list).
+    Ids(BTreeSet<String>),
+}
+
+/// The risks that need an acknowledgement `ack` does not give.
+pub fn unacknowledged<'a>(risks: &'a [Risk], ack: &Acknowledgement) -> Vec<&'a Risk> {
+    risks
+        .iter()
+        .filter(|r| r.needs_acknowledgement)
+        .filter(|r| match (ack, &r.id) {
+            (Acknowledgement::All, _) => false,
+            (Acknowledgement::Ids(ids), Some(id)) => !ids.contains(id),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Canonical (A-label) hosts of the services that attach `key`.
 fn hosts_using(services: &[ServiceSpec], key: &CredentialKey) -> BTreeSet<String> {
     services
         .iter()
@@ -569,17 +623,73 @@ fn hosts_using(services: &[ServiceSpec], key: &CredentialKey) -> BTreeSet<String
                 .map(|c| c.referenced_keys().contains(key))
                 .unwrap_or(false)
         })
-        .map(|s| s.host.clone())
+        .map(|s| HostForms::of(&s.host).ascii)
         .collect()
+}
+
+/// Look-alike risks of one proposed host: confusable characters or mixed scripts in its Unicode
+/// form, and a skeleton equal to a host the vault already binds.
+fn lookalike_risks(spec: &ServiceSpec, state: &VaultState, out: &mut Vec<Risk>) {
+    let forms = HostForms::of(&spec.host);
+    let found = confusable::confusables(&forms);
+    if !found.is_empty() {
+        let mut why = Vec::new();
+        if !found.mixed_script_labels.is_empty() {
+            why.push(format!(
+                "mixes scripts in {}",
+                found
+                    .mixed_script_labels
+                    .iter()
+                    .map(|l| format!("{l:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !found.confusable_chars.is_empty() {
+            why.push(format!(
+                "has characters that look like letters of other scripts: {}",
+                found
+                    .confusable_chars
+                    .iter()
+                    .map(|c| confusable::describe_char(*c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out.push(Risk::acknowledged_as(
+            Severity::Warning,
+            format!("confusable-host:{}", spec.name),
+            format!(
+                "service {:?} binds {}: the name {}; make sure this is the host you mean",
+                spec.name,
+                forms.describe(),
+                why.join(" and ")
+            ),
+        ));
+    }
+    let existing: Vec<(&str, HostForms)> = state
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), HostForms::of(&s.host)))
+        .collect();
+    if let Some((name, other)) = confusable::lookalike_of(&forms, &existing) {
+        out.push(Risk::acknowledged_as(
+            Severity::High,
+            format!("lookalike-host:{}", spec.name),
+            format!(
+                "service {:?} binds {}, which looks like {} that service {name:?} already binds (their UTS #39 skeletons are equal): a look-alike of a host this vault trusts",
+                spec.name,
+                forms.describe(),
+                other.describe()
+            ),
+        ));
+    }
 }
 
 /// Flags what an approver should look at twice.
 pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
     let mut out = Vec::new();
-    let warn = |text: String| Risk {
-        severity: Severity::Warning,
-        text,
-    };
+    let warn = |text: String| Risk::new(Severity::Warning, text);
     let current: BTreeMap<&str, &ServiceSpec> = state
         .services
         .iter()
@@ -588,14 +698,19 @@ pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
     for change in &content.services {
         match change {
             ServiceChange::Set(spec) => {
+                let forms = HostForms::of(&spec.host);
+                lookalike_risks(spec, state, &mut out);
                 if spec.host.starts_with("*.") {
-                    out.push(warn(format!("service {:?} uses the wildcard host {}: every subdomain gets its credentials", spec.name, spec.host)));
+                    out.push(warn(format!("service {:?} uses the wildcard host {}: every subdomain gets its credentials", spec.name, forms.describe())));
                 }
                 if let Some(old) = current.get(spec.name.as_str()) {
-                    if old.host != spec.host {
+                    let was = HostForms::of(&old.host);
+                    if was.ascii != forms.ascii {
                         out.push(warn(format!(
                             "service {:?} changes its host from {} to {}",
-                            spec.name, old.host, spec.host
+                            spec.name,
+                            was.describe(),
+                            forms.describe()
                         )));
                     }
                     if old.auth != spec.auth || old.substitutions != spec.substitutions {
@@ -611,7 +726,7 @@ pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
                             continue;
                         }
                         let before = hosts_using(&state.services, &key);
-                        if !before.contains(&spec.host) {
+                        if !before.contains(&forms.ascii) {
                             let was = if before.is_empty() {
                                 "no host".to_owned()
                             } else {
@@ -619,16 +734,16 @@ pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
                             };
                             out.push(warn(format!(
                                 "the existing credential {key} would be sent to {} (today it goes to {was})",
-                                spec.host
+                                forms.describe()
                             )));
                         }
                     }
                 }
             }
-            ServiceChange::Delete { name } => out.push(Risk {
-                severity: Severity::Notice,
-                text: format!("service {name:?} will be removed"),
-            }),
+            ServiceChange::Delete { name } => out.push(Risk::new(
+                Severity::Notice,
+                format!("service {name:?} will be removed"),
+            )),
         }
     }
     for slot in &content.credentials {
@@ -641,17 +756,15 @@ pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
                 out.push(warn(format!("the agent supplied a value for the existing credential {key}; approving replaces it unless you enter one")));
             }
             CredentialSlot::Set { key, .. } if state.keys.contains(key) => {
-                out.push(Risk {
-                    severity: Severity::Notice,
-                    text: format!(
-                        "credential {key} already exists; the value you enter replaces it"
-                    ),
-                });
+                out.push(Risk::new(
+                    Severity::Notice,
+                    format!("credential {key} already exists; the value you enter replaces it"),
+                ));
             }
-            CredentialSlot::Delete { key } => out.push(Risk {
-                severity: Severity::Notice,
-                text: format!("credential {key} will be deleted"),
-            }),
+            CredentialSlot::Delete { key } => out.push(Risk::new(
+                Severity::Notice,
+                format!("credential {key} will be deleted"),
+            )),
             _ => {}
         }
     }
@@ -913,5 +1026,84 @@ mod tests {
         edited.message = "changed".into();
         assert_ne!(h1, approval_hash(&edited, &state()));
         assert_eq!(h1, approval_hash(&content, &state()));
+    }
+
+    fn rebind(host: &str) -> ProposalContent {
+        validate(
+            request(serde_json::json!({
+                "services": [{"action": "set", "name": "stripe-v2", "host": host, "auth": {"type": "bearer", "token": "STRIPE_KEY"}}]
+            })),
+            &state(),
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn cyrillic_lookalike_host_needs_acknowledgement_and_shows_its_a_label() {
+        let host = "api.str\u{0456}pe.com";
+        let ascii = idna::domain_to_ascii(host).unwrap();
+        let risks = risks(&rebind(host), &state());
+        let flagged: Vec<_> = risks.iter().filter(|r| r.needs_acknowledgement).collect();
+        let confusable = flagged
+            .iter()
+            .find(|r| r.id.as_deref() == Some("confusable-host:stripe-v2"))
+            .unwrap_or_else(|| panic!("{risks:?}"));
+        assert!(confusable.text.contains(&ascii), "{confusable:?}");
+        assert!(confusable.text.contains(host), "{confusable:?}");
+        assert!(
+            confusable.text.contains("U+0456 (Cyrillic)"),
+            "{confusable:?}"
+        );
+        assert!(confusable.text.contains("mixes scripts"), "{confusable:?}");
+        // It also reads as the host the vault binds today.
+        assert!(
+            flagged.iter().any(|r| r.severity == Severity::High
+                && r.id.as_deref() == Some("lookalike-host:stripe-v2")
+                && r.text.contains("api.stripe.com")),
+            "{risks:?}"
+        );
+        // The other risk texts name the A-label, never only the Unicode form.
+        let rebound = risks
+            .iter()
+            .find(|r| r.text.contains("existing credential STRIPE_KEY"))
+            .unwrap();
+        assert!(rebound.text.contains(&ascii), "{rebound:?}");
+        // The stored A-label spelling is flagged the same way.
+        let again = super::risks(&rebind(&ascii), &state());
+        assert_eq!(
+            again.iter().filter(|r| r.needs_acknowledgement).count(),
+            flagged.len()
+        );
+    }
+
+    #[test]
+    fn ascii_lookalike_of_an_existing_binding_is_high_risk() {
+        let risks = risks(&rebind("api.stripe.corn"), &state());
+        let hit: Vec<_> = risks.iter().filter(|r| r.needs_acknowledgement).collect();
+        assert_eq!(hit.len(), 1, "{risks:?}");
+        assert_eq!(hit[0].severity, Severity::High);
+        assert!(hit[0].text.contains("api.stripe.corn") && hit[0].text.contains("api.stripe.com"));
+        // Plain new hosts and the same host in another spelling need no acknowledgement.
+        for host in ["api.github.com", "API.STRIPE.COM", "b\u{00FC}cher.example"] {
+            let r = super::risks(&rebind(host), &state());
+            assert!(r.iter().all(|r| !r.needs_acknowledgement), "{host}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn acknowledgements_cover_risks_by_id_or_all() {
+        let risks = risks(&rebind("api.str\u{0456}pe.com"), &state());
+        let ids: BTreeSet<String> = risks.iter().filter_map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(unacknowledged(&risks, &Acknowledgement::Nothing).len(), 2);
+        assert!(unacknowledged(&risks, &Acknowledgement::All).is_empty());
+        assert!(unacknowledged(&risks, &Acknowledgement::Ids(ids.clone())).is_empty());
+        let one: BTreeSet<String> = ids.iter().take(1).cloned().collect();
+        assert_eq!(unacknowledged(&risks, &Acknowledgement::Ids(one)).len(), 1);
+        // Risks that need no acknowledgement never block.
+        let plain = super::risks(&rebind("api.github.com"), &state());
+        assert!(!plain.is_empty());
+        assert!(unacknowledged(&plain, &Acknowledgement::Nothing).is_empty());
     }
 }

@@ -357,6 +357,20 @@ pub async fn show(
     let vs = vault_state(&state, &vault.id).await?;
     let mut out = proposal_json(&p, vault.name.as_str(), &content);
     out["risks"] = json!(proposal::risks(&content, &vs));
+    // Every proposed host in the A-label form the proxy routes on, beside its Unicode form.
+    out["hosts"] = json!(
+        content
+            .services
+            .iter()
+            .filter_map(|c| match c {
+                proposal::ServiceChange::Set(spec) => {
+                    let forms = crate::policy::confusable::HostForms::of(&spec.host);
+                    Some(json!({ "service": spec.name, "a_label": forms.ascii, "unicode": forms.unicode }))
+                }
+                proposal::ServiceChange::Delete { .. } => None,
+            })
+            .collect::<Vec<_>>()
+    );
     out["missing_values"] = json!(proposal::missing_values(&content));
     out["requires_role"] = json!(if proposal::needs_admin(&content) {
         "admin"
@@ -391,6 +405,29 @@ pub struct ApproveBody {
     /// The `approval_hash` of what was reviewed; when given, the approval fails if anything changed.
     #[serde(default)]
     approval_hash: Option<String>,
+    /// Risks the approver explicitly accepts: `true` for all shown, or their ids.
+    #[serde(default)]
+    acknowledge_risks: Option<AcknowledgeRisks>,
+}
+
+/// `"acknowledge_risks": true` or `["lookalike-host:stripe", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AcknowledgeRisks {
+    /// All risks (or none, when false).
+    All(bool),
+    /// These risk ids.
+    Ids(std::collections::BTreeSet<String>),
+}
+
+impl From<Option<AcknowledgeRisks>> for proposal::Acknowledgement {
+    fn from(a: Option<AcknowledgeRisks>) -> Self {
+        match a {
+            Some(AcknowledgeRisks::All(true)) => Self::All,
+            Some(AcknowledgeRisks::Ids(ids)) => Self::Ids(ids),
+            Some(AcknowledgeRisks::All(false)) | None => Self::Nothing,
+        }
+    }
 }
 
 /// `POST /v1/vaults/{vault}/proposals/{n}/approve`.
@@ -408,7 +445,8 @@ pub async fn approve_api(
         Some(h) => h,
         None => proposal::approval_hash(&content, &vault_state(&state, &vault.id).await?),
     };
-    approve(&state, &caller, &user_id, &p, body.values, &hash).await?;
+    let ack = body.acknowledge_risks.into();
+    approve(&state, &caller, &user_id, &p, body.values, &hash, &ack).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "applied" }),
     ))
@@ -447,8 +485,8 @@ fn not_pending(p: &ProposalRecord) -> ApiError {
 
 /// Approves and applies a proposal in one transaction. The caller must be a human with the
 /// member role (admin when services change); `shown_hash` must match the content and vault
-/// state the human reviewed; every credential slot needs a value (the approver's, else the
-/// agent's).
+/// state the human reviewed; every risk that needs an acknowledgement (look-alike hosts) must be
+/// in `acknowledged`; every credential slot needs a value (the approver's, else the agent's).
 pub(crate) async fn approve(
     state: &AdminState,
     caller: &Authenticated,
@@ -456,6 +494,7 @@ pub(crate) async fn approve(
     p: &ProposalRecord,
     values: BTreeMap<String, SecretString>,
     shown_hash: &str,
+    acknowledged: &proposal::Acknowledgement,
 ) -> Result<(), ApiError> {
     if p.status != ProposalStatus::Pending {
         return Err(not_pending(p));
@@ -484,6 +523,24 @@ pub(crate) async fn approve(
         return Err(ApiError::Conflict(
             "the proposal or the vault changed since it was shown; reload it and review again"
                 .into(),
+        ));
+    }
+    // The risks are a function of the content and vault state the hash covers, so these are
+    // exactly the risks the approver was shown.
+    let risks = proposal::risks(&content, &vs);
+    let missing = proposal::unacknowledged(&risks, acknowledged);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|r| format!("[{}] {}", r.id.as_deref().unwrap_or_default(), r.text))
+            .collect();
+        return Err(ApiError::bad_request(
+            "risks_not_acknowledged",
+            format!(
+                "this proposal has {} risk(s) you must acknowledge before approving: tick the box for each on the approval page, or send \"acknowledge_risks\" with their ids (the CLI: --acknowledge-risks). Nothing was applied. {}",
+                missing.len(),
+                list.join("; ")
+            ),
         ));
     }
     let plan = proposal::plan(&content, &vs).map_err(|e| {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::client::{Client, seg};
 use super::credential::parse_pairs;
 use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
+use crate::policy::confusable::HostForms;
 
 /// `agent-vault proposal ...`
 #[derive(Debug, Subcommand)]
@@ -57,6 +58,10 @@ pub enum ProposalCommand {
         /// Values for the credentials it asks for.
         #[arg(value_name = "KEY=VALUE")]
         values: Vec<String>,
+        /// Accept the risks that need an explicit acknowledgement (look-alike hosts); they are
+        /// printed first either way.
+        #[arg(long)]
+        acknowledge_risks: bool,
         #[command(flatten)]
         vault: VaultArg,
         #[command(flatten)]
@@ -98,7 +103,7 @@ fn print_detail(p: &Value) {
             _ => println!(
                 "  service set    {} -> {} ({})",
                 output::text(s, "name"),
-                output::text(s, "host"),
+                HostForms::of(s["host"].as_str().unwrap_or_default()).describe(),
                 output::text(&s["auth"], "type")
             ),
         }
@@ -122,8 +127,13 @@ fn print_detail(p: &Value) {
         }
     }
     for r in p["risks"].as_array().into_iter().flatten() {
+        let ack = if r["needs_acknowledgement"] == true {
+            " (approve needs --acknowledge-risks)"
+        } else {
+            ""
+        };
         println!(
-            "  {}: {}",
+            "  {}: {}{ack}",
             output::text(r, "severity"),
             output::text(r, "text")
         );
@@ -227,17 +237,40 @@ pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliE
         ProposalCommand::Approve {
             number,
             values,
+            acknowledge_risks,
             vault,
             json,
         } => {
             let path = format!("/v1/vaults/{}/proposals/{number}", seg(&vault.vault));
             // Approve exactly what was fetched: the server refuses if anything changed since.
             let shown: Value = client.get(&path).await?;
+            // Risks that need an acknowledgement are printed before anything is sent, and only
+            // the ones printed are acknowledged.
+            let flagged: Vec<&Value> = shown["risks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["needs_acknowledgement"] == true)
+                .collect();
+            for r in &flagged {
+                eprintln!(
+                    "risk ({}): {}",
+                    output::text(r, "severity"),
+                    output::text(r, "text")
+                );
+            }
+            if !flagged.is_empty() && !acknowledge_risks {
+                return Err(CliError::msg(format!(
+                    "proposal #{number} has {} risk(s) that need your explicit acknowledgement (above); nothing was approved. Check them, then run again with --acknowledge-risks",
+                    flagged.len()
+                )));
+            }
+            let ids: Vec<&Value> = flagged.iter().map(|r| &r["id"]).collect();
             let values = parse_pairs(&values)?;
             let resp: Value = client
                 .post(
                     &format!("{path}/approve"),
-                    &json!({ "values": values, "approval_hash": shown["approval_hash"] }),
+                    &json!({ "values": values, "approval_hash": shown["approval_hash"], "acknowledge_risks": ids }),
                 )
                 .await?;
             if json.json {

@@ -2,9 +2,10 @@
 //! the snapshot and the request head.
 
 use http::Method;
+use unicode_normalization::UnicodeNormalization;
 
 use super::host::{Authority, Host};
-use super::service::CompiledService;
+use super::service::{CompiledService, is_standard_method};
 use super::snapshot::{SealedCredential, VaultSnapshot};
 use crate::domain::{CredentialKey, UnmatchedHostPolicy};
 
@@ -22,6 +23,8 @@ pub enum DenyReason {
     AmbiguousPath,
     /// Credentials would travel over plain HTTP.
     Plaintext,
+    /// A non-standard method (see [`is_standard_method`]) that no service of the host lists.
+    NonStandardMethod(Method),
 }
 
 /// What to do with a CONNECT.
@@ -67,10 +70,14 @@ pub enum RequestDecision<'a> {
 /// Whether a raw path could be normalized differently by the upstream than it was matched here:
 /// dot segments (also `..;`, which Tomcat and Spring read as `..`), encoded dots, slashes,
 /// backslashes, percent signs or NULs, and escapes that decode to invalid UTF-8 (overlong forms
-/// such as `%c0%ae`, which old servers read as `.`).
+/// such as `%c0%ae`, which old servers read as `.`), IIS-style `%u` escapes (`%u002e`), and
+/// Unicode look-alikes of `.`, `/` and `\` that servers normalizing to NFKC (or to ASCII) fold
+/// into the real thing (`%EF%BC%8E`, U+FF0E FULLWIDTH FULL STOP).
 pub fn path_is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    lower.contains("%2e")
+    lower.contains("%u")
+        || has_separator_lookalike(path)
+        || lower.contains("%2e")
         || lower.contains("%2f")
         || lower.contains("%5c")
         || lower.contains("%25")
@@ -86,6 +93,25 @@ pub fn path_is_ambiguous(path: &str) -> bool {
             .decode_utf8()
             .is_err()
         || !path.starts_with('/')
+}
+
+/// Look-alikes of `.`, `/` and `\` that NFKC does not fold but some servers and frameworks map
+/// to ASCII anyway (ideographic full stops, the division and fraction slashes).
+const SEPARATOR_LOOKALIKES: &[char] = &[
+    '\u{3002}', '\u{FF61}', '\u{2215}', '\u{2044}', '\u{29F5}', '\u{29F8}', '\u{29F9}', '\u{2216}',
+];
+
+/// Whether the raw or percent-decoded path has a non-ASCII character that reads as a dot, slash
+/// or backslash once normalized: `．．` becomes `..` for an upstream that applies NFKC.
+fn has_separator_lookalike(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded.chars().any(|c| {
+        !c.is_ascii()
+            && (SEPARATOR_LOOKALIKES.contains(&c)
+                || std::iter::once(c)
+                    .nfkc()
+                    .any(|n| matches!(n, '.' | '/' | '\\' | '%' | ';') || n.is_ascii_control()))
+    })
 }
 
 /// Decides one request. `secure` is false for plain-HTTP absolute-form requests.
@@ -108,6 +134,9 @@ pub fn decide_request<'a>(
         return unmatched(snapshot);
     }
     let candidates: Vec<&CompiledService> = candidates.collect();
+    if !is_standard_method(method) && !candidates.iter().any(|s| s.lists_method(method)) {
+        return RequestDecision::Deny(DenyReason::NonStandardMethod(method.clone()));
+    }
     let scoped = candidates.iter().any(|s| s.pattern.path.is_some());
     if scoped && path_is_ambiguous(path) {
         return RequestDecision::Deny(DenyReason::AmbiguousPath);
@@ -362,6 +391,96 @@ mod tests {
             decide_request(&s, &auth("raw.github.com:80"), &Method::GET, "/", false),
             RequestDecision::Deny(DenyReason::Plaintext)
         ));
+    }
+
+    #[test]
+    fn unicode_dot_lookalikes_and_percent_u_make_a_path_ambiguous() {
+        for p in [
+            "/api/\u{FF0E}\u{FF0E}/admin",
+            "/api/%EF%BC%8E%EF%BC%8E/admin",
+            "/api/%ef%bc%8e./admin",
+            "/api/%E2%80%A4%E2%80%A4/admin",
+            "/api/%E2%80%A5/admin",
+            "/api/%E2%80%A6/admin",
+            "/api/%EF%B9%92%EF%B9%92/admin",
+            "/api/%E3%80%82%E3%80%82/admin",
+            "/api/%EF%BD%A1/admin",
+            "/api%EF%BC%8Fadmin",
+            "/api%EF%BC%BCadmin",
+            "/api%EF%B9%A8admin",
+            "/api%E2%88%95admin",
+            "/api/%u002e%u002e/admin",
+            "/api/%U002E%u002E/admin",
+            "/api%u2215admin",
+            "/api/%u",
+        ] {
+            assert!(path_is_ambiguous(p), "{p}");
+        }
+        for p in [
+            "/api/caf%C3%A9",
+            "/api/\u{00E9}t\u{00E9}",
+            "/api/%E6%97%A5%E6%9C%AC",
+            "/api/%55",
+        ] {
+            assert!(!path_is_ambiguous(p), "{p}");
+        }
+        let s = snapshot(YAML, &keys(), UnmatchedHostPolicy::Tunnel);
+        assert!(matches!(
+            decide_request(
+                &s,
+                &auth("slack.com:443"),
+                &Method::POST,
+                "/api/%EF%BC%8E%EF%BC%8E/admin",
+                true
+            ),
+            RequestDecision::Deny(DenyReason::AmbiguousPath)
+        ));
+    }
+
+    #[test]
+    fn nonstandard_methods_need_a_service_that_lists_them() {
+        let yaml = format!(
+            "{YAML}- name: dav\n  host: dav.example.com\n  methods: [PROPFIND]\n  auth: {{type: bearer, token: GH}}\n"
+        );
+        for policy in [UnmatchedHostPolicy::Tunnel, UnmatchedHostPolicy::Deny] {
+            let s = snapshot(&yaml, &keys(), policy);
+            for m in ["TRACK", "DEBUG", "trace", "get", "PROPFIND"] {
+                let method = Method::from_bytes(m.as_bytes()).unwrap();
+                assert!(
+                    matches!(
+                        decide_request(&s, &auth("api.stripe.com:443"), &method, "/", true),
+                        RequestDecision::Deny(DenyReason::NonStandardMethod(_))
+                    ),
+                    "{m}"
+                );
+            }
+            let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+            assert_eq!(
+                injected(decide_request(
+                    &s,
+                    &auth("dav.example.com:443"),
+                    &propfind,
+                    "/",
+                    true
+                )),
+                Some("dav".into())
+            );
+            let track = Method::from_bytes(b"TRACK").unwrap();
+            assert!(matches!(
+                decide_request(&s, &auth("dav.example.com:443"), &track, "/", true),
+                RequestDecision::Deny(DenyReason::NonStandardMethod(_))
+            ));
+            assert_eq!(
+                injected(decide_request(
+                    &s,
+                    &auth("api.stripe.com:443"),
+                    &Method::PATCH,
+                    "/",
+                    true
+                )),
+                Some("stripe".into())
+            );
+        }
     }
 
     #[test]

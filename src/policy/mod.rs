@@ -2,6 +2,7 @@
 //! intercept, tunnel or deny, and which credentials a request gets. No sockets, no clock, no
 //! database, no logging: everything here is a function of its inputs.
 
+pub mod confusable;
 pub mod decide;
 pub mod host;
 pub mod service;

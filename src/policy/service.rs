@@ -494,6 +494,81 @@ pub fn render_service_file(services: &[ServiceSpec]) -> String {
     serde_norway::to_string(&Out { services }).unwrap_or_default()
 }
 
+/// Domains whose subdomains are handed to anyone who asks (tunnel-sharing services and
+/// shared-tenant hosting platforms): a wildcard directly under one of them sends the credential
+/// to every stranger's tunnel or app. This list sits beside the public suffix check because the
+/// Public Suffix List's private section does not cover them reliably: a domain is listed only
+/// when its owner asks (several tunnel services never did), `psl` is a snapshot compiled into
+/// the binary, and some platforms are listed only below the name that actually hands out
+/// subdomains (`s3.amazonaws.com` and kin are suffixes, `amazonaws.com` is not), while the check
+/// compares the exact suffix. Our own curated list of shared-tenant domains, not a copy of the
+/// PSL: add to it, never remove.
+pub const SHARED_TENANT_DOMAINS: &[&str] = &[
+    // tunnels
+    "ngrok.io",
+    "ngrok.app",
+    "ngrok.dev",
+    "ngrok-free.app",
+    "ngrok-free.dev",
+    "loca.lt",
+    "localtunnel.me",
+    "trycloudflare.com",
+    "serveo.net",
+    "serveousercontent.com",
+    "localhost.run",
+    "lhr.life",
+    "lhr.rocks",
+    "pagekite.me",
+    "telebit.io",
+    "tunnelmole.net",
+    "devtunnels.ms",
+    "loophole.site",
+    "pinggy.link",
+    "pinggy.online",
+    // shared hosting and app platforms
+    "pages.dev",
+    "workers.dev",
+    "vercel.app",
+    "now.sh",
+    "netlify.app",
+    "netlify.com",
+    "herokuapp.com",
+    "github.io",
+    "gitlab.io",
+    "glitch.me",
+    "repl.co",
+    "replit.dev",
+    "replit.app",
+    "onrender.com",
+    "fly.dev",
+    "web.app",
+    "firebaseapp.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "azurestaticapps.net",
+    "cloudfront.net",
+    "amazonaws.com",
+    "blogspot.com",
+    "wixsite.com",
+    "webflow.io",
+    "surge.sh",
+    "deno.dev",
+    "railway.app",
+    "up.railway.app",
+    "codesandbox.io",
+    "csb.app",
+    "stackblitz.io",
+    "ondigitalocean.app",
+    "run.app",
+    "a.run.app",
+    "cloudfunctions.net",
+    "azureedge.net",
+    "trafficmanager.net",
+    "cloudapp.net",
+    "pythonanywhere.com",
+    "000webhostapp.com",
+];
+
 /// How a service's host pattern matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPattern {
@@ -551,6 +626,11 @@ impl HostPattern {
         if wildcard && canonical.split('.').count() < 2 {
             return Err(format!(
                 "host {input:?}: a wildcard needs at least two labels after \"*.\""
+            ));
+        }
+        if wildcard && SHARED_TENANT_DOMAINS.contains(&canonical.as_str()) {
+            return Err(format!(
+                "host {input:?}: {canonical} is a shared hosting or tunnel domain where anyone can get a subdomain; name the one host you mean instead of a wildcard"
             ));
         }
         if wildcard && psl::suffix(canonical.as_bytes()).is_some_and(|s| s == canonical.as_bytes())
@@ -736,10 +816,37 @@ impl CompiledService {
         keys
     }
 
-    /// Whether `method` is allowed.
+    /// Whether `method` is allowed: a method the service lists, or, for a service that allows
+    /// any method, one of the standard ones.
     pub fn allows_method(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
+        match &self.methods {
+            None => is_standard_method(method),
+            Some(m) => m.contains(method),
+        }
     }
+
+    /// Whether the service names `method` in its `methods` list.
+    pub fn lists_method(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_some_and(|m| m.contains(method))
+    }
+}
+
+/// Whether a method is one a service allowing "any method" means: GET HEAD POST PUT PATCH
+/// DELETE OPTIONS, spelled exactly so (method names are case-sensitive, RFC 9110 §9.1, so `get`
+/// is another method). Anything else (`TRACK`, `DEBUG`, WebDAV verbs) reaches an upstream with
+/// credentials only where a service lists it, because servers that echo the request for
+/// unknown methods would hand the credential back.
+pub fn is_standard_method(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(method)
 }
 
 /// Headers a service may never set: they frame the message, route it, or belong to the proxy.
@@ -1171,6 +1278,97 @@ services:
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn wildcards_under_shared_tenant_domains_are_refused() {
+        for bad in [
+            "*.loca.lt",
+            "*.LOCA.LT",
+            "*.loca.lt.",
+            "*.ngrok-free.app",
+            "*.ngrok.io",
+            "*.trycloudflare.com",
+            "*.serveo.net",
+            "*.localhost.run",
+            "*.lhr.life",
+            "*.pages.dev",
+            "*.workers.dev",
+            "*.vercel.app",
+            "*.herokuapp.com",
+            "*.amazonaws.com",
+            "*.cloudfront.net",
+            "*.azurewebsites.net",
+            "*.loca.lt:8443",
+            "*.loca.lt/api/*",
+        ] {
+            let e = HostPattern::parse(bad).unwrap_err();
+            assert!(e.contains("shared hosting or tunnel domain"), "{bad}: {e}");
+        }
+        // One named host there is fine, and so is a wildcard under one tenant's own name.
+        for ok in [
+            "my-app.loca.lt",
+            "abc.ngrok-free.app",
+            "*.my-app.herokuapp.com",
+            "*.example.com",
+        ] {
+            assert!(HostPattern::parse(ok).is_ok(), "{ok}");
+        }
+        // Every entry is canonical, so the exact comparison can match it.
+        for d in SHARED_TENANT_DOMAINS {
+            assert_eq!(
+                canonicalize_host(d),
+                Ok(Host::Domain((*d).to_owned())),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_method_means_the_standard_methods_only() {
+        let any = ServiceSpec {
+            name: "s".into(),
+            host: "api.example.com".into(),
+            methods: vec![],
+            auth: AuthSpec::Passthrough,
+            substitutions: vec![],
+            enabled: true,
+            description: None,
+        }
+        .compile()
+        .unwrap();
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert!(
+                any.allows_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in [
+            "TRACK", "DEBUG", "trace", "TRACE", "CONNECT", "get", "PROPFIND",
+        ] {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!any.allows_method(&method), "{m}");
+            assert!(!any.lists_method(&method), "{m}");
+        }
+        let dav = ServiceSpec {
+            methods: vec!["propfind".into()],
+            ..ServiceSpec {
+                name: "s".into(),
+                host: "api.example.com".into(),
+                methods: vec![],
+                auth: AuthSpec::Passthrough,
+                substitutions: vec![],
+                enabled: true,
+                description: None,
+            }
+        }
+        .normalized()
+        .compile()
+        .unwrap();
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        assert!(dav.allows_method(&propfind) && dav.lists_method(&propfind));
+        assert!(!dav.allows_method(&Method::from_bytes(b"propfind").unwrap()));
+        assert!(!dav.allows_method(&Method::GET));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -307,6 +307,10 @@ fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyE
         DenyReason::Integrity => ProxyError::Integrity,
         DenyReason::AmbiguousPath => ProxyError::AmbiguousPath,
         DenyReason::Plaintext => ProxyError::Plaintext(target.authority.to_string()),
+        DenyReason::NonStandardMethod(m) => ProxyError::MethodNotAllowed(format!(
+            "{} (not one of GET HEAD POST PUT PATCH DELETE OPTIONS, which are case-sensitive, and no service of this host lists it)",
+            m.as_str().chars().take(32).collect::<String>()
+        )),
     }
 }
 
@@ -377,7 +381,10 @@ async fn process(
     check_host(target, &req)?;
     check_framing(req.headers())?;
     let method = req.method().clone();
-    if method == Method::TRACE || method == Method::CONNECT {
+    // Refused in every spelling: `trace` is another method to hyper, but not to every upstream.
+    if method.as_str().eq_ignore_ascii_case("TRACE")
+        || method.as_str().eq_ignore_ascii_case("CONNECT")
+    {
         return Err(ProxyError::MethodNotAllowed(method.to_string()));
     }
     let path = req.uri().path().to_owned();

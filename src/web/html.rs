@@ -59,6 +59,7 @@ code { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; background: #f
 .success { background: #dafbe1; color: var(--ok); border: 1px solid #4ac26b; border-radius: 6px; padding: 8px 12px; }
 form { margin: 12px 0; }
 label { display: block; font-weight: 600; margin: 12px 0 4px; }
+label.inline { display: inline; font-weight: 400; margin: 0; }
 input[type=text], input[type=email], input[type=password], textarea { width: 100%; padding: 6px 8px; border: 1px solid var(--line); border-radius: 6px; font: inherit; }
 .hint { color: var(--muted); font-size: 13px; margin: 2px 0 0; }
 .actions { display: flex; gap: 12px; margin-top: 16px; }

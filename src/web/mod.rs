@@ -24,6 +24,7 @@ use crate::admin::{AdminState, ApiError};
 use crate::crypto::TokenKind;
 use crate::domain::{Email, VaultRole};
 use crate::identity::{Authenticated, Principal};
+use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{AuthSpec, ServiceSpec};
 use crate::proposal::{self, CredentialSlot, ProposalContent, ServiceChange, Severity, VaultState};
 use crate::store::{ProposalRecord, ProposalStatus, TokenStoreKind, VaultRecord};
@@ -492,11 +493,15 @@ fn service_rows(content: &ProposalContent, state: &VaultState) -> String {
             ServiceChange::Set(spec) => {
                 let existing = state.services.iter().any(|s| s.name == spec.name);
                 rows.push_str(&format!(
-                    "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     if existing { "replace" } else { "add" },
                     esc(&spec.name),
-                    esc(&spec.host),
-                    if spec.methods.is_empty() { "any".to_owned() } else { esc(&spec.methods.join(", ")) },
+                    host_cell(&spec.host),
+                    if spec.methods.is_empty() {
+                        "any".to_owned()
+                    } else {
+                        esc(&spec.methods.join(", "))
+                    },
                     auth_summary(&spec.auth) + &substitutions(spec)
                 ));
             }
@@ -507,6 +512,35 @@ fn service_rows(content: &ProposalContent, state: &VaultState) -> String {
         }
     }
     rows
+}
+
+/// A host as the proxy routes on it (A-labels) and, when it differs, as a browser would show
+/// it, with every non-ASCII character named: a look-alike cannot hide behind its rendering.
+/// The Unicode form is forced left-to-right so right-to-left letters cannot reorder it.
+fn host_cell(host: &str) -> String {
+    let forms = HostForms::of(host);
+    let mut cell = format!("<code class=\"host-ascii\">{}</code>", esc(&forms.ascii));
+    if forms.is_internationalized() {
+        let chars: Vec<String> = forms
+            .unicode
+            .chars()
+            .filter(|c| !c.is_ascii())
+            .fold(Vec::new(), |mut seen, c| {
+                if !seen.contains(&c) {
+                    seen.push(c);
+                }
+                seen
+            })
+            .into_iter()
+            .map(confusable::describe_char)
+            .collect();
+        cell.push_str(&format!(
+            "<br>displayed as <code class=\"host-unicode\"><bdo dir=\"ltr\">{}</bdo></code><br><span class=\"hint\">non-ASCII: {}</span>",
+            esc(&forms.unicode),
+            esc(&chars.join(", "))
+        ));
+    }
+    cell
 }
 
 fn substitutions(spec: &ServiceSpec) -> String {
@@ -609,14 +643,18 @@ fn render(
     if !risks.is_empty() {
         body.push_str("<h2>Check these</h2>");
         for r in &risks {
-            let class = if r.severity == Severity::Warning {
-                "risk"
-            } else {
+            let class = if r.severity == Severity::Notice {
                 "notice"
+            } else {
+                "risk"
             };
             body.push_str(&format!(
                 "<p class=\"{class}\">{}{}</p>",
-                if class == "risk" { "⚠ " } else { "" },
+                match r.severity {
+                    Severity::High => "⚠ High risk: ",
+                    Severity::Warning => "⚠ ",
+                    Severity::Notice => "",
+                },
                 esc(&r.text)
             ));
         }
@@ -676,6 +714,18 @@ fn render(
             let csrf = state.keyring.csrf_token(&user.token_id, &p.id);
             let hash = proposal::approval_hash(&content, vs);
             let mut inputs = String::new();
+            // One required box per risk that needs an explicit acknowledgement; the server
+            // refuses the approval without each of them.
+            for (i, r) in risks.iter().enumerate() {
+                if let (true, Some(risk_id)) = (r.needs_acknowledgement, &r.id) {
+                    inputs.push_str(&format!(
+                        "<p class=\"risk\"><input type=\"checkbox\" id=\"ack_{i}\" name=\"ack\" value=\"{}\" required> \
+                         <label for=\"ack_{i}\" class=\"inline\">I checked this and accept it: {}</label></p>",
+                        esc(risk_id),
+                        esc(&r.text)
+                    ));
+                }
+            }
             for slot in &content.credentials {
                 if let CredentialSlot::Set { key, has_value, .. } = slot {
                     let id = format!("value_{}", key.as_str());
@@ -853,9 +903,14 @@ async fn approval_submit(
     let mut form: BTreeMap<String, String> = BTreeMap::new();
     let mut values: BTreeMap<String, SecretString> = BTreeMap::new();
     let mut confirm_password: Option<SecretString> = None;
+    let mut acknowledged = std::collections::BTreeSet::new();
     for (name, value) in fields {
         if name == "confirm_password" {
             confirm_password = Some(SecretString::from(value));
+            continue;
+        }
+        if name == "ack" {
+            acknowledged.insert(value);
             continue;
         }
         match name.strip_prefix("value_") {
@@ -889,9 +944,17 @@ async fn approval_submit(
     let hash = form.get("hash").map(String::as_str).unwrap_or_default();
     let outcome = match form.get("action").map(String::as_str) {
         Some("approve") => match confirm(&state, &user_id, confirm_password, ip).await {
-            Ok(()) => approve(&state, user, &user_id, &p, values, hash)
-                .await
-                .map(|()| "Approved: the changes are live."),
+            Ok(()) => approve(
+                &state,
+                user,
+                &user_id,
+                &p,
+                values,
+                hash,
+                &proposal::Acknowledgement::Ids(acknowledged),
+            )
+            .await
+            .map(|()| "Approved: the changes are live."),
             Err(e) => Err(e),
         },
         Some("reject") => {

@@ -27,6 +27,10 @@ const SERVICES: &str = r#"
   auth: {type: passthrough}
   substitutions:
     - {placeholder: __TG_TOKEN__, key: KEY, in: [{path: 1, prefix: bot}]}
+- name: dav
+  host: dav.example.test
+  methods: [GET, PROPFIND]
+  auth: {type: bearer, token: KEY}
 "#;
 
 async fn setup(app: &TestApp, vault: &str) -> String {
@@ -415,6 +419,115 @@ async fn exfil_path_tricks_against_scoped_services() {
         assert_eq!(status(&out), 200, "{path}: {out}");
         let seen = app.upstream.last();
         assert_eq!(seen.path_and_query, path, "forwarded bytes differ");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {SECRET}"))
+        );
+    }
+}
+
+/// Dot and slash look-alikes that some servers fold to ASCII (NFKC, IIS `%u` escapes) would let a
+/// path leave the scope it was matched in: full-width dots, one-dot leaders, small full stops,
+/// ideographic full stops, full-width solidus, `%u002e`. They are ambiguous like `%2e%2e`.
+#[tokio::test]
+async fn exfil_unicode_dot_lookalikes_and_percent_u_against_scoped_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-lookalike-path").await;
+    let before = app.upstream.count();
+    for path in [
+        "/v1/%EF%BC%8E%EF%BC%8E/admin",
+        "/v1/%ef%bc%8e%ef%bc%8e/admin",
+        "/v1/.%EF%BC%8E/admin",
+        "/v1/%E2%80%A4%E2%80%A4/admin",
+        "/v1/%E2%80%A5/admin",
+        "/v1/%EF%B9%92%EF%B9%92/admin",
+        "/v1/%E3%80%82%E3%80%82/admin",
+        "/v1%EF%BC%8F..%EF%BC%8Fadmin",
+        "/v1/..%EF%BC%BCadmin",
+        "/v1/%u002e%u002e/admin",
+        "/v1/%U002E%U002E/admin",
+        "/v1%u2215admin",
+    ] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-lookalike-path",
+                "scoped.example.test",
+                &format!(
+                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+        assert_eq!(status(&out), 400, "{path}: {out}");
+        assert!(out.contains("ambiguous_path"), "{path}: {out}");
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    no_credential_reached_the_upstream(&app, 0);
+    // Ordinary non-ASCII text in a path still goes through with the credential.
+    let out = app
+        .raw_request(
+            &token,
+            "exfil-lookalike-path",
+            "scoped.example.test",
+            "GET /v1/caf%C3%A9 HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status(&out), 200, "{out}");
+    assert_eq!(
+        app.upstream.last().header("authorization"),
+        Some(format!("Bearer {SECRET}"))
+    );
+}
+
+/// Non-standard methods (`TRACK`, `DEBUG`, lower-case `trace`, which RFC 9110 makes a different
+/// method from `TRACE`) must not carry the credential to a service that allows "any method":
+/// servers that echo the request for them would hand the credential back. Refused with 405
+/// `method_not_allowed` unless a service lists the method by name.
+#[tokio::test]
+async fn exfil_nonstandard_methods_to_any_method_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-track").await;
+    let before = app.upstream.count();
+    for (host, method) in [
+        ("api.example.test", "TRACK"),
+        ("api.example.test", "DEBUG"),
+        ("api.example.test", "trace"),
+        ("api.example.test", "Trace"),
+        ("api.example.test", "get"),
+        ("api.example.test", "TRACE"),
+        ("api.example.test", "PROPFIND"),
+        ("dav.example.test", "TRACK"),
+        ("dav.example.test", "propfind"),
+    ] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-track",
+                host,
+                &format!("{method} /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+        assert_eq!(status(&out), 405, "{host} {method}: {out}");
+        assert!(out.contains("method_not_allowed"), "{host} {method}: {out}");
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    no_credential_reached_the_upstream(&app, 0);
+    // A service that names the method gets it, with its credential; standard methods still work.
+    for (host, method) in [
+        ("dav.example.test", "PROPFIND"),
+        ("api.example.test", "PATCH"),
+    ] {
+        let out = app
+            .raw_request(
+                &token,
+                "exfil-track",
+                host,
+                &format!("{method} /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+        assert_eq!(status(&out), 200, "{host} {method}: {out}");
+        let seen = app.upstream.last();
+        assert_eq!(seen.method, method);
         assert_eq!(
             seen.header("authorization"),
             Some(format!("Bearer {SECRET}"))
