@@ -32,6 +32,10 @@ pub struct CredentialView {
     updated_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
+    /// `integrity_error` when a reveal could not open this one value (it was edited outside
+    /// agent-vault); the other credentials of the listing are still revealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
 }
 
 fn view(c: &CredentialRecord, value: Option<String>) -> CredentialView {
@@ -45,6 +49,7 @@ fn view(c: &CredentialRecord, value: Option<String>) -> CredentialView {
         created_at: c.created_at,
         updated_at: c.updated_at,
         value,
+        error: None,
     }
 }
 
@@ -77,16 +82,29 @@ pub async fn list(
         .await?;
     let records = state.store.list_credentials(&vault.id).await?;
     let mut out = Vec::with_capacity(records.len());
+    let mut revealed = Vec::with_capacity(records.len());
     for c in &records {
-        let value = if q.reveal {
-            Some(open_value(&state, c)?)
-        } else {
-            None
-        };
-        out.push(view(c, value));
+        if !q.reveal {
+            out.push(view(c, None));
+            continue;
+        }
+        // One tampered value must not hide the others: it is marked, the rest are revealed.
+        match open_value(&state, c) {
+            Ok(value) => {
+                revealed.push(c.key.to_string());
+                out.push(view(c, Some(value)));
+            }
+            Err(ApiError::Integrity(detail)) => {
+                tracing::error!(error = %detail, "INTEGRITY ALARM: stored data failed authentication");
+                let mut bad = view(c, None);
+                bad.error = Some("integrity_error");
+                out.push(bad);
+            }
+            Err(e) => return Err(e),
+        }
     }
     if q.reveal {
-        let keys: Vec<_> = records.iter().map(|c| c.key.to_string()).collect();
+        let keys = revealed;
         crate::audit::record(
             &state.store,
             &caller,
