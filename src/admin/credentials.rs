@@ -157,6 +157,22 @@ pub struct SetBody {
     descriptions: BTreeMap<String, String>,
 }
 
+/// Refuses a request naming more credentials than `limits.max_credentials_per_request`: each
+/// one is a statement in a single write transaction that holds the database's write lock.
+fn check_request_size(state: &AdminState, count: usize, verb: &str) -> Result<(), ApiError> {
+    let max = state.config.limits.max_credentials_per_request;
+    if count > max {
+        return Err(ApiError::bad_request(
+            "too_many_credentials",
+            format!(
+                "one request may {verb} at most {max} credentials \
+                 (limits.max_credentials_per_request); this one names {count}; nothing was changed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates keys and values of a set request, naming the first bad key.
 pub(crate) fn validate_values(
     credentials: &BTreeMap<String, SecretString>,
@@ -199,6 +215,7 @@ pub async fn set(
     let (vault, _) = state
         .vault_access(&caller, &name, VaultRole::Member)
         .await?;
+    check_request_size(&state, body.credentials.len(), "set")?;
     let values = validate_values(&body.credentials)?;
     for (key, desc) in &body.descriptions {
         if !body.credentials.contains_key(key) {
@@ -225,14 +242,19 @@ pub async fn set(
     let vault_id = vault.id.clone();
     let written = state
         .store
-        .set_credentials(&vault.id, &writes, |key, version| {
-            let value = body
-                .credentials
-                .get(key.as_str())
-                .map(|v| v.expose_secret().as_bytes())
-                .unwrap_or_default();
-            keyring.seal_credential(&vault_id, key.as_str(), version, value)
-        })
+        .set_credentials(
+            &vault.id,
+            &writes,
+            state.config.limits.max_credentials_per_vault,
+            |key, version| {
+                let value = body
+                    .credentials
+                    .get(key.as_str())
+                    .map(|v| v.expose_secret().as_bytes())
+                    .unwrap_or_default();
+                keyring.seal_credential(&vault_id, key.as_str(), version, value)
+            },
+        )
         .await?;
     state.changed(&vault.id).await;
     let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
@@ -272,6 +294,7 @@ pub async fn remove(
             "give at least one key to delete",
         ));
     }
+    check_request_size(&state, body.keys.len(), "delete")?;
     let keys = body
         .keys
         .iter()

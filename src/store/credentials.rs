@@ -140,6 +140,28 @@ pub(super) async fn remove_credentials(
     Ok(missing)
 }
 
+/// Refuses, inside the write transaction, a change that leaves the vault holding more than `max`
+/// credentials; the caller's transaction is then dropped, so nothing of the change is stored.
+/// Callers lock the vault row first, so concurrent writers cannot each slip under the cap.
+pub(super) async fn check_credential_count(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    max: usize,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE vault_id = $1")
+        .bind(vault_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let held: i64 = col(&row, "n")?;
+    if usize::try_from(held).map_or(true, |held| held > max) {
+        return Err(StoreError::LimitReached(format!(
+            "a vault holds at most {max} credentials (limits.max_credentials_per_vault) and this \
+             change would leave {held}; nothing was stored"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
     /// The columns of a credential row. SQLite reads the sealed value as a BLOB whatever it
     /// holds: a value edited into TEXT that is not UTF-8 would otherwise fail the whole query,
@@ -156,15 +178,20 @@ impl Store {
     }
 
     /// Writes several credentials in one transaction. Each overwrite bumps the version, and
-    /// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
+    /// `seal(key, version)` produces the ciphertext bound to exactly that row and version. A
+    /// vault left with more than `max_per_vault` credentials fails with `LimitReached` and
+    /// nothing is written.
     pub async fn set_credentials(
         &self,
         vault_id: &str,
         writes: &[CredentialWrite],
+        max_per_vault: usize,
         seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
     ) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
         let mut tx = self.begin_write().await?;
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let written = write_credentials(&mut tx, vault_id, writes, seal).await?;
+        check_credential_count(&mut tx, vault_id, max_per_vault).await?;
         tx.commit().await?;
         Ok(written)
     }

@@ -468,3 +468,122 @@ async fn resources_h2_rapid_reset_and_continuation_floods() {
         "floods grew memory by {growth} MiB (wrote {written} bytes of CONTINUATION)"
     );
 }
+
+/// One request naming 20,000 credentials (well inside the 1 MiB API body cap) held the
+/// database's write lock for 20,000 statements and grew the vault without bound. Requests are
+/// capped at `limits.max_credentials_per_request` and vaults at `max_credentials_per_vault`,
+/// for direct sets and for approved proposals; a refusal names the cap and stores nothing.
+#[tokio::test]
+async fn resources_twenty_thousand_credentials_in_one_request_are_refused() {
+    use serde_json::{Value, json};
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.limits.max_credentials_per_vault = 150)),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("many", "sk_many_value").await;
+    let held = || async {
+        app.ok("GET", "/v1/vaults/many/credentials", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let set = |n: std::ops::Range<usize>| {
+        let map: serde_json::Map<String, Value> = n
+            .map(|i| (format!("K{i:05}"), json!(format!("value-{i}"))))
+            .collect();
+        json!({ "credentials": map })
+    };
+
+    let (status, body) = app
+        .call("PUT", "/v1/vaults/many/credentials", Some(set(0..20_000)))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("too_many_credentials")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_credentials_per_request"),
+        "{body}"
+    );
+    assert_eq!(held().await, 1, "nothing was stored");
+    let keys: Vec<String> = (0..20_000).map(|i| format!("K{i:05}")).collect();
+    let (status, body) = app
+        .call(
+            "DELETE",
+            "/v1/vaults/many/credentials",
+            Some(json!({ "keys": keys })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("too_many_credentials")),
+        "{body}"
+    );
+
+    // At the request cap it works; past the vault's cap it is refused whole.
+    app.ok("PUT", "/v1/vaults/many/credentials", Some(set(0..100)))
+        .await;
+    assert_eq!(held().await, 101);
+    let (status, body) = app
+        .call("PUT", "/v1/vaults/many/credentials", Some(set(100..160)))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_credentials_per_vault"),
+        "{body}"
+    );
+    assert_eq!(
+        held().await,
+        101,
+        "nothing of the refused request was stored"
+    );
+    // Overwriting held keys does not grow the vault.
+    app.ok("PUT", "/v1/vaults/many/credentials", Some(set(40..100)))
+        .await;
+    app.ok("PUT", "/v1/vaults/many/credentials", Some(set(100..149)))
+        .await;
+    assert_eq!(held().await, 150);
+
+    // An approved proposal cannot carry the vault past its cap either.
+    let (status, created) = app
+        .call_with(
+            Some(&token),
+            "POST",
+            "/v1/proposals",
+            Some(json!({ "message": "one more", "credentials": [{ "action": "set", "key": "ONE_MORE", "value": "agent-value" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let base = format!("/v1/vaults/many/proposals/{}", created["number"]);
+    let shown = app.ok("GET", &base, None).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("{base}/approve"),
+            Some(json!({ "approval_hash": shown["approval_hash"] })),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_credentials_per_vault"),
+        "{body}"
+    );
+    assert_eq!(held().await, 150);
+    assert_eq!(
+        app.ok("GET", &base, None).await["status"],
+        "pending",
+        "not applied"
+    );
+}

@@ -62,11 +62,11 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
             }
         };
         store
-            .set_credentials(&vault.id, &writes, seal("one"))
+            .set_credentials(&vault.id, &writes, 1000, seal("one"))
             .await
             .unwrap();
         let written = store
-            .set_credentials(&vault.id, &writes[..1], seal("two"))
+            .set_credentials(&vault.id, &writes[..1], 1000, seal("two"))
             .await
             .unwrap();
         assert_eq!(
@@ -131,7 +131,7 @@ async fn swapped_or_edited_ciphertext_fails_closed() {
             },
         ];
         store
-            .set_credentials(&vault.id, &writes, |k, v| {
+            .set_credentials(&vault.id, &writes, 1000, |k, v| {
                 ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
             })
             .await
@@ -198,7 +198,7 @@ async fn one_flipped_bit_spoils_only_that_credential() {
             })
             .collect();
         store
-            .set_credentials(&vault.id, &writes, |k, v| {
+            .set_credentials(&vault.id, &writes, 1000, |k, v| {
                 ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
             })
             .await
