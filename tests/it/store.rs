@@ -224,6 +224,18 @@ async fn one_flipped_bit_spoils_only_that_credential() {
                 .is_err(),
             "{backend}"
         );
+        // A row whose key no longer parses is left out of the listing, not the whole vault.
+        sqlx::query("UPDATE credentials SET key = 'not a key' WHERE vault_id = $1 AND key = 'BAD'")
+            .bind(&vault.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let rows = store.list_credentials(&vault.id).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["GOOD"],
+            "{backend}"
+        );
     })
     .await;
 }
