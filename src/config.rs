@@ -261,6 +261,10 @@ pub struct LimitsConfig {
     pub max_substitution_body_bytes: usize,
     /// Largest admin API request body.
     pub max_admin_body_bytes: usize,
+    /// Most credentials one request may set or delete (API and CLI).
+    pub max_credentials_per_request: usize,
+    /// Most credentials one vault may hold (direct sets and approved proposals).
+    pub max_credentials_per_vault: usize,
     /// Open proxy connections, all agents together.
     pub max_connections: usize,
     /// Requests in flight per agent token; more answer 429 `rate_limited`.
@@ -290,6 +294,8 @@ impl Default for LimitsConfig {
             max_headers: 128,
             max_substitution_body_bytes: 1 << 20,
             max_admin_body_bytes: 1 << 20,
+            max_credentials_per_request: 100,
+            max_credentials_per_vault: 1000,
             max_connections: 16_384,
             max_concurrent_requests_per_agent: 256,
             auth_failures_per_minute: 30,
@@ -708,6 +714,18 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        if self.limits.max_credentials_per_request == 0 {
+            return Err(invalid(
+                "limits.max_credentials_per_request",
+                "must be greater than zero",
+            ));
+        }
+        if self.limits.max_credentials_per_vault < self.limits.max_credentials_per_request {
+            return Err(invalid(
+                "limits.max_credentials_per_vault",
+                "must be at least limits.max_credentials_per_request",
+            ));
+        }
         if self.limits.max_header_bytes < 8192 {
             return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
         }
@@ -870,6 +888,14 @@ mod tests {
                     "kdf",
                 ),
                 ("[tokens]\ncache_ttl = \"5s\"\n", "tokens.cache_ttl"),
+                (
+                    "[limits]\nmax_credentials_per_request = 0\n",
+                    "limits.max_credentials_per_request",
+                ),
+                (
+                    "[limits]\nmax_credentials_per_vault = 10\n",
+                    "limits.max_credentials_per_vault",
+                ),
                 ("[server]\nproxy_threads = 5000\n", "server.proxy_threads"),
                 ("[server]\nproxy_threads = -1\n", "proxy_threads"),
             ];

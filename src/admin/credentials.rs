@@ -32,6 +32,10 @@ pub struct CredentialView {
     updated_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
+    /// `integrity_error` when a reveal could not open this one value (it was edited outside
+    /// agent-vault); the other credentials of the listing are still revealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
 }
 
 fn view(c: &CredentialRecord, value: Option<String>) -> CredentialView {
@@ -45,6 +49,7 @@ fn view(c: &CredentialRecord, value: Option<String>) -> CredentialView {
         created_at: c.created_at,
         updated_at: c.updated_at,
         value,
+        error: None,
     }
 }
 
@@ -77,16 +82,29 @@ pub async fn list(
         .await?;
     let records = state.store.list_credentials(&vault.id).await?;
     let mut out = Vec::with_capacity(records.len());
+    let mut revealed = Vec::with_capacity(records.len());
     for c in &records {
-        let value = if q.reveal {
-            Some(open_value(&state, c)?)
-        } else {
-            None
-        };
-        out.push(view(c, value));
+        if !q.reveal {
+            out.push(view(c, None));
+            continue;
+        }
+        // One tampered value must not hide the others: it is marked, the rest are revealed.
+        match open_value(&state, c) {
+            Ok(value) => {
+                revealed.push(c.key.to_string());
+                out.push(view(c, Some(value)));
+            }
+            Err(ApiError::Integrity(detail)) => {
+                tracing::error!(error = %detail, "INTEGRITY ALARM: stored data failed authentication");
+                let mut bad = view(c, None);
+                bad.error = Some("integrity_error");
+                out.push(bad);
+            }
+            Err(e) => return Err(e),
+        }
     }
     if q.reveal {
-        let keys: Vec<_> = records.iter().map(|c| c.key.to_string()).collect();
+        let keys = revealed;
         crate::audit::record(
             &state.store,
             &caller,
@@ -139,6 +157,22 @@ pub struct SetBody {
     descriptions: BTreeMap<String, String>,
 }
 
+/// Refuses a request naming more credentials than `limits.max_credentials_per_request`: each
+/// one is a statement in a single write transaction that holds the database's write lock.
+fn check_request_size(state: &AdminState, count: usize, verb: &str) -> Result<(), ApiError> {
+    let max = state.config.limits.max_credentials_per_request;
+    if count > max {
+        return Err(ApiError::bad_request(
+            "too_many_credentials",
+            format!(
+                "one request may {verb} at most {max} credentials \
+                 (limits.max_credentials_per_request); this one names {count}; nothing was changed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates keys and values of a set request, naming the first bad key.
 pub(crate) fn validate_values(
     credentials: &BTreeMap<String, SecretString>,
@@ -181,6 +215,7 @@ pub async fn set(
     let (vault, _) = state
         .vault_access(&caller, &name, VaultRole::Member)
         .await?;
+    check_request_size(&state, body.credentials.len(), "set")?;
     let values = validate_values(&body.credentials)?;
     for (key, desc) in &body.descriptions {
         if !body.credentials.contains_key(key) {
@@ -207,14 +242,19 @@ pub async fn set(
     let vault_id = vault.id.clone();
     let written = state
         .store
-        .set_credentials(&vault.id, &writes, |key, version| {
-            let value = body
-                .credentials
-                .get(key.as_str())
-                .map(|v| v.expose_secret().as_bytes())
-                .unwrap_or_default();
-            keyring.seal_credential(&vault_id, key.as_str(), version, value)
-        })
+        .set_credentials(
+            &vault.id,
+            &writes,
+            state.config.limits.max_credentials_per_vault,
+            |key, version| {
+                let value = body
+                    .credentials
+                    .get(key.as_str())
+                    .map(|v| v.expose_secret().as_bytes())
+                    .unwrap_or_default();
+                keyring.seal_credential(&vault_id, key.as_str(), version, value)
+            },
+        )
         .await?;
     state.changed(&vault.id).await;
     let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
@@ -254,6 +294,7 @@ pub async fn remove(
             "give at least one key to delete",
         ));
     }
+    check_request_size(&state, body.keys.len(), "delete")?;
     let keys = body
         .keys
         .iter()

@@ -130,6 +130,8 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => Self::NotFound("not found".into()),
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::LimitReached(message) => Self::Conflict(message),
+            StoreError::Corrupt(detail) => Self::Integrity(detail),
             e if e.is_unavailable() => Self::Unavailable,
             e => Self::internal(e),
         }

@@ -632,6 +632,7 @@ pub(crate) async fn approve(
                 credentials: &writes,
                 delete_keys: &plan.delete_keys,
                 reviewer: user_id,
+                max_credentials: state.config.limits.max_credentials_per_vault,
             },
             |key, version| {
                 let value = final_values

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::proxy::body::Drained;
+
 /// Most admin connections open at once.
 const MAX_ADMIN_CONNECTIONS: usize = 1024;
 
@@ -60,10 +62,15 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             let router = router.clone();
+            // A body the answer leaves unread (a 413, a 401) is drained, so the answer reaches
+            // a client that writes its whole request before reading.
+            let (parts, body) = req.into_parts();
+            let body = Drained::new(body, parts.version, &parts.headers);
+            let req = hyper::Request::from_parts(parts, axum::body::Body::new(body));
             async move {
                 Ok::<_, Infallible>(
                     router
-                        .oneshot(req.map(axum::body::Body::new))
+                        .oneshot(req)
                         .await
                         .unwrap_or_else(|never| match never {}),
                 )

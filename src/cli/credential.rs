@@ -192,7 +192,11 @@ pub async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result<(), Cl
                             output::text(c, "description"),
                         ];
                         if reveal {
-                            row.push(output::text(c, "value"));
+                            // A value that failed its integrity check is marked, not left blank.
+                            row.push(match c["error"].as_str() {
+                                Some(code) => format!("<{code}>"),
+                                None => output::text(c, "value"),
+                            });
                         }
                         row
                     })

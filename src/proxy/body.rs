@@ -132,6 +132,101 @@ where
     }
 }
 
+/// Most request bytes read and discarded after the request was answered without them.
+const DRAIN_MAX_BYTES: u64 = 1 << 30;
+/// Longest time spent reading and discarding them.
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request body that, when dropped before its end, is read to the end and discarded in the
+/// background (at most `DRAIN_MAX_BYTES`, for at most `DRAIN_MAX_TIME`). An HTTP/1.1 server that
+/// answers early (413, 403, 401) and closes with request bytes unread makes the kernel send RST,
+/// and the RST destroys the answer before a client that writes its whole request first reads it.
+pub struct Drained<B: Body + Send + Unpin + 'static> {
+    inner: Option<B>,
+    drain: bool,
+    // The body returned its end (or an error): nothing is left to read.
+    ended: bool,
+}
+
+impl<B: Body + Send + Unpin + 'static> Drained<B> {
+    /// Wraps the body of a request with `headers` and `version`. HTTP/2 resets a stream without
+    /// touching the connection, and a client sending `Expect: 100-continue` waits for the answer
+    /// instead of sending (reading would make hyper send `100 Continue` after it): neither is
+    /// drained.
+    pub fn new(inner: B, version: http::Version, headers: &http::HeaderMap) -> Self {
+        let expects = headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        Self {
+            drain: version <= http::Version::HTTP_11 && !expects,
+            inner: Some(inner),
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body + Send + Unpin + 'static> Drop for Drained<B> {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if !self.drain || self.ended || body.is_end_stream() {
+            return;
+        }
+        // Outside a runtime (never in the servers) the body is simply dropped.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt;
+            let mut discarded = 0u64;
+            let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        discarded += bytes::Buf::remaining(data) as u64;
+                        if discarded > DRAIN_MAX_BYTES {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl<B> Body for Drained<B>
+where
+    B: Body + Send + Unpin + 'static,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let Some(body) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
 /// Whether an error chain contains a [`TooLarge`].
 pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -180,6 +275,49 @@ mod tests {
         let err = body.collect().await.unwrap_err();
         assert!(is_too_large(err.as_ref()));
         assert_eq!(*seen.lock().unwrap(), vec![(End::TooLarge, 30)]);
+    }
+
+    /// A body fed through a one-slot channel: each send completes only once the previous frame
+    /// was read, so the sender sees whether anyone still reads.
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        impl Body<Data = Bytes, Error = std::convert::Infallible> + Send + Unpin + 'static,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+        });
+        (tx, StreamBody::new(Box::pin(frames)))
+    }
+
+    async fn reads_after_drop(version: http::Version, headers: &http::HeaderMap) -> bool {
+        let (tx, body) = channel_body();
+        drop(Drained::new(body, version, headers));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            for _ in 0..10 {
+                if tx.send(Bytes::from_static(b"unread")).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn unread_http1_bodies_are_drained_after_drop() {
+        let none = http::HeaderMap::new();
+        assert!(reads_after_drop(http::Version::HTTP_11, &none).await);
+        assert!(!reads_after_drop(http::Version::HTTP_2, &none).await);
+        let mut expect = http::HeaderMap::new();
+        expect.insert(
+            http::header::EXPECT,
+            http::HeaderValue::from_static("100-continue"),
+        );
+        assert!(!reads_after_drop(http::Version::HTTP_11, &expect).await);
     }
 
     #[tokio::test]

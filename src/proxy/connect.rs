@@ -85,6 +85,27 @@ pub(super) fn agent_http(limits: &crate::config::LimitsConfig) -> auto::Builder<
     builder
 }
 
+/// The CONNECT target, which must be authority-form `host:port` and nothing else (RFC 9110
+/// §9.3.6). hyper also hands over an absolute URI (`https://host:443`) or userinfo there;
+/// they are refused so that one request has one reading, and the agent learns its client is
+/// wrong instead of having it guessed.
+fn connect_target(uri: &http::Uri) -> Result<&str, ProxyError> {
+    let bad = |what: &str| ProxyError::BadRequest(format!("invalid CONNECT target: {what}"));
+    let authority = match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, Some(a), None) => a,
+        (Some(_), ..) => return Err(bad("a URI; send host:port (authority form)")),
+        (None, None, _) => return Err(bad("no host; send host:port (authority form)")),
+        (None, Some(_), Some(_)) => return Err(bad("a path; send host:port only")),
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("userinfo; send host:port only"));
+    }
+    if authority.port().is_none() {
+        return Err(bad("no port; send host:port"));
+    }
+    Ok(authority.as_str())
+}
+
 /// Handles a CONNECT request.
 pub async fn handle(
     state: Arc<ProxyState>,
@@ -93,8 +114,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let Some(target) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
-        return ProxyError::BadRequest("CONNECT needs a host:port target".into()).into_response();
+    let target = match connect_target(req.uri()) {
+        Ok(t) => t.to_owned(),
+        Err(e) => return e.into_response(),
     };
     let authority = match parse_authority(&target, None) {
         Ok(a) => a,
@@ -434,4 +456,37 @@ async fn splice_tunnel(
     state
         .logger
         .log(tunnel_row(&session, &authority, 200, bytes, started, None));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(raw: &str) -> Result<String, String> {
+        let uri: http::Uri = raw.parse().map_err(|e| format!("unparsable: {e}"))?;
+        connect_target(&uri)
+            .map(str::to_owned)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn only_authority_form_host_and_port_is_a_connect_target() {
+        assert_eq!(
+            target("api.example.com:443"),
+            Ok("api.example.com:443".into())
+        );
+        assert_eq!(target("[::1]:8443"), Ok("[::1]:8443".into()));
+        for bad in [
+            "https://api.example.com:443",
+            "https://api.example.com",
+            "http://api.example.com:443/",
+            "user@api.example.com:443",
+            "user:pw@api.example.com:443",
+            "api.example.com",
+            "/",
+            "*",
+        ] {
+            assert!(target(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

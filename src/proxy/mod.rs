@@ -3,7 +3,7 @@
 //! responses the proxy makes itself.
 
 mod auth;
-mod body;
+pub(crate) mod body;
 mod connect;
 pub mod error;
 mod inject;

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::auth::{self, Session};
-use super::body::{End, Observed, is_too_large};
+use super::body::{Drained, End, Observed, is_too_large};
 use super::error::ProxyError;
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
@@ -213,6 +213,10 @@ pub async fn handle(
         started: Instant::now(),
         bytes_in: Arc::new(AtomicU64::new(0)),
     };
+    // A body the answer leaves unread is drained, so an early 413 or 403 reaches the agent.
+    let (parts, body) = req.into_parts();
+    let body = Drained::new(body, parts.version, &parts.headers);
+    let req = Request::from_parts(parts, body);
     match process(&state, &session, &target, req, &mut draft).await {
         Ok(response) => response,
         Err(err) => {
@@ -224,7 +228,7 @@ pub async fn handle(
     }
 }
 
-fn check_host(target: &Target, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_host<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
     let mismatch = || ProxyError::HostMismatch(target.authority.to_string());
     if target.sni_mismatch {
         return Err(mismatch());
@@ -345,7 +349,7 @@ fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError
     Ok(uri)
 }
 
-fn is_websocket(req: &Request<Incoming>) -> bool {
+fn is_websocket<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req
             .headers()
@@ -372,7 +376,7 @@ async fn process(
     state: &Arc<ProxyState>,
     session: &Session,
     target: &Target,
-    mut req: Request<Incoming>,
+    mut req: Request<Drained<Incoming>>,
     draft: &mut Draft,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The token is checked again on every request, so revocation reaches open connections.
@@ -543,8 +547,11 @@ async fn process(
         }
         Ok(Err(e)) => {
             let err = classify_send_error(&e);
+            // An h2 upstream may report the stream reset the cap caused rather than the cap.
+            let over = draft.bytes_in.load(std::sync::atomic::Ordering::Relaxed) > max_in;
             return Err(match err {
                 ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
+                _ if over => ProxyError::RequestTooLarge(max_in),
                 other => other,
             });
         }

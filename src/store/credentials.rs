@@ -2,7 +2,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, col};
+use super::{Backend, Store, StoreError, col};
 use crate::crypto::CryptoError;
 use crate::domain::{CredentialKey, now_ms};
 
@@ -44,11 +44,12 @@ impl std::fmt::Debug for CredentialRecord {
 impl CredentialRecord {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let key: String = col(row, "key")?;
+        let sealed_value = sealed_bytes(row, &key);
         Ok(Self {
             vault_id: col(row, "vault_id")?,
             key: CredentialKey::parse(key).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             version: col(row, "version")?,
-            sealed_value: col(row, "sealed_value")?,
+            sealed_value,
             kind: col(row, "kind")?,
             description: col(row, "description")?,
             use_count: col(row, "use_count")?,
@@ -57,6 +58,16 @@ impl CredentialRecord {
             updated_at: col(row, "updated_at")?,
         })
     }
+}
+
+/// The sealed value's bytes. A value that cannot be read as bytes is kept empty rather than
+/// failing the row: failing it would fail every listing and so every credential of the vault,
+/// while an empty value fails the AEAD check of this one credential only.
+fn sealed_bytes(row: &AnyRow, key: &str) -> Vec<u8> {
+    col::<Vec<u8>>(row, "sealed_value").unwrap_or_else(|e| {
+        tracing::error!(key, error = %e, "INTEGRITY ALARM: a stored credential value cannot be read as bytes");
+        Vec::new()
+    })
 }
 
 /// One credential to write; the value is sealed by the caller's closure once the version is known.
@@ -129,17 +140,58 @@ pub(super) async fn remove_credentials(
     Ok(missing)
 }
 
+/// Refuses, inside the write transaction, a change that leaves the vault holding more than `max`
+/// credentials; the caller's transaction is then dropped, so nothing of the change is stored.
+/// Callers lock the vault row first, so concurrent writers cannot each slip under the cap.
+pub(super) async fn check_credential_count(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    max: usize,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE vault_id = $1")
+        .bind(vault_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let held: i64 = col(&row, "n")?;
+    if usize::try_from(held).map_or(true, |held| held > max) {
+        return Err(StoreError::LimitReached(format!(
+            "a vault holds at most {max} credentials (limits.max_credentials_per_vault) and this \
+             change would leave {held}; nothing was stored"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
+    /// The columns of a credential row. SQLite reads the sealed value as a BLOB whatever it
+    /// holds: a value edited into TEXT that is not UTF-8 would otherwise fail the whole query,
+    /// and with it every credential of the vault, instead of that one credential's AEAD check.
+    fn credential_columns(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => {
+                "vault_id, key, version, CAST(sealed_value AS BLOB) AS sealed_value, kind, description, use_count, last_used_at, created_at, updated_at"
+            }
+            Backend::Postgres => {
+                "vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at"
+            }
+        }
+    }
+
     /// Writes several credentials in one transaction. Each overwrite bumps the version, and
-    /// `seal(key, version)` produces the ciphertext bound to exactly that row and version.
+    /// `seal(key, version)` produces the ciphertext bound to exactly that row and version. A
+    /// vault left with more than `max_per_vault` credentials fails with `LimitReached` and
+    /// nothing is written.
     pub async fn set_credentials(
         &self,
         vault_id: &str,
         writes: &[CredentialWrite],
+        max_per_vault: usize,
         seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
     ) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
         let mut tx = self.begin_write().await?;
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let written = write_credentials(&mut tx, vault_id, writes, seal).await?;
+        check_credential_count(&mut tx, vault_id, max_per_vault).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -149,14 +201,26 @@ impl Store {
         &self,
         vault_id: &str,
     ) -> Result<Vec<CredentialRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at \
-             FROM credentials WHERE vault_id = $1 ORDER BY key",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM credentials WHERE vault_id = $1 ORDER BY key",
+            self.credential_columns()
+        )))
         .bind(vault_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(CredentialRecord::from_row).collect()
+        // A row edited past reading (a key that is no key, a version that is no number) is left
+        // out with an alarm: failing the listing would take every credential of the vault down
+        // with it, while a service that names the missing key fails closed on its own.
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                CredentialRecord::from_row(row)
+                    .inspect_err(|e| {
+                        tracing::error!(vault_id, error = %e, "INTEGRITY ALARM: a stored credential row cannot be read; it is left out");
+                    })
+                    .ok()
+            })
+            .collect())
     }
 
     /// One credential.
@@ -165,10 +229,10 @@ impl Store {
         vault_id: &str,
         key: &CredentialKey,
     ) -> Result<Option<CredentialRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT vault_id, key, version, sealed_value, kind, description, use_count, last_used_at, created_at, updated_at \
-             FROM credentials WHERE vault_id = $1 AND key = $2",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM credentials WHERE vault_id = $1 AND key = $2",
+            self.credential_columns()
+        )))
         .bind(vault_id)
         .bind(key.as_str())
         .fetch_optional(&self.pool)

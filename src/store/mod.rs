@@ -63,6 +63,9 @@ pub enum StoreError {
     /// A unique constraint refused the write.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// A configured limit refused the write (the message names it; nothing was stored).
+    #[error("{0}")]
+    LimitReached(String),
     /// A stored row could not be interpreted.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

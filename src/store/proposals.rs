@@ -3,7 +3,9 @@
 
 use sqlx::any::AnyRow;
 
-use super::credentials::{CredentialWrite, remove_credentials, write_credentials};
+use super::credentials::{
+    CredentialWrite, check_credential_count, remove_credentials, write_credentials,
+};
 use super::services::replace_services_in;
 use super::{Backend, ServiceRow, Store, StoreError, col};
 use crate::crypto::{CryptoError, TokenHash};
@@ -155,6 +157,8 @@ pub struct ApplyWrites<'a> {
     pub delete_keys: &'a [CredentialKey],
     /// The approving user.
     pub reviewer: &'a str,
+    /// Most credentials the vault may hold afterwards.
+    pub max_credentials: usize,
 }
 
 impl Store {
@@ -404,6 +408,7 @@ impl Store {
         replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
         write_credentials(&mut tx, &proposal.vault_id, writes.credentials, seal).await?;
         remove_credentials(&mut tx, &proposal.vault_id, writes.delete_keys).await?;
+        check_credential_count(&mut tx, &proposal.vault_id, writes.max_credentials).await?;
         sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")
             .bind(&proposal.id)
             .execute(&mut *tx)

@@ -270,3 +270,65 @@ async fn framing_upstream_anomalies_discard_the_connection() {
     let resp = get("/reflect-in-header").await.unwrap();
     assert_eq!(resp.headers()["x-echo"], "Bearer [REDACTED by agent-vault]");
 }
+
+/// A CONNECT target must be authority-form, `host:port` (RFC 9110 §9.3.6): a URI
+/// (`https://host:443`), a path, userinfo or a missing port is refused with 400 and a proxy
+/// error code before anything is dialed, whatever the host.
+#[tokio::test]
+async fn framing_connect_targets_that_are_not_host_and_port_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let token = app.stripe_vault("target", "sk_target_value").await;
+    let auth = crate::support::agent::basic(&token, "target");
+    // hyper's request-line parser already refuses some targets with a bare 400 before the
+    // proxy sees them (`false`); the proxy refuses the rest with its error header.
+    let cases = [
+        ("https://api.example.test:443", true),
+        ("http://api.example.test:443/", true),
+        ("https://api.example.test", true),
+        ("api.example.test:443/path", false),
+        ("user@api.example.test:443", true),
+        ("user:pw@api.example.test:443", true),
+        ("api.example.test", true),
+        ("api.example.test:", true),
+        ("*", true),
+        ("/", true),
+    ];
+    for (target, by_proxy) in cases {
+        let mut s = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
+        s.write_all(
+            format!(
+                "CONNECT {target} HTTP/1.1\r\nHost: api.example.test:443\r\nProxy-Authorization: {auth}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+                if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{target}: no answer");
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert_eq!(status(&head), 400, "{target}: {head}");
+        assert_eq!(
+            head.contains("x-agent-vault-proxy-error: bad_request"),
+            by_proxy,
+            "{target}: {head}"
+        );
+    }
+    // The same host in authority form still works.
+    let tcp = crate::support::agent::connect(app.proxy, "api.example.test:443", Some(&auth)).await;
+    assert!(tcp.is_ok(), "{:?}", tcp.err());
+    assert_eq!(app.upstream.count(), 0, "nothing reached the upstream");
+}

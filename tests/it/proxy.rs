@@ -1249,3 +1249,127 @@ async fn tampered_rows_fail_closed_at_the_proxy() {
     );
     store.close().await;
 }
+
+/// Flips one bit of one credential's sealed value in SQL, the way a database writer would:
+/// on SQLite with `||` (which also turns the column into TEXT), on Postgres with `set_bit`.
+pub(crate) async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
+    let done = match store.backend() {
+        agent_vault::store::Backend::Sqlite => {
+            let row = sqlx::query("SELECT hex(substr(sealed_value, 21, 1)) AS b FROM credentials WHERE key = $1")
+                .bind(key)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            let hex: String = sqlx::Row::get(&row, "b");
+            let flipped = u8::from_str_radix(&hex, 16).unwrap() ^ 0x01;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE credentials SET sealed_value = substr(sealed_value, 1, 20) || X'{flipped:02X}' || substr(sealed_value, 22) WHERE key = $1"
+            )))
+            .bind(key)
+            .execute(store.pool())
+            .await
+            .unwrap()
+        }
+        agent_vault::store::Backend::Postgres => sqlx::query(
+            "UPDATE credentials SET sealed_value = set_bit(sealed_value, 160, 1 - get_bit(sealed_value, 160)) WHERE key = $1",
+        )
+        .bind(key)
+        .execute(store.pool())
+        .await
+        .unwrap(),
+    };
+    assert_eq!(done.rows_affected(), 1);
+}
+
+#[tokio::test]
+async fn one_flipped_bit_fails_closed_for_that_credential_only() {
+    let mut dbs = vec![None];
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        dbs.push(Some(db));
+    }
+    for db in dbs {
+        let url = db.as_ref().map(|d| d.url.clone());
+        one_flipped_bit(url).await;
+    }
+}
+
+async fn one_flipped_bit(postgres: Option<String>) {
+    let app = spawn_app_with(TestOptions {
+        postgres: postgres.clone(),
+        ..Default::default()
+    })
+    .await;
+    app.create_vault("bits").await;
+    app.set_credentials(
+        "bits",
+        &[("BAD_KEY", "sk_bad_value"), ("GOOD_KEY", "sk_good_value")],
+    )
+    .await;
+    app.set_services_yaml(
+        "bits",
+        "- name: bad\n  host: api.example.test\n  auth: {type: bearer, token: BAD_KEY}\n\
+         - name: good\n  host: good.example.test\n  auth: {type: bearer, token: GOOD_KEY}\n",
+    )
+    .await;
+    let (token, _) = app.proxy_token("bits").await;
+    let agent = app.agent(&token, "bits").await;
+    let store = agent_vault::store::Store::open(&app.config.data_dir, postgres.as_deref())
+        .await
+        .unwrap();
+    flip_one_bit(&store, "BAD_KEY").await;
+    store.close().await;
+    app.set_policy("bits", "tunnel").await; // any write rebuilds the snapshot from the rows
+
+    let resp = agent
+        .get("https://good.example.test/ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the other credential keeps working");
+    let seen = app.upstream.requests();
+    assert_eq!(
+        seen.last().unwrap().header("authorization").as_deref(),
+        Some("Bearer sk_good_value")
+    );
+    let before = app.upstream.count();
+    let resp = agent
+        .get("https://api.example.test/bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "integrity_error"
+    );
+    assert_eq!(app.upstream.count(), before, "nothing was sent upstream");
+
+    let (status, body) = app
+        .call("GET", "/v1/vaults/bits/credentials/BAD_KEY", None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("integrity_error")),
+        "{body}"
+    );
+    let (status, body) = app
+        .call("GET", "/v1/vaults/bits/credentials/GOOD_KEY", None)
+        .await;
+    assert_eq!(
+        (status, body["value"].as_str()),
+        (200, Some("sk_good_value")),
+        "{body}"
+    );
+    let (status, body) = app.call("GET", "/v1/vaults/bits/credentials", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .call("GET", "/v1/vaults/bits/credentials?reveal=true", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body.as_array().unwrap();
+    let bad = rows.iter().find(|r| r["key"] == "BAD_KEY").unwrap();
+    assert_eq!(bad["error"], "integrity_error", "{body}");
+    assert!(bad.get("value").is_none(), "{body}");
+    let good = rows.iter().find(|r| r["key"] == "GOOD_KEY").unwrap();
+    assert_eq!(good["value"], "sk_good_value", "{body}");
+}

@@ -64,11 +64,11 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
             }
         };
         store
-            .set_credentials(&vault.id, &writes, seal("one"))
+            .set_credentials(&vault.id, &writes, 1000, seal("one"))
             .await
             .unwrap();
         let written = store
-            .set_credentials(&vault.id, &writes[..1], seal("two"))
+            .set_credentials(&vault.id, &writes[..1], 1000, seal("two"))
             .await
             .unwrap();
         assert_eq!(
@@ -133,7 +133,7 @@ async fn swapped_or_edited_ciphertext_fails_closed() {
             },
         ];
         store
-            .set_credentials(&vault.id, &writes, |k, v| {
+            .set_credentials(&vault.id, &writes, 1000, |k, v| {
                 ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
             })
             .await
@@ -176,6 +176,67 @@ async fn swapped_or_edited_ciphertext_fails_closed() {
         assert!(
             ring.open_credential(&vault.id, "A", a.version + 1, &a.sealed_value)
                 .is_err()
+        );
+    })
+    .await;
+}
+
+/// A bit flipped in SQL (on SQLite this also turns the column into non-UTF-8 TEXT) must fail that
+/// one credential's AEAD check, not every listing of the vault.
+#[tokio::test]
+async fn one_flipped_bit_spoils_only_that_credential() {
+    for_each_store(|store, backend| async move {
+        let ring = Keyring::from_dek(DataKey::from_bytes([7; 32]));
+        let vault = store
+            .create_vault(&VaultName::parse("bits").unwrap(), None)
+            .await
+            .unwrap();
+        let id = vault.id.clone();
+        let writes: Vec<_> = ["BAD", "GOOD"]
+            .iter()
+            .map(|k| CredentialWrite {
+                key: key(k),
+                description: None,
+            })
+            .collect();
+        store
+            .set_credentials(&vault.id, &writes, 1000, |k, v| {
+                ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
+            })
+            .await
+            .unwrap();
+        crate::proxy::flip_one_bit(&store, "BAD").await;
+        let rows = store.list_credentials(&vault.id).await.unwrap();
+        assert_eq!(rows.len(), 2, "{backend}: every row is still listed");
+        for row in &rows {
+            let opened =
+                ring.open_credential(&vault.id, row.key.as_str(), row.version, &row.sealed_value);
+            match row.key.as_str() {
+                "BAD" => assert!(opened.is_err(), "{backend}"),
+                _ => assert_eq!(opened.unwrap().expose_secret(), b"value-GOOD", "{backend}"),
+            }
+        }
+        let bad = store
+            .credential(&vault.id, &key("BAD"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            ring.open_credential(&vault.id, "BAD", bad.version, &bad.sealed_value)
+                .is_err(),
+            "{backend}"
+        );
+        // A row whose key no longer parses is left out of the listing, not the whole vault.
+        sqlx::query("UPDATE credentials SET key = 'not a key' WHERE vault_id = $1 AND key = 'BAD'")
+            .bind(&vault.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let rows = store.list_credentials(&vault.id).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["GOOD"],
+            "{backend}"
         );
     })
     .await;
