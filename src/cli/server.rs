@@ -68,6 +68,11 @@ fn harden_process() {
 /// Finds the master password: environment, file, stdin, or the terminal.
 fn master_password(password_stdin: bool, first_start: bool) -> Result<SecretString, CliError> {
     if let Ok(p) = std::env::var("AGENT_VAULT_MASTER_PASSWORD") {
+        // The variable cannot be removed from our own environment without `unsafe`
+        // (`remove_var`, edition 2024), which this crate forbids.
+        tracing::warn!(
+            "the master password was given in AGENT_VAULT_MASTER_PASSWORD, which stays readable in /proc/<pid>/environ for the life of the process; prefer AGENT_VAULT_MASTER_PASSWORD_FILE or --password-stdin"
+        );
         return Ok(SecretString::from(p));
     }
     if let Ok(path) = std::env::var("AGENT_VAULT_MASTER_PASSWORD_FILE") {

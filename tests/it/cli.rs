@@ -479,6 +479,23 @@ async fn a_common_or_short_new_master_password_is_refused_and_nothing_is_created
     server.stop().await;
 }
 
+/// Issue 15, weak: a master password passed in the environment stays readable in
+/// /proc/<pid>/environ. The server says so, once, without the value.
+#[tokio::test]
+async fn a_master_password_in_the_environment_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = crate::support::process::ServerProcess::start(&data, &[], "warn").await;
+    let log = server.stop().await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("AGENT_VAULT_MASTER_PASSWORD_FILE"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("/proc/<pid>/environ"), "{log}");
+    assert!(!log.contains(MASTER_PASSWORD), "the value is never logged");
+}
+
 #[tokio::test]
 async fn master_password_change_rewraps_the_key() {
     let dir = tempfile::tempdir().unwrap();
