@@ -15,7 +15,7 @@ use crate::admin::{self, AdminInner, AdminState};
 use crate::audit::RequestLogger;
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
-use crate::crypto::{CryptoError, PasswordHasher, TokenKind};
+use crate::crypto::{CryptoError, KDF_QUEUE_WAIT, KdfGate, PasswordHasher, TokenKind};
 use crate::identity::{FailureBudget, Identity};
 use crate::keys::{self, Keyring, UnsealError};
 use crate::netguard::NetGuard;
@@ -143,7 +143,14 @@ impl App {
             config.database_url.as_ref().map(|u| u.0.as_str()),
         )
         .await?;
-        let (keyring, initialized) = keys::unseal_or_init(&store, password, config.kdf).await?;
+        // One gate for every Argon2 run of this process: unsealing, logins, approvals, sign-ups.
+        let kdf_gate = KdfGate::new(config.limits.kdf_memory_budget, KDF_QUEUE_WAIT);
+        tracing::debug!(
+            concurrent = kdf_gate.concurrency(config.kdf.memory_kib),
+            "password checks that may run at once"
+        );
+        let (keyring, initialized) =
+            keys::unseal_or_init(&store, password, config.kdf, &kdf_gate).await?;
         if initialized {
             tracing::info!("initialized a new vault: generated and sealed the data-encryption key");
         }
@@ -223,7 +230,11 @@ impl App {
             snapshots: snapshots.clone(),
             ca,
             config: config.clone(),
-            passwords: PasswordHasher::new(config.kdf)?,
+            passwords: PasswordHasher::new(
+                config.kdf,
+                kdf_gate,
+                config.limits.login_failures_per_minute,
+            )?,
             public_url: public_url.clone(),
             proxy_addr,
             setup_token_file: config.data_dir.join("setup-token"),

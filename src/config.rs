@@ -271,6 +271,12 @@ pub struct LimitsConfig {
     pub max_concurrent_requests_per_agent: usize,
     /// Failed proxy authentications per client address per minute before 429.
     pub auth_failures_per_minute: u32,
+    /// Failed password checks (logins, approvals) of all addresses together per minute; beyond
+    /// it every password check answers 503 `busy` until the minute ends.
+    pub login_failures_per_minute: u32,
+    /// Argon2 memory in use at once, all password checks together (bytes); with one run per
+    /// core at most, callers beyond it wait briefly, then get 503 `busy`.
+    pub kdf_memory_budget: u64,
     /// Time allowed to send the CONNECT or request head.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -299,6 +305,8 @@ impl Default for LimitsConfig {
             max_connections: 16_384,
             max_concurrent_requests_per_agent: 256,
             auth_failures_per_minute: 30,
+            login_failures_per_minute: 300,
+            kdf_memory_budget: 256 << 20,
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
@@ -688,6 +696,22 @@ impl Config {
         self.kdf
             .validate()
             .map_err(|e| invalid("kdf", e.to_string()))?;
+        if self.limits.kdf_memory_budget < u64::from(self.kdf.memory_kib) * 1024 {
+            return Err(invalid(
+                "limits.kdf_memory_budget",
+                format!(
+                    "must be at least kdf.memory_kib ({} KiB = {} bytes): one password check needs that much",
+                    self.kdf.memory_kib,
+                    u64::from(self.kdf.memory_kib) * 1024
+                ),
+            ));
+        }
+        if self.limits.login_failures_per_minute == 0 {
+            return Err(invalid(
+                "limits.login_failures_per_minute",
+                "must be greater than zero",
+            ));
+        }
         let positive: [(&str, u64); 7] = [
             (
                 "limits.max_request_body_bytes",
@@ -898,6 +922,14 @@ mod tests {
                 ),
                 ("[server]\nproxy_threads = 5000\n", "server.proxy_threads"),
                 ("[server]\nproxy_threads = -1\n", "proxy_threads"),
+                (
+                    "[limits]\nkdf_memory_budget = 1048576\n",
+                    "limits.kdf_memory_budget",
+                ),
+                (
+                    "[limits]\nlogin_failures_per_minute = 0\n",
+                    "limits.login_failures_per_minute",
+                ),
             ];
             for (toml, key) in cases {
                 let err = load_in_jail(jail, Some(toml)).unwrap_err().to_string();

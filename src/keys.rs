@@ -9,12 +9,56 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 
 use crate::crypto::{
-    Aad, CryptoError, DataKey, KdfParams, TokenHasher, derive_key, open, random_bytes, seal,
+    Aad, CryptoError, DataKey, KdfGate, KdfParams, TokenHasher, open, random_bytes, seal,
 };
 use crate::store::{MasterKeyRecord, Store, StoreError};
 
 /// Shortest master password accepted when an instance is initialized or the password changed.
-pub const MIN_MASTER_PASSWORD_LEN: usize = 8;
+pub const MIN_MASTER_PASSWORD_LEN: usize = 12;
+
+/// The 1,000 most common passwords of the "10 million passwords" list published in SecLists
+/// (danielmiessler/SecLists, Passwords/Common-Credentials/10-million-password-list-top-1000.txt,
+/// MIT licence), lower-cased, one a line.
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+fn is_common(word: &str) -> bool {
+    COMMON_PASSWORDS.lines().any(|common| common == word)
+}
+
+/// Why a new master password is refused, or `None` when it is acceptable: under
+/// [`MIN_MASTER_PASSWORD_LEN`] characters, few distinct characters, or a common password,
+/// also when repeated or wrapped in digits and punctuation (`Password123!`, `qwertyqwerty`).
+pub fn master_password_weakness(password: &SecretString) -> Option<String> {
+    let pw = password.expose_secret();
+    if pw.chars().count() < MIN_MASTER_PASSWORD_LEN {
+        return Some(format!(
+            "the master password must be at least {MIN_MASTER_PASSWORD_LEN} characters"
+        ));
+    }
+    let lower = pw.to_lowercase();
+    let distinct: std::collections::BTreeSet<char> = lower.chars().collect();
+    let core = lower.trim_matches(|c: char| !c.is_alphabetic());
+    let repeated = (1..core.len()).any(|n| {
+        core.len().is_multiple_of(n)
+            && core.is_char_boundary(n)
+            && core[..n].repeat(core.len() / n) == core
+            && (n < 4 || is_common(&core[..n]))
+    });
+    let steps: Vec<i32> = lower
+        .chars()
+        .zip(lower.chars().skip(1))
+        .map(|(a, b)| b as i32 - a as i32)
+        .collect();
+    // `1234567890123`, `abcdefghijklm`, `987654321098`: runs, wrapping from 9 to 0.
+    let sequential =
+        steps.iter().all(|d| matches!(d, 1 | -9)) || steps.iter().all(|d| matches!(d, -1 | 9));
+    if distinct.len() < 5 || is_common(&lower) || is_common(core) || repeated || sequential {
+        return Some(
+            "the master password is too common or too simple; choose a longer passphrase".into(),
+        );
+    }
+    None
+}
 
 /// Why unsealing failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +66,9 @@ pub enum UnsealError {
     /// The password does not unwrap the stored DEK.
     #[error("wrong master password")]
     WrongPassword,
-    /// A new master password is too weak.
-    #[error("the master password must be at least {MIN_MASTER_PASSWORD_LEN} characters")]
-    WeakPassword,
+    /// A new master password is too weak (the reason names no part of it).
+    #[error("{0}")]
+    WeakPassword(String),
     /// The instance has never been initialized (nothing to change).
     #[error(
         "this data directory or database has not been initialized; start the server once first"
@@ -290,13 +334,14 @@ impl AuthorityMacs {
     }
 }
 
-fn wrap(
+async fn wrap(
+    gate: &KdfGate,
     password: &SecretString,
     dek: &DataKey,
     params: KdfParams,
 ) -> Result<MasterKeyRecord, CryptoError> {
     let salt: [u8; 16] = random_bytes()?;
-    let kek = derive_key(password, &salt, &params)?;
+    let kek = gate.derive_key(password, &salt, params).await?;
     let wrapped_dek = seal(&kek, &Aad::wrapped_dek(), dek.expose())?;
     Ok(MasterKeyRecord {
         kdf_salt: salt.to_vec(),
@@ -305,8 +350,14 @@ fn wrap(
     })
 }
 
-fn unwrap(password: &SecretString, record: &MasterKeyRecord) -> Result<DataKey, UnsealError> {
-    let kek = derive_key(password, &record.kdf_salt, &record.kdf)?;
+async fn unwrap(
+    gate: &KdfGate,
+    password: &SecretString,
+    record: &MasterKeyRecord,
+) -> Result<DataKey, UnsealError> {
+    let kek = gate
+        .derive_key(password, &record.kdf_salt, record.kdf)
+        .await?;
     let dek = open(&kek, &Aad::wrapped_dek(), &record.wrapped_dek).map_err(|e| match e {
         CryptoError::Integrity => UnsealError::WrongPassword,
         other => UnsealError::Crypto(other),
@@ -318,38 +369,40 @@ fn unwrap(password: &SecretString, record: &MasterKeyRecord) -> Result<DataKey, 
     Ok(DataKey::from_bytes(bytes))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, UnsealError> + Send + 'static,
-) -> Result<T, UnsealError> {
-    // Argon2 with production parameters takes a noticeable fraction of a second of CPU.
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(UnsealError::Store(StoreError::Corrupt(format!(
-            "key derivation task: {e}"
-        ))))
-    })
+/// Unwraps with an existing password, warning (without the value) when it would not be
+/// accepted as a new one: it keeps working, but should be changed.
+async fn unwrap_existing(
+    gate: &KdfGate,
+    password: &SecretString,
+    record: &MasterKeyRecord,
+) -> Result<DataKey, UnsealError> {
+    let dek = unwrap(gate, password, record).await?;
+    if let Some(why) = master_password_weakness(password) {
+        tracing::warn!(
+            reason = %why,
+            "the master password is weak; change it with `agent-vault master-password change`"
+        );
+    }
+    Ok(dek)
 }
 
 /// Unseals the instance, initializing it with a fresh DEK on first start. Returns the keyring
-/// and whether this call initialized the instance.
+/// and whether this call initialized the instance. Key derivation runs within `gate`.
 pub async fn unseal_or_init(
     store: &Store,
     password: SecretString,
     params: KdfParams,
+    gate: &KdfGate,
 ) -> Result<(Keyring, bool), UnsealError> {
     if let Some(record) = store.master_key().await? {
-        let dek = blocking(move || unwrap(&password, &record)).await?;
+        let dek = unwrap_existing(gate, &password, &record).await?;
         return Ok((Keyring::from_dek(dek), false));
     }
-    if password.expose_secret().chars().count() < MIN_MASTER_PASSWORD_LEN {
-        return Err(UnsealError::WeakPassword);
+    if let Some(why) = master_password_weakness(&password) {
+        return Err(UnsealError::WeakPassword(why));
     }
-    let pw = password.clone();
-    let (dek, record) = blocking(move || {
-        let dek = DataKey::generate()?;
-        let record = wrap(&pw, &dek, params)?;
-        Ok((dek, record))
-    })
-    .await?;
+    let dek = DataKey::generate()?;
+    let record = wrap(gate, &password, &dek, params).await?;
     if store.insert_master_key_if_absent(&record).await? {
         return Ok((Keyring::from_dek(dek), true));
     }
@@ -359,7 +412,7 @@ pub async fn unseal_or_init(
         .master_key()
         .await?
         .ok_or(UnsealError::NotInitialized)?;
-    let dek = blocking(move || unwrap(&password, &record)).await?;
+    let dek = unwrap(gate, &password, &record).await?;
     Ok((Keyring::from_dek(dek), false))
 }
 
@@ -369,20 +422,18 @@ pub async fn change_master_password(
     old: SecretString,
     new: SecretString,
     params: KdfParams,
+    gate: &KdfGate,
 ) -> Result<(), UnsealError> {
-    if new.expose_secret().chars().count() < MIN_MASTER_PASSWORD_LEN {
-        return Err(UnsealError::WeakPassword);
+    if let Some(why) = master_password_weakness(&new) {
+        return Err(UnsealError::WeakPassword(why));
     }
     let record = store
         .master_key()
         .await?
         .ok_or(UnsealError::NotInitialized)?;
     let expected = record.wrapped_dek.clone();
-    let new_record = blocking(move || {
-        let dek = unwrap(&old, &record)?;
-        Ok(wrap(&new, &dek, params)?)
-    })
-    .await?;
+    let dek = unwrap(gate, &old, &record).await?;
+    let new_record = wrap(gate, &new, &dek, params).await?;
     if store.replace_master_key(&expected, &new_record).await? {
         Ok(())
     } else {
@@ -424,20 +475,54 @@ mod tests {
         assert!(!other.verify(AuthorityRow::Grant, &fields, Some(&mac)));
     }
 
-    #[test]
-    fn wrong_password_is_reported_as_such() {
+    #[tokio::test]
+    async fn wrong_password_is_reported_as_such() {
         let params = KdfParams {
             memory_kib: 64,
             iterations: 1,
             parallelism: 1,
         };
+        let gate = KdfGate::new(1 << 20, crate::crypto::KDF_QUEUE_WAIT);
         let dek = DataKey::generate().unwrap();
-        let record = wrap(&SecretString::from("correct horse"), &dek, params).unwrap();
-        let back = unwrap(&SecretString::from("correct horse"), &record).unwrap();
+        let right = SecretString::from("correct horse");
+        let record = wrap(&gate, &right, &dek, params).await.unwrap();
+        let back = unwrap(&gate, &right, &record).await.unwrap();
         assert_eq!(back.expose(), dek.expose());
         assert!(matches!(
-            unwrap(&SecretString::from("wrong horse"), &record),
+            unwrap(&gate, &SecretString::from("wrong horse"), &record).await,
             Err(UnsealError::WrongPassword)
         ));
+    }
+
+    #[test]
+    fn weak_new_master_passwords_are_named_as_such() {
+        let weak = |p: &str| master_password_weakness(&SecretString::from(p.to_owned()));
+        for p in [
+            "password",
+            "short1!",
+            "Password123!",
+            "passwordpassword",
+            "QWERTYQWERTY",
+            "aaaaaaaaaaaaaaaa",
+            "123456789012",
+            "1234567890123",
+            "!!monkey!!2024",
+            "ababababababab",
+        ] {
+            assert!(weak(p).is_some(), "{p} is accepted");
+        }
+        for p in [
+            "correct horse battery staple",
+            "new password 123",
+            "tr0ub4dor&3-zebra",
+        ] {
+            assert_eq!(weak(p), None, "{p} is refused");
+        }
+        let why = weak("password").unwrap();
+        assert!(why.contains("at least 12"), "{why}");
+        assert!(
+            !why.contains("password\""),
+            "the reason never quotes the value"
+        );
     }
 }

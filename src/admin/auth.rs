@@ -77,11 +77,7 @@ pub(super) fn check_password(password: &SecretString) -> Result<(), ApiError> {
 }
 
 async fn hash_password(state: &AdminState, password: SecretString) -> Result<String, ApiError> {
-    let hasher = state.passwords.clone();
-    tokio::task::spawn_blocking(move || hasher.hash(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    Ok(state.passwords.hash(password).await?)
 }
 
 async fn verify_password(
@@ -89,13 +85,7 @@ async fn verify_password(
     password: SecretString,
     phc: Option<String>,
 ) -> Result<bool, ApiError> {
-    let hasher = state.passwords.clone();
-    tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => hasher.verify(&password, &phc),
-        None => hasher.verify_dummy(&password),
-    })
-    .await
-    .map_err(ApiError::internal)
+    Ok(state.passwords.verify(password, phc).await?)
 }
 
 async fn session_response(

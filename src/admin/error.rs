@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The store is unreachable (503).
     #[error("the database is unavailable")]
     Unavailable,
+    /// Too many password checks at once or failed this minute (503, `Retry-After` seconds).
+    #[error("the server is busy checking passwords; retry in a few seconds")]
+    Busy(u64),
     /// A stored value failed its integrity check (500, logged as an alarm).
     #[error("a stored value failed its integrity check; it may have been tampered with")]
     Integrity(String),
@@ -88,6 +91,7 @@ impl ApiError {
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::TooManyPending(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -121,6 +125,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
+        if let Self::Busy(secs) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -142,6 +151,7 @@ impl From<CryptoError> for ApiError {
     fn from(err: CryptoError) -> Self {
         match err {
             CryptoError::Integrity | CryptoError::Malformed => Self::Integrity(err.to_string()),
+            CryptoError::Busy { retry_after_secs } => Self::Busy(retry_after_secs),
             other => Self::internal(other),
         }
     }

@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 
 use super::{CliError, prompt_password, read_secret_line};
 use crate::config::{Config, FlagOverrides};
+use crate::crypto::{KDF_QUEUE_WAIT, KdfGate};
 use crate::keys;
 use crate::store::Store;
 
@@ -70,7 +71,8 @@ pub async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
     )
     .await
     .map_err(|e| CliError::msg(format!("cannot open the database: {e}")))?;
-    let result = keys::change_master_password(&store, old, new, config.kdf).await;
+    let gate = KdfGate::new(config.limits.kdf_memory_budget, KDF_QUEUE_WAIT);
+    let result = keys::change_master_password(&store, old, new, config.kdf, &gate).await;
     store.close().await;
     result.map_err(|e| CliError::msg(e.to_string()))?;
     println!("master password changed; use the new one from the next server start");

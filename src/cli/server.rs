@@ -68,6 +68,11 @@ fn harden_process() {
 /// Finds the master password: environment, file, stdin, or the terminal.
 fn master_password(password_stdin: bool, first_start: bool) -> Result<SecretString, CliError> {
     if let Ok(p) = std::env::var("AGENT_VAULT_MASTER_PASSWORD") {
+        // The variable cannot be removed from our own environment without `unsafe`
+        // (`remove_var`, edition 2024), which this crate forbids.
+        tracing::warn!(
+            "the master password was given in AGENT_VAULT_MASTER_PASSWORD, which stays readable in /proc/<pid>/environ for the life of the process; prefer AGENT_VAULT_MASTER_PASSWORD_FILE or --password-stdin"
+        );
         return Ok(SecretString::from(p));
     }
     if let Ok(path) = std::env::var("AGENT_VAULT_MASTER_PASSWORD_FILE") {
@@ -124,6 +129,10 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let first_start =
         config.database_url.is_none() && !config.data_dir.join("agent-vault.db").exists();
     let password = master_password(args.password_stdin, first_start)?;
+    // Refuse a weak first password before the database is even created.
+    if first_start && let Some(why) = crate::keys::master_password_weakness(&password) {
+        return Err(CliError::msg(why));
+    }
     let app = App::build(config, password)
         .await
         .map_err(|e| CliError::msg(e.to_string()))?;

@@ -7,7 +7,7 @@ mod kdf;
 mod token;
 
 pub use aead::{Aad, DataKey, SEALED_OVERHEAD, open, seal};
-pub use kdf::{KdfParams, PasswordHasher, derive_key};
+pub use kdf::{KDF_QUEUE_WAIT, KdfGate, KdfParams, PasswordHasher};
 pub use token::{TokenHash, TokenHasher, TokenKind, random_id};
 
 pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -32,6 +32,12 @@ pub enum CryptoError {
     /// A password hash could not be computed or parsed.
     #[error("password hashing failed")]
     PasswordHash,
+    /// Too many password checks are running or have failed; the caller may retry later.
+    #[error("the server is busy checking passwords; retry in {retry_after_secs} s")]
+    Busy {
+        /// When a retry may succeed.
+        retry_after_secs: u64,
+    },
 }
 
 /// Fills a fixed-size array from the operating system's random number generator.

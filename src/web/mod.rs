@@ -90,7 +90,7 @@ fn status_of(err: &ApiError) -> StatusCode {
         ApiError::TooManyRequests | ApiError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
         ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Unavailable | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Integrity(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -239,6 +239,21 @@ async fn login_page(Query(q): Query<NextQuery>) -> Response {
     )
 }
 
+/// The login form again with a 503 (and `Retry-After` when the server is busy hashing).
+fn busy_page(next: &str, err: ApiError) -> Response {
+    let mut response = html_response(
+        status_of(&err),
+        "Log in",
+        &login_form(next, Some(&page_message(&err))),
+    );
+    if let ApiError::Busy(secs) = err {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
 #[derive(Deserialize)]
 struct LoginForm {
     email: String,
@@ -268,15 +283,11 @@ async fn login_submit(
         Ok(email) => state.store.user_by_email(&email).await.ok().flatten(),
         Err(_) => None,
     };
-    let hasher = state.passwords.clone();
     let phc = user.as_ref().map(|u| u.password_hash.clone());
-    let password = form.password;
-    let ok = tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => hasher.verify(&password, &phc),
-        None => hasher.verify_dummy(&password),
-    })
-    .await
-    .unwrap_or(false);
+    let ok = match state.passwords.verify(form.password, phc).await {
+        Ok(ok) => ok,
+        Err(e) => return busy_page(&next, e.into()),
+    };
     let Some(user) = user.filter(|_| ok) else {
         state.auth_failures.record(ip);
         return html_response(
@@ -853,12 +864,8 @@ async fn confirm(
         .user_by_id(user_id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    let hasher = state.passwords.clone();
     let phc = user.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, &phc))
-        .await
-        .unwrap_or(false);
-    if ok {
+    if state.passwords.verify(password, Some(phc)).await? {
         Ok(())
     } else {
         state.auth_failures.record(ip);
@@ -972,6 +979,10 @@ async fn approval_submit(
         Ok(msg) => (("success", (*msg).to_owned()), StatusCode::OK),
         Err(e) => (("error", page_message(e)), status_of(e)),
     };
+    let retry_after = match &outcome {
+        Err(ApiError::Busy(secs)) => Some(*secs),
+        _ => None,
+    };
     let fresh = state
         .store
         .proposal(&p.id)
@@ -986,7 +997,7 @@ async fn approval_submit(
         }
         None => Viewer::Anonymous,
     };
-    render_page(
+    let mut response = render_page(
         &state,
         &fresh,
         &vault,
@@ -995,5 +1006,11 @@ async fn approval_submit(
         Some((flash.0, &flash.1)),
         status,
     )
-    .await
+    .await;
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }

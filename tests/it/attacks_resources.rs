@@ -779,3 +779,179 @@ async fn resources_hundred_mib_bodies_get_413_not_a_reset() {
         "the upstream never got more than the cap"
     );
 }
+
+/// Peak RSS above `before` (KiB) while `stop` is false, sampled on its own thread so a busy
+/// runtime cannot hide a short peak.
+fn sample_peak_rss(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kib());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peak.max(rss_kib())
+    })
+}
+
+/// Issue 15, broken item 3: every login for an unknown e-mail ran Argon2id with its full memory
+/// cost, nothing bounded how many ran at once, and spreading the attempts over addresses kept
+/// the per-address budget quiet (64 logins grew the server by 4 GiB). Now all password checks
+/// share one memory budget; the rest wait a bounded time and get 503 `busy`.
+#[tokio::test]
+async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through_password_hashing()
+{
+    // A realistic memory cost (one pass, to stay quick) and a budget of two runs at once.
+    const COST_KIB: u32 = 48 * 1024;
+    const BUDGET: u64 = 128 << 20;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| {
+            c.kdf = agent_vault::crypto::KdfParams {
+                memory_kib: COST_KIB,
+                iterations: 1,
+                parallelism: 1,
+            };
+            c.limits.kdf_memory_budget = BUDGET;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("kdf", "sk_kdf_flood").await;
+    let agent = app.agent(&token, "kdf").await;
+    // 64 clients, each bound to its own loopback address: the admin API sees 64 peers.
+    let clients: Vec<reqwest::Client> = (0..64u8)
+        .map(|i| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 10 + i]))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let before = rss_kib();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_peak_rss(stop.clone());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..200usize {
+        let client = clients[i % clients.len()].clone();
+        let url = format!("{}/v1/auth/login", app.admin);
+        let done = done.clone();
+        flood.spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&serde_json::json!({
+                    "email": format!("nobody-{i}@example.com"),
+                    "password": format!("guess-{i}-guess"),
+                }))
+                .send()
+                .await
+                .expect("every login is answered within the client's bound");
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().get("retry-after").cloned();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (status, retry_after, body)
+        });
+    }
+    // The agent's proxied request goes through while the flood is in flight.
+    let proxied = agent
+        .get("https://api.example.test/v1/charges")
+        .send()
+        .await
+        .unwrap();
+    let finished_by_then = done.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(proxied.status(), 200, "the proxy answers during the flood");
+    let (mut refused, mut busy) = (0, 0);
+    while let Some(outcome) = flood.join_next().await {
+        let (status, retry_after, body) = outcome.unwrap();
+        match status {
+            401 => refused += 1,
+            503 => {
+                assert_eq!(body["error"], "busy", "{body}");
+                assert!(retry_after.is_some(), "503 busy names Retry-After");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let growth = sampler.join().unwrap().saturating_sub(before) / 1024;
+    eprintln!("login flood: peak RSS growth {growth} MiB; {refused} checked, {busy} busy");
+    assert!(
+        finished_by_then < 200,
+        "the proxied request ran during the flood"
+    );
+    assert!(
+        growth < BUDGET >> 20,
+        "200 logins grew memory by {growth} MiB (budget {} MiB; {refused} refused, {busy} busy)",
+        BUDGET >> 20
+    );
+    assert!(refused > 0, "some logins were checked ({busy} busy)");
+    assert!(
+        busy > 0,
+        "callers beyond the budget were told busy ({refused} checked)"
+    );
+}
+
+/// Issue 15, broken item 3 (global rate): the per-address budget cannot see guesses spread over
+/// many addresses. Failed password checks of all addresses together are limited too: beyond
+/// the limit the API answers 503 `busy` and the login page an HTML 503, both with Retry-After.
+#[tokio::test]
+async fn resources_password_guessing_spread_over_addresses_hits_the_global_failure_limit() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.limits.login_failures_per_minute = 5)),
+        ..Default::default()
+    })
+    .await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(std::net::IpAddr::from([127, 0, 1, last]))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let login = |client: reqwest::Client, password: &'static str| {
+        let url = format!("{}/v1/auth/login", app.admin);
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({
+                    "email": crate::support::OWNER_EMAIL,
+                    "password": password,
+                }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..5 {
+        let resp = login(from(10 + i), "wrong-password-guess").await;
+        assert_eq!(
+            resp.status(),
+            401,
+            "guess {i}: each address is under its own budget"
+        );
+    }
+    // A sixth address, even with the right password, is told to come back later.
+    let resp = login(from(20), crate::support::OWNER_PASSWORD).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "busy", "{body}");
+    let page = from(21)
+        .post(format!("{}/login", app.admin))
+        .header("origin", &app.admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("email=owner%40example.com&password=whatever-guess&next=%2F")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(page.headers().contains_key("retry-after"));
+    assert!(page.text().await.unwrap().contains("busy"));
+}

@@ -277,9 +277,11 @@ async fn user_role_flipped_to_owner_in_the_database_gives_no_owner_powers() {
 #[tokio::test]
 async fn password_hash_replaced_in_the_database_does_not_log_the_attacker_in() {
     on_each_backend(|app, backend| async move {
-        let attacker_phc = agent_vault::crypto::PasswordHasher::new(TINY_KDF)
+        let gate = agent_vault::crypto::KdfGate::new(1 << 30, std::time::Duration::from_secs(2));
+        let attacker_phc = agent_vault::crypto::PasswordHasher::new(TINY_KDF, gate, 1000)
             .unwrap()
-            .hash(&secrecy::SecretString::from("attacker-knows-this"))
+            .hash(secrecy::SecretString::from("attacker-knows-this"))
+            .await
             .unwrap();
         sql(
             &app,

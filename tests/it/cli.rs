@@ -404,10 +404,96 @@ async fn configuration_errors_name_the_key() {
         "a weak first master password is refused"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("at least 8"),
+        String::from_utf8_lossy(&out.stderr).contains("at least 12"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Issue 15, weak: `password` was accepted as a master password. A new one (first start or
+/// `master-password change`) must be 12 characters and not a common password; the refusal is
+/// one line, exits non-zero, names no part of the password, and creates or changes nothing.
+#[tokio::test]
+async fn a_common_or_short_new_master_password_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    for weak in ["password", "Password123!", "passwordpassword", "short"] {
+        let out = server_exits(
+            &["--data-dir", data_str, "--port", "0", "--proxy-port", "0"],
+            &[("AGENT_VAULT_MASTER_PASSWORD", weak)],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{weak}: {stderr}");
+        assert!(stderr.contains("master password"), "{weak}: {stderr}");
+        assert!(
+            !stderr.contains(weak) || weak == "password",
+            "{weak}: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("admin API"),
+            "{weak}: it never listened"
+        );
+        assert!(
+            !data.join("agent-vault.db").exists(),
+            "{weak}: nothing created"
+        );
+    }
+    // An instance with a good password; changing it to a weak one changes nothing.
+    let server = crate::support::process::ServerProcess::start(&data, &[], "warn").await;
+    server.stop().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+        .args([
+            "master-password",
+            "change",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("AGENT_VAULT_KDF__MEMORY_KIB", "64")
+        .env("AGENT_VAULT_KDF__ITERATIONS", "1")
+        .env("AGENT_VAULT_KDF__PARALLELISM", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{MASTER_PASSWORD}\npassword\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at least 12"), "{stderr}");
+    // The old password still unseals.
+    let server = crate::support::process::ServerProcess::start(&data, &[], "warn").await;
+    server.stop().await;
+}
+
+/// Issue 15, weak: a master password passed in the environment stays readable in
+/// /proc/<pid>/environ. The server says so, once, without the value.
+#[tokio::test]
+async fn a_master_password_in_the_environment_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = crate::support::process::ServerProcess::start(&data, &[], "warn").await;
+    let log = server.stop().await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("AGENT_VAULT_MASTER_PASSWORD_FILE"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("/proc/<pid>/environ"), "{log}");
+    assert!(!log.contains(MASTER_PASSWORD), "the value is never logged");
 }
 
 #[tokio::test]

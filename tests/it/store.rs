@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use agent_vault::crypto::{DataKey, TokenKind};
+use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
 use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
 use agent_vault::keys::{self, Keyring, UnsealError};
 use agent_vault::store::{
@@ -304,19 +304,33 @@ async fn setup_token_is_burnt_by_the_first_owner() {
 #[tokio::test]
 async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
     for_each_store(|store, backend| async move {
-        let (ring, first) =
-            keys::unseal_or_init(&store, SecretString::from("first password"), TINY_KDF)
-                .await
-                .unwrap();
+        let gate = KdfGate::new(1 << 20, KDF_QUEUE_WAIT);
+        let (ring, first) = keys::unseal_or_init(
+            &store,
+            SecretString::from("first password"),
+            TINY_KDF,
+            &gate,
+        )
+        .await
+        .unwrap();
         assert!(first);
-        let (again, first) =
-            keys::unseal_or_init(&store, SecretString::from("first password"), TINY_KDF)
-                .await
-                .unwrap();
+        let (again, first) = keys::unseal_or_init(
+            &store,
+            SecretString::from("first password"),
+            TINY_KDF,
+            &gate,
+        )
+        .await
+        .unwrap();
         assert!(!first);
         assert_eq!(ring.dek().expose(), again.dek().expose(), "{backend}");
-        let wrong =
-            keys::unseal_or_init(&store, SecretString::from("not the password"), TINY_KDF).await;
+        let wrong = keys::unseal_or_init(
+            &store,
+            SecretString::from("not the password"),
+            TINY_KDF,
+            &gate,
+        )
+        .await;
         assert!(
             matches!(wrong, Err(UnsealError::WrongPassword)),
             "{backend}"
@@ -326,18 +340,28 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
             SecretString::from("first password"),
             SecretString::from("second password"),
             TINY_KDF,
+            &gate,
         )
         .await
         .unwrap();
         assert!(
-            keys::unseal_or_init(&store, SecretString::from("first password"), TINY_KDF)
-                .await
-                .is_err()
+            keys::unseal_or_init(
+                &store,
+                SecretString::from("first password"),
+                TINY_KDF,
+                &gate
+            )
+            .await
+            .is_err()
         );
-        let (changed, _) =
-            keys::unseal_or_init(&store, SecretString::from("second password"), TINY_KDF)
-                .await
-                .unwrap();
+        let (changed, _) = keys::unseal_or_init(
+            &store,
+            SecretString::from("second password"),
+            TINY_KDF,
+            &gate,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             changed.dek().expose(),
             ring.dek().expose(),
@@ -348,9 +372,10 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
             SecretString::from("second password"),
             SecretString::from("short"),
             TINY_KDF,
+            &gate,
         )
         .await;
-        assert!(matches!(weak, Err(UnsealError::WeakPassword)));
+        assert!(matches!(weak, Err(UnsealError::WeakPassword(_))));
     })
     .await;
 }
@@ -402,6 +427,35 @@ async fn tokens_are_stored_only_as_keyed_hashes() {
     .await;
 }
 
+/// A master password set before the 12-character floor keeps unsealing (with a warning).
+#[tokio::test]
+async fn an_existing_weak_master_password_still_unseals() {
+    for_each_store(|store, backend| async move {
+        let gate = KdfGate::new(1 << 20, KDF_QUEUE_WAIT);
+        let weak = SecretString::from("password");
+        let dek = DataKey::generate().unwrap();
+        let salt = [9u8; 16];
+        let kek = gate.derive_key(&weak, &salt, TINY_KDF).await.unwrap();
+        let record = agent_vault::store::MasterKeyRecord {
+            kdf_salt: salt.to_vec(),
+            kdf: TINY_KDF,
+            wrapped_dek: agent_vault::crypto::seal(
+                &kek,
+                &agent_vault::crypto::Aad::wrapped_dek(),
+                dek.expose(),
+            )
+            .unwrap(),
+        };
+        assert!(store.insert_master_key_if_absent(&record).await.unwrap());
+        let (ring, first) = keys::unseal_or_init(&store, weak, TINY_KDF, &gate)
+            .await
+            .unwrap();
+        assert!(!first, "{backend}");
+        assert_eq!(ring.dek().expose(), dek.expose(), "{backend}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn postgres_instances_starting_together_migrate_once() {
     let Some(db) = TestDatabase::create().await else {
@@ -414,11 +468,13 @@ async fn postgres_instances_starting_together_migrate_once() {
         assert!(s.is_ok(), "{:?}", s.as_ref().err());
     }
     // And all of them unseal to the same key.
+    let gate = KdfGate::new(1 << 20, KDF_QUEUE_WAIT);
     let unseals = stores.iter().map(|s| {
         keys::unseal_or_init(
             s.as_ref().unwrap(),
             SecretString::from("same password"),
             TINY_KDF,
+            &gate,
         )
     });
     let rings = futures_util::future::join_all(unseals).await;
