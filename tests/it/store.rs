@@ -697,6 +697,12 @@ async fn web_session_migration_keeps_existing_tokens() {
         pool.close().await;
     };
     let check = |store: Store, backend: &'static str| async move {
+        // Unsealed as the server does it: the first unseal after 0003 binds the old rows.
+        let store = store.with_authority_macs(
+            agent_vault::keys::Keyring::from_dek(agent_vault::crypto::DataKey::from_bytes([7; 32]))
+                .authority_macs(),
+        );
+        assert_eq!(store.backfill_authority_macs().await.unwrap(), 3, "{backend}");
         let t1 = store
             .token_by_hash(&agent_vault::crypto::TokenHash([1; 32]))
             .await
