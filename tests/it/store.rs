@@ -702,7 +702,11 @@ async fn web_session_migration_keeps_existing_tokens() {
             agent_vault::keys::Keyring::from_dek(agent_vault::crypto::DataKey::from_bytes([7; 32]))
                 .authority_macs(),
         );
-        assert_eq!(store.backfill_authority_macs().await.unwrap(), 3, "{backend}");
+        assert_eq!(
+            store.backfill_authority_macs().await.unwrap(),
+            3,
+            "{backend}"
+        );
         let t1 = store
             .token_by_hash(&agent_vault::crypto::TokenHash([1; 32]))
             .await
