@@ -154,15 +154,9 @@ impl App {
         if initialized {
             tracing::info!("initialized a new vault: generated and sealed the data-encryption key");
         }
-        // From here on every authority row is MACed on write and checked on read.
+        // From here on every authority row is MACed on write and checked on read (unsealing
+        // bound the rows of a database from before those MACs).
         let store = store.with_authority_macs(keyring.authority_macs());
-        let bound = store.backfill_authority_macs().await?;
-        if bound > 0 {
-            tracing::warn!(
-                rows = bound,
-                "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
-            );
-        }
         let admin_listener = bind(SocketAddr::new(config.server.host, config.server.port)).await?;
         let proxy_listener = bind(SocketAddr::new(
             config.proxy_host(),

@@ -342,7 +342,7 @@ async fn wrap(
 ) -> Result<MasterKeyRecord, CryptoError> {
     let salt: [u8; 16] = random_bytes()?;
     let kek = gate.derive_key(password, &salt, params).await?;
-    let wrapped_dek = seal(&kek, &Aad::wrapped_dek(), dek.expose())?;
+    let wrapped_dek = seal(&kek, &Aad::wrapped_dek_macs_bound(), dek.expose())?;
     Ok(MasterKeyRecord {
         kdf_salt: salt.to_vec(),
         kdf: params,
@@ -350,23 +350,85 @@ async fn wrap(
     })
 }
 
+/// The DEK a record opened to, the KEK that opened it, and whether the record says the
+/// authority rows are bound (false: wrapped by a version before authority-row MACs).
+struct Opened {
+    dek: DataKey,
+    kek: DataKey,
+    macs_bound: bool,
+}
+
 async fn unwrap(
     gate: &KdfGate,
     password: &SecretString,
     record: &MasterKeyRecord,
-) -> Result<DataKey, UnsealError> {
+) -> Result<Opened, UnsealError> {
     let kek = gate
         .derive_key(password, &record.kdf_salt, record.kdf)
         .await?;
-    let dek = open(&kek, &Aad::wrapped_dek(), &record.wrapped_dek).map_err(|e| match e {
-        CryptoError::Integrity => UnsealError::WrongPassword,
-        other => UnsealError::Crypto(other),
-    })?;
+    let (dek, macs_bound) = match open(&kek, &Aad::wrapped_dek_macs_bound(), &record.wrapped_dek) {
+        Ok(dek) => (dek, true),
+        Err(CryptoError::Integrity) => {
+            let dek =
+                open(&kek, &Aad::wrapped_dek(), &record.wrapped_dek).map_err(|e| match e {
+                    CryptoError::Integrity => UnsealError::WrongPassword,
+                    other => UnsealError::Crypto(other),
+                })?;
+            (dek, false)
+        }
+        Err(other) => return Err(UnsealError::Crypto(other)),
+    };
     let bytes: [u8; 32] = dek
         .expose_secret()
         .try_into()
         .map_err(|_| UnsealError::Crypto(CryptoError::Malformed))?;
-    Ok(DataKey::from_bytes(bytes))
+    Ok(Opened {
+        dek: DataKey::from_bytes(bytes),
+        kek,
+        macs_bound,
+    })
+}
+
+/// Makes sure every authority row carries a MAC before anything reads them. A record wrapped
+/// before authority-row MACs existed gets its rows bound once (rows edited before this are
+/// trusted as they are), then the DEK is re-wrapped so that it says so; only the master
+/// password can write that wrap, so a database writer who wipes a MAC and re-inserts the
+/// pending marker later gets an alarm, not a fresh binding of their edit.
+async fn bind_authority_rows(
+    store: &Store,
+    record: &MasterKeyRecord,
+    opened: &Opened,
+    keyring: &Keyring,
+) -> Result<(), UnsealError> {
+    let store = store.with_authority_macs(keyring.authority_macs());
+    if opened.macs_bound {
+        if store.discard_backfill_marker().await? {
+            tracing::error!(
+                "INTEGRITY ALARM: the database asks for authority rows to be bound again, but they were bound at an earlier start; ignored (a database writer may have wiped MACs)"
+            );
+        }
+        return Ok(());
+    }
+    let bound = store.backfill_authority_macs().await?;
+    tracing::warn!(
+        rows = bound,
+        "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
+    );
+    let rewrapped = MasterKeyRecord {
+        kdf_salt: record.kdf_salt.clone(),
+        kdf: record.kdf,
+        wrapped_dek: seal(
+            &opened.kek,
+            &Aad::wrapped_dek_macs_bound(),
+            opened.dek.expose(),
+        )?,
+    };
+    // Another instance upgrading at the same moment wraps the same DEK the same way: losing
+    // the race is as good as winning it.
+    store
+        .replace_master_key(&record.wrapped_dek, &rewrapped)
+        .await?;
+    Ok(())
 }
 
 /// Unwraps with an existing password, warning (without the value) when it would not be
@@ -375,19 +437,20 @@ async fn unwrap_existing(
     gate: &KdfGate,
     password: &SecretString,
     record: &MasterKeyRecord,
-) -> Result<DataKey, UnsealError> {
-    let dek = unwrap(gate, password, record).await?;
+) -> Result<Opened, UnsealError> {
+    let opened = unwrap(gate, password, record).await?;
     if let Some(why) = master_password_weakness(password) {
         tracing::warn!(
             reason = %why,
             "the master password is weak; change it with `agent-vault master-password change`"
         );
     }
-    Ok(dek)
+    Ok(opened)
 }
 
 /// Unseals the instance, initializing it with a fresh DEK on first start. Returns the keyring
-/// and whether this call initialized the instance. Key derivation runs within `gate`.
+/// and whether this call initialized the instance. Key derivation runs within `gate`. Authority
+/// rows of a database from before their MACs are bound here, once.
 pub async fn unseal_or_init(
     store: &Store,
     password: SecretString,
@@ -395,8 +458,10 @@ pub async fn unseal_or_init(
     gate: &KdfGate,
 ) -> Result<(Keyring, bool), UnsealError> {
     if let Some(record) = store.master_key().await? {
-        let dek = unwrap_existing(gate, &password, &record).await?;
-        return Ok((Keyring::from_dek(dek), false));
+        let opened = unwrap_existing(gate, &password, &record).await?;
+        let keyring = Keyring::from_dek(opened.dek.clone());
+        bind_authority_rows(store, &record, &opened, &keyring).await?;
+        return Ok((keyring, false));
     }
     if let Some(why) = master_password_weakness(&password) {
         return Err(UnsealError::WeakPassword(why));
@@ -404,7 +469,13 @@ pub async fn unseal_or_init(
     let dek = DataKey::generate()?;
     let record = wrap(gate, &password, &dek, params).await?;
     if store.insert_master_key_if_absent(&record).await? {
-        return Ok((Keyring::from_dek(dek), true));
+        let keyring = Keyring::from_dek(dek);
+        // A new database has no rows to bind; migration 0003's marker has nothing to do.
+        store
+            .with_authority_macs(keyring.authority_macs())
+            .discard_backfill_marker()
+            .await?;
+        return Ok((keyring, true));
     }
     // Another instance initialized the database first: use its key, which must open with the
     // same password.
@@ -412,11 +483,13 @@ pub async fn unseal_or_init(
         .master_key()
         .await?
         .ok_or(UnsealError::NotInitialized)?;
-    let dek = unwrap(gate, &password, &record).await?;
-    Ok((Keyring::from_dek(dek), false))
+    let opened = unwrap(gate, &password, &record).await?;
+    Ok((Keyring::from_dek(opened.dek), false))
 }
 
 /// Re-wraps the DEK under a new master password. Data is not re-encrypted: the DEK is unchanged.
+/// A database from before authority-row MACs has its rows bound first, since the new wrap says
+/// they are.
 pub async fn change_master_password(
     store: &Store,
     old: SecretString,
@@ -431,14 +504,44 @@ pub async fn change_master_password(
         .master_key()
         .await?
         .ok_or(UnsealError::NotInitialized)?;
+    let opened = unwrap(gate, &old, &record).await?;
+    if !opened.macs_bound {
+        let keyring = Keyring::from_dek(opened.dek.clone());
+        bind_authority_rows(store, &record, &opened, &keyring).await?;
+    }
+    let record = store
+        .master_key()
+        .await?
+        .ok_or(UnsealError::NotInitialized)?;
     let expected = record.wrapped_dek.clone();
-    let dek = unwrap(gate, &old, &record).await?;
-    let new_record = wrap(gate, &new, &dek, params).await?;
+    let new_record = wrap(gate, &new, &opened.dek, params).await?;
     if store.replace_master_key(&expected, &new_record).await? {
         Ok(())
     } else {
         Err(UnsealError::Concurrent)
     }
+}
+
+/// Wraps the DEK the way versions before authority-row MACs did, so upgrade tests can make a
+/// database that looks like theirs. Not for anything else: it undoes the binding's record.
+#[doc(hidden)]
+pub async fn wrap_as_before_authority_macs(
+    store: &Store,
+    password: SecretString,
+    gate: &KdfGate,
+) -> Result<(), UnsealError> {
+    let record = store
+        .master_key()
+        .await?
+        .ok_or(UnsealError::NotInitialized)?;
+    let opened = unwrap(gate, &password, &record).await?;
+    let old = MasterKeyRecord {
+        kdf_salt: record.kdf_salt.clone(),
+        kdf: record.kdf,
+        wrapped_dek: seal(&opened.kek, &Aad::wrapped_dek(), opened.dek.expose())?,
+    };
+    store.replace_master_key(&record.wrapped_dek, &old).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -487,7 +590,11 @@ mod tests {
         let right = SecretString::from("correct horse");
         let record = wrap(&gate, &right, &dek, params).await.unwrap();
         let back = unwrap(&gate, &right, &record).await.unwrap();
-        assert_eq!(back.expose(), dek.expose());
+        assert_eq!(back.dek.expose(), dek.expose());
+        assert!(
+            back.macs_bound,
+            "new wraps say the authority rows are bound"
+        );
         assert!(matches!(
             unwrap(&gate, &SecretString::from("wrong horse"), &record).await,
             Err(UnsealError::WrongPassword)

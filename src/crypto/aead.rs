@@ -71,9 +71,16 @@ impl Aad {
         aad
     }
 
-    /// The DEK wrapped by the KEK.
+    /// The DEK wrapped by the KEK, as versions before authority-row MACs wrapped it.
     pub fn wrapped_dek() -> Self {
         Self::new("dek")
+    }
+
+    /// The DEK wrapped by the KEK once every authority row carries a MAC. The wrap is the one
+    /// record a database writer cannot forge, so it (not a row they could re-insert) says that
+    /// the one-time binding of old rows has happened.
+    pub fn wrapped_dek_macs_bound() -> Self {
+        Self::new("dek authority-macs-bound")
     }
 
     /// The CA private key.

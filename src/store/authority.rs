@@ -282,4 +282,14 @@ impl Store {
         tx.commit().await?;
         Ok(bound)
     }
+
+    /// Removes the backfill marker without binding anything; says whether it was there. On a
+    /// database whose MACs are already bound, a marker can only come from a database writer.
+    pub async fn discard_backfill_marker(&self) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM instance_state WHERE key = $1")
+            .bind(BACKFILL_PENDING_KEY)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }

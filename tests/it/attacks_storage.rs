@@ -473,6 +473,7 @@ async fn rows_from_before_the_upgrade_work_after_the_first_start_and_edits_after
     )
     .await;
     app.stop().await;
+    wrap_dek_as_before_authority_macs(&dir).await;
     let app = spawn_app_with(TestOptions {
         data_dir: Some(dir.clone()),
         ..Default::default()
@@ -491,6 +492,80 @@ async fn rows_from_before_the_upgrade_work_after_the_first_start_and_edits_after
         &[],
     )
     .await;
+    let who = app
+        .call_with(Some(&bot), "GET", "/v1/auth/whoami", None)
+        .await
+        .1;
+    assert_eq!(who["vaults"], json!([]), "{who}");
+}
+
+/// The data key wrapped as a version before authority-row MACs wrapped it, which is what tells
+/// the next start that the rows of this database still need binding.
+async fn wrap_dek_as_before_authority_macs(dir: &tempfile::TempDir) {
+    let store = agent_vault::store::Store::open(&dir.path().join("data"), None)
+        .await
+        .unwrap();
+    let gate = agent_vault::crypto::KdfGate::new(1 << 30, std::time::Duration::from_secs(5));
+    agent_vault::keys::wrap_as_before_authority_macs(
+        &store,
+        secrecy::SecretString::from(crate::support::MASTER_PASSWORD),
+        &gate,
+    )
+    .await
+    .unwrap();
+    store.close().await;
+}
+
+/// The one-time binding of old rows is not a door a database writer can reopen: wiping the MAC
+/// of an edited grant and re-inserting the "binding pending" marker used to get the edit bound
+/// at the next start, making a proxy-role agent an admin that could reveal every value. The
+/// data key's wrap (which only the master password can write) now records that the rows are
+/// bound, so the marker is discarded with an alarm and the edited row stays refused.
+#[tokio::test]
+async fn backfill_marker_reinserted_by_a_database_writer_binds_nothing() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await;
+    app.create_vault("held").await;
+    app.set_credentials("held", &[("KEY", "sk_marker_secret_value")])
+        .await;
+    let created = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "marker-bot", "vaults": [{ "vault": "held", "role": "proxy" }] })),
+        )
+        .await;
+    let bot = created["token"].as_str().unwrap().to_owned();
+    let reveal = "/v1/vaults/held/credentials?reveal=true";
+    assert_eq!(app.call_with(Some(&bot), "GET", reveal, None).await.0, 403);
+    sql(
+        &app,
+        "UPDATE vault_grants SET role = 'admin', mac = NULL WHERE principal_kind = 'agent'",
+        &[],
+    )
+    .await;
+    sql(
+        &app,
+        "INSERT INTO instance_state (key, value, updated_at) VALUES ('authority_macs_pending', '1', 0)",
+        &[],
+    )
+    .await;
+    app.stop().await;
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = app.call_with(Some(&bot), "GET", reveal, None).await;
+    assert!(
+        status == 403 || status == 404,
+        "the edited grant must stay refused: {status} {body}"
+    );
+    assert!(!body.to_string().contains("sk_marker_secret_value"));
     let who = app
         .call_with(Some(&bot), "GET", "/v1/auth/whoami", None)
         .await
