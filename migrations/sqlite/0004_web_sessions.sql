@@ -24,3 +24,9 @@ DROP TABLE tokens;
 ALTER TABLE tokens_new RENAME TO tokens;
 CREATE INDEX tokens_agent ON tokens (agent_id);
 CREATE INDEX tokens_user ON tokens (user_id);
+
+-- Web logins before this version were ordinary sessions labelled 'web', usable as API bearers;
+-- the browsers that hold them would keep exposing that to any page on another port of the host
+-- until they expire. Revoke them: their people log in again and get a web-only session.
+UPDATE tokens SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000
+    WHERE kind = 'session' AND label = 'web' AND revoked_at IS NULL;

@@ -694,6 +694,12 @@ async fn web_session_migration_keeps_existing_tokens() {
                 .await
                 .unwrap();
         }
+        // A web login from before 0004: an ordinary session that works as an API bearer.
+        sqlx::query("INSERT INTO tokens (id, hash, kind, user_id, label, expires_at, created_at) VALUES ('t4', $1, 'session', 'u1', 'web', 99, 1)")
+            .bind(vec![4u8; 32])
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     };
     let check = |store: Store, backend: &'static str| async move {
@@ -704,7 +710,7 @@ async fn web_session_migration_keeps_existing_tokens() {
         );
         assert_eq!(
             store.backfill_authority_macs().await.unwrap(),
-            3,
+            4,
             "{backend}"
         );
         let t1 = store
@@ -722,6 +728,16 @@ async fn web_session_migration_keeps_existing_tokens() {
             ),
             "{backend}"
         );
+        let old_web = store
+            .token_by_hash(&agent_vault::crypto::TokenHash([4; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            old_web.revoked_at.is_some(),
+            "{backend}: web logins from before 0004 are revoked, not left as API bearers"
+        );
+        assert!(t1.revoked_at.is_none(), "{backend}: CLI sessions are kept");
         let web = agent_vault::store::TokenRecord {
             id: "t3".into(),
             hash: agent_vault::crypto::TokenHash([3; 32]),
