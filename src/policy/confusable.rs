@@ -131,19 +131,29 @@ pub fn confusables(forms: &HostForms) -> Confusables {
         }
     }
     for c in unicode.chars() {
-        if !c.is_ascii()
-            && is_potential_mixed_script_confusable_char(c)
-            && !out.confusable_chars.contains(&c)
-        {
+        // A combining mark (U+0307 after an `i`) renders as part of the letter before it, so
+        // `stri\u{307}pe` reads as `stripe` while being neither mixed-script nor listed as
+        // confusable: any mark in a host is flagged.
+        let suspicious = is_potential_mixed_script_confusable_char(c)
+            || unicode_normalization::char::is_combining_mark(c);
+        if !c.is_ascii() && suspicious && !out.confusable_chars.contains(&c) {
             out.confusable_chars.push(c);
         }
     }
     out
 }
 
-/// The UTS #39 skeleton of a bare host's Unicode form: two hosts with equal skeletons read alike.
+/// The UTS #39 skeleton of a bare host's Unicode form with accents and other combining marks
+/// removed: two hosts with equal skeletons read alike. UTS #39 keeps marks (`í` is not `i` to
+/// it), but at a glance in an approval page `api.strípe.com` passes for `api.stripe.com`.
 pub fn host_skeleton(forms: &HostForms) -> String {
-    skeleton(&forms.unicode_host()).collect()
+    use unicode_normalization::UnicodeNormalization;
+    let bare: String = forms
+        .unicode_host()
+        .nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .collect();
+    skeleton(&bare).collect()
 }
 
 /// The first of `existing` that `candidate` is a look-alike of: an equal skeleton but another
@@ -186,6 +196,24 @@ mod tests {
         // Never parsed: nothing non-ASCII reaches the ASCII form.
         let bad = HostForms::of("a\u{0456} b");
         assert!(bad.ascii.is_ascii(), "{bad:?}");
+    }
+
+    #[test]
+    fn combining_marks_and_accents_do_not_hide_a_lookalike() {
+        let dotted = HostForms::of("api.stri\u{0307}pe.com");
+        assert!(
+            confusables(&dotted).confusable_chars.contains(&'\u{0307}'),
+            "{dotted:?}"
+        );
+        let existing = [("stripe", HostForms::of("api.stripe.com"))];
+        for host in ["api.stri\u{0307}pe.com", "api.str\u{00ED}pe.com"] {
+            assert!(
+                lookalike_of(&HostForms::of(host), &existing).is_some(),
+                "{host}"
+            );
+        }
+        // An accented name with nothing like it in the vault is not a risk by itself.
+        assert!(confusables(&HostForms::of("b\u{00FC}cher.example")).is_empty());
     }
 
     #[test]

@@ -426,3 +426,31 @@ async fn lookalike_wildcard_under_a_tunnel_sharing_domain_is_refused() {
         .await;
     assert_eq!(status, 201, "{resp}");
 }
+
+/// A combining dot after an `i`, or an accented `í`, reads as `stripe` on the approval page but
+/// is neither mixed-script nor on UTS #39's confusable list: both used to be a plain warning
+/// that an approval without acknowledgement applied. They now need the tick like any look-alike.
+#[tokio::test]
+async fn lookalike_combining_mark_or_accent_needs_acknowledgement() {
+    for (i, host) in ["api.stri\u{0307}pe.com", "api.str\u{00ED}pe.com"]
+        .into_iter()
+        .enumerate()
+    {
+        let app = spawn_app().await;
+        let vault = format!("look-mark-{i}");
+        let token = setup(&app, &vault).await;
+        propose_rebind(&app, &token, &vault, host).await;
+        let base = format!("/v1/vaults/{vault}/proposals/1");
+        let shown = app.ok("GET", &base, None).await;
+        assert!(!ack_risks(&shown).is_empty(), "{host}: {shown}");
+        let (status, resp) = app
+            .call(
+                "POST",
+                &format!("{base}/approve"),
+                Some(json!({ "approval_hash": shown["approval_hash"] })),
+            )
+            .await;
+        assert_eq!(status, 400, "{host}: {resp}");
+        assert_eq!(app.ok("GET", &base, None).await["status"], "pending");
+    }
+}
