@@ -17,6 +17,10 @@ use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
 use crate::crypto::{CryptoError, KDF_QUEUE_WAIT, KdfGate, PasswordHasher, TokenKind};
 use crate::identity::{FailureBudget, Identity};
+
+/// Wrong passwords an approver may enter on approval pages within a minute before further tries
+/// wait: enough for typos, far too few to guess a password with a stolen session cookie.
+const CONFIRM_FAILURES_PER_MINUTE: u32 = 5;
 use crate::keys::{self, Keyring, UnsealError};
 use crate::netguard::NetGuard;
 use crate::notify::Notifier;
@@ -233,6 +237,7 @@ impl App {
             proxy_addr,
             setup_token_file: config.data_dir.join("setup-token"),
             auth_failures: FailureBudget::new(config.limits.auth_failures_per_minute),
+            confirm_failures: FailureBudget::new(CONFIRM_FAILURES_PER_MINUTE),
             notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)
                 .map_err(|e| AppError::Upstream(e.to_string()))?,
         });

@@ -423,16 +423,22 @@ impl Identity {
     }
 }
 
-/// Counts failed authentications per client address; once `limit` failures happen within a
-/// minute, that address is refused (429) until the minute has passed. Loopback is not exempt:
-/// a prompt-injected agent usually runs on the same host.
+/// Counts failed authentications per key (by default the client address); once `limit`
+/// failures happen within a minute, that key is refused (429) until the minute has passed.
+/// Loopback is not exempt: a prompt-injected agent usually runs on the same host.
 #[derive(Clone)]
-pub struct FailureBudget {
-    counts: moka::sync::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+pub struct FailureBudget<K = std::net::IpAddr>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    counts: moka::sync::Cache<K, Arc<std::sync::atomic::AtomicU32>>,
     limit: u32,
 }
 
-impl std::fmt::Debug for FailureBudget {
+impl<K> std::fmt::Debug for FailureBudget<K>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FailureBudget")
             .field("limit", &self.limit)
@@ -440,8 +446,11 @@ impl std::fmt::Debug for FailureBudget {
     }
 }
 
-impl FailureBudget {
-    /// A budget of `limit` failures per minute per address.
+impl<K> FailureBudget<K>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    /// A budget of `limit` failures per minute per key.
     pub fn new(limit: u32) -> Self {
         let counts = moka::sync::Cache::builder()
             .max_capacity(100_000)
@@ -450,18 +459,18 @@ impl FailureBudget {
         Self { counts, limit }
     }
 
-    /// Whether the address has used up its budget.
-    pub fn exhausted(&self, ip: std::net::IpAddr) -> bool {
+    /// Whether the key has used up its budget.
+    pub fn exhausted(&self, key: &K) -> bool {
         self.counts
-            .get(&ip)
+            .get(key)
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= self.limit)
     }
 
     /// Records one failure.
-    pub fn record(&self, ip: std::net::IpAddr) {
+    pub fn record(&self, key: K) {
         let counter = self
             .counts
-            .get_with(ip, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
+            .get_with(key, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -120,7 +120,7 @@ pub async fn register(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<Response, ApiError> {
-    if state.auth_failures.exhausted(ip) {
+    if state.auth_failures.exhausted(&ip) {
         return Err(ApiError::TooManyRequests);
     }
     let email = Email::parse(&body.email)
@@ -217,7 +217,7 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    if state.auth_failures.exhausted(ip) {
+    if state.auth_failures.exhausted(&ip) {
         return Err(ApiError::TooManyRequests);
     }
     let invalid = || ApiError::InvalidCredentials;

@@ -60,7 +60,7 @@ impl FromRequestParts<AdminState> for Caller {
             Err(crate::identity::AuthError::Store(e)) => Err(e.into()),
             Err(e) => {
                 tracing::debug!(reason = %e, %ip, "admin API token refused");
-                if state.auth_failures.exhausted(ip) {
+                if state.auth_failures.exhausted(&ip) {
                     return Err(ApiError::TooManyRequests);
                 }
                 state.auth_failures.record(ip);

@@ -74,6 +74,10 @@ pub struct AdminInner {
     pub setup_token_file: PathBuf,
     /// Failed authentications per client address.
     pub auth_failures: FailureBudget,
+    /// Failed password re-entries on the approval page, per logged-in user: the person behind
+    /// a web session, not the address, so an agent failing logins from the same host cannot
+    /// lock an approver out, and a replayed session cookie cannot guess the password freely.
+    pub confirm_failures: FailureBudget<String>,
     /// Proposal notifications.
     pub notifier: crate::notify::Notifier,
 }

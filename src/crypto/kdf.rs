@@ -255,6 +255,21 @@ impl PasswordHasher {
         if let Err(retry_after_secs) = self.failures.check() {
             return Err(CryptoError::Busy { retry_after_secs });
         }
+        let ok = self.verify_for_session(password, phc).await?;
+        if !ok {
+            self.failures.record();
+        }
+        Ok(ok)
+    }
+
+    /// Like [`Self::verify`], but outside the instance-wide failure limit: for a password
+    /// re-entered by someone already logged in (the caller budgets those failures per person),
+    /// so failed logins by others cannot block them. The gate still bounds the work.
+    pub async fn verify_for_session(
+        &self,
+        password: SecretString,
+        phc: Option<String>,
+    ) -> Result<bool, CryptoError> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
         let Some(memory_kib) = PasswordHash::new(&phc)
@@ -262,7 +277,6 @@ impl PasswordHasher {
             .and_then(|h| Params::try_from(&h).ok())
             .map(|p| p.m_cost())
         else {
-            self.failures.record();
             return Ok(false);
         };
         let ok = self
@@ -274,9 +288,6 @@ impl PasswordHasher {
             })
             .await?
             && known;
-        if !ok {
-            self.failures.record();
-        }
         Ok(ok)
     }
 }

@@ -139,7 +139,7 @@ pub async fn authenticate(
     // budget of a shared address (loopback) cannot lock out the others.
     let fail = |reason: &str| {
         tracing::debug!(%peer, reason, "proxy authentication failed");
-        if state.auth_failures.exhausted(peer) {
+        if state.auth_failures.exhausted(&peer) {
             return ProxyError::RateLimited(
                 "too many failed proxy authentications from this address; wait a minute",
             );

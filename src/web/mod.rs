@@ -272,7 +272,7 @@ async fn login_submit(
     if !same_origin(&state, &headers) {
         return error_page(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
-    if state.auth_failures.exhausted(ip) {
+    if state.auth_failures.exhausted(&ip) {
         return html_response(
             StatusCode::TOO_MANY_REQUESTS,
             "Log in",
@@ -848,9 +848,9 @@ async fn confirm(
     state: &AdminState,
     user_id: &str,
     password: Option<SecretString>,
-    ip: std::net::IpAddr,
 ) -> Result<(), ApiError> {
-    if state.auth_failures.exhausted(ip) {
+    let who = user_id.to_owned();
+    if state.confirm_failures.exhausted(&who) {
         return Err(ApiError::TooManyRequests);
     }
     let Some(password) = password.filter(|p| !p.expose_secret().is_empty()) else {
@@ -865,10 +865,16 @@ async fn confirm(
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let phc = user.password_hash.clone();
-    if state.passwords.verify(password, Some(phc)).await? {
+    // Not counted against the instance-wide login limit: an agent failing logins on purpose
+    // must not be able to block a logged-in human from approving.
+    if state
+        .passwords
+        .verify_for_session(password, Some(phc))
+        .await?
+    {
         Ok(())
     } else {
-        state.auth_failures.record(ip);
+        state.confirm_failures.record(who);
         Err(ApiError::InvalidCredentials)
     }
 }
@@ -899,7 +905,6 @@ async fn approval_page(
 async fn approval_submit(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     axum::Form(fields): axum::Form<Vec<(String, String)>>,
 ) -> Response {
@@ -950,7 +955,7 @@ async fn approval_submit(
     };
     let hash = form.get("hash").map(String::as_str).unwrap_or_default();
     let outcome = match form.get("action").map(String::as_str) {
-        Some("approve") => match confirm(&state, &user_id, confirm_password, ip).await {
+        Some("approve") => match confirm(&state, &user_id, confirm_password).await {
             Ok(()) => approve(
                 &state,
                 user,

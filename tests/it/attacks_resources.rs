@@ -955,3 +955,115 @@ async fn resources_password_guessing_spread_over_addresses_hits_the_global_failu
     assert!(page.headers().contains_key("retry-after"));
     assert!(page.text().await.unwrap().contains("busy"));
 }
+
+/// An agent that fills the instance-wide failed-login limit on purpose (wrong passwords from
+/// many loopback addresses) must not stop a human who is already logged in on the web from
+/// approving: the approval page's password re-entry is budgeted per person, not counted in the
+/// global limit. Before, the owner's correct password was answered 503 `busy`.
+#[tokio::test]
+async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(|c| c.limits.login_failures_per_minute = 5)),
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("flooded", "sk_flooded_value").await;
+    let (status, created) = app
+        .call_with(
+            Some(&token),
+            "POST",
+            "/v1/proposals",
+            Some(serde_json::json!({
+                "vault": "flooded",
+                "services": [{ "action": "set", "name": "gh", "host": "api.github.com", "auth": { "type": "passthrough" } }]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let url = created["approval_url"].as_str().unwrap().to_owned();
+    let page_url = url.split('?').next().unwrap().to_owned();
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .post(format!("{}/login", app.admin))
+        .header("origin", &app.admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "email={}&password={}&next=%2F",
+            enc(crate::support::OWNER_EMAIL),
+            enc(crate::support::OWNER_PASSWORD)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The flood: wrong passwords from five addresses fill the instance-wide limit.
+    for last in 0..6u8 {
+        let _ = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(std::net::IpAddr::from([127, 0, 3, 10 + last]))
+            .build()
+            .unwrap()
+            .post(format!("{}/v1/auth/login", app.admin))
+            .json(&serde_json::json!({ "email": crate::support::OWNER_EMAIL, "password": "guess" }))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (status, _) = app
+        .call_with(
+            None,
+            "POST",
+            "/v1/auth/login",
+            Some(serde_json::json!({ "email": crate::support::OWNER_EMAIL, "password": crate::support::OWNER_PASSWORD })),
+        )
+        .await;
+    assert_eq!(status, 503, "the global limit is full");
+    let html = client
+        .get(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = html.find(&marker).unwrap() + marker.len();
+        html[start..].split('"').next().unwrap().to_owned()
+    };
+    let done = client
+        .post(&page_url)
+        .header("cookie", &cookie)
+        .header("origin", &app.admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "action=approve&csrf={}&hash={}&confirm_password={}",
+            enc(&field("csrf")),
+            enc(&field("hash")),
+            enc(crate::support::OWNER_PASSWORD)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Approved"));
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/flooded/proposals/1", None).await["status"],
+        "applied"
+    );
+}
