@@ -135,6 +135,18 @@ pub async fn register(
                 ));
             }
             let hash = hex::encode(state.keyring.token_hasher().hash(setup).0);
+            // Checked before hashing the password, so a bogus token costs no Argon2 run (the
+            // burn in `register_first_owner` stays the authority on a race).
+            let current = state.store.setup_token_hash().await?;
+            let matches = current.as_deref().is_some_and(|c| {
+                subtle::ConstantTimeEq::ct_eq(c.as_bytes(), hash.as_bytes()).into()
+            });
+            if !matches {
+                state.auth_failures.record(ip);
+                return Err(ApiError::Forbidden(
+                    "invalid or already used setup token".into(),
+                ));
+            }
             let phc = hash_password(&state, body.password).await?;
             let user_id = random_id()?;
             let vault_id = random_id()?;
