@@ -125,6 +125,9 @@ fn print_detail(p: &Value) {
                 "      obtain at (link provided by the agent; check it before opening): {url}"
             );
         }
+        if let Some(how) = c["obtain_instructions"].as_str() {
+            println!("      how to obtain (text from the agent): {how}");
+        }
     }
     for r in p["risks"].as_array().into_iter().flatten() {
         let ack = if r["needs_acknowledgement"] == true {

@@ -577,7 +577,7 @@ fn credential_rows(content: &ProposalContent) -> String {
                 key,
                 description,
                 obtain,
-                instructions,
+                obtain_instructions,
                 has_value,
             } => {
                 // Never a link: a click would carry the approver's cookie to whatever the agent
@@ -593,7 +593,7 @@ fn credential_rows(content: &ProposalContent) -> String {
                         )
                     })
                     .unwrap_or_default();
-                let how = instructions
+                let how = obtain_instructions
                     .as_ref()
                     .map(|i| format!("<div class=\"message\">{}</div>", esc(i)))
                     .unwrap_or_default();
