@@ -1001,7 +1001,20 @@ async fn an_agent_mints_only_shorter_lived_proxy_tokens_for_its_own_vaults() {
 
 #[tokio::test]
 async fn revoking_an_agent_token_revokes_the_tokens_it_minted() {
-    let app = spawn_app().await;
+    revocation_reaches_minted_tokens(&spawn_app().await).await;
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        let app = spawn_app_with(TestOptions {
+            postgres: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        revocation_reaches_minted_tokens(&app).await;
+        drop(app);
+        drop(db);
+    }
+}
+
+async fn revocation_reaches_minted_tokens(app: &crate::support::TestApp) {
     app.create_vault("fam").await;
     app.ok(
         "POST",
@@ -1010,7 +1023,7 @@ async fn revoking_an_agent_token_revokes_the_tokens_it_minted() {
     )
     .await;
     let mint_child = |parent: String| {
-        let app = &app;
+        let app = app;
         async move {
             let (status, child) = app
                 .call_with(
@@ -1025,7 +1038,7 @@ async fn revoking_an_agent_token_revokes_the_tokens_it_minted() {
         }
     };
     let discover = |token: String| {
-        let app = &app;
+        let app = app;
         async move {
             app.call_with(Some(&token), "GET", "/v1/discover", None)
                 .await
