@@ -1022,28 +1022,22 @@ async fn revocation_reaches_minted_tokens(app: &crate::support::TestApp) {
         Some(json!({ "name": "parent", "vaults": [{ "vault": "fam", "role": "proxy" }] })),
     )
     .await;
-    let mint_child = |parent: String| {
-        let app = app;
-        async move {
-            let (status, child) = app
-                .call_with(
-                    Some(&parent),
-                    "POST",
-                    "/v1/vaults/fam/tokens",
-                    Some(json!({})),
-                )
-                .await;
-            assert_eq!(status, 201, "{child}");
-            child["token"].as_str().unwrap().to_owned()
-        }
+    let mint_child = |parent: String| async move {
+        let (status, child) = app
+            .call_with(
+                Some(&parent),
+                "POST",
+                "/v1/vaults/fam/tokens",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 201, "{child}");
+        child["token"].as_str().unwrap().to_owned()
     };
-    let discover = |token: String| {
-        let app = app;
-        async move {
-            app.call_with(Some(&token), "GET", "/v1/discover", None)
-                .await
-                .0
-        }
+    let discover = |token: String| async move {
+        app.call_with(Some(&token), "GET", "/v1/discover", None)
+            .await
+            .0
     };
     // A user's own run token is not touched by an agent's revocation.
     let (user_run, _) = app.proxy_token("fam").await;
