@@ -1063,7 +1063,15 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         .await;
     assert_eq!(status, 201, "{minted}");
     let agent_run = minted["token"].as_str().unwrap().to_owned();
+    let user_run_id = app
+        .call_with(Some(&user_run), "GET", "/v1/auth/whoami", None)
+        .await
+        .1["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut urls = Vec::new();
     let cases = [
         (
             user_run.as_str(),
@@ -1085,6 +1093,7 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
             .await
             .unwrap();
         assert!(html.contains(&format!("Raised by {expected} on")), "{html}");
+        urls.push(created["approval_url"].as_str().unwrap().to_owned());
         let number = created["number"].as_i64().unwrap();
         let shown = app
             .ok("GET", &format!("/v1/vaults/props/proposals/{number}"), None)
@@ -1108,9 +1117,34 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         // No raw ids: neither the agent's nor a token's.
         for text in [html, event.to_string()] {
             assert!(!text.contains(&agent_id), "{text}");
+            assert!(!text.contains(&user_run_id), "{text}");
             assert!(!text.contains("scoped "), "{text}");
         }
     }
+    // Once the run token is gone (expired tokens are purged), the page says so, still without
+    // an id.
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM tokens WHERE id = $1")
+        .bind(&user_run_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let html = client
+        .get(&urls[0])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Raised by an agent run whose token has since expired or been removed on"),
+        "{html}"
+    );
+    assert!(!html.contains(&user_run_id), "{html}");
 }
 
 #[tokio::test]
