@@ -31,7 +31,7 @@ pub struct ProposalEvent {
     pub approval_url: String,
     /// The agent's message, shortened.
     pub message: String,
-    /// Who raised it (agent name or token id).
+    /// Who raised it, in words: the agent's name, the user's email, or whose run (never an id).
     pub created_by: String,
 }
 

@@ -61,9 +61,10 @@ pub enum CredentialSlotRequest {
         /// Where a human can get it (http or https URL).
         #[serde(default)]
         obtain: Option<String>,
-        /// How to get it.
-        #[serde(default)]
-        instructions: Option<String>,
+        /// How to get it. `instructions` is accepted too: the reference product calls it
+        /// `obtain_instructions`, earlier versions of this one `instructions`.
+        #[serde(default, alias = "instructions")]
+        obtain_instructions: Option<String>,
         /// A value the agent already has (sealed at once; approving still needs a human).
         #[serde(default)]
         value: Option<SecretString>,
@@ -117,8 +118,10 @@ pub enum CredentialSlot {
         description: String,
         /// Where to get it.
         obtain: Option<String>,
-        /// How to get it.
-        instructions: Option<String>,
+        /// How to get it. Shown as `obtain_instructions`; rows stored as `instructions` by
+        /// earlier versions still load.
+        #[serde(alias = "instructions")]
+        obtain_instructions: Option<String>,
         /// Whether the agent supplied a value (sealed separately).
         has_value: bool,
     },
@@ -366,7 +369,7 @@ pub fn validate(
                 key,
                 description,
                 obtain,
-                instructions,
+                obtain_instructions,
                 value,
             } => {
                 let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
@@ -376,7 +379,7 @@ pub fn validate(
                     MAX_DESCRIPTION,
                 )?;
                 let obtain = obtain.map(|url| check_url(&key, &url)).transpose()?;
-                if let Some(text) = &instructions {
+                if let Some(text) = &obtain_instructions {
                     check_text(
                         &format!("credential {key}: the instructions"),
                         text,
@@ -402,7 +405,7 @@ pub fn validate(
                         key,
                         description,
                         obtain,
-                        instructions,
+                        obtain_instructions,
                         has_value,
                     },
                 )
@@ -900,7 +903,7 @@ mod tests {
                     key: key("K"),
                     description: String::new(),
                     obtain: Some(url.into()),
-                    instructions: None,
+                    obtain_instructions: None,
                     has_value: false,
                 }],
                 message: String::new(),
@@ -911,6 +914,47 @@ mod tests {
         }
         let fine = obtain("https://github.com/settings/tokens").unwrap();
         assert!(check_links(&fine, &own).is_ok());
+    }
+
+    #[test]
+    fn obtain_instructions_is_the_field_name_and_instructions_an_alias() {
+        for field in ["obtain_instructions", "instructions"] {
+            let (content, _) = validate(
+                request(serde_json::json!({"credentials": [{"action": "set", "key": "K", field: "Settings > Tokens"}]})),
+                &state(),
+            )
+            .unwrap();
+            let CredentialSlot::Set {
+                obtain_instructions,
+                ..
+            } = &content.credentials[0]
+            else {
+                panic!("a set slot");
+            };
+            assert_eq!(obtain_instructions.as_deref(), Some("Settings > Tokens"));
+            // Shown and stored under the reference product's name.
+            let shown = serde_json::to_value(&content).unwrap();
+            assert_eq!(
+                shown["credentials"][0]["obtain_instructions"],
+                "Settings > Tokens"
+            );
+            assert!(shown["credentials"][0].get("instructions").is_none());
+        }
+        // Content stored by earlier versions (`instructions`) still loads.
+        let old: ProposalContent = serde_json::from_value(serde_json::json!({
+            "message": "", "services": [],
+            "credentials": [{"action": "set", "key": "K", "description": "", "obtain": null, "instructions": "old", "has_value": false}]
+        }))
+        .unwrap();
+        assert!(matches!(
+            &old.credentials[0],
+            CredentialSlot::Set { obtain_instructions: Some(t), .. } if t == "old"
+        ));
+        // Both names at once is ambiguous and refused.
+        let both: Result<ProposalRequest, _> = serde_json::from_value(serde_json::json!({
+            "credentials": [{"action": "set", "key": "K", "instructions": "a", "obtain_instructions": "b"}]
+        }));
+        assert!(both.is_err());
     }
 
     #[test]

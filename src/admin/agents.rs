@@ -327,7 +327,9 @@ pub struct MintBody {
 }
 
 /// `POST /v1/vaults/{vault}/tokens`: a short-lived proxy-role token for this vault. Users need
-/// the member role; agents may mint one for any vault they hold a role in (it can only proxy).
+/// the member role; agents may mint one for a vault they hold a role in. What an agent mints is
+/// always proxy-role, for one of its own vaults, no longer-lived than the agent's token, and is
+/// revoked with it (`revoke_token`, rotate, revoke, delete); scoped tokens mint nothing.
 pub async fn mint_token(
     State(state): State<AdminState>,
     caller: Caller,
@@ -353,9 +355,23 @@ pub async fn mint_token(
     )?
     .unwrap_or(tokens.scoped_default_ttl);
     if let Some(own_expiry) = caller.expires_at {
-        // Never outlive the token that minted it.
-        let left = u64::try_from(own_expiry.saturating_sub(now_ms())).unwrap_or(0);
-        ttl = ttl.min(Duration::from_millis(left));
+        // Never outlive the token that minted it. An agent asking for more is told so rather
+        // than quietly given less: what it mints is always shorter-lived than itself.
+        let left =
+            Duration::from_millis(u64::try_from(own_expiry.saturating_sub(now_ms())).unwrap_or(0));
+        if matches!(caller.principal, Principal::Agent { .. })
+            && body.ttl_seconds.is_some()
+            && ttl > left
+        {
+            return Err(ApiError::bad_request(
+                "invalid_ttl",
+                format!(
+                    "a token cannot outlive the agent token that mints it, which expires in {}",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ),
+            ));
+        }
+        ttl = ttl.min(left);
     }
     let label = body.label.unwrap_or_default();
     if label.len() > 100 {

@@ -214,10 +214,7 @@ pub async fn create(
         String::new(),
     )
     .await;
-    let created_by = match &caller.principal {
-        Principal::Agent { name, .. } => format!("agent {name}"),
-        _ => format!("{kind} {actor}"),
-    };
+    let created_by = describe_creator(&state, &record).await;
     let approvers = approvers(&state, &vault.id, proposal::needs_admin(&content))
         .await
         .unwrap_or_default();
@@ -243,6 +240,56 @@ pub async fn create(
         "message": "a human must open approval_url, review and approve; poll GET /v1/proposals/{id} for the outcome",
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Who raised a proposal, in words a person recognises: the agent's name, the user's email, or
+/// whose run token. Never a raw token or row id: when the token or agent is gone by now (run
+/// tokens are purged after they expire), it says so instead.
+pub(crate) async fn describe_creator(state: &AdminState, p: &ProposalRecord) -> String {
+    let agent_name = |id: String| async move {
+        state
+            .store
+            .agent_by_id(&id)
+            .await
+            .ok()
+            .flatten()
+            .map(|a| format!("agent {}", a.name))
+    };
+    let user_email = |id: String| async move {
+        state
+            .store
+            .user_by_id(&id)
+            .await
+            .ok()
+            .flatten()
+            .map(|u| u.email.to_string())
+    };
+    let described = match p.created_by_kind.as_str() {
+        "agent" => agent_name(p.created_by_id.clone()).await,
+        "scoped" => match state
+            .store
+            .token_by_id(&p.created_by_id)
+            .await
+            .ok()
+            .flatten()
+        {
+            Some(t) => match (t.agent_id, t.user_id) {
+                (Some(a), _) => agent_name(a).await.map(|n| format!("a run token of {n}")),
+                (None, Some(u)) => user_email(u)
+                    .await
+                    .map(|email| format!("an agent run started by {email}")),
+                _ => None,
+            },
+            None => None,
+        },
+        "user" => user_email(p.created_by_id.clone()).await,
+        _ => None,
+    };
+    described.unwrap_or_else(|| match p.created_by_kind.as_str() {
+        "agent" => "an agent that has since been deleted".into(),
+        "user" => "a user who has since been deleted".into(),
+        _ => "an agent run whose token has since expired or been removed".into(),
+    })
 }
 
 /// Human users who may approve: members or admins (admins only when services change).
@@ -329,33 +376,47 @@ pub async fn list(
     Ok(Json(out))
 }
 
-/// Proposal number `n` of vault `name`, for a caller with member role or higher there.
+/// A proposal of vault `name` by its number (`3`, `#3`) or its id (what `create` answered), for
+/// a caller with member role or higher there. Ids are 32 hex digits, too long for a number.
 async fn proposal_in(
     state: &AdminState,
     caller: &Caller,
     name: &str,
-    n: i64,
+    number_or_id: &str,
 ) -> Result<(VaultRecord, ProposalRecord), ApiError> {
     let (vault, _) = state.vault_access(caller, name, VaultRole::Member).await?;
-    let p = state
-        .store
-        .proposal_by_seq(&vault.id, n)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no proposal #{n} in vault {name:?}")))?;
+    let found = match number_or_id
+        .strip_prefix('#')
+        .unwrap_or(number_or_id)
+        .parse::<i64>()
+    {
+        Ok(n) => state.store.proposal_by_seq(&vault.id, n).await?,
+        Err(_) => state
+            .store
+            .proposal(number_or_id)
+            .await?
+            .filter(|p| p.vault_id == vault.id),
+    };
+    let p = found.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no proposal {number_or_id:?} in vault {name:?} (give its number or its id)"
+        ))
+    })?;
     Ok((vault, p))
 }
 
-/// `GET /v1/vaults/{vault}/proposals/{n}` (member or higher): with risks, the values still
+/// `GET /v1/vaults/{vault}/proposals/{n}` (member or higher; `n` is the number or the id): with risks, the values still
 /// needed, and the approval hash the CLI sends back.
 pub async fn show(
     State(state): State<AdminState>,
     caller: Caller,
-    Path((name, n)): Path<(String, i64)>,
+    Path((name, n)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (vault, p) = proposal_in(&state, &caller, &name, n).await?;
+    let (vault, p) = proposal_in(&state, &caller, &name, &n).await?;
     let content = content_of(&p)?;
     let vs = vault_state(&state, &vault.id).await?;
     let mut out = proposal_json(&p, vault.name.as_str(), &content);
+    out["created_by"]["name"] = json!(describe_creator(&state, &p).await);
     out["risks"] = json!(proposal::risks(&content, &vs));
     // Every proposed host in the A-label form the proxy routes on, beside its Unicode form.
     out["hosts"] = json!(
@@ -435,11 +496,11 @@ pub async fn approve_api(
     State(state): State<AdminState>,
     caller: Caller,
     headers: HeaderMap,
-    Path((name, n)): Path<(String, i64)>,
+    Path((name, n)): Path<(String, String)>,
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = require_bearer_human(&caller, &headers)?;
-    let (vault, p) = proposal_in(&state, &caller, &name, n).await?;
+    let (vault, p) = proposal_in(&state, &caller, &name, &n).await?;
     let content = content_of(&p)?;
     let hash = match body.approval_hash {
         Some(h) => h,
@@ -464,11 +525,11 @@ pub async fn reject_api(
     State(state): State<AdminState>,
     caller: Caller,
     headers: HeaderMap,
-    Path((name, n)): Path<(String, i64)>,
+    Path((name, n)): Path<(String, String)>,
     ApiJson(body): ApiJson<RejectBody>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = require_bearer_human(&caller, &headers)?;
-    let (_, p) = proposal_in(&state, &caller, &name, n).await?;
+    let (_, p) = proposal_in(&state, &caller, &name, &n).await?;
     reject(&state, &caller, &user_id, &p, &body.reason).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "rejected" }),

@@ -44,8 +44,9 @@ pub enum ProposalCommand {
     },
     /// Show one proposal with its risks and the values it still needs.
     Show {
-        /// The proposal number.
-        number: i64,
+        /// The proposal's number, or its id (what `create` printed).
+        #[arg(value_name = "NUMBER|ID")]
+        proposal: String,
         #[command(flatten)]
         vault: VaultArg,
         #[command(flatten)]
@@ -53,8 +54,9 @@ pub enum ProposalCommand {
     },
     /// Approve a proposal, giving values as KEY=VALUE or KEY=- (standard input).
     Approve {
-        /// The proposal number.
-        number: i64,
+        /// The proposal's number, or its id (what `create` printed).
+        #[arg(value_name = "NUMBER|ID")]
+        proposal: String,
         /// Values for the credentials it asks for.
         #[arg(value_name = "KEY=VALUE")]
         values: Vec<String>,
@@ -69,8 +71,9 @@ pub enum ProposalCommand {
     },
     /// Reject a proposal.
     Reject {
-        /// The proposal number.
-        number: i64,
+        /// The proposal's number, or its id (what `create` printed).
+        #[arg(value_name = "NUMBER|ID")]
+        proposal: String,
         /// Why (shown to the agent).
         #[arg(long, default_value = "")]
         reason: String,
@@ -94,6 +97,9 @@ fn print_detail(p: &Value) {
         output::text(p, "vault"),
         output::text(p, "status")
     );
+    if let Some(who) = p["created_by"]["name"].as_str() {
+        println!("raised by {who}");
+    }
     if let Some(m) = p["message"].as_str().filter(|m| !m.is_empty()) {
         println!("message: {m}");
     }
@@ -124,6 +130,9 @@ fn print_detail(p: &Value) {
             println!(
                 "      obtain at (link provided by the agent; check it before opening): {url}"
             );
+        }
+        if let Some(how) = c["obtain_instructions"].as_str() {
+            println!("      how to obtain (text from the agent): {how}");
         }
     }
     for r in p["risks"].as_array().into_iter().flatten() {
@@ -218,14 +227,15 @@ pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliE
             }
         }
         ProposalCommand::Show {
-            number,
+            proposal,
             vault,
             json,
         } => {
             let p: Value = client
                 .get(&format!(
-                    "/v1/vaults/{}/proposals/{number}",
-                    seg(&vault.vault)
+                    "/v1/vaults/{}/proposals/{}",
+                    seg(&vault.vault),
+                    seg(&proposal)
                 ))
                 .await?;
             if json.json {
@@ -235,13 +245,17 @@ pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliE
             }
         }
         ProposalCommand::Approve {
-            number,
+            proposal,
             values,
             acknowledge_risks,
             vault,
             json,
         } => {
-            let path = format!("/v1/vaults/{}/proposals/{number}", seg(&vault.vault));
+            let path = format!(
+                "/v1/vaults/{}/proposals/{}",
+                seg(&vault.vault),
+                seg(&proposal)
+            );
             // Approve exactly what was fetched: the server refuses if anything changed since.
             let shown: Value = client.get(&path).await?;
             // Risks that need an acknowledgement are printed before anything is sent, and only
@@ -261,7 +275,8 @@ pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliE
             }
             if !flagged.is_empty() && !acknowledge_risks {
                 return Err(CliError::msg(format!(
-                    "proposal #{number} has {} risk(s) that need your explicit acknowledgement (above); nothing was approved. Check them, then run again with --acknowledge-risks",
+                    "proposal #{} has {} risk(s) that need your explicit acknowledgement (above); nothing was approved. Check them, then run again with --acknowledge-risks",
+                    output::text(&shown, "number"),
                     flagged.len()
                 )));
             }
@@ -277,27 +292,36 @@ pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliE
                 output::json(&resp)
             } else {
                 println!(
-                    "approved proposal #{number} in vault {}; the changes are live",
+                    "approved proposal #{} in vault {}; the changes are live",
+                    output::text(&resp, "number"),
                     vault.vault
                 )
             }
         }
         ProposalCommand::Reject {
-            number,
+            proposal,
             reason,
             vault,
             json,
         } => {
             let resp: Value = client
                 .post(
-                    &format!("/v1/vaults/{}/proposals/{number}/reject", seg(&vault.vault)),
+                    &format!(
+                        "/v1/vaults/{}/proposals/{}/reject",
+                        seg(&vault.vault),
+                        seg(&proposal)
+                    ),
                     &json!({ "reason": reason }),
                 )
                 .await?;
             if json.json {
                 output::json(&resp)
             } else {
-                println!("rejected proposal #{number} in vault {}", vault.vault)
+                println!(
+                    "rejected proposal #{} in vault {}",
+                    output::text(&resp, "number"),
+                    vault.vault
+                )
             }
         }
     }

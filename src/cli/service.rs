@@ -22,6 +22,8 @@ pub enum ServiceCommand {
         file: PathBuf,
         #[command(flatten)]
         vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Add (or replace by name) one service (admin role).
     Add {
@@ -57,6 +59,8 @@ pub enum ServiceCommand {
         methods: Vec<String>,
         #[command(flatten)]
         vault: VaultArg,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Print the vault's services as YAML (or JSON).
     List {
@@ -134,7 +138,7 @@ fn auth_json(
 pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
-        ServiceCommand::Set { file, vault } => {
+        ServiceCommand::Set { file, vault, json } => {
             let text = read_file_or_stdin(&file)?;
             let specs: Vec<ServiceSpec> = parse_service_file(&text)
                 .map_err(|e| CliError::msg(format!("{}: {e}", file.display())))?
@@ -151,6 +155,11 @@ pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliEr
                     &json!({ "services": specs }),
                 )
                 .await?;
+            // The stored services, as `service list --json` and the admin API show them.
+            if json.json {
+                output::json(&resp["services"]);
+                return Ok(());
+            }
             let n = resp["services"].as_array().map(Vec::len).unwrap_or(0);
             println!(
                 "vault {} now has {n} service{}",
@@ -170,6 +179,7 @@ pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliEr
             templates,
             methods,
             vault,
+            json,
         } => {
             let mut spec = json!({ "host": host, "auth": auth_json(&auth, key, username_key, password_key, header, prefix, &templates)? });
             if let Some(n) = name {
@@ -181,6 +191,11 @@ pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliEr
             let resp: Value = client
                 .post(&format!("/v1/vaults/{}/services", seg(&vault.vault)), &spec)
                 .await?;
+            // The stored service as the server normalized it (name, host, methods, auth, ...).
+            if json.json {
+                output::json(&resp);
+                return Ok(());
+            }
             println!(
                 "service {} -> {} saved in vault {}",
                 output::text(&resp, "name"),

@@ -32,7 +32,7 @@ pub enum VaultCommand {
         name: String,
     },
     /// Credentials: set, get, list, delete.
-    #[command(subcommand, alias = "credentials")]
+    #[command(subcommand, alias = "credentials", visible_alias = "creds")]
     Credential(CredentialCommand),
     /// Services: the rules that bind credentials to hosts.
     #[command(subcommand, alias = "services")]

@@ -141,8 +141,9 @@ pub fn decide_request<'a>(
     if scoped && path_is_ambiguous(path) {
         return RequestDecision::Deny(DenyReason::AmbiguousPath);
     }
-    // Most specific wins: exact host before wildcard (candidate order), then a port rule before
-    // any-port, then the longest literal path prefix; declaration order breaks ties.
+    // Most specific wins: exact host before wildcard (candidate order), then an explicit port
+    // before the implied 443 (both match only 443 here: a pattern without a port never matches
+    // another port), then the longest literal path prefix; declaration order breaks ties.
     let best = candidates
         .iter()
         .enumerate()

@@ -576,7 +576,7 @@ pub struct HostPattern {
     pub host: String,
     /// `*.suffix`: exactly one extra label.
     pub wildcard: bool,
-    /// A specific port, or any port.
+    /// A specific port; none means 443 only, never any port.
     pub port: Option<u16>,
     /// A path glob (`*` matches any run of characters), or any path.
     pub path: Option<String>,
@@ -1261,6 +1261,10 @@ services:
         assert!(p.matches_path("/v1/charges"));
         assert!(!p.matches_path("/v2/charges"));
         assert!(!p.matches_path("/v1"));
+        // No port is not "any port": it is 443, so it never beats or shadows a port rule.
+        let bare = HostPattern::parse("api.example.com").unwrap();
+        assert!(bare.matches_host("api.example.com", 443));
+        assert!(!bare.matches_host("api.example.com", 8443));
         for bad in [
             "127.0.0.1",
             "localhost",

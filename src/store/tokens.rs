@@ -205,14 +205,19 @@ impl Store {
         row.as_ref().map(TokenRecord::from_row).transpose()
     }
 
-    /// Revokes one token. Returns whether a live token was revoked.
+    /// Revokes one token, and for an agent token the scoped tokens the agent minted. Returns
+    /// whether a live token was revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        // An agent's scoped tokens go with its agent token: an agent holds one agent token at a
+        // time (rotation revokes the old one and its scoped tokens), so they are this token's.
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND (id = $2 \
+             OR (kind = 'scoped' AND agent_id = (SELECT agent_id FROM tokens WHERE id = $2 AND kind = 'agent')))",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 

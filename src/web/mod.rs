@@ -577,7 +577,7 @@ fn credential_rows(content: &ProposalContent) -> String {
                 key,
                 description,
                 obtain,
-                instructions,
+                obtain_instructions,
                 has_value,
             } => {
                 // Never a link: a click would carry the approver's cookie to whatever the agent
@@ -593,7 +593,7 @@ fn credential_rows(content: &ProposalContent) -> String {
                         )
                     })
                     .unwrap_or_default();
-                let how = instructions
+                let how = obtain_instructions
                     .as_ref()
                     .map(|i| format!("<div class=\"message\">{}</div>", esc(i)))
                     .unwrap_or_default();
@@ -771,57 +771,6 @@ fn render(
     Ok(body)
 }
 
-/// Who raised a proposal, in words a person recognises: the agent's name, or whose run token.
-async fn describe_creator(state: &AdminState, p: &ProposalRecord) -> String {
-    let agent_name = |id: String| async move {
-        state
-            .store
-            .agent_by_id(&id)
-            .await
-            .ok()
-            .flatten()
-            .map(|a| format!("agent {}", a.name))
-    };
-    let described = match p.created_by_kind.as_str() {
-        "agent" => agent_name(p.created_by_id.clone()).await,
-        "scoped" => match state
-            .store
-            .token_by_id(&p.created_by_id)
-            .await
-            .ok()
-            .flatten()
-        {
-            Some(t) => match (t.agent_id, t.user_id) {
-                (Some(a), _) => agent_name(a).await.map(|n| format!("a run token of {n}")),
-                (None, Some(u)) => state
-                    .store
-                    .user_by_id(&u)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|u| format!("an agent run started by {}", u.email)),
-                _ => None,
-            },
-            None => None,
-        },
-        "user" => state
-            .store
-            .user_by_id(&p.created_by_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|u| u.email.to_string()),
-        _ => None,
-    };
-    described.unwrap_or_else(|| {
-        format!(
-            "{} {}",
-            p.created_by_kind,
-            p.created_by_id.chars().take(12).collect::<String>()
-        )
-    })
-}
-
 async fn render_page(
     state: &AdminState,
     p: &ProposalRecord,
@@ -835,7 +784,7 @@ async fn render_page(
         Ok(vs) => vs,
         Err(e) => return api_error_page(e),
     };
-    let creator = describe_creator(state, p).await;
+    let creator = crate::admin::proposals::describe_creator(state, p).await;
     match render(state, p, vault, &vs, &creator, viewer, token, flash) {
         Ok(body) => html_response(status, &format!("Proposal #{}", p.seq), &body),
         Err(e) => api_error_page(e),

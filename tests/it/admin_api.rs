@@ -920,3 +920,174 @@ async fn last_human_admin_stays(app: &crate::support::TestApp) {
         .await;
     assert_eq!(status, 204, "{body}");
 }
+
+#[tokio::test]
+async fn an_agent_mints_only_shorter_lived_proxy_tokens_for_its_own_vaults() {
+    let app = spawn_app().await;
+    app.create_vault("mine").await;
+    app.create_vault("theirs").await;
+    app.set_credentials("mine", &[("K", "v-secret-mine")]).await;
+    let agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": "minter", "vaults": [{ "vault": "mine", "role": "proxy" }], "ttl_seconds": 3600 })),
+        )
+        .await;
+    let agent_token = agent["token"].as_str().unwrap().to_owned();
+    let agent_expires = agent["expires_at"].as_i64().unwrap();
+    let mint = |path: &'static str, body: Value| {
+        let app = &app;
+        let token = agent_token.clone();
+        async move { app.call_with(Some(&token), "POST", path, Some(body)).await }
+    };
+
+    // Longer than the agent's own token: refused with the reason, nothing minted.
+    let (status, body) = mint("/v1/vaults/mine/tokens", json!({ "ttl_seconds": 7200 })).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_ttl", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("outlive"),
+        "{body}"
+    );
+    // A higher role cannot even be asked for.
+    let (status, body) = mint("/v1/vaults/mine/tokens", json!({ "role": "admin" })).await;
+    assert_eq!(status, 400, "{body}");
+    // Another vault answers as if it did not exist.
+    let (status, body) = mint("/v1/vaults/theirs/tokens", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/mine/tokens", None).await,
+        json!([]),
+        "nothing was minted"
+    );
+
+    // What it may mint: proxy role, its own vault, ending no later than itself.
+    for body in [json!({}), json!({ "ttl_seconds": 600 })] {
+        let (status, child) = mint("/v1/vaults/mine/tokens", body).await;
+        assert_eq!(status, 201, "{child}");
+        assert!(child["expires_at"].as_i64().unwrap() <= agent_expires);
+        let child = child["token"].as_str().unwrap().to_owned();
+        assert_eq!(
+            app.call_with(Some(&child), "GET", "/v1/discover", None)
+                .await
+                .0,
+            200
+        );
+        for (method, path) in [
+            ("GET", "/v1/vaults/mine/credentials"),
+            ("GET", "/v1/vaults/mine/credentials/K"),
+            ("GET", "/v1/vaults/mine/members"),
+            ("GET", "/v1/discover?vault=theirs"),
+        ] {
+            let (status, resp) = app.call_with(Some(&child), method, path, None).await;
+            assert!(
+                matches!(status, 403 | 404),
+                "{method} {path}: {status} {resp}"
+            );
+            assert!(!resp.to_string().contains("v-secret-mine"));
+        }
+        let (status, _) = app
+            .call_with(
+                Some(&child),
+                "POST",
+                "/v1/vaults/mine/tokens",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 403, "a scoped token mints nothing");
+    }
+}
+
+#[tokio::test]
+async fn revoking_an_agent_token_revokes_the_tokens_it_minted() {
+    revocation_reaches_minted_tokens(&spawn_app().await).await;
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        let app = spawn_app_with(TestOptions {
+            postgres: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        revocation_reaches_minted_tokens(&app).await;
+        drop(app);
+        drop(db);
+    }
+}
+
+async fn revocation_reaches_minted_tokens(app: &crate::support::TestApp) {
+    app.create_vault("fam").await;
+    app.ok(
+        "POST",
+        "/v1/agents",
+        Some(json!({ "name": "parent", "vaults": [{ "vault": "fam", "role": "proxy" }] })),
+    )
+    .await;
+    let mint_child = |parent: String| async move {
+        let (status, child) = app
+            .call_with(
+                Some(&parent),
+                "POST",
+                "/v1/vaults/fam/tokens",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 201, "{child}");
+        child["token"].as_str().unwrap().to_owned()
+    };
+    let discover = |token: String| async move {
+        app.call_with(Some(&token), "GET", "/v1/discover", None)
+            .await
+            .0
+    };
+    // A user's own run token is not touched by an agent's revocation.
+    let (user_run, _) = app.proxy_token("fam").await;
+
+    // The agent revokes its own token: its children stop working at once.
+    let parent = app.ok("POST", "/v1/agents/parent/rotate", None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = mint_child(parent.clone()).await;
+    assert_eq!(discover(child.clone()).await, 200);
+    assert_eq!(
+        app.call_with(Some(&parent), "DELETE", "/v1/tokens/self", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(discover(parent).await, 401);
+    assert_eq!(discover(child).await, 401, "the child went with its parent");
+
+    // An owner revoking the agent's token by id does the same.
+    let parent = app.ok("POST", "/v1/agents/parent/rotate", None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = mint_child(parent.clone()).await;
+    let me = app
+        .call_with(Some(&parent), "GET", "/v1/auth/whoami", None)
+        .await
+        .1;
+    let parent_id = me["token_id"].as_str().unwrap();
+    assert_eq!(
+        app.call("DELETE", &format!("/v1/tokens/{parent_id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(discover(child).await, 401);
+
+    // Rotating the agent's token ends the old token's children too.
+    let parent = app.ok("POST", "/v1/agents/parent/rotate", None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = mint_child(parent).await;
+    let fresh = app.ok("POST", "/v1/agents/parent/rotate", None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(discover(child).await, 401);
+    assert_eq!(discover(fresh).await, 200);
+    assert_eq!(discover(user_run).await, 200);
+}

@@ -623,3 +623,98 @@ async fn a_used_setup_token_cannot_register_again() {
         .1;
     assert_eq!(users.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn creds_is_credential_and_service_add_and_set_print_json() {
+    let app = crate::support::spawn_app().await;
+    app.cli_login().await;
+    let help = app.cli(&["vault", "--help"], None).await;
+    assert!(help.stdout.contains("creds"), "{help:?}");
+    let set = app
+        .cli(
+            &["vault", "creds", "set", "GH=-", "--vault", "default"],
+            Some("ghp_creds\n"),
+        )
+        .await;
+    assert_eq!(set.code, 0, "{set:?}");
+    let list = app
+        .cli(
+            &["vault", "creds", "list", "--vault", "default", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        list.stdout.contains("GH") && !list.stdout.contains("ghp_creds"),
+        "{list:?}"
+    );
+    let get = app
+        .cli(&["vault", "creds", "get", "GH", "--vault", "default"], None)
+        .await;
+    assert!(get.stdout.contains("ghp_creds"), "{get:?}");
+
+    // `service add --json`: the stored service, with the admin API's field names.
+    let added = app
+        .cli(
+            &[
+                "vault",
+                "service",
+                "add",
+                "--host",
+                "api.example.test",
+                "--name",
+                "gh",
+                "--key",
+                "GH",
+                "--vault",
+                "default",
+                "--json",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(added.code, 0, "{added:?}");
+    let stored = app.ok("GET", "/v1/vaults/default/services", None).await;
+    assert_eq!(added.json(), stored["services"][0], "{added:?}");
+    assert_eq!(added.json()["auth"]["token"], "GH");
+
+    // `service set --json`: all the stored services, as `service list --json` prints them.
+    let yaml = "services:\n  - name: a\n    host: a.example.test\n    auth: {type: bearer, token: GH}\n  - name: b\n    host: b.example.test/v1/*\n    methods: [GET]\n    auth: {type: passthrough}\n";
+    let replaced = app
+        .cli(
+            &[
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+            ],
+            Some(yaml),
+        )
+        .await;
+    assert_eq!(replaced.code, 0, "{replaced:?}");
+    let stored = app.ok("GET", "/v1/vaults/default/services", None).await;
+    assert_eq!(replaced.json(), stored["services"]);
+    assert_eq!(replaced.json().as_array().unwrap().len(), 2);
+    let listed = app
+        .cli(
+            &["vault", "service", "list", "--vault", "default", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(listed.json(), replaced.json());
+
+    // There is no route that clears all services at once; an empty `set` does (the README says so).
+    assert_eq!(
+        app.call("DELETE", "/v1/vaults/default/services", None)
+            .await
+            .0,
+        405
+    );
+    let cleared = app
+        .cli(
+            &[
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+            ],
+            Some("services: []\n"),
+        )
+        .await;
+    assert_eq!(cleared.code, 0, "{cleared:?}");
+    assert_eq!(cleared.json(), serde_json::json!([]));
+}

@@ -1026,3 +1026,212 @@ async fn approval_page_shows_exact_substitution_places() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
+    let (hook, seen) = webhook_receiver(0).await;
+    let app = spawn_app_with(TestOptions {
+        tweak: Some(Box::new(move |c| c.proposals.webhook_url = Some(hook))),
+        ..Default::default()
+    })
+    .await;
+    let user_run = setup(&app).await;
+    let agent = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(
+                json!({ "name": "release-bot", "vaults": [{ "vault": "props", "role": "proxy" }] }),
+            ),
+        )
+        .await;
+    let agent_token = agent["token"].as_str().unwrap().to_owned();
+    let agent_id = app
+        .call_with(Some(&agent_token), "GET", "/v1/auth/whoami", None)
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, minted) = app
+        .call_with(
+            Some(&agent_token),
+            "POST",
+            "/v1/vaults/props/tokens",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let agent_run = minted["token"].as_str().unwrap().to_owned();
+    let user_run_id = app
+        .call_with(Some(&user_run), "GET", "/v1/auth/whoami", None)
+        .await
+        .1["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut urls = Vec::new();
+    let cases = [
+        (
+            user_run.as_str(),
+            format!("an agent run started by {OWNER_EMAIL}"),
+        ),
+        (agent_token.as_str(), "agent release-bot".to_owned()),
+        (agent_run.as_str(), "agent release-bot".to_owned()),
+    ];
+    for (n, (token, expected)) in cases.iter().enumerate() {
+        let body = json!({ "credentials": [{ "action": "set", "key": format!("K{n}") }] });
+        let (status, created) = propose(&app, token, body).await;
+        assert_eq!(status, 201, "{created}");
+        let html = client
+            .get(created["approval_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(&format!("Raised by {expected} on")), "{html}");
+        urls.push(created["approval_url"].as_str().unwrap().to_owned());
+        let number = created["number"].as_i64().unwrap();
+        let shown = app
+            .ok("GET", &format!("/v1/vaults/props/proposals/{number}"), None)
+            .await;
+        assert_eq!(shown["created_by"]["name"], expected.as_str(), "{shown}");
+        let mut event = None;
+        for _ in 0..200 {
+            event = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["number"] == number)
+                .cloned();
+            if event.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let event = event.expect("the webhook was called");
+        assert_eq!(event["created_by"], expected.as_str(), "{event}");
+        // No raw ids: neither the agent's nor a token's.
+        for text in [html, event.to_string()] {
+            assert!(!text.contains(&agent_id), "{text}");
+            assert!(!text.contains(&user_run_id), "{text}");
+            assert!(!text.contains("scoped "), "{text}");
+        }
+    }
+    // Once the run token is gone (expired tokens are purged), the page says so, still without
+    // an id.
+    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM tokens WHERE id = $1")
+        .bind(&user_run_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let html = client
+        .get(&urls[0])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Raised by an agent run whose token has since expired or been removed on"),
+        "{html}"
+    );
+    assert!(!html.contains(&user_run_id), "{html}");
+}
+
+#[tokio::test]
+async fn proposals_are_shown_approved_and_rejected_by_id_or_number() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let mut ids = Vec::new();
+    for key in ["BY_ID", "BY_NUMBER", "TO_REJECT"] {
+        let body = json!({ "credentials": [{ "action": "set", "key": key, "instructions": format!("ask ops for {key}") }] });
+        let (status, created) = propose(&app, &token, body).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    app.cli_login().await;
+    // `show` by id: the same proposal as by number, with the instructions under their name.
+    let by_id = app
+        .cli(
+            &["proposal", "show", &ids[0], "--vault", "props", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(by_id.code, 0, "{by_id:?}");
+    let by_number = app
+        .cli(
+            &["proposal", "show", "1", "--vault", "props", "--json"],
+            None,
+        )
+        .await;
+    assert_eq!(by_id.json(), by_number.json());
+    assert_eq!(
+        by_id.json()["credentials"][0]["obtain_instructions"],
+        "ask ops for BY_ID"
+    );
+    let text = app
+        .cli(&["proposal", "show", &ids[0], "--vault", "props"], None)
+        .await;
+    assert!(text.stdout.contains("ask ops for BY_ID"), "{text:?}");
+    assert!(text.stdout.contains("raised by"), "{text:?}");
+    // `approve` and `reject` by id.
+    let approve = app
+        .cli(
+            &[
+                "proposal", "approve", &ids[0], "BY_ID=-", "--vault", "props",
+            ],
+            Some("v-by-id\n"),
+        )
+        .await;
+    assert_eq!(approve.code, 0, "{approve:?}");
+    assert!(approve.stdout.contains("#1"), "{approve:?}");
+    let reject = app
+        .cli(
+            &[
+                "proposal", "reject", &ids[2], "--reason", "no", "--vault", "props", "--json",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(reject.code, 0, "{reject:?}");
+    assert_eq!(reject.json()["number"], 3);
+    assert_eq!(
+        app.ok("GET", "/v1/vaults/props/credentials/BY_ID", None)
+            .await["value"],
+        "v-by-id"
+    );
+    let list = app.ok("GET", "/v1/vaults/props/proposals", None).await;
+    let status_of = |n: i64| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["number"] == n)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(
+        (status_of(1), status_of(2), status_of(3)),
+        (json!("applied"), json!("pending"), json!("rejected"))
+    );
+    // An id from another vault, or one that does not exist, is not found there.
+    app.create_vault("elsewhere").await;
+    for (vault, which) in [
+        ("elsewhere", ids[1].as_str()),
+        ("props", "0123456789abcdef0123456789abcdef"),
+    ] {
+        let missing = app
+            .cli(&["proposal", "show", which, "--vault", vault], None)
+            .await;
+        assert_eq!(missing.code, 1, "{missing:?}");
+        assert!(missing.stderr.contains("404"), "{missing:?}");
+    }
+}
