@@ -205,7 +205,7 @@ async fn one_flipped_bit_spoils_only_that_credential() {
             })
             .await
             .unwrap();
-        crate::proxy::flip_one_bit(&store, "BAD").await;
+        crate::support::fixtures::flip_one_bit(&store, "BAD").await;
         let rows = store.list_credentials(&vault.id).await.unwrap();
         assert_eq!(rows.len(), 2, "{backend}: every row is still listed");
         for row in &rows {
