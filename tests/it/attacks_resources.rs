@@ -6,33 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::agent::{self, basic};
-use crate::support::{TestOptions, spawn_app_with};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// Reads until the peer closes (true) or the bound passes (false).
-async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
+use crate::support::agent::{self, basic, closed_by_peer};
+use crate::support::{TestOptions, eventually, rss_kib, spawn_app_with};
 
 #[tokio::test]
 async fn resources_slow_heads_and_handshakes_are_cut_off() {
@@ -94,11 +69,10 @@ async fn resources_huge_header_blocks_are_refused() {
         ("one huge header", format!("X-Big: {big}\r\n")),
         ("too many headers", many.clone()),
     ] {
-        let tcp = TcpStream::connect(app.proxy).await.unwrap();
         let raw = format!(
             "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\nProxy-Authorization: {auth}\r\n{extra}\r\n"
         );
-        let out = agent::raw_exchange(tcp, raw.as_bytes()).await;
+        let out = agent::plain(app.proxy, raw.as_bytes()).await;
         assert!(
             out.is_empty() || out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400"),
             "{what} on the proxy listener: {}",
@@ -157,16 +131,11 @@ async fn resources_global_connection_cap() {
     }
     // Closing one frees its slot for the next connection.
     drop(held.pop());
-    let served = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
-            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            let mut buf = [0u8; 12];
-            if tcp.read_exact(&mut buf).await.is_ok() {
-                return buf;
-            }
-            tokio::task::yield_now().await;
-        }
+    let served = eventually(Duration::from_secs(20), async || {
+        let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.ok().map(|_| buf)
     })
     .await
     .expect("a slot frees up once a connection closes");
@@ -227,20 +196,15 @@ async fn resources_per_agent_concurrency_answers_429() {
     assert_eq!(resp.status(), 200);
     // Ending the streams frees the slots.
     drop(open);
-    let status = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let fresh = app.agent(&token, "busy").await;
-            let s = fresh
-                .get("https://api.example.test/after")
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if s != 429 {
-                return s;
-            }
-            tokio::task::yield_now().await;
-        }
+    let status = eventually(Duration::from_secs(20), async || {
+        let fresh = app.agent(&token, "busy").await;
+        let s = fresh
+            .get("https://api.example.test/after")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (s != 429).then_some(s)
     })
     .await
     .expect("slots are released when the responses end");

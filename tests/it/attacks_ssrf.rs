@@ -70,12 +70,11 @@ async fn connect_status(app: &TestApp, auth: &str, target: &str) -> (u16, String
 }
 
 async fn absolute_status(app: &TestApp, auth: &str, url: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
     let host = url.split('/').nth(2).unwrap();
     let raw = format!(
         "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
     );
-    agent::raw_exchange(stream, raw.as_bytes()).await
+    agent::plain(app.proxy, raw.as_bytes()).await
 }
 
 const METADATA: &[&str] = &[

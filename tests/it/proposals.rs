@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, spawn_app, spawn_app_with,
+    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, eventually, spawn_app, spawn_app_with,
 };
 
 /// A vault with the stripe service; returns a scoped proxy token for it.
@@ -489,14 +489,10 @@ async fn webhook_gets_the_link_with_retries() {
     .await;
     let token = setup(&app).await;
     let (_, created) = propose(&app, &token, github_proposal()).await;
-    let mut got = None;
-    for _ in 0..200 {
-        if let Some(v) = seen.lock().unwrap().first().cloned() {
-            got = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let got = eventually(Duration::from_secs(10), async || {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     let event = got.expect("the webhook was called after one failed attempt");
     assert_eq!(event["event"], "proposal.created");
     assert_eq!(event["approval_url"], created["approval_url"]);
@@ -569,14 +565,10 @@ async fn approvers_get_an_email_with_the_link() {
     .await;
     let token = setup(&app).await;
     let (_, created) = propose(&app, &token, github_proposal()).await;
-    let mut mail = None;
-    for _ in 0..200 {
-        if let Some(v) = mails.lock().unwrap().first().cloned() {
-            mail = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mail = eventually(Duration::from_secs(10), async || {
+        mails.lock().unwrap().first().cloned()
+    })
+    .await;
     let mail = mail.expect("an email was sent");
     assert!(mail.contains(OWNER_EMAIL), "{mail}");
     let id = created["id"].as_str().unwrap();
@@ -608,14 +600,10 @@ async fn agent_text_with_links_never_reaches_the_approvers_email() {
         json!("Urgent: first open http://127.0.0.1:9/steal and www.agent-site.example");
     let (status, created) = propose(&app, &token, body).await;
     assert_eq!(status, 201, "{created}");
-    let mut mail = None;
-    for _ in 0..200 {
-        if let Some(v) = mails.lock().unwrap().first().cloned() {
-            mail = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mail = eventually(Duration::from_secs(10), async || {
+        mails.lock().unwrap().first().cloned()
+    })
+    .await;
     let mail = mail.expect("an email was sent");
     assert!(
         mail.contains(created["id"].as_str().unwrap()),

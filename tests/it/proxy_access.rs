@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
@@ -22,9 +19,9 @@ async fn proxy_authentication_failures() {
     })
     .await;
     let token = vault_with_services(&app, "authn").await;
-    let (status, head) = agent::connect(app.proxy, "bearer.example.test:443", None)
-        .await
-        .unwrap_err();
+    let bearer =
+        async |auth: Option<&str>| agent::connect(app.proxy, "bearer.example.test:443", auth).await;
+    let (status, head) = bearer(None).await.unwrap_err();
     assert_eq!(status, 407);
     assert!(
         head.to_ascii_lowercase()
@@ -32,80 +29,31 @@ async fn proxy_authentication_failures() {
         "{head}"
     );
     assert!(head.contains("proxy_auth_required"));
-    let (status, _) = agent::connect(
-        app.proxy,
-        "bearer.example.test:443",
-        Some(&basic(&token, "other-vault")),
-    )
-    .await
-    .unwrap_err();
+    let (status, _) = bearer(Some(&basic(&token, "other-vault")))
+        .await
+        .unwrap_err();
     assert_eq!(status, 403, "a scoped token only works in its vault");
     let agent_resp = app.ok("POST", "/v1/agents", Some(json!({ "name": "multi", "vaults": [{ "vault": "authn", "role": "proxy" }, { "vault": "default", "role": "proxy" }] }))).await;
     let multi = agent_resp["token"].as_str().unwrap();
-    let (status, head) = agent::connect(
-        app.proxy,
-        "bearer.example.test:443",
-        Some(&format!("Bearer {multi}")),
-    )
-    .await
-    .unwrap_err();
+    let (status, head) = bearer(Some(&format!("Bearer {multi}"))).await.unwrap_err();
     assert_eq!(
         status, 403,
         "an agent with several vaults must name one: {head}"
     );
-    assert!(
-        agent::connect(
-            app.proxy,
-            "bearer.example.test:443",
-            Some(&basic(multi, "authn"))
-        )
-        .await
-        .is_ok()
-    );
+    assert!(bearer(Some(&basic(multi, "authn"))).await.is_ok());
     let session = app.owner_token.clone();
-    let (status, _) = agent::connect(
-        app.proxy,
-        "bearer.example.test:443",
-        Some(&basic(&session, "authn")),
-    )
-    .await
-    .unwrap_err();
+    let (status, _) = bearer(Some(&basic(&session, "authn"))).await.unwrap_err();
     assert_eq!(status, 407, "login sessions cannot proxy");
     // The failure budget: after 5 failures from this address, guesses answer 429; the valid
     // token keeps working.
+    let wrong = basic("av_run_wrongwrongwrongwrongwrongwrongwrongwrong", "authn");
     for _ in 0..5 {
-        let (status, _) = agent::connect(
-            app.proxy,
-            "bearer.example.test:443",
-            Some(&basic(
-                "av_run_wrongwrongwrongwrongwrongwrongwrongwrong",
-                "authn",
-            )),
-        )
-        .await
-        .unwrap_err();
+        let (status, _) = bearer(Some(&wrong)).await.unwrap_err();
         assert!(status == 407 || status == 429);
     }
-    let (status, head) = agent::connect(
-        app.proxy,
-        "bearer.example.test:443",
-        Some(&basic(
-            "av_run_wrongwrongwrongwrongwrongwrongwrongwrong",
-            "authn",
-        )),
-    )
-    .await
-    .unwrap_err();
+    let (status, head) = bearer(Some(&wrong)).await.unwrap_err();
     assert_eq!(status, 429, "{head}");
-    assert!(
-        agent::connect(
-            app.proxy,
-            "bearer.example.test:443",
-            Some(&basic(&token, "authn"))
-        )
-        .await
-        .is_ok()
-    );
+    assert!(bearer(Some(&basic(&token, "authn"))).await.is_ok());
 }
 
 #[tokio::test]
@@ -117,17 +65,8 @@ async fn revoked_token_is_cut_off_on_an_open_tunnel() {
     let tls = app
         .tunnel(&token, "revoke", "api.example.test", &[b"http/1.1"])
         .await;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = || {
-        Request::get("/")
-            .header("host", "api.example.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    let (mut sender, _conn) = agent::http1(tls).await;
+    let req = || agent::get("/", "api.example.test");
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
     assert_eq!(
         app.call("DELETE", &format!("/v1/tokens/{id}"), None)

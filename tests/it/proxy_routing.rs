@@ -3,9 +3,6 @@
 //! the request log that records each route. A real HTTP client is the agent, against the real
 //! server and a fake HTTPS upstream signed by a different CA than the proxy's.
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::support::agent::{self, basic};
@@ -110,15 +107,15 @@ async fn bound_host_without_a_fitting_rule_gets_no_credentials() {
         .await
         .unwrap();
     let _ = resp; // reqwest normalizes dot segments itself; the raw form is tested below.
-    let tls = app
-        .tunnel(&token, "scoped", "scoped.example.test", &[b"http/1.1"])
-        .await;
     let before = app.upstream.count();
-    let out = agent::raw_exchange(
-        tls,
-        b"GET /v1/%2e%2e/admin HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let out = app
+        .raw_request(
+            &token,
+            "scoped",
+            "scoped.example.test",
+            "GET /v1/%2e%2e/admin HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("ambiguous_path"));
     assert_eq!(app.upstream.count(), before, "nothing forwarded");
@@ -157,63 +154,37 @@ async fn host_and_sni_must_match_the_connect_authority() {
     let auth = basic(&token, "mismatch");
     let ca = app.ca_pem().await;
     let before = app.upstream.count();
+    let bearer = agent::dial(app.proxy, &auth, "bearer.example.test:443");
     // Host header names another host.
-    let tunnel = agent::connect(app.proxy, "bearer.example.test:443", Some(&auth))
-        .await
-        .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("bearer.example.test"),
-        Some(&ca),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
-    let req = Request::get("/")
-        .header("host", "evil.example.test")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = agent::send(tls, req).await.unwrap();
+    let resp = bearer
+        .sni("bearer.example.test")
+        .trusting(&ca)
+        .get("/", "evil.example.test")
+        .await;
     assert_eq!(resp.status(), 421);
     assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "host_mismatch");
     // SNI names another host (the client accepts any certificate to get this far).
-    let tunnel = agent::connect(app.proxy, "bearer.example.test:443", Some(&auth))
-        .await
-        .unwrap();
-    let tls = agent::tls(tunnel, Some("evil.example.test"), None, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let req = Request::get("/")
-        .header("host", "bearer.example.test")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(agent::send(tls, req).await.unwrap().status(), 421);
+    let resp = bearer
+        .sni("evil.example.test")
+        .get("/", "bearer.example.test")
+        .await;
+    assert_eq!(resp.status(), 421);
     // A well-behaved client verifying the leaf refuses it for the wrong name.
-    let tunnel = agent::connect(app.proxy, "bearer.example.test:443", Some(&auth))
-        .await
-        .unwrap();
     assert!(
-        agent::tls(tunnel, Some("evil.example.test"), Some(&ca), &[b"http/1.1"])
+        bearer
+            .sni("evil.example.test")
+            .trusting(&ca)
+            .tls()
             .await
             .is_err()
     );
     // Case, trailing dot and port spelling are the same authority.
-    let tunnel = agent::connect(app.proxy, "BEARER.example.test.:443", Some(&auth))
-        .await
-        .unwrap();
-    let tls = agent::tls(
-        tunnel,
-        Some("bearer.example.test"),
-        Some(&ca),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
-    let req = Request::get("/ok")
-        .header("host", "Bearer.Example.Test:443")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(agent::send(tls, req).await.unwrap().status(), 200);
+    let resp = agent::dial(app.proxy, &auth, "BEARER.example.test.:443")
+        .sni("bearer.example.test")
+        .trusting(&ca)
+        .get("/ok", "Bearer.Example.Test:443")
+        .await;
+    assert_eq!(resp.status(), 200);
     assert_eq!(
         app.upstream.count(),
         before + 1,
@@ -330,12 +301,11 @@ async fn absolute_form_requests() {
     let app = spawn_app().await;
     let token = app.stripe_vault("abs", "sk_abs").await;
     // https:// absolute form, as axios sends it.
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
     let req = format!(
         "GET https://api.example.test/axios?x=1 HTTP/1.1\r\nHost: api.example.test\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
         basic(&token, "abs")
     );
-    let out = agent::raw_exchange(stream, req.as_bytes()).await;
+    let out = agent::plain(app.proxy, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = app.upstream.last();
     assert_eq!(seen.path_and_query, "/axios?x=1");
@@ -344,27 +314,24 @@ async fn absolute_form_requests() {
         Some("Bearer sk_abs")
     );
     // Plain http:// to a host bound to credentials is refused.
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
     let req = format!(
         "GET http://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
         basic(&token, "abs")
     );
-    let out = agent::raw_exchange(stream, req.as_bytes()).await;
+    let out = agent::plain(app.proxy, req.as_bytes()).await;
     assert!(
         out.starts_with("HTTP/1.1 403") && out.contains("plaintext_refused"),
         "{out}"
     );
     // Origin-form is not a proxy request.
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
-    let out = agent::raw_exchange(
-        stream,
+    let out = agent::plain(
+        app.proxy,
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     // Absolute form without credentials.
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
-    let out = agent::raw_exchange(stream, b"GET https://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n").await;
+    let out = agent::plain(app.proxy, b"GET https://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 407"), "{out}");
 }
 

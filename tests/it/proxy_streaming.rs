@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
-use crate::support::{Alpn, TestOptions, spawn_app, spawn_app_with};
+use crate::support::agent;
+use crate::support::{Alpn, TestOptions, eventually, rss_kib, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn sse_events_stream_through_without_buffering() {
@@ -53,22 +52,13 @@ async fn streaming_responses_keep_a_connection_busy_and_stalled_or_idle_ones_clo
     })
     .await;
     let token = app.stripe_vault("long", "sk_long_stream").await;
-    let open = || async {
+    let open = async || {
         let tls = app
             .tunnel(&token, "long", "api.example.test", &[b"http/1.1"])
             .await;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        (sender, tokio::spawn(conn))
+        agent::http1(tls).await
     };
-    let get = |path: &str| {
-        Request::get(path)
-            .header("host", "api.example.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    let get = |path: &str| agent::get(path, "api.example.test");
 
     // 12 events 250 ms apart: 2.75 s of streaming, well past the 1 s idle limit.
     let (mut sender, _conn) = open().await;
@@ -113,16 +103,6 @@ async fn streaming_responses_keep_a_connection_busy_and_stalled_or_idle_ones_clo
         "an idle connection was not closed"
     );
     app.upstream.gate.notify_one();
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]
@@ -263,15 +243,11 @@ async fn graceful_shutdown_lets_open_streams_finish() {
     let proxy = app.proxy;
     let stopping = tokio::spawn(app.stop());
     // Wait (bounded) until the listener is closed: shutdown has begun.
-    let mut closed = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(proxy).await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(closed, "the proxy stopped accepting connections");
+    let closed = eventually(Duration::from_secs(5), async || {
+        tokio::net::TcpStream::connect(proxy).await.err()
+    })
+    .await;
+    assert!(closed.is_some(), "the proxy stopped accepting connections");
     // The open stream still completes once the upstream sends the rest.
     upstream.gate.notify_one();
     let mut rest = Vec::new();

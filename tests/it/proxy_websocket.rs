@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 
-use crate::support::{TestOptions, spawn_app, spawn_app_with};
+use crate::support::{TestOptions, eventually, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn websocket_handshake_gets_credentials_and_frames_flow() {
@@ -77,16 +77,12 @@ async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Quiet: the proxy closes it.
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match ws.next().await {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(_)) => {}
-                }
-            }
+        let closed = eventually(Duration::from_secs(10), async || match ws.next().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(()),
+            Some(Ok(_)) => None,
         })
         .await;
-        assert!(closed.is_ok(), "{vault}: an idle websocket stays open");
+        assert!(closed.is_some(), "{vault}: an idle websocket stays open");
     }
 }
 

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod process;
 pub mod raw_upstream;
 pub mod upstream;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use pki::TestCa;
 pub use upstream::{Alpn, FakeUpstream};
+pub use wait::eventually;
 
 pub const MASTER_PASSWORD: &str = "correct horse battery staple";
 pub const OWNER_EMAIL: &str = "owner@example.com";
@@ -482,14 +484,12 @@ impl TestApp {
         host: &str,
         alpn: &[&[u8]],
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = agent::connect(
-            self.proxy,
-            &format!("{host}:443"),
-            Some(&agent::basic(token, vault)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("CONNECT {host}: {e:?}"));
-        agent::tls(tcp, Some(host), Some(&self.ca_pem().await), alpn)
+        let (auth, ca) = (agent::basic(token, vault), self.ca_pem().await);
+        agent::dial(self.proxy, &auth, &format!("{host}:443"))
+            .sni(host)
+            .trusting(&ca)
+            .alpn(alpn)
+            .tls()
             .await
             .unwrap()
     }
@@ -503,20 +503,14 @@ impl TestApp {
 
     /// Waits (bounded) until the vault's request log has at least `n` rows.
     pub async fn wait_for_logs(&self, vault: &str, n: usize) -> Vec<Value> {
+        let path = format!("/v1/vaults/{vault}/logs");
         let mut last = Value::Null;
-        for _ in 0..200 {
-            let (_, v) = self
-                .call("GET", &format!("/v1/vaults/{vault}/logs"), None)
-                .await;
-            if let Some(rows) = v.as_array()
-                && rows.len() >= n
-            {
-                return rows.clone();
-            }
-            last = v;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("request log of {vault} never reached {n} rows: {last}");
+        let rows = eventually(Duration::from_secs(10), async || {
+            last = self.call("GET", &path, None).await.1;
+            last.as_array().filter(|rows| rows.len() >= n).cloned()
+        })
+        .await;
+        rows.unwrap_or_else(|| panic!("request log of {vault} never reached {n} rows: {last}"))
     }
 
     /// Runs the CLI binary against this app with its own HOME.
@@ -583,6 +577,17 @@ impl CliOutput {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
+}
+
+/// This process's resident memory, in KiB (the app runs in process, so this is its memory too).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
 /// Runs `f` against a fresh SQLite store and, when configured, a fresh Postgres store.
