@@ -7,7 +7,8 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
-use crate::support::{TestApp, spawn_app};
+use crate::support::assert_proxy_error;
+use crate::support::{TestApp, fetch, spawn_app};
 
 const SECRET: &str = "sk_exfil_0123456789abcdef";
 
@@ -34,10 +35,7 @@ const SERVICES: &str = r#"
 "#;
 
 async fn setup(app: &TestApp, vault: &str) -> String {
-    app.create_vault(vault).await;
-    app.set_credentials(vault, &[("KEY", SECRET)]).await;
-    app.set_services_yaml(vault, SERVICES).await;
-    app.proxy_token(vault).await.0
+    app.service_vault(vault, &[("KEY", SECRET)], SERVICES).await
 }
 
 fn status(raw: &str) -> u16 {
@@ -138,8 +136,7 @@ async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 421);
-    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "host_mismatch");
+    assert_proxy_error(&resp, 421, "host_mismatch");
     assert_eq!(app.upstream.count(), before, "nothing was forwarded");
 }
 
@@ -283,11 +280,7 @@ async fn exfil_placeholders_outside_declared_locations_are_refused() {
     let app = spawn_app().await;
     let token = setup(&app, "exfil-ph").await;
     let agent = app.agent(&token, "exfil-ph").await;
-    let resp = agent
-        .get("https://tg.example.test/bot__TG_TOKEN__/getMe")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://tg.example.test/bot__TG_TOKEN__/getMe")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         app.upstream.last().path_and_query,
@@ -314,11 +307,7 @@ async fn exfil_placeholders_outside_declared_locations_are_refused() {
     ];
     for req in refused {
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "placeholder_refused"
-        );
+        assert_proxy_error(&resp, 403, "placeholder_refused");
     }
     assert_eq!(app.upstream.count(), before, "nothing was sent");
     // A body is not a declared location: the placeholder travels as the literal text it is.
@@ -533,11 +522,7 @@ async fn exfil_method_override_is_refused_for_method_scoped_services() {
         assert_eq!(resp.status(), 400, "{header:?} {query}");
         assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_request");
     }
-    let resp = agent
-        .delete("https://scoped.example.test/v1/repo")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.delete("https://scoped.example.test/v1/repo")).await;
     assert_eq!(resp.status(), 200, "DELETE itself just gets no credential");
     assert_eq!(app.upstream.last().header("authorization"), None);
     assert_eq!(app.upstream.count(), before + 1);
@@ -549,14 +534,13 @@ async fn exfil_method_override_is_refused_for_method_scoped_services() {
 #[tokio::test]
 async fn exfil_h2_path_that_rewrites_the_authority() {
     let app = spawn_app().await;
-    app.create_vault("h2path").await;
-    app.set_credentials("h2path", &[("KEY", SECRET)]).await;
-    app.set_services_yaml(
-        "h2path",
-        "- name: api\n  host: api.example.test\n  auth: {type: bearer, token: KEY}\n",
-    )
-    .await;
-    let (token, _) = app.proxy_token("h2path").await;
+    let token = app
+        .service_vault(
+            "h2path",
+            &[("KEY", SECRET)],
+            "- name: api\n  host: api.example.test\n  auth: {type: bearer, token: KEY}\n",
+        )
+        .await;
     for path in [
         "@evil.example.test/steal",
         ".evil.example.test/steal",
@@ -610,11 +594,9 @@ const NOTES_SERVICES: &str = r#"
 "#;
 
 async fn notes_setup(app: &TestApp, vault: &str) -> reqwest::Client {
-    app.create_vault(vault).await;
-    app.set_credentials(vault, &[("NOTES_KEY", NOTES_SECRET)])
+    let token = app
+        .service_vault(vault, &[("NOTES_KEY", NOTES_SECRET)], NOTES_SERVICES)
         .await;
-    app.set_services_yaml(vault, NOTES_SERVICES).await;
-    let token = app.proxy_token(vault).await.0;
     app.agent(&token, vault).await
 }
 
@@ -686,11 +668,7 @@ async fn exfil_substitution_read_back_through_a_tunnel() {
         .tls_certs_only([upstream_ca])
         .build()
         .unwrap();
-    let read = tunneled
-        .get("https://readback.example.test/stored")
-        .send()
-        .await
-        .unwrap();
+    let read = fetch(tunneled.get("https://readback.example.test/stored")).await;
     assert_eq!(read.status(), 200, "the tunnel reaches the upstream");
     let stored = read.text().await.unwrap();
     assert!(

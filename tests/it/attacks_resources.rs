@@ -7,16 +7,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::agent::{self, basic, closed_by_peer};
-use crate::support::{TestOptions, eventually, rss_kib, spawn_app_with};
+use crate::support::assert_proxy_error;
+use crate::support::{TestOptions, eventually, fetch, rss_kib, spawn_app_tweaked, spawn_app_with};
 
 #[tokio::test]
 async fn resources_slow_heads_and_handshakes_are_cut_off() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.header_read_timeout = Duration::from_millis(300);
-            c.limits.tls_handshake_timeout = Duration::from_millis(300);
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+        c.limits.tls_handshake_timeout = Duration::from_millis(300);
     })
     .await;
     let token = app.stripe_vault("slow", "sk_slow_value").await;
@@ -99,11 +97,7 @@ async fn resources_huge_header_blocks_are_refused() {
 
 #[tokio::test]
 async fn resources_global_connection_cap() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_connections = 4)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_connections = 4).await;
     let before = rss_kib();
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -149,13 +143,10 @@ async fn resources_global_connection_cap() {
 
 #[tokio::test]
 async fn resources_per_agent_concurrency_answers_429() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.max_concurrent_requests_per_agent = 2;
-            // Connections land on whichever worker accepts them: the limit holds across them.
-            c.server.proxy_threads = 3;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.max_concurrent_requests_per_agent = 2;
+        // Connections land on whichever worker accepts them: the limit holds across them.
+        c.server.proxy_threads = 3;
     })
     .await;
     let token = app.stripe_vault("busy", "sk_busy_value").await;
@@ -164,11 +155,7 @@ async fn resources_per_agent_concurrency_answers_429() {
     // Two streams in flight, each holding a slot until its body ends.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut resp = agent
-            .get("https://api.example.test/gated")
-            .send()
-            .await
-            .unwrap();
+        let mut resp = fetch(agent.get("https://api.example.test/gated")).await;
         assert_eq!(resp.status(), 200);
         let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
             .await
@@ -177,13 +164,8 @@ async fn resources_per_agent_concurrency_answers_429() {
         assert!(first.is_some());
         open.push(resp);
     }
-    let resp = agent
-        .get("https://api.example.test/third")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "rate_limited");
+    let resp = fetch(agent.get("https://api.example.test/third")).await;
+    assert_proxy_error(&resp, 429, "rate_limited");
     assert_eq!(resp.headers()["retry-after"], "1");
     // Another token is another actor with its own slots.
     let resp = app
@@ -198,11 +180,8 @@ async fn resources_per_agent_concurrency_answers_429() {
     drop(open);
     let status = eventually(Duration::from_secs(20), async || {
         let fresh = app.agent(&token, "busy").await;
-        let s = fresh
-            .get("https://api.example.test/after")
-            .send()
+        let s = fetch(fresh.get("https://api.example.test/after"))
             .await
-            .unwrap()
             .status();
         (s != 429).then_some(s)
     })
@@ -213,13 +192,10 @@ async fn resources_per_agent_concurrency_answers_429() {
 
 #[tokio::test]
 async fn resources_bodies_over_the_caps() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.max_request_body_bytes = 4096;
-            c.limits.max_substitution_body_bytes = 1024;
-            c.limits.max_response_body_bytes = 64 * 1024;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.max_request_body_bytes = 4096;
+        c.limits.max_substitution_body_bytes = 1024;
+        c.limits.max_response_body_bytes = 64 * 1024;
     })
     .await;
     app.create_vault("caps").await;
@@ -247,11 +223,7 @@ async fn resources_bodies_over_the_caps() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 413);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "request_too_large"
-    );
+    assert_proxy_error(&resp, 413, "request_too_large");
     assert!(
         app.upstream
             .requests()
@@ -293,16 +265,8 @@ async fn resources_bodies_over_the_caps() {
         .unwrap();
     assert_eq!(resp.status(), 413);
     // Responses over the cap: refused when declared, cut off when streamed.
-    let resp = agent
-        .get("https://api.example.test/bytes?n=200000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "response_too_large"
-    );
+    let resp = fetch(agent.get("https://api.example.test/bytes?n=200000")).await;
+    assert_proxy_error(&resp, 502, "response_too_large");
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -434,11 +398,7 @@ async fn resources_h2_rapid_reset_and_continuation_floods() {
 #[tokio::test]
 async fn resources_twenty_thousand_credentials_in_one_request_are_refused() {
     use serde_json::{Value, json};
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_credentials_per_vault = 150)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_credentials_per_vault = 150).await;
     let token = app.stripe_vault("many", "sk_many_value").await;
     let held = || async {
         app.ok("GET", "/v1/vaults/many/credentials", None)
@@ -642,11 +602,7 @@ where
 #[tokio::test]
 async fn resources_hundred_mib_bodies_get_413_not_a_reset() {
     const BIG: usize = 100 << 20;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_request_body_bytes = 1 << 20)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_request_body_bytes = 1 << 20).await;
     let token = app.stripe_vault("huge", "sk_huge_value").await;
     let agent = app.agent(&token, "huge").await;
     let mut failures = Vec::new();
@@ -769,16 +725,13 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
     // A realistic memory cost (one pass, to stay quick) and a budget of two runs at once.
     const COST_KIB: u32 = 48 * 1024;
     const BUDGET: u64 = 128 << 20;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.kdf = agent_vault::crypto::KdfParams {
-                memory_kib: COST_KIB,
-                iterations: 1,
-                parallelism: 1,
-            };
-            c.limits.kdf_memory_budget = BUDGET;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.kdf = agent_vault::crypto::KdfParams {
+            memory_kib: COST_KIB,
+            iterations: 1,
+            parallelism: 1,
+        };
+        c.limits.kdf_memory_budget = BUDGET;
     })
     .await;
     let token = app.stripe_vault("kdf", "sk_kdf_flood").await;
@@ -821,11 +774,7 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
         });
     }
     // The agent's proxied request goes through while the flood is in flight.
-    let proxied = agent
-        .get("https://api.example.test/v1/charges")
-        .send()
-        .await
-        .unwrap();
+    let proxied = fetch(agent.get("https://api.example.test/v1/charges")).await;
     let finished_by_then = done.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(proxied.status(), 200, "the proxy answers during the flood");
     let (mut refused, mut busy) = (0, 0);
@@ -865,11 +814,7 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
 /// the limit the API answers 503 `busy` and the login page an HTML 503, both with Retry-After.
 #[tokio::test]
 async fn resources_password_guessing_spread_over_addresses_hits_the_global_failure_limit() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.login_failures_per_minute = 5)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.login_failures_per_minute = 5).await;
     let from = |last: u8| {
         reqwest::Client::builder()
             .no_proxy()

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::agent::{self, basic, closed_by_peer};
-use crate::support::{TestApp, TestCa, TestOptions, eventually, spawn_app};
+use crate::support::{TestApp, TestCa, eventually, spawn_app};
 
 #[tokio::test]
 async fn tls_client_hello_without_sni_still_routes_on_the_connect_authority() {
@@ -80,11 +80,7 @@ async fn connect_from(ip: [u8; 4], app: &TestApp, auth: Option<&str>) -> String 
 
 #[tokio::test]
 async fn tokens_failure_budget_is_per_client_address_including_loopback() {
-    let app = crate::support::spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.auth_failures_per_minute = 3)),
-        ..Default::default()
-    })
-    .await;
+    let app = crate::support::spawn_app_tweaked(|c| c.limits.auth_failures_per_minute = 3).await;
     let token = app.stripe_vault("budget", "sk_budget_value").await;
     let good = basic(&token, "budget");
     // Failures of every kind spend the budget: malformed header, unknown token, absolute form.
@@ -256,11 +252,7 @@ async fn an_open_websocket_closes_when_its_token_is_revoked() {
         .unwrap();
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("before")).await.unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let echo = agent::next_message(&mut ws).await;
     assert_eq!(echo.into_text().unwrap().as_str(), "before");
 
     assert_eq!(

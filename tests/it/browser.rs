@@ -7,7 +7,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, eventually, spawn_app};
+use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, eventually, fetch, spawn_app};
 
 struct Browser {
     client: Client,
@@ -185,11 +185,7 @@ async fn approver_logs_in_enters_the_value_and_the_agent_retry_succeeds() {
     assert_eq!(text_of(c, "#status").await, "applied");
 
     // The agent's retry goes through with the credential attached.
-    let resp = agent
-        .get("https://api.example.test/v1/charges")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/v1/charges")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         app.upstream.last().header("authorization").as_deref(),

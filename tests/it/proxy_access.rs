@@ -6,18 +6,15 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
+use crate::support::assert_proxy_error;
 use crate::support::fixtures::vault_with_services;
 use crate::support::{
-    Alpn, FakeUpstream, TestCa, TestOptions, spawn_app, spawn_app_against, spawn_app_with,
+    Alpn, FakeUpstream, TestCa, TestOptions, fetch, spawn_app, spawn_app_against, spawn_app_tweaked,
 };
 
 #[tokio::test]
 async fn proxy_authentication_failures() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.auth_failures_per_minute = 5)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.auth_failures_per_minute = 5).await;
     let token = vault_with_services(&app, "authn").await;
     let bearer =
         async |auth: Option<&str>| agent::connect(app.proxy, "bearer.example.test:443", auth).await;
@@ -106,16 +103,8 @@ async fn ssrf_guard_blocks_private_and_metadata_destinations() {
         let agent = app.agent(&token, "ssrf").await;
         let before = app.upstream.count();
         // A bound host that resolves to loopback.
-        let resp = agent
-            .get("https://bearer.example.test/")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "blocked_destination"
-        );
+        let resp = fetch(agent.get("https://bearer.example.test/")).await;
+        assert_proxy_error(&resp, 403, "blocked_destination");
         // Tunnelled destinations: loopback, private, metadata, IP literals in other spellings.
         let auth = basic(&token, "ssrf");
         for target in [
@@ -156,16 +145,12 @@ async fn ssrf_guard_blocks_private_and_metadata_destinations() {
 
 #[tokio::test]
 async fn metadata_stays_blocked_when_everything_is_allowlisted() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.upstream.allow_private_ranges = true;
-            c.upstream.network_allowlist =
-                vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
-            c.upstream
-                .resolve
-                .insert("meta.example.test:443".into(), "169.254.169.254:443".into());
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.upstream.allow_private_ranges = true;
+        c.upstream.network_allowlist = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        c.upstream
+            .resolve
+            .insert("meta.example.test:443".into(), "169.254.169.254:443".into());
     })
     .await;
     let (token, _) = app.proxy_token("default").await;

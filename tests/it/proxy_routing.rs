@@ -6,6 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::support::agent::{self, basic};
+use crate::support::assert_proxy_error;
+use crate::support::fetch;
 use crate::support::fixtures::vault_with_services;
 use crate::support::spawn_app;
 
@@ -59,11 +61,8 @@ async fn each_auth_type_is_injected_and_replaces_the_agents_header() {
         Some("Bearer agent-own")
     );
     // The agent never sees the values.
-    let body = agent
-        .get("https://bearer.example.test/echo")
-        .send()
+    let body = fetch(agent.get("https://bearer.example.test/echo"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -78,11 +77,7 @@ async fn bound_host_without_a_fitting_rule_gets_no_credentials() {
     let app = spawn_app().await;
     let token = vault_with_services(&app, "scoped").await;
     let agent = app.agent(&token, "scoped").await;
-    agent
-        .get("https://scoped.example.test/v1/charges")
-        .send()
-        .await
-        .unwrap();
+    fetch(agent.get("https://scoped.example.test/v1/charges")).await;
     assert_eq!(
         app.upstream.last().header("authorization").as_deref(),
         Some("Bearer tok-123")
@@ -101,11 +96,7 @@ async fn bound_host_without_a_fitting_rule_gets_no_credentials() {
             "{method} {path}"
         );
     }
-    let resp = agent
-        .get("https://scoped.example.test/v1/../admin")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://scoped.example.test/v1/../admin")).await;
     let _ = resp; // reqwest normalizes dot segments itself; the raw form is tested below.
     let before = app.upstream.count();
     let out = app
@@ -127,16 +118,8 @@ async fn missing_credential_answers_502_and_sends_nothing() {
     let token = vault_with_services(&app, "missing").await;
     let agent = app.agent(&token, "missing").await;
     let before = app.upstream.count();
-    let resp = agent
-        .get("https://ghost.example.test/anything")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "credential_not_found"
-    );
+    let resp = fetch(agent.get("https://ghost.example.test/anything")).await;
+    assert_proxy_error(&resp, 502, "credential_not_found");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "credential_not_found");
     assert!(body["message"].as_str().unwrap().contains("GONE"));
@@ -161,8 +144,7 @@ async fn host_and_sni_must_match_the_connect_authority() {
         .trusting(&ca)
         .get("/", "evil.example.test")
         .await;
-    assert_eq!(resp.status(), 421);
-    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "host_mismatch");
+    assert_proxy_error(&resp, 421, "host_mismatch");
     // SNI names another host (the client accepts any certificate to get this far).
     let resp = bearer
         .sni("evil.example.test")
@@ -250,11 +232,8 @@ async fn unmatched_hosts_follow_the_vault_policy() {
     // Bound hosts still work under deny.
     let agent = app.agent(&token, "policy").await;
     assert_eq!(
-        agent
-            .get("https://bearer.example.test/")
-            .send()
+        fetch(agent.get("https://bearer.example.test/"))
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -277,11 +256,7 @@ async fn redirects_are_returned_not_followed() {
     let app = spawn_app().await;
     let token = app.stripe_vault("redir", "sk_redir").await;
     let agent = no_redirects(app.agent_builder(&token, "redir").await);
-    let resp = agent
-        .get("https://api.example.test/redirect")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/redirect")).await;
     assert_eq!(resp.status(), 302);
     assert_eq!(
         resp.headers()["location"],

@@ -7,18 +7,17 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 
 use crate::support::agent;
-use crate::support::{Alpn, TestOptions, eventually, rss_kib, spawn_app, spawn_app_with};
+use crate::support::{
+    Alpn, TestOptions, eventually, fetch, rest_of, rss_kib, spawn_app, spawn_app_tweaked,
+    spawn_app_with,
+};
 
 #[tokio::test]
 async fn sse_events_stream_through_without_buffering() {
     let app = spawn_app().await;
     let token = app.stripe_vault("sse", "sk_sse").await;
     let agent = app.agent(&token, "sse").await;
-    let mut resp = agent
-        .get("https://api.example.test/gated")
-        .send()
-        .await
-        .unwrap();
+    let mut resp = fetch(agent.get("https://api.example.test/gated")).await;
     assert_eq!(resp.status(), 200);
     // The upstream holds the rest of the stream until we have the first event: a buffering
     // proxy would never deliver it.
@@ -29,26 +28,15 @@ async fn sse_events_stream_through_without_buffering() {
         .unwrap();
     assert_eq!(&first[..], b"data: first\n\n");
     app.upstream.gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(String::from_utf8_lossy(&rest), "data: second\n\n");
+    assert_eq!(rest_of(&mut resp).await, "data: second\n\n");
 }
 
 #[tokio::test]
 async fn streaming_responses_keep_a_connection_busy_and_stalled_or_idle_ones_close() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.idle_timeout = Duration::from_secs(1);
-            // An idle connection is closed gracefully: in-flight responses get this long.
-            c.server.shutdown_grace = Duration::from_millis(200);
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.idle_timeout = Duration::from_secs(1);
+        // An idle connection is closed gracefully: in-flight responses get this long.
+        c.server.shutdown_grace = Duration::from_millis(200);
     })
     .await;
     let token = app.stripe_vault("long", "sk_long_stream").await;
@@ -111,21 +99,14 @@ async fn large_downloads_stream_with_flat_memory() {
     let token = app.stripe_vault("big", "sk_big").await;
     let agent = app.agent(&token, "big").await;
     // Warm up the connection and allocator first.
-    agent
-        .get("https://api.example.test/bytes?n=1048576")
-        .send()
+    fetch(agent.get("https://api.example.test/bytes?n=1048576"))
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
     let before = rss_kib();
     let size = 50 * 1024 * 1024;
-    let mut resp = agent
-        .get(format!("https://api.example.test/bytes?n={size}"))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = fetch(agent.get(format!("https://api.example.test/bytes?n={size}"))).await;
     let (mut total, mut peak) = (0usize, before);
     while let Some(chunk) = resp.chunk().await.unwrap() {
         total += chunk.len();
@@ -153,11 +134,7 @@ async fn http2_clients_and_h2_only_upstreams_work() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let resp = agent
-        .get("https://api.example.test/h2")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/h2")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let seen = app.upstream.last();
@@ -185,11 +162,7 @@ async fn http2_clients_and_h2_only_upstreams_work() {
     let downloads = (0..6).map(|_| {
         let h1 = h1.clone();
         async move {
-            let resp = h1
-                .get(format!("https://api.example.test/bytes?n={size}"))
-                .send()
-                .await
-                .unwrap();
+            let resp = fetch(h1.get(format!("https://api.example.test/bytes?n={size}"))).await;
             assert_eq!(resp.status(), 200);
             let body = resp.bytes().await.unwrap();
             body.len() == size && body.iter().all(|&b| b == b'x')
@@ -212,11 +185,8 @@ async fn concurrent_connects_to_a_new_host_mint_one_leaf() {
     for _ in 0..50 {
         let agent = app.agent(&token, "leaf").await;
         tasks.push(tokio::spawn(async move {
-            agent
-                .get("https://api.example.test/")
-                .send()
+            fetch(agent.get("https://api.example.test/"))
                 .await
-                .unwrap()
                 .status()
                 .as_u16()
         }));
@@ -232,11 +202,7 @@ async fn graceful_shutdown_lets_open_streams_finish() {
     let app = spawn_app().await;
     let token = app.stripe_vault("drain", "sk_drain").await;
     let agent = app.agent(&token, "drain").await;
-    let mut resp = agent
-        .get("https://api.example.test/gated")
-        .send()
-        .await
-        .unwrap();
+    let mut resp = fetch(agent.get("https://api.example.test/gated")).await;
     let first = resp.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"data: first\n\n");
     let upstream = app.upstream.clone();
@@ -250,14 +216,6 @@ async fn graceful_shutdown_lets_open_streams_finish() {
     assert!(closed.is_some(), "the proxy stopped accepting connections");
     // The open stream still completes once the upstream sends the rest.
     upstream.gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(String::from_utf8_lossy(&rest), "data: second\n\n");
+    assert_eq!(rest_of(&mut resp).await, "data: second\n\n");
     stopping.await.unwrap();
 }

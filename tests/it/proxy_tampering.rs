@@ -1,8 +1,9 @@
 //! Rows changed behind the server's back (swapped ciphertexts, retargeted services, one flipped
 //! bit) fail closed at the proxy, for the tampered credential only.
 
+use crate::support::assert_proxy_error;
 use crate::support::fixtures::flip_one_bit;
-use crate::support::{TestOptions, spawn_app, spawn_app_with};
+use crate::support::{TestOptions, fetch, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn tampered_rows_fail_closed_at_the_proxy() {
@@ -11,9 +12,7 @@ async fn tampered_rows_fail_closed_at_the_proxy() {
     app.set_credentials("rows", &[("OTHER", "other-value")])
         .await;
     let agent = app.agent(&token, "rows").await;
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     // A credential row carrying another row's ciphertext.
     sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'OTHER') WHERE key = 'STRIPE_KEY'")
         .execute(store.pool())
@@ -22,11 +21,7 @@ async fn tampered_rows_fail_closed_at_the_proxy() {
     app.set_policy("rows", "tunnel").await; // any write rebuilds the snapshot from the rows
     let before = app.upstream.count();
     let resp = agent.get("https://api.example.test/").send().await.unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "integrity_error"
-    );
+    assert_proxy_error(&resp, 502, "integrity_error");
     assert_eq!(app.upstream.count(), before, "nothing was sent upstream");
     // A service row pointed at another host without the key that MACs it.
     sqlx::query(
@@ -37,16 +32,8 @@ async fn tampered_rows_fail_closed_at_the_proxy() {
     .unwrap();
     app.set_credentials("rows", &[("STRIPE_KEY", "sk_rows_value")])
         .await;
-    let resp = agent
-        .get("https://evil.example.test/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "integrity_error"
-    );
+    let resp = fetch(agent.get("https://evil.example.test/")).await;
+    assert_proxy_error(&resp, 502, "integrity_error");
     assert!(
         app.upstream
             .requests()
@@ -75,32 +62,21 @@ async fn one_flipped_bit(postgres: Option<String>) {
         ..Default::default()
     })
     .await;
-    app.create_vault("bits").await;
-    app.set_credentials(
-        "bits",
-        &[("BAD_KEY", "sk_bad_value"), ("GOOD_KEY", "sk_good_value")],
-    )
-    .await;
-    app.set_services_yaml(
-        "bits",
-        "- name: bad\n  host: api.example.test\n  auth: {type: bearer, token: BAD_KEY}\n\
+    let token = app
+        .service_vault(
+            "bits",
+            &[("BAD_KEY", "sk_bad_value"), ("GOOD_KEY", "sk_good_value")],
+            "- name: bad\n  host: api.example.test\n  auth: {type: bearer, token: BAD_KEY}\n\
          - name: good\n  host: good.example.test\n  auth: {type: bearer, token: GOOD_KEY}\n",
-    )
-    .await;
-    let (token, _) = app.proxy_token("bits").await;
+        )
+        .await;
     let agent = app.agent(&token, "bits").await;
-    let store = agent_vault::store::Store::open(&app.config.data_dir, postgres.as_deref())
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     flip_one_bit(&store, "BAD_KEY").await;
     store.close().await;
     app.set_policy("bits", "tunnel").await; // any write rebuilds the snapshot from the rows
 
-    let resp = agent
-        .get("https://good.example.test/ok")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://good.example.test/ok")).await;
     assert_eq!(resp.status(), 200, "the other credential keeps working");
     let seen = app.upstream.requests();
     assert_eq!(
@@ -108,16 +84,8 @@ async fn one_flipped_bit(postgres: Option<String>) {
         Some("Bearer sk_good_value")
     );
     let before = app.upstream.count();
-    let resp = agent
-        .get("https://api.example.test/bad")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "integrity_error"
-    );
+    let resp = fetch(agent.get("https://api.example.test/bad")).await;
+    assert_proxy_error(&resp, 502, "integrity_error");
     assert_eq!(app.upstream.count(), before, "nothing was sent upstream");
 
     let (status, body) = app

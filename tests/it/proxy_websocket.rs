@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 
-use crate::support::{TestOptions, eventually, spawn_app, spawn_app_with};
+use crate::support::agent;
+use crate::support::{eventually, spawn_app, spawn_app_tweaked};
 
 #[tokio::test]
 async fn websocket_handshake_gets_credentials_and_frames_flow() {
@@ -27,11 +28,7 @@ async fn websocket_handshake_gets_credentials_and_frames_flow() {
     ))
     .await
     .unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let echo = agent::next_message(&mut ws).await;
     assert_eq!(
         echo.into_text().unwrap().as_str(),
         "hello through the proxy"
@@ -41,11 +38,8 @@ async fn websocket_handshake_gets_credentials_and_frames_flow() {
 #[tokio::test]
 async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
     use tokio_tungstenite::tungstenite::Message;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.tunnel_idle_timeout = Duration::from_secs(1);
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.tunnel_idle_timeout = Duration::from_secs(1);
     })
     .await;
     // With a credential attached, frames are read one by one (scrubbing); with passthrough
@@ -89,15 +83,7 @@ async fn a_busy_websocket_outlives_the_idle_limit_and_an_idle_one_does_not() {
 #[tokio::test]
 async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
     let app = spawn_app().await;
-    app.create_vault("ws-frames").await;
-    app.set_credentials("ws-frames", &[("WS_TOKEN", "ws-secret-value-123")])
-        .await;
-    app.set_services_yaml(
-        "ws-frames",
-        "- name: stream\n  host: api.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_TOKEN__, key: WS_TOKEN, in: [{websocket: /auth}]}\n",
-    )
-    .await;
-    let (token, _) = app.proxy_token("ws-frames").await;
+    let token = app.service_vault("ws-frames", &[("WS_TOKEN", "ws-secret-value-123")], "- name: stream\n  host: api.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_TOKEN__, key: WS_TOKEN, in: [{websocket: /auth}]}\n").await;
     let tls = app
         .tunnel(&token, "ws-frames", "api.example.test", &[b"http/1.1"])
         .await;
@@ -121,11 +107,7 @@ async fn websocket_frames_get_substitutions_and_echoes_are_scrubbed() {
     ))
     .await
     .unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let echo = agent::next_message(&mut ws).await;
     let echoed = echo.into_text().unwrap().to_string();
     let seen = app
         .upstream

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestDatabase, TestOptions, eventually, spawn_app_against};
+use crate::support::{TestDatabase, TestOptions, eventually, fetch, spawn_app_against};
 
 #[tokio::test]
 async fn two_instances_share_state_through_postgres() {
@@ -53,11 +53,7 @@ async fn two_instances_share_state_through_postgres() {
     a.set_credentials("shared", &[("STRIPE_KEY", "sk_second")])
         .await;
     let updated = eventually(Duration::from_secs(5), async || {
-        agent_b
-            .get("https://api.example.test/")
-            .send()
-            .await
-            .unwrap();
+        fetch(agent_b.get("https://api.example.test/")).await;
         let seen = upstream.last().header("authorization");
         (seen.as_deref() == Some("Bearer sk_second")).then_some(())
     })

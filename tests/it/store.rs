@@ -10,6 +10,7 @@ use agent_vault::store::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::support::assert_proxy_error;
 use crate::support::{TINY_KDF, TestDatabase, for_each_store};
 
 fn key(k: &str) -> CredentialKey {
@@ -803,15 +804,13 @@ async fn stored_loose_substitutions_load_disabled() {
             ..TestOptions::default()
         })
         .await;
-        app.create_vault("legacy").await;
-        app.set_credentials("legacy", &[("KEY", SECRET), ("AUTH", "auth-value")])
+        let token = app
+            .service_vault(
+                "legacy",
+                &[("KEY", SECRET), ("AUTH", "auth-value")],
+                "- name: notes\n  host: notes.example.test\n  auth: {type: bearer, token: AUTH}\n",
+            )
             .await;
-        app.set_services_yaml(
-            "legacy",
-            "- name: notes\n  host: notes.example.test\n  auth: {type: bearer, token: AUTH}\n",
-        )
-        .await;
-        let (token, _) = app.proxy_token("legacy").await;
         let agent = app.agent(&token, "legacy").await;
         // The row as an older version wrote it, with the MAC that version computed.
         let vault_id = app
@@ -831,9 +830,7 @@ async fn stored_loose_substitutions_load_disabled() {
             .proxy_state
             .keyring
             .service_mac(&vault_id, "notes", &spec);
-        let store = Store::open(&app.config.data_dir, url.as_deref())
-            .await
-            .unwrap();
+        let store = app.open_store().await;
         sqlx::query(
             "UPDATE services SET spec = $1, mac = $2 WHERE vault_id = $3 AND name = 'notes'",
         )
@@ -851,11 +848,7 @@ async fn stored_loose_substitutions_load_disabled() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "placeholder_refused"
-        );
+        assert_proxy_error(&resp, 403, "placeholder_refused");
         let body = resp.text().await.unwrap();
         assert!(body.contains("old form"), "{body}");
         assert_eq!(app.upstream.count(), before, "nothing was sent");

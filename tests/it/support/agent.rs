@@ -309,3 +309,17 @@ pub async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> 
     .await
     .is_ok()
 }
+
+/// The next WebSocket message, which must arrive within 10 s.
+pub async fn next_message<S, E>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the socket is open")
+        .unwrap()
+}

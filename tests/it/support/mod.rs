@@ -10,6 +10,7 @@ pub mod process;
 pub mod raw_upstream;
 pub mod upstream;
 pub mod wait;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -207,6 +208,15 @@ pub fn test_config(
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(TestOptions::default()).await
+}
+
+/// An app whose configuration `tweak` changes at the last minute (otherwise the defaults).
+pub async fn spawn_app_tweaked(tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
+    spawn_app_with(TestOptions {
+        tweak: Some(Box::new(tweak)),
+        ..Default::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
@@ -438,16 +448,31 @@ impl TestApp {
         )
     }
 
+    /// A new vault with these credentials and the services of a YAML document; returns a
+    /// scoped proxy token for it.
+    pub async fn service_vault(&self, vault: &str, creds: &[(&str, &str)], yaml: &str) -> String {
+        self.create_vault(vault).await;
+        self.set_credentials(vault, creds).await;
+        self.set_services_yaml(vault, yaml).await;
+        self.proxy_token(vault).await.0
+    }
+
     /// A vault with one bearer service for api.example.test and its credential.
     pub async fn stripe_vault(&self, vault: &str, value: &str) -> String {
-        self.create_vault(vault).await;
-        self.set_credentials(vault, &[("STRIPE_KEY", value)]).await;
-        self.set_services_yaml(
+        self.service_vault(
             vault,
+            &[("STRIPE_KEY", value)],
             "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
         )
-        .await;
-        self.proxy_token(vault).await.0
+        .await
+    }
+
+    /// A second handle on this app's own database, to change rows behind the server's back.
+    pub async fn open_store(&self) -> agent_vault::store::Store {
+        let url = self.config.database_url.as_ref().map(|u| u.0.as_str());
+        agent_vault::store::Store::open(&self.config.data_dir, url)
+            .await
+            .unwrap()
     }
 
     pub async fn ca_pem(&self) -> String {
@@ -577,6 +602,57 @@ impl CliOutput {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
+}
+
+/// Sends a request that must get an answer (any status); the test judges the answer.
+pub async fn fetch(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.unwrap()
+}
+
+/// The rest of a streamed body, each chunk due within 10 s, as text.
+pub async fn rest_of(resp: &mut reqwest::Response) -> String {
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// A response's status and headers, whichever client received it.
+pub trait Answer {
+    /// The status code.
+    fn code(&self) -> u16;
+    /// The response headers.
+    fn head(&self) -> &http::HeaderMap;
+}
+
+impl Answer for reqwest::Response {
+    fn code(&self) -> u16 {
+        self.status().as_u16()
+    }
+    fn head(&self) -> &http::HeaderMap {
+        self.headers()
+    }
+}
+
+impl<B> Answer for http::Response<B> {
+    fn code(&self) -> u16 {
+        self.status().as_u16()
+    }
+    fn head(&self) -> &http::HeaderMap {
+        self.headers()
+    }
+}
+
+/// Asserts the proxy itself refused: `status` with `X-Agent-Vault-Proxy-Error: code`.
+#[track_caller]
+pub fn assert_proxy_error(resp: &impl Answer, status: u16, code: &str) {
+    assert_eq!(resp.code(), status);
+    assert_eq!(resp.head()["x-agent-vault-proxy-error"], code);
 }
 
 /// This process's resident memory, in KiB (the app runs in process, so this is its memory too).
