@@ -7,8 +7,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
-use crate::support::assert_proxy_error;
-use crate::support::{TestApp, fetch, spawn_app};
+use crate::support::{TestApp, assert_proxy_error, fetch, spawn_app};
 
 const SECRET: &str = "sk_exfil_0123456789abcdef";
 

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::assert_proxy_error;
 use crate::support::raw_upstream::RawUpstream;
 use crate::support::{
-    Alpn, FakeUpstream, TestCa, TestOptions, fetch, spawn_app, spawn_app_against,
+    Alpn, FakeUpstream, TestCa, TestOptions, assert_proxy_error, fetch, spawn_app,
+    spawn_app_against,
 };
 
 fn status(raw: &str) -> u16 {

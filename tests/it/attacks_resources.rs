@@ -7,8 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::agent::{self, basic, closed_by_peer};
-use crate::support::assert_proxy_error;
-use crate::support::{TestOptions, eventually, fetch, rss_kib, spawn_app_tweaked, spawn_app_with};
+use crate::support::{
+    TestOptions, assert_proxy_error, eventually, fetch, rss_kib, spawn_app_tweaked, spawn_app_with,
+};
 
 #[tokio::test]
 async fn resources_slow_heads_and_handshakes_are_cut_off() {

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use agent_vault::proxy::upstream::Lookup;
 
 use crate::support::agent::{self, basic};
-use crate::support::assert_proxy_error;
-use crate::support::{TestApp, TestOptions, fetch, spawn_app_tweaked, spawn_app_with};
+use crate::support::{
+    TestApp, TestOptions, assert_proxy_error, fetch, spawn_app_tweaked, spawn_app_with,
+};
 
 /// A DNS server played by the test: answers per host and call number, and counts the calls.
 type Answer = dyn Fn(&str, usize) -> Vec<SocketAddr> + Send + Sync;

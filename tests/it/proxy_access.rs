@@ -6,10 +6,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
-use crate::support::assert_proxy_error;
 use crate::support::fixtures::vault_with_services;
 use crate::support::{
-    Alpn, FakeUpstream, TestCa, TestOptions, fetch, spawn_app, spawn_app_against, spawn_app_tweaked,
+    Alpn, FakeUpstream, TestCa, TestOptions, assert_proxy_error, fetch, spawn_app,
+    spawn_app_against, spawn_app_tweaked,
 };
 
 #[tokio::test]

@@ -6,10 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::support::agent::{self, basic};
-use crate::support::assert_proxy_error;
-use crate::support::fetch;
 use crate::support::fixtures::vault_with_services;
-use crate::support::spawn_app;
+use crate::support::{assert_proxy_error, fetch, spawn_app};
 
 fn no_redirects(b: reqwest::ClientBuilder) -> reqwest::Client {
     b.redirect(reqwest::redirect::Policy::none())

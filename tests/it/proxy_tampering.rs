@@ -1,9 +1,8 @@
 //! Rows changed behind the server's back (swapped ciphertexts, retargeted services, one flipped
 //! bit) fail closed at the proxy, for the tampered credential only.
 
-use crate::support::assert_proxy_error;
 use crate::support::fixtures::flip_one_bit;
-use crate::support::{TestOptions, fetch, spawn_app, spawn_app_with};
+use crate::support::{TestOptions, assert_proxy_error, fetch, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn tampered_rows_fail_closed_at_the_proxy() {

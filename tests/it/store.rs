@@ -10,8 +10,7 @@ use agent_vault::store::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::support::assert_proxy_error;
-use crate::support::{TINY_KDF, TestDatabase, for_each_store};
+use crate::support::{TINY_KDF, TestDatabase, assert_proxy_error, for_each_store};
 
 fn key(k: &str) -> CredentialKey {
     CredentialKey::parse(k).unwrap()
