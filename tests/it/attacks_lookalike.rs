@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::support::web::{self, attr, form};
-use crate::support::{OWNER_PASSWORD, TestApp, spawn_app};
+use crate::support::{OWNER_PASSWORD, TestApp, fetch_text, spawn_app};
 
 /// `api.strіpe.com`, the і being U+0456 CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I.
 const CYRILLIC_HOST: &str = "api.str\u{0456}pe.com";
@@ -215,15 +215,7 @@ async fn lookalike_cyrillic_host_on_the_approval_page_needs_the_checkbox() {
         .next()
         .unwrap()
         .to_owned();
-    let html = client
-        .get(&url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let ascii = a_label(CYRILLIC_HOST);
     assert!(html.contains(&ascii), "the A-label is shown: {html}");
     assert!(html.contains(CYRILLIC_HOST), "the Unicode form is shown");

@@ -19,6 +19,7 @@ async fn resources_slow_heads_and_handshakes_are_cut_off() {
     })
     .await;
     let token = app.stripe_vault("slow", "sk_slow_value").await;
+    let auth = basic(&token, "slow");
     // Slowloris on the proxy listener: half a CONNECT head, then nothing.
     let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
     tcp.write_all(b"CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.exa")
@@ -26,22 +27,14 @@ async fn resources_slow_heads_and_handshakes_are_cut_off() {
         .unwrap();
     assert!(closed_by_peer(&mut tcp).await, "slow CONNECT head");
     // A tunnel that never starts TLS.
-    let mut tcp = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "slow")),
-    )
-    .await
-    .unwrap();
+    let mut tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+        .await
+        .unwrap();
     assert!(closed_by_peer(&mut tcp).await, "no ClientHello");
     // Half a ClientHello.
-    let mut tcp = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "slow")),
-    )
-    .await
-    .unwrap();
+    let mut tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+        .await
+        .unwrap();
     tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::web::{attr, form};
 use crate::support::{
-    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, eventually, fetch, spawn_app,
+    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, eventually, fetch, fetch_text, spawn_app,
     spawn_app_tweaked, spawn_app_with,
 };
 
@@ -663,15 +663,7 @@ async fn approval_page_over_http() {
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_owned();
-    let page = client
-        .get(&url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let csrf = attr(&page, "csrf");
     let hash = attr(&page, "hash");
 

@@ -476,14 +476,7 @@ impl TestApp {
     }
 
     pub async fn ca_pem(&self) -> String {
-        self.http
-            .get(format!("{}/v1/ca.pem", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        fetch_text(self.http.get(format!("{}/v1/ca.pem", self.admin))).await
     }
 
     /// An HTTP client acting as an agent: proxy set with token and vault, trusting only the
@@ -609,6 +602,11 @@ pub async fn fetch(req: reqwest::RequestBuilder) -> reqwest::Response {
     req.send().await.unwrap()
 }
 
+/// Sends a request that must get an answer and returns its body as text, whatever the status.
+pub async fn fetch_text(req: reqwest::RequestBuilder) -> String {
+    fetch(req).await.text().await.unwrap()
+}
+
 /// The rest of a streamed body, each chunk due within 10 s, as text.
 pub async fn rest_of(resp: &mut reqwest::Response) -> String {
     let mut rest = Vec::new();
@@ -653,6 +651,20 @@ impl<B> Answer for http::Response<B> {
 pub fn assert_proxy_error(resp: &impl Answer, status: u16, code: &str) {
     assert_eq!(resp.code(), status);
     assert_eq!(resp.head()["x-agent-vault-proxy-error"], code);
+}
+
+/// Every file below `dir`, however deep.
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
+    }
+    out
 }
 
 /// This process's resident memory, in KiB (the app runs in process, so this is its memory too).
