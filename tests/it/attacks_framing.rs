@@ -6,7 +6,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::support::raw_upstream::RawUpstream;
-use crate::support::{Alpn, FakeUpstream, TestCa, TestOptions, spawn_app, spawn_app_against};
+use crate::support::{
+    Alpn, FakeUpstream, TestCa, TestOptions, assert_proxy_error, fetch, spawn_app,
+    spawn_app_against,
+};
 
 fn status(raw: &str) -> u16 {
     raw.split_whitespace()
@@ -117,19 +120,11 @@ async fn framing_crlf_in_credential_values_cannot_inject() {
             .header("x-token", "__EVIL_VALUE__"),
     ] {
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "placeholder_refused"
-        );
+        assert_proxy_error(&resp, 403, "placeholder_refused");
     }
     assert_eq!(app.upstream.count(), before, "nothing was sent");
     // In a URL or a body the value is escaped for its location.
-    agent
-        .get("https://sub.example.test/p/__EVIL_VALUE__?q=__EVIL_VALUE__")
-        .send()
-        .await
-        .unwrap();
+    fetch(agent.get("https://sub.example.test/p/__EVIL_VALUE__?q=__EVIL_VALUE__")).await;
     let seen = app.upstream.last();
     assert_eq!(
         seen.path_and_query,
@@ -205,15 +200,13 @@ async fn framing_upstream_anomalies_discard_the_connection() {
         ca,
     )
     .await;
-    app.create_vault("raw").await;
-    app.set_credentials("raw", &[("KEY", "sk_raw_upstream_value")])
+    let token = app
+        .service_vault(
+            "raw",
+            &[("KEY", "sk_raw_upstream_value")],
+            "- name: raw\n  host: raw.example.test\n  auth: {type: bearer, token: KEY}\n",
+        )
         .await;
-    app.set_services_yaml(
-        "raw",
-        "- name: raw\n  host: raw.example.test\n  auth: {type: bearer, token: KEY}\n",
-    )
-    .await;
-    let (token, _) = app.proxy_token("raw").await;
     let agent = app.agent(&token, "raw").await;
     let get = |path: &str| agent.get(format!("https://raw.example.test{path}")).send();
 

@@ -6,22 +6,20 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, spawn_app};
+use crate::support::web::{self, attr, form};
+use crate::support::{OWNER_PASSWORD, TestApp, fetch_text, spawn_app};
 
 /// `api.strіpe.com`, the і being U+0456 CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I.
 const CYRILLIC_HOST: &str = "api.str\u{0456}pe.com";
 
 /// A vault whose stripe service binds api.stripe.com; returns an agent's proxy token.
 async fn setup(app: &TestApp, vault: &str) -> String {
-    app.create_vault(vault).await;
-    app.set_credentials(vault, &[("STRIPE_KEY", "sk_live_lookalike")])
-        .await;
-    app.set_services_yaml(
+    app.service_vault(
         vault,
+        &[("STRIPE_KEY", "sk_live_lookalike")],
         "- name: stripe\n  host: api.stripe.com\n  auth: {type: bearer, token: STRIPE_KEY}\n",
     )
-    .await;
-    app.proxy_token(vault).await.0
+    .await
 }
 
 /// The agent's proposal: a new service sending the existing STRIPE_KEY to `host`.
@@ -201,28 +199,6 @@ async fn lookalike_skeleton_of_an_existing_binding_is_high_risk() {
     assert_eq!(done["status"], "applied");
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn attr(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in page: {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
-}
-
 /// On the approval page: both forms of the host, a required checkbox per look-alike risk, and
 /// an approval without the tick refused with nothing applied.
 #[tokio::test]
@@ -232,40 +208,14 @@ async fn lookalike_cyrillic_host_on_the_approval_page_needs_the_checkbox() {
     let created = propose_rebind(&app, &token, "look-web", CYRILLIC_HOST).await;
     let url = created["approval_url"].as_str().unwrap().to_owned();
     let page_url = url.split('?').next().unwrap().to_owned();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = client
-        .post(format!("{}/login", app.admin))
-        .header("origin", &app.admin)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("email", OWNER_EMAIL),
-            ("password", OWNER_PASSWORD),
-            ("next", "/"),
-        ]))
-        .send()
+    let client = web::client();
+    let cookie = web::login(&app, &app.admin)
         .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
         .split(';')
         .next()
         .unwrap()
         .to_owned();
-    let html = client
-        .get(&url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let ascii = a_label(CYRILLIC_HOST);
     assert!(html.contains(&ascii), "the A-label is shown: {html}");
     assert!(html.contains(CYRILLIC_HOST), "the Unicode form is shown");

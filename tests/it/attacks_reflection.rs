@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::support::{Alpn, TestApp, TestOptions, spawn_app, spawn_app_with};
+use crate::support::{Alpn, TestApp, TestOptions, fetch, spawn_app, spawn_app_with};
 
 /// Characters that every encoding treats differently.
 const SECRET: &str = "sk_live/R3fl+ct\"ed Key=42";
@@ -27,18 +27,16 @@ const SERVICES: &str = r#"
 "#;
 
 async fn setup(app: &TestApp, vault: &str) -> String {
-    app.create_vault(vault).await;
-    app.set_credentials(
+    app.service_vault(
         vault,
         &[
             ("KEY", SECRET),
             ("USER", "svc-user"),
             ("PASS", "hunter2-pw"),
         ],
+        SERVICES,
     )
-    .await;
-    app.set_services_yaml(vault, SERVICES).await;
-    app.proxy_token(vault).await.0
+    .await
 }
 
 /// Every form of the secret a careless service could print.
@@ -139,11 +137,8 @@ async fn reflection_of_basic_auth_and_echoed_headers_is_scrubbed() {
     let token = setup(&app, "reflect-basic").await;
     let agent = app.agent(&token, "reflect-basic").await;
     let pair = STANDARD.encode("svc-user:hunter2-pw");
-    let body = agent
-        .get("https://basic.example.test/echo")
-        .send()
+    let body = fetch(agent.get("https://basic.example.test/echo"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -232,11 +227,7 @@ async fn reflection_in_sse_is_scrubbed_without_delaying_events() {
     let app = spawn_app().await;
     let token = setup(&app, "reflect-sse").await;
     let agent = app.agent(&token, "reflect-sse").await;
-    let mut resp = agent
-        .get("https://api.example.test/gated?reflect=1")
-        .send()
-        .await
-        .unwrap();
+    let mut resp = fetch(agent.get("https://api.example.test/gated?reflect=1")).await;
     let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
         .await
         .expect("the first event is not held back")

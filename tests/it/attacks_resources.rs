@@ -6,45 +6,20 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::agent::{self, basic};
-use crate::support::{TestOptions, spawn_app_with};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// Reads until the peer closes (true) or the bound passes (false).
-async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
+use crate::support::agent::{self, basic, closed_by_peer};
+use crate::support::{
+    TestOptions, assert_proxy_error, eventually, fetch, rss_kib, spawn_app_tweaked, spawn_app_with,
+};
 
 #[tokio::test]
 async fn resources_slow_heads_and_handshakes_are_cut_off() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.header_read_timeout = Duration::from_millis(300);
-            c.limits.tls_handshake_timeout = Duration::from_millis(300);
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+        c.limits.tls_handshake_timeout = Duration::from_millis(300);
     })
     .await;
     let token = app.stripe_vault("slow", "sk_slow_value").await;
+    let auth = basic(&token, "slow");
     // Slowloris on the proxy listener: half a CONNECT head, then nothing.
     let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
     tcp.write_all(b"CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.exa")
@@ -52,22 +27,14 @@ async fn resources_slow_heads_and_handshakes_are_cut_off() {
         .unwrap();
     assert!(closed_by_peer(&mut tcp).await, "slow CONNECT head");
     // A tunnel that never starts TLS.
-    let mut tcp = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "slow")),
-    )
-    .await
-    .unwrap();
+    let mut tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+        .await
+        .unwrap();
     assert!(closed_by_peer(&mut tcp).await, "no ClientHello");
     // Half a ClientHello.
-    let mut tcp = agent::connect(
-        app.proxy,
-        "api.example.test:443",
-        Some(&basic(&token, "slow")),
-    )
-    .await
-    .unwrap();
+    let mut tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+        .await
+        .unwrap();
     tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
         .await
         .unwrap();
@@ -94,11 +61,10 @@ async fn resources_huge_header_blocks_are_refused() {
         ("one huge header", format!("X-Big: {big}\r\n")),
         ("too many headers", many.clone()),
     ] {
-        let tcp = TcpStream::connect(app.proxy).await.unwrap();
         let raw = format!(
             "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\nProxy-Authorization: {auth}\r\n{extra}\r\n"
         );
-        let out = agent::raw_exchange(tcp, raw.as_bytes()).await;
+        let out = agent::plain(app.proxy, raw.as_bytes()).await;
         assert!(
             out.is_empty() || out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400"),
             "{what} on the proxy listener: {}",
@@ -125,11 +91,7 @@ async fn resources_huge_header_blocks_are_refused() {
 
 #[tokio::test]
 async fn resources_global_connection_cap() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_connections = 4)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_connections = 4).await;
     let before = rss_kib();
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -157,16 +119,11 @@ async fn resources_global_connection_cap() {
     }
     // Closing one frees its slot for the next connection.
     drop(held.pop());
-    let served = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
-            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            let mut buf = [0u8; 12];
-            if tcp.read_exact(&mut buf).await.is_ok() {
-                return buf;
-            }
-            tokio::task::yield_now().await;
-        }
+    let served = eventually(Duration::from_secs(20), async || {
+        let mut tcp = TcpStream::connect(app.proxy).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.ok().map(|_| buf)
     })
     .await
     .expect("a slot frees up once a connection closes");
@@ -180,13 +137,10 @@ async fn resources_global_connection_cap() {
 
 #[tokio::test]
 async fn resources_per_agent_concurrency_answers_429() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.max_concurrent_requests_per_agent = 2;
-            // Connections land on whichever worker accepts them: the limit holds across them.
-            c.server.proxy_threads = 3;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.max_concurrent_requests_per_agent = 2;
+        // Connections land on whichever worker accepts them: the limit holds across them.
+        c.server.proxy_threads = 3;
     })
     .await;
     let token = app.stripe_vault("busy", "sk_busy_value").await;
@@ -195,11 +149,7 @@ async fn resources_per_agent_concurrency_answers_429() {
     // Two streams in flight, each holding a slot until its body ends.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut resp = agent
-            .get("https://api.example.test/gated")
-            .send()
-            .await
-            .unwrap();
+        let mut resp = fetch(agent.get("https://api.example.test/gated")).await;
         assert_eq!(resp.status(), 200);
         let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
             .await
@@ -208,13 +158,8 @@ async fn resources_per_agent_concurrency_answers_429() {
         assert!(first.is_some());
         open.push(resp);
     }
-    let resp = agent
-        .get("https://api.example.test/third")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "rate_limited");
+    let resp = fetch(agent.get("https://api.example.test/third")).await;
+    assert_proxy_error(&resp, 429, "rate_limited");
     assert_eq!(resp.headers()["retry-after"], "1");
     // Another token is another actor with its own slots.
     let resp = app
@@ -227,20 +172,12 @@ async fn resources_per_agent_concurrency_answers_429() {
     assert_eq!(resp.status(), 200);
     // Ending the streams frees the slots.
     drop(open);
-    let status = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let fresh = app.agent(&token, "busy").await;
-            let s = fresh
-                .get("https://api.example.test/after")
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if s != 429 {
-                return s;
-            }
-            tokio::task::yield_now().await;
-        }
+    let status = eventually(Duration::from_secs(20), async || {
+        let fresh = app.agent(&token, "busy").await;
+        let s = fetch(fresh.get("https://api.example.test/after"))
+            .await
+            .status();
+        (s != 429).then_some(s)
     })
     .await
     .expect("slots are released when the responses end");
@@ -249,13 +186,10 @@ async fn resources_per_agent_concurrency_answers_429() {
 
 #[tokio::test]
 async fn resources_bodies_over_the_caps() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.limits.max_request_body_bytes = 4096;
-            c.limits.max_substitution_body_bytes = 1024;
-            c.limits.max_response_body_bytes = 64 * 1024;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.limits.max_request_body_bytes = 4096;
+        c.limits.max_substitution_body_bytes = 1024;
+        c.limits.max_response_body_bytes = 64 * 1024;
     })
     .await;
     app.create_vault("caps").await;
@@ -283,11 +217,7 @@ async fn resources_bodies_over_the_caps() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 413);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "request_too_large"
-    );
+    assert_proxy_error(&resp, 413, "request_too_large");
     assert!(
         app.upstream
             .requests()
@@ -329,16 +259,8 @@ async fn resources_bodies_over_the_caps() {
         .unwrap();
     assert_eq!(resp.status(), 413);
     // Responses over the cap: refused when declared, cut off when streamed.
-    let resp = agent
-        .get("https://api.example.test/bytes?n=200000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "response_too_large"
-    );
+    let resp = fetch(agent.get("https://api.example.test/bytes?n=200000")).await;
+    assert_proxy_error(&resp, 502, "response_too_large");
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -470,11 +392,7 @@ async fn resources_h2_rapid_reset_and_continuation_floods() {
 #[tokio::test]
 async fn resources_twenty_thousand_credentials_in_one_request_are_refused() {
     use serde_json::{Value, json};
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_credentials_per_vault = 150)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_credentials_per_vault = 150).await;
     let token = app.stripe_vault("many", "sk_many_value").await;
     let held = || async {
         app.ok("GET", "/v1/vaults/many/credentials", None)
@@ -678,11 +596,7 @@ where
 #[tokio::test]
 async fn resources_hundred_mib_bodies_get_413_not_a_reset() {
     const BIG: usize = 100 << 20;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.max_request_body_bytes = 1 << 20)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.max_request_body_bytes = 1 << 20).await;
     let token = app.stripe_vault("huge", "sk_huge_value").await;
     let agent = app.agent(&token, "huge").await;
     let mut failures = Vec::new();
@@ -805,16 +719,13 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
     // A realistic memory cost (one pass, to stay quick) and a budget of two runs at once.
     const COST_KIB: u32 = 48 * 1024;
     const BUDGET: u64 = 128 << 20;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.kdf = agent_vault::crypto::KdfParams {
-                memory_kib: COST_KIB,
-                iterations: 1,
-                parallelism: 1,
-            };
-            c.limits.kdf_memory_budget = BUDGET;
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.kdf = agent_vault::crypto::KdfParams {
+            memory_kib: COST_KIB,
+            iterations: 1,
+            parallelism: 1,
+        };
+        c.limits.kdf_memory_budget = BUDGET;
     })
     .await;
     let token = app.stripe_vault("kdf", "sk_kdf_flood").await;
@@ -857,11 +768,7 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
         });
     }
     // The agent's proxied request goes through while the flood is in flight.
-    let proxied = agent
-        .get("https://api.example.test/v1/charges")
-        .send()
-        .await
-        .unwrap();
+    let proxied = fetch(agent.get("https://api.example.test/v1/charges")).await;
     let finished_by_then = done.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(proxied.status(), 200, "the proxy answers during the flood");
     let (mut refused, mut busy) = (0, 0);
@@ -901,11 +808,7 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
 /// the limit the API answers 503 `busy` and the login page an HTML 503, both with Retry-After.
 #[tokio::test]
 async fn resources_password_guessing_spread_over_addresses_hits_the_global_failure_limit() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.login_failures_per_minute = 5)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.limits.login_failures_per_minute = 5).await;
     let from = |last: u8| {
         reqwest::Client::builder()
             .no_proxy()

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use agent_vault::proxy::upstream::Lookup;
 
 use crate::support::agent::{self, basic};
-use crate::support::{TestApp, TestOptions, spawn_app_with};
+use crate::support::{
+    TestApp, TestOptions, assert_proxy_error, fetch, spawn_app_tweaked, spawn_app_with,
+};
 
 /// A DNS server played by the test: answers per host and call number, and counts the calls.
 type Answer = dyn Fn(&str, usize) -> Vec<SocketAddr> + Send + Sync;
@@ -70,12 +72,11 @@ async fn connect_status(app: &TestApp, auth: &str, target: &str) -> (u16, String
 }
 
 async fn absolute_status(app: &TestApp, auth: &str, url: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(app.proxy).await.unwrap();
     let host = url.split('/').nth(2).unwrap();
     let raw = format!(
         "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
     );
-    agent::raw_exchange(stream, raw.as_bytes()).await
+    agent::plain(app.proxy, raw.as_bytes()).await
 }
 
 const METADATA: &[&str] = &[
@@ -186,18 +187,15 @@ async fn ssrf_blocked_address_classes_in_every_spelling() {
 
 #[tokio::test]
 async fn ssrf_metadata_stays_blocked_when_every_range_is_allowlisted() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.upstream.allow_private_ranges = true;
-            c.upstream.network_allowlist = vec![
-                "0.0.0.0/0".parse().unwrap(),
-                "::/0".parse().unwrap(),
-                "169.254.0.0/16".parse().unwrap(),
-                "fd00::/8".parse().unwrap(),
-            ];
-            metadata_names(c);
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.upstream.allow_private_ranges = true;
+        c.upstream.network_allowlist = vec![
+            "0.0.0.0/0".parse().unwrap(),
+            "::/0".parse().unwrap(),
+            "169.254.0.0/16".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ];
+        metadata_names(c);
     })
     .await;
     let (token, _) = app.proxy_token("default").await;
@@ -219,13 +217,9 @@ async fn ssrf_metadata_stays_blocked_when_every_range_is_allowlisted() {
 /// With every range allowlisted, the proxy still never dials its own admin API or itself.
 #[tokio::test]
 async fn ssrf_own_listeners_are_never_dialed() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.upstream.allow_private_ranges = true;
-            c.upstream.network_allowlist =
-                vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.upstream.allow_private_ranges = true;
+        c.upstream.network_allowlist = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
     })
     .await;
     let admin_port: u16 = app.admin.rsplit(':').next().unwrap().parse().unwrap();
@@ -302,11 +296,7 @@ async fn ssrf_mixed_dns_answers_are_refused() {
 /// and connects to the address it checked, for intercepted requests and spliced tunnels alike.
 #[tokio::test]
 async fn ssrf_rebinding_between_check_and_dial() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.upstream.resolve.clear())),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.upstream.resolve.clear()).await;
     let up = app.upstream.addr;
     let meta = SocketAddr::new([169, 254, 169, 254].into(), 443);
     // Even calls answer with the metadata address, odd calls with the (allowlisted) upstream.
@@ -317,23 +307,11 @@ async fn ssrf_rebinding_between_check_and_dial() {
         .set_lookup(Some(Arc::new(dns.clone())));
     let token = app.stripe_vault("rebind", "sk_rebind_value").await;
     let agent = app.agent(&token, "rebind").await;
-    let resp = agent
-        .get("https://api.example.test/one")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(
-        resp.headers()["x-agent-vault-proxy-error"],
-        "blocked_destination"
-    );
+    let resp = fetch(agent.get("https://api.example.test/one")).await;
+    assert_proxy_error(&resp, 403, "blocked_destination");
     assert_eq!(dns.calls("api.example.test"), 1, "one lookup per dial");
     assert_eq!(app.upstream.count(), 0);
-    let resp = agent
-        .get("https://api.example.test/two")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/two")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(dns.calls("api.example.test"), 2, "one lookup per dial");
     assert_eq!(
@@ -341,11 +319,7 @@ async fn ssrf_rebinding_between_check_and_dial() {
         Some("Bearer sk_rebind_value")
     );
     // The pooled connection goes to the address that was checked; no new lookup.
-    let resp = agent
-        .get("https://api.example.test/three")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/three")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(dns.calls("api.example.test"), 2);
     // Spliced tunnels: one lookup per CONNECT, dialing what was checked.

@@ -4,28 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::agent::{self, basic};
-use crate::support::{TestApp, TestCa, TestOptions, spawn_app};
-
-async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
+use crate::support::agent::{self, basic, closed_by_peer};
+use crate::support::{TestApp, TestCa, eventually, spawn_app};
 
 #[tokio::test]
 async fn tls_client_hello_without_sni_still_routes_on_the_connect_authority() {
@@ -33,19 +16,10 @@ async fn tls_client_hello_without_sni_still_routes_on_the_connect_authority() {
     let token = app.stripe_vault("nosni", "sk_nosni_value").await;
     let auth = basic(&token, "nosni");
     for (host, want) in [("api.example.test", 200), ("evil.example.test", 421)] {
-        let tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
-            .await
-            .unwrap();
-        let tls = agent::tls(tcp, None, None, &[b"http/1.1"]).await.unwrap();
-        let req = Request::get("/nosni")
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        assert_eq!(
-            agent::send(tls, req).await.unwrap().status(),
-            want,
-            "{host}"
-        );
+        let resp = agent::dial(app.proxy, &auth, "api.example.test:443")
+            .get("/nosni", host)
+            .await;
+        assert_eq!(resp.status(), want, "{host}");
     }
     assert_eq!(app.upstream.count(), 1);
     let seen = app.upstream.last();
@@ -106,11 +80,7 @@ async fn connect_from(ip: [u8; 4], app: &TestApp, auth: Option<&str>) -> String 
 
 #[tokio::test]
 async fn tokens_failure_budget_is_per_client_address_including_loopback() {
-    let app = crate::support::spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.limits.auth_failures_per_minute = 3)),
-        ..Default::default()
-    })
-    .await;
+    let app = crate::support::spawn_app_tweaked(|c| c.limits.auth_failures_per_minute = 3).await;
     let token = app.stripe_vault("budget", "sk_budget_value").await;
     let good = basic(&token, "budget");
     // Failures of every kind spend the budget: malformed header, unknown token, absolute form.
@@ -227,23 +197,14 @@ async fn tokens_revoked_and_expired_on_new_and_open_connections() {
     // Expired while open: the intercepted connection stops serving, the tunnel closes.
     let (token, id) = fresh().await;
     let auth = basic(&token, "life");
-    let tcp = agent::connect(app.proxy, "api.example.test:443", Some(&auth))
+    let tls = agent::dial(app.proxy, &auth, "api.example.test:443")
+        .sni("api.example.test")
+        .trusting(&ca)
+        .tls()
         .await
         .unwrap();
-    let tls = agent::tls(tcp, Some("api.example.test"), Some(&ca), &[b"http/1.1"])
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = || {
-        Request::get("/")
-            .header("host", "api.example.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    let (mut sender, _conn) = agent::http1(tls).await;
+    let req = || agent::get("/", "api.example.test");
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
     let mut tunnel = agent::connect(app.proxy, "unbound.example.test:443", Some(&auth))
         .await
@@ -291,11 +252,7 @@ async fn an_open_websocket_closes_when_its_token_is_revoked() {
         .unwrap();
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("before")).await.unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let echo = agent::next_message(&mut ws).await;
     assert_eq!(echo.into_text().unwrap().as_str(), "before");
 
     assert_eq!(
@@ -306,15 +263,13 @@ async fn an_open_websocket_closes_when_its_token_is_revoked() {
     );
     // The upgraded connection is no longer hyper's: it must be closed by the revocation
     // watch, not left open for as long as the agent likes.
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let _ = ws.send(Message::text("after")).await;
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+    let ended = eventually(Duration::from_secs(10), async || {
+        let _ = ws.send(Message::text("after")).await;
+        match ws.next().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(()),
+            Some(Ok(_)) => None,
         }
     })
     .await;
-    assert!(ended.is_ok(), "the websocket outlived its revoked token");
+    assert!(ended.is_some(), "the websocket outlived its revoked token");
 }

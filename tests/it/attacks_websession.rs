@@ -8,50 +8,10 @@
 use serde_json::{Value, json};
 
 use crate::support::agent::{self, basic};
-use crate::support::{
-    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, spawn_app, spawn_app_with,
-};
+use crate::support::web::{self, form};
+use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, fetch, spawn_app, spawn_app_tweaked};
 
 const SECRET: &str = "sk_live_websession_secret_1";
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in through the web form with `origin` and returns the whole `Set-Cookie` header.
-async fn web_login(app: &TestApp, origin: &str) -> String {
-    let resp = browser()
-        .post(format!("{}/login", app.admin))
-        .header("origin", origin)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("email", OWNER_EMAIL),
-            ("password", OWNER_PASSWORD),
-            ("next", "/"),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303);
-    resp.headers()["set-cookie"].to_str().unwrap().to_owned()
-}
 
 /// `name=value` of a `Set-Cookie` header.
 fn pair(set_cookie: &str) -> (String, String) {
@@ -62,7 +22,7 @@ fn pair(set_cookie: &str) -> (String, String) {
 
 /// Whether the dashboard answers this `Cookie` header as a logged-in page.
 async fn dashboard(app: &TestApp, cookie: &str) -> (u16, String) {
-    let resp = browser()
+    let resp = web::client()
         .get(format!("{}/", app.admin))
         .header("cookie", cookie)
         .send()
@@ -76,7 +36,7 @@ async fn dashboard(app: &TestApp, cookie: &str) -> (u16, String) {
 async fn web_session_cookie_is_refused_as_api_bearer() {
     let app = spawn_app().await;
     app.stripe_vault("bank", SECRET).await;
-    let set_cookie = web_login(&app, &app.admin).await;
+    let set_cookie = web::login(&app, &app.admin).await;
     let (name, value) = pair(&set_cookie);
     assert_eq!(name, "av_session", "plain-http loopback keeps the old name");
     assert!(!set_cookie.contains("Secure"), "{set_cookie}");
@@ -137,7 +97,7 @@ async fn web_session_cookie_is_refused_as_api_bearer() {
         .next()
         .unwrap()
         .to_owned();
-    let out = browser()
+    let out = web::client()
         .post(format!("{}/logout", app.admin))
         .header("cookie", format!("{name}={value}"))
         .header("origin", &app.admin)
@@ -158,12 +118,10 @@ async fn web_session_cookie_is_refused_as_api_bearer() {
 #[tokio::test]
 async fn expired_web_session_is_refused_by_the_pages() {
     let app = spawn_app().await;
-    let (name, value) = pair(&web_login(&app, &app.admin).await);
+    let (name, value) = pair(&web::login(&app, &app.admin).await);
     let cookie = format!("{name}={value}");
     assert_eq!(dashboard(&app, &cookie).await.0, 200);
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     let kind: String = sqlx::query_scalar("SELECT kind FROM tokens WHERE label = 'web'")
         .fetch_one(store.pool())
         .await
@@ -210,14 +168,7 @@ async fn agent_obtain_links_are_not_clickable() {
         .await;
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap();
-    let html = browser()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = fetch(web::client().get(url)).await.text().await.unwrap();
     // Stored and shown as the URL parser serializes it, then HTML-escaped.
     let escaped = "https://github.com/settings/tokens?scopes=repo&amp;note=%22x%22";
     assert!(
@@ -242,12 +193,9 @@ async fn agent_obtain_links_are_not_clickable() {
 
 #[tokio::test]
 async fn obtain_urls_to_loopback_private_or_plain_http_are_refused() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.server.public_url = Some("https://vault.corp.test".into());
-            c.server.allowed_hosts = vec!["av.intranet.test".into()];
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(|c| {
+        c.server.public_url = Some("https://vault.corp.test".into());
+        c.server.allowed_hosts = vec!["av.intranet.test".into()];
     })
     .await;
     let token = app.stripe_vault("obtain", SECRET).await;
@@ -316,14 +264,9 @@ async fn obtain_urls_to_loopback_private_or_plain_http_are_refused() {
 #[tokio::test]
 async fn web_session_cookie_over_tls_is_host_prefixed_and_secure() {
     let public = "https://vault.corp.test";
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| {
-            c.server.public_url = Some("https://vault.corp.test".into())
-        })),
-        ..Default::default()
-    })
-    .await;
-    let set_cookie = web_login(&app, public).await;
+    let app =
+        spawn_app_tweaked(|c| c.server.public_url = Some("https://vault.corp.test".into())).await;
+    let set_cookie = web::login(&app, public).await;
     let (name, value) = pair(&set_cookie);
     assert_eq!(name, "__Host-av_session", "{set_cookie}");
     let attrs: Vec<&str> = set_cookie.split(';').map(str::trim).collect();
@@ -358,7 +301,7 @@ async fn web_session_cookie_over_tls_is_host_prefixed_and_secure() {
         .next()
         .unwrap()
         .to_owned();
-    let out = browser()
+    let out = web::client()
         .post(format!("{}/logout", app.admin))
         .header("cookie", &cookie)
         .header("origin", public)

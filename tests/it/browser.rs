@@ -7,7 +7,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, spawn_app};
+use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TestApp, eventually, fetch, spawn_app};
 
 struct Browser {
     client: Client,
@@ -58,15 +58,13 @@ async fn browser() -> Option<Browser> {
         }),
     );
     let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+    // Chromedriver listens a moment after it starts; the session request below says if it never did.
+    eventually(Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .ok()
+    })
+    .await;
     let client = ClientBuilder::rustls()
         .unwrap()
         .capabilities(caps)
@@ -187,11 +185,7 @@ async fn approver_logs_in_enters_the_value_and_the_agent_retry_succeeds() {
     assert_eq!(text_of(c, "#status").await, "applied");
 
     // The agent's retry goes through with the credential attached.
-    let resp = agent
-        .get("https://api.example.test/v1/charges")
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(agent.get("https://api.example.test/v1/charges")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         app.upstream.last().header("authorization").as_deref(),
@@ -278,7 +272,7 @@ async fn cross_origin_post_is_refused_and_rebinding_is_flagged() {
         .unwrap();
     // Wait (bounded) for the navigation to our origin to finish, then read the page.
     let mut body = String::new();
-    for _ in 0..100 {
+    eventually(Duration::from_secs(10), async || {
         let on_ours = c
             .current_url()
             .await
@@ -286,12 +280,10 @@ async fn cross_origin_post_is_refused_and_rebinding_is_flagged() {
             .unwrap_or(false);
         if on_ours && let Ok(source) = c.source().await {
             body = source;
-            if body.contains("refused") {
-                break;
-            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        body.contains("refused").then_some(())
+    })
+    .await;
     assert!(body.contains("cross-origin request refused"), "{body}");
     let shown = app.ok("GET", "/v1/vaults/bank/proposals/1", None).await;
     assert_eq!(shown["status"], "pending", "nothing was approved");

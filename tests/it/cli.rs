@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::support::{
-    MASTER_PASSWORD, TestDatabase, TestOptions, spawn_app_against, spawn_app_with,
+    MASTER_PASSWORD, TestDatabase, TestOptions, spawn_app_against, spawn_app_with, walk,
 };
 
 async fn readme_flow(postgres: Option<String>) {
@@ -221,19 +221,6 @@ async fn readme_flow(postgres: Option<String>) {
             }
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path))
-        } else {
-            out.push(path)
-        }
-    }
-    out
 }
 
 #[tokio::test]

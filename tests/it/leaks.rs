@@ -10,7 +10,9 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::support::process::ServerProcess;
-use crate::support::{Alpn, FakeUpstream, MASTER_PASSWORD, OWNER_EMAIL, TestCa, install_crypto};
+use crate::support::{
+    Alpn, FakeUpstream, MASTER_PASSWORD, OWNER_EMAIL, TestCa, install_crypto, walk,
+};
 
 const CREDENTIAL: &str = "sk_live_CanaryCredential_7f3a";
 const PROPOSED: &str = "ghp_CanaryProposedValue_91bd";
@@ -365,17 +367,4 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         agent_visible,
         "responses the agent received",
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path))
-        } else {
-            out.push(path)
-        }
-    }
-    out
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::web::{attr, form};
 use crate::support::{
-    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, spawn_app, spawn_app_with,
+    OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestOptions, eventually, fetch, fetch_text, spawn_app,
+    spawn_app_tweaked, spawn_app_with,
 };
 
 /// A vault with the stripe service; returns a scoped proxy token for it.
@@ -73,9 +75,7 @@ async fn agents_create_and_poll_proposals() {
     );
 
     // Nothing raw is stored: neither the approval link token nor the creator's token.
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT created_by_id, COALESCE(creator_token_id, ''), content FROM proposals",
     )
@@ -101,11 +101,7 @@ async fn agents_create_and_poll_proposals() {
 
 #[tokio::test]
 async fn proposals_are_validated_like_direct_edits_and_limited() {
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(|c| c.proposals.max_pending_per_vault = 2)),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(|c| c.proposals.max_pending_per_vault = 2).await;
     let token = setup(&app).await;
     let bad = [
         (json!({}), "at least one"),
@@ -258,11 +254,7 @@ async fn approval_roles_states_and_the_next_request() {
     let approved = app.ok("POST", &format!("{base}/approve"), Some(json!({ "values": { "GH_TOKEN": "ghp_new" }, "approval_hash": shown["approval_hash"] }))).await;
     assert_eq!(approved["status"], "applied");
     let agent = app.agent(&token, "props").await;
-    agent
-        .get("https://gh.example.test/user")
-        .send()
-        .await
-        .unwrap();
+    fetch(agent.get("https://gh.example.test/user")).await;
     assert_eq!(
         app.upstream.last().header("authorization").as_deref(),
         Some("Bearer ghp_new")
@@ -381,9 +373,7 @@ async fn rejection_and_expiry() {
     );
 
     // Expiry holds on every read, before the sweep has run...
-    let store = agent_vault::store::Store::open(&app.config.data_dir, None)
-        .await
-        .unwrap();
+    let store = app.open_store().await;
     sqlx::query("UPDATE proposals SET expires_at = 1 WHERE id = $1")
         .bind(second["id"].as_str().unwrap())
         .execute(store.pool())
@@ -482,21 +472,13 @@ async fn webhook_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<Value>>>)
 #[tokio::test]
 async fn webhook_gets_the_link_with_retries() {
     let (url, seen) = webhook_receiver(1).await;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(move |c| c.proposals.webhook_url = Some(url))),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_tweaked(move |c| c.proposals.webhook_url = Some(url)).await;
     let token = setup(&app).await;
     let (_, created) = propose(&app, &token, github_proposal()).await;
-    let mut got = None;
-    for _ in 0..200 {
-        if let Some(v) = seen.lock().unwrap().first().cloned() {
-            got = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let got = eventually(Duration::from_secs(10), async || {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     let event = got.expect("the webhook was called after one failed attempt");
     assert_eq!(event["event"], "proposal.created");
     assert_eq!(event["approval_url"], created["approval_url"]);
@@ -557,26 +539,19 @@ async fn smtp_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn approvers_get_an_email_with_the_link() {
     let (port, mails) = smtp_receiver().await;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(move |c| {
-            c.smtp.host = Some("127.0.0.1".into());
-            c.smtp.port = port;
-            c.smtp.security = agent_vault::config::SmtpSecurity::None;
-            c.smtp.from = "vault@example.com".into();
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(move |c| {
+        c.smtp.host = Some("127.0.0.1".into());
+        c.smtp.port = port;
+        c.smtp.security = agent_vault::config::SmtpSecurity::None;
+        c.smtp.from = "vault@example.com".into();
     })
     .await;
     let token = setup(&app).await;
     let (_, created) = propose(&app, &token, github_proposal()).await;
-    let mut mail = None;
-    for _ in 0..200 {
-        if let Some(v) = mails.lock().unwrap().first().cloned() {
-            mail = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mail = eventually(Duration::from_secs(10), async || {
+        mails.lock().unwrap().first().cloned()
+    })
+    .await;
     let mail = mail.expect("an email was sent");
     assert!(mail.contains(OWNER_EMAIL), "{mail}");
     let id = created["id"].as_str().unwrap();
@@ -592,14 +567,11 @@ async fn approvers_get_an_email_with_the_link() {
 #[tokio::test]
 async fn agent_text_with_links_never_reaches_the_approvers_email() {
     let (port, mails) = smtp_receiver().await;
-    let app = spawn_app_with(TestOptions {
-        tweak: Some(Box::new(move |c| {
-            c.smtp.host = Some("127.0.0.1".into());
-            c.smtp.port = port;
-            c.smtp.security = agent_vault::config::SmtpSecurity::None;
-            c.smtp.from = "vault@example.com".into();
-        })),
-        ..Default::default()
+    let app = spawn_app_tweaked(move |c| {
+        c.smtp.host = Some("127.0.0.1".into());
+        c.smtp.port = port;
+        c.smtp.security = agent_vault::config::SmtpSecurity::None;
+        c.smtp.from = "vault@example.com".into();
     })
     .await;
     let token = setup(&app).await;
@@ -608,14 +580,10 @@ async fn agent_text_with_links_never_reaches_the_approvers_email() {
         json!("Urgent: first open http://127.0.0.1:9/steal and www.agent-site.example");
     let (status, created) = propose(&app, &token, body).await;
     assert_eq!(status, 201, "{created}");
-    let mut mail = None;
-    for _ in 0..200 {
-        if let Some(v) = mails.lock().unwrap().first().cloned() {
-            mail = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mail = eventually(Duration::from_secs(10), async || {
+        mails.lock().unwrap().first().cloned()
+    })
+    .await;
     let mail = mail.expect("an email was sent");
     assert!(
         mail.contains(created["id"].as_str().unwrap()),
@@ -624,28 +592,6 @@ async fn agent_text_with_links_never_reaches_the_approvers_email() {
     for agent_text in ["127.0.0.1:9", "steal", "agent-site", "Urgent"] {
         assert!(!mail.contains(agent_text), "{agent_text}: {mail}");
     }
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn attr(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in page"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -684,11 +630,8 @@ async fn approval_page_over_http() {
     let bad = url.replace("token=av_appr_", "token=av_appr_x");
     assert_eq!(client.get(&bad).send().await.unwrap().status(), 404);
     assert_eq!(
-        client
-            .get(url.split('?').next().unwrap())
-            .send()
+        fetch(client.get(url.split('?').next().unwrap()))
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -720,15 +663,7 @@ async fn approval_page_over_http() {
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_owned();
-    let page = client
-        .get(&url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let csrf = attr(&page, "csrf");
     let hash = attr(&page, "hash");
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestDatabase, TestOptions, spawn_app_against};
+use crate::support::{TestDatabase, TestOptions, eventually, fetch, spawn_app_against};
 
 #[tokio::test]
 async fn two_instances_share_state_through_postgres() {
@@ -43,33 +43,25 @@ async fn two_instances_share_state_through_postgres() {
     // Configure through A, use through B.
     let token = a.stripe_vault("shared", "sk_first").await;
     let agent_b = b.agent(&token, "shared").await;
-    let mut seen = None;
-    for _ in 0..100 {
-        if let Ok(resp) = agent_b.get("https://api.example.test/").send().await
-            && resp.status() == 200
-        {
-            seen = upstream.last().header("authorization");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = eventually(Duration::from_secs(5), async || {
+        let resp = agent_b.get("https://api.example.test/").send().await.ok()?;
+        (resp.status() == 200).then(|| upstream.last().header("authorization"))
+    })
+    .await
+    .flatten();
     assert_eq!(seen.as_deref(), Some("Bearer sk_first"));
     a.set_credentials("shared", &[("STRIPE_KEY", "sk_second")])
         .await;
-    let mut updated = false;
-    for _ in 0..100 {
-        agent_b
-            .get("https://api.example.test/")
-            .send()
-            .await
-            .unwrap();
-        if upstream.last().header("authorization").as_deref() == Some("Bearer sk_second") {
-            updated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(updated, "instance B picked up the change made through A");
+    let updated = eventually(Duration::from_secs(5), async || {
+        fetch(agent_b.get("https://api.example.test/")).await;
+        let seen = upstream.last().header("authorization");
+        (seen.as_deref() == Some("Bearer sk_second")).then_some(())
+    })
+    .await;
+    assert!(
+        updated.is_some(),
+        "instance B picked up the change made through A"
+    );
 
     // Revoke through A: B refuses the token within a second (cache TTL 500 ms).
     let tokens = a.ok("GET", "/v1/vaults/shared/tokens", None).await;
@@ -78,20 +70,16 @@ async fn two_instances_share_state_through_postgres() {
         a.call("DELETE", &format!("/v1/tokens/{id}"), None).await.0,
         204
     );
-    let mut refused = false;
-    for _ in 0..100 {
+    let refused = eventually(Duration::from_secs(5), async || {
         let fresh = b.agent(&token, "shared").await;
         match fresh.get("https://api.example.test/").send().await {
-            Err(_) => {
-                refused = true;
-                break;
-            }
-            Ok(r) if r.status() == 407 => {
-                refused = true;
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => Some(()),
+            Ok(r) => (r.status() == 407).then_some(()),
         }
-    }
-    assert!(refused, "instance B stopped accepting the revoked token");
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "instance B stopped accepting the revoked token"
+    );
 }

@@ -10,7 +10,7 @@ use agent_vault::store::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::support::{TINY_KDF, TestDatabase, for_each_store};
+use crate::support::{TINY_KDF, TestDatabase, assert_proxy_error, for_each_store};
 
 fn key(k: &str) -> CredentialKey {
     CredentialKey::parse(k).unwrap()
@@ -205,7 +205,7 @@ async fn one_flipped_bit_spoils_only_that_credential() {
             })
             .await
             .unwrap();
-        crate::proxy::flip_one_bit(&store, "BAD").await;
+        crate::support::fixtures::flip_one_bit(&store, "BAD").await;
         let rows = store.list_credentials(&vault.id).await.unwrap();
         assert_eq!(rows.len(), 2, "{backend}: every row is still listed");
         for row in &rows {
@@ -819,15 +819,13 @@ async fn stored_loose_substitutions_load_disabled() {
             ..TestOptions::default()
         })
         .await;
-        app.create_vault("legacy").await;
-        app.set_credentials("legacy", &[("KEY", SECRET), ("AUTH", "auth-value")])
+        let token = app
+            .service_vault(
+                "legacy",
+                &[("KEY", SECRET), ("AUTH", "auth-value")],
+                "- name: notes\n  host: notes.example.test\n  auth: {type: bearer, token: AUTH}\n",
+            )
             .await;
-        app.set_services_yaml(
-            "legacy",
-            "- name: notes\n  host: notes.example.test\n  auth: {type: bearer, token: AUTH}\n",
-        )
-        .await;
-        let (token, _) = app.proxy_token("legacy").await;
         let agent = app.agent(&token, "legacy").await;
         // The row as an older version wrote it, with the MAC that version computed.
         let vault_id = app
@@ -847,9 +845,7 @@ async fn stored_loose_substitutions_load_disabled() {
             .proxy_state
             .keyring
             .service_mac(&vault_id, "notes", &spec);
-        let store = Store::open(&app.config.data_dir, url.as_deref())
-            .await
-            .unwrap();
+        let store = app.open_store().await;
         sqlx::query(
             "UPDATE services SET spec = $1, mac = $2 WHERE vault_id = $3 AND name = 'notes'",
         )
@@ -867,11 +863,7 @@ async fn stored_loose_substitutions_load_disabled() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(
-            resp.headers()["x-agent-vault-proxy-error"],
-            "placeholder_refused"
-        );
+        assert_proxy_error(&resp, 403, "placeholder_refused");
         let body = resp.text().await.unwrap();
         assert!(body.contains("old form"), "{body}");
         assert_eq!(app.upstream.count(), before, "nothing was sent");

@@ -8,7 +8,8 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -156,12 +157,116 @@ pub async fn tls(
         .await
 }
 
+/// The first steps of a hand-built agent, CONNECT and then TLS, each chosen freely to reach the
+/// proxy's own checks: the CONNECT authority, the SNI (none unless set), the roots (any
+/// certificate unless set) and the ALPN offer (HTTP/1.1 unless set). Start with [`dial`].
+#[derive(Clone, Copy)]
+pub struct Dial<'a> {
+    proxy: SocketAddr,
+    auth: &'a str,
+    target: &'a str,
+    sni: Option<&'a str>,
+    ca_pem: Option<&'a str>,
+    alpn: &'a [&'a [u8]],
+}
+
+/// A [`Dial`] to `target` through `proxy`, authenticated with the `Proxy-Authorization` value
+/// `auth`.
+pub fn dial<'a>(proxy: SocketAddr, auth: &'a str, target: &'a str) -> Dial<'a> {
+    Dial {
+        proxy,
+        auth,
+        target,
+        sni: None,
+        ca_pem: None,
+        alpn: &[b"http/1.1"],
+    }
+}
+
+impl<'a> Dial<'a> {
+    /// Sends this server name in the ClientHello.
+    pub fn sni(self, sni: &'a str) -> Self {
+        Self {
+            sni: Some(sni),
+            ..self
+        }
+    }
+
+    /// Trusts only the certificates in `ca_pem` (a well-behaved client).
+    pub fn trusting(self, ca_pem: &'a str) -> Self {
+        Self {
+            ca_pem: Some(ca_pem),
+            ..self
+        }
+    }
+
+    /// Offers these ALPN protocols.
+    pub fn alpn(self, alpn: &'a [&'a [u8]]) -> Self {
+        Self { alpn, ..self }
+    }
+
+    /// CONNECT, which must succeed, then the TLS handshake, whose outcome the caller judges.
+    pub async fn tls(self) -> Result<TlsStream<TcpStream>, std::io::Error> {
+        let tcp = connect(self.proxy, self.target, Some(self.auth))
+            .await
+            .unwrap_or_else(|e| panic!("CONNECT {}: {e:?}", self.target));
+        tls(tcp, self.sni, self.ca_pem, self.alpn).await
+    }
+
+    /// CONNECT and TLS, which must both succeed, then one GET of `path` with this `Host`.
+    pub async fn get(self, path: &str, host: &str) -> Response<Bytes> {
+        let tls = self
+            .tls()
+            .await
+            .unwrap_or_else(|e| panic!("TLS through CONNECT {}: {e}", self.target));
+        send(tls, get(path, host)).await.unwrap()
+    }
+}
+
+/// A bodiless GET of `path` with this `Host` header (any bytes, to try odd spellings).
+pub fn get(path: &str, host: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header(
+            "host",
+            http::HeaderValue::from_bytes(host.as_bytes()).unwrap(),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// An HTTP/1.1 connection over `stream` for several requests; the task drives it and finishes
+/// when the connection ends.
+pub async fn http1<S>(
+    stream: S,
+) -> (
+    http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// An HTTP/2 connection over `stream` for several requests.
+pub async fn http2<S>(stream: S) -> http2::SendRequest<Full<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// One HTTP/1.1 request over a stream; returns the response with its body collected.
 pub async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let resp = sender.send_request(req).await?;
     let (parts, body) = resp.into_parts();
@@ -182,4 +287,39 @@ where
     )
     .await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Raw bytes straight to the proxy's listener, with no CONNECT (absolute-form and malformed
+/// requests); returns everything the proxy answered.
+pub async fn plain(proxy: SocketAddr, bytes: &[u8]) -> String {
+    raw_exchange(TcpStream::connect(proxy).await.unwrap(), bytes).await
+}
+
+/// Reads until the peer closes (true) or 20 s pass (false).
+pub async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The next WebSocket message, which must arrive within 10 s.
+pub async fn next_message<S, E>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the socket is open")
+        .unwrap()
 }

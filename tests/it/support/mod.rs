@@ -4,10 +4,13 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fixtures;
 pub mod pki;
 pub mod process;
 pub mod raw_upstream;
 pub mod upstream;
+pub mod wait;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use pki::TestCa;
 pub use upstream::{Alpn, FakeUpstream};
+pub use wait::eventually;
 
 pub const MASTER_PASSWORD: &str = "correct horse battery staple";
 pub const OWNER_EMAIL: &str = "owner@example.com";
@@ -204,6 +208,15 @@ pub fn test_config(
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(TestOptions::default()).await
+}
+
+/// An app whose configuration `tweak` changes at the last minute (otherwise the defaults).
+pub async fn spawn_app_tweaked(tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
+    spawn_app_with(TestOptions {
+        tweak: Some(Box::new(tweak)),
+        ..Default::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
@@ -435,27 +448,35 @@ impl TestApp {
         )
     }
 
-    /// A vault with one bearer service for api.example.test and its credential.
-    pub async fn stripe_vault(&self, vault: &str, value: &str) -> String {
+    /// A new vault with these credentials and the services of a YAML document; returns a
+    /// scoped proxy token for it.
+    pub async fn service_vault(&self, vault: &str, creds: &[(&str, &str)], yaml: &str) -> String {
         self.create_vault(vault).await;
-        self.set_credentials(vault, &[("STRIPE_KEY", value)]).await;
-        self.set_services_yaml(
-            vault,
-            "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
-        )
-        .await;
+        self.set_credentials(vault, creds).await;
+        self.set_services_yaml(vault, yaml).await;
         self.proxy_token(vault).await.0
     }
 
+    /// A vault with one bearer service for api.example.test and its credential.
+    pub async fn stripe_vault(&self, vault: &str, value: &str) -> String {
+        self.service_vault(
+            vault,
+            &[("STRIPE_KEY", value)],
+            "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
+        )
+        .await
+    }
+
+    /// A second handle on this app's own database, to change rows behind the server's back.
+    pub async fn open_store(&self) -> agent_vault::store::Store {
+        let url = self.config.database_url.as_ref().map(|u| u.0.as_str());
+        agent_vault::store::Store::open(&self.config.data_dir, url)
+            .await
+            .unwrap()
+    }
+
     pub async fn ca_pem(&self) -> String {
-        self.http
-            .get(format!("{}/v1/ca.pem", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        fetch_text(self.http.get(format!("{}/v1/ca.pem", self.admin))).await
     }
 
     /// An HTTP client acting as an agent: proxy set with token and vault, trusting only the
@@ -481,14 +502,12 @@ impl TestApp {
         host: &str,
         alpn: &[&[u8]],
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = agent::connect(
-            self.proxy,
-            &format!("{host}:443"),
-            Some(&agent::basic(token, vault)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("CONNECT {host}: {e:?}"));
-        agent::tls(tcp, Some(host), Some(&self.ca_pem().await), alpn)
+        let (auth, ca) = (agent::basic(token, vault), self.ca_pem().await);
+        agent::dial(self.proxy, &auth, &format!("{host}:443"))
+            .sni(host)
+            .trusting(&ca)
+            .alpn(alpn)
+            .tls()
             .await
             .unwrap()
     }
@@ -502,20 +521,14 @@ impl TestApp {
 
     /// Waits (bounded) until the vault's request log has at least `n` rows.
     pub async fn wait_for_logs(&self, vault: &str, n: usize) -> Vec<Value> {
+        let path = format!("/v1/vaults/{vault}/logs");
         let mut last = Value::Null;
-        for _ in 0..200 {
-            let (_, v) = self
-                .call("GET", &format!("/v1/vaults/{vault}/logs"), None)
-                .await;
-            if let Some(rows) = v.as_array()
-                && rows.len() >= n
-            {
-                return rows.clone();
-            }
-            last = v;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("request log of {vault} never reached {n} rows: {last}");
+        let rows = eventually(Duration::from_secs(10), async || {
+            last = self.call("GET", &path, None).await.1;
+            last.as_array().filter(|rows| rows.len() >= n).cloned()
+        })
+        .await;
+        rows.unwrap_or_else(|| panic!("request log of {vault} never reached {n} rows: {last}"))
     }
 
     /// Runs the CLI binary against this app with its own HOME.
@@ -582,6 +595,87 @@ impl CliOutput {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
+}
+
+/// Sends a request that must get an answer (any status); the test judges the answer.
+pub async fn fetch(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.unwrap()
+}
+
+/// Sends a request that must get an answer and returns its body as text, whatever the status.
+pub async fn fetch_text(req: reqwest::RequestBuilder) -> String {
+    fetch(req).await.text().await.unwrap()
+}
+
+/// The rest of a streamed body, each chunk due within 10 s, as text.
+pub async fn rest_of(resp: &mut reqwest::Response) -> String {
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// A response's status and headers, whichever client received it.
+pub trait Answer {
+    /// The status code.
+    fn code(&self) -> u16;
+    /// The response headers.
+    fn head(&self) -> &http::HeaderMap;
+}
+
+impl Answer for reqwest::Response {
+    fn code(&self) -> u16 {
+        self.status().as_u16()
+    }
+    fn head(&self) -> &http::HeaderMap {
+        self.headers()
+    }
+}
+
+impl<B> Answer for http::Response<B> {
+    fn code(&self) -> u16 {
+        self.status().as_u16()
+    }
+    fn head(&self) -> &http::HeaderMap {
+        self.headers()
+    }
+}
+
+/// Asserts the proxy itself refused: `status` with `X-Agent-Vault-Proxy-Error: code`.
+#[track_caller]
+pub fn assert_proxy_error(resp: &impl Answer, status: u16, code: &str) {
+    assert_eq!(resp.code(), status);
+    assert_eq!(resp.head()["x-agent-vault-proxy-error"], code);
+}
+
+/// Every file below `dir`, however deep.
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
+    }
+    out
+}
+
+/// This process's resident memory, in KiB (the app runs in process, so this is its memory too).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
 /// Runs `f` against a fresh SQLite store and, when configured, a fresh Postgres store.
