@@ -25,11 +25,11 @@ use super::pipeline::{self, Target};
 use super::upstream::{ConnectError, dial};
 use super::workers::Slot;
 use super::{Activity, ProxyBody, ProxyState};
+use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::{
     Authority, ConnectDecision, Host, canonicalize_host, decide_connect, parse_authority,
 };
-use crate::store::RequestLogRow;
 
 fn established() -> Response<ProxyBody> {
     let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());

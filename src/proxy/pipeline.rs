@@ -21,13 +21,13 @@ use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
 use super::upstream::{ConnectError, connect_error};
 use super::{ProxyBody, ProxyState, connect, substitute, websocket};
+use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::CompiledService;
 use crate::policy::{
     Authority, DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority,
 };
-use crate::store::RequestLogRow;
 
 /// Where requests on this connection go.
 #[derive(Debug)]
