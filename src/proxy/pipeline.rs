@@ -9,116 +9,26 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::auth::{self, Session};
+use super::body::ProxyBody;
 use super::body::{Drained, End, Observed, is_too_large};
+use super::conn::{Target, revoked};
 use super::error::ProxyError;
+use super::headers::{check_framing, check_method_override, is_websocket, strip_hop_by_hop};
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
+use super::state::ProxyState;
 use super::upstream::{ConnectError, connect_error};
-use super::{ProxyBody, ProxyState, connect, substitute, websocket};
+use super::{substitute, websocket};
 use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
-use crate::policy::service::CompiledService;
-use crate::policy::{
-    Authority, DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority,
-};
-
-/// Where requests on this connection go.
-#[derive(Debug)]
-pub struct Target {
-    /// The canonical authority (from CONNECT, or from the absolute-form URI).
-    pub authority: Authority,
-    /// Upstream scheme is https.
-    pub https: bool,
-    /// The TLS server name the agent sent disagreed with the CONNECT authority.
-    pub sni_mismatch: bool,
-    /// The request came in absolute form on the proxy's own connection.
-    pub absolute_form: bool,
-    /// The authority as a `Host` header writes it (the port only when not the default): the
-    /// form nearly every request claims, so most checks are one comparison.
-    host_header: String,
-    /// The authority as the request log writes it, formatted once per connection.
-    logged: String,
-}
-
-impl Target {
-    /// Where requests go: the canonical authority, over https or not.
-    pub fn new(authority: Authority, https: bool, sni_mismatch: bool, absolute_form: bool) -> Self {
-        let host_header = authority.host_header(if https { 443 } else { 80 });
-        let logged = authority.to_string();
-        Self {
-            logged,
-            authority,
-            https,
-            sni_mismatch,
-            absolute_form,
-            host_header,
-        }
-    }
-
-    /// Whether `claimed` (a `Host` header or URI authority) names this target.
-    fn names(&self, claimed: &[u8]) -> bool {
-        claimed == self.host_header.as_bytes() || self.parses_to_target(claimed)
-    }
-
-    /// Whether `claimed`, parsed on its own, is this target's authority.
-    fn parses_to_target(&self, claimed: &[u8]) -> bool {
-        let default_port = if self.https { 443 } else { 80 };
-        std::str::from_utf8(claimed)
-            .ok()
-            .and_then(|c| parse_authority(c, Some(default_port)).ok())
-            .is_some_and(|a| a == self.authority)
-    }
-}
-
-/// Headers that describe one hop and never travel further.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == "proxy-connection" || name == "keep-alive"
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most heads carry none of them (and a name listed in Connection needs Connection): one
-    // pass over the few names present instead of a lookup for every hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
-            continue;
-        }
-        headers.remove(name);
-    }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
-}
+use crate::policy::{DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority};
 
 /// What the request log row will say.
 #[derive(Clone)]
@@ -250,56 +160,6 @@ fn check_host<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuses request heads whose length two parsers could read differently: a body framed by both
-/// `Content-Length` and `Transfer-Encoding`, or by several `Content-Length` values. Forwarding
-/// either is how a request gets smuggled past the proxy into the upstream connection.
-fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    if lengths > 1 {
-        return Err(ProxyError::BadFraming(
-            "more than one Content-Length header",
-        ));
-    }
-    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadFraming(
-            "Content-Length and Transfer-Encoding together",
-        ));
-    }
-    Ok(())
-}
-
-/// Headers and parameters that frameworks (Rails, Laravel, Symfony, ASP.NET, Express) honour to
-/// run a request as another method.
-const METHOD_OVERRIDES: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// A service that allows only some methods must not be tricked into another one: the method the
-/// rule matched is the method the upstream runs.
-fn check_method_override(
-    service: &CompiledService,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(), ProxyError> {
-    if service.methods.is_none() {
-        return Ok(());
-    }
-    let in_query = query.is_some_and(|q| {
-        q.split('&').any(|kv| {
-            let name = kv.split('=').next().unwrap_or(kv);
-            name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
-        })
-    });
-    if in_query || METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
-        return Err(ProxyError::BadRequest(
-            "method override headers and _method parameters are refused for services that allow only some methods".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn deny(reason: DenyReason, snapshot: &VaultSnapshot, target: &Target) -> ProxyError {
     match reason {
         DenyReason::ForbiddenHost => ProxyError::ForbiddenHost {
@@ -347,15 +207,6 @@ fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError
         return Err(refuse());
     }
     Ok(uri)
-}
-
-fn is_websocket<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
@@ -576,7 +427,7 @@ async fn process(
                 // watch): it needs its own, like a tunnel.
                 tokio::select! {
                     () = &mut splice => {}
-                    () = connect::revoked(&st, &session) => {
+                    () = revoked(&st, &session) => {
                         tracing::debug!("closing websocket: token revoked or vault access removed");
                     }
                     () = st.shutdown.cancelled() => {
@@ -653,29 +504,4 @@ async fn process(
         _ => body.boxed(),
     };
     Ok(Response::from_parts(parts, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_never_travel() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::PROXY_AUTHORIZATION,
-            HeaderValue::from_static("Basic abc"),
-        );
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::ACCEPT));
-    }
 }
