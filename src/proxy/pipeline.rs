@@ -280,7 +280,7 @@ async fn process(
     } else {
         Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
     };
-    let plan = substitute::Plan::new(&snapshot.services, service, opened.as_ref())?;
+    let plan = substitute::Plan::new(&snapshot.placeholders, service, opened.as_ref())?;
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
     // Everything this request could get reflected back, zeroized when its response ends.
     let needles = opened.as_ref().and_then(|o| {

@@ -327,9 +327,13 @@ mod tests {
             sealed: Arc::from(ring.seal_credential("v", "K", 1, b"s3cret-value").unwrap()),
         };
         let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let plan = Plan::new(&services, Some(&services[0]), Some(&opened))
-            .unwrap()
-            .for_websocket();
+        let plan = Plan::new(
+            &Arc::new(crate::policy::Placeholders::of(&services)),
+            Some(&services[0]),
+            Some(&opened),
+        )
+        .unwrap()
+        .for_websocket();
         let frame = |opcode, fin, payload: &[u8]| Frame {
             fin,
             rsv: 0,
