@@ -250,7 +250,13 @@ async fn intercept(
         let (st, sess, target, act) = (st.clone(), sess.clone(), target.clone(), act.clone());
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
         // and the request's state machine is kilobytes that an idle connection need not hold.
-        let handling = Box::pin(pipeline::handle(st, sess, target, req));
+        let handling = Box::pin(pipeline::handle(
+            st,
+            sess,
+            target,
+            req,
+            pipeline::Admission::Recheck,
+        ));
         async move {
             let busy = act.busy();
             let resp = handling.await;

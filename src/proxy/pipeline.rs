@@ -1,7 +1,9 @@
-//! One request, from the agent's head to the upstream's last byte: re-check the token, check
-//! that Host agrees with the CONNECT authority, decide, substitute, inject, send, stream the
-//! response back, and log one row when it ends. Credentials are opened only here, only for
-//! the request that uses them, and only after every check has passed.
+//! One request, from the agent's head to the upstream's last byte, in five phases: [`admit`]
+//! (the token is still live, Host agrees with the CONNECT authority, the head is sound),
+//! [`decide`] (policy picks the service and its sealed credentials), [`build`] (open, substitute,
+//! inject, strip: the upstream request), [`send`], and [`respond`] (stream the response back,
+//! scrubbed, and log one row when it ends). Credentials are opened only in `build`, only for the
+//! request that uses them, and only after every check has passed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::{self, Session};
 use super::body::ProxyBody;
@@ -25,10 +28,14 @@ use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
 use super::upstream::{ConnectError, connect_error};
 use super::{substitute, websocket};
+use crate::domain::CredentialKey;
 use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
-use crate::policy::{DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority};
+use crate::policy::service::CompiledService;
+use crate::policy::{
+    DenyReason, RequestDecision, SealedCredential, VaultSnapshot, decide_request, parse_authority,
+};
 
 /// What the request log row will say.
 #[derive(Clone)]
@@ -97,12 +104,13 @@ pub async fn absolute_form(
             return ProxyError::BadRequest(format!("invalid request host: {e}")).into_response();
         }
     };
-    let (session, _) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
+    let (session, snapshot) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
     let target = Arc::new(Target::new(authority, https, false, true));
-    handle(state, Arc::new(session), target, req).await
+    let admission = Admission::Authenticated(snapshot);
+    handle(state, Arc::new(session), target, req, admission).await
 }
 
 /// Handles one request on an intercepted connection (or an absolute-form request).
@@ -111,6 +119,7 @@ pub async fn handle(
     session: Arc<Session>,
     target: Arc<Target>,
     req: Request<Incoming>,
+    admission: Admission,
 ) -> Response<ProxyBody> {
     let mut draft = Draft {
         vault_id: session.vault_id.clone(),
@@ -127,7 +136,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let body = Drained::new(body, parts.version, &parts.headers);
     let req = Request::from_parts(parts, body);
-    match process(&state, &session, &target, req, &mut draft).await {
+    match process(&state, &session, &target, req, admission, &mut draft).await {
         Ok(response) => response,
         Err(err) => {
             state
@@ -223,19 +232,65 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     ProxyError::UpstreamProtocol
 }
 
+/// How far a request was checked before it reached the pipeline.
+pub enum Admission {
+    /// A request on an intercepted connection: its token is re-checked (so revocation reaches
+    /// open connections) and its head measured here.
+    Recheck,
+    /// An absolute-form request, authenticated and measured by the listener just before: it is
+    /// not done twice.
+    Authenticated(Arc<VaultSnapshot>),
+}
+
 async fn process(
     state: &Arc<ProxyState>,
     session: &Session,
     target: &Target,
-    mut req: Request<Drained<Incoming>>,
+    req: Request<Drained<Incoming>>,
+    admission: Admission,
     draft: &mut Draft,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // The token is checked again on every request, so revocation reaches open connections.
-    let snapshot = auth::recheck(state, session).await?;
-    state.check_head_size(req.headers())?;
+    let (snapshot, admitted) = admit(state, session, target, req, admission).await?;
+    let decided = decide(&snapshot, session, target, &admitted, draft)?;
+    let outbound = build(state, &snapshot, target, admitted, decided, draft).await?;
+    let response = send(
+        state,
+        outbound.request,
+        outbound.reply.upgrade.is_some(),
+        draft,
+    )
+    .await?;
+    respond(state, session, outbound.reply, response, draft)
+}
+
+/// A request whose token is live and whose head is well-formed, before any policy.
+struct Admitted {
+    req: Request<Drained<Incoming>>,
+    /// The origin-form path, without the query.
+    path: String,
+    path_and_query: String,
+}
+
+/// Phase 1 (admit): the token is still live, the head is within its limits, names the target, is
+/// framed one way only, and asks for a method and an origin-form path the proxy forwards.
+async fn admit(
+    state: &ProxyState,
+    session: &Session,
+    target: &Target,
+    req: Request<Drained<Incoming>>,
+    admission: Admission,
+) -> Result<(Arc<VaultSnapshot>, Admitted), ProxyError> {
+    let snapshot = match admission {
+        Admission::Authenticated(snapshot) => snapshot,
+        Admission::Recheck => {
+            let snapshot = auth::recheck(state, session).await?;
+            state.check_head_size(req.headers())?;
+            snapshot
+        }
+    };
     check_host(target, &req)?;
     check_framing(req.headers())?;
-    let method = req.method().clone();
+    let method = req.method();
     // Refused in every spelling: `trace` is another method to hyper, but not to every upstream.
     if method.as_str().eq_ignore_ascii_case("TRACE")
         || method.as_str().eq_ignore_ascii_case("CONNECT")
@@ -256,9 +311,43 @@ async fn process(
             "the request path must start with /".into(),
         ));
     }
-    let decision = decide_request(&snapshot, &target.authority, &method, &path, target.https);
+    Ok((
+        snapshot,
+        Admitted {
+            req,
+            path,
+            path_and_query,
+        },
+    ))
+}
+
+/// What policy gives a request: its service and credentials (still sealed), and its place
+/// under the agent's in-flight limit.
+struct Decided<'s> {
+    service: Option<&'s CompiledService>,
+    sealed: Vec<(&'s CredentialKey, &'s SealedCredential)>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Phase 2 (decide): decide by the snapshot, refuse method overrides where the service limits methods,
+/// and take a place under the agent's in-flight limit.
+fn decide<'s>(
+    snapshot: &'s VaultSnapshot,
+    session: &Session,
+    target: &Target,
+    admitted: &Admitted,
+    draft: &mut Draft,
+) -> Result<Decided<'s>, ProxyError> {
+    let req = &admitted.req;
+    let decision = decide_request(
+        snapshot,
+        &target.authority,
+        req.method(),
+        &admitted.path,
+        target.https,
+    );
     let (service, sealed) = match decision {
-        RequestDecision::Deny(reason) => return Err(deny(reason, &snapshot, target)),
+        RequestDecision::Deny(reason) => return Err(deny(reason, snapshot, target)),
         RequestDecision::Forward => (None, Vec::new()),
         RequestDecision::Inject {
             service,
@@ -274,7 +363,56 @@ async fn process(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ProxyError::RateLimited("too many requests in flight for this agent"))?;
+    Ok(Decided {
+        service,
+        sealed,
+        slot,
+    })
+}
 
+/// The request to send upstream, and what its response will need.
+struct Outbound {
+    request: Request<ProxyBody>,
+    reply: Reply,
+}
+
+/// What the response phase needs from the phases before it.
+struct Reply {
+    /// The agent's place under its in-flight limit, held until the response ends.
+    slot: OwnedSemaphorePermit,
+    /// Everything the response could reflect of the credentials, scrubbed from it.
+    needles: Option<Arc<Needles>>,
+    /// A WebSocket handshake: the agent's side of the upgrade, and what to do to its frames.
+    upgrade: Option<Upgrade>,
+}
+
+/// The agent's side of a WebSocket upgrade.
+struct Upgrade {
+    agent: hyper::upgrade::OnUpgrade,
+    rewrite: Option<websocket::Rewrite>,
+}
+
+/// Phase 3 (build): open the credentials, substitute placeholders, attach credentials, strip what
+/// must not travel, and build the upstream request with its body (buffered only when its
+/// placeholders must be replaced).
+async fn build(
+    state: &ProxyState,
+    snapshot: &VaultSnapshot,
+    target: &Target,
+    admitted: Admitted,
+    decided: Decided<'_>,
+    draft: &mut Draft,
+) -> Result<Outbound, ProxyError> {
+    let Admitted {
+        mut req,
+        path,
+        path_and_query,
+    } = admitted;
+    let Decided {
+        service,
+        sealed,
+        slot,
+    } = decided;
     let opened = if sealed.is_empty() {
         None
     } else {
@@ -385,75 +523,71 @@ async fn process(
     drop(plan);
     drop(opened);
 
-    let mut upstream_req = Request::from_parts(parts, upstream_body);
-    *upstream_req.uri_mut() = uri;
-    *upstream_req.version_mut() = Version::HTTP_11;
-    let client = state.upstream.client(websocket);
+    let mut request = Request::from_parts(parts, upstream_body);
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    Ok(Outbound {
+        request,
+        reply: Reply {
+            slot,
+            needles,
+            upgrade: agent_upgrade.map(|agent| Upgrade {
+                agent,
+                rewrite: ws_rewrite,
+            }),
+        },
+    })
+}
+
+/// Phase 4 (send): send the request on this worker's pooled client and wait for the response head.
+async fn send(
+    state: &ProxyState,
+    request: Request<ProxyBody>,
+    upgrade: bool,
+    draft: &Draft,
+) -> Result<Response<Incoming>, ProxyError> {
+    let client = state.upstream.client(upgrade);
     let timeout = state.upstream.response_header_timeout;
-    let mut response = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout(
-                humantime::format_duration(timeout).to_string(),
-            ));
-        }
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(
+            humantime::format_duration(timeout).to_string(),
+        )),
         Ok(Err(e)) => {
             let err = classify_send_error(&e);
+            let max_in = state.limits.max_request_body_bytes;
             // An h2 upstream may report the stream reset the cap caused rather than the cap.
             let over = draft.bytes_in.load(std::sync::atomic::Ordering::Relaxed) > max_in;
-            return Err(match err {
+            Err(match err {
                 ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
                 _ if over => ProxyError::RequestTooLarge(max_in),
                 other => other,
-            });
+            })
         }
-        Ok(Ok(r)) => r,
-    };
+        Ok(Ok(r)) => Ok(r),
+    }
+}
 
-    if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        if let Some(agent_upgrade) = agent_upgrade {
-            let st = state.clone();
-            let session = session.clone();
-            let row = draft.row(101, 0, None);
-            state.tasks.spawn(async move {
-                let splice = websocket::splice(
-                    agent_upgrade,
-                    upstream_upgrade,
-                    st.limits.tunnel_idle_timeout,
-                    ws_rewrite,
-                );
-                tokio::pin!(splice);
-                // An upgraded connection has left hyper's connection (and its revocation
-                // watch): it needs its own, like a tunnel.
-                tokio::select! {
-                    () = &mut splice => {}
-                    () = revoked(&st, &session) => {
-                        tracing::debug!("closing websocket: token revoked or vault access removed");
-                    }
-                    () = st.shutdown.cancelled() => {
-                        let _ = tokio::time::timeout(st.shutdown_grace, &mut splice).await;
-                    }
-                }
-                st.logger.log(row);
-                drop(slot);
-            });
-        }
-        let (mut parts, _) = response.into_parts();
-        // hyper keeps a non-standard reason phrase in an extension and writes it back out; it
-        // is upstream text that no scrubber sees, so it never travels on.
-        parts.extensions.clear();
-        strip_hop_by_hop(&mut parts.headers, true);
-        if let Some(needles) = &needles {
-            needles.scrub_headers(&mut parts.headers);
-        }
-        return Ok(Response::from_parts(
-            parts,
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
+/// Phase 5 (respond): stream the response back (scrubbed when credentials were attached, capped, and
+/// logged once when it ends), or splice an accepted WebSocket upgrade.
+fn respond(
+    state: &Arc<ProxyState>,
+    session: &Session,
+    reply: Reply,
+    response: Response<Incoming>,
+    draft: &Draft,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Reply {
+        slot,
+        needles,
+        upgrade,
+    } = reply;
+    if let Some(upgrade) = upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok(switch_protocols(
+            state, session, upgrade, slot, needles, response, draft,
         ));
     }
-
     let (mut parts, body) = response.into_parts();
     // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
     // upstream text that no scrubber sees, so it never travels on.
@@ -504,4 +638,57 @@ async fn process(
         _ => body.boxed(),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// The upstream accepted a WebSocket upgrade: splice both sides in a task of their own, which
+/// watches for revocation as a tunnel does, and answer the agent's handshake.
+fn switch_protocols(
+    state: &Arc<ProxyState>,
+    session: &Session,
+    upgrade: Upgrade,
+    slot: OwnedSemaphorePermit,
+    needles: Option<Arc<Needles>>,
+    mut response: Response<Incoming>,
+    draft: &Draft,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let st = state.clone();
+    let session = session.clone();
+    let row = draft.row(101, 0, None);
+    state.tasks.spawn(async move {
+        let splice = websocket::splice(
+            upgrade.agent,
+            upstream_upgrade,
+            st.limits.tunnel_idle_timeout,
+            upgrade.rewrite,
+        );
+        tokio::pin!(splice);
+        // An upgraded connection has left hyper's connection (and its revocation watch): it
+        // needs its own, like a tunnel.
+        tokio::select! {
+            () = &mut splice => {}
+            () = revoked(&st, &session) => {
+                tracing::debug!("closing websocket: token revoked or vault access removed");
+            }
+            () = st.shutdown.cancelled() => {
+                let _ = tokio::time::timeout(st.shutdown_grace, &mut splice).await;
+            }
+        }
+        st.logger.log(row);
+        drop(slot);
+    });
+    let (mut parts, _) = response.into_parts();
+    // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
+    // upstream text that no scrubber sees, so it never travels on.
+    parts.extensions.clear();
+    strip_hop_by_hop(&mut parts.headers, true);
+    if let Some(needles) = &needles {
+        needles.scrub_headers(&mut parts.headers);
+    }
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
