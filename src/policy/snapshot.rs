@@ -135,3 +135,36 @@ impl VaultSnapshot {
         self.candidates(host, port).next().is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::service::parse_service_file;
+
+    #[test]
+    fn placeholders_are_collected_once_across_services() {
+        let yaml = r#"
+- host: a.example.com
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __KEY_A__, key: A, in: [{query: a}]}
+- host: b.example.com
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __KEY_B__, key: B, in: [{header: X-B}]}
+    - {placeholder: __KEY_A__, key: A, in: [{query: a}]}
+"#;
+        let services: Vec<CompiledService> = parse_service_file(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.normalized().compile().unwrap())
+            .collect();
+        let placeholders = Placeholders::of(&services);
+        assert_eq!(
+            placeholders.iter().collect::<Vec<_>>(),
+            ["__KEY_A__", "__KEY_B__"]
+        );
+        assert!(!placeholders.is_disabled("__KEY_A__"));
+        assert!(Placeholders::of(&[]).is_empty());
+    }
+}

@@ -246,7 +246,10 @@ impl Plan {
 
     /// Rewrites header values in place.
     pub fn headers(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-        if self.placeholders.is_empty() {
+        // Most heads carry no placeholder: one pass finds that without collecting the names.
+        if self.placeholders.is_empty()
+            || !headers.values().any(|v| self.find(v.as_bytes()).is_some())
+        {
             return Ok(());
         }
         let names: Vec<_> = headers.keys().cloned().collect();
