@@ -100,6 +100,14 @@ pub(super) fn check_method_override(
     Ok(())
 }
 
+/// The body length a head declares, if it declares one that parses.
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Whether the request asks for a WebSocket upgrade.
 pub(super) fn is_websocket<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11

@@ -22,7 +22,9 @@ use super::body::ProxyBody;
 use super::body::{Drained, End, Observed, is_too_large};
 use super::conn::{Target, revoked};
 use super::error::ProxyError;
-use super::headers::{check_framing, check_method_override, is_websocket, strip_hop_by_hop};
+use super::headers::{
+    check_framing, check_method_override, content_length, is_websocket, strip_hop_by_hop,
+};
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
@@ -233,7 +235,7 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
 }
 
 /// How far a request was checked before it reached the pipeline.
-pub enum Admission {
+pub(super) enum Admission {
     /// A request on an intercepted connection: its token is re-checked (so revocation reaches
     /// open connections) and its head measured here.
     Recheck,
@@ -435,77 +437,21 @@ async fn build(
     if let (Some(service), Some(opened)) = (service, opened.as_ref()) {
         inject::apply(service, opened, &mut parts.headers)?;
     }
-    let new_path = plan.target(&path_and_query)?;
-    if let Some(service) = service
-        && service.pattern.path.is_some()
-    {
-        // What was matched is what is forwarded: a substituted value must not move the request
-        // out of the path the rule allows.
-        let forwarded = new_path.split('?').next().unwrap_or(&new_path);
-        if forwarded != path
-            && (path_is_ambiguous(forwarded) || !service.pattern.matches_path(forwarded))
-        {
-            return Err(ProxyError::PlaceholderRefused(
-                "a substituted value would change which path rule the request falls under".into(),
-            ));
-        }
-    }
+    let uri = forwarded_uri(&plan, service, target, &path, &path_and_query)?;
     if needles.is_some() {
-        // Only codings the scrubber can decode, and no partial responses: a value read back in
-        // byte ranges would never appear whole.
-        if parts.headers.contains_key(header::ACCEPT_ENCODING) {
-            parts.headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, identity"),
-            );
-        }
-        parts.headers.remove(header::RANGE);
-        parts.headers.remove(header::IF_RANGE);
+        ask_for_scrubbable(&mut parts.headers);
     }
-    let uri = upstream_uri(target, &new_path)?;
 
-    let max_in = state.limits.max_request_body_bytes;
-    let declared_len = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|n| n > max_in) {
-        return Err(ProxyError::RequestTooLarge(max_in));
-    }
-    let body_kind = substitute::body_kind(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let encoded = parts.headers.contains_key(header::CONTENT_ENCODING);
-    let upstream_body: ProxyBody =
-        match (substitute::wants_body(service), body_kind, opened.as_ref()) {
-            (true, Some(kind), Some(_)) if !encoded => {
-                let cap = state.limits.max_substitution_body_bytes;
-                let collected = Limited::new(body, cap).collect().await.map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        ProxyError::RequestTooLarge(cap as u64)
-                    } else {
-                        ProxyError::BadRequest("could not read the request body".into())
-                    }
-                })?;
-                let rewritten = plan.body(&collected.to_bytes(), kind)?;
-                draft
-                    .bytes_in
-                    .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-                Full::new(Bytes::from(rewritten))
-                    .map_err(|never| match never {})
-                    .boxed()
-            }
-            _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
-        };
+    let upstream_body = request_body(
+        state,
+        service,
+        opened.as_ref(),
+        &plan,
+        &mut parts.headers,
+        body,
+        draft,
+    )
+    .await?;
     // A WebSocket that carries credentials, or declares frame substitutions, is read frame by
     // frame after the upgrade; compression would make frames unreadable, so it is not offered.
     let ws_rewrite = if websocket {
@@ -537,6 +483,93 @@ async fn build(
             }),
         },
     })
+}
+
+/// The upstream URI after substitution, which must stay under the path rule that matched.
+fn forwarded_uri(
+    plan: &substitute::Plan,
+    service: Option<&CompiledService>,
+    target: &Target,
+    path: &str,
+    path_and_query: &str,
+) -> Result<Uri, ProxyError> {
+    let new_path = plan.target(path_and_query)?;
+    if let Some(service) = service
+        && service.pattern.path.is_some()
+    {
+        // What was matched is what is forwarded: a substituted value must not move the request
+        // out of the path the rule allows.
+        let forwarded = new_path.split('?').next().unwrap_or(&new_path);
+        if forwarded != path
+            && (path_is_ambiguous(forwarded) || !service.pattern.matches_path(forwarded))
+        {
+            return Err(ProxyError::PlaceholderRefused(
+                "a substituted value would change which path rule the request falls under".into(),
+            ));
+        }
+    }
+    upstream_uri(target, &new_path)
+}
+
+/// Only codings the scrubber can decode, and no partial responses: a value read back in byte
+/// ranges would never appear whole.
+fn ask_for_scrubbable(headers: &mut http::HeaderMap) {
+    if headers.contains_key(header::ACCEPT_ENCODING) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, identity"),
+        );
+    }
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
+}
+
+/// The upstream request's body: streamed and counted under the request cap, or, when the
+/// service substitutes in bodies of this kind and credentials were opened, read whole (under
+/// the substitution cap) and rewritten.
+async fn request_body(
+    state: &ProxyState,
+    service: Option<&CompiledService>,
+    opened: Option<&Opened>,
+    plan: &substitute::Plan,
+    headers: &mut http::HeaderMap,
+    body: Drained<Incoming>,
+    draft: &Draft,
+) -> Result<ProxyBody, ProxyError> {
+    let max_in = state.limits.max_request_body_bytes;
+    if content_length(headers).is_some_and(|n| n > max_in) {
+        return Err(ProxyError::RequestTooLarge(max_in));
+    }
+    let body_kind = substitute::body_kind(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let encoded = headers.contains_key(header::CONTENT_ENCODING);
+    let body: ProxyBody = match (substitute::wants_body(service), body_kind, opened) {
+        (true, Some(kind), Some(_)) if !encoded => {
+            let cap = state.limits.max_substitution_body_bytes;
+            let collected = Limited::new(body, cap).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ProxyError::RequestTooLarge(cap as u64)
+                } else {
+                    ProxyError::BadRequest("could not read the request body".into())
+                }
+            })?;
+            let rewritten = plan.body(&collected.to_bytes(), kind)?;
+            draft
+                .bytes_in
+                .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            Full::new(Bytes::from(rewritten))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+        _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
+    };
+    Ok(body)
 }
 
 /// Phase 4 (send): send the request on this worker's pooled client and wait for the response head.
@@ -589,9 +622,7 @@ fn respond(
         ));
     }
     let (mut parts, body) = response.into_parts();
-    // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
-    // upstream text that no scrubber sees, so it never travels on.
-    parts.extensions.clear();
+    forget_reason_phrase(&mut parts);
     let coding = match needles.as_ref().map(|_| scrub::coding(&parts.headers)) {
         Some(None) => return Err(ProxyError::Unscrubbable),
         Some(Some(c)) => Some(c),
@@ -604,12 +635,7 @@ fn respond(
     }
     strip_hop_by_hop(&mut parts.headers, false);
     let max_out = state.limits.max_response_body_bytes;
-    let declared_out = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if max_out > 0 && declared_out.is_some_and(|n| n > max_out) {
+    if max_out > 0 && content_length(&parts.headers).is_some_and(|n| n > max_out) {
         return Err(ProxyError::ResponseTooLarge);
     }
     let status = parts.status.as_u16();
@@ -638,6 +664,12 @@ fn respond(
         _ => body.boxed(),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
+/// upstream text that no scrubber sees, so it never travels on.
+fn forget_reason_phrase(parts: &mut http::response::Parts) {
+    parts.extensions.clear();
 }
 
 /// The upstream accepted a WebSocket upgrade: splice both sides in a task of their own, which
@@ -678,9 +710,7 @@ fn switch_protocols(
         drop(slot);
     });
     let (mut parts, _) = response.into_parts();
-    // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
-    // upstream text that no scrubber sees, so it never travels on.
-    parts.extensions.clear();
+    forget_reason_phrase(&mut parts);
     strip_hop_by_hop(&mut parts.headers, true);
     if let Some(needles) = &needles {
         needles.scrub_headers(&mut parts.headers);
