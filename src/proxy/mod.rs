@@ -5,7 +5,7 @@
 //! The modules import each other in one direction only; read them bottom-up in this order, each
 //! using only the ones before it:
 //!
-//! 1. [`body`]: streaming body types (counted, capped, drained) and [`ProxyBody`].
+//! 1. `body`: streaming body types (counted, capped, drained) and [`ProxyBody`].
 //! 2. [`error`]: every response the proxy makes itself.
 //! 3. `jsonscan`, `inject`, `substitute`, [`scrub`]: what is done to one request's bytes
 //!    (credentials attached, placeholders replaced, values scrubbed from the response).

@@ -369,11 +369,7 @@ impl Plan {
 
 /// Whether the request body must be buffered: the service declares a JSON or form place.
 pub fn wants_body(service: Option<&CompiledService>) -> bool {
-    service
-        .into_iter()
-        .flat_map(|s| s.substitutions.iter().filter(|s| !s.disabled))
-        .flat_map(|s| s.places.iter())
-        .any(|p| matches!(p.kind, PlaceKind::Json(_) | PlaceKind::Form(_)))
+    service.is_some_and(|s| s.substitutes_in_body)
 }
 
 /// The kinds of bodies substitution understands.
