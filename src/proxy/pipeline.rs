@@ -244,6 +244,7 @@ pub(super) enum Admission {
     Authenticated(Arc<VaultSnapshot>),
 }
 
+/// The five phases in order; whatever one refuses, [`handle`] logs and answers.
 async fn process(
     state: &Arc<ProxyState>,
     session: &Session,
