@@ -287,7 +287,7 @@ impl App {
             admin_listener,
             proxy_listener,
             admin_state,
-            workers: proxy::Workers::start(&proxy_state, workers)?,
+            workers: proxy::start_workers(&proxy_state, workers)?,
             proxy_state,
             logger_task,
             shutdown,

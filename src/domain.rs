@@ -282,6 +282,41 @@ str_enum!(
     }
 );
 
+/// One request-log row the proxy produces and the store writes. Never values, query strings, header values or bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLogRow {
+    /// The vault's id.
+    pub vault_id: String,
+    /// `agent`, `user` or `scoped`.
+    pub actor_kind: &'static str,
+    /// The agent id, user id or token id.
+    pub actor_id: String,
+    /// `request` (intercepted or forwarded) or `tunnel` (spliced).
+    pub kind: &'static str,
+    /// HTTP method (`CONNECT` for tunnels).
+    pub method: String,
+    /// `host:port`.
+    pub host: String,
+    /// Path without the query.
+    pub path: String,
+    /// The matched service's name.
+    pub service: Option<String>,
+    /// Names of the credentials attached.
+    pub credential_keys: Vec<String>,
+    /// Status returned to the agent (0 when the connection failed before one).
+    pub status: u16,
+    /// Request body bytes forwarded.
+    pub bytes_in: u64,
+    /// Response body bytes returned.
+    pub bytes_out: u64,
+    /// Time from request head to end of response (ms).
+    pub latency_ms: u64,
+    /// The proxy error code, if the proxy made the response.
+    pub error_code: Option<&'static str>,
+    /// When it happened (ms).
+    pub created_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -783,6 +783,9 @@ pub struct CompiledService {
     pub injections: Vec<Injection>,
     /// Placeholders to replace.
     pub substitutions: Vec<CompiledSubstitution>,
+    /// Whether an enabled substitution has a JSON or form place, so request bodies of those
+    /// kinds are read whole (known at compile time rather than searched for on every request).
+    pub substitutes_in_body: bool,
     /// Whether it binds anything.
     pub enabled: bool,
     /// Its stored MAC failed: requests it would match fail closed.
@@ -1104,11 +1107,17 @@ impl ServiceSpec {
         {
             return Err(err("description longer than 1000 characters".into()));
         }
+        let substitutes_in_body = substitutions
+            .iter()
+            .filter(|s| !s.disabled)
+            .flat_map(|s| s.places.iter())
+            .any(|p| matches!(p.kind, PlaceKind::Json(_) | PlaceKind::Form(_)));
         Ok(CompiledService {
             name: self.name.clone(),
             pattern,
             methods,
             injections,
+            substitutes_in_body,
             substitutions,
             enabled: self.enabled,
             integrity_failed: false,
@@ -1493,6 +1502,22 @@ services:
         assert!(specs.len() >= 6);
         for spec in specs {
             spec.normalized().compile().unwrap();
+        }
+    }
+
+    #[test]
+    fn only_json_and_form_places_make_bodies_read_whole() {
+        for (places, whole) in [
+            ("      in: [{json: /token}]\n", true),
+            ("      in: [{form: token}]\n", true),
+            (
+                "      in: [{header: X-Token}, {query: k}, {path: 1}]\n",
+                false,
+            ),
+            ("      in: [{websocket: /t}]\n", false),
+        ] {
+            let svc = one_substitution(places).unwrap();
+            assert_eq!(svc.substitutes_in_body, whole, "{places}");
         }
     }
 

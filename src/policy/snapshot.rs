@@ -1,7 +1,7 @@
 //! A vault compiled for the hot path: services indexed by host, sealed credential handles, and
 //! settings. Immutable once built; a change builds a new snapshot and swaps it in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::service::CompiledService;
@@ -22,6 +22,45 @@ impl std::fmt::Debug for SealedCredential {
     }
 }
 
+/// Every placeholder a vault's services declare, and which of them belong to disabled
+/// substitutions. A fact of the snapshot alone, so it is collected once when the snapshot is
+/// compiled instead of for every request.
+#[derive(Debug, Default)]
+pub struct Placeholders {
+    all: BTreeSet<String>,
+    disabled: BTreeSet<String>,
+}
+
+impl Placeholders {
+    /// Collects the placeholders of `services`.
+    pub fn of(services: &[CompiledService]) -> Self {
+        let mut all = BTreeSet::new();
+        let mut disabled = BTreeSet::new();
+        for sub in services.iter().flat_map(|s| s.substitutions.iter()) {
+            all.insert(sub.placeholder.clone());
+            if sub.disabled {
+                disabled.insert(sub.placeholder.clone());
+            }
+        }
+        Self { all, disabled }
+    }
+
+    /// Whether the vault declares no placeholder at all.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Every placeholder, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.all.iter().map(String::as_str)
+    }
+
+    /// Whether `placeholder` belongs to a disabled substitution.
+    pub fn is_disabled(&self, placeholder: &str) -> bool {
+        self.disabled.contains(placeholder)
+    }
+}
+
 /// Everything the proxy needs to know about one vault.
 #[derive(Debug)]
 pub struct VaultSnapshot {
@@ -39,6 +78,8 @@ pub struct VaultSnapshot {
     wildcard: HashMap<String, Vec<usize>>,
     /// Credentials by key.
     pub credentials: HashMap<CredentialKey, SealedCredential>,
+    /// The placeholders the services declare (shared with each request's substitution plan).
+    pub placeholders: Arc<Placeholders>,
 }
 
 impl VaultSnapshot {
@@ -60,10 +101,12 @@ impl VaultSnapshot {
             };
             index.entry(s.pattern.host.clone()).or_default().push(i);
         }
+        let placeholders = Arc::new(Placeholders::of(&services));
         Self {
             vault_id,
             vault_name,
             policy,
+            placeholders,
             services,
             exact,
             wildcard,
@@ -90,5 +133,38 @@ impl VaultSnapshot {
     /// Whether any enabled service binds this host and port (whatever its path and methods).
     pub fn binds(&self, host: &str, port: u16) -> bool {
         self.candidates(host, port).next().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::service::parse_service_file;
+
+    #[test]
+    fn placeholders_are_collected_once_across_services() {
+        let yaml = r#"
+- host: a.example.com
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __KEY_A__, key: A, in: [{query: a}]}
+- host: b.example.com
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __KEY_B__, key: B, in: [{header: X-B}]}
+    - {placeholder: __KEY_A__, key: A, in: [{query: a}]}
+"#;
+        let services: Vec<CompiledService> = parse_service_file(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.normalized().compile().unwrap())
+            .collect();
+        let placeholders = Placeholders::of(&services);
+        assert_eq!(
+            placeholders.iter().collect::<Vec<_>>(),
+            ["__KEY_A__", "__KEY_B__"]
+        );
+        assert!(!placeholders.is_disabled("__KEY_A__"));
+        assert!(Placeholders::of(&[]).is_empty());
     }
 }

@@ -11,8 +11,8 @@ use http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use secrecy::SecretString;
 
-use super::ProxyState;
 use super::error::ProxyError;
+use super::state::ProxyState;
 use crate::crypto::TokenHash;
 use crate::identity::{AuthError, Authenticated, Principal};
 use crate::policy::VaultSnapshot;

@@ -9,7 +9,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::BoxError;
+/// Boxed error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the proxy returns and every request it sends upstream.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A body went over its cap.
 #[derive(Debug, thiserror::Error)]

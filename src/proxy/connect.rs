@@ -5,31 +5,30 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::auth::{self, Session};
+use super::body::ProxyBody;
+use super::conn::{Activity, Counted, Slot, Target, idle, revoked};
 use super::error::ProxyError;
-use super::pipeline::{self, Target};
+use super::pipeline;
+use super::state::ProxyState;
 use super::upstream::{ConnectError, dial};
-use super::workers::Slot;
-use super::{Activity, ProxyBody, ProxyState};
+use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::{
     Authority, ConnectDecision, Host, canonicalize_host, decide_connect, parse_authority,
 };
-use crate::store::RequestLogRow;
 
 fn established() -> Response<ProxyBody> {
     let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -62,27 +61,6 @@ fn tunnel_row(
         error_code: error,
         created_at: now_ms(),
     }
-}
-
-/// How intercepted connections speak HTTP to the agent (built once: every connection's task
-/// would otherwise carry its own copy).
-pub(super) fn agent_http(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
-    builder
 }
 
 /// The CONNECT target, which must be authority-form `host:port` and nothing else (RFC 9110
@@ -198,53 +176,6 @@ pub async fn handle(
     }
 }
 
-/// Waits until the session is revoked (or loses its vault), checking whenever tokens change, or
-/// until its token expires: nothing announces an expiry, and a spliced tunnel has no requests
-/// that would notice it.
-pub(super) async fn revoked(state: &ProxyState, session: &Session) {
-    let expiry = async {
-        match session.expires_at {
-            Some(at) => {
-                let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(left)).await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::pin!(expiry);
-    let mut changes = state.identity.revocations();
-    // A revocation between the caller's last check and this subscription would otherwise go
-    // unseen until the next change: check once more now.
-    changes.mark_changed();
-    loop {
-        tokio::select! {
-            () = &mut expiry => return,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    expiry.as_mut().await;
-                    return;
-                }
-                // Boxed: this future lives inside every open connection's task.
-                if Box::pin(auth::recheck(state, session)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Resolves once the connection has shown no activity (reads, response frames) for `limit` and
-/// no request is waiting for its response head.
-pub(super) async fn idle(activity: &Activity, limit: Duration) {
-    let tick = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
-    loop {
-        tokio::time::sleep(tick).await;
-        if activity.idle_for(limit) {
-            return;
-        }
-    }
-}
-
 /// Completes the agent's TLS handshake with a leaf for the CONNECT authority. Also says
 /// whether the agent's SNI named another host (its requests are then refused with 421).
 async fn accept_tls(
@@ -319,7 +250,13 @@ async fn intercept(
         let (st, sess, target, act) = (st.clone(), sess.clone(), target.clone(), act.clone());
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
         // and the request's state machine is kilobytes that an idle connection need not hold.
-        let handling = Box::pin(pipeline::handle(st, sess, target, req));
+        let handling = Box::pin(pipeline::handle(
+            st,
+            sess,
+            target,
+            req,
+            pipeline::Admission::Recheck,
+        ));
         async move {
             let busy = act.busy();
             let resp = handling.await;
@@ -354,56 +291,6 @@ async fn intercept(
     tracing::debug!(reason, "closing intercepted connection");
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(grace, conn).await;
-}
-
-pin_project_lite::pin_project! {
-    /// Counts bytes and records activity on a spliced stream.
-    pub(super) struct Counted<S> {
-        #[pin]
-        pub(super) inner: S,
-        pub(super) read: Arc<AtomicU64>,
-        pub(super) activity: Arc<Activity>,
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Counted<S> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let res = this.inner.poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.read.fetch_add(n as u64, Ordering::Relaxed);
-            this.activity.touch();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for Counted<S> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }
 
 async fn splice_tunnel(

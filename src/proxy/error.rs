@@ -8,7 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use super::ProxyBody;
+use super::body::ProxyBody;
 use crate::netguard::Blocked;
 
 /// Header naming the proxy's error code on every response it makes itself.

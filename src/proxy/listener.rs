@@ -13,9 +13,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::body::ProxyBody;
+use super::conn::Slot;
 use super::error::ProxyError;
-use super::workers::{Slot, Workers};
-use super::{ProxyBody, ProxyState, connect, pipeline};
+use super::state::ProxyState;
+use super::workers::{WorkerError, Workers};
+use super::{connect, pipeline};
+
+/// Starts `n` workers that accept connections for `state` (see [`serve`]).
+pub fn start_workers(state: &Arc<ProxyState>, n: usize) -> Result<Workers, WorkerError> {
+    let st = state.clone();
+    Workers::start(n, move |listener| {
+        st.tasks.spawn(accept_loop(listener, st.clone()));
+    })
+}
 
 /// Has the workers accept connections until shutdown; then drains open connections and
 /// tunnels (up to `server.shutdown_grace`) and stops the workers.
@@ -34,7 +45,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Worke
 }
 
 /// Accepts connections on one worker until shutdown, under the global connection limit.
-pub(super) async fn accept_loop(listener: TcpListener, state: Arc<ProxyState>) {
+async fn accept_loop(listener: TcpListener, state: Arc<ProxyState>) {
     let mut refused: u64 = 0;
     loop {
         tokio::select! {

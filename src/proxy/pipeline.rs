@@ -1,7 +1,9 @@
-//! One request, from the agent's head to the upstream's last byte: re-check the token, check
-//! that Host agrees with the CONNECT authority, decide, substitute, inject, send, stream the
-//! response back, and log one row when it ends. Credentials are opened only here, only for
-//! the request that uses them, and only after every check has passed.
+//! One request, from the agent's head to the upstream's last byte, in five phases: [`admit`]
+//! (the token is still live, Host agrees with the CONNECT authority, the head is sound),
+//! [`decide`] (policy picks the service and its sealed credentials), [`build`] (open, substitute,
+//! inject, strip: the upstream request), [`send`], and [`respond`] (stream the response back,
+//! scrubbed, and log one row when it ends). Credentials are opened only in `build`, only for the
+//! request that uses them, and only after every check has passed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,116 +11,33 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::{self, Session};
+use super::body::ProxyBody;
 use super::body::{Drained, End, Observed, is_too_large};
+use super::conn::{Target, revoked};
 use super::error::ProxyError;
+use super::headers::{
+    check_framing, check_method_override, content_length, is_websocket, strip_hop_by_hop,
+};
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
+use super::state::ProxyState;
 use super::upstream::{ConnectError, connect_error};
-use super::{ProxyBody, ProxyState, connect, substitute, websocket};
+use super::{substitute, websocket};
+use crate::domain::CredentialKey;
+use crate::domain::RequestLogRow;
 use crate::domain::now_ms;
 use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::CompiledService;
 use crate::policy::{
-    Authority, DenyReason, RequestDecision, VaultSnapshot, decide_request, parse_authority,
+    DenyReason, RequestDecision, SealedCredential, VaultSnapshot, decide_request, parse_authority,
 };
-use crate::store::RequestLogRow;
-
-/// Where requests on this connection go.
-#[derive(Debug)]
-pub struct Target {
-    /// The canonical authority (from CONNECT, or from the absolute-form URI).
-    pub authority: Authority,
-    /// Upstream scheme is https.
-    pub https: bool,
-    /// The TLS server name the agent sent disagreed with the CONNECT authority.
-    pub sni_mismatch: bool,
-    /// The request came in absolute form on the proxy's own connection.
-    pub absolute_form: bool,
-    /// The authority as a `Host` header writes it (the port only when not the default): the
-    /// form nearly every request claims, so most checks are one comparison.
-    host_header: String,
-    /// The authority as the request log writes it, formatted once per connection.
-    logged: String,
-}
-
-impl Target {
-    /// Where requests go: the canonical authority, over https or not.
-    pub fn new(authority: Authority, https: bool, sni_mismatch: bool, absolute_form: bool) -> Self {
-        let host_header = authority.host_header(if https { 443 } else { 80 });
-        let logged = authority.to_string();
-        Self {
-            logged,
-            authority,
-            https,
-            sni_mismatch,
-            absolute_form,
-            host_header,
-        }
-    }
-
-    /// Whether `claimed` (a `Host` header or URI authority) names this target.
-    fn names(&self, claimed: &[u8]) -> bool {
-        claimed == self.host_header.as_bytes() || self.parses_to_target(claimed)
-    }
-
-    /// Whether `claimed`, parsed on its own, is this target's authority.
-    fn parses_to_target(&self, claimed: &[u8]) -> bool {
-        let default_port = if self.https { 443 } else { 80 };
-        std::str::from_utf8(claimed)
-            .ok()
-            .and_then(|c| parse_authority(c, Some(default_port)).ok())
-            .is_some_and(|a| a == self.authority)
-    }
-}
-
-/// Headers that describe one hop and never travel further.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == "proxy-connection" || name == "keep-alive"
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most heads carry none of them (and a name listed in Connection needs Connection): one
-    // pass over the few names present instead of a lookup for every hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
-            continue;
-        }
-        headers.remove(name);
-    }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
-}
 
 /// What the request log row will say.
 #[derive(Clone)]
@@ -187,12 +106,13 @@ pub async fn absolute_form(
             return ProxyError::BadRequest(format!("invalid request host: {e}")).into_response();
         }
     };
-    let (session, _) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
+    let (session, snapshot) = match auth::authenticate(&state, req.headers(), peer.ip()).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
     let target = Arc::new(Target::new(authority, https, false, true));
-    handle(state, Arc::new(session), target, req).await
+    let admission = Admission::Authenticated(snapshot);
+    handle(state, Arc::new(session), target, req, admission).await
 }
 
 /// Handles one request on an intercepted connection (or an absolute-form request).
@@ -201,6 +121,7 @@ pub async fn handle(
     session: Arc<Session>,
     target: Arc<Target>,
     req: Request<Incoming>,
+    admission: Admission,
 ) -> Response<ProxyBody> {
     let mut draft = Draft {
         vault_id: session.vault_id.clone(),
@@ -217,7 +138,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let body = Drained::new(body, parts.version, &parts.headers);
     let req = Request::from_parts(parts, body);
-    match process(&state, &session, &target, req, &mut draft).await {
+    match process(&state, &session, &target, req, admission, &mut draft).await {
         Ok(response) => response,
         Err(err) => {
             state
@@ -246,56 +167,6 @@ fn check_host<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
         && !target.names(a.as_str().as_bytes())
     {
         return Err(mismatch());
-    }
-    Ok(())
-}
-
-/// Refuses request heads whose length two parsers could read differently: a body framed by both
-/// `Content-Length` and `Transfer-Encoding`, or by several `Content-Length` values. Forwarding
-/// either is how a request gets smuggled past the proxy into the upstream connection.
-fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    if lengths > 1 {
-        return Err(ProxyError::BadFraming(
-            "more than one Content-Length header",
-        ));
-    }
-    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadFraming(
-            "Content-Length and Transfer-Encoding together",
-        ));
-    }
-    Ok(())
-}
-
-/// Headers and parameters that frameworks (Rails, Laravel, Symfony, ASP.NET, Express) honour to
-/// run a request as another method.
-const METHOD_OVERRIDES: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// A service that allows only some methods must not be tricked into another one: the method the
-/// rule matched is the method the upstream runs.
-fn check_method_override(
-    service: &CompiledService,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(), ProxyError> {
-    if service.methods.is_none() {
-        return Ok(());
-    }
-    let in_query = query.is_some_and(|q| {
-        q.split('&').any(|kv| {
-            let name = kv.split('=').next().unwrap_or(kv);
-            name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
-        })
-    });
-    if in_query || METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
-        return Err(ProxyError::BadRequest(
-            "method override headers and _method parameters are refused for services that allow only some methods".into(),
-        ));
     }
     Ok(())
 }
@@ -349,15 +220,6 @@ fn upstream_uri(target: &Target, path_and_query: &str) -> Result<Uri, ProxyError
     Ok(uri)
 }
 
-fn is_websocket<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
 fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     if let Some(ce) = connect_error(err) {
         return match ce {
@@ -372,19 +234,66 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     ProxyError::UpstreamProtocol
 }
 
+/// How far a request was checked before it reached the pipeline.
+pub(super) enum Admission {
+    /// A request on an intercepted connection: its token is re-checked (so revocation reaches
+    /// open connections) and its head measured here.
+    Recheck,
+    /// An absolute-form request, authenticated and measured by the listener just before: it is
+    /// not done twice.
+    Authenticated(Arc<VaultSnapshot>),
+}
+
+/// The five phases in order; whatever one refuses, [`handle`] logs and answers.
 async fn process(
     state: &Arc<ProxyState>,
     session: &Session,
     target: &Target,
-    mut req: Request<Drained<Incoming>>,
+    req: Request<Drained<Incoming>>,
+    admission: Admission,
     draft: &mut Draft,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // The token is checked again on every request, so revocation reaches open connections.
-    let snapshot = auth::recheck(state, session).await?;
-    state.check_head_size(req.headers())?;
+    let (snapshot, admitted) = admit(state, session, target, req, admission).await?;
+    let decided = decide(&snapshot, session, target, &admitted, draft)?;
+    let outbound = build(state, &snapshot, target, admitted, decided, draft).await?;
+    let response = send(
+        state,
+        outbound.request,
+        outbound.reply.upgrade.is_some(),
+        draft,
+    )
+    .await?;
+    respond(state, session, outbound.reply, response, draft)
+}
+
+/// A request whose token is live and whose head is well-formed, before any policy.
+struct Admitted {
+    req: Request<Drained<Incoming>>,
+    /// The origin-form path, without the query.
+    path: String,
+    path_and_query: String,
+}
+
+/// Phase 1 (admit): the token is still live, the head is within its limits, names the target, is
+/// framed one way only, and asks for a method and an origin-form path the proxy forwards.
+async fn admit(
+    state: &ProxyState,
+    session: &Session,
+    target: &Target,
+    req: Request<Drained<Incoming>>,
+    admission: Admission,
+) -> Result<(Arc<VaultSnapshot>, Admitted), ProxyError> {
+    let snapshot = match admission {
+        Admission::Authenticated(snapshot) => snapshot,
+        Admission::Recheck => {
+            let snapshot = auth::recheck(state, session).await?;
+            state.check_head_size(req.headers())?;
+            snapshot
+        }
+    };
     check_host(target, &req)?;
     check_framing(req.headers())?;
-    let method = req.method().clone();
+    let method = req.method();
     // Refused in every spelling: `trace` is another method to hyper, but not to every upstream.
     if method.as_str().eq_ignore_ascii_case("TRACE")
         || method.as_str().eq_ignore_ascii_case("CONNECT")
@@ -405,9 +314,43 @@ async fn process(
             "the request path must start with /".into(),
         ));
     }
-    let decision = decide_request(&snapshot, &target.authority, &method, &path, target.https);
+    Ok((
+        snapshot,
+        Admitted {
+            req,
+            path,
+            path_and_query,
+        },
+    ))
+}
+
+/// What policy gives a request: its service and credentials (still sealed), and its place
+/// under the agent's in-flight limit.
+struct Decided<'s> {
+    service: Option<&'s CompiledService>,
+    sealed: Vec<(&'s CredentialKey, &'s SealedCredential)>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Phase 2 (decide): decide by the snapshot, refuse method overrides where the service limits methods,
+/// and take a place under the agent's in-flight limit.
+fn decide<'s>(
+    snapshot: &'s VaultSnapshot,
+    session: &Session,
+    target: &Target,
+    admitted: &Admitted,
+    draft: &mut Draft,
+) -> Result<Decided<'s>, ProxyError> {
+    let req = &admitted.req;
+    let decision = decide_request(
+        snapshot,
+        &target.authority,
+        req.method(),
+        &admitted.path,
+        target.https,
+    );
     let (service, sealed) = match decision {
-        RequestDecision::Deny(reason) => return Err(deny(reason, &snapshot, target)),
+        RequestDecision::Deny(reason) => return Err(deny(reason, snapshot, target)),
         RequestDecision::Forward => (None, Vec::new()),
         RequestDecision::Inject {
             service,
@@ -423,13 +366,62 @@ async fn process(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ProxyError::RateLimited("too many requests in flight for this agent"))?;
+    Ok(Decided {
+        service,
+        sealed,
+        slot,
+    })
+}
 
+/// The request to send upstream, and what its response will need.
+struct Outbound {
+    request: Request<ProxyBody>,
+    reply: Reply,
+}
+
+/// What the response phase needs from the phases before it.
+struct Reply {
+    /// The agent's place under its in-flight limit, held until the response ends.
+    slot: OwnedSemaphorePermit,
+    /// Everything the response could reflect of the credentials, scrubbed from it.
+    needles: Option<Arc<Needles>>,
+    /// A WebSocket handshake: the agent's side of the upgrade, and what to do to its frames.
+    upgrade: Option<Upgrade>,
+}
+
+/// The agent's side of a WebSocket upgrade.
+struct Upgrade {
+    agent: hyper::upgrade::OnUpgrade,
+    rewrite: Option<websocket::Rewrite>,
+}
+
+/// Phase 3 (build): open the credentials, substitute placeholders, attach credentials, strip what
+/// must not travel, and build the upstream request with its body (buffered only when its
+/// placeholders must be replaced).
+async fn build(
+    state: &ProxyState,
+    snapshot: &VaultSnapshot,
+    target: &Target,
+    admitted: Admitted,
+    decided: Decided<'_>,
+    draft: &mut Draft,
+) -> Result<Outbound, ProxyError> {
+    let Admitted {
+        mut req,
+        path,
+        path_and_query,
+    } = admitted;
+    let Decided {
+        service,
+        sealed,
+        slot,
+    } = decided;
     let opened = if sealed.is_empty() {
         None
     } else {
         Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
     };
-    let plan = substitute::Plan::new(&snapshot.services, service, opened.as_ref())?;
+    let plan = substitute::Plan::new(&snapshot.placeholders, service, opened.as_ref())?;
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
     // Everything this request could get reflected back, zeroized when its response ends.
     let needles = opened.as_ref().and_then(|o| {
@@ -446,77 +438,21 @@ async fn process(
     if let (Some(service), Some(opened)) = (service, opened.as_ref()) {
         inject::apply(service, opened, &mut parts.headers)?;
     }
-    let new_path = plan.target(&path_and_query)?;
-    if let Some(service) = service
-        && service.pattern.path.is_some()
-    {
-        // What was matched is what is forwarded: a substituted value must not move the request
-        // out of the path the rule allows.
-        let forwarded = new_path.split('?').next().unwrap_or(&new_path);
-        if forwarded != path
-            && (path_is_ambiguous(forwarded) || !service.pattern.matches_path(forwarded))
-        {
-            return Err(ProxyError::PlaceholderRefused(
-                "a substituted value would change which path rule the request falls under".into(),
-            ));
-        }
-    }
+    let uri = forwarded_uri(&plan, service, target, &path, &path_and_query)?;
     if needles.is_some() {
-        // Only codings the scrubber can decode, and no partial responses: a value read back in
-        // byte ranges would never appear whole.
-        if parts.headers.contains_key(header::ACCEPT_ENCODING) {
-            parts.headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, identity"),
-            );
-        }
-        parts.headers.remove(header::RANGE);
-        parts.headers.remove(header::IF_RANGE);
+        ask_for_scrubbable(&mut parts.headers);
     }
-    let uri = upstream_uri(target, &new_path)?;
 
-    let max_in = state.limits.max_request_body_bytes;
-    let declared_len = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|n| n > max_in) {
-        return Err(ProxyError::RequestTooLarge(max_in));
-    }
-    let body_kind = substitute::body_kind(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let encoded = parts.headers.contains_key(header::CONTENT_ENCODING);
-    let upstream_body: ProxyBody =
-        match (substitute::wants_body(service), body_kind, opened.as_ref()) {
-            (true, Some(kind), Some(_)) if !encoded => {
-                let cap = state.limits.max_substitution_body_bytes;
-                let collected = Limited::new(body, cap).collect().await.map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        ProxyError::RequestTooLarge(cap as u64)
-                    } else {
-                        ProxyError::BadRequest("could not read the request body".into())
-                    }
-                })?;
-                let rewritten = plan.body(&collected.to_bytes(), kind)?;
-                draft
-                    .bytes_in
-                    .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-                Full::new(Bytes::from(rewritten))
-                    .map_err(|never| match never {})
-                    .boxed()
-            }
-            _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
-        };
+    let upstream_body = request_body(
+        state,
+        service,
+        opened.as_ref(),
+        &plan,
+        &mut parts.headers,
+        body,
+        draft,
+    )
+    .await?;
     // A WebSocket that carries credentials, or declares frame substitutions, is read frame by
     // frame after the upgrade; compression would make frames unreadable, so it is not offered.
     let ws_rewrite = if websocket {
@@ -534,79 +470,160 @@ async fn process(
     drop(plan);
     drop(opened);
 
-    let mut upstream_req = Request::from_parts(parts, upstream_body);
-    *upstream_req.uri_mut() = uri;
-    *upstream_req.version_mut() = Version::HTTP_11;
-    let client = state.upstream.client(websocket);
-    let timeout = state.upstream.response_header_timeout;
-    let mut response = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout(
-                humantime::format_duration(timeout).to_string(),
+    let mut request = Request::from_parts(parts, upstream_body);
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    Ok(Outbound {
+        request,
+        reply: Reply {
+            slot,
+            needles,
+            upgrade: agent_upgrade.map(|agent| Upgrade {
+                agent,
+                rewrite: ws_rewrite,
+            }),
+        },
+    })
+}
+
+/// The upstream URI after substitution, which must stay under the path rule that matched.
+fn forwarded_uri(
+    plan: &substitute::Plan,
+    service: Option<&CompiledService>,
+    target: &Target,
+    path: &str,
+    path_and_query: &str,
+) -> Result<Uri, ProxyError> {
+    let new_path = plan.target(path_and_query)?;
+    if let Some(service) = service
+        && service.pattern.path.is_some()
+    {
+        // What was matched is what is forwarded: a substituted value must not move the request
+        // out of the path the rule allows.
+        let forwarded = new_path.split('?').next().unwrap_or(&new_path);
+        if forwarded != path
+            && (path_is_ambiguous(forwarded) || !service.pattern.matches_path(forwarded))
+        {
+            return Err(ProxyError::PlaceholderRefused(
+                "a substituted value would change which path rule the request falls under".into(),
             ));
         }
+    }
+    upstream_uri(target, &new_path)
+}
+
+/// Only codings the scrubber can decode, and no partial responses: a value read back in byte
+/// ranges would never appear whole.
+fn ask_for_scrubbable(headers: &mut http::HeaderMap) {
+    if headers.contains_key(header::ACCEPT_ENCODING) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, identity"),
+        );
+    }
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
+}
+
+/// The upstream request's body: streamed and counted under the request cap, or, when the
+/// service substitutes in bodies of this kind and credentials were opened, read whole (under
+/// the substitution cap) and rewritten.
+async fn request_body(
+    state: &ProxyState,
+    service: Option<&CompiledService>,
+    opened: Option<&Opened>,
+    plan: &substitute::Plan,
+    headers: &mut http::HeaderMap,
+    body: Drained<Incoming>,
+    draft: &Draft,
+) -> Result<ProxyBody, ProxyError> {
+    let max_in = state.limits.max_request_body_bytes;
+    if content_length(headers).is_some_and(|n| n > max_in) {
+        return Err(ProxyError::RequestTooLarge(max_in));
+    }
+    let body_kind = substitute::body_kind(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let encoded = headers.contains_key(header::CONTENT_ENCODING);
+    let body: ProxyBody = match (substitute::wants_body(service), body_kind, opened) {
+        (true, Some(kind), Some(_)) if !encoded => {
+            let cap = state.limits.max_substitution_body_bytes;
+            let collected = Limited::new(body, cap).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ProxyError::RequestTooLarge(cap as u64)
+                } else {
+                    ProxyError::BadRequest("could not read the request body".into())
+                }
+            })?;
+            let rewritten = plan.body(&collected.to_bytes(), kind)?;
+            draft
+                .bytes_in
+                .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            Full::new(Bytes::from(rewritten))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+        _ => Observed::new(body, draft.bytes_in.clone(), max_in).boxed(),
+    };
+    Ok(body)
+}
+
+/// Phase 4 (send): send the request on this worker's pooled client and wait for the response head.
+async fn send(
+    state: &ProxyState,
+    request: Request<ProxyBody>,
+    upgrade: bool,
+    draft: &Draft,
+) -> Result<Response<Incoming>, ProxyError> {
+    let client = state.upstream.client(upgrade);
+    let timeout = state.upstream.response_header_timeout;
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(
+            humantime::format_duration(timeout).to_string(),
+        )),
         Ok(Err(e)) => {
             let err = classify_send_error(&e);
+            let max_in = state.limits.max_request_body_bytes;
             // An h2 upstream may report the stream reset the cap caused rather than the cap.
             let over = draft.bytes_in.load(std::sync::atomic::Ordering::Relaxed) > max_in;
-            return Err(match err {
+            Err(match err {
                 ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
                 _ if over => ProxyError::RequestTooLarge(max_in),
                 other => other,
-            });
+            })
         }
-        Ok(Ok(r)) => r,
-    };
+        Ok(Ok(r)) => Ok(r),
+    }
+}
 
-    if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        if let Some(agent_upgrade) = agent_upgrade {
-            let st = state.clone();
-            let session = session.clone();
-            let row = draft.row(101, 0, None);
-            state.tasks.spawn(async move {
-                let splice = websocket::splice(
-                    agent_upgrade,
-                    upstream_upgrade,
-                    st.limits.tunnel_idle_timeout,
-                    ws_rewrite,
-                );
-                tokio::pin!(splice);
-                // An upgraded connection has left hyper's connection (and its revocation
-                // watch): it needs its own, like a tunnel.
-                tokio::select! {
-                    () = &mut splice => {}
-                    () = connect::revoked(&st, &session) => {
-                        tracing::debug!("closing websocket: token revoked or vault access removed");
-                    }
-                    () = st.shutdown.cancelled() => {
-                        let _ = tokio::time::timeout(st.shutdown_grace, &mut splice).await;
-                    }
-                }
-                st.logger.log(row);
-                drop(slot);
-            });
-        }
-        let (mut parts, _) = response.into_parts();
-        // hyper keeps a non-standard reason phrase in an extension and writes it back out; it
-        // is upstream text that no scrubber sees, so it never travels on.
-        parts.extensions.clear();
-        strip_hop_by_hop(&mut parts.headers, true);
-        if let Some(needles) = &needles {
-            needles.scrub_headers(&mut parts.headers);
-        }
-        return Ok(Response::from_parts(
-            parts,
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
+/// Phase 5 (respond): stream the response back (scrubbed when credentials were attached, capped, and
+/// logged once when it ends), or splice an accepted WebSocket upgrade.
+fn respond(
+    state: &Arc<ProxyState>,
+    session: &Session,
+    reply: Reply,
+    response: Response<Incoming>,
+    draft: &Draft,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Reply {
+        slot,
+        needles,
+        upgrade,
+    } = reply;
+    if let Some(upgrade) = upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok(switch_protocols(
+            state, session, upgrade, slot, needles, response, draft,
         ));
     }
-
     let (mut parts, body) = response.into_parts();
-    // hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
-    // upstream text that no scrubber sees, so it never travels on.
-    parts.extensions.clear();
+    forget_reason_phrase(&mut parts);
     let coding = match needles.as_ref().map(|_| scrub::coding(&parts.headers)) {
         Some(None) => return Err(ProxyError::Unscrubbable),
         Some(Some(c)) => Some(c),
@@ -619,12 +636,7 @@ async fn process(
     }
     strip_hop_by_hop(&mut parts.headers, false);
     let max_out = state.limits.max_response_body_bytes;
-    let declared_out = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if max_out > 0 && declared_out.is_some_and(|n| n > max_out) {
+    if max_out > 0 && content_length(&parts.headers).is_some_and(|n| n > max_out) {
         return Err(ProxyError::ResponseTooLarge);
     }
     let status = parts.status.as_u16();
@@ -655,27 +667,59 @@ async fn process(
     Ok(Response::from_parts(parts, body))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// hyper keeps a non-standard reason phrase in an extension and writes it back out; it is
+/// upstream text that no scrubber sees, so it never travels on.
+fn forget_reason_phrase(parts: &mut http::response::Parts) {
+    parts.extensions.clear();
+}
 
-    #[test]
-    fn hop_by_hop_headers_never_travel() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+/// The upstream accepted a WebSocket upgrade: splice both sides in a task of their own, which
+/// watches for revocation as a tunnel does, and answer the agent's handshake.
+fn switch_protocols(
+    state: &Arc<ProxyState>,
+    session: &Session,
+    upgrade: Upgrade,
+    slot: OwnedSemaphorePermit,
+    needles: Option<Arc<Needles>>,
+    mut response: Response<Incoming>,
+    draft: &Draft,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let st = state.clone();
+    let session = session.clone();
+    let row = draft.row(101, 0, None);
+    state.tasks.spawn(async move {
+        let splice = websocket::splice(
+            upgrade.agent,
+            upstream_upgrade,
+            st.limits.tunnel_idle_timeout,
+            upgrade.rewrite,
         );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::PROXY_AUTHORIZATION,
-            HeaderValue::from_static("Basic abc"),
-        );
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::ACCEPT));
+        tokio::pin!(splice);
+        // An upgraded connection has left hyper's connection (and its revocation watch): it
+        // needs its own, like a tunnel.
+        tokio::select! {
+            () = &mut splice => {}
+            () = revoked(&st, &session) => {
+                tracing::debug!("closing websocket: token revoked or vault access removed");
+            }
+            () = st.shutdown.cancelled() => {
+                let _ = tokio::time::timeout(st.shutdown_grace, &mut splice).await;
+            }
+        }
+        st.logger.log(row);
+        drop(slot);
+    });
+    let (mut parts, _) = response.into_parts();
+    forget_reason_phrase(&mut parts);
+    strip_hop_by_hop(&mut parts.headers, true);
+    if let Some(needles) = &needles {
+        needles.scrub_headers(&mut parts.headers);
     }
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }

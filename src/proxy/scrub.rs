@@ -26,7 +26,7 @@ use http_body::{Body, Frame};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::BoxError;
+use super::body::BoxError;
 
 /// What a reflected value is replaced with.
 pub const MARKER: &[u8] = b"[REDACTED by agent-vault]";

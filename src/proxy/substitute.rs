@@ -6,7 +6,7 @@
 //! refused rather than forwarded: a value written where the upstream stores or echoes it could be
 //! read back later through a tunnel, where nothing is scrubbed.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::error::ProxyError;
 use super::inject::Opened;
 use super::jsonscan;
+use crate::policy::Placeholders;
 use crate::policy::service::{CompiledService, PlaceKind};
 
 /// Everything but RFC 3986 unreserved characters is encoded, in paths and in queries alike, so a
@@ -48,15 +49,14 @@ struct Ready {
 /// placeholder the vault declares, which are refused wherever no place takes them.
 pub struct Plan {
     ready: Vec<Ready>,
-    all: BTreeSet<String>,
-    disabled: BTreeSet<String>,
+    placeholders: Arc<Placeholders>,
 }
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")
             .field("places", &self.ready.len())
-            .field("placeholders", &self.all)
+            .field("placeholders", &self.placeholders)
             .finish()
     }
 }
@@ -72,20 +72,12 @@ fn form_decode(text: &str) -> Vec<u8> {
 }
 
 impl Plan {
-    /// Collects the vault's placeholders and opens the matched service's declared places.
+    /// Takes the vault's placeholders and opens the matched service's declared places.
     pub fn new(
-        services: &[CompiledService],
+        placeholders: &Arc<Placeholders>,
         service: Option<&CompiledService>,
         opened: Option<&Opened>,
     ) -> Result<Self, ProxyError> {
-        let mut all = BTreeSet::new();
-        let mut disabled = BTreeSet::new();
-        for sub in services.iter().flat_map(|s| s.substitutions.iter()) {
-            all.insert(sub.placeholder.clone());
-            if sub.disabled {
-                disabled.insert(sub.placeholder.clone());
-            }
-        }
         let mut ready = Vec::new();
         if let (Some(service), Some(opened)) = (service, opened) {
             for sub in service.substitutions.iter().filter(|s| !s.disabled) {
@@ -105,8 +97,7 @@ impl Plan {
         }
         Ok(Self {
             ready,
-            all,
-            disabled,
+            placeholders: placeholders.clone(),
         })
     }
 
@@ -123,14 +114,13 @@ impl Plan {
                     value: r.value.clone(),
                 })
                 .collect(),
-            all: self.all.clone(),
-            disabled: self.disabled.clone(),
+            placeholders: self.placeholders.clone(),
         }
     }
 
     /// Whether the vault declares any placeholder at all.
     pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
+        self.placeholders.is_empty()
     }
 
     /// Whether WebSocket frames have places to substitute.
@@ -142,14 +132,13 @@ impl Plan {
 
     /// The first known placeholder in `text`.
     pub fn find(&self, text: &[u8]) -> Option<&str> {
-        self.all
+        self.placeholders
             .iter()
             .find(|p| contains(text, p.as_bytes()))
-            .map(String::as_str)
     }
 
     fn refused(&self, placeholder: &str, place: &str) -> ProxyError {
-        ProxyError::PlaceholderRefused(if self.disabled.contains(placeholder) {
+        ProxyError::PlaceholderRefused(if self.placeholders.is_disabled(placeholder) {
             format!(
                 "placeholder {placeholder} belongs to a substitution stored in the old form without exact places, which is disabled; an admin must set its service again naming each exact place"
             )
@@ -183,7 +172,7 @@ impl Plan {
 
     /// Rewrites the path and query.
     pub fn target(&self, path_and_query: &str) -> Result<String, ProxyError> {
-        if self.all.is_empty() {
+        if self.placeholders.is_empty() {
             return Ok(path_and_query.to_owned());
         }
         let (path, query) = match path_and_query.split_once('?') {
@@ -257,7 +246,10 @@ impl Plan {
 
     /// Rewrites header values in place.
     pub fn headers(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-        if self.all.is_empty() {
+        // Most heads carry no placeholder: one pass finds that without collecting the names.
+        if self.placeholders.is_empty()
+            || !headers.values().any(|v| self.find(v.as_bytes()).is_some())
+        {
             return Ok(());
         }
         let names: Vec<_> = headers.keys().cloned().collect();
@@ -330,7 +322,7 @@ impl Plan {
         at: impl Fn(&PlaceKind, &[String]) -> bool,
         what: &str,
     ) -> Result<Option<Vec<u8>>, ProxyError> {
-        if self.all.is_empty() {
+        if self.placeholders.is_empty() {
             return Ok(None);
         }
         let found = match jsonscan::scan(doc, &|s| self.find(s.as_bytes()).is_some()) {
@@ -377,11 +369,7 @@ impl Plan {
 
 /// Whether the request body must be buffered: the service declares a JSON or form place.
 pub fn wants_body(service: Option<&CompiledService>) -> bool {
-    service
-        .into_iter()
-        .flat_map(|s| s.substitutions.iter().filter(|s| !s.disabled))
-        .flat_map(|s| s.places.iter())
-        .any(|p| matches!(p.kind, PlaceKind::Json(_) | PlaceKind::Form(_)))
+    service.is_some_and(|s| s.substitutes_in_body)
 }
 
 /// The kinds of bodies substitution understands.
@@ -415,6 +403,10 @@ mod tests {
     use crate::keys::Keyring;
     use crate::policy::SealedCredential;
     use crate::policy::service::parse_service_file;
+
+    fn placeholders(services: &[CompiledService]) -> Arc<Placeholders> {
+        Arc::new(Placeholders::of(services))
+    }
 
     const SERVICES: &str = r#"
 - host: api.telegram.org
@@ -452,7 +444,7 @@ mod tests {
             ),
         };
         let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        Plan::new(&services, Some(&services[0]), Some(&opened)).unwrap()
+        Plan::new(&placeholders(&services), Some(&services[0]), Some(&opened)).unwrap()
     }
 
     fn refused<T: std::fmt::Debug>(r: Result<T, ProxyError>) -> bool {
@@ -490,7 +482,7 @@ mod tests {
         ] {
             assert!(refused(plan.target(target)), "{target}");
         }
-        let no_service = Plan::new(&[], None, None).unwrap();
+        let no_service = Plan::new(&placeholders(&[]), None, None).unwrap();
         assert!(
             no_service.target("/x/__BOT_TOKEN__").is_ok(),
             "no placeholders in the vault"
@@ -580,7 +572,7 @@ mod tests {
             sealed: Arc::from(ring.seal_credential("v", "BOT", 1, b"s3cret").unwrap()),
         };
         let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let plan = Plan::new(&services, Some(&services[0]), Some(&opened))
+        let plan = Plan::new(&placeholders(&services), Some(&services[0]), Some(&opened))
             .unwrap()
             .for_websocket();
         assert!(plan.has_websocket_places());
@@ -651,7 +643,7 @@ mod tests {
         .remove(0)
         .normalized();
         let svc = spec.compile_stored().unwrap();
-        let plan = Plan::new(std::slice::from_ref(&svc), Some(&svc), None).unwrap();
+        let plan = Plan::new(&placeholders(std::slice::from_ref(&svc)), Some(&svc), None).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("__OLD_KEY__"));
         match plan.headers(&mut h) {

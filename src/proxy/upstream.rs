@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::ProxyBody;
+use super::body::ProxyBody;
 use crate::config::{ResolveKey, Roots, UpstreamConfig, parse_resolve_key};
 use crate::netguard::{Blocked, NetGuard};
 

@@ -14,8 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::Activity;
-use super::connect::{self, Counted};
+use super::conn::{self, Activity, Counted};
 use super::scrub::Needles;
 use super::substitute::Plan;
 
@@ -80,7 +79,7 @@ pub async fn splice(
                     tracing::debug!(error = %e, "websocket ended with an error");
                 }
             }
-            () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
+            () = conn::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
         }
         return;
     };
@@ -101,7 +100,7 @@ pub async fn splice(
             tracing::debug!(error = %e, "websocket (agent side) ended");
         },
         res = to_agent => if let Err(e) = res { tracing::debug!(error = %e, "websocket (upstream side) ended") },
-        () = connect::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
+        () = conn::idle(&activity, idle) => tracing::debug!("websocket closed after the idle limit"),
     }
     if refused {
         // Tell the agent why, as the HTTP path would with 403 `placeholder_refused`: close code
@@ -328,9 +327,13 @@ mod tests {
             sealed: Arc::from(ring.seal_credential("v", "K", 1, b"s3cret-value").unwrap()),
         };
         let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let plan = Plan::new(&services, Some(&services[0]), Some(&opened))
-            .unwrap()
-            .for_websocket();
+        let plan = Plan::new(
+            &Arc::new(crate::policy::Placeholders::of(&services)),
+            Some(&services[0]),
+            Some(&opened),
+        )
+        .unwrap()
+        .for_websocket();
         let frame = |opcode, fin, payload: &[u8]| Frame {
             fin,
             rsv: 0,

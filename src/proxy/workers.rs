@@ -11,11 +11,8 @@
 //! accept loop, keeps new connections as cheap as they were on the shared scheduler.
 
 use std::cell::Cell;
-use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-
-use super::ProxyState;
+use tokio::sync::{mpsc, oneshot};
 
 thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
@@ -32,20 +29,6 @@ pub fn count(configured: usize) -> usize {
         configured
     } else {
         std::thread::available_parallelism().map_or(2, usize::from)
-    }
-}
-
-/// An accepted connection's place under the global connection limit, given back when the
-/// connection, and any tunnel it turned into, ends.
-#[derive(Debug)]
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Slot {
-    /// Holds `permit` for one connection.
-    pub(super) fn new(permit: OwnedSemaphorePermit) -> Self {
-        Self { _permit: permit }
     }
 }
 
@@ -71,9 +54,13 @@ pub enum WorkerError {
 }
 
 impl Workers {
-    /// Starts `n` workers serving connections with `state`; they accept once
-    /// [`Workers::listen`] gives them the socket.
-    pub fn start(state: &Arc<ProxyState>, n: usize) -> Result<Self, WorkerError> {
+    /// Starts `n` workers; each hands every listening socket [`Workers::listen`] gives it to
+    /// `accept`, on its own runtime. The workers know nothing of what accepting means: the
+    /// listener passes that in, so neither calls back into the other.
+    pub fn start<F>(n: usize, accept: F) -> Result<Self, WorkerError>
+    where
+        F: Fn(tokio::net::TcpListener) + Clone + Send + 'static,
+    {
         let mut listeners = Vec::with_capacity(n);
         let mut stopped = Vec::with_capacity(n);
         for index in 0..n {
@@ -83,12 +70,12 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|source| WorkerError::Start { index, source })?;
-            let st = state.clone();
+            let accept = accept.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{index}"))
                 .spawn(move || {
                     INDEX.with(|i| i.set(Some(index)));
-                    runtime.block_on(run(st, rx));
+                    runtime.block_on(run(accept, rx));
                     // Upstream connection tasks still parked here end with the runtime.
                     drop(runtime);
                     let _ = done_tx.send(());
@@ -130,19 +117,15 @@ impl Workers {
     }
 }
 
-/// A worker's loop: accept on every socket it is given until [`Workers::stop`]. The runtime
-/// drives every connection task while this waits.
+/// A worker's loop: hands every socket it is given to `accept` until [`Workers::stop`]. The
+/// runtime drives every connection task while this waits.
 async fn run(
-    state: Arc<ProxyState>,
+    accept: impl Fn(tokio::net::TcpListener),
     mut listeners: mpsc::UnboundedReceiver<std::net::TcpListener>,
 ) {
     while let Some(listener) = listeners.recv().await {
         match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                state
-                    .tasks
-                    .spawn(super::listener::accept_loop(listener, state.clone()));
-            }
+            Ok(listener) => accept(listener),
             Err(e) => {
                 tracing::warn!(error = %e, "proxy worker could not take the listening socket")
             }
