@@ -166,27 +166,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let record = match row {
-            Some(row) => {
-                let record = TokenRecord::from_row(&row)?;
-                let stored: Option<Vec<u8>> = col(&row, "mac")?;
-                let ok = self.macs()?.verify(
-                    AuthorityRow::Token,
-                    &token_fields(
-                        &record.id,
-                        &record.hash.0,
-                        &col::<String>(&row, "kind")?,
-                        record.user_id.as_deref(),
-                        record.agent_id.as_deref(),
-                        record.vault_id.as_deref(),
-                        col::<Option<String>>(&row, "vault_role")?.as_deref(),
-                    ),
-                    stored.as_deref(),
-                );
-                if !ok {
-                    super::authority::alarm(AuthorityRow::Token, &record.id);
-                }
-                ok.then_some(record)
-            }
+            Some(row) => self.verified_token(&row)?,
             None => None,
         };
         // The index lookup already matched; compare again in constant time so a future change
@@ -194,15 +174,42 @@ impl Store {
         Ok(record.filter(|r| r.hash.ct_eq(hash)))
     }
 
-    /// Finds a token by its public id.
+    /// The token a row holds, or `None` (with an alarm) when its MAC fails: a row re-pointed at
+    /// another user or agent, vault or role is treated as absent wherever it is read.
+    fn verified_token(&self, row: &AnyRow) -> Result<Option<TokenRecord>, StoreError> {
+        let record = TokenRecord::from_row(row)?;
+        let stored: Option<Vec<u8>> = col(row, "mac")?;
+        let ok = self.macs()?.verify(
+            AuthorityRow::Token,
+            &token_fields(
+                &record.id,
+                &record.hash.0,
+                &col::<String>(row, "kind")?,
+                record.user_id.as_deref(),
+                record.agent_id.as_deref(),
+                record.vault_id.as_deref(),
+                col::<Option<String>>(row, "vault_role")?.as_deref(),
+            ),
+            stored.as_deref(),
+        );
+        if !ok {
+            super::authority::alarm(AuthorityRow::Token, &record.id);
+        }
+        Ok(ok.then_some(record))
+    }
+
+    /// Finds a token by its public id (absent when its MAC fails).
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens WHERE id = $1",
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(TokenRecord::from_row).transpose()
+        match row {
+            Some(row) => self.verified_token(&row),
+            None => Ok(None),
+        }
     }
 
     /// Revokes one token, and for an agent token the scoped tokens the agent minted. Returns
@@ -240,7 +247,7 @@ impl Store {
         vault_id: Option<&str>,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at FROM tokens \
+            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens \
              WHERE revoked_at IS NULL AND ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR (vault_id = $2 AND kind = 'scoped')) \
              ORDER BY created_at",
         )
@@ -249,13 +256,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let now = now_ms();
-        Ok(rows
-            .iter()
-            .map(TokenRecord::from_row)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|t| t.is_live(now))
-            .collect())
+        let mut live = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(t) = self.verified_token(row)?
+                && t.is_live(now)
+            {
+                live.push(t);
+            }
+        }
+        Ok(live)
     }
 
     /// Deletes tokens that expired or were revoked more than `grace_ms` ago.

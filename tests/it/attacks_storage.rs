@@ -435,6 +435,12 @@ async fn tokens_repointed_in_the_database_are_refused() {
         )
         .await;
         assert_no_admin_power(&app, &scoped, "tok", "value-tok-secret", backend).await;
+        // Listings and lookups by id skip it too, rather than showing the raised role.
+        let listed = app.ok("GET", "/v1/vaults/tok/tokens", None).await;
+        assert!(
+            !listed.to_string().contains(&scoped_id),
+            "{backend}: a re-pointed token is not listed: {listed}"
+        );
     })
     .await;
 }
