@@ -21,13 +21,14 @@ use crate::identity::{FailureBudget, Identity};
 /// Wrong passwords an approver may enter on approval pages within a minute before further tries
 /// wait: enough for typos, far too few to guess a password with a stolen session cookie.
 const CONFIRM_FAILURES_PER_MINUTE: u32 = 5;
-use crate::keys::{self, Keyring, UnsealError};
+use crate::keys::Keyring;
 use crate::netguard::NetGuard;
 use crate::notify::Notifier;
 use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
 use crate::registry::Snapshots;
 use crate::store::changes::{self, Change};
 use crate::store::{Backend, Store, StoreError};
+use crate::unseal::{self, UnsealError};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,7 @@ impl App {
             "password checks that may run at once"
         );
         let (keyring, initialized) =
-            keys::unseal_or_init(&store, password, config.kdf, &kdf_gate).await?;
+            unseal::unseal_or_init(&store, password, config.kdf, &kdf_gate).await?;
         if initialized {
             tracing::info!("initialized a new vault: generated and sealed the data-encryption key");
         }

@@ -19,4 +19,5 @@ pub mod proposal;
 pub mod proxy;
 pub mod registry;
 pub mod store;
+pub mod unseal;
 pub mod web;

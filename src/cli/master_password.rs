@@ -10,9 +10,7 @@ use secrecy::ExposeSecret;
 
 use super::{CliError, prompt_password, read_secret_line};
 use crate::config::{Config, FlagOverrides};
-use crate::crypto::{KDF_QUEUE_WAIT, KdfGate};
-use crate::keys;
-use crate::store::Store;
+use crate::unseal;
 
 /// `agent-vault master-password ...`
 #[derive(Debug, Subcommand)]
@@ -65,16 +63,9 @@ pub async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
             "no terminal to ask for passwords; use --password-stdin (current, then new, one per line)",
         ));
     };
-    let store = Store::open(
-        &config.data_dir,
-        config.database_url.as_ref().map(|u| u.0.as_str()),
-    )
-    .await
-    .map_err(|e| CliError::msg(format!("cannot open the database: {e}")))?;
-    let gate = KdfGate::new(config.limits.kdf_memory_budget, KDF_QUEUE_WAIT);
-    let result = keys::change_master_password(&store, old, new, config.kdf, &gate).await;
-    store.close().await;
-    result.map_err(|e| CliError::msg(e.to_string()))?;
+    unseal::change_master_password_of(&config, old, new)
+        .await
+        .map_err(|e| CliError::msg(e.to_string()))?;
     println!("master password changed; use the new one from the next server start");
     Ok(())
 }

@@ -130,7 +130,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         config.database_url.is_none() && !config.data_dir.join("agent-vault.db").exists();
     let password = master_password(args.password_stdin, first_start)?;
     // Refuse a weak first password before the database is even created.
-    if first_start && let Some(why) = crate::keys::master_password_weakness(&password) {
+    if first_start && let Some(why) = crate::unseal::master_password_weakness(&password) {
         return Err(CliError::msg(why));
     }
     let app = App::build(config, password)

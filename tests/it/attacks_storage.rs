@@ -512,7 +512,7 @@ async fn wrap_dek_as_before_authority_macs(dir: &tempfile::TempDir) {
         .await
         .unwrap();
     let gate = agent_vault::crypto::KdfGate::new(1 << 30, std::time::Duration::from_secs(5));
-    agent_vault::keys::wrap_as_before_authority_macs(
+    agent_vault::unseal::wrap_as_before_authority_macs(
         &store,
         secrecy::SecretString::from(crate::support::MASTER_PASSWORD),
         &gate,

@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 
 use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
 use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
-use agent_vault::keys::{self, Keyring, UnsealError};
+use agent_vault::keys::Keyring;
 use agent_vault::store::{
     CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store, StoreError,
 };
+use agent_vault::unseal::{self, UnsealError};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{TINY_KDF, TestDatabase, assert_proxy_error, for_each_store};
@@ -305,7 +306,7 @@ async fn setup_token_is_burnt_by_the_first_owner() {
 async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
     for_each_store(|store, backend| async move {
         let gate = KdfGate::new(1 << 20, KDF_QUEUE_WAIT);
-        let (ring, first) = keys::unseal_or_init(
+        let (ring, first) = unseal::unseal_or_init(
             &store,
             SecretString::from("first password"),
             TINY_KDF,
@@ -314,7 +315,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
         .await
         .unwrap();
         assert!(first);
-        let (again, first) = keys::unseal_or_init(
+        let (again, first) = unseal::unseal_or_init(
             &store,
             SecretString::from("first password"),
             TINY_KDF,
@@ -324,7 +325,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
         .unwrap();
         assert!(!first);
         assert_eq!(ring.dek().expose(), again.dek().expose(), "{backend}");
-        let wrong = keys::unseal_or_init(
+        let wrong = unseal::unseal_or_init(
             &store,
             SecretString::from("not the password"),
             TINY_KDF,
@@ -335,7 +336,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
             matches!(wrong, Err(UnsealError::WrongPassword)),
             "{backend}"
         );
-        keys::change_master_password(
+        unseal::change_master_password(
             &store,
             SecretString::from("first password"),
             SecretString::from("second password"),
@@ -345,7 +346,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
         .await
         .unwrap();
         assert!(
-            keys::unseal_or_init(
+            unseal::unseal_or_init(
                 &store,
                 SecretString::from("first password"),
                 TINY_KDF,
@@ -354,7 +355,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
             .await
             .is_err()
         );
-        let (changed, _) = keys::unseal_or_init(
+        let (changed, _) = unseal::unseal_or_init(
             &store,
             SecretString::from("second password"),
             TINY_KDF,
@@ -367,7 +368,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
             ring.dek().expose(),
             "the DEK itself is unchanged"
         );
-        let weak = keys::change_master_password(
+        let weak = unseal::change_master_password(
             &store,
             SecretString::from("second password"),
             SecretString::from("short"),
@@ -447,7 +448,7 @@ async fn an_existing_weak_master_password_still_unseals() {
             .unwrap(),
         };
         assert!(store.insert_master_key_if_absent(&record).await.unwrap());
-        let (ring, first) = keys::unseal_or_init(&store, weak, TINY_KDF, &gate)
+        let (ring, first) = unseal::unseal_or_init(&store, weak, TINY_KDF, &gate)
             .await
             .unwrap();
         assert!(!first, "{backend}");
@@ -470,7 +471,7 @@ async fn postgres_instances_starting_together_migrate_once() {
     // And all of them unseal to the same key.
     let gate = KdfGate::new(1 << 20, KDF_QUEUE_WAIT);
     let unseals = stores.iter().map(|s| {
-        keys::unseal_or_init(
+        unseal::unseal_or_init(
             s.as_ref().unwrap(),
             SecretString::from("same password"),
             TINY_KDF,
