@@ -791,8 +791,12 @@ async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through
         finished_by_then < 200,
         "the proxied request ran during the flood"
     );
+    // The server shares this process with the other tests running at the same time, whose
+    // allocations land in the same RSS: the budget plus that noise (measured alone: about 107
+    // MiB for a 128 MiB budget; without the gate, 2.6 GiB).
+    const NOISE_MIB: u64 = 64;
     assert!(
-        growth < BUDGET >> 20,
+        growth < (BUDGET >> 20) + NOISE_MIB,
         "200 logins grew memory by {growth} MiB (budget {} MiB; {refused} refused, {busy} busy)",
         BUDGET >> 20
     );
