@@ -567,7 +567,39 @@ pub const SHARED_TENANT_DOMAINS: &[&str] = &[
     "cloudapp.net",
     "pythonanywhere.com",
     "000webhostapp.com",
+    "loclx.io",
+    "zrok.io",
+    "localto.net",
+    "github.dev",
+    "app.github.dev",
+    "githubpreview.dev",
+    "gitpod.io",
+    "cloudapp.azure.com",
+    "azurefd.net",
+    "herokudns.com",
+    "b-cdn.net",
+    "tailscale.net",
+    "ts.net",
+    "ngrok.pizza",
+    "r2.dev",
+    "on.aws",
+    "web.core.windows.net",
+    "blob.core.windows.net",
+    "myshopify.com",
+    "supabase.co",
+    "cloudflareaccess.com",
 ];
+
+/// Whether `domain` is a shared-tenant domain or lies under one: regions and shards
+/// (`eu.ngrok.io`, `compute-1.amazonaws.com`) hand out names to strangers just the same.
+fn is_shared_tenant(domain: &str) -> bool {
+    SHARED_TENANT_DOMAINS.iter().any(|entry| {
+        domain == *entry
+            || domain
+                .strip_suffix(entry)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
 
 /// How a service's host pattern matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -628,7 +660,7 @@ impl HostPattern {
                 "host {input:?}: a wildcard needs at least two labels after \"*.\""
             ));
         }
-        if wildcard && SHARED_TENANT_DOMAINS.contains(&canonical.as_str()) {
+        if wildcard && is_shared_tenant(&canonical) {
             return Err(format!(
                 "host {input:?}: {canonical} is a shared hosting or tunnel domain where anyone can get a subdomain; name the one host you mean instead of a wildcard"
             ));
@@ -1314,6 +1346,8 @@ services:
             "*.azurewebsites.net",
             "*.loca.lt:8443",
             "*.loca.lt/api/*",
+            // Under a listed domain: regions, shards and tenants' own names alike.
+            "*.my-app.herokuapp.com",
         ] {
             let e = HostPattern::parse(bad).unwrap_err();
             assert!(e.contains("shared hosting or tunnel domain"), "{bad}: {e}");
@@ -1322,8 +1356,8 @@ services:
         for ok in [
             "my-app.loca.lt",
             "abc.ngrok-free.app",
-            "*.my-app.herokuapp.com",
             "*.example.com",
+            "*.notngrok.io",
         ] {
             assert!(HostPattern::parse(ok).is_ok(), "{ok}");
         }
@@ -1334,6 +1368,58 @@ services:
                 Ok(Host::Domain((*d).to_owned())),
                 "{d}"
             );
+        }
+    }
+
+    #[test]
+    fn wildcards_below_shared_tenant_domains_are_refused() {
+        // The security review's list: each is a region, shard or tenant below a platform that
+        // hands out names to anyone.
+        for bad in [
+            "*.compute-1.amazonaws.com",
+            "*.us-west-2.compute.amazonaws.com",
+            "*.eu.ngrok.io",
+            "*.us-east-1.elb.amazonaws.com",
+            "*.eastus.cloudapp.azure.com",
+            "*.execute-api.us-east-1.amazonaws.com",
+            "*.scm.azurewebsites.net",
+            "*.s3.amazonaws.com",
+            "*.web.core.windows.net",
+            "*.z13.web.core.windows.net",
+            "*.blob.core.windows.net",
+            "*.ngrok.pizza",
+            "*.loclx.io",
+            "*.serveo.net",
+            "*.onrender.com",
+            "*.up.railway.app",
+            "*.firebaseapp.com",
+            "*.glitch.me",
+            "*.netlify.app",
+            "*.fly.dev",
+            "*.herokudns.com",
+            "*.repl.co",
+            "*.b-cdn.net",
+            "*.r2.dev",
+            "*.workers.dev",
+            "*.lambda-url.us-east-1.on.aws",
+            "*.azurefd.net",
+            "*.tunnelmole.net",
+            "*.a.pinggy.link",
+            "*.a.free.pinggy.link",
+            "*.localto.net",
+            "*.zrok.io",
+            "*.share.zrok.io",
+            "*.ts.net",
+            "*.tailscale.net",
+            "*.githubpreview.dev",
+            "*.app.github.dev",
+            "*.gitpod.io",
+            "*.ws-eu01.gitpod.io",
+            "*.myshopify.com",
+            "*.supabase.co",
+            "*.cloudflareaccess.com",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -60,6 +60,11 @@ pub(super) fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
             "more than one Content-Length header",
         ));
     }
+    // Substitution reads the body as the first type; an upstream reading the last would take a
+    // JSON place for a form field (or the other way round).
+    if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        return Err(ProxyError::BadFraming("more than one Content-Type header"));
+    }
     if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadFraming(
             "Content-Length and Transfer-Encoding together",
@@ -77,27 +82,46 @@ const METHOD_OVERRIDES: &[&str] = &[
 ];
 
 /// A service that allows only some methods must not be tricked into another one: the method the
-/// rule matched is the method the upstream runs.
+/// rule matched is the method the upstream runs. A service that allows any method still gets
+/// only the standard ones, as it does without an override.
 pub(super) fn check_method_override(
     service: &CompiledService,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<(), ProxyError> {
-    if service.methods.is_none() {
-        return Ok(());
-    }
-    let in_query = query.is_some_and(|q| {
-        q.split('&').any(|kv| {
-            let name = kv.split('=').next().unwrap_or(kv);
-            name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
-        })
-    });
-    if in_query || METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
+    let scoped = service.methods.is_some();
+    // Names are read as frameworks read them, form-decoded: `_%6Dethod` is `_method`.
+    let mut wanted = METHOD_OVERRIDES
+        .iter()
+        .flat_map(|h| headers.get_all(*h).iter())
+        .map(|v| v.as_bytes().to_vec())
+        .chain(
+            query
+                .into_iter()
+                .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+                .filter(|(name, _)| name.eq_ignore_ascii_case("_method"))
+                .map(|(_, value)| value.as_bytes().to_vec()),
+        );
+    if scoped && wanted.next().is_some() {
         return Err(ProxyError::BadRequest(
             "method override headers and _method parameters are refused for services that allow only some methods".into(),
         ));
     }
+    if wanted.any(|m| !is_standard_override(&m)) {
+        return Err(ProxyError::MethodNotAllowed(
+            "a method override to a method other than GET HEAD POST PUT PATCH DELETE OPTIONS"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// Whether an override names a standard method; frameworks upper-case it first, so any case.
+fn is_standard_override(method: &[u8]) -> bool {
+    const STANDARD: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    STANDARD
+        .iter()
+        .any(|m| m.as_bytes().eq_ignore_ascii_case(method.trim_ascii()))
 }
 
 /// The body length a head declares, if it declares one that parses.

@@ -559,7 +559,17 @@ async fn request_body(
                     ProxyError::BadRequest("could not read the request body".into())
                 }
             })?;
-            let rewritten = plan.body(&collected.to_bytes(), kind)?;
+            let collected = collected.to_bytes();
+            if kind == substitute::BodyKind::Form
+                && service.is_some_and(|s| s.methods.is_some())
+                && substitute::form_names_method(&collected)
+            {
+                return Err(ProxyError::BadRequest(
+                    "a _method form field is refused for services that allow only some methods"
+                        .into(),
+                ));
+            }
+            let rewritten = plan.body(&collected, kind)?;
             draft
                 .bytes_in
                 .store(rewritten.len() as u64, std::sync::atomic::Ordering::Relaxed);

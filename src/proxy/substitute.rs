@@ -16,6 +16,7 @@ use super::error::ProxyError;
 use super::inject::Opened;
 use super::jsonscan;
 use crate::policy::Placeholders;
+use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::{CompiledService, PlaceKind};
 
 /// Everything but RFC 3986 unreserved characters is encoded, in paths and in queries alike, so a
@@ -63,6 +64,12 @@ impl std::fmt::Debug for Plan {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether a form encoder (`application/x-www-form-urlencoded`) can write this byte: ALPHA,
+/// DIGIT, `*-._~`, and the `%`, `+`, `=` and `&` of its encoding.
+fn is_form_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"*-._~%+=&".contains(&b)
 }
 
 /// Form decoding (`+` is a space), as servers read query strings and form bodies.
@@ -190,7 +197,16 @@ impl Plan {
                 |k| *k == PlaceKind::PathSegment(i),
                 || format!("path segment {i}"),
             )? {
-                Some(value) => out.push_str(&encode_component(value)?),
+                Some(value) => {
+                    // Segment numbers count raw `/`; an upstream that decodes `%2F` or folds
+                    // `//` counts differently, and the secret would sit in another segment.
+                    if path_is_ambiguous(path) || path.contains("//") {
+                        return Err(ProxyError::PlaceholderRefused(format!(
+                            "a placeholder in path segment {i} of a path that servers may split into segments differently (encoded separators, dot segments or an empty segment) is refused"
+                        )));
+                    }
+                    out.push_str(&encode_component(value)?);
+                }
                 None => out.push_str(segment),
             }
         }
@@ -295,13 +311,24 @@ impl Plan {
                     "JSON body",
                 )?
                 .unwrap_or_else(|| bytes.to_vec())),
-            BodyKind::Form => match std::str::from_utf8(bytes) {
-                Ok(text) => Ok(self.pairs(text, true)?.into_bytes()),
-                Err(_) => match self.find(bytes) {
-                    Some(p) => Err(self.refused(p, "a form body that is not UTF-8 text")),
+            BodyKind::Form => {
+                // Only what a form encoder writes is read as a form: a JSON (or any other)
+                // document labelled as a form would have a "field" cut out of one of its
+                // strings by `&`, and the secret would land wherever that string goes.
+                if bytes.iter().all(|&b| is_form_byte(b)) {
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    return Ok(self.pairs(text, true)?.into_bytes());
+                }
+                let decoded = form_decode(&String::from_utf8_lossy(bytes));
+                match self.find(bytes).or_else(|| self.find(&decoded)) {
+                    Some(p) => Err(self.refused(
+                        p,
+                        "a form body holding bytes a form encoder never writes (is it really a form?)",
+                    )),
                     None => Ok(bytes.to_vec()),
-                },
-            },
+                }
+            }
         }
     }
 
@@ -322,7 +349,9 @@ impl Plan {
         at: impl Fn(&PlaceKind, &[String]) -> bool,
         what: &str,
     ) -> Result<Option<Vec<u8>>, ProxyError> {
-        if self.placeholders.is_empty() {
+        // Without an escape, every string decodes to its raw bytes: no placeholder in the raw
+        // document means none in any string, and the parse (per WebSocket frame) is skipped.
+        if self.placeholders.is_empty() || (!doc.contains(&b'\\') && self.find(doc).is_none()) {
             return Ok(None);
         }
         let found = match jsonscan::scan(doc, &|s| self.find(s.as_bytes()).is_some()) {
@@ -370,6 +399,11 @@ impl Plan {
 /// Whether the request body must be buffered: the service declares a JSON or form place.
 pub fn wants_body(service: Option<&CompiledService>) -> bool {
     service.is_some_and(|s| s.substitutes_in_body)
+}
+
+/// Whether a form body has a `_method` field, as frameworks read it (form-decoded, any case).
+pub fn form_names_method(body: &[u8]) -> bool {
+    url::form_urlencoded::parse(body).any(|(name, _)| name.eq_ignore_ascii_case("_method"))
 }
 
 /// The kinds of bodies substitution understands.
@@ -557,6 +591,44 @@ mod tests {
     }
 
     #[test]
+    fn exfil_form_place_cut_out_of_a_json_string_is_refused() {
+        let plan = setup("s3cret");
+        for bad in [
+            r#"{"title":"hi","note":"x&token=__BOT_TOKEN__&y=","z":1}"#,
+            "note=<b>&token=__BOT_TOKEN__",
+            "token=__BOT_TOKEN__\n",
+            "token=%5F%5FBOT_TOKEN__&x=\"",
+        ] {
+            assert!(refused(plan.body(bad.as_bytes(), BodyKind::Form)), "{bad}");
+        }
+        // No placeholder: forwarded as it is, whatever it holds.
+        let other = br#"{"a":"b&c=d"}"#;
+        assert_eq!(plan.body(other, BodyKind::Form).unwrap(), other);
+        assert_eq!(
+            plan.body(b"a=%7B*-._~&token=__BOT_TOKEN__", BodyKind::Form)
+                .unwrap(),
+            b"a=%7B*-._~&token=s3cret"
+        );
+    }
+
+    #[test]
+    fn exfil_path_segment_behind_an_encoded_slash_is_refused() {
+        let plan = setup("s3cret");
+        for bad in [
+            "/a%2Fb/__BOT_TOKEN__",
+            "/a/b/__BOT_TOKEN__//",
+            "//b/__BOT_TOKEN__",
+            "/a/%2e%2e/__BOT_TOKEN__",
+            "/botx/a%5Cb/__BOT_TOKEN__",
+        ] {
+            assert!(refused(plan.target(bad)), "{bad}");
+        }
+        // Without a placeholder in a segment the path is not this check's business.
+        assert_eq!(plan.target("/a%2Fb//c").unwrap(), "/a%2Fb//c");
+        assert_eq!(plan.target("/a/b/__BOT_TOKEN__").unwrap(), "/a/b/s3cret");
+    }
+
+    #[test]
     fn websocket_frames_are_pinned_to_their_pointer() {
         let services: Vec<CompiledService> = parse_service_file(
             "- host: ws.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_KEY__, key: BOT, in: [{websocket: /auth}]}\n",
@@ -606,29 +678,65 @@ mod tests {
         }
     }
 
+    /// JSON documents built from the declared pointers' names and placeholder-bearing strings.
+    fn json_body() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        const STRINGS: [&str; 6] = [
+            "__BOT_TOKEN__",
+            "x__BOT_TOKEN__",
+            "__OTHER_KEY__",
+            "a",
+            "",
+            "__BOT_TOKEN____BOT_TOKEN__",
+        ];
+        const KEYS: [&str; 5] = ["token", "list", "note", "auth", "__BOT_TOKEN__"];
+        let leaf = prop_oneof![
+            (0..STRINGS.len()).prop_map(|i| serde_json::Value::from(STRINGS[i])),
+            any::<i32>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    (0..KEYS.len()).prop_map(|i| KEYS[i].to_owned()),
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
-        /// Whatever JSON body is sent, what goes out holds no placeholder in any string or key
-        /// as a JSON parser reads it, and it is still JSON when it was.
+        /// Whatever JSON body is sent (plain, or with `_` written as `\u005f`), the answer is a
+        /// refusal only when a placeholder is there, and otherwise still JSON, holding no
+        /// placeholder in any string or key, and unchanged when there was nothing to replace.
         #[test]
-        fn no_placeholder_survives_a_json_body(
-            parts in proptest::collection::vec(0usize..14, 1..20),
-        ) {
-            const PIECES: [&str; 14] = [
-                "{", "}", "[", "]", ",", ":", "\"", "token", "list", "__BOT_TOKEN__",
-                "\\u005f", "_", " ", "1",
-            ];
-            let doc: String = parts.iter().map(|&i| PIECES[i]).collect();
+        fn no_placeholder_survives_a_json_body(value in json_body(), escaped in proptest::bool::ANY) {
+            let mut doc = serde_json::to_string(&value).unwrap();
+            if escaped {
+                doc = doc.replace('_', "\\u005f");
+            }
+            let had = value.to_string().contains("__BOT_TOKEN__")
+                || value.to_string().contains("__OTHER_KEY__");
             let plan = setup("s3cret");
-            if let Ok(out) = plan.body(doc.as_bytes(), BodyKind::Json) {
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out) {
+            match plan.body(doc.as_bytes(), BodyKind::Json) {
+                Ok(out) => {
+                    let parsed = serde_json::from_slice::<serde_json::Value>(&out);
+                    proptest::prop_assert!(parsed.is_ok(), "{doc} -> {}", String::from_utf8_lossy(&out));
+                    let text = parsed.unwrap().to_string();
                     proptest::prop_assert!(
-                        !value.to_string().contains("__BOT_TOKEN__"),
-                        "{doc} -> {}",
-                        String::from_utf8_lossy(&out)
+                        !text.contains("__BOT_TOKEN__") && !text.contains("__OTHER_KEY__"),
+                        "{doc} -> {text}"
                     );
+                    if !had {
+                        proptest::prop_assert_eq!(out, doc.into_bytes());
+                    }
                 }
-                if serde_json::from_str::<serde_json::Value>(&doc).is_ok() {
-                    proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+                Err(e) => {
+                    proptest::prop_assert!(refused::<()>(Err(e)), "{doc}");
+                    proptest::prop_assert!(had, "refused without a placeholder: {doc}");
                 }
             }
         }

@@ -140,20 +140,31 @@ pub(super) async fn remove_credentials(
     Ok(missing)
 }
 
-/// Refuses, inside the write transaction, a change that leaves the vault holding more than `max`
-/// credentials; the caller's transaction is then dropped, so nothing of the change is stored.
-/// Callers lock the vault row first, so concurrent writers cannot each slip under the cap.
-pub(super) async fn check_credential_count(
+/// How many credentials a vault holds, as this transaction sees it.
+pub(super) async fn count_credentials(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     vault_id: &str,
-    max: usize,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE vault_id = $1")
         .bind(vault_id)
         .fetch_one(&mut **tx)
         .await?;
-    let held: i64 = col(&row, "n")?;
-    if usize::try_from(held).map_or(true, |held| held > max) {
+    col(&row, "n")
+}
+
+/// Refuses, inside the write transaction, a change that grows the vault to more than `max`
+/// credentials (`before` is the count before the change); the caller's transaction is then
+/// dropped, so nothing of the change is stored. A vault already over the cap (the cap was
+/// lowered) can still rotate and delete. Callers lock the vault row first, so concurrent writers
+/// cannot each slip under the cap.
+pub(super) async fn check_credential_count(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+    before: i64,
+    max: usize,
+) -> Result<(), StoreError> {
+    let held = count_credentials(tx, vault_id).await?;
+    if held > before && usize::try_from(held).map_or(true, |held| held > max) {
         return Err(StoreError::LimitReached(format!(
             "a vault holds at most {max} credentials (limits.max_credentials_per_vault) and this \
              change would leave {held}; nothing was stored"
@@ -179,7 +190,7 @@ impl Store {
 
     /// Writes several credentials in one transaction. Each overwrite bumps the version, and
     /// `seal(key, version)` produces the ciphertext bound to exactly that row and version. A
-    /// vault left with more than `max_per_vault` credentials fails with `LimitReached` and
+    /// vault grown to more than `max_per_vault` credentials fails with `LimitReached` and
     /// nothing is written.
     pub async fn set_credentials(
         &self,
@@ -190,8 +201,9 @@ impl Store {
     ) -> Result<Vec<(CredentialKey, i64)>, StoreError> {
         let mut tx = self.begin_write().await?;
         super::services::lock_vault(&mut tx, vault_id).await?;
+        let before = count_credentials(&mut tx, vault_id).await?;
         let written = write_credentials(&mut tx, vault_id, writes, seal).await?;
-        check_credential_count(&mut tx, vault_id, max_per_vault).await?;
+        check_credential_count(&mut tx, vault_id, before, max_per_vault).await?;
         tx.commit().await?;
         Ok(written)
     }

@@ -4,7 +4,8 @@
 use sqlx::any::AnyRow;
 
 use super::credentials::{
-    CredentialWrite, check_credential_count, remove_credentials, write_credentials,
+    CredentialWrite, check_credential_count, count_credentials, remove_credentials,
+    write_credentials,
 };
 use super::services::replace_services_in;
 use super::{Backend, ServiceRow, Store, StoreError, col};
@@ -406,9 +407,10 @@ impl Store {
             return Ok(ApplyOutcome::NotPending);
         }
         replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
+        let before = count_credentials(&mut tx, &proposal.vault_id).await?;
         write_credentials(&mut tx, &proposal.vault_id, writes.credentials, seal).await?;
         remove_credentials(&mut tx, &proposal.vault_id, writes.delete_keys).await?;
-        check_credential_count(&mut tx, &proposal.vault_id, writes.max_credentials).await?;
+        check_credential_count(&mut tx, &proposal.vault_id, before, writes.max_credentials).await?;
         sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")
             .bind(&proposal.id)
             .execute(&mut *tx)

@@ -830,3 +830,189 @@ async fn substitution_at_declared_places_is_replaced() {
         "user=me&password=v%20a%2Fl%26u%22e"
     );
 }
+
+/// A service with a form place and a path place, scoped to some methods.
+const FORM_SERVICES: &str = r#"
+- name: notes
+  host: notes.example.test
+  auth: {type: passthrough}
+  substitutions:
+    - placeholder: __NOTES_KEY__
+      key: NOTES_KEY
+      in:
+        - form: password
+        - path: 2
+- name: forms
+  host: forms.example.test
+  methods: [GET, POST]
+  auth: {type: passthrough}
+  substitutions:
+    - {placeholder: __FORM_KEY__, key: NOTES_KEY, in: [{form: password}]}
+"#;
+
+async fn form_setup(app: &TestApp, vault: &str) -> reqwest::Client {
+    app.create_vault(vault).await;
+    app.set_credentials(vault, &[("NOTES_KEY", NOTES_SECRET)])
+        .await;
+    app.set_services_yaml(vault, FORM_SERVICES).await;
+    let token = app.proxy_token(vault).await.0;
+    app.agent(&token, vault).await
+}
+
+/// Found in review: a JSON document sent as a form, with `&password=__KEY__&` inside one of its
+/// strings, was split on `&` and substituted; the upstream got valid JSON with the secret in a
+/// field it stores. Only bodies a form encoder could have written are read as forms.
+#[tokio::test]
+async fn exfil_form_place_relocated_into_a_json_body() {
+    let app = spawn_app().await;
+    let agent = form_setup(&app, "exfil-form-json").await;
+    let before = app.upstream.count();
+    for body in [
+        r#"{"title":"hi","note":"x&password=__NOTES_KEY__&y=","z":1}"#,
+        "note=<b>&password=__NOTES_KEY__",
+        "password=%5F%5FNOTES_KEY__&x=\"",
+    ] {
+        let resp = agent
+            .post("https://notes.example.test/notes")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_placeholder_refused(&resp, body);
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    // A real form still gets its value; a non-form body without a placeholder goes as it is.
+    let resp = agent
+        .post("https://notes.example.test/notes")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user=a%20b&password=__NOTES_KEY__")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.upstream.last().body.as_ref(),
+        format!("user=a%20b&password={NOTES_SECRET}").as_bytes()
+    );
+    let resp = agent
+        .post("https://notes.example.test/notes")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"a":"b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.upstream.last().body.as_ref(), br#"{"a":"b"}"#);
+}
+
+/// Found in review: segment numbers count raw `/`, so `/a%2Fb/__KEY__` substituted segment 2,
+/// which an upstream decoding `%2F` reads as segment 3 (and `//` shifts it the same way).
+#[tokio::test]
+async fn exfil_path_segment_placeholder_behind_an_encoded_slash() {
+    let app = spawn_app().await;
+    let agent = form_setup(&app, "exfil-seg").await;
+    let before = app.upstream.count();
+    for url in [
+        "https://notes.example.test/a%2Fb/__NOTES_KEY__",
+        "https://notes.example.test/a/__NOTES_KEY__//x",
+        "https://notes.example.test/a%2fb/__NOTES_KEY__",
+    ] {
+        let resp = agent.get(url).send().await.unwrap();
+        assert_placeholder_refused(&resp, url);
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    let resp = agent
+        .get("https://notes.example.test/a/__NOTES_KEY__/b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.upstream.last().path_and_query,
+        format!("/a/{NOTES_SECRET}/b")
+    );
+}
+
+/// Found in review: the `_method` check compared raw query names, so `?_%6Dethod=DELETE`
+/// passed, and a `_method` form field drove a GET/POST service as DELETE.
+#[tokio::test]
+async fn exfil_encoded_method_override_names_on_method_scoped_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-method-enc").await;
+    let agent = app.agent(&token, "exfil-method-enc").await;
+    let before = app.upstream.count();
+    for query in [
+        "?_%6Dethod=DELETE",
+        "?_%4D%45THOD=DELETE",
+        "?x=1&%5F%6d%65%74%68%6f%64=PUT",
+    ] {
+        let resp = agent
+            .get(format!("https://scoped.example.test/v1/repo{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_request");
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+
+    let agent = form_setup(&app, "exfil-method-form").await;
+    for body in [
+        "_method=DELETE&password=__FORM_KEY__",
+        "a=1&_%6Dethod=DELETE",
+    ] {
+        let resp = agent
+            .post("https://forms.example.test/x")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_request");
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+}
+
+/// Found in review: a service allowing any method refuses TRACK and TRACE as the request's
+/// method, but forwarded them, with its credential, as an override header or `_method` value.
+#[tokio::test]
+async fn exfil_method_override_to_nonstandard_methods_on_any_method_services() {
+    let app = spawn_app().await;
+    let token = setup(&app, "exfil-override-any").await;
+    let agent = app.agent(&token, "exfil-override-any").await;
+    let before = app.upstream.count();
+    for (header, value, query) in [
+        (Some("x-http-method-override"), "TRACK", ""),
+        (Some("x-http-method"), "TRACE", ""),
+        (Some("x-method-override"), "connect", ""),
+        (None, "", "?_method=TRACE"),
+        (None, "", "?_%6Dethod=DEBUG"),
+    ] {
+        let mut req = agent.post(format!("https://api.example.test/x{query}"));
+        if let Some(h) = header {
+            req = req.header(h, value);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{header:?} {value} {query}");
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "method_not_allowed"
+        );
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+    no_credential_reached_the_upstream(&app, 0);
+    // Standard methods, in the case frameworks accept, still go through.
+    let resp = agent
+        .post("https://api.example.test/x?_method=delete")
+        .header("x-http-method-override", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.upstream.last().header("authorization"),
+        Some(format!("Bearer {SECRET}"))
+    );
+}

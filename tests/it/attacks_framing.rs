@@ -325,3 +325,38 @@ async fn framing_connect_targets_that_are_not_host_and_port_are_refused() {
     assert!(tcp.is_ok(), "{:?}", tcp.err());
     assert_eq!(app.upstream.count(), 0, "nothing reached the upstream");
 }
+
+/// Found in review: with two Content-Type headers the proxy substituted the body as the first
+/// (JSON) while an upstream reading the last took it as a form, so a JSON place's secret landed
+/// in a form field (`{"a":"&note=","auth":{"token":"__KEY__"}}` reads as `note=...secret...`).
+#[tokio::test]
+async fn framing_duplicate_content_type_moves_a_json_place_into_a_form_field() {
+    let app = spawn_app().await;
+    app.create_vault("two-types").await;
+    app.set_credentials("two-types", &[("NOTES_KEY", "sk_two_types_0123456789")])
+        .await;
+    app.set_services_yaml(
+        "two-types",
+        "- name: notes\n  host: notes.example.test\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __NOTES_KEY__, key: NOTES_KEY, in: [{json: /auth/token}]}\n",
+    )
+    .await;
+    let token = app.proxy_token("two-types").await.0;
+    let agent = app.agent(&token, "two-types").await;
+    let before = app.upstream.count();
+    for (first, second) in [
+        ("application/json", "application/x-www-form-urlencoded"),
+        ("application/json", "application/json"),
+    ] {
+        let resp = agent
+            .post("https://notes.example.test/notes")
+            .header("content-type", first)
+            .header("content-type", second)
+            .body(r#"{"a":"&note=","auth":{"token":"__NOTES_KEY__"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{first} {second}");
+        assert_eq!(resp.headers()["x-agent-vault-proxy-error"], "bad_framing");
+    }
+    assert_eq!(app.upstream.count(), before, "nothing was forwarded");
+}

@@ -114,6 +114,67 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
     .await;
 }
 
+/// A vault holding more credentials than a lowered cap allows could not rotate any of them: the
+/// cap counted the vault after the write, so an overwrite failed too. Growing past the cap is
+/// refused; overwriting a held key is not.
+#[tokio::test]
+async fn resources_vault_over_a_lowered_cap_can_still_rotate() {
+    for_each_store(|store, backend| async move {
+        let ring = Keyring::from_dek(DataKey::from_bytes([5; 32]));
+        let vault = store
+            .create_vault(&VaultName::parse("capped").unwrap(), None)
+            .await
+            .unwrap();
+        let write = |k: &str| CredentialWrite {
+            key: key(k),
+            description: None,
+        };
+        let seal = |k: &CredentialKey, v: i64| ring.seal_credential(&vault.id, k.as_str(), v, b"v");
+        // Cap 3, a vault with 3: a fourth is refused.
+        let three = [write("A"), write("B"), write("C")];
+        store
+            .set_credentials(&vault.id, &three, 3, seal)
+            .await
+            .unwrap();
+        let err = store
+            .set_credentials(&vault.id, &[write("D")], 3, seal)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LimitReached(_)),
+            "{backend}: {err:?}"
+        );
+        // Filled under a cap of 4, then the cap lowered to 3: overwriting is fine, growing is not.
+        store
+            .set_credentials(&vault.id, &[write("D")], 4, seal)
+            .await
+            .unwrap();
+        let written = store
+            .set_credentials(&vault.id, &[write("A")], 3, seal)
+            .await
+            .unwrap();
+        assert_eq!(
+            written,
+            vec![(key("A"), 2)],
+            "{backend}: rotation over the cap"
+        );
+        let err = store
+            .set_credentials(&vault.id, &[write("A"), write("E")], 3, seal)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LimitReached(_)),
+            "{backend}: {err:?}"
+        );
+        assert_eq!(
+            store.list_credentials(&vault.id).await.unwrap().len(),
+            4,
+            "{backend}: nothing of the refused write was stored"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn swapped_or_edited_ciphertext_fails_closed() {
     for_each_store(|store, backend| async move {
