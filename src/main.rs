@@ -1,4 +1,5 @@
 //! The `agent-vault` binary: install the crypto provider, parse the command line, run.
+#![allow(clippy::print_stderr)] // the binary reports fatal errors to a person on stderr
 #![forbid(unsafe_code)]
 
 use clap::Parser;

@@ -71,7 +71,7 @@ fn ttl_from(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub(super) struct CreateBody {
     name: String,
     #[serde(default)]
     vaults: Vec<VaultGrantBody>,
@@ -125,7 +125,7 @@ async fn agent_view(
 }
 
 /// `POST /v1/agents`: creates an agent with vault roles; the token is returned once.
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
@@ -218,7 +218,7 @@ fn require_intact(agent: &AgentRecord) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/agents`: owners see every agent, others the agents they created.
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
@@ -238,13 +238,13 @@ pub async fn list(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RotateBody {
+pub(super) struct RotateBody {
     #[serde(default)]
     ttl_seconds: Option<u64>,
 }
 
 /// `POST /v1/agents/{name}/rotate`: revokes every token of the agent and issues a new one.
-pub async fn rotate(
+pub(super) async fn rotate(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -276,7 +276,7 @@ pub async fn rotate(
 }
 
 /// `POST /v1/agents/{name}/revoke`: revokes every token the agent holds or minted.
-pub async fn revoke(
+pub(super) async fn revoke(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -297,7 +297,7 @@ pub async fn revoke(
 }
 
 /// `DELETE /v1/agents/{name}`: deletes the agent, its grants and its tokens.
-pub async fn remove(
+pub(super) async fn remove(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -319,7 +319,7 @@ pub async fn remove(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct MintBody {
+pub(super) struct MintBody {
     #[serde(default)]
     ttl_seconds: Option<u64>,
     #[serde(default)]
@@ -330,7 +330,7 @@ pub struct MintBody {
 /// the member role; agents may mint one for a vault they hold a role in. What an agent mints is
 /// always proxy-role, for one of its own vaults, no longer-lived than the agent's token, and is
 /// revoked with it (`revoke_token`, rotate, revoke, delete); scoped tokens mint nothing.
-pub async fn mint_token(
+pub(super) async fn mint_token(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -426,7 +426,7 @@ pub async fn mint_token(
 }
 
 /// `GET /v1/vaults/{vault}/tokens` (member or higher): live scoped tokens, never their values.
-pub async fn list_tokens(
+pub(super) async fn list_tokens(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -452,7 +452,7 @@ pub async fn list_tokens(
 
 /// `DELETE /v1/tokens/{id}`: revokes a token. Allowed for the token itself, its minter or owner,
 /// members of a scoped token's vault, and instance owners.
-pub async fn revoke_token(
+pub(super) async fn revoke_token(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,

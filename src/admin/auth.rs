@@ -19,11 +19,11 @@ use crate::store::{InviteRecord, InviteVaultGrant, TokenStoreKind, UserRecord};
 /// Longest password accepted (Argon2 would take anything; this bounds request cost).
 const MAX_PASSWORD_LEN: usize = 1024;
 /// Shortest user password accepted.
-pub const MIN_PASSWORD_LEN: usize = 8;
+pub(super) const MIN_PASSWORD_LEN: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegisterBody {
+pub(super) struct RegisterBody {
     email: String,
     password: SecretString,
     #[serde(default)]
@@ -34,14 +34,14 @@ pub struct RegisterBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoginBody {
+pub(super) struct LoginBody {
     email: String,
     password: SecretString,
 }
 
 /// A user as the API shows it.
 #[derive(Serialize)]
-pub struct UserView {
+pub(super) struct UserView {
     id: String,
     email: String,
     role: InstanceRole,
@@ -115,7 +115,7 @@ async fn session_response(
 }
 
 /// `POST /v1/auth/register`: the first owner with the setup token, anyone else with an invitation.
-pub async fn register(
+pub(super) async fn register(
     State(state): State<AdminState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegisterBody>,
@@ -224,7 +224,7 @@ pub async fn register(
 }
 
 /// `POST /v1/auth/login`.
-pub async fn login(
+pub(super) async fn login(
     State(state): State<AdminState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginBody>,
@@ -257,7 +257,10 @@ pub async fn login(
 }
 
 /// `POST /v1/auth/logout`: revokes the calling session (or scoped) token.
-pub async fn logout(State(state): State<AdminState>, caller: Caller) -> Result<Response, ApiError> {
+pub(super) async fn logout(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     if matches!(caller.principal, Principal::Agent { .. }) {
         return Err(ApiError::bad_request(
             "not_a_session",
@@ -275,7 +278,7 @@ pub async fn logout(State(state): State<AdminState>, caller: Caller) -> Result<R
 }
 
 /// `GET /v1/auth/whoami`.
-pub async fn whoami(
+pub(super) async fn whoami(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -311,7 +314,7 @@ fn require_owner(caller: &Caller) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/users` (owners).
-pub async fn list_users(
+pub(super) async fn list_users(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
@@ -337,7 +340,7 @@ pub async fn list_users(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InviteBody {
+pub(super) struct InviteBody {
     email: String,
     #[serde(default = "member_role")]
     role: InstanceRole,
@@ -352,7 +355,7 @@ fn member_role() -> InstanceRole {
 /// A `{vault, role}` pair in request bodies.
 #[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct VaultGrantBody {
+pub(super) struct VaultGrantBody {
     /// Vault name.
     pub vault: String,
     /// Role in it.
@@ -360,7 +363,7 @@ pub struct VaultGrantBody {
 }
 
 /// `POST /v1/invites` (owners): returns the invitation token once.
-pub async fn create_invite(
+pub(super) async fn create_invite(
     State(state): State<AdminState>,
     caller: Caller,
     ApiJson(body): ApiJson<InviteBody>,
@@ -443,7 +446,7 @@ pub async fn create_invite(
 }
 
 /// `GET /v1/invites` (owners).
-pub async fn list_invites(
+pub(super) async fn list_invites(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -463,7 +466,7 @@ pub async fn list_invites(
 }
 
 /// `DELETE /v1/invites/{id}` (owners).
-pub async fn revoke_invite(
+pub(super) async fn revoke_invite(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,

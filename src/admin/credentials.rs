@@ -16,11 +16,11 @@ use crate::domain::{CredentialKey, VaultRole};
 use crate::store::{CredentialRecord, CredentialWrite};
 
 /// Largest credential value accepted.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub(super) const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// A credential as the API lists it.
 #[derive(Serialize)]
-pub struct CredentialView {
+pub(super) struct CredentialView {
     key: CredentialKey,
     #[serde(rename = "type")]
     kind: String,
@@ -64,13 +64,13 @@ fn open_value(state: &AdminState, c: &CredentialRecord) -> Result<String, ApiErr
 }
 
 #[derive(Deserialize)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     #[serde(default)]
     reveal: bool,
 }
 
 /// `GET /v1/vaults/{vault}/credentials[?reveal=true]`.
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -119,7 +119,7 @@ pub async fn list(
 }
 
 /// `GET /v1/vaults/{vault}/credentials/{key}` (member or higher): the value.
-pub async fn get_one(
+pub(super) async fn get_one(
     State(state): State<AdminState>,
     caller: Caller,
     Path((name, key)): Path<(String, String)>,
@@ -151,7 +151,7 @@ pub async fn get_one(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SetBody {
+pub(super) struct SetBody {
     credentials: BTreeMap<String, SecretString>,
     #[serde(default)]
     descriptions: BTreeMap<String, String>,
@@ -206,7 +206,7 @@ pub(crate) fn validate_values(
 }
 
 /// `PUT /v1/vaults/{vault}/credentials` (member or higher): sets one or more values atomically.
-pub async fn set(
+pub(super) async fn set(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -274,12 +274,12 @@ pub async fn set(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteBody {
+pub(super) struct DeleteBody {
     keys: Vec<String>,
 }
 
 /// `DELETE /v1/vaults/{vault}/credentials` (member or higher): all listed keys or none.
-pub async fn remove(
+pub(super) async fn remove(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,

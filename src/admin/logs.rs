@@ -11,7 +11,7 @@ use crate::store::{AuditRecord, RequestLogFilter, RequestLogRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogQuery {
+pub(super) struct LogQuery {
     after: Option<i64>,
     before: Option<i64>,
     limit: Option<i64>,
@@ -19,7 +19,7 @@ pub struct LogQuery {
 
 /// `GET /v1/vaults/{vault}/logs` (member or higher). Newest first; with `after`, oldest first
 /// (for following).
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -40,12 +40,12 @@ pub async fn list(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditQuery {
+pub(super) struct AuditQuery {
     limit: Option<i64>,
 }
 
 /// `GET /v1/vaults/{vault}/audit` (admin): control-plane events, newest first.
-pub async fn audit(
+pub(super) async fn audit(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,

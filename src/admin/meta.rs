@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{AdminState, ApiError};
 
 /// `GET /v1/health`: 200 when the database answers, 503 otherwise.
-pub async fn health(State(state): State<AdminState>) -> Response {
+pub(super) async fn health(State(state): State<AdminState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({ "status": "ok" })).into_response(),
         Err(e) => {
@@ -21,7 +21,9 @@ pub async fn health(State(state): State<AdminState>) -> Response {
 }
 
 /// `GET /v1/status`: version, whether an owner exists, and the proxy port.
-pub async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn status(
+    State(state): State<AdminState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let users = state.store.count_users().await?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -32,7 +34,7 @@ pub async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::
 }
 
 /// `GET /v1/ca.pem`: the root certificate agents must trust.
-pub async fn ca_pem(State(state): State<AdminState>) -> Response {
+pub(super) async fn ca_pem(State(state): State<AdminState>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
@@ -47,6 +49,6 @@ pub async fn ca_pem(State(state): State<AdminState>) -> Response {
 }
 
 /// Unknown routes answer JSON like everything else.
-pub async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }

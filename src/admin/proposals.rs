@@ -80,13 +80,13 @@ async fn agent_vault(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DiscoverQuery {
+pub(crate) struct DiscoverQuery {
     vault: Option<String>,
 }
 
 /// `GET /v1/discover`: what an agent can use here: services (name, host) and credential key
 /// names, never values.
-pub async fn discover(
+pub(crate) async fn discover(
     State(state): State<AdminState>,
     caller: Caller,
     Query(q): Query<DiscoverQuery>,
@@ -143,7 +143,7 @@ fn own_hosts(state: &AdminState) -> proposal::OwnHosts {
 }
 
 /// `POST /v1/proposals`: an agent asks for services and credentials.
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
     ApiJson(req): ApiJson<ProposalRequest>,
@@ -317,7 +317,7 @@ async fn approvers(
 }
 
 /// `GET /v1/proposals/{id}`: status polling by the proposal's creator (or a member of the vault).
-pub async fn poll(
+pub(crate) async fn poll(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -347,12 +347,12 @@ pub async fn poll(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     status: Option<String>,
 }
 
 /// `GET /v1/vaults/{vault}/proposals[?status=...]` (member or higher).
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -407,7 +407,7 @@ async fn proposal_in(
 
 /// `GET /v1/vaults/{vault}/proposals/{n}` (member or higher; `n` is the number or the id): with risks, the values still
 /// needed, and the approval hash the CLI sends back.
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AdminState>,
     caller: Caller,
     Path((name, n)): Path<(String, String)>,
@@ -460,7 +460,7 @@ fn require_bearer_human(caller: &Caller, headers: &HeaderMap) -> Result<String, 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApproveBody {
+pub(crate) struct ApproveBody {
     #[serde(default)]
     values: BTreeMap<String, SecretString>,
     /// The `approval_hash` of what was reviewed; when given, the approval fails if anything changed.
@@ -492,7 +492,7 @@ impl From<Option<AcknowledgeRisks>> for proposal::Acknowledgement {
 }
 
 /// `POST /v1/vaults/{vault}/proposals/{n}/approve`.
-pub async fn approve_api(
+pub(crate) async fn approve_api(
     State(state): State<AdminState>,
     caller: Caller,
     headers: HeaderMap,
@@ -515,13 +515,13 @@ pub async fn approve_api(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RejectBody {
+pub(crate) struct RejectBody {
     #[serde(default)]
     reason: String,
 }
 
 /// `POST /v1/vaults/{vault}/proposals/{n}/reject`.
-pub async fn reject_api(
+pub(crate) async fn reject_api(
     State(state): State<AdminState>,
     caller: Caller,
     headers: HeaderMap,

@@ -17,7 +17,7 @@ use crate::store::ServiceRow;
 /// The services of a vault, as the API and the YAML file carry them.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServicesBody {
+pub(super) struct ServicesBody {
     /// In declaration order.
     pub services: Vec<ServiceSpec>,
 }
@@ -81,7 +81,7 @@ pub(crate) fn rows_for(
 }
 
 /// `GET /v1/vaults/{vault}/services` (any role).
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -95,7 +95,7 @@ pub async fn list(
 }
 
 /// `PUT /v1/vaults/{vault}/services` (admin): replaces every service atomically.
-pub async fn replace(
+pub(super) async fn replace(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -125,7 +125,7 @@ pub async fn replace(
 }
 
 /// `POST /v1/vaults/{vault}/services` (admin): adds or replaces one service by name.
-pub async fn upsert(
+pub(super) async fn upsert(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -164,7 +164,7 @@ pub async fn upsert(
 }
 
 /// `DELETE /v1/vaults/{vault}/services/{name}` (admin).
-pub async fn remove(
+pub(super) async fn remove(
     State(state): State<AdminState>,
     caller: Caller,
     Path((name, service)): Path<(String, String)>,

@@ -15,7 +15,7 @@ use crate::store::{GrantChange, PrincipalKind, VaultRecord};
 
 /// A vault as the API shows it.
 #[derive(Serialize)]
-pub struct VaultView {
+pub(super) struct VaultView {
     name: VaultName,
     role: VaultRole,
     unmatched_host_policy: UnmatchedHostPolicy,
@@ -34,7 +34,7 @@ fn view(v: &VaultRecord, role: VaultRole) -> VaultView {
 }
 
 /// `GET /v1/vaults`: the vaults the caller has a role in.
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<Vec<VaultView>>, ApiError> {
@@ -55,12 +55,12 @@ pub async fn list(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub(super) struct CreateBody {
     name: String,
 }
 
 /// `POST /v1/vaults`: humans create vaults and become their admin.
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
@@ -97,7 +97,7 @@ pub async fn create(
 }
 
 /// `GET /v1/vaults/{vault}`.
-pub async fn show(
+pub(super) async fn show(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -109,7 +109,7 @@ pub async fn show(
 }
 
 /// `DELETE /v1/vaults/{vault}` (admin): deletes everything in it.
-pub async fn remove(
+pub(super) async fn remove(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -136,7 +136,7 @@ pub async fn remove(
 }
 
 /// `GET /v1/vaults/{vault}/settings`.
-pub async fn settings(
+pub(super) async fn settings(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -151,12 +151,12 @@ pub async fn settings(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SettingsBody {
+pub(super) struct SettingsBody {
     unmatched_host_policy: Option<UnmatchedHostPolicy>,
 }
 
 /// `PATCH /v1/vaults/{vault}/settings` (admin).
-pub async fn update_settings(
+pub(super) async fn update_settings(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -187,7 +187,7 @@ pub async fn update_settings(
 }
 
 /// `GET /v1/vaults/{vault}/members` (member or higher).
-pub async fn members(
+pub(super) async fn members(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -214,7 +214,7 @@ pub async fn members(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MemberBody {
+pub(super) struct MemberBody {
     kind: PrincipalKind,
     /// The user's email or the agent's name.
     name: String,
@@ -276,7 +276,7 @@ fn last_human_admin() -> ApiError {
 }
 
 /// `PUT /v1/vaults/{vault}/members` (admin): grants or changes a role.
-pub async fn set_member(
+pub(super) async fn set_member(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -314,7 +314,7 @@ pub async fn set_member(
 }
 
 /// `DELETE /v1/vaults/{vault}/members/{kind}/{who}` (admin).
-pub async fn remove_member(
+pub(super) async fn remove_member(
     State(state): State<AdminState>,
     caller: Caller,
     Path((name, kind, who)): Path<(String, String, String)>,

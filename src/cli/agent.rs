@@ -1,4 +1,5 @@
 //! `agent-vault agent`: agents and their tokens. A token is printed once, when created or rotated.
+#![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use super::{CliError, JsonFlag, output, parse_duration};
 
 /// `agent-vault agent ...`
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {
+pub(super) enum AgentCommand {
     /// Create an agent and print its token once.
     Create {
         /// Name: a-z, 0-9, '-', '_', '.'.
@@ -52,7 +53,7 @@ pub enum AgentCommand {
 }
 
 /// Runs an agent command.
-pub async fn run(cmd: AgentCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: AgentCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
         AgentCommand::Create {

@@ -14,7 +14,7 @@ use super::{CliError, JsonFlag, output, prompt_password, read_secret_line};
 
 /// `agent-vault auth ...`
 #[derive(Debug, Subcommand)]
-pub enum AuthCommand {
+pub(super) enum AuthCommand {
     /// Create your account: the first owner with the setup token, others with an invitation.
     Register {
         /// Your email address.
@@ -91,7 +91,7 @@ fn remember(address: &str, email: &str, resp: &Value) -> Result<(), CliError> {
 }
 
 /// Runs an auth command.
-pub async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), CliError> {
     let addr = address.unwrap_or(DEFAULT_ADDRESS).to_owned();
     match cmd {
         AuthCommand::Register {

@@ -1,4 +1,5 @@
 //! `agent-vault ca fetch`: the proxy's root certificate, for clients to trust.
+#![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use super::client::{Client, DEFAULT_ADDRESS};
 
 /// `agent-vault ca ...`
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(super) enum CaCommand {
     /// Download the root certificate (PEM) to a file or standard output.
     Fetch {
         /// Write to this file instead of standard output.
@@ -19,7 +20,7 @@ pub enum CaCommand {
 }
 
 /// Runs a CA command.
-pub async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), CliError> {
     let CaCommand::Fetch { output } = cmd;
     let client = Client::anonymous(address.unwrap_or(DEFAULT_ADDRESS))?;
     let pem = client.get_text("/v1/ca.pem").await?;

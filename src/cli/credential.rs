@@ -11,7 +11,7 @@ use super::{CliError, JsonFlag, VaultArg, output, read_stdin};
 
 /// `vault credential ...`
 #[derive(Debug, Subcommand)]
-pub enum CredentialCommand {
+pub(super) enum CredentialCommand {
     /// Set one or more credentials: KEY=VALUE, or KEY=- to read the value from standard input.
     Set {
         /// KEY=VALUE pairs; keys are UPPER_SNAKE_CASE.
@@ -55,7 +55,7 @@ pub enum CredentialCommand {
 }
 
 /// Splits `KEY=VALUE` pairs; at most one `KEY=-` reads standard input.
-pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+pub(super) fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     let mut out = BTreeMap::new();
     let mut stdin_used = false;
     for (i, pair) in pairs.iter().enumerate() {
@@ -87,7 +87,7 @@ pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, CliErro
 }
 
 /// Runs a credential command.
-pub async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
         CredentialCommand::Set {

@@ -14,7 +14,7 @@ use crate::unseal;
 
 /// `agent-vault master-password ...`
 #[derive(Debug, Subcommand)]
-pub enum MasterPasswordCommand {
+pub(super) enum MasterPasswordCommand {
     /// Change the master password.
     Change {
         /// Configuration file.
@@ -33,7 +33,7 @@ pub enum MasterPasswordCommand {
 }
 
 /// Runs a master-password command.
-pub async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
+pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
     let MasterPasswordCommand::Change {
         config,
         data_dir,

@@ -1,5 +1,6 @@
 //! `agent-vault proposal`: agents ask for services and credentials; humans list, inspect,
 //! approve (with the values, `KEY=-` from stdin) or reject.
+#![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use crate::policy::confusable::HostForms;
 
 /// `agent-vault proposal ...`
 #[derive(Debug, Subcommand)]
-pub enum ProposalCommand {
+pub(super) enum ProposalCommand {
     /// Propose services and credentials from a YAML or JSON file (agents).
     Create {
         /// The file, or - for standard input.
@@ -154,7 +155,7 @@ fn print_detail(p: &Value) {
 }
 
 /// Runs a proposal command.
-pub async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
         ProposalCommand::Create { file, vault, json } => {

@@ -1,6 +1,7 @@
 //! `agent-vault run -- COMMAND...`: mint a short-lived proxy-role token, write the CA, run the
 //! command with proxy and CA variables set, forward signals, exit with the command's code, and
 //! revoke the token afterwards. The command never sees a credential value.
+#![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::crypto::TokenKind;
 
 /// Flags of `agent-vault run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(super) struct RunArgs {
     #[command(flatten)]
     vault: VaultArg,
     /// Lifetime of the token minted for this run (default: the server's, 1h).
@@ -114,7 +115,7 @@ fn proxy_host(address: &str) -> String {
 }
 
 /// Runs the command.
-pub async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     let vault = args.vault.vault.clone();
     let inherited = std::env::var("AGENT_VAULT_TOKEN").unwrap_or_default();

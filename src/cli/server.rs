@@ -15,7 +15,7 @@ use crate::config::{Config, FlagOverrides, LogFlags, LogFormat, ServerFlags};
 
 /// Flags of `agent-vault server`.
 #[derive(Debug, Args)]
-pub struct ServerArgs {
+pub(super) struct ServerArgs {
     /// TOML configuration file (see config/agent-vault.example.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -107,7 +107,7 @@ fn master_password(password_stdin: bool, first_start: bool) -> Result<SecretStri
 }
 
 /// Runs the server until SIGINT or SIGTERM.
-pub async fn run(args: ServerArgs) -> Result<(), CliError> {
+pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
     let flags = FlagOverrides {
         data_dir: args.data_dir,
         database_url: args.database_url,

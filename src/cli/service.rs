@@ -14,7 +14,7 @@ use crate::policy::service::{ServiceSpec, parse_service_file, render_service_fil
 /// `vault service ...`
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
-pub enum ServiceCommand {
+pub(super) enum ServiceCommand {
     /// Replace all of the vault's services with those in a YAML file (admin role).
     Set {
         /// The file, or - for standard input.
@@ -135,7 +135,7 @@ fn auth_json(
 }
 
 /// Runs a service command.
-pub async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
         ServiceCommand::Set { file, vault, json } => {

@@ -13,7 +13,7 @@ use super::{CliError, JsonFlag, VaultArg, output, parse_duration};
 
 /// `agent-vault vault ...`
 #[derive(Debug, Subcommand)]
-pub enum VaultCommand {
+pub(super) enum VaultCommand {
     /// Create a vault; you become its admin.
     Create {
         /// Name: 3-64 characters of a-z, 0-9 and '-'.
@@ -81,7 +81,7 @@ pub enum VaultCommand {
 
 /// `vault settings ...`
 #[derive(Debug, Subcommand)]
-pub enum SettingsCommand {
+pub(super) enum SettingsCommand {
     /// Show the settings.
     Show {
         #[command(flatten)]
@@ -102,7 +102,7 @@ pub enum SettingsCommand {
 
 /// `vault member ...`
 #[derive(Debug, Subcommand)]
-pub enum MemberCommand {
+pub(super) enum MemberCommand {
     /// List members.
     List {
         #[command(flatten)]
@@ -175,7 +175,7 @@ fn print_logs(rows: &[Value]) {
 }
 
 /// Runs a vault command.
-pub async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), CliError> {
+pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), CliError> {
     match cmd {
         VaultCommand::Credential(c) => return super::credential::run(c, address).await,
         VaultCommand::Service(c) => return super::service::run(c, address).await,

@@ -75,7 +75,7 @@ pub fn parse_proxy_authorization(value: &[u8]) -> Option<ProxyCredentials> {
 
 /// An authenticated proxy client bound to one vault.
 #[derive(Clone, Debug)]
-pub struct Session {
+pub(super) struct Session {
     /// The token's hash, for re-checking on every request.
     pub token_hash: TokenHash,
     /// The vault's id.
@@ -130,7 +130,7 @@ fn vault_for(
 }
 
 /// Authenticates a CONNECT or absolute-form request from its headers.
-pub async fn authenticate(
+pub(super) async fn authenticate(
     state: &ProxyState,
     headers: &HeaderMap,
     peer: IpAddr,
@@ -176,7 +176,7 @@ pub async fn authenticate(
 
 /// Re-checks a session on an open connection: the token must still be live and still have a
 /// role in the vault. Returns the vault's current snapshot.
-pub async fn recheck(
+pub(super) async fn recheck(
     state: &ProxyState,
     session: &Session,
 ) -> Result<Arc<VaultSnapshot>, ProxyError> {

@@ -17,11 +17,11 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// A body went over its cap.
 #[derive(Debug, thiserror::Error)]
 #[error("body exceeds the limit of {0} bytes")]
-pub struct TooLarge(pub u64);
+pub(crate) struct TooLarge(pub u64);
 
 /// How a body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// All frames were delivered.
     Complete,
     /// The body failed or was dropped early.
@@ -57,7 +57,7 @@ pin_project_lite::pin_project! {
 
 impl<B> Observed<B> {
     /// Wraps `inner`.
-    pub fn new(inner: B, counter: Arc<AtomicU64>, limit: u64) -> Self {
+    pub(crate) fn new(inner: B, counter: Arc<AtomicU64>, limit: u64) -> Self {
         Self {
             inner,
             counter,
@@ -68,13 +68,13 @@ impl<B> Observed<B> {
     }
 
     /// Calls `f` once when the body ends.
-    pub fn on_end(mut self, f: impl FnOnce(End, u64) + Send + Sync + 'static) -> Self {
+    pub(crate) fn on_end(mut self, f: impl FnOnce(End, u64) + Send + Sync + 'static) -> Self {
         self.on_end = Some(Box::new(f));
         self
     }
 
     /// Keeps `guard` alive until the body ends.
-    pub fn hold(mut self, guard: impl Send + Sync + 'static) -> Self {
+    pub(crate) fn hold(mut self, guard: impl Send + Sync + 'static) -> Self {
         self.guard = Some(Box::new(guard));
         self
     }
@@ -144,7 +144,7 @@ const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// background (at most `DRAIN_MAX_BYTES`, for at most `DRAIN_MAX_TIME`). An HTTP/1.1 server that
 /// answers early (413, 403, 401) and closes with request bytes unread makes the kernel send RST,
 /// and the RST destroys the answer before a client that writes its whole request first reads it.
-pub struct Drained<B: Body + Send + Unpin + 'static> {
+pub(crate) struct Drained<B: Body + Send + Unpin + 'static> {
     inner: Option<B>,
     drain: bool,
     // The body returned its end (or an error): nothing is left to read.
@@ -156,7 +156,7 @@ impl<B: Body + Send + Unpin + 'static> Drained<B> {
     /// touching the connection, and a client sending `Expect: 100-continue` waits for the answer
     /// instead of sending (reading would make hyper send `100 Continue` after it): neither is
     /// drained.
-    pub fn new(inner: B, version: http::Version, headers: &http::HeaderMap) -> Self {
+    pub(crate) fn new(inner: B, version: http::Version, headers: &http::HeaderMap) -> Self {
         let expects = headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -231,7 +231,7 @@ where
 }
 
 /// Whether an error chain contains a [`TooLarge`].
-pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if e.is::<TooLarge>() {

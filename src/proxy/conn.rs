@@ -16,7 +16,7 @@ use crate::policy::{Authority, parse_authority};
 
 /// Where requests on this connection go.
 #[derive(Debug)]
-pub struct Target {
+pub(super) struct Target {
     /// The canonical authority (from CONNECT, or from the absolute-form URI).
     pub authority: Authority,
     /// Upstream scheme is https.
@@ -34,7 +34,12 @@ pub struct Target {
 
 impl Target {
     /// Where requests go: the canonical authority, over https or not.
-    pub fn new(authority: Authority, https: bool, sni_mismatch: bool, absolute_form: bool) -> Self {
+    pub(super) fn new(
+        authority: Authority,
+        https: bool,
+        sni_mismatch: bool,
+        absolute_form: bool,
+    ) -> Self {
         let host_header = authority.host_header(if https { 443 } else { 80 });
         let logged = authority.to_string();
         Self {
@@ -65,7 +70,7 @@ impl Target {
 /// An accepted connection's place under the global connection limit, given back when the
 /// connection, and any tunnel it turned into, ends.
 #[derive(Debug)]
-pub struct Slot {
+pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 

@@ -85,7 +85,7 @@ fn connect_target(uri: &http::Uri) -> Result<&str, ProxyError> {
 }
 
 /// Handles a CONNECT request.
-pub async fn handle(
+pub(super) async fn handle(
     state: Arc<ProxyState>,
     peer: SocketAddr,
     slot: Arc<Slot>,

@@ -17,7 +17,7 @@ use crate::policy::SealedCredential;
 use crate::policy::service::{CompiledService, Injection, TemplatePart};
 
 /// The opened values of one request, dropped (and zeroized) when the request is built.
-pub struct Opened(HashMap<CredentialKey, SecretSlice<u8>>);
+pub(super) struct Opened(HashMap<CredentialKey, SecretSlice<u8>>);
 
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,7 +29,7 @@ impl std::fmt::Debug for Opened {
 
 impl Opened {
     /// Opens every named credential; any failure fails the whole request closed.
-    pub fn open(
+    pub(super) fn open(
         keyring: &Keyring,
         vault_id: &str,
         creds: &[(&CredentialKey, &SealedCredential)],
@@ -46,7 +46,7 @@ impl Opened {
     }
 
     /// A value's bytes.
-    pub fn get(&self, key: &CredentialKey) -> Result<&[u8], ProxyError> {
+    pub(super) fn get(&self, key: &CredentialKey) -> Result<&[u8], ProxyError> {
         self.0
             .get(key)
             .map(|v| v.expose_secret())
@@ -56,7 +56,10 @@ impl Opened {
 
 /// Every secret byte string a response could reflect for this request: each opened value, and
 /// the `user:password` pair of basic auth (reflected base64-encoded inside `Authorization`).
-pub fn reflectable(service: Option<&CompiledService>, opened: &Opened) -> Vec<Zeroizing<Vec<u8>>> {
+pub(super) fn reflectable(
+    service: Option<&CompiledService>,
+    opened: &Opened,
+) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out: Vec<Zeroizing<Vec<u8>>> = opened
         .0
         .values()
@@ -95,7 +98,7 @@ fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
 }
 
 /// Sets the service's headers on `headers`, replacing any the agent sent.
-pub fn apply(
+pub(super) fn apply(
     service: &CompiledService,
     opened: &Opened,
     headers: &mut HeaderMap,

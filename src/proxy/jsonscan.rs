@@ -10,7 +10,7 @@ const MAX_DEPTH: usize = 128;
 
 /// A string token that the caller asked about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
+pub(super) struct Found {
     /// Bytes of the token, quotes included.
     pub span: Range<usize>,
     /// The decoded text.
@@ -23,10 +23,13 @@ pub struct Found {
 
 /// The document is not JSON this scanner reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Malformed;
+pub(super) struct Malformed;
 
 /// Every string (key or value) for which `interesting` holds, in document order.
-pub fn scan(doc: &[u8], interesting: &dyn Fn(&str) -> bool) -> Result<Vec<Found>, Malformed> {
+pub(super) fn scan(
+    doc: &[u8],
+    interesting: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Found>, Malformed> {
     let text = std::str::from_utf8(doc).map_err(|_| Malformed)?;
     let mut p = Parser {
         b: text.as_bytes(),

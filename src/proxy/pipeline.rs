@@ -78,7 +78,7 @@ impl Draft {
 /// An absolute-form request on the proxy's own connection (`GET http://host/...`, or
 /// `https://` from clients such as axios): authenticated on its own, then handled like any
 /// intercepted request.
-pub async fn absolute_form(
+pub(super) async fn absolute_form(
     state: Arc<ProxyState>,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -116,7 +116,7 @@ pub async fn absolute_form(
 }
 
 /// Handles one request on an intercepted connection (or an absolute-form request).
-pub async fn handle(
+pub(super) async fn handle(
     state: Arc<ProxyState>,
     session: Arc<Session>,
     target: Arc<Target>,

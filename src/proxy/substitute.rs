@@ -48,7 +48,7 @@ struct Ready {
 
 /// The substitutions of one request: the matched service's declared places, and every
 /// placeholder the vault declares, which are refused wherever no place takes them.
-pub struct Plan {
+pub(super) struct Plan {
     ready: Vec<Ready>,
     placeholders: Arc<Placeholders>,
 }
@@ -80,7 +80,7 @@ fn form_decode(text: &str) -> Vec<u8> {
 
 impl Plan {
     /// Takes the vault's placeholders and opens the matched service's declared places.
-    pub fn new(
+    pub(super) fn new(
         placeholders: &Arc<Placeholders>,
         service: Option<&CompiledService>,
         opened: Option<&Opened>,
@@ -109,7 +109,7 @@ impl Plan {
     }
 
     /// The part of the plan that applies to the agent's WebSocket frames.
-    pub fn for_websocket(&self) -> Self {
+    pub(super) fn for_websocket(&self) -> Self {
         Self {
             ready: self
                 .ready
@@ -126,19 +126,19 @@ impl Plan {
     }
 
     /// Whether the vault declares any placeholder at all.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.placeholders.is_empty()
     }
 
     /// Whether WebSocket frames have places to substitute.
-    pub fn has_websocket_places(&self) -> bool {
+    pub(super) fn has_websocket_places(&self) -> bool {
         self.ready
             .iter()
             .any(|r| matches!(r.kind, PlaceKind::Websocket(_)))
     }
 
     /// The first known placeholder in `text`.
-    pub fn find(&self, text: &[u8]) -> Option<&str> {
+    pub(super) fn find(&self, text: &[u8]) -> Option<&str> {
         self.placeholders
             .iter()
             .find(|p| contains(text, p.as_bytes()))
@@ -178,7 +178,7 @@ impl Plan {
     }
 
     /// Rewrites the path and query.
-    pub fn target(&self, path_and_query: &str) -> Result<String, ProxyError> {
+    pub(super) fn target(&self, path_and_query: &str) -> Result<String, ProxyError> {
         if self.placeholders.is_empty() {
             return Ok(path_and_query.to_owned());
         }
@@ -261,7 +261,7 @@ impl Plan {
     }
 
     /// Rewrites header values in place.
-    pub fn headers(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+    pub(super) fn headers(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
         // Most heads carry no placeholder: one pass finds that without collecting the names.
         if self.placeholders.is_empty()
             || !headers.values().any(|v| self.find(v.as_bytes()).is_some())
@@ -302,7 +302,7 @@ impl Plan {
     }
 
     /// Rewrites a buffered body.
-    pub fn body(&self, bytes: &[u8], kind: BodyKind) -> Result<Vec<u8>, ProxyError> {
+    pub(super) fn body(&self, bytes: &[u8], kind: BodyKind) -> Result<Vec<u8>, ProxyError> {
         match kind {
             BodyKind::Json => Ok(self
                 .json(
@@ -333,7 +333,7 @@ impl Plan {
     }
 
     /// Rewrites the agent's WebSocket text frame; `Ok(None)` leaves it as it is.
-    pub fn frame(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, ProxyError> {
+    pub(super) fn frame(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, ProxyError> {
         self.json(
             payload,
             |k, pointer| matches!(k, PlaceKind::Websocket(p) if p.as_slice() == pointer),
@@ -397,18 +397,18 @@ impl Plan {
 }
 
 /// Whether the request body must be buffered: the service declares a JSON or form place.
-pub fn wants_body(service: Option<&CompiledService>) -> bool {
+pub(super) fn wants_body(service: Option<&CompiledService>) -> bool {
     service.is_some_and(|s| s.substitutes_in_body)
 }
 
 /// Whether a form body has a `_method` field, as frameworks read it (form-decoded, any case).
-pub fn form_names_method(body: &[u8]) -> bool {
+pub(super) fn form_names_method(body: &[u8]) -> bool {
     url::form_urlencoded::parse(body).any(|(name, _)| name.eq_ignore_ascii_case("_method"))
 }
 
 /// The kinds of bodies substitution understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyKind {
+pub(super) enum BodyKind {
     /// `application/json` and `+json`.
     Json,
     /// `application/x-www-form-urlencoded`.
@@ -416,7 +416,7 @@ pub enum BodyKind {
 }
 
 /// Classifies a Content-Type for body substitution.
-pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
+pub(super) fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     let mime = content_type?.split(';').next()?.trim().to_ascii_lowercase();
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Some(BodyKind::Json)

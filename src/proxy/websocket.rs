@@ -26,7 +26,7 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 
 /// What to do to frames in each direction.
-pub struct Rewrite {
+pub(super) struct Rewrite {
     /// The declared WebSocket places (JSON Pointers into the agent's unfragmented text frames),
     /// and the vault's placeholders, refused anywhere else in the agent's frames.
     pub frames: Plan,
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Rewrite {
 
 /// Splices the agent's and the upstream's upgraded connections until either side closes or
 /// nothing has been read in either direction for `idle`; with a `rewrite`, frame by frame.
-pub async fn splice(
+pub(super) async fn splice(
     agent: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 /// Escapes text for HTML element content and double-quoted attributes.
-pub fn esc(text: &str) -> String {
+pub(super) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
@@ -20,7 +20,7 @@ pub fn esc(text: &str) -> String {
 }
 
 /// The page skeleton: no inline script or style, one stylesheet from our own origin.
-pub fn page(title: &str, body: &str) -> String {
+pub(super) fn page(title: &str, body: &str) -> String {
     let mut out = String::with_capacity(body.len() + 512);
     let _ = write!(
         out,
@@ -35,7 +35,7 @@ pub fn page(title: &str, body: &str) -> String {
 }
 
 /// The stylesheet (served from `/static/app.css` so the CSP needs no inline styles).
-pub const STYLESHEET: &str = r#"
+pub(super) const STYLESHEET: &str = r#"
 :root { color-scheme: light; --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --warn-bg: #fff8c5; --warn: #7d4e00; --ok: #1a7f37; --bad: #cf222e; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: #f6f8fa; }

@@ -714,6 +714,7 @@ fn sample_peak_rss(
 /// the per-address budget quiet (64 logins grew the server by 4 GiB). Now all password checks
 /// share one memory budget; the rest wait a bounded time and get 503 `busy`.
 #[tokio::test]
+#[allow(clippy::print_stderr)] // prints the measured peak for the person running it
 async fn resources_login_flood_from_many_addresses_cannot_exhaust_memory_through_password_hashing()
 {
     // A realistic memory cost (one pass, to stay quick) and a budget of two runs at once.

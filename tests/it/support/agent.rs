@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-pub fn basic(token: &str, vault: &str) -> String {
+pub(crate) fn basic(token: &str, vault: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{token}:{vault}"))
@@ -26,7 +26,7 @@ pub fn basic(token: &str, vault: &str) -> String {
 }
 
 /// Sends `CONNECT target` and returns the stream after a 200, or the status and raw head.
-pub async fn connect(
+pub(crate) async fn connect(
     proxy: SocketAddr,
     target: &str,
     auth: Option<&str>,
@@ -125,7 +125,7 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// TLS over an established tunnel. `ca_pem = None` accepts any certificate (to reach the
 /// proxy's own checks with deliberately wrong names); `sni = None` sends no server name.
-pub async fn tls(
+pub(crate) async fn tls(
     stream: TcpStream,
     sni: Option<&str>,
     ca_pem: Option<&str>,
@@ -161,7 +161,7 @@ pub async fn tls(
 /// proxy's own checks: the CONNECT authority, the SNI (none unless set), the roots (any
 /// certificate unless set) and the ALPN offer (HTTP/1.1 unless set). Start with [`dial`].
 #[derive(Clone, Copy)]
-pub struct Dial<'a> {
+pub(crate) struct Dial<'a> {
     proxy: SocketAddr,
     auth: &'a str,
     target: &'a str,
@@ -172,7 +172,7 @@ pub struct Dial<'a> {
 
 /// A [`Dial`] to `target` through `proxy`, authenticated with the `Proxy-Authorization` value
 /// `auth`.
-pub fn dial<'a>(proxy: SocketAddr, auth: &'a str, target: &'a str) -> Dial<'a> {
+pub(crate) fn dial<'a>(proxy: SocketAddr, auth: &'a str, target: &'a str) -> Dial<'a> {
     Dial {
         proxy,
         auth,
@@ -185,7 +185,7 @@ pub fn dial<'a>(proxy: SocketAddr, auth: &'a str, target: &'a str) -> Dial<'a> {
 
 impl<'a> Dial<'a> {
     /// Sends this server name in the ClientHello.
-    pub fn sni(self, sni: &'a str) -> Self {
+    pub(crate) fn sni(self, sni: &'a str) -> Self {
         Self {
             sni: Some(sni),
             ..self
@@ -193,7 +193,7 @@ impl<'a> Dial<'a> {
     }
 
     /// Trusts only the certificates in `ca_pem` (a well-behaved client).
-    pub fn trusting(self, ca_pem: &'a str) -> Self {
+    pub(crate) fn trusting(self, ca_pem: &'a str) -> Self {
         Self {
             ca_pem: Some(ca_pem),
             ..self
@@ -201,12 +201,12 @@ impl<'a> Dial<'a> {
     }
 
     /// Offers these ALPN protocols.
-    pub fn alpn(self, alpn: &'a [&'a [u8]]) -> Self {
+    pub(crate) fn alpn(self, alpn: &'a [&'a [u8]]) -> Self {
         Self { alpn, ..self }
     }
 
     /// CONNECT, which must succeed, then the TLS handshake, whose outcome the caller judges.
-    pub async fn tls(self) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    pub(crate) async fn tls(self) -> Result<TlsStream<TcpStream>, std::io::Error> {
         let tcp = connect(self.proxy, self.target, Some(self.auth))
             .await
             .unwrap_or_else(|e| panic!("CONNECT {}: {e:?}", self.target));
@@ -214,7 +214,7 @@ impl<'a> Dial<'a> {
     }
 
     /// CONNECT and TLS, which must both succeed, then one GET of `path` with this `Host`.
-    pub async fn get(self, path: &str, host: &str) -> Response<Bytes> {
+    pub(crate) async fn get(self, path: &str, host: &str) -> Response<Bytes> {
         let tls = self
             .tls()
             .await
@@ -224,7 +224,7 @@ impl<'a> Dial<'a> {
 }
 
 /// A bodiless GET of `path` with this `Host` header (any bytes, to try odd spellings).
-pub fn get(path: &str, host: &str) -> Request<Full<Bytes>> {
+pub(crate) fn get(path: &str, host: &str) -> Request<Full<Bytes>> {
     Request::get(path)
         .header(
             "host",
@@ -236,7 +236,7 @@ pub fn get(path: &str, host: &str) -> Request<Full<Bytes>> {
 
 /// An HTTP/1.1 connection over `stream` for several requests; the task drives it and finishes
 /// when the connection ends.
-pub async fn http1<S>(
+pub(crate) async fn http1<S>(
     stream: S,
 ) -> (
     http1::SendRequest<Full<Bytes>>,
@@ -250,7 +250,7 @@ where
 }
 
 /// An HTTP/2 connection over `stream` for several requests.
-pub async fn http2<S>(stream: S) -> http2::SendRequest<Full<Bytes>>
+pub(crate) async fn http2<S>(stream: S) -> http2::SendRequest<Full<Bytes>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -262,7 +262,10 @@ where
 }
 
 /// One HTTP/1.1 request over a stream; returns the response with its body collected.
-pub async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, hyper::Error>
+pub(crate) async fn send<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Bytes>, hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -275,7 +278,7 @@ where
 }
 
 /// Writes raw bytes and reads until the peer closes or `limit` passes.
-pub async fn raw_exchange<S>(mut stream: S, bytes: &[u8]) -> String
+pub(crate) async fn raw_exchange<S>(mut stream: S, bytes: &[u8]) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -291,12 +294,12 @@ where
 
 /// Raw bytes straight to the proxy's listener, with no CONNECT (absolute-form and malformed
 /// requests); returns everything the proxy answered.
-pub async fn plain(proxy: SocketAddr, bytes: &[u8]) -> String {
+pub(crate) async fn plain(proxy: SocketAddr, bytes: &[u8]) -> String {
     raw_exchange(TcpStream::connect(proxy).await.unwrap(), bytes).await
 }
 
 /// Reads until the peer closes (true) or 20 s pass (false).
-pub async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+pub(crate) async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut buf = [0u8; 4096];
     tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
@@ -311,7 +314,7 @@ pub async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> 
 }
 
 /// The next WebSocket message, which must arrive within 10 s.
-pub async fn next_message<S, E>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+pub(crate) async fn next_message<S, E>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
 where
     S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin,
     E: std::fmt::Debug,

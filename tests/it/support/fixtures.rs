@@ -7,7 +7,7 @@ use super::TestApp;
 
 /// Services of every auth type, a path- and method-scoped rule, and one whose credential is
 /// deleted after the fact.
-pub const SERVICES: &str = r#"
+pub(crate) const SERVICES: &str = r#"
 - name: bearer
   host: bearer.example.test
   auth: {type: bearer, token: TOKEN}
@@ -34,7 +34,7 @@ pub const SERVICES: &str = r#"
 
 /// Creates `vault` with [`SERVICES`] and their credentials (`GONE` deleted) and returns a proxy
 /// token for it.
-pub async fn vault_with_services(app: &TestApp, vault: &str) -> String {
+pub(crate) async fn vault_with_services(app: &TestApp, vault: &str) -> String {
     app.create_vault(vault).await;
     app.set_credentials(
         vault,
@@ -58,7 +58,7 @@ pub async fn vault_with_services(app: &TestApp, vault: &str) -> String {
 
 /// Flips one bit of one credential's sealed value in SQL, the way a database writer would:
 /// on SQLite with `||` (which also turns the column into TEXT), on Postgres with `set_bit`.
-pub async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
+pub(crate) async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
     let done = match store.backend() {
         agent_vault::store::Backend::Sqlite => {
             let row = sqlx::query("SELECT hex(substr(sealed_value, 21, 1)) AS b FROM credentials WHERE key = $1")

@@ -3,14 +3,14 @@
 
 #![allow(dead_code)]
 
-pub mod agent;
-pub mod fixtures;
-pub mod pki;
-pub mod process;
-pub mod raw_upstream;
-pub mod upstream;
-pub mod wait;
-pub mod web;
+pub(crate) mod agent;
+pub(crate) mod fixtures;
+pub(crate) mod pki;
+pub(crate) mod process;
+pub(crate) mod raw_upstream;
+pub(crate) mod upstream;
+pub(crate) mod wait;
+pub(crate) mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,14 +28,14 @@ use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-pub use pki::TestCa;
-pub use upstream::{Alpn, FakeUpstream};
-pub use wait::eventually;
+pub(crate) use pki::TestCa;
+pub(crate) use upstream::{Alpn, FakeUpstream};
+pub(crate) use wait::eventually;
 
-pub const MASTER_PASSWORD: &str = "correct horse battery staple";
-pub const OWNER_EMAIL: &str = "owner@example.com";
-pub const OWNER_PASSWORD: &str = "owner-password-1";
-pub const TINY_KDF: KdfParams = KdfParams {
+pub(crate) const MASTER_PASSWORD: &str = "correct horse battery staple";
+pub(crate) const OWNER_EMAIL: &str = "owner@example.com";
+pub(crate) const OWNER_PASSWORD: &str = "owner-password-1";
+pub(crate) const TINY_KDF: KdfParams = KdfParams {
     memory_kib: 64,
     iterations: 1,
     parallelism: 1,
@@ -46,21 +46,22 @@ static CRYPTO: Once = Once::new();
 /// A test whose outside dependency (a program, Python modules, Postgres) is missing: locally it
 /// skips with a printed notice; under `.ci/run` (`AGENT_VAULT_CI` set) it fails, naming what is
 /// missing, so a green CI run never tests less than it claims.
-pub fn missing_dependency(what: &str) {
+#[allow(clippy::print_stderr)] // the notice is for the person running the tests
+pub(crate) fn missing_dependency(what: &str) {
     if std::env::var_os("AGENT_VAULT_CI").is_some() {
         panic!("{what} is missing, and AGENT_VAULT_CI requires it (.ci/run installs it)");
     }
     eprintln!("notice: {what} is missing; skipping (.ci/run installs it)");
 }
 
-pub fn install_crypto() {
+pub(crate) fn install_crypto() {
     CRYPTO.call_once(|| {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
 }
 
 /// A Postgres database created for one test and dropped afterwards.
-pub struct TestDatabase {
+pub(crate) struct TestDatabase {
     pub url: String,
     admin_url: String,
     name: String,
@@ -68,7 +69,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     /// `None` (with a printed notice) when AGENT_VAULT_TEST_DATABASE_URL is unset.
-    pub async fn create() -> Option<Self> {
+    pub(crate) async fn create() -> Option<Self> {
         let Ok(admin_url) = std::env::var("AGENT_VAULT_TEST_DATABASE_URL") else {
             missing_dependency("AGENT_VAULT_TEST_DATABASE_URL (the Postgres variant of this test)");
             return None;
@@ -117,10 +118,10 @@ impl Drop for TestDatabase {
 }
 
 /// A last-minute configuration change.
-pub type Tweak = Box<dyn FnOnce(&mut Config) + Send>;
+pub(crate) type Tweak = Box<dyn FnOnce(&mut Config) + Send>;
 
 /// How to build a test app.
-pub struct TestOptions {
+pub(crate) struct TestOptions {
     /// Allow loopback destinations (the fake upstream lives there).
     pub allow_loopback: bool,
     /// Run on a fresh Postgres database.
@@ -149,7 +150,7 @@ impl Default for TestOptions {
 }
 
 /// A running app with its fake upstream.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub admin: String,
     pub proxy: SocketAddr,
     pub upstream: FakeUpstream,
@@ -174,7 +175,7 @@ impl Drop for TestApp {
 
 /// Builds the configuration tests use: port 0, tiny KDF, trust only the upstream test CA, and
 /// `*.example.test` resolved to the fake upstream.
-pub fn test_config(
+pub(crate) fn test_config(
     data_dir: &std::path::Path,
     ca_file: &std::path::Path,
     upstream: SocketAddr,
@@ -206,12 +207,12 @@ pub fn test_config(
     config
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(TestOptions::default()).await
 }
 
 /// An app whose configuration `tweak` changes at the last minute (otherwise the defaults).
-pub async fn spawn_app_tweaked(tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
+pub(crate) async fn spawn_app_tweaked(tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
     spawn_app_with(TestOptions {
         tweak: Some(Box::new(tweak)),
         ..Default::default()
@@ -219,7 +220,7 @@ pub async fn spawn_app_tweaked(tweak: impl FnOnce(&mut Config) + Send + 'static)
     .await
 }
 
-pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
+pub(crate) async fn spawn_app_with(opts: TestOptions) -> TestApp {
     install_crypto();
     let ca = Arc::new(TestCa::new("agent-vault tests upstream CA"));
     let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
@@ -229,7 +230,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
 
 /// Runs an app against an upstream serving `chain` (trusted roots: `trusted` only) and checks
 /// that a request to it is answered 502 `upstream_tls` with nothing reaching the upstream.
-pub async fn assert_upstream_tls_refused(
+pub(crate) async fn assert_upstream_tls_refused(
     what: &str,
     trusted: &Arc<TestCa>,
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
@@ -254,7 +255,7 @@ pub async fn assert_upstream_tls_refused(
     assert_eq!(app.upstream.count(), 0, "{what}: nothing reached it");
 }
 
-pub async fn spawn_app_against(
+pub(crate) async fn spawn_app_against(
     opts: TestOptions,
     upstream: FakeUpstream,
     ca: Arc<TestCa>,
@@ -326,7 +327,7 @@ pub async fn spawn_app_against(
 
 impl TestApp {
     /// Stops the app and waits for it to drain.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(15), task)
@@ -336,7 +337,7 @@ impl TestApp {
         }
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> String {
+    pub(crate) async fn login(&self, email: &str, password: &str) -> String {
         let (status, body) = self
             .call_anon(
                 "POST",
@@ -349,7 +350,7 @@ impl TestApp {
     }
 
     /// Calls the admin API with an explicit token (or none).
-    pub async fn call_with(
+    pub(crate) async fn call_with(
         &self,
         token: Option<&str>,
         method: &str,
@@ -375,18 +376,23 @@ impl TestApp {
         (status, value)
     }
 
-    pub async fn call_anon(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call_anon(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         self.call_with(None, method, path, body).await
     }
 
     /// Calls the admin API as the owner.
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let token = self.owner_token.clone();
         self.call_with(Some(&token), method, path, body).await
     }
 
     /// Calls and asserts the status.
-    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method, path, body).await;
         assert!(
             (200..300).contains(&status),
@@ -395,12 +401,12 @@ impl TestApp {
         value
     }
 
-    pub async fn create_vault(&self, name: &str) {
+    pub(crate) async fn create_vault(&self, name: &str) {
         self.ok("POST", "/v1/vaults", Some(json!({ "name": name })))
             .await;
     }
 
-    pub async fn set_credentials(&self, vault: &str, pairs: &[(&str, &str)]) {
+    pub(crate) async fn set_credentials(&self, vault: &str, pairs: &[(&str, &str)]) {
         let map: serde_json::Map<String, Value> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
@@ -414,7 +420,7 @@ impl TestApp {
     }
 
     /// Replaces a vault's services with those of a YAML document.
-    pub async fn set_services_yaml(&self, vault: &str, yaml: &str) {
+    pub(crate) async fn set_services_yaml(&self, vault: &str, yaml: &str) {
         let specs = agent_vault::policy::service::parse_service_file(yaml).unwrap();
         self.ok(
             "PUT",
@@ -424,7 +430,7 @@ impl TestApp {
         .await;
     }
 
-    pub async fn set_policy(&self, vault: &str, policy: &str) {
+    pub(crate) async fn set_policy(&self, vault: &str, policy: &str) {
         self.ok(
             "PATCH",
             &format!("/v1/vaults/{vault}/settings"),
@@ -434,7 +440,7 @@ impl TestApp {
     }
 
     /// A scoped proxy token for `vault`.
-    pub async fn proxy_token(&self, vault: &str) -> (String, String) {
+    pub(crate) async fn proxy_token(&self, vault: &str) -> (String, String) {
         let v = self
             .ok(
                 "POST",
@@ -450,7 +456,12 @@ impl TestApp {
 
     /// A new vault with these credentials and the services of a YAML document; returns a
     /// scoped proxy token for it.
-    pub async fn service_vault(&self, vault: &str, creds: &[(&str, &str)], yaml: &str) -> String {
+    pub(crate) async fn service_vault(
+        &self,
+        vault: &str,
+        creds: &[(&str, &str)],
+        yaml: &str,
+    ) -> String {
         self.create_vault(vault).await;
         self.set_credentials(vault, creds).await;
         self.set_services_yaml(vault, yaml).await;
@@ -458,7 +469,7 @@ impl TestApp {
     }
 
     /// A vault with one bearer service for api.example.test and its credential.
-    pub async fn stripe_vault(&self, vault: &str, value: &str) -> String {
+    pub(crate) async fn stripe_vault(&self, vault: &str, value: &str) -> String {
         self.service_vault(
             vault,
             &[("STRIPE_KEY", value)],
@@ -468,24 +479,24 @@ impl TestApp {
     }
 
     /// A second handle on this app's own database, to change rows behind the server's back.
-    pub async fn open_store(&self) -> agent_vault::store::Store {
+    pub(crate) async fn open_store(&self) -> agent_vault::store::Store {
         let url = self.config.database_url.as_ref().map(|u| u.0.as_str());
         agent_vault::store::Store::open(&self.config.data_dir, url)
             .await
             .unwrap()
     }
 
-    pub async fn ca_pem(&self) -> String {
+    pub(crate) async fn ca_pem(&self) -> String {
         fetch_text(self.http.get(format!("{}/v1/ca.pem", self.admin))).await
     }
 
     /// An HTTP client acting as an agent: proxy set with token and vault, trusting only the
     /// proxy's CA.
-    pub async fn agent(&self, token: &str, vault: &str) -> reqwest::Client {
+    pub(crate) async fn agent(&self, token: &str, vault: &str) -> reqwest::Client {
         self.agent_builder(token, vault).await.build().unwrap()
     }
 
-    pub async fn agent_builder(&self, token: &str, vault: &str) -> reqwest::ClientBuilder {
+    pub(crate) async fn agent_builder(&self, token: &str, vault: &str) -> reqwest::ClientBuilder {
         let ca = reqwest::Certificate::from_pem(self.ca_pem().await.as_bytes()).unwrap();
         let proxy = reqwest::Proxy::all(format!("http://{token}:{vault}@{}", self.proxy)).unwrap();
         reqwest::Client::builder()
@@ -495,7 +506,7 @@ impl TestApp {
     }
 
     /// An intercepted TLS connection to `host:443` through the proxy, trusting the proxy's CA.
-    pub async fn tunnel(
+    pub(crate) async fn tunnel(
         &self,
         token: &str,
         vault: &str,
@@ -514,13 +525,19 @@ impl TestApp {
 
     /// Sends one raw HTTP/1.1 request (which should say `Connection: close`) through an
     /// intercepted connection to `host` and returns everything the proxy answered.
-    pub async fn raw_request(&self, token: &str, vault: &str, host: &str, raw: &str) -> String {
+    pub(crate) async fn raw_request(
+        &self,
+        token: &str,
+        vault: &str,
+        host: &str,
+        raw: &str,
+    ) -> String {
         let tls = self.tunnel(token, vault, host, &[b"http/1.1"]).await;
         agent::raw_exchange(tls, raw.as_bytes()).await
     }
 
     /// Waits (bounded) until the vault's request log has at least `n` rows.
-    pub async fn wait_for_logs(&self, vault: &str, n: usize) -> Vec<Value> {
+    pub(crate) async fn wait_for_logs(&self, vault: &str, n: usize) -> Vec<Value> {
         let path = format!("/v1/vaults/{vault}/logs");
         let mut last = Value::Null;
         let rows = eventually(Duration::from_secs(10), async || {
@@ -532,11 +549,11 @@ impl TestApp {
     }
 
     /// Runs the CLI binary against this app with its own HOME.
-    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    pub(crate) async fn cli(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
         self.cli_env(args, stdin, &[]).await
     }
 
-    pub async fn cli_env(
+    pub(crate) async fn cli_env(
         &self,
         args: &[&str],
         stdin: Option<&str>,
@@ -572,7 +589,7 @@ impl TestApp {
     }
 
     /// Logs the CLI in as the owner.
-    pub async fn cli_login(&self) {
+    pub(crate) async fn cli_login(&self) {
         let out = self
             .cli(
                 &["auth", "login", "--email", OWNER_EMAIL, "--password-stdin"],
@@ -584,31 +601,31 @@ impl TestApp {
 }
 
 #[derive(Debug)]
-pub struct CliOutput {
+pub(crate) struct CliOutput {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl CliOutput {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 }
 
 /// Sends a request that must get an answer (any status); the test judges the answer.
-pub async fn fetch(req: reqwest::RequestBuilder) -> reqwest::Response {
+pub(crate) async fn fetch(req: reqwest::RequestBuilder) -> reqwest::Response {
     req.send().await.unwrap()
 }
 
 /// Sends a request that must get an answer and returns its body as text, whatever the status.
-pub async fn fetch_text(req: reqwest::RequestBuilder) -> String {
+pub(crate) async fn fetch_text(req: reqwest::RequestBuilder) -> String {
     fetch(req).await.text().await.unwrap()
 }
 
 /// The rest of a streamed body, each chunk due within 10 s, as text.
-pub async fn rest_of(resp: &mut reqwest::Response) -> String {
+pub(crate) async fn rest_of(resp: &mut reqwest::Response) -> String {
     let mut rest = Vec::new();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
         .await
@@ -621,7 +638,7 @@ pub async fn rest_of(resp: &mut reqwest::Response) -> String {
 }
 
 /// A response's status and headers, whichever client received it.
-pub trait Answer {
+pub(crate) trait Answer {
     /// The status code.
     fn code(&self) -> u16;
     /// The response headers.
@@ -648,13 +665,13 @@ impl<B> Answer for http::Response<B> {
 
 /// Asserts the proxy itself refused: `status` with `X-Agent-Vault-Proxy-Error: code`.
 #[track_caller]
-pub fn assert_proxy_error(resp: &impl Answer, status: u16, code: &str) {
+pub(crate) fn assert_proxy_error(resp: &impl Answer, status: u16, code: &str) {
     assert_eq!(resp.code(), status);
     assert_eq!(resp.head()["x-agent-vault-proxy-error"], code);
 }
 
 /// Every file below `dir`, however deep.
-pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -668,7 +685,7 @@ pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 /// This process's resident memory, in KiB (the app runs in process, so this is its memory too).
-pub fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -679,7 +696,7 @@ pub fn rss_kib() -> u64 {
 }
 
 /// Runs `f` against a fresh SQLite store and, when configured, a fresh Postgres store.
-pub async fn for_each_store<F, Fut>(f: F)
+pub(crate) async fn for_each_store<F, Fut>(f: F)
 where
     F: Fn(agent_vault::store::Store, &'static str) -> Fut,
     Fut: std::future::Future<Output = ()>,

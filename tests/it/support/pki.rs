@@ -7,13 +7,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
 /// A CA that signs upstream certificates.
-pub struct TestCa {
+pub(crate) struct TestCa {
     pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestCa {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -30,7 +30,7 @@ impl TestCa {
     }
 
     /// A server certificate for `names`, valid from `not_before` to `not_after` (days from now).
-    pub fn server_cert(
+    pub(crate) fn server_cert(
         &self,
         names: &[&str],
         valid_days: (i64, i64),
@@ -57,6 +57,8 @@ impl TestCa {
 }
 
 /// A self-signed certificate nobody trusts.
-pub fn self_signed(names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+pub(crate) fn self_signed(
+    names: &[&str],
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     TestCa::new("untrusted self-signed").server_cert(names, (-1, 30))
 }

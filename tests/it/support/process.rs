@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use super::MASTER_PASSWORD;
 
 /// A running `agent-vault server` process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub admin: String,
     pub proxy: String,
@@ -20,12 +20,16 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts the server on port 0 with a tiny KDF and waits until it prints its addresses.
-    pub async fn start(data_dir: &Path, extra_env: &[(&str, &str)], log_level: &str) -> Self {
+    pub(crate) async fn start(
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+        log_level: &str,
+    ) -> Self {
         Self::start_with(data_dir, &[], extra_env, log_level).await
     }
 
     /// Like [`start`](Self::start), with extra command-line arguments.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         data_dir: &Path,
         extra_args: &[&str],
         extra_env: &[(&str, &str)],
@@ -96,13 +100,13 @@ impl ServerProcess {
     }
 
     /// SIGKILL, no chance to flush anything.
-    pub async fn kill9(mut self) {
+    pub(crate) async fn kill9(mut self) {
         self.child.start_kill().unwrap();
         let _ = self.child.wait().await;
     }
 
     /// SIGTERM and wait; returns everything the server wrote to stderr.
-    pub async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),

@@ -13,10 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use super::TestCa;
 
 /// What the upstream answers to a request, given its head.
-pub type Script = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+pub(crate) type Script = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
 
 #[derive(Clone)]
-pub struct RawUpstream {
+pub(crate) struct RawUpstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
@@ -24,7 +24,7 @@ pub struct RawUpstream {
 
 impl RawUpstream {
     /// Listens on loopback with a certificate for `*.example.test` from `ca`.
-    pub async fn start(ca: &TestCa, script: Script) -> Self {
+    pub(crate) async fn start(ca: &TestCa, script: Script) -> Self {
         let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -82,11 +82,11 @@ impl RawUpstream {
         }
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
-    pub fn heads(&self) -> Vec<String> {
+    pub(crate) fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
 }

@@ -23,7 +23,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     pub path_and_query: String,
     pub headers: HeaderMap,
@@ -33,7 +33,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -42,14 +42,14 @@ impl Recorded {
 
 /// Which protocols the upstream offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Alpn {
+pub(crate) enum Alpn {
     Both,
     H2Only,
     H1Only,
 }
 
 #[derive(Clone)]
-pub struct FakeUpstream {
+pub(crate) struct FakeUpstream {
     pub addr: SocketAddr,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
@@ -74,7 +74,7 @@ fn query(q: Option<&str>) -> HashMap<String, String> {
 }
 
 impl FakeUpstream {
-    pub async fn start(
+    pub(crate) async fn start(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         alpn: Alpn,
@@ -138,15 +138,15 @@ impl FakeUpstream {
         }
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.recorded.lock().unwrap().clone()
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.recorded.lock().unwrap().len()
     }
 
-    pub fn last(&self) -> Recorded {
+    pub(crate) fn last(&self) -> Recorded {
         self.recorded
             .lock()
             .unwrap()
@@ -155,11 +155,11 @@ impl FakeUpstream {
             .expect("the upstream received no request")
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.recorded.lock().unwrap().clear();
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -10,7 +10,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Asks `attempt` until it answers `Some`, for at most `limit` in all (an attempt that hangs
 /// counts against the limit too); `None` when time ran out, for the caller to fail with its
 /// own message. The attempt may borrow and change the caller's state (`async || { ... }`).
-pub async fn eventually<T>(
+pub(crate) async fn eventually<T>(
     limit: Duration,
     mut attempt: impl AsyncFnMut() -> Option<T>,
 ) -> Option<T> {

@@ -4,7 +4,7 @@
 use super::{OWNER_EMAIL, OWNER_PASSWORD, TestApp};
 
 /// A client for the web pages: no proxy, redirects returned rather than followed.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -14,7 +14,7 @@ pub fn client() -> reqwest::Client {
 
 /// Logs the owner in through the web form with `origin` and returns the whole `Set-Cookie`
 /// header.
-pub async fn login(app: &TestApp, origin: &str) -> String {
+pub(crate) async fn login(app: &TestApp, origin: &str) -> String {
     let resp = client()
         .post(format!("{}/login", app.admin))
         .header("origin", origin)
@@ -32,7 +32,7 @@ pub async fn login(app: &TestApp, origin: &str) -> String {
 }
 
 /// An `application/x-www-form-urlencoded` body of these pairs.
-pub fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -46,7 +46,7 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 /// The value of the input named `name` in `html` (panics, showing the page, when it has none).
-pub fn attr(html: &str, name: &str) -> String {
+pub(crate) fn attr(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)
