@@ -178,102 +178,74 @@ impl Store {
             bound += 1;
         }
 
-        let rows =
-            sqlx::query("SELECT id, email, role, password_hash FROM users WHERE mac IS NULL")
-                .fetch_all(&mut *tx)
-                .await?;
-        for r in &rows {
-            let (id, email, role, phc): (String, String, String, String) = (
-                col(r, "id")?,
-                col(r, "email")?,
-                col(r, "role")?,
-                col(r, "password_hash")?,
-            );
-            let mac = macs.mac(AuthorityRow::User, &user_fields(&id, &email, &role, &phc));
-            sqlx::query("UPDATE users SET mac = $1 WHERE id = $2 AND mac IS NULL")
-                .bind(mac)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            bound += 1;
-        }
-
-        let rows = sqlx::query(
-            "SELECT id, email, role, vault_grants, expires_at, token_hash, created_by FROM invites WHERE mac IS NULL",
+        bound += bind_rows_by_id(
+            &mut tx,
+            AuthorityRow::User,
+            "id, email, role, password_hash",
+            |r| {
+                Ok(macs.mac(
+                    AuthorityRow::User,
+                    &user_fields(
+                        &col::<String>(r, "id")?,
+                        &col::<String>(r, "email")?,
+                        &col::<String>(r, "role")?,
+                        &col::<String>(r, "password_hash")?,
+                    ),
+                ))
+            },
         )
-        .fetch_all(&mut *tx)
         .await?;
-        for r in &rows {
-            let id: String = col(r, "id")?;
-            let email: String = col(r, "email")?;
-            let role: String = col(r, "role")?;
-            let grants: String = col(r, "vault_grants")?;
-            let expires_at: i64 = col(r, "expires_at")?;
-            let hash: Vec<u8> = col(r, "token_hash")?;
-            let created_by: String = col(r, "created_by")?;
-            let mac = macs.mac(
-                AuthorityRow::Invite,
-                &invite_fields(&id, &email, &role, &grants, expires_at, &hash, &created_by),
-            );
-            sqlx::query("UPDATE invites SET mac = $1 WHERE id = $2 AND mac IS NULL")
-                .bind(mac)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            bound += 1;
-        }
-
-        let rows = sqlx::query("SELECT id, name, created_by FROM agents WHERE mac IS NULL")
-            .fetch_all(&mut *tx)
-            .await?;
-        for r in &rows {
-            let id: String = col(r, "id")?;
-            let name: String = col(r, "name")?;
-            let created_by: Option<String> = col(r, "created_by")?;
-            let mac = macs.mac(
+        bound += bind_rows_by_id(
+            &mut tx,
+            AuthorityRow::Invite,
+            "id, email, role, vault_grants, expires_at, token_hash, created_by",
+            |r| {
+                Ok(macs.mac(
+                    AuthorityRow::Invite,
+                    &invite_fields(
+                        &col::<String>(r, "id")?,
+                        &col::<String>(r, "email")?,
+                        &col::<String>(r, "role")?,
+                        &col::<String>(r, "vault_grants")?,
+                        col::<i64>(r, "expires_at")?,
+                        &col::<Vec<u8>>(r, "token_hash")?,
+                        &col::<String>(r, "created_by")?,
+                    ),
+                ))
+            },
+        )
+        .await?;
+        bound += bind_rows_by_id(&mut tx, AuthorityRow::Agent, "id, name, created_by", |r| {
+            Ok(macs.mac(
                 AuthorityRow::Agent,
-                &agent_fields(&id, &name, created_by.as_deref()),
-            );
-            sqlx::query("UPDATE agents SET mac = $1 WHERE id = $2 AND mac IS NULL")
-                .bind(mac)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            bound += 1;
-        }
-
-        let rows = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role FROM tokens WHERE mac IS NULL",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &rows {
-            let id: String = col(r, "id")?;
-            let hash: Vec<u8> = col(r, "hash")?;
-            let kind: String = col(r, "kind")?;
-            let user_id: Option<String> = col(r, "user_id")?;
-            let agent_id: Option<String> = col(r, "agent_id")?;
-            let vault_id: Option<String> = col(r, "vault_id")?;
-            let vault_role: Option<String> = col(r, "vault_role")?;
-            let mac = macs.mac(
-                AuthorityRow::Token,
-                &token_fields(
-                    &id,
-                    &hash,
-                    &kind,
-                    user_id.as_deref(),
-                    agent_id.as_deref(),
-                    vault_id.as_deref(),
-                    vault_role.as_deref(),
+                &agent_fields(
+                    &col::<String>(r, "id")?,
+                    &col::<String>(r, "name")?,
+                    col::<Option<String>>(r, "created_by")?.as_deref(),
                 ),
-            );
-            sqlx::query("UPDATE tokens SET mac = $1 WHERE id = $2 AND mac IS NULL")
-                .bind(mac)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            bound += 1;
-        }
+            ))
+        })
+        .await?;
+        bound += bind_rows_by_id(
+            &mut tx,
+            AuthorityRow::Token,
+            "id, hash, kind, user_id, agent_id, vault_id, vault_role",
+            |r| {
+                Ok(macs.mac(
+                    AuthorityRow::Token,
+                    &token_fields(
+                        &col::<String>(r, "id")?,
+                        &col::<Vec<u8>>(r, "hash")?,
+                        &col::<String>(r, "kind")?,
+                        col::<Option<String>>(r, "user_id")?.as_deref(),
+                        col::<Option<String>>(r, "agent_id")?.as_deref(),
+                        col::<Option<String>>(r, "vault_id")?.as_deref(),
+                        col::<Option<String>>(r, "vault_role")?.as_deref(),
+                    ),
+                ))
+            },
+        )
+        .await?;
 
         sqlx::query("DELETE FROM instance_state WHERE key = $1")
             .bind(BACKFILL_PENDING_KEY)
@@ -292,4 +264,30 @@ impl Store {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// Gives every row of `kind`'s table (keyed by `id`) that has no MAC the one `mac_of` computes
+/// from `columns`; returns how many rows were bound.
+async fn bind_rows_by_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: AuthorityRow,
+    columns: &'static str,
+    mac_of: impl Fn(&sqlx::any::AnyRow) -> Result<Vec<u8>, StoreError>,
+) -> Result<u64, StoreError> {
+    let table = kind.table();
+    // Table and column names are constants of this module, never input.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {columns} FROM {table} WHERE mac IS NULL"
+    )))
+    .fetch_all(&mut **tx)
+    .await?;
+    let update = format!("UPDATE {table} SET mac = $1 WHERE id = $2 AND mac IS NULL");
+    for r in &rows {
+        sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+            .bind(mac_of(r)?)
+            .bind(col::<String>(r, "id")?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(rows.len() as u64)
 }
