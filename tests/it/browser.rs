@@ -15,23 +15,33 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
-fn find_program(candidates: &[&str]) -> Option<String> {
-    candidates
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(|p| (*p).to_owned())
+/// The program `name` as the shell would find it on `PATH`, else the first of `fallbacks` that
+/// exists (Debian keeps chromedriver outside `PATH` on some releases). `PATH` comes first so a
+/// broken `chromium` there fails the test as it would fail a person, rather than being bypassed.
+fn find_program(name: &str, fallbacks: &[&str]) -> Option<String> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path.map(|p| p.display().to_string()).or_else(|| {
+        fallbacks
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| (*p).to_owned())
+    })
 }
 
 async fn browser() -> Option<Browser> {
-    let Some(driver) = find_program(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
-    else {
+    let Some(driver) = find_program("chromedriver", &["/usr/lib/chromium/chromedriver"]) else {
         crate::support::missing_dependency("chromedriver (Debian package chromium-driver)");
         return None;
     };
-    let Some(chromium) = find_program(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]) else {
+    let Some(chromium) = find_program("chromium", &["/usr/bin/chromium-browser"]) else {
         crate::support::missing_dependency("chromium (Debian package chromium)");
         return None;
     };
+    let chromium_path = chromium.clone();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -70,7 +80,9 @@ async fn browser() -> Option<Browser> {
         .capabilities(caps)
         .connect(&url)
         .await
-        .expect("chromedriver starts a Chromium session");
+        .unwrap_or_else(|e| {
+            panic!("chromedriver could not start Chromium at {chromium_path}: {e}")
+        });
     Some(Browser {
         client,
         _driver: child,
