@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use crate::support::agent::{self, basic, closed_by_peer};
 use crate::support::{
     TestOptions, assert_proxy_error, eventually, fetch, rss_kib, spawn_app_tweaked, spawn_app_with,
+    web,
 };
 
 #[tokio::test]
@@ -890,30 +891,9 @@ async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap().to_owned();
     let page_url = url.split('?').next().unwrap().to_owned();
-    let enc = |v: &str| {
-        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = client
-        .post(format!("{}/login", app.admin))
-        .header("origin", &app.admin)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "email={}&password={}&next=%2F",
-            enc(crate::support::OWNER_EMAIL),
-            enc(crate::support::OWNER_PASSWORD)
-        ))
-        .send()
+    let client = web::client();
+    let cookie = web::login(&app, &app.admin)
         .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
         .split(';')
         .next()
         .unwrap()
@@ -949,22 +929,17 @@ async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
         .text()
         .await
         .unwrap();
-    let field = |name: &str| {
-        let marker = format!("name=\"{name}\" value=\"");
-        let start = html.find(&marker).unwrap() + marker.len();
-        html[start..].split('"').next().unwrap().to_owned()
-    };
     let done = client
         .post(&page_url)
         .header("cookie", &cookie)
         .header("origin", &app.admin)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "action=approve&csrf={}&hash={}&confirm_password={}",
-            enc(&field("csrf")),
-            enc(&field("hash")),
-            enc(crate::support::OWNER_PASSWORD)
-        ))
+        .body(web::form(&[
+            ("action", "approve"),
+            ("csrf", &web::attr(&html, "csrf")),
+            ("hash", &web::attr(&html, "hash")),
+            ("confirm_password", crate::support::OWNER_PASSWORD),
+        ]))
         .send()
         .await
         .unwrap();
