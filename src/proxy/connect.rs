@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
 
 use super::auth::{self, Session};
 use super::body::ProxyBody;
@@ -84,6 +85,26 @@ fn connect_target(uri: &http::Uri) -> Result<&str, ProxyError> {
     Ok(authority.as_str())
 }
 
+/// One span per agent connection after CONNECT, so its log lines (and those of every request
+/// on it) can be filtered together. Debug level: at the default `info` it costs one level check.
+/// Ids and names only, never token, header or query values.
+fn connection_span(
+    mode: &'static str,
+    session: &Session,
+    authority: &Authority,
+    peer: SocketAddr,
+) -> tracing::Span {
+    tracing::debug_span!(
+        "connection",
+        mode,
+        %peer,
+        vault = %session.vault_name,
+        actor_kind = session.actor.0,
+        actor = %session.actor.1,
+        host = %authority,
+    )
+}
+
 /// Handles a CONNECT request.
 pub(super) async fn handle(
     state: Arc<ProxyState>,
@@ -126,10 +147,14 @@ pub(super) async fn handle(
         ConnectDecision::Intercept => {
             let on_upgrade = hyper::upgrade::on(req);
             let st = state.clone();
-            state.tasks.spawn(async move {
-                intercept(st, Arc::new(session), authority, on_upgrade).await;
-                drop(slot);
-            });
+            let span = connection_span("intercept", &session, &authority, peer);
+            state.tasks.spawn(
+                async move {
+                    intercept(st, Arc::new(session), authority, on_upgrade).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
             established()
         }
         ConnectDecision::Tunnel => {
@@ -150,10 +175,14 @@ pub(super) async fn handle(
                 Ok((tcp, _)) => {
                     let on_upgrade = hyper::upgrade::on(req);
                     let st = state.clone();
-                    state.tasks.spawn(async move {
-                        splice_tunnel(st, session, authority, on_upgrade, tcp, started).await;
-                        drop(slot);
-                    });
+                    let span = connection_span("tunnel", &session, &authority, peer);
+                    state.tasks.spawn(
+                        async move {
+                            splice_tunnel(st, session, authority, on_upgrade, tcp, started).await;
+                            drop(slot);
+                        }
+                        .instrument(span),
+                    );
                     established()
                 }
                 Err(e) => {

@@ -16,6 +16,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::auth::{self, Session};
 use super::body::ProxyBody;
@@ -138,7 +139,34 @@ pub(super) async fn handle(
     let (parts, body) = req.into_parts();
     let body = Drained::new(body, parts.version, &parts.headers);
     let req = Request::from_parts(parts, body);
-    match process(&state, &session, &target, req, admission, &mut draft).await {
+    // One span per proxied request (debug level: free at the default `info`). Ids, names, the
+    // method and the host only; never a path's query, a header or a value.
+    let span = tracing::debug_span!(
+        "request",
+        vault = %session.vault_name,
+        actor = %session.actor.1,
+        method = %draft.method,
+        host = %draft.host,
+        service = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let result = process(&state, &session, &target, req, admission, &mut draft)
+        .instrument(span.clone())
+        .await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(err) => err.status(),
+    };
+    if !span.is_disabled() {
+        if let Some(service) = &draft.service {
+            span.record("service", service.as_str());
+        }
+        span.record("status", status.as_u16());
+        span.record("latency_ms", draft.started.elapsed().as_millis() as u64);
+        span.in_scope(|| tracing::debug!("request answered"));
+    }
+    match result {
         Ok(response) => response,
         Err(err) => {
             state

@@ -341,6 +341,22 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         log.contains("TRACE") || log.contains("DEBUG"),
         "the server really logged at trace level"
     );
+    // Every proxied request and agent connection has a span, so its lines can be filtered
+    // together; the scan below shows the spans carry no secret.
+    let plain = strip_ansi(&log);
+    assert!(
+        plain.lines().any(|l| l.contains("request{")
+            && l.contains("vault=canary")
+            && l.contains("status=")
+            && l.contains("request answered")),
+        "request spans name the vault and the status"
+    );
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("connection{") && l.contains("mode=\"intercept\"")),
+        "intercepted connections have a span"
+    );
     let secrets: Vec<(&str, String)> = vec![
         ("the credential", CREDENTIAL.to_owned()),
         ("the agent-proposed value", PROPOSED.to_owned()),
@@ -367,4 +383,22 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         agent_visible,
         "responses the agent received",
     );
+}
+
+/// The log without terminal colour codes (`ESC [ ... m`), as a person filtering it would read it.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
