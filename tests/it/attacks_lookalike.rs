@@ -209,12 +209,7 @@ async fn lookalike_cyrillic_host_on_the_approval_page_needs_the_checkbox() {
     let url = created["approval_url"].as_str().unwrap().to_owned();
     let page_url = url.split('?').next().unwrap().to_owned();
     let client = web::client();
-    let cookie = web::login(&app, &app.admin)
-        .await
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = web::login_cookie(&app).await;
     let html = fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let ascii = a_label(CYRILLIC_HOST);
     assert!(html.contains(&ascii), "the A-label is shown: {html}");

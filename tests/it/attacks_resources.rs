@@ -892,12 +892,7 @@ async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
     let url = created["approval_url"].as_str().unwrap().to_owned();
     let page_url = url.split('?').next().unwrap().to_owned();
     let client = web::client();
-    let cookie = web::login(&app, &app.admin)
-        .await
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = web::login_cookie(&app).await;
     // The flood: wrong passwords from five addresses fill the instance-wide limit.
     for last in 0..6u8 {
         let _ = reqwest::Client::builder()

@@ -88,26 +88,7 @@ async fn web_session_cookie_is_refused_as_api_bearer() {
     );
 
     // Logout ends the web session.
-    let (_, page) = dashboard(&app, &format!("{name}={value}")).await;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
-    let out = web::client()
-        .post(format!("{}/logout", app.admin))
-        .header("cookie", format!("{name}={value}"))
-        .header("origin", &app.admin)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", &csrf)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.status(), 303);
-    let cleared = out.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cleared = logout(&app, &format!("{name}={value}"), &app.admin).await;
     assert!(
         cleared.starts_with("av_session=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
@@ -292,26 +273,7 @@ async fn web_session_cookie_over_tls_is_host_prefixed_and_secure() {
     );
     // Logout clears it with the attributes a browser needs to accept the change.
     let cookie = format!("{name}={value}");
-    let (_, page) = dashboard(&app, &cookie).await;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
-    let out = web::client()
-        .post(format!("{}/logout", app.admin))
-        .header("cookie", &cookie)
-        .header("origin", public)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", &csrf)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.status(), 303);
-    let cleared = out.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cleared = logout(&app, &cookie, public).await;
     assert!(
         cleared.starts_with("__Host-av_session=;")
             && cleared.contains("Max-Age=0")
@@ -320,4 +282,21 @@ async fn web_session_cookie_over_tls_is_host_prefixed_and_secure() {
         "{cleared}"
     );
     assert_eq!(dashboard(&app, &cookie).await.0, 303);
+}
+
+/// Logs out through the dashboard's form (its CSRF token, the given `Origin`) and returns the
+/// `Set-Cookie` header that clears the session.
+async fn logout(app: &TestApp, cookie: &str, origin: &str) -> String {
+    let (_, page) = dashboard(app, cookie).await;
+    let out = web::client()
+        .post(format!("{}/logout", app.admin))
+        .header("cookie", cookie)
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &web::attr(&page, "csrf"))]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    out.headers()["set-cookie"].to_str().unwrap().to_owned()
 }

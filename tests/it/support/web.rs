@@ -31,6 +31,13 @@ pub(crate) async fn login(app: &TestApp, origin: &str) -> String {
     resp.headers()["set-cookie"].to_str().unwrap().to_owned()
 }
 
+/// Logs the owner in through the web form (same origin) and returns the `name=value` pair to
+/// send back in a `Cookie` header.
+pub(crate) async fn login_cookie(app: &TestApp) -> String {
+    let set_cookie = login(app, &app.admin).await;
+    set_cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
 /// An `application/x-www-form-urlencoded` body of these pairs.
 pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     pairs
