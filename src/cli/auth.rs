@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::client::{
     Client, DEFAULT_ADDRESS, SavedSession, forget_session, load_session, save_session,
 };
+use super::output::outln;
 use super::{CliError, JsonFlag, output, prompt_password, read_secret_line};
 
 /// `agent-vault auth ...`
@@ -116,11 +117,11 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
             }
             let resp: Value = client.post("/v1/auth/register", &body).await?;
             remember(&addr, &email, &resp)?;
-            println!(
+            outln!(
                 "registered {} as {}; logged in",
                 output::text(&resp["user"], "email"),
                 output::text(&resp["user"], "role")
-            );
+            )?;
             Ok(())
         }
         AuthCommand::Login {
@@ -136,7 +137,7 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             remember(&addr, &email, &resp)?;
-            println!("logged in as {email}");
+            outln!("logged in as {email}")?;
             Ok(())
         }
         AuthCommand::Logout => {
@@ -152,14 +153,14 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 }
             }
             forget_session()?;
-            println!("logged out");
+            outln!("logged out")?;
             Ok(())
         }
         AuthCommand::Whoami { json } => {
             let client = Client::authenticated(address)?;
             let me: Value = client.get("/v1/auth/whoami").await?;
             if json.json {
-                output::json(&me);
+                output::json(&me)?;
             } else {
                 let who = if me["kind"] == "user" {
                     output::text(&me, "email")
@@ -170,10 +171,10 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                         output::text(&me, "name")
                     )
                 };
-                println!("{who} ({})", client.base());
+                outln!("{who} ({})", client.base())?;
                 if let Some(vaults) = me["vaults"].as_array() {
                     for v in vaults {
-                        println!("  {}  {}", output::text(v, "name"), output::text(v, "role"));
+                        outln!("  {}  {}", output::text(v, "name"), output::text(v, "role"))?;
                     }
                 }
             }
@@ -204,13 +205,13 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
-                println!(
+                outln!(
                     "invitation for {email} (expires {}). They register with:",
                     output::time(&resp, "expires_at")
-                );
-                println!("  {}", output::text(&resp, "register_command"));
+                )?;
+                outln!("  {}", output::text(&resp, "register_command"))?;
             }
             Ok(())
         }

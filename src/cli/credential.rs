@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::client::{Client, seg};
+use super::output::outln;
 use super::{CliError, JsonFlag, VaultArg, output, read_stdin};
 
 /// `vault credential ...`
@@ -113,15 +114,15 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 )
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
                 for w in resp["written"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "set {} (version {}) in vault {}",
                         output::text(w, "key"),
                         output::text(w, "version"),
                         vault.vault
-                    );
+                    )?;
                 }
             }
         }
@@ -134,9 +135,9 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 ))
                 .await?;
             if json.json {
-                output::json(&c)
+                output::json(&c)?
             } else {
-                println!("{}", c["value"].as_str().unwrap_or_default())
+                outln!("{}", c["value"].as_str().unwrap_or_default())?
             }
         }
         CredentialCommand::List {
@@ -155,10 +156,10 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                     .flatten()
                     .map(|k| json!({ "key": k }))
                     .collect();
-                output::json(&json!(keys));
+                output::json(&json!(keys))?;
             } else {
                 for k in d["credentials"].as_array().into_iter().flatten() {
-                    println!("{}", k.as_str().unwrap_or_default());
+                    outln!("{}", k.as_str().unwrap_or_default())?;
                 }
             }
         }
@@ -174,7 +175,7 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
             );
             let list: Vec<Value> = client.get(&path).await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let mut headers = vec!["KEY", "TYPE", "VERSION", "UPDATED", "USES", "DESCRIPTION"];
                 if reveal {
@@ -201,7 +202,7 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                         row
                     })
                     .collect();
-                output::table(&headers, &rows);
+                output::table(&headers, &rows)?;
             }
         }
         CredentialCommand::Delete { keys, vault } => {
@@ -212,11 +213,11 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 )
                 .await?;
             for k in resp["deleted"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "deleted {} from vault {}",
                     k.as_str().unwrap_or_default(),
                     vault.vault
-                );
+                )?;
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The command line. Every command but `server` and `master-password` is a client of the admin
-//! API. Errors are one line a person can act on; exit codes are 0 (ok), 1 (error), 2 (usage).
+//! API. Errors are one line a person can act on; exit codes are 0 (ok, or standard output
+//! closed by its reader), 1 (error), 2 (usage).
 
 mod agent;
 mod auth;
@@ -40,6 +41,10 @@ pub enum CliError {
     /// The child of `run` exited; carry its code through.
     #[error("child exited with {0}")]
     ChildExit(i32),
+    /// Standard output was closed by its reader (`| head`): the command stops quietly with 0,
+    /// since the reader chose to stop reading.
+    #[error("standard output was closed")]
+    StdoutClosed,
 }
 
 impl CliError {
@@ -52,6 +57,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::ChildExit(code) => *code,
+            Self::StdoutClosed => 0,
             _ => 1,
         }
     }

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::client::{Client, seg};
+use super::output::{out, outln};
 use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
 use crate::policy::service::{ServiceSpec, parse_service_file, render_service_file};
 
@@ -157,15 +158,15 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .await?;
             // The stored services, as `service list --json` and the admin API show them.
             if json.json {
-                output::json(&resp["services"]);
+                output::json(&resp["services"])?;
                 return Ok(());
             }
             let n = resp["services"].as_array().map(Vec::len).unwrap_or(0);
-            println!(
+            outln!(
                 "vault {} now has {n} service{}",
                 vault.vault,
                 if n == 1 { "" } else { "s" }
-            );
+            )?;
         }
         ServiceCommand::Add {
             host,
@@ -193,15 +194,15 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .await?;
             // The stored service as the server normalized it (name, host, methods, auth, ...).
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
                 return Ok(());
             }
-            println!(
+            outln!(
                 "service {} -> {} saved in vault {}",
                 output::text(&resp, "name"),
                 output::text(&resp, "host"),
                 vault.vault
-            );
+            )?;
         }
         ServiceCommand::List { vault, json } if client.acting == super::client::Acting::Agent => {
             // Agents see service names and hosts through discover.
@@ -209,10 +210,10 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .get(&format!("/v1/discover?vault={}", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&d["services"]);
+                output::json(&d["services"])?;
             } else {
                 for s in d["services"].as_array().into_iter().flatten() {
-                    println!("{}  {}", output::text(s, "name"), output::text(s, "host"));
+                    outln!("{}  {}", output::text(s, "name"), output::text(s, "host"))?;
                 }
             }
         }
@@ -221,11 +222,11 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .get(&format!("/v1/vaults/{}/services", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&resp["services"]);
+                output::json(&resp["services"])?;
             } else {
                 let specs: Vec<ServiceSpec> = serde_json::from_value(resp["services"].clone())
                     .map_err(|e| CliError::msg(format!("unexpected response: {e}")))?;
-                print!("{}", render_service_file(&specs));
+                out!("{}", render_service_file(&specs))?;
             }
         }
         ServiceCommand::Remove { name, vault } => {
@@ -235,7 +236,7 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                     None,
                 )
                 .await?;
-            println!("removed service {name} from vault {}", vault.vault);
+            outln!("removed service {name} from vault {}", vault.vault)?;
         }
     }
     Ok(())

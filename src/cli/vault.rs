@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, seg};
 use super::credential::CredentialCommand;
+use super::output::outln;
 use super::service::ServiceCommand;
 use super::{CliError, JsonFlag, VaultArg, output, parse_duration};
 
@@ -156,7 +157,7 @@ fn log_cells(r: &Value) -> Vec<String> {
 }
 
 /// Prints request-log rows as a table.
-fn print_logs(rows: &[Value]) {
+fn print_logs(rows: &[Value]) -> Result<(), CliError> {
     let table: Vec<Vec<String>> = rows.iter().map(log_cells).collect();
     output::table(
         &[
@@ -171,7 +172,7 @@ fn print_logs(rows: &[Value]) {
             "ERROR",
         ],
         &table,
-    );
+    )
 }
 
 /// Runs a vault command.
@@ -186,15 +187,15 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
         VaultCommand::Create { name, json } => {
             let v: Value = client.post("/v1/vaults", &json!({ "name": name })).await?;
             if json.json {
-                output::json(&v)
+                output::json(&v)?
             } else {
-                println!("created vault {name}")
+                outln!("created vault {name}")?
             }
         }
         VaultCommand::List { json } => {
             let list: Vec<Value> = client.get("/v1/vaults").await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -206,26 +207,26 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "ROLE", "UNMATCHED HOSTS"], &rows);
+                output::table(&["NAME", "ROLE", "UNMATCHED HOSTS"], &rows)?;
             }
         }
         VaultCommand::Delete { name } => {
             let _: Value = client
                 .delete(&format!("/v1/vaults/{}", seg(&name)), None)
                 .await?;
-            println!("deleted vault {name}");
+            outln!("deleted vault {name}")?;
         }
         VaultCommand::Settings(SettingsCommand::Show { vault, json }) => {
             let s: Value = client
                 .get(&format!("/v1/vaults/{}/settings", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&s)
+                output::json(&s)?
             } else {
-                println!(
+                outln!(
                     "unmatched-host-policy  {}",
                     output::text(&s, "unmatched_host_policy")
-                )
+                )?
             }
         }
         VaultCommand::Settings(SettingsCommand::Set { key, value, vault }) => {
@@ -245,14 +246,14 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     &json!({ "unmatched_host_policy": value }),
                 )
                 .await?;
-            println!("vault {}: unmatched-host-policy = {value}", vault.vault);
+            outln!("vault {}: unmatched-host-policy = {value}", vault.vault)?;
         }
         VaultCommand::Member(MemberCommand::List { vault, json }) => {
             let list: Vec<Value> = client
                 .get(&format!("/v1/vaults/{}/members", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -264,7 +265,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                         ]
                     })
                     .collect();
-                output::table(&["KIND", "NAME", "ROLE"], &rows);
+                output::table(&["KIND", "NAME", "ROLE"], &rows)?;
             }
         }
         VaultCommand::Member(MemberCommand::Set {
@@ -279,7 +280,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     &json!({ "kind": kind, "name": who, "role": role }),
                 )
                 .await?;
-            println!("{kind} {who} is now {role} in vault {}", vault.vault);
+            outln!("{kind} {who} is now {role} in vault {}", vault.vault)?;
         }
         VaultCommand::Member(MemberCommand::Remove { kind, who, vault }) => {
             let _: Value = client
@@ -293,7 +294,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     None,
                 )
                 .await?;
-            println!("removed {kind} {who} from vault {}", vault.vault);
+            outln!("removed {kind} {who} from vault {}", vault.vault)?;
         }
         VaultCommand::Token {
             vault,
@@ -314,9 +315,9 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
             if json.json {
                 output::json(
                     &json!({ "token": resp["token"], "expires_at": resp["expires_at"], "id": resp["id"], "vault": resp["vault"], "proxy_port": resp["proxy_port"] }),
-                );
+                )?;
             } else {
-                println!("{}", output::text(&resp, "token"));
+                outln!("{}", output::text(&resp, "token"))?;
             }
         }
         VaultCommand::Discover { vault, json } => {
@@ -325,19 +326,19 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                 .unwrap_or_default();
             let d: Value = client.get(&format!("/v1/discover{q}")).await?;
             if json.json {
-                output::json(&d);
+                output::json(&d)?;
             } else {
-                println!(
+                outln!(
                     "vault {} (unmatched hosts: {})",
                     output::text(&d, "vault"),
                     output::text(&d, "unmatched_host_policy")
-                );
+                )?;
                 for s in d["services"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  service {}  {}",
                         output::text(s, "name"),
                         output::text(s, "host")
-                    );
+                    )?;
                 }
                 let keys: Vec<_> = d["credentials"]
                     .as_array()
@@ -345,14 +346,14 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
-                println!(
+                outln!(
                     "  credentials: {}",
                     if keys.is_empty() {
                         "-".to_owned()
                     } else {
                         keys.join(", ")
                     }
-                );
+                )?;
             }
         }
         VaultCommand::Logs {
@@ -372,13 +373,13 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
             if json.json {
                 if follow {
                     for r in &rows {
-                        println!("{r}");
+                        outln!("{r}")?;
                     }
                 } else {
-                    output::json(&json!(rows));
+                    output::json(&json!(rows))?;
                 }
             } else {
-                print_logs(&rows);
+                print_logs(&rows)?;
             }
             if !follow {
                 return Ok(());
@@ -393,9 +394,9 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                 }
                 for r in &new {
                     if json.json {
-                        println!("{r}");
+                        outln!("{r}")?;
                     } else {
-                        println!("{}", log_cells(r).join("  "));
+                        outln!("{}", log_cells(r).join("  "))?;
                     }
                 }
             }

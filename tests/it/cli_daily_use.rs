@@ -1,0 +1,96 @@
+//! The CLI in daily use: output piped into `head`, secrets typed at a prompt, and commands that
+//! replace or delete a lot asking first.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::support::{CliOutput, TestApp, spawn_app};
+
+/// A vault holding enough long values that `credential list --reveal` prints well over a pipe's
+/// buffer (64 KiB on Linux).
+async fn big_vault(app: &TestApp) {
+    app.create_vault("big").await;
+    let value = "v".repeat(400);
+    let pairs: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("KEY_{i:03}"), value.clone()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for chunk in pairs.chunks(100) {
+        app.set_credentials("big", chunk).await;
+    }
+}
+
+/// Runs the CLI with a standard output whose reader reads `keep` bytes and then closes it.
+async fn with_closed_stdout(app: &TestApp, args: &[&str], keep: usize) -> CliOutput {
+    let mut child = app.cli_command(args).spawn().unwrap();
+    drop(child.stdin.take());
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut head = vec![0u8; keep];
+    if keep > 0 {
+        tokio::time::timeout(Duration::from_secs(30), stdout.read_exact(&mut head))
+            .await
+            .expect("the CLI starts printing")
+            .unwrap();
+    }
+    drop(stdout);
+    let mut err = String::new();
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        let _ = stderr.read_to_string(&mut err).await;
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("the CLI ends once its reader is gone");
+    CliOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&head).into_owned(),
+        stderr: err,
+    }
+}
+
+#[tokio::test]
+async fn a_reader_closing_stdout_ends_the_command_quietly_with_zero() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    big_vault(&app).await;
+    let json = [
+        "vault",
+        "credential",
+        "list",
+        "--reveal",
+        "--vault",
+        "big",
+        "--json",
+    ];
+    let table = ["vault", "credential", "list", "--reveal", "--vault", "big"];
+    // Closed before the first byte, and closed after the first lines (`| head`), with output
+    // larger than the pipe's buffer, as JSON and as a table.
+    for (args, keep) in [
+        (&json[..], 0),
+        (&json[..], 100),
+        (&table[..], 0),
+        (&table[..], 100),
+    ] {
+        let out = with_closed_stdout(&app, args, keep).await;
+        assert_eq!(out.code, 0, "{args:?} keep {keep}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "no panic, backtrace or message: {out:?}"
+        );
+        if keep > 0 {
+            assert!(
+                out.stdout.starts_with('[') || out.stdout.starts_with("KEY"),
+                "{out:?}"
+            );
+        }
+    }
+    // Sanity: with a reader that reads everything, the same command prints it all.
+    let full = app.cli(&json, None).await;
+    assert_eq!(full.code, 0, "{full:?}");
+    assert!(full.stdout.len() > 100_000, "{}", full.stdout.len());
+    assert_eq!(full.json().as_array().unwrap().len(), 300);
+}
