@@ -150,13 +150,15 @@ pub fn read_secret_line() -> Result<SecretString, CliError> {
 
 /// Asks for a password on the terminal.
 pub fn prompt_password(prompt: &str) -> Result<SecretString, CliError> {
+    prompt_hidden(prompt, "use --password-stdin")
+}
+
+/// Asks for a secret on the terminal without echoing it; `instead` says what to do where there
+/// is no terminal to ask on.
+pub fn prompt_hidden(prompt: &str, instead: &str) -> Result<SecretString, CliError> {
     rpassword::prompt_password(prompt)
         .map(SecretString::from)
-        .map_err(|e| {
-            CliError::msg(format!(
-                "cannot read a password from the terminal ({e}); use --password-stdin"
-            ))
-        })
+        .map_err(|e| CliError::msg(format!("cannot read from the terminal ({e}); {instead}")))
 }
 
 /// A file path or `-` for standard input.

@@ -59,7 +59,8 @@ pub(super) enum ProposalCommand {
         /// The proposal's number, or its id (what `create` printed).
         #[arg(value_name = "NUMBER|ID")]
         proposal: String,
-        /// Values for the credentials it asks for.
+        /// Values for the credentials it asks for: KEY=VALUE, or KEY=- read from standard
+        /// input as `vault credential set` reads it (a hidden prompt on a terminal).
         #[arg(value_name = "KEY=VALUE")]
         values: Vec<String>,
         /// Accept the risks that need an explicit acknowledgement (look-alike hosts); they are

@@ -94,3 +94,113 @@ async fn a_reader_closing_stdout_ends_the_command_quietly_with_zero() {
     assert!(full.stdout.len() > 100_000, "{}", full.stdout.len());
     assert_eq!(full.json().as_array().unwrap().len(), 300);
 }
+
+/// The values stored in `vault`, by key.
+async fn stored(app: &TestApp, vault: &str) -> std::collections::BTreeMap<String, String> {
+    let list = app
+        .ok(
+            "GET",
+            &format!("/v1/vaults/{vault}/credentials?reveal=true"),
+            None,
+        )
+        .await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().to_owned(),
+                c["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn several_piped_key_dash_values_are_read_one_line_each_in_order() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    let set = [
+        "vault",
+        "credential",
+        "set",
+        "B=-",
+        "A=-",
+        "C=plain",
+        "--vault",
+        "default",
+    ];
+    let out = app.cli(&set, Some("bee-value\r\nay-value\n")).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let values = stored(&app, "default").await;
+    assert_eq!(values["A"], "ay-value");
+    assert_eq!(values["B"], "bee-value");
+    assert_eq!(values["C"], "plain");
+
+    // One `KEY=-` still takes all of standard input, so a PEM key keeps its lines.
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nAAAA\n-----END PRIVATE KEY-----\n";
+    let out = app
+        .cli(
+            &["vault", "credential", "set", "PEM=-", "--vault", "default"],
+            Some(pem),
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(stored(&app, "default").await["PEM"], pem.trim_end());
+
+    // A line count that does not match the keys sets nothing and echoes no value.
+    for input in ["new-bee\n", "new-bee\nnew-ay\nnew-extra\n"] {
+        let out = app.cli(&set, Some(input)).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("one line each"), "{out:?}");
+        assert!(!out.stderr.contains("new-"), "{out:?}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+    }
+    assert_eq!(
+        stored(&app, "default").await["B"],
+        "bee-value",
+        "nothing changed"
+    );
+
+    let help = app
+        .cli(&["vault", "credential", "set", "--help"], None)
+        .await;
+    assert!(help.stdout.contains("one line"), "{help:?}");
+}
+
+#[tokio::test]
+async fn key_dash_on_a_terminal_prompts_for_each_key_without_echo() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    let args = [
+        "vault",
+        "credential",
+        "set",
+        "FIRST=-",
+        "SECOND=-",
+        "--vault",
+        "default",
+    ];
+    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &args) else {
+        return;
+    };
+    tty.expect("Value for FIRST").await;
+    tty.expect_echo_off().await;
+    tty.type_line("typed-first-secret");
+    tty.expect("Value for SECOND").await;
+    tty.expect_echo_off().await;
+    tty.type_line("typed-second-secret");
+    let (code, shown) = tty.finish().await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        !shown.contains("typed-first") && !shown.contains("typed-second"),
+        "the terminal echoed a value: {shown:?}"
+    );
+    assert!(
+        shown.contains("set FIRST") && shown.contains("set SECOND"),
+        "{shown:?}"
+    );
+    let values = stored(&app, "default").await;
+    assert_eq!(values["FIRST"], "typed-first-secret");
+    assert_eq!(values["SECOND"], "typed-second-secret");
+}
