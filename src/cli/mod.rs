@@ -161,6 +161,16 @@ pub fn prompt_hidden(prompt: &str, instead: &str) -> Result<SecretString, CliErr
         .map_err(|e| CliError::msg(format!("cannot read from the terminal ({e}); {instead}")))
 }
 
+/// Asks a question on standard error and reads the answer, one line, from standard input.
+pub fn ask_line(prompt: &str) -> Result<String, CliError> {
+    output::write_err(format_args!("{prompt}"));
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 /// A file path or `-` for standard input.
 pub fn read_file_or_stdin(path: &PathBuf) -> Result<String, CliError> {
     if path.as_os_str() == "-" {

@@ -1,6 +1,7 @@
 //! `agent-vault vault`: create, list and delete vaults; settings, members, scoped tokens and the
 //! request log. Credentials and services have their own files.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -8,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::client::{Client, seg};
 use super::credential::CredentialCommand;
-use super::output::outln;
+use super::output::{note, outln};
 use super::service::ServiceCommand;
-use super::{CliError, JsonFlag, VaultArg, output, parse_duration};
+use super::{CliError, JsonFlag, VaultArg, ask_line, output, parse_duration};
 
 /// `agent-vault vault ...`
 #[derive(Debug, Subcommand)]
@@ -28,9 +29,14 @@ pub(super) enum VaultCommand {
         json: JsonFlag,
     },
     /// Delete a vault and everything in it.
+    ///
+    /// On a terminal, asks for the vault's name to be typed; without one, needs --yes.
     Delete {
         /// The vault.
         name: String,
+        /// Delete without asking (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Credentials: set, get, list, delete.
     #[command(subcommand, alias = "credentials", visible_alias = "creds")]
@@ -175,6 +181,28 @@ fn print_logs(rows: &[Value]) -> Result<(), CliError> {
     )
 }
 
+/// Deleting a vault needs `--yes`, or its name typed at the terminal: a slip of the shell
+/// history must not take every credential with it.
+fn confirm_delete(name: &str, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::msg(format!(
+            "vault delete removes vault {name} and everything in it, and there is no terminal to confirm on; pass --yes to delete it"
+        )));
+    }
+    note!(
+        "This deletes vault {name} with all its credentials, services, members, tokens, proposals and logs. It cannot be undone."
+    );
+    if ask_line("Type the vault's name to delete it: ")? != name {
+        return Err(CliError::msg(format!(
+            "the name typed is not {name}; nothing was deleted"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs a vault command.
 pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), CliError> {
     match cmd {
@@ -210,7 +238,8 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                 output::table(&["NAME", "ROLE", "UNMATCHED HOSTS"], &rows)?;
             }
         }
-        VaultCommand::Delete { name } => {
+        VaultCommand::Delete { name, yes } => {
+            confirm_delete(&name, yes)?;
             let _: Value = client
                 .delete(&format!("/v1/vaults/{}", seg(&name)), None)
                 .await?;

@@ -204,3 +204,149 @@ async fn key_dash_on_a_terminal_prompts_for_each_key_without_echo() {
     assert_eq!(values["FIRST"], "typed-first-secret");
     assert_eq!(values["SECOND"], "typed-second-secret");
 }
+
+/// The names of the services stored in `vault`, in order.
+async fn service_names(app: &TestApp, vault: &str) -> Vec<String> {
+    let resp = app
+        .ok("GET", &format!("/v1/vaults/{vault}/services"), None)
+        .await;
+    resp["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const TWO: &str = "services:\n  - name: a\n    host: a.example.test\n    auth: {type: passthrough}\n  - name: b\n    host: b.example.test\n    auth: {type: passthrough}\n";
+const THREE: &str = "services:\n  - name: a\n    host: a.example.test\n    auth: {type: passthrough}\n  - name: b\n    host: b.example.test\n    auth: {type: passthrough}\n  - name: c\n    host: c.example.test\n    auth: {type: passthrough}\n";
+const REPLACED: &str = "services:\n  - name: a\n    host: a.example.test\n    methods: [GET]\n    auth: {type: passthrough}\n  - name: d\n    host: d.example.test\n    auth: {type: passthrough}\n";
+
+#[tokio::test]
+async fn service_set_shows_its_plan_and_needs_yes_to_change_or_remove_without_a_terminal() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    let set = ["vault", "service", "set", "-f", "-", "--vault", "default"];
+    // Adding only goes ahead, and says what it adds.
+    let out = app.cli(&set, Some(TWO)).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("add    a (a.example.test)"), "{out:?}");
+    let out = app.cli(&set, Some(THREE)).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(service_names(&app, "default").await, ["a", "b", "c"]);
+
+    // Changing and removing is refused without --yes, after the plan is shown; nothing changes.
+    let refused = app.cli(&set, Some(REPLACED)).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    for line in [
+        "add    d (d.example.test)",
+        "change a (a.example.test)",
+        "remove b (b.example.test)",
+        "remove c (c.example.test)",
+        "pass --yes",
+    ] {
+        assert!(refused.stderr.contains(line), "{line}: {refused:?}");
+    }
+    assert_eq!(service_names(&app, "default").await, ["a", "b", "c"]);
+    // A reorder changes which rule wins: it needs --yes too.
+    let reordered = "services:\n  - name: c\n    host: c.example.test\n    auth: {type: passthrough}\n  - name: a\n    host: a.example.test\n    auth: {type: passthrough}\n  - name: b\n    host: b.example.test\n    auth: {type: passthrough}\n";
+    let out = app.cli(&set, Some(reordered)).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("reorder"), "{out:?}");
+
+    // With --yes it applies, and --json still prints only the stored services on stdout.
+    let mut yes = set.to_vec();
+    yes.extend(["--yes", "--json"]);
+    let out = app.cli(&yes, Some(REPLACED)).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json().as_array().unwrap().len(), 2);
+    assert_eq!(service_names(&app, "default").await, ["a", "d"]);
+    // The same file again changes nothing, and needs no confirmation.
+    let out = app.cli(&set, Some(REPLACED)).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("nothing changes"), "{out:?}");
+}
+
+#[tokio::test]
+async fn service_set_on_a_terminal_asks_before_removing() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    app.set_services_yaml("default", THREE).await;
+    let file = app.home.path().join("replaced.yaml");
+    std::fs::write(&file, REPLACED).unwrap();
+    let args = [
+        "vault",
+        "service",
+        "set",
+        "-f",
+        file.to_str().unwrap(),
+        "--vault",
+        "default",
+    ];
+    // Anything but "y" keeps the services as they were.
+    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &args) else {
+        return;
+    };
+    tty.expect("Apply these changes? [y/N]").await;
+    assert!(
+        tty.seen.contains("remove b (b.example.test)"),
+        "{}",
+        tty.seen
+    );
+    tty.type_line("n");
+    let (code, shown) = tty.finish().await;
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("not applied"), "{shown}");
+    assert_eq!(service_names(&app, "default").await, ["a", "b", "c"]);
+
+    let mut tty = crate::support::tty::Tty::spawn(&app, &args).unwrap();
+    tty.expect("Apply these changes? [y/N]").await;
+    tty.type_line("y");
+    let (code, shown) = tty.finish().await;
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(service_names(&app, "default").await, ["a", "d"]);
+}
+
+#[tokio::test]
+async fn vault_delete_needs_the_name_typed_or_yes() {
+    let app = spawn_app().await;
+    app.cli_login().await;
+    for name in ["doomed", "spared", "typed"] {
+        app.create_vault(name).await;
+    }
+    let exists = async |name: &str| {
+        app.call("GET", &format!("/v1/vaults/{name}/settings"), None)
+            .await
+            .0
+            == 200
+    };
+
+    let refused = app.cli(&["vault", "delete", "spared"], None).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "{refused:?}");
+    assert!(exists("spared").await);
+
+    let out = app.cli(&["vault", "delete", "doomed", "--yes"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!exists("doomed").await);
+
+    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &["vault", "delete", "spared"])
+    else {
+        return;
+    };
+    tty.expect("Type the vault's name").await;
+    tty.type_line("spare");
+    let (code, shown) = tty.finish().await;
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("nothing was deleted"), "{shown}");
+    assert!(exists("spared").await);
+
+    let mut tty = crate::support::tty::Tty::spawn(&app, &["vault", "delete", "typed"]).unwrap();
+    tty.expect("Type the vault's name").await;
+    tty.type_line("typed");
+    let (code, shown) = tty.finish().await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(!exists("typed").await);
+    assert!(exists("spared").await);
+}
