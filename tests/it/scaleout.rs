@@ -83,3 +83,86 @@ async fn two_instances_share_state_through_postgres() {
         "instance B stopped accepting the revoked token"
     );
 }
+
+/// Starts an instance without an owner on `postgres` (or on SQLite in `dir`), beside `upstream`.
+async fn ownerless(
+    postgres: Option<String>,
+    dir: Option<std::sync::Arc<tempfile::TempDir>>,
+) -> crate::support::TestApp {
+    crate::support::spawn_app_with(TestOptions {
+        postgres,
+        data_dir: dir,
+        register_owner: false,
+        ..Default::default()
+    })
+    .await
+}
+
+fn setup_token_of(app: &crate::support::TestApp) -> String {
+    let path = app
+        .setup_token_file
+        .as_ref()
+        .expect("no owner yet: a setup token file");
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_second_instance_prints_the_first_instances_setup_token_instead_of_replacing_it() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let a = ownerless(Some(db.url.clone()), None).await;
+    let first = setup_token_of(&a);
+    // Another instance with its own data directory, and a restart of the first.
+    let b = ownerless(Some(db.url.clone()), None).await;
+    assert_eq!(setup_token_of(&b), first, "one setup token per database");
+    let a_dir = a.data_dir.clone();
+    a.stop().await;
+    std::fs::remove_file(a_dir.path().join("data/setup-token")).unwrap();
+    let a = ownerless(Some(db.url.clone()), Some(a_dir)).await;
+    assert_eq!(
+        setup_token_of(&a),
+        first,
+        "a lost file gets the same token back"
+    );
+
+    // The token the first instance printed registers the owner through the second.
+    let (status, body) = b
+        .call_anon(
+            "POST",
+            "/v1/auth/register",
+            Some(serde_json::json!({ "email": "ada@example.com", "password": "ada-password-1", "setup_token": first })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Once an owner exists no instance makes or prints a setup token, and the burnt one fails.
+    let c = ownerless(Some(db.url.clone()), None).await;
+    assert!(c.setup_token_file.is_none());
+    let (status, _) = a
+        .call_anon(
+            "POST",
+            "/v1/auth/register",
+            Some(serde_json::json!({ "email": "eve@example.com", "password": "eve-password-1", "setup_token": first })),
+        )
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn on_sqlite_a_restart_without_the_token_file_prints_the_same_token() {
+    let a = ownerless(None, None).await;
+    let first = setup_token_of(&a);
+    let dir = a.data_dir.clone();
+    a.stop().await;
+    std::fs::remove_file(dir.path().join("data/setup-token")).unwrap();
+    let a = ownerless(None, Some(dir)).await;
+    assert_eq!(setup_token_of(&a), first);
+    let (status, body) = a
+        .call_anon(
+            "POST",
+            "/v1/auth/register",
+            Some(serde_json::json!({ "email": "ada@example.com", "password": "ada-password-1", "setup_token": first })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
