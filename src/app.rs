@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminInner, AdminState};
-use crate::audit::RequestLogger;
+use crate::audit::{LogWriter, RequestLogger};
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
 use crate::crypto::{Aad, CryptoError, KDF_QUEUE_WAIT, KdfGate, PasswordHasher, TokenKind};
@@ -69,6 +68,10 @@ pub enum AppError {
     Workers(#[from] proxy::workers::WorkerError),
 }
 
+/// How long shutdown waits for the request log to be written out (a store that is down gets
+/// three tries per batch).
+const REQUEST_LOG_FINISH: Duration = Duration::from_secs(10);
+
 /// A built, listening application.
 #[allow(missing_debug_implementations)]
 pub struct App {
@@ -77,7 +80,7 @@ pub struct App {
     admin_state: AdminState,
     proxy_state: Arc<ProxyState>,
     workers: proxy::Workers,
-    logger_task: JoinHandle<()>,
+    log_writer: LogWriter,
     shutdown: CancellationToken,
     store: Store,
     /// Where the admin API listens.
@@ -266,8 +269,12 @@ impl App {
         );
         let snapshots = Snapshots::load(store.clone(), keyring.clone()).await?;
         let shutdown = CancellationToken::new();
-        let (logger, logger_task) =
-            RequestLogger::start(store.clone(), config.request_log.clone(), shutdown.clone());
+        let (logger, log_writer) = RequestLogger::start(
+            store.clone(),
+            config.request_log.clone(),
+            config.log.requests,
+            shutdown.clone(),
+        );
 
         let setup_token_file = if store.count_users().await? == 0 {
             Some(ensure_setup_token(&store, &keyring, &config.data_dir).await?)
@@ -356,7 +363,7 @@ impl App {
             admin_state,
             workers: proxy::start_workers(&proxy_state, workers)?,
             proxy_state,
-            logger_task,
+            log_writer,
             shutdown,
             store,
             admin_addr,
@@ -407,7 +414,8 @@ impl App {
         }
         drop(self.admin_state);
         drop(self.proxy_state);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.logger_task).await;
+        // Only now: requests that finished while the proxy drained have queued their rows.
+        self.log_writer.finish(REQUEST_LOG_FINISH).await;
         self.store.close().await;
         Ok(())
     }
