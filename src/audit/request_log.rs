@@ -101,6 +101,9 @@ impl LogWriter {
     }
 }
 
+/// The target of the per-request lines (`log.requests`), so the log filter can enable them.
+pub const REQUEST_LINE_TARGET: &str = "agent_vault::request";
+
 /// The writer's state.
 struct Writer {
     store: Store,
@@ -184,7 +187,7 @@ impl Writer {
 /// string or a path (paths can carry identifiers people consider private).
 fn log_line(vault: &str, row: &RequestLogRow) {
     tracing::info!(
-        target: "agent_vault::request",
+        target: REQUEST_LINE_TARGET,
         vault,
         actor = row.actor_kind,
         actor_id = %row.actor_id,

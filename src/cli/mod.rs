@@ -45,6 +45,10 @@ pub enum CliError {
     /// since the reader chose to stop reading.
     #[error("standard output was closed")]
     StdoutClosed,
+    /// The error was already written to the server's log (JSON format): exit 1 without
+    /// repeating it as a line that is not JSON.
+    #[error("see the log")]
+    Logged,
 }
 
 impl CliError {

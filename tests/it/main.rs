@@ -26,4 +26,5 @@ mod proxy_tampering;
 mod proxy_websocket;
 mod run;
 mod scaleout;
+mod server_logs;
 mod store;
