@@ -18,6 +18,7 @@ mod cli;
 mod cli_daily_use;
 mod durability;
 mod leaks;
+mod packaging;
 mod proposals;
 mod proxy_access;
 mod proxy_routing;
