@@ -1,5 +1,6 @@
 //! Several instances on one Postgres database: changes made through one instance reach the
-//! other's proxy through LISTEN/NOTIFY, and revocation reaches it within a second.
+//! other's proxy through LISTEN/NOTIFY, and revocation reaches it within a second. Instances
+//! (and restarts, on SQLite too) share one setup token per database.
 
 use std::time::Duration;
 
@@ -165,4 +166,58 @@ async fn on_sqlite_a_restart_without_the_token_file_prints_the_same_token() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+}
+
+/// Runs SQL on an app's database behind its back.
+async fn sql(app: &crate::support::TestApp, query: &'static str) -> u64 {
+    let store = app.open_store().await;
+    let done = sqlx::query(query).execute(store.pool()).await.unwrap();
+    store.close().await;
+    done.rows_affected()
+}
+
+#[tokio::test]
+async fn a_setup_token_without_a_sealed_copy_is_kept_if_its_file_holds_it_else_replaced() {
+    // As a database from before tokens were kept sealed: only the hash is stored.
+    let a = ownerless(None, None).await;
+    let first = setup_token_of(&a);
+    let dir = a.data_dir.clone();
+    assert_eq!(
+        sql(
+            &a,
+            "DELETE FROM instance_state WHERE key = 'setup_token_sealed'"
+        )
+        .await,
+        1
+    );
+    a.stop().await;
+    let a = ownerless(None, Some(dir.clone())).await;
+    assert_eq!(setup_token_of(&a), first, "the file still holds it: kept");
+
+    // A sealed copy that does not open (edited) and no file: a new token replaces the old one,
+    // which stops working.
+    assert_eq!(
+        sql(
+            &a,
+            "UPDATE instance_state SET value = '00ff' WHERE key = 'setup_token_sealed'"
+        )
+        .await,
+        1
+    );
+    a.stop().await;
+    std::fs::remove_file(dir.path().join("data/setup-token")).unwrap();
+    let a = ownerless(None, Some(dir)).await;
+    let second = setup_token_of(&a);
+    assert_ne!(second, first);
+    let register = async |token: &str| {
+        a.call_anon(
+            "POST",
+            "/v1/auth/register",
+            Some(serde_json::json!({ "email": "ada@example.com", "password": "ada-password-1", "setup_token": token })),
+        )
+        .await
+        .0
+    };
+    assert_eq!(register(&first).await, 403);
+    assert_eq!(register(&second).await, 201);
 }
