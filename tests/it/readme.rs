@@ -498,3 +498,151 @@ fn markers_choose_which_blocks_run_and_how() {
         format!("{}\n\x04", typed_value("GH_TOKEN"))
     );
 }
+
+/// Whether a synopsis word is written as a command name (`create`, `create|list`), not as a
+/// placeholder (`NAME`), a value (`KEY=-`) or a flag.
+fn command_like(word: &str) -> bool {
+    word.split('|').all(|w| {
+        w.starts_with(|c: char| c.is_ascii_lowercase())
+            && w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    })
+}
+
+/// The commands a command-like word names below each of `parents` (an alias counts), or
+/// `None` when one of them has no such command.
+fn subcommands(parents: &[clap::Command], word: &str) -> Option<Vec<clap::Command>> {
+    let mut found = Vec::new();
+    for parent in parents {
+        for name in word.split('|') {
+            found.push(parent.find_subcommand(name)?.clone());
+        }
+    }
+    Some(found)
+}
+
+/// The flags a synopsis alternative mentions: `--long` names and `-s` letters.
+fn flags(alternative: &str) -> Vec<String> {
+    alternative
+        .split_whitespace()
+        .map(|w| w.trim_start_matches(['[', '(']))
+        .filter(|w| w.starts_with('-') && *w != "--")
+        .map(|w| {
+            let end = w[1..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(w.len(), |i| i + 1);
+            w[..end].to_owned()
+        })
+        .collect()
+}
+
+/// Splits a synopsis line's alternatives at ` | ` outside brackets.
+fn alternatives(line: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in line.char_indices() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth -= 1,
+            '|' if depth == 0 && line[..i].ends_with(' ') && line[i + 1..].starts_with(' ') => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&line[start..]);
+    out
+}
+
+/// What is wrong with one synopsis line: a command that does not exist, or a flag that one of
+/// the commands it is written beside does not take.
+fn synopsis_problems(root: &clap::Command, line: &str) -> Vec<String> {
+    let Some(rest) = line.strip_prefix("agent-vault ") else {
+        return vec![format!("{line:?} does not start with agent-vault")];
+    };
+    let mut problems = Vec::new();
+    let (mut parents, mut commands) = (vec![root.clone()], vec![root.clone()]);
+    for (i, alternative) in alternatives(rest).into_iter().enumerate() {
+        let mut words = alternative.split_whitespace().peekable();
+        // A later alternative names siblings of the first one's last command (`list | show N`)
+        // or goes on with it (`KEY=VALUE | KEY=-`).
+        let mut below = if i == 0 { &commands } else { &parents }.clone();
+        if i > 0 && !words.peek().is_some_and(|w| command_like(w)) {
+            below = vec![];
+        }
+        while let Some(word) =
+            words.next_if(|w| command_like(w) && below.iter().any(|c| c.has_subcommands()))
+        {
+            match subcommands(&below, word) {
+                Some(found) => {
+                    parents = below;
+                    below = found.clone();
+                    commands = found;
+                }
+                None => {
+                    problems.push(format!("{line}: no command {word:?}"));
+                    break;
+                }
+            }
+        }
+        for flag in flags(alternative) {
+            for command in &commands {
+                let known = command
+                    .get_arguments()
+                    .any(|a| match flag.strip_prefix("--") {
+                        Some(long) => {
+                            a.get_long() == Some(long)
+                                || a.get_all_aliases().into_iter().flatten().any(|x| x == long)
+                        }
+                        None => flag
+                            .chars()
+                            .nth(1)
+                            .is_some_and(|s| a.get_short() == Some(s)),
+                    })
+                    || flag == "--help";
+                if !known {
+                    problems.push(format!(
+                        "{line}: `{}` takes no {flag}",
+                        command.get_bin_name().unwrap_or(command.get_name())
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_cli_synopsis_names_only_commands_and_flags_that_exist() {
+    use clap::CommandFactory;
+    let mut root = agent_vault::cli::Cli::command();
+    root.build();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let synopsis: Vec<&str> = readme
+        .split("\n## CLI\n")
+        .nth(1)
+        .and_then(|cli| cli.split("\n```\n").nth(1))
+        .expect("README.md has a CLI section with a synopsis block")
+        .lines()
+        .collect();
+    assert!(synopsis.len() > 10, "{synopsis:?}");
+    let problems: Vec<String> = synopsis
+        .iter()
+        .flat_map(|line| synopsis_problems(&root, line))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "README.md's CLI synopsis:\n{}",
+        problems.join("\n")
+    );
+    // The checker itself: each of these mistakes is caught.
+    for wrong in [
+        "agent-vault auth invite --email E",
+        "agent-vault vault credential list --reveal | get KEY --reveal",
+        "agent-vault vault nosuch",
+        "agent-vault agent create NAME | list --vault V",
+    ] {
+        assert!(!synopsis_problems(&root, wrong).is_empty(), "{wrong}");
+    }
+}
