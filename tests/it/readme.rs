@@ -444,6 +444,28 @@ async fn the_readme_walkthroughs_run_as_written() {
             "the server stops on SIGTERM:\n{}",
             render(&server_block, &transcript)
         );
+        let prompts = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.to_ascii_lowercase().contains("password:"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(
+            prompts(&transcript),
+            ["Choose a master password: ", "Repeat the master password: "]
+        );
+        // "It asks for the master password on every start": once on the next one.
+        let again = start(&server_block, scratch.path(), &server_env, &checkout);
+        let listening = again.wait_for(Duration::from_secs(30), |t| {
+            t.lines().any(|l| l.starts_with("admin API: http"))
+        });
+        let (_, transcript) = again.stop(Duration::from_secs(20));
+        assert!(
+            listening,
+            "the server starts again:\n{}",
+            render(&server_block, &transcript)
+        );
+        assert_eq!(prompts(&transcript), ["Master password: "]);
     });
 
     // What the walkthroughs promise: the agent's requests left with the values a person typed.
