@@ -66,10 +66,11 @@ fn prompt_answer(line: &str) -> Option<&'static str> {
             ACCOUNT_PASSWORD
         });
     }
-    ["[y/n]", "[y/n]:", "(y/n)", "(y/n):"]
-        .iter()
-        .any(|p| line.ends_with(p))
-        .then_some("y")
+    let asks = |forms: &[&str]| forms.iter().any(|f| line.ends_with(f));
+    if asks(&["[y/n]", "[y/n]:", "(y/n)", "(y/n):", "[y/n]?", "(y/n)?"]) {
+        return Some("y");
+    }
+    asks(&["[yes/no]", "[yes/no]:", "(yes/no)", "(yes/no):"]).then_some("yes")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +511,7 @@ fn markers_choose_which_blocks_run_and_how() {
         Some(ACCOUNT_PASSWORD)
     );
     assert_eq!(prompt_answer("Replace 3 services? [y/N] "), Some("y"));
+    assert_eq!(prompt_answer("Apply? (yes/no): "), Some("yes"));
     assert_eq!(prompt_answer("done"), None);
     assert_eq!(
         strip_colours("\x1b[1m\x1b[31merror:\x1b[0m bad"),
