@@ -8,6 +8,7 @@ pub(crate) mod fixtures;
 pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
+pub(crate) mod terminal;
 pub(crate) mod upstream;
 pub(crate) mod wait;
 pub(crate) mod web;
