@@ -319,41 +319,86 @@ impl Grant {
 }
 
 /// The rules for one mode: which hierarchies get which rights. Pure apart from listing the
-/// directories on the way to a denied path.
-fn rules(mode: Mode, deny: &[PathBuf], write: &[PathBuf]) -> Vec<(PathBuf, Grant)> {
+/// directories on the way to a denied path; `Err` names a directory that could be neither
+/// listed nor granted whole (see [`grant_beneath`]).
+fn rules(
+    mode: Mode,
+    deny: &[PathBuf],
+    write: &[PathBuf],
+) -> Result<Vec<(PathBuf, Grant)>, PathBuf> {
     let mut out = Vec::new();
     match mode {
         Mode::Off => {}
-        Mode::Paths => grant_beneath(Path::new("/"), Grant::All, deny, &mut out),
+        Mode::Paths => grant_beneath(Path::new("/"), Grant::All, deny, &mut out)?,
         Mode::Strict => {
-            grant_beneath(Path::new("/"), Grant::Read, deny, &mut out);
+            grant_beneath(Path::new("/"), Grant::Read, deny, &mut out)?;
             for root in write {
-                grant_beneath(root, Grant::Write, deny, &mut out);
+                grant_beneath(root, Grant::Write, deny, &mut out)?;
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Grants `grant` on `path` unless a denied path is at or beneath it; then on each of its
 /// entries instead, recursively, so the denied path and the directories leading to it get
 /// nothing. Symbolic links get no rule of their own: Landlock judges the real location a link
 /// resolves to, which the walk covers where it really is.
-fn grant_beneath(path: &Path, grant: Grant, deny: &[PathBuf], out: &mut Vec<(PathBuf, Grant)>) {
+///
+/// Inside another confinement (`run` under `run`) the directories on the way cannot be listed.
+/// Such a directory is granted whole when every denied path beneath it is already out of reach
+/// (the outer confinement, which stays in force, denies it); otherwise the walk fails rather
+/// than leave a denied path readable.
+fn grant_beneath(
+    path: &Path,
+    grant: Grant,
+    deny: &[PathBuf],
+    out: &mut Vec<(PathBuf, Grant)>,
+) -> Result<(), PathBuf> {
     if deny.iter().any(|d| path.starts_with(d)) {
-        return;
+        return Ok(());
     }
     if !deny.iter().any(|d| d.starts_with(path)) {
         out.push((path.to_path_buf(), grant));
-        return;
+        return Ok(());
     }
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return;
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            if deny
+                .iter()
+                .filter(|d| d.starts_with(path))
+                .all(|d| out_of_reach(d))
+            {
+                out.push((path.to_path_buf(), grant));
+                return Ok(());
+            }
+            return Err(path.to_path_buf());
+        }
+        Err(_) => return Ok(()), // gone since its parent was listed
     };
     for entry in entries.flatten() {
         let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(true);
         if !is_link {
-            grant_beneath(&entry.path(), grant, deny, out);
+            grant_beneath(&entry.path(), grant, deny, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process is already refused `path` (or, when it does not exist, the nearest
+/// directory above it, so it cannot be created either).
+fn out_of_reach(path: &Path) -> bool {
+    let denied = |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+    let mut at = path;
+    loop {
+        match std::fs::symlink_metadata(at) {
+            Ok(meta) if meta.is_dir() => return denied(std::fs::read_dir(at).map(drop)),
+            Ok(_) => return denied(std::fs::File::open(at).map(drop)),
+            Err(_) => match at.parent() {
+                Some(parent) => at = parent,
+                None => return false,
+            },
         }
     }
 }
@@ -387,7 +432,13 @@ pub(super) fn exec(args: ExecArgs) -> Result<(), CliError> {
         .handle_access(AccessFs::from_all(LANDLOCK_ABI))
         .and_then(Ruleset::create)
         .map_err(|e| refuse(format!("cannot create a Landlock ruleset: {e}")))?;
-    for (path, grant) in rules(args.mode, &args.deny, &args.write) {
+    let rules = rules(args.mode, &args.deny, &args.write).map_err(|dir| {
+        refuse(format!(
+            "{} cannot be listed (is this already a confined command?) and a path to deny beneath it is still readable",
+            dir.display()
+        ))
+    })?;
+    for (path, grant) in rules {
         let Some(file) = open_for_rule(&path) else {
             continue; // gone since it was listed: nothing there to grant
         };
@@ -441,7 +492,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("home/.agent-vault"), root.join("home/link")).unwrap();
         let deny = vec![home.join(".agent-vault")];
         let mut out = Vec::new();
-        grant_beneath(&root, Grant::All, &deny, &mut out);
+        grant_beneath(&root, Grant::All, &deny, &mut out).unwrap();
         out.sort();
         assert_eq!(
             out,
@@ -462,7 +513,7 @@ mod tests {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         let deny = vec![root.join("work/.agent-vault")];
-        let rules = rules(Mode::Strict, &deny, &[root.join("work")]);
+        let rules = rules(Mode::Strict, &deny, &[root.join("work")]).unwrap();
         let writes: Vec<_> = rules
             .iter()
             .filter(|(_, g)| *g == Grant::Write)
@@ -489,7 +540,7 @@ mod tests {
         )];
         assert_eq!(deny[0], root.join("home/.agent-vault/session.json"));
         let mut out = Vec::new();
-        grant_beneath(&root, Grant::All, &deny, &mut out);
+        grant_beneath(&root, Grant::All, &deny, &mut out).unwrap();
         assert_eq!(out, vec![(root.join("home/project"), Grant::All)]);
     }
 

@@ -499,3 +499,32 @@ async fn a_confined_command_gets_forwarded_signals_and_its_exit_code_passes_thro
     assert_eq!(status.code(), Some(42));
     assert_no_live_run_tokens(&app).await;
 }
+
+const NESTED: &str = r#"
+"$AV_BIN" run --vault runner -- sh -c '
+  cat "$HOME/.agent-vault/session.json" > /dev/null; echo "attempt inner-session rc=$?"
+  cat "$HOME/notes" > /dev/null; echo "attempt inner-read rc=$?"'
+echo "attempt inner-run rc=$?"
+"$AV_BIN" run --vault runner --deny "$HOME/notes" -- true; echo "attempt inner-deny rc=$?"
+"#;
+
+#[tokio::test]
+async fn run_inside_a_confined_run_keeps_the_outer_denials_and_refuses_what_it_cannot_add() {
+    let app = app_with_service().await;
+    std::fs::write(app.home.path().join("notes"), "x").unwrap();
+    let out = app
+        .cli_env(
+            &["run", "--vault", "runner", "--", "sh", "-c", NESTED],
+            None,
+            &[("AV_BIN", env!("CARGO_BIN_EXE_agent-vault"))],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(attempt(&out, "inner-run"), 0, "{out:?}");
+    assert_eq!(attempt(&out, "inner-read"), 0, "{out:?}");
+    assert_ne!(attempt(&out, "inner-session"), 0, "{out:?}");
+    // $HOME cannot be listed inside the outer confinement, so the inner one cannot single out
+    // $HOME/notes, which the outer one allows: it refuses instead of running unconfined there.
+    assert_eq!(attempt(&out, "inner-deny"), 1, "{out:?}");
+    assert!(out.stderr.contains("cannot be listed"), "{out:?}");
+}
