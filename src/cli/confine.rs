@@ -72,7 +72,8 @@ pub(super) struct ConfineArgs {
     /// your home directory, ...) cannot be listed and nothing new can be created directly in
     /// them; files and directories already in them work as usual. Where Landlock is missing
     /// (Linux before 5.13, or disabled), `run` refuses unless --confine=off or --no-confine is
-    /// given. Confinement stops file access only: run agents as another OS user for more.
+    /// given. Confinement covers files and process memory, not sockets of services outside it:
+    /// run agents as another OS user for a hard boundary.
     #[arg(long, value_enum, default_value_t = Mode::Paths, value_name = "MODE")]
     confine: Mode,
     /// The same as --confine=off.
