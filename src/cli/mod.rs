@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod ca;
 pub mod client;
+mod confine;
 mod credential;
 mod master_password;
 pub mod output;
@@ -93,6 +94,9 @@ enum Command {
     /// Change the master password (re-wraps the data key; works offline).
     #[command(subcommand, name = "master-password")]
     MasterPassword(master_password::MasterPasswordCommand),
+    /// Internal to `run`: confine this process with Landlock, then become the command.
+    #[command(hide = true, name = "confined-exec")]
+    ConfinedExec(confine::ExecArgs),
 }
 
 /// `--json`.
@@ -175,6 +179,7 @@ impl Cli {
             Command::Proposal(cmd) => proposal::run(cmd, address).await,
             Command::Ca(cmd) => ca::run(cmd, address).await,
             Command::MasterPassword(cmd) => master_password::run(cmd).await,
+            Command::ConfinedExec(args) => confine::exec(args),
         }
     }
 }
