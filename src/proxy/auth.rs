@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use super::error::ProxyError;
 use super::state::ProxyState;
 use crate::crypto::TokenHash;
+use crate::domain::Actor;
 use crate::identity::{AuthError, Authenticated, Principal};
 use crate::policy::VaultSnapshot;
 
@@ -82,8 +83,8 @@ pub(super) struct Session {
     pub vault_id: String,
     /// The vault's name.
     pub vault_name: String,
-    /// `(kind, id)` of the actor for logs and limits.
-    pub actor: (&'static str, String),
+    /// Who is calling, for logs and limits.
+    pub actor: Actor,
     /// When the token expires (ms), so open tunnels close then and not at their idle timeout.
     pub expires_at: Option<i64>,
     /// The actor's in-flight request limit, shared with its other connections.
@@ -162,14 +163,14 @@ pub(super) async fn authenticate(
         Err(e) => return Err(fail(&e.to_string())),
     };
     let snapshot = vault_for(state, &who, creds.vault.as_deref())?;
-    let (kind, id) = who.actor();
+    let actor = who.actor();
     let session = Session {
         token_hash: who.token_hash,
         vault_id: snapshot.vault_id.clone(),
         vault_name: snapshot.vault_name.to_string(),
-        actor: (kind, id.to_owned()),
+        slots: state.agent_slots(actor.id()),
+        actor,
         expires_at: who.expires_at,
-        slots: state.agent_slots(id),
     };
     Ok((session, snapshot))
 }

@@ -31,9 +31,7 @@ use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
 use super::upstream::{ConnectError, connect_error};
 use super::{substitute, websocket};
-use crate::domain::CredentialKey;
-use crate::domain::RequestLogRow;
-use crate::domain::now_ms;
+use crate::domain::{Actor, CredentialKey, RequestLogKind, RequestLogRow, now_ms};
 use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::CompiledService;
 use crate::policy::{
@@ -44,7 +42,7 @@ use crate::policy::{
 #[derive(Clone)]
 struct Draft {
     vault_id: String,
-    actor: (&'static str, String),
+    actor: Actor,
     method: String,
     host: String,
     path: String,
@@ -58,9 +56,8 @@ impl Draft {
     fn row(&self, status: u16, bytes_out: u64, error: Option<&'static str>) -> RequestLogRow {
         RequestLogRow {
             vault_id: self.vault_id.clone(),
-            actor_kind: self.actor.0,
-            actor_id: self.actor.1.clone(),
-            kind: "request",
+            actor: self.actor.clone(),
+            kind: RequestLogKind::Request,
             method: self.method.clone(),
             host: self.host.clone(),
             path: self.path.clone(),
@@ -144,7 +141,7 @@ pub(super) async fn handle(
     let span = tracing::debug_span!(
         "request",
         vault = %session.vault_name,
-        actor = %session.actor.1,
+        actor = %session.actor.id(),
         method = %draft.method,
         host = %draft.host,
         service = tracing::field::Empty,

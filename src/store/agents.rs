@@ -37,7 +37,7 @@ impl AgentRecord {
         )?;
         Ok(Self {
             id,
-            name: AgentName::parse(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            name: AgentName::parse(name).map_err(|e| StoreError::corrupt("column name", e))?,
             created_by,
             created_at: col(row, "created_at")?,
             integrity_ok,

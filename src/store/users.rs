@@ -51,7 +51,7 @@ impl UserRecord {
         )?;
         Ok(Self {
             id,
-            email: Email::parse(email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            email: Email::parse(email).map_err(|e| StoreError::corrupt("column email", e))?,
             password_hash,
             role: parsed(row, "role")?,
             created_at: col(row, "created_at")?,

@@ -40,7 +40,7 @@ impl Store {
         name: &VaultName,
         creator: Option<(PrincipalKind, &str)>,
     ) -> Result<VaultRecord, StoreError> {
-        let id = random_id().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = random_id()?;
         let now = now_ms();
         let macs = match creator {
             Some(_) => Some(self.macs()?),

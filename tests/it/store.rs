@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
-use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
+use agent_vault::domain::{Actor, CredentialKey, Email, RequestLogKind, VaultName, VaultRole};
 use agent_vault::keys::Keyring;
 use agent_vault::store::{
     CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store, StoreError,
@@ -558,9 +558,8 @@ async fn request_logs_are_written_in_multi_row_batches() {
             .unwrap();
         let row = |i: usize, vault_id: &str| agent_vault::store::RequestLogRow {
             vault_id: vault_id.to_owned(),
-            actor_kind: "agent",
-            actor_id: format!("agent-{i}"),
-            kind: "request",
+            actor: Actor::Agent(format!("agent-{i}")),
+            kind: RequestLogKind::Request,
             method: "GET".into(),
             host: "api.example.test:443".into(),
             path: format!("/v1/items/{i}"),
