@@ -157,9 +157,7 @@ pub(super) async fn authenticate(
     };
     let who = match state.identity.authenticate_cached(&creds.token).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => {
-            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
-        }
+        Err(e @ AuthError::Store(_)) => return Err(ProxyError::Unavailable(e)),
         Err(e) => return Err(fail(&e.to_string())),
     };
     let snapshot = vault_for(state, &who, creds.vault.as_deref())?;
@@ -183,9 +181,7 @@ pub(super) async fn recheck(
 ) -> Result<Arc<VaultSnapshot>, ProxyError> {
     let who = match state.identity.authenticate_hash(session.token_hash).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => {
-            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
-        }
+        Err(e @ AuthError::Store(_)) => return Err(ProxyError::Unavailable(e)),
         Err(_) => return Err(ProxyError::AuthRequired),
     };
     if who.role_in(&session.vault_id).is_none() {

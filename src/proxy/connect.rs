@@ -186,7 +186,7 @@ pub(super) async fn handle(
                 Err(e) => {
                     let err = match e {
                         ConnectError::Blocked(b) => ProxyError::Blocked(b),
-                        other => ProxyError::Unreachable(other.to_string()),
+                        other => ProxyError::Unreachable(other),
                     };
                     state.logger.log(tunnel_row(
                         &session,

@@ -249,8 +249,8 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     if let Some(ce) = connect_error(err) {
         return match ce {
             ConnectError::Blocked(b) => ProxyError::Blocked(*b),
-            ConnectError::Tls(detail) => ProxyError::UpstreamTls(detail.clone()),
-            other => ProxyError::Unreachable(other.to_string()),
+            ConnectError::Tls(failure) => ProxyError::UpstreamTls(failure.clone()),
+            other => ProxyError::Unreachable(other.clone()),
         };
     }
     if is_too_large(err) {
@@ -618,9 +618,7 @@ async fn send(
     let client = state.upstream.client(upgrade);
     let timeout = state.upstream.response_header_timeout;
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(
-            humantime::format_duration(timeout).to_string(),
-        )),
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => {
             let err = classify_send_error(&e);
             let max_in = state.limits.max_request_body_bytes;

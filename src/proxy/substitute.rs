@@ -316,8 +316,8 @@ impl Plan {
                 // document labelled as a form would have a "field" cut out of one of its
                 // strings by `&`, and the secret would land wherever that string goes.
                 if bytes.iter().all(|&b| is_form_byte(b)) {
-                    let text = std::str::from_utf8(bytes)
-                        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    let text =
+                        std::str::from_utf8(bytes).map_err(|e| ProxyError::Internal(e.into()))?;
                     return Ok(self.pairs(text, true)?.into_bytes());
                 }
                 let decoded = form_decode(&String::from_utf8_lossy(bytes));
@@ -385,7 +385,7 @@ impl Plan {
                     )
                 })?;
                 let quoted =
-                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.into()))?;
                 out.extend_from_slice(&doc[copied..f.span.start]);
                 out.extend_from_slice(quoted.as_bytes());
                 copied = f.span.end;

@@ -241,7 +241,7 @@ fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
     if frame.opcode == OP_TEXT && frame.fin && frame.rsv == 0 {
         if let Some(rewritten) = plan
             .frame(&frame.payload)
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?
         {
             frame.payload = rewritten;
         }
