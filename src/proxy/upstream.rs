@@ -609,31 +609,23 @@ mod tests {
             ..Default::default()
         };
         let r = Resolver::new(&config);
-        let err = dial(
-            &r,
-            &NetGuard::new(false, vec![]),
-            "internal.example.test",
-            443,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(err, ConnectError::Blocked(Blocked::Private)),
-            "{err:?}"
-        );
-        let err = dial(
-            &r,
-            &NetGuard::new(false, vec![]),
-            "169.254.169.254",
-            80,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(err, ConnectError::Blocked(Blocked::Metadata)),
-            "{err:?}"
-        );
+        for (host, port, want) in [
+            ("internal.example.test", 443, Blocked::Private),
+            ("169.254.169.254", 80, Blocked::Metadata),
+        ] {
+            let err = dial(
+                &r,
+                &NetGuard::new(false, vec![]),
+                host,
+                port,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(err, ConnectError::Blocked(b) if b == want),
+                "{host}: {err:?}"
+            );
+        }
     }
 }

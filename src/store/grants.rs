@@ -84,15 +84,13 @@ impl Store {
         kind: PrincipalKind,
         principal_id: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "DELETE FROM vault_grants WHERE vault_id = $1 AND principal_kind = $2 AND principal_id = $3",
         )
         .bind(vault_id)
         .bind(kind.as_str())
-        .bind(principal_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(principal_id);
+        self.changed(statement).await
     }
 
     /// The principal's role in a vault, if any.

@@ -157,14 +157,12 @@ impl Store {
 
     /// Revokes a pending invitation. Returns whether one was revoked.
     pub async fn revoke_invite(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND accepted_at IS NULL",
         )
         .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(id);
+        self.changed(statement).await
     }
 
     /// Accepts an invitation: marks it used and creates the user with its grants, atomically.

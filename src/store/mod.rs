@@ -237,6 +237,28 @@ impl Store {
         Ok(tx)
     }
 
+    /// Runs one statement on the pool; whether it changed any row.
+    async fn changed(
+        &self,
+        statement: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<bool, StoreError> {
+        Ok(statement.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    /// The one row `sql` selects with `key` bound to `$1`, if there is one, read by `read`.
+    async fn row_by<T>(
+        &self,
+        sql: impl sqlx::SqlSafeStr,
+        key: &str,
+        read: impl FnOnce(&sqlx::any::AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(read).transpose()
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -203,15 +203,11 @@ impl Store {
 
     /// A proposal by id.
     pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM proposals WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref()
-            .map(|r| ProposalRecord::from_row(r, now_ms()))
-            .transpose()
+        let sql = format!("SELECT {COLUMNS} FROM proposals WHERE id = $1");
+        self.row_by(sqlx::AssertSqlSafe(sql), id, |r| {
+            ProposalRecord::from_row(r, now_ms())
+        })
+        .await
     }
 
     /// A proposal by its per-vault number.

@@ -157,16 +157,9 @@ impl Store {
 
     /// Finds a token by its public id (absent when its MAC fails).
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => self.verified_token(&row),
-            None => Ok(None),
-        }
+        let sql = "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1";
+        let token = self.row_by(sql, id, |r| self.verified_token(r));
+        Ok(token.await?.flatten())
     }
 
     /// Revokes one token, and for an agent token the scoped tokens the agent minted. Returns
@@ -174,15 +167,13 @@ impl Store {
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         // An agent's scoped tokens go with its agent token: an agent holds one agent token at a
         // time (rotation revokes the old one and its scoped tokens), so they are this token's.
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND (id = $2 \
              OR (kind = 'scoped' AND agent_id = (SELECT agent_id FROM tokens WHERE id = $2 AND kind = 'agent')))",
         )
         .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(id);
+        self.changed(statement).await
     }
 
     /// Revokes every live token of an agent, including scoped tokens it minted.
