@@ -189,8 +189,8 @@ fn log_line(vault: &str, row: &RequestLogRow) {
     tracing::info!(
         target: REQUEST_LINE_TARGET,
         vault,
-        actor = row.actor_kind,
-        actor_id = %row.actor_id,
+        actor = row.actor.as_str(),
+        actor_id = row.actor.id(),
         method = %row.method,
         host = %row.host,
         service = row.service.as_deref().unwrap_or("-"),

@@ -195,8 +195,7 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
             level: args.log_level,
         },
     };
-    let config =
-        Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
+    let config = Config::load(args.config.as_deref(), &flags)?;
     init_logging(&config);
     let format = config.log.format;
     match serve(config, args.password_stdin).await {
@@ -222,9 +221,7 @@ async fn serve(config: Config, password_stdin: bool) -> Result<(), CliError> {
         return Err(CliError::msg(why));
     }
     let format = config.log.format;
-    let app = App::build(config, password)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
+    let app = App::build(config, password).await?;
     if app.admin_addr.ip().is_unspecified() && !app.public_url_configured {
         tracing::warn!(
             "the admin API listens on every interface without server.public_url: it answers to any Host header; set server.public_url (or server.allowed_hosts) to refuse DNS-rebinding requests"
@@ -242,9 +239,7 @@ async fn serve(config: Config, password_stdin: bool) -> Result<(), CliError> {
         tracing::info!("shutting down: draining open requests and tunnels");
         shutdown.cancel();
     });
-    app.run()
-        .await
-        .map_err(|e| CliError::msg(format!("server error: {e}")))
+    app.run().await.map_err(CliError::Serve)
 }
 
 async fn wait_for_signal() {

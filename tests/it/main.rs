@@ -25,6 +25,7 @@ mod proxy_routing;
 mod proxy_streaming;
 mod proxy_tampering;
 mod proxy_websocket;
+mod readme;
 mod run;
 mod scaleout;
 mod server_logs;

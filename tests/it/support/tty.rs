@@ -1,12 +1,18 @@
-//! The CLI on a pseudo-terminal, as a person at a keyboard runs it: prompts are read from the
-//! terminal, and the test can see whether what it types would be echoed. `setsid --ctty` makes
-//! the terminal the child's controlling one (prompts open `/dev/tty`) without `unsafe` here.
+//! The CLI on a pseudo-terminal, driven step by step: the test waits for each prompt, can check
+//! that the program switched echo off before it types (a secret prompt's promise), then types.
+//! [`super::terminal`] answers prompts automatically on a terminal whose echo is off from the
+//! start, which suits whole walkthroughs but cannot tell whether a program hides what is typed.
+//! `setsid --ctty` makes the terminal the child's controlling one (prompts open `/dev/tty`)
+//! without `unsafe` here.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::termios::{LocalFlags, tcgetattr};
 use tokio::sync::mpsc;
 
@@ -33,7 +39,18 @@ impl Tty {
             missing_dependency("setsid (util-linux)");
             return None;
         }
-        let pty = nix::pty::openpty(None, None).unwrap();
+        // Close-on-exec from the start, so programs other tests spawn meanwhile do not inherit
+        // (and keep open) either side.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave_side: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
+            .open(ptsname_r(&master).unwrap())
+            .unwrap()
+            .into();
         let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
         let child = tokio::process::Command::new("setsid")
             .args(["--wait", "--ctty", env!("CARGO_BIN_EXE_agent-vault")])
@@ -42,15 +59,15 @@ impl Tty {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", app.home.path())
             .env("AGENT_VAULT_ADDR", &app.admin)
-            .stdin(slave(&pty.slave))
-            .stdout(slave(&pty.slave))
-            .stderr(slave(&pty.slave))
+            .stdin(slave(&slave_side))
+            .stdout(slave(&slave_side))
+            .stderr(slave(&slave_side))
             .kill_on_drop(true)
             .spawn()
             .unwrap();
         // Only the child holds the terminal's other end now, so reads end when it exits.
-        drop(pty.slave);
-        let master = std::fs::File::from(pty.master);
+        drop(slave_side);
+        let master = std::fs::File::from(OwnedFd::from(master));
         let mut reader = master.try_clone().unwrap();
         let (tx, output) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
