@@ -325,9 +325,10 @@ impl Default for LimitsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines (`text` is accepted too).
+    #[serde(alias = "text")]
     Pretty,
-    /// One JSON object per line.
+    /// One JSON object per line, the start banner included.
     Json,
 }
 
@@ -339,6 +340,9 @@ pub struct LogConfig {
     pub level: String,
     /// `pretty` or `json`.
     pub format: LogFormat,
+    /// One info line per proxied request (vault, actor, method, host, service, status,
+    /// latency; never a path, query string or header value).
+    pub requests: bool,
 }
 
 impl Default for LogConfig {
@@ -346,6 +350,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Pretty,
+            requests: false,
         }
     }
 }

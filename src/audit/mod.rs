@@ -3,7 +3,7 @@
 
 mod request_log;
 
-pub use request_log::RequestLogger;
+pub use request_log::{LogWriter, REQUEST_LINE_TARGET, RequestLogger};
 
 use crate::identity::Authenticated;
 use crate::store::{AuditEvent, Store};

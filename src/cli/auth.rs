@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::client::{Client, DEFAULT_ADDRESS, SavedSession, Sessions};
+use super::output::outln;
 use super::{CliError, JsonFlag, output, prompt_password, read_secret_line};
 
 /// `agent-vault auth ...`
@@ -117,11 +118,11 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
             }
             let resp: Value = client.post("/v1/auth/register", &body).await?;
             remember(&addr, &email, &resp)?;
-            println!(
+            outln!(
                 "registered {} as {}; logged in",
                 output::text(&resp["user"], "email"),
                 output::text(&resp["user"], "role")
-            );
+            )?;
             Ok(())
         }
         AuthCommand::Login {
@@ -137,17 +138,16 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             remember(&addr, &email, &resp)?;
-            println!("logged in as {email}");
+            outln!("logged in as {email}")?;
             Ok(())
         }
         AuthCommand::Logout => {
             let mut sessions = Sessions::load()?;
             let Ok(session) = sessions.pick(address).cloned() else {
-                println!(
+                return outln!(
                     "not logged in{}",
                     address.map(|a| format!(" to {a}")).unwrap_or_default()
                 );
-                return Ok(());
             };
             // Only to the address that issued the token.
             let client = Client::with_token(
@@ -161,14 +161,14 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
             }
             sessions.remove(&session.address);
             sessions.save()?;
-            println!("logged out of {}", session.address);
+            outln!("logged out of {}", session.address)?;
             Ok(())
         }
         AuthCommand::Whoami { json } => {
             let client = Client::authenticated(address)?;
             let me: Value = client.get("/v1/auth/whoami").await?;
             if json.json {
-                output::json(&me);
+                output::json(&me)?;
             } else {
                 let who = if me["kind"] == "user" {
                     output::text(&me, "email")
@@ -179,10 +179,10 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                         output::text(&me, "name")
                     )
                 };
-                println!("{who} ({})", client.base());
+                outln!("{who} ({})", client.base())?;
                 if let Some(vaults) = me["vaults"].as_array() {
                     for v in vaults {
-                        println!("  {}  {}", output::text(v, "name"), output::text(v, "role"));
+                        outln!("  {}  {}", output::text(v, "name"), output::text(v, "role"))?;
                     }
                 }
             }
@@ -213,13 +213,13 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
-                println!(
+                outln!(
                     "invitation for {email} (expires {}). They register with:",
                     output::time(&resp, "expires_at")
-                );
-                println!("  {}", output::text(&resp, "register_command"));
+                )?;
+                outln!("  {}", output::text(&resp, "register_command"))?;
             }
             Ok(())
         }

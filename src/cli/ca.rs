@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::CliError;
 use super::client::{Client, DEFAULT_ADDRESS};
+use super::output::{note, out};
 
 /// `agent-vault ca ...`
 #[derive(Debug, Subcommand)]
@@ -30,9 +31,9 @@ pub(super) async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), Cli
     match output {
         Some(path) => {
             std::fs::write(&path, pem).map_err(CliError::file("write", &path))?;
-            eprintln!("wrote the agent-vault CA certificate to {}", path.display());
+            note!("wrote the agent-vault CA certificate to {}", path.display());
         }
-        None => print!("{pem}"),
+        None => out!("{pem}")?,
     }
     Ok(())
 }

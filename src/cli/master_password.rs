@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use secrecy::ExposeSecret;
 
+use super::output::outln;
 use super::{CliError, prompt_password, read_secret_line};
 use crate::config::{Config, FlagOverrides};
 use crate::unseal;
@@ -63,6 +64,6 @@ pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
         ));
     };
     unseal::change_master_password_of(&config, old, new).await?;
-    println!("master password changed; use the new one from the next server start");
+    outln!("master password changed; use the new one from the next server start")?;
     Ok(())
 }

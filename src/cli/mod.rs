@@ -1,5 +1,6 @@
 //! The command line. Every command but `server` and `master-password` is a client of the admin
-//! API. Errors are one line a person can act on; exit codes are 0 (ok), 1 (error), 2 (usage).
+//! API. Errors are one line a person can act on; exit codes are 0 (ok, or standard output
+//! closed by its reader), 1 (error), 2 (usage).
 
 mod agent;
 mod auth;
@@ -66,6 +67,14 @@ pub enum CliError {
     /// The keys could not be unsealed or re-wrapped.
     #[error(transparent)]
     Unseal(#[from] crate::unseal::UnsealError),
+    /// Standard output was closed by its reader (`| head`): the command stops quietly with 0,
+    /// since the reader chose to stop reading.
+    #[error("standard output was closed")]
+    StdoutClosed,
+    /// The error was already written to the server's log (JSON format): exit 1 without
+    /// repeating it as a line that is not JSON.
+    #[error("see the log")]
+    Logged,
 }
 
 impl CliError {
@@ -91,6 +100,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::ChildExit(code) => *code,
+            Self::StdoutClosed => 0,
             _ => 1,
         }
     }
@@ -186,13 +196,25 @@ pub fn read_secret_line() -> Result<SecretString, CliError> {
 
 /// Asks for a password on the terminal.
 pub fn prompt_password(prompt: &str) -> Result<SecretString, CliError> {
+    prompt_hidden(prompt, "use --password-stdin")
+}
+
+/// Asks for a secret on the terminal without echoing it; `instead` says what to do where there
+/// is no terminal to ask on.
+pub fn prompt_hidden(prompt: &str, instead: &str) -> Result<SecretString, CliError> {
     rpassword::prompt_password(prompt)
         .map(SecretString::from)
-        .map_err(|e| {
-            CliError::msg(format!(
-                "cannot read a password from the terminal ({e}); use --password-stdin"
-            ))
-        })
+        .map_err(|e| CliError::msg(format!("cannot read from the terminal ({e}); {instead}")))
+}
+
+/// Asks a question on standard error and reads the answer, one line, from standard input.
+pub fn ask_line(prompt: &str) -> Result<String, CliError> {
+    output::write_err(format_args!("{prompt}"));
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(CliError::Stdin)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// A file path or `-` for standard input.

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, seg};
 use super::credential::parse_pairs;
+use super::output::{note, outln};
 use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
 use crate::policy::confusable::HostForms;
 
@@ -58,7 +59,8 @@ pub(super) enum ProposalCommand {
         /// The proposal's number, or its id (what `create` printed).
         #[arg(value_name = "NUMBER|ID")]
         proposal: String,
-        /// Values for the credentials it asks for.
+        /// Values for the credentials it asks for: KEY=VALUE, or KEY=- read from standard
+        /// input as `vault credential set` reads it (a hidden prompt on a terminal).
         #[arg(value_name = "KEY=VALUE")]
         values: Vec<String>,
         /// Accept the risks that need an explicit acknowledgement (look-alike hosts); they are
@@ -91,28 +93,28 @@ fn summary(p: &Value) -> String {
     format!("{services} service change(s), {creds} credential slot(s)")
 }
 
-fn print_detail(p: &Value) {
-    println!(
+fn print_detail(p: &Value) -> Result<(), CliError> {
+    outln!(
         "proposal #{} in vault {}: {}",
         output::text(p, "number"),
         output::text(p, "vault"),
         output::text(p, "status")
-    );
+    )?;
     if let Some(who) = p["created_by"]["name"].as_str() {
-        println!("raised by {who}");
+        outln!("raised by {who}")?;
     }
     if let Some(m) = p["message"].as_str().filter(|m| !m.is_empty()) {
-        println!("message: {m}");
+        outln!("message: {m}")?;
     }
     for s in p["services"].as_array().into_iter().flatten() {
         match s["action"].as_str() {
-            Some("delete") => println!("  service remove {}", output::text(s, "name")),
-            _ => println!(
+            Some("delete") => outln!("  service remove {}", output::text(s, "name"))?,
+            _ => outln!(
                 "  service set    {} -> {} ({})",
                 output::text(s, "name"),
                 HostForms::of(s["host"].as_str().unwrap_or_default()).describe(),
                 output::text(&s["auth"], "type")
-            ),
+            )?,
         }
     }
     for c in p["credentials"].as_array().into_iter().flatten() {
@@ -121,19 +123,17 @@ fn print_detail(p: &Value) {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  credential {} {}{extra}  {}",
             output::text(c, "action"),
             output::text(c, "key"),
             c["description"].as_str().unwrap_or("")
-        );
+        )?;
         if let Some(url) = c["obtain"].as_str() {
-            println!(
-                "      obtain at (link provided by the agent; check it before opening): {url}"
-            );
+            outln!("      obtain at (link provided by the agent; check it before opening): {url}")?;
         }
         if let Some(how) = c["obtain_instructions"].as_str() {
-            println!("      how to obtain (text from the agent): {how}");
+            outln!("      how to obtain (text from the agent): {how}")?;
         }
     }
     for r in p["risks"].as_array().into_iter().flatten() {
@@ -142,16 +142,17 @@ fn print_detail(p: &Value) {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  {}: {}{ack}",
             output::text(r, "severity"),
             output::text(r, "text")
-        );
+        )?;
     }
     if let Some(missing) = p["missing_values"].as_array().filter(|m| !m.is_empty()) {
         let keys: Vec<_> = missing.iter().filter_map(Value::as_str).collect();
-        println!("  values needed to approve: {}", keys.join(", "));
+        outln!("  values needed to approve: {}", keys.join(", "))?;
     }
+    Ok(())
 }
 
 /// Runs a proposal command.
@@ -169,28 +170,28 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
             if json.json {
                 output::json(
                     &json!({ "id": resp["id"], "number": resp["number"], "status": resp["status"], "approval_url": resp["approval_url"], "vault": resp["vault"] }),
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "proposal #{} created in vault {} ({}).",
                     output::text(&resp, "number"),
                     output::text(&resp, "vault"),
                     output::text(&resp, "id")
-                );
-                println!("A human must review and approve it here:");
-                println!("  {}", output::text(&resp, "approval_url"));
-                println!(
+                )?;
+                outln!("A human must review and approve it here:")?;
+                outln!("  {}", output::text(&resp, "approval_url"))?;
+                outln!(
                     "Check its status with: agent-vault proposal status {}",
                     output::text(&resp, "id")
-                );
+                )?;
             }
         }
         ProposalCommand::Status { id, json } => {
             let p: Value = client.get(&format!("/v1/proposals/{}", seg(&id))).await?;
             if json.json {
-                output::json(&p)
+                output::json(&p)?
             } else {
-                print_detail(&p)
+                print_detail(&p)?
             }
         }
         ProposalCommand::List {
@@ -205,7 +206,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 .get(&format!("/v1/vaults/{}/proposals{q}", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -224,7 +225,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                         ]
                     })
                     .collect();
-                output::table(&["#", "STATUS", "CHANGES", "MESSAGE", "EXPIRES"], &rows);
+                output::table(&["#", "STATUS", "CHANGES", "MESSAGE", "EXPIRES"], &rows)?;
             }
         }
         ProposalCommand::Show {
@@ -240,9 +241,9 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 ))
                 .await?;
             if json.json {
-                output::json(&p)
+                output::json(&p)?
             } else {
-                print_detail(&p)
+                print_detail(&p)?
             }
         }
         ProposalCommand::Approve {
@@ -268,7 +269,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 .filter(|r| r["needs_acknowledgement"] == true)
                 .collect();
             for r in &flagged {
-                eprintln!(
+                note!(
                     "risk ({}): {}",
                     output::text(r, "severity"),
                     output::text(r, "text")
@@ -290,13 +291,13 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 )
                 .await?;
             if json.json {
-                output::json(&resp)
+                output::json(&resp)?
             } else {
-                println!(
+                outln!(
                     "approved proposal #{} in vault {}; the changes are live",
                     output::text(&resp, "number"),
                     vault.vault
-                )
+                )?
             }
         }
         ProposalCommand::Reject {
@@ -316,13 +317,13 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 )
                 .await?;
             if json.json {
-                output::json(&resp)
+                output::json(&resp)?
             } else {
-                println!(
+                outln!(
                     "rejected proposal #{} in vault {}",
                     output::text(&resp, "number"),
                     vault.vault
-                )
+                )?
             }
         }
     }

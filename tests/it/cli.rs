@@ -868,7 +868,7 @@ async fn creds_is_credential_and_service_add_and_set_print_json() {
     let replaced = app
         .cli(
             &[
-                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json", "--yes",
             ],
             Some(yaml),
         )
@@ -895,7 +895,7 @@ async fn creds_is_credential_and_service_add_and_set_print_json() {
     let cleared = app
         .cli(
             &[
-                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json", "--yes",
             ],
             Some("services: []\n"),
         )

@@ -86,7 +86,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     std::fs::write(
         &config,
         format!(
-            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n",
+            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n[log]\nrequests = true\n",
             ca_file.display(),
             upstream.addr
         ),
@@ -356,6 +356,13 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
             .lines()
             .any(|l| l.contains("connection{") && l.contains("mode=\"intercept\"")),
         "intercepted connections have a span"
+    );
+    // `log.requests`: one line per proxied request, scanned with everything else below.
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("proxied request") && l.contains("vault=\"canary\"")),
+        "request lines name the vault"
     );
     let secrets: Vec<(&str, String)> = vec![
         ("the credential", CREDENTIAL.to_owned()),

@@ -286,7 +286,24 @@ async fn duplicate_names_are_conflicts_on_every_backend() {
 #[tokio::test]
 async fn setup_token_is_burnt_by_the_first_owner() {
     for_each_store(|store, backend| async move {
-        store.set_setup_token_hash("abc").await.unwrap();
+        assert!(store.claim_setup_token("abc", b"sealed-abc").await.unwrap());
+        assert!(
+            !store.claim_setup_token("def", b"sealed-def").await.unwrap(),
+            "{backend}: one setup token per database"
+        );
+        assert!(
+            !store
+                .replace_setup_token("def", "ghi", b"sealed-ghi")
+                .await
+                .unwrap(),
+            "{backend}: only the outstanding token is replaced"
+        );
+        let stored = store.setup_token().await.unwrap().unwrap();
+        assert_eq!(
+            (stored.hash_hex.as_str(), stored.sealed.as_deref()),
+            ("abc", Some(&b"sealed-abc"[..])),
+            "{backend}"
+        );
         let email = Email::parse("a@example.com").unwrap();
         let default = VaultName::parse("default").unwrap();
         assert!(
@@ -314,6 +331,10 @@ async fn setup_token_is_burnt_by_the_first_owner() {
             "{backend}: reuse refused"
         );
         assert_eq!(store.count_users().await.unwrap(), 1);
+        assert!(
+            store.setup_token().await.unwrap().is_none(),
+            "{backend}: the burn removes the sealed copy too"
+        );
         let vault = store.vault_by_name(&default).await.unwrap().unwrap();
         assert_eq!(
             store
