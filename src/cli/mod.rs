@@ -10,6 +10,7 @@ mod master_password;
 pub mod output;
 mod proposal;
 mod run;
+mod run_env;
 mod server;
 mod service;
 mod vault;
