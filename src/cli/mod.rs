@@ -6,6 +6,7 @@ mod auth;
 mod ca;
 pub mod client;
 mod credential;
+mod javaagent;
 mod master_password;
 pub mod output;
 mod proposal;
@@ -13,6 +14,7 @@ mod run;
 mod run_env;
 mod server;
 mod service;
+mod truststore;
 mod vault;
 
 use std::io::Read;

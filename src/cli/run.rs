@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::client::{Acting, Client, seg};
-use super::run_env::RunEnv;
+use super::run_env::{self, RunEnv};
 use super::{CliError, VaultArg, parse_duration};
 use crate::crypto::TokenKind;
 
@@ -66,7 +66,13 @@ pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliE
     let ca_pem = Client::anonymous(client.base())?
         .get_text("/v1/ca.pem")
         .await?;
-    let env = RunEnv::prepare(client.base(), &token, &vault, proxy_port, &ca_pem)?;
+    let env = RunEnv::prepare(&run_env::Target {
+        base: client.base(),
+        token: &token,
+        vault: &vault,
+        proxy_port,
+        ca_pem: &ca_pem,
+    })?;
 
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);

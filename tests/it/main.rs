@@ -24,5 +24,6 @@ mod proxy_streaming;
 mod proxy_tampering;
 mod proxy_websocket;
 mod run;
+mod runtimes;
 mod scaleout;
 mod store;
