@@ -391,5 +391,6 @@ mod tests {
         let has = |s: &[u8]| jar.windows(s.len()).any(|w| w == s);
         assert!(has(b"Premain-Class: AgentVaultProxyAuth\r\n"));
         assert!(has(b"AgentVaultProxyAuth.class"));
+        assert!(jar.len() < 2048, "{} bytes", jar.len());
     }
 }

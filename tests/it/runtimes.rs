@@ -335,6 +335,8 @@ public class Get {
 /// Runs a single-file Java program (`java Get.java URL [EXTRA]`) under `run`.
 async fn java_get(app: &TestApp, source: &str, path: &str, extra: &[&str]) -> Option<CliOutput> {
     let java = program("java")?;
+    // `java Get.java` compiles in memory: it needs the JDK's compiler module, not only a JRE.
+    program("javac")?;
     let file = app.home.path().join("Get.java");
     std::fs::write(&file, source).unwrap();
     let url = format!("https://api.example.test{path}");
@@ -450,4 +452,38 @@ https.get('https://unbound.example.test/v1/things', (r) => {
     assert_hint(&out);
     assert!(out.stdout.contains("https 403 forbidden_host"), "{out:?}");
     assert!(out.stdout.contains("fetch 403 forbidden_host"), "{out:?}");
+}
+
+#[tokio::test]
+async fn pip_goes_through_the_proxy() {
+    let Some(python) = program("python3") else {
+        return;
+    };
+    let app = app_with_service().await;
+    let dest = app.home.path().join("wheels");
+    // The fake upstream is no package index: what matters is the request, credential attached.
+    let out = run(
+        &app,
+        &[
+            &python,
+            "-m",
+            "pip",
+            "download",
+            "left-pad",
+            "--no-deps",
+            "--no-cache-dir",
+            "--retries",
+            "0",
+            "--index-url",
+            "https://api.example.test/simple/",
+            "-d",
+            dest.to_str().unwrap(),
+        ],
+    )
+    .await;
+    if out.stderr.contains("No module named pip") {
+        missing_dependency("pip");
+        return;
+    }
+    assert_injected(&app, &out, "/simple/left-pad/").await;
 }
