@@ -160,7 +160,7 @@ pub(super) async fn handle(
             let span = connection_span(mode, &session, &authority, peer);
             state.tasks.spawn(
                 async move {
-                    let refused = refusal.map(|err| (err, started));
+                    let refused = refusal.map(|err| Box::new((err, started)));
                     intercept(st, Arc::new(session), authority, on_upgrade, refused).await;
                     drop(slot);
                 }
@@ -276,13 +276,14 @@ async fn intercept(
     session: Arc<Session>,
     authority: Authority,
     on_upgrade: OnUpgrade,
-    refused: Option<(ProxyError, Instant)>,
+    refused: Option<Box<(ProxyError, Instant)>>,
 ) {
     // Boxed, like every large state below that an idle connection does not need: this task
     // lives as long as the connection, and its size is what each idle tunnel costs.
     let Some((tls, sni_mismatch)) = Box::pin(accept_tls(&state, &authority, on_upgrade)).await
     else {
-        if let Some((err, started)) = refused {
+        if let Some(refused) = refused {
+            let (err, started) = *refused;
             state.logger.log(tunnel_row(
                 &session,
                 &authority,
@@ -294,6 +295,8 @@ async fn intercept(
         }
         return;
     };
+    // Boxed and dropped here: the connection's task keeps nothing of it while it lives.
+    drop(refused);
     let target = Arc::new(Target::new(authority, true, sni_mismatch, false));
     let activity = Arc::new(Activity::default());
     activity.touch();

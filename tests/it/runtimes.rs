@@ -487,3 +487,30 @@ async fn pip_goes_through_the_proxy() {
     }
     assert_injected(&app, &out, "/simple/left-pad/").await;
 }
+
+/// An agent that never completes TLS after its refused CONNECT (it does not trust the CA, or
+/// speaks plaintext) still leaves a row in the request log.
+#[tokio::test]
+async fn deny_connect_without_tls_is_still_logged() {
+    let app = spawn_app().await;
+    let token = app.stripe_vault(VAULT, SECRET).await;
+    app.set_policy(VAULT, "deny").await;
+    let auth = crate::support::agent::basic(&token, VAULT);
+    let mut tcp =
+        crate::support::agent::connect(app.proxy, "unbound.example.test:443", Some(&auth))
+            .await
+            .expect("the CONNECT is accepted; the refusal comes inside");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    drop(tcp);
+    let rows = app.wait_for_logs(VAULT, 1).await;
+    assert!(
+        rows.iter().any(|r| r["kind"] == "tunnel"
+            && r["host"] == "unbound.example.test:443"
+            && r["status"] == 403
+            && r["error_code"] == "forbidden_host"),
+        "{rows:?}"
+    );
+    assert_eq!(app.upstream.count(), 0);
+}
