@@ -4,11 +4,13 @@
 //!
 //! Where a refusal is told matters: clients discard the body of a non-2xx answer to CONNECT, so
 //! a host the vault's `deny` policy refuses is intercepted like a bound one and each request
-//! inside gets the 403 and its proposal hint as an ordinary response. Refusals that come before
-//! a leaf could be minted or that concern the route itself stay answers to the CONNECT: a bad
-//! target (400), missing or bad proxy credentials (407), a destination the SSRF guard blocks
-//! (403 `blocked_destination`) and an unreachable upstream (502) on the tunnel path, which is
-//! dialled before the CONNECT is answered.
+//! inside gets the 403 and its proposal hint as an ordinary response. A look-alike of a bound
+//! name (`api.example.com.evil`, another script's A-label) or an IP literal is such a host too:
+//! its leaf names exactly what the agent asked for, and nothing goes upstream. Refusals that
+//! come before a leaf could be minted or that concern the route itself stay answers to the
+//! CONNECT: a bad target (400), missing or bad proxy credentials (407), a destination the SSRF
+//! guard blocks (403 `blocked_destination`) and an unreachable upstream (502) on the tunnel
+//! path, which is dialled before the CONNECT is answered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -201,23 +201,44 @@ async fn exfil_host_spellings_route_canonically() {
         );
     }
     let before = app.upstream.count();
-    // Look-alikes are other hosts: under `deny` they are refused.
-    for connect in [
-        "api.example.test.evil:443",   // suffix
-        "xn--pi-7kc.example.test:443", // a look-alike's A-label
-        "[::ffff:127.0.0.1]:443",      // IP literals are never bound
-        "127.0.0.1:443",
+    // Look-alikes are other hosts: under `deny` they are refused (inside the intercepted
+    // connection, with a leaf for the look-alike's own name), and nothing is forwarded.
+    for (connect, host, sni) in [
+        (
+            "api.example.test.evil:443",
+            "api.example.test.evil",
+            "api.example.test.evil",
+        ), // a suffix
+        (
+            "xn--pi-7kc.example.test:443",
+            "xn--pi-7kc.example.test",
+            "xn--pi-7kc.example.test",
+        ), // a look-alike's A-label
+        // IP literals are never bound (rustls verifies the leaf's IP and sends no SNI).
+        (
+            "[::ffff:127.0.0.1]:443",
+            "[::ffff:127.0.0.1]",
+            "::ffff:127.0.0.1",
+        ),
+        ("127.0.0.1:443", "127.0.0.1", "127.0.0.1"),
     ] {
-        let (code, head) = agent::connect(app.proxy, connect, Some(&auth))
-            .await
-            .unwrap_err();
-        assert_eq!(code, 403, "{connect}: {head}");
+        let resp = agent::dial(app.proxy, &auth, connect)
+            .trusting(&ca)
+            .sni(sni)
+            .get("/spelled", host)
+            .await;
+        assert_eq!(resp.status(), 403, "{connect}");
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "forbidden_host",
+            "{connect}"
+        );
     }
     // Raw Unicode in a request target is not valid HTTP; Cyrillic а is not a.
     let (code, head) = agent::connect(app.proxy, "аpi.example.test:443", Some(&auth))
         .await
         .unwrap_err();
-    assert!(code == 400 || code == 403, "{head}");
+    assert_eq!(code, 400, "{head}");
     // Spellings that different parsers read differently are refused outright.
     for connect in [
         "api.example.test..:443",

@@ -3,9 +3,11 @@
 //! upstream saw it), the program never printed it, and the proxy logged the request. Runtimes
 //! missing here skip with a notice, and fail under AGENT_VAULT_CI (`.ci/run` installs them).
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::support::{CliOutput, TestApp, missing_dependency, spawn_app};
+use crate::support::{CliOutput, TestApp, eventually, missing_dependency, spawn_app};
 
 const SECRET: &str = "sk_live_runtime_secret_7171";
 const VAULT: &str = "runtimes";
@@ -56,13 +58,19 @@ async fn assert_injected(app: &TestApp, out: &CliOutput, path: &str) {
         !out.stdout.contains(SECRET) && !out.stderr.contains(SECRET),
         "{out:?}"
     );
+    // The log is written in batches: wait for this request's row, not for any row.
     let bare = path.split('?').next().unwrap_or(path);
-    let rows = app.wait_for_logs(VAULT, 1).await;
-    assert!(
-        rows.iter()
-            .any(|r| r["path"] == bare && r["credential_keys"][0] == "STRIPE_KEY"),
-        "no log row for {bare}: {rows:?}"
-    );
+    let logs = format!("/v1/vaults/{VAULT}/logs");
+    let mut last = Value::Null;
+    let row = eventually(Duration::from_secs(10), async || {
+        last = app.call("GET", &logs, None).await.1;
+        last.as_array()?
+            .iter()
+            .find(|r| r["path"] == bare && r["credential_keys"][0] == "STRIPE_KEY")
+            .cloned()
+    })
+    .await;
+    assert!(row.is_some(), "no log row for {bare}: {last}");
 }
 
 /// The program printed `200 <path>` (status and the path the upstream echoed).
@@ -288,6 +296,7 @@ async fn npm_goes_through_the_proxy() {
             "--registry",
             "https://api.example.test/npm/",
             "--fetch-retries=0",
+            "--update-notifier=false",
         ],
     )
     .await;
