@@ -106,7 +106,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
 /// The run's private directory (0700, a fresh random name under the temp directory), removed
 /// with everything in it when the run ends. It holds certificates and scripts, never the token.
 #[derive(Debug)]
-pub(super) struct RunDir {
+struct RunDir {
     path: PathBuf,
 }
 
