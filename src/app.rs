@@ -23,7 +23,7 @@ use crate::identity::{FailureBudget, Identity};
 const CONFIRM_FAILURES_PER_MINUTE: u32 = 5;
 use crate::keys::Keyring;
 use crate::netguard::NetGuard;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifyError};
 use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
 use crate::registry::Snapshots;
 use crate::store::changes::{self, Change};
@@ -52,7 +52,10 @@ pub enum AppError {
     },
     /// Upstream TLS settings are unusable.
     #[error("configuration error: {0}")]
-    Upstream(String),
+    Upstream(#[from] proxy::upstream::TrustError),
+    /// The proposal notification settings (webhook client, SMTP) are unusable.
+    #[error("configuration error: {0}")]
+    Notify(#[from] NotifyError),
     /// The setup token file could not be written.
     #[error("cannot write {path}: {source}")]
     SetupFile {
@@ -191,8 +194,7 @@ impl App {
         let ca = Arc::new(CertificateAuthority::load_or_create(&store, &keyring).await?);
         let leaves = ca.leaf_cache(provider.clone());
         let workers = proxy::workers::count(config.server.proxy_threads);
-        let upstream = Upstream::new(&config.upstream, guard, provider, workers)
-            .map_err(AppError::Upstream)?;
+        let upstream = Upstream::new(&config.upstream, guard, provider, workers)?;
         let identity = Identity::new(
             store.clone(),
             keyring.token_hasher().clone(),
@@ -239,8 +241,7 @@ impl App {
             setup_token_file: config.data_dir.join("setup-token"),
             auth_failures: FailureBudget::new(config.limits.auth_failures_per_minute),
             confirm_failures: FailureBudget::new(CONFIRM_FAILURES_PER_MINUTE),
-            notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)
-                .map_err(|e| AppError::Upstream(e.to_string()))?,
+            notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)?,
         });
         let proxy_state = ProxyState::new(ProxyParts {
             identity: identity.clone(),

@@ -24,8 +24,8 @@ const TOP_LEVEL_ENV_KEYS: &[&str] = &["data_dir", "database_url"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A layer could not be parsed, or a key was unknown or had the wrong type.
-    #[error("configuration error: {0}")]
-    Load(String),
+    #[error("configuration error: {}", describe_figment(.0))]
+    Load(#[source] Box<figment::Error>),
     /// A value parsed but is not acceptable.
     #[error("configuration error: `{key}`: {message}")]
     Invalid {
@@ -34,35 +34,41 @@ pub enum ConfigError {
         /// What is wrong and what would be accepted.
         message: String,
     },
+    /// Argon2 refuses the `kdf` parameters.
+    #[error("configuration error: `kdf`: {0}")]
+    Kdf(#[source] crate::crypto::CryptoError),
 }
 
 impl From<figment::Error> for ConfigError {
     fn from(err: figment::Error) -> Self {
-        // figment's messages already name the key path and the source layer; keep all of them.
-        let messages: Vec<String> = err
-            .into_iter()
-            .map(|e| {
-                let path = e.path.join(".");
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| {
-                        e.metadata
-                            .as_ref()
-                            .and_then(|md| md.source.as_ref())
-                            .map(|s| format!(" (from {} {s})", m.name))
-                            .unwrap_or_else(|| format!(" (from {})", m.name))
-                    })
-                    .unwrap_or_default();
-                if path.is_empty() {
-                    format!("{}{source}", e.kind)
-                } else {
-                    format!("`{path}`: {}{source}", e.kind)
-                }
-            })
-            .collect();
-        ConfigError::Load(messages.join("; "))
+        // Boxed: figment's error is over 200 bytes, and every `Result` of the CLI carries it.
+        ConfigError::Load(Box::new(err))
     }
+}
+
+/// Every error figment collected, each with its key path and source layer, on one line.
+fn describe_figment(err: &figment::Error) -> String {
+    // figment's messages already name the key path and the source layer; keep all of them.
+    let messages: Vec<String> = err
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(s) => format!(" (from {} {s})", m.name),
+                    None => format!(" (from {})", m.name),
+                },
+                None => String::new(),
+            };
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("`{path}`: {}{source}", e.kind)
+            }
+        })
+        .collect();
+    messages.join("; ")
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -693,9 +699,7 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
-        self.kdf
-            .validate()
-            .map_err(|e| invalid("kdf", e.to_string()))?;
+        self.kdf.validate().map_err(ConfigError::Kdf)?;
         if self.limits.kdf_memory_budget < u64::from(self.kdf.memory_kib) * 1024 {
             return Err(invalid(
                 "limits.kdf_memory_budget",

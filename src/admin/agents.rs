@@ -15,7 +15,7 @@ use super::auth::VaultGrantBody;
 use super::extract::{ApiJson, Caller};
 use super::{AdminState, ApiError, issue_token};
 use crate::crypto::{TokenKind, random_id};
-use crate::domain::{AgentName, VaultRole, now_ms};
+use crate::domain::{Actor, AgentName, VaultRole, now_ms};
 use crate::identity::{Minter, Principal};
 use crate::store::{AgentRecord, PrincipalKind, TokenStoreKind};
 
@@ -464,13 +464,16 @@ pub(super) async fn revoke_token(
     };
     let not_found = || ApiError::NotFound(format!("no live token {id:?}"));
     let token = state.store.token_by_id(&id).await?.ok_or_else(not_found)?;
-    let (kind, who) = caller.actor();
     let allowed = caller.token_id == token.id
         || caller.is_owner()
-        || (kind == "user" && token.user_id.as_deref() == Some(who))
-        || (kind == "agent"
-            && token.agent_id.as_deref() == Some(who)
-            && token.kind == TokenStoreKind::Scoped)
+        || match caller.actor() {
+            Actor::User(who) => token.user_id.as_deref() == Some(who.as_str()),
+            Actor::Agent(who) => {
+                token.agent_id.as_deref() == Some(who.as_str())
+                    && token.kind == TokenStoreKind::Scoped
+            }
+            Actor::ScopedToken(_) => false,
+        }
         || (token.kind == TokenStoreKind::Scoped
             && token
                 .vault_id

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::extract::{ApiJson, Caller};
 use super::{AdminState, ApiError};
 use crate::crypto::{Aad, TokenKind, open, random_id, seal};
-use crate::domain::{CredentialKey, VaultRole, now_ms};
+use crate::domain::{Actor, CredentialKey, VaultRole, now_ms};
 use crate::identity::{Authenticated, Principal};
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
@@ -117,7 +117,7 @@ fn proposal_json(p: &ProposalRecord, vault_name: &str, content: &ProposalContent
         "message": p.message,
         "services": content.services,
         "credentials": content.credentials,
-        "created_by": { "kind": p.created_by_kind, "id": p.created_by_id },
+        "created_by": { "kind": p.created_by.as_str(), "id": p.created_by.id() },
         "created_at": p.created_at,
         "expires_at": p.expires_at,
         "reviewed_at": p.reviewed_at,
@@ -158,14 +158,12 @@ pub(crate) async fn create(
     let raw = TokenKind::Approval.generate()?;
     let now = now_ms();
     let ttl = i64::try_from(state.config.proposals.ttl.as_millis()).unwrap_or(i64::MAX);
-    let (kind, actor) = caller.actor();
     let record = ProposalRecord {
         id: id.clone(),
         vault_id: vault.id.clone(),
         seq: 0,
         status: ProposalStatus::Pending,
-        created_by_kind: kind.to_owned(),
-        created_by_id: actor.to_owned(),
+        created_by: caller.actor(),
         creator_token_id: Some(caller.token_id.clone()),
         message: content.message.clone(),
         content: serde_json::to_string(&content).map_err(ApiError::internal)?,
@@ -264,15 +262,9 @@ pub(crate) async fn describe_creator(state: &AdminState, p: &ProposalRecord) -> 
             .flatten()
             .map(|u| u.email.to_string())
     };
-    let described = match p.created_by_kind.as_str() {
-        "agent" => agent_name(p.created_by_id.clone()).await,
-        "scoped" => match state
-            .store
-            .token_by_id(&p.created_by_id)
-            .await
-            .ok()
-            .flatten()
-        {
+    let described = match &p.created_by {
+        Actor::Agent(id) => agent_name(id.clone()).await,
+        Actor::ScopedToken(id) => match state.store.token_by_id(id).await.ok().flatten() {
             Some(t) => match (t.agent_id, t.user_id) {
                 (Some(a), _) => agent_name(a).await.map(|n| format!("a run token of {n}")),
                 (None, Some(u)) => user_email(u)
@@ -282,13 +274,14 @@ pub(crate) async fn describe_creator(state: &AdminState, p: &ProposalRecord) -> 
             },
             None => None,
         },
-        "user" => user_email(p.created_by_id.clone()).await,
-        _ => None,
+        Actor::User(id) => user_email(id.clone()).await,
     };
-    described.unwrap_or_else(|| match p.created_by_kind.as_str() {
-        "agent" => "an agent that has since been deleted".into(),
-        "user" => "a user who has since been deleted".into(),
-        _ => "an agent run whose token has since expired or been removed".into(),
+    described.unwrap_or_else(|| match p.created_by {
+        Actor::Agent(_) => "an agent that has since been deleted".into(),
+        Actor::User(_) => "a user who has since been deleted".into(),
+        Actor::ScopedToken(_) => {
+            "an agent run whose token has since expired or been removed".into()
+        }
     })
 }
 
@@ -324,9 +317,9 @@ pub(crate) async fn poll(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound(format!("proposal {id:?} not found"));
     let p = state.store.proposal(&id).await?.ok_or_else(not_found)?;
-    let (kind, actor) = caller.actor();
+    let actor = caller.actor();
     let is_creator = p.creator_token_id.as_deref() == Some(caller.token_id.as_str())
-        || (kind == "agent" && p.created_by_kind == "agent" && p.created_by_id == actor);
+        || (matches!(actor, Actor::Agent(_)) && p.created_by == actor);
     let is_member = caller
         .role_in(&p.vault_id)
         .is_some_and(|r| r >= VaultRole::Member);
@@ -365,7 +358,7 @@ pub(crate) async fn list(
         .status
         .map(|s| {
             s.parse::<ProposalStatus>()
-                .map_err(|e| ApiError::bad_request("invalid_status", e))
+                .map_err(|e| ApiError::bad_request("invalid_status", e.to_string()))
         })
         .transpose()?;
     let mut out = Vec::new();

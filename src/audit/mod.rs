@@ -18,10 +18,9 @@ pub async fn record(
     target: String,
     detail: String,
 ) {
-    let (actor_kind, actor_id) = who.actor();
+    let actor = who.actor();
     let event = AuditEvent {
-        actor_kind,
-        actor_id,
+        actor: &actor,
         action,
         vault_id,
         target,

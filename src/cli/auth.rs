@@ -7,9 +7,7 @@ use clap::Subcommand;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::client::{
-    Client, DEFAULT_ADDRESS, SavedSession, forget_session, load_session, save_session,
-};
+use super::client::{Client, DEFAULT_ADDRESS, SavedSession, Sessions};
 use super::{CliError, JsonFlag, output, prompt_password, read_secret_line};
 
 /// `agent-vault auth ...`
@@ -30,7 +28,8 @@ pub(super) enum AuthCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Log in and keep the session in ~/.agent-vault/session.json (mode 0600).
+    /// Log in and keep the session in ~/.agent-vault/session.json (mode 0600), bound to the
+    /// server address: one login per address, each sent only to its own address.
     Login {
         /// Your email address.
         #[arg(long)]
@@ -39,7 +38,7 @@ pub(super) enum AuthCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// End the session and forget it.
+    /// End the login for --address (default: the most recent login) and forget it.
     Logout,
     /// Show who the CLI acts as.
     Whoami {
@@ -82,12 +81,14 @@ fn remember(address: &str, email: &str, resp: &Value) -> Result<(), CliError> {
     let token = resp["token"]
         .as_str()
         .ok_or_else(|| CliError::msg("the server returned no session token"))?;
-    save_session(&SavedSession {
+    let mut sessions = Sessions::load()?;
+    sessions.put(SavedSession {
         address: address.to_owned(),
         token: token.to_owned(),
         email: email.to_owned(),
         expires_at: resp["expires_at"].as_i64(),
-    })
+    });
+    sessions.save()
 }
 
 /// Runs an auth command.
@@ -140,19 +141,27 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
             Ok(())
         }
         AuthCommand::Logout => {
-            if let Some(session) = load_session()? {
-                let client = Client::with_token(
-                    address.unwrap_or(&session.address),
-                    SecretString::from(session.token),
-                    super::client::Acting::User,
-                )?;
-                match client.post::<Value>("/v1/auth/logout", &json!({})).await {
-                    Ok(_) | Err(CliError::Api { status: 401, .. }) => {}
-                    Err(e) => return Err(e),
-                }
+            let mut sessions = Sessions::load()?;
+            let Ok(session) = sessions.pick(address).cloned() else {
+                println!(
+                    "not logged in{}",
+                    address.map(|a| format!(" to {a}")).unwrap_or_default()
+                );
+                return Ok(());
+            };
+            // Only to the address that issued the token.
+            let client = Client::with_token(
+                &session.address,
+                SecretString::from(session.token.clone()),
+                super::client::Acting::User,
+            )?;
+            match client.post::<Value>("/v1/auth/logout", &json!({})).await {
+                Ok(_) | Err(CliError::Api { status: 401, .. }) => {}
+                Err(e) => return Err(e),
             }
-            forget_session()?;
-            println!("logged out");
+            sessions.remove(&session.address);
+            sessions.save()?;
+            println!("logged out of {}", session.address);
             Ok(())
         }
         AuthCommand::Whoami { json } => {

@@ -29,8 +29,7 @@ pub(super) async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), Cli
     }
     match output {
         Some(path) => {
-            std::fs::write(&path, pem)
-                .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, pem).map_err(CliError::file("write", &path))?;
             eprintln!("wrote the agent-vault CA certificate to {}", path.display());
         }
         None => print!("{pem}"),

@@ -45,8 +45,7 @@ pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
         database_url,
         ..Default::default()
     };
-    let config =
-        Config::load(config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
+    let config = Config::load(config.as_deref(), &flags)?;
     let (old, new) = if password_stdin {
         (read_secret_line()?, read_secret_line()?)
     } else if std::io::stdin().is_terminal() {
@@ -63,9 +62,7 @@ pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
             "no terminal to ask for passwords; use --password-stdin (current, then new, one per line)",
         ));
     };
-    unseal::change_master_password_of(&config, old, new)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
+    unseal::change_master_password_of(&config, old, new).await?;
     println!("master password changed; use the new one from the next server start");
     Ok(())
 }

@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod ca;
 pub mod client;
+mod confine;
 mod credential;
 mod javaagent;
 mod master_password;
@@ -43,12 +44,50 @@ pub enum CliError {
     /// The child of `run` exited; carry its code through.
     #[error("child exited with {0}")]
     ChildExit(i32),
+    /// A file could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// `read`, `write`, ...
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Standard input could not be read.
+    #[error("cannot read standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// The configuration did not load (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The server could not start.
+    #[error(transparent)]
+    Start(#[from] crate::app::AppError),
+    /// The running server failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The keys could not be unsealed or re-wrapped.
+    #[error(transparent)]
+    Unseal(#[from] crate::unseal::UnsealError),
 }
 
 impl CliError {
     /// A plain message.
     pub fn msg(m: impl Into<String>) -> Self {
         Self::Message(m.into())
+    }
+
+    /// A file error: `action` is what was attempted (`read`, `write`, ...).
+    pub fn file(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::File {
+            action,
+            path,
+            source,
+        }
     }
 
     /// The process exit code for this error.
@@ -96,6 +135,9 @@ enum Command {
     /// Change the master password (re-wraps the data key; works offline).
     #[command(subcommand, name = "master-password")]
     MasterPassword(master_password::MasterPasswordCommand),
+    /// Internal to `run`: confine this process with Landlock, then become the command.
+    #[command(hide = true, name = "confined-exec")]
+    ConfinedExec(confine::ExecArgs),
 }
 
 /// `--json`.
@@ -130,7 +172,7 @@ pub fn read_stdin() -> Result<String, CliError> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
-        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+        .map_err(CliError::Stdin)?;
     Ok(text)
 }
 
@@ -139,7 +181,7 @@ pub fn read_secret_line() -> Result<SecretString, CliError> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+        .map_err(CliError::Stdin)?;
     let trimmed = line.strip_suffix('\n').unwrap_or(&line);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(SecretString::from(trimmed.to_owned()))
@@ -161,8 +203,7 @@ pub fn read_file_or_stdin(path: &PathBuf) -> Result<String, CliError> {
     if path.as_os_str() == "-" {
         return read_stdin();
     }
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(CliError::file("read", path))
 }
 
 impl Cli {
@@ -178,6 +219,7 @@ impl Cli {
             Command::Proposal(cmd) => proposal::run(cmd, address).await,
             Command::Ca(cmd) => ca::run(cmd, address).await,
             Command::MasterPassword(cmd) => master_password::run(cmd).await,
+            Command::ConfinedExec(args) => confine::exec(args),
         }
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct RunArgs {
     /// Lifetime of the token minted for this run (default: the server's, 1h).
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
+    #[command(flatten)]
+    confine: super::confine::ConfineArgs,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -34,6 +36,8 @@ pub(super) struct RunArgs {
 
 /// Runs the command.
 pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliError> {
+    // Confinement is decided first, so a refusal comes before any token is minted.
+    let confinement = super::confine::Plan::new(&args.confine)?;
     let client = Client::authenticated(address)?;
     let vault = args.vault.vault.clone();
     let inherited = std::env::var("AGENT_VAULT_TOKEN").unwrap_or_default();
@@ -74,8 +78,7 @@ pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliE
         ca_pem: &ca_pem,
     })?;
 
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
+    let mut cmd = confinement.command(&args.command)?;
     env.apply(&mut cmd);
 
     let outcome = match cmd.spawn() {

@@ -103,8 +103,8 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))
 }
 
-/// The run's private directory (0700, a fresh random name under the temp directory), removed
-/// with everything in it when the run ends. It holds certificates and scripts, never the token.
+/// The run's private directory (0700, a fresh random name), removed with everything in it when
+/// the run ends. It holds certificates and scripts, never the token.
 #[derive(Debug)]
 struct RunDir {
     path: PathBuf,
@@ -125,6 +125,24 @@ impl RunDir {
         Ok(Self { path })
     }
 
+    /// Creates it under the first of `parents` that takes it (each made 0700 if missing).
+    fn create_in_first(parents: &[PathBuf]) -> Result<Self, CliError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut last = CliError::msg("no directory for the run's files");
+        for parent in parents {
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| CliError::msg(format!("cannot create {}: {e}", parent.display())));
+            match made.and_then(|()| Self::create(parent)) {
+                Ok(dir) => return Ok(dir),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -134,6 +152,19 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Where run directories go: the user's cache directory (outside `~/.agent-vault`, which
+/// confinement denies; a `run` inside a confined run can still create there, since the outer
+/// run made it), else the temporary directory (a `--confine=strict` outer run lets the inner one
+/// write only there and in its working directory).
+fn run_dir_parents() -> Vec<PathBuf> {
+    let mut parents = Vec::new();
+    if let Ok(cache) = super::confine::run_files_dir() {
+        parents.push(cache);
+    }
+    parents.push(std::env::temp_dir());
+    parents
 }
 
 /// What the run directory holds, by role.
@@ -311,7 +342,7 @@ impl RunEnv {
     /// Writes the run's files into a fresh directory under the temp directory and works out
     /// every variable.
     pub(super) fn prepare(target: &Target<'_>) -> Result<Self, CliError> {
-        let dir = RunDir::create(&std::env::temp_dir())?;
+        let dir = RunDir::create_in_first(&run_dir_parents())?;
         let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         Self::build(
             dir,
@@ -497,6 +528,17 @@ mod tests {
         }
         drop(env);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_run_directory_falls_back_to_the_next_parent() {
+        let parent = tempfile::tempdir().unwrap();
+        let file = parent.path().join("a-file");
+        std::fs::write(&file, "not a directory").unwrap();
+        let second = parent.path().join("made").join("on demand");
+        let dir = RunDir::create_in_first(&[file.join("cache"), second.clone()]).unwrap();
+        assert!(dir.path.starts_with(&second), "{}", dir.path.display());
+        assert!(RunDir::create_in_first(&[file.join("x")]).is_err());
     }
 
     #[test]

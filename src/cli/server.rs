@@ -120,8 +120,7 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
             level: args.log_level,
         },
     };
-    let config =
-        Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
+    let config = Config::load(args.config.as_deref(), &flags)?;
     init_logging(&config);
     harden_process();
     // Files the server creates (database, WAL, setup token) are for this user only.
@@ -133,9 +132,7 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
     if first_start && let Some(why) = crate::unseal::master_password_weakness(&password) {
         return Err(CliError::msg(why));
     }
-    let app = App::build(config, password)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
+    let app = App::build(config, password).await?;
     if app.admin_addr.ip().is_unspecified() && !app.public_url_configured {
         tracing::warn!(
             "the admin API listens on every interface without server.public_url: it answers to any Host header; set server.public_url (or server.allowed_hosts) to refuse DNS-rebinding requests"
@@ -162,9 +159,7 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
         tracing::info!("shutting down: draining open requests and tunnels");
         shutdown.cancel();
     });
-    app.run()
-        .await
-        .map_err(|e| CliError::msg(format!("server error: {e}")))
+    app.run().await.map_err(CliError::Serve)
 }
 
 async fn wait_for_signal() {

@@ -28,7 +28,7 @@ pub struct CaStateRecord {
 
 fn kdf_u32(row: &sqlx::any::AnyRow, name: &str) -> Result<u32, StoreError> {
     let v: i64 = col(row, name)?;
-    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {name} out of range")))
+    u32::try_from(v).map_err(|e| StoreError::corrupt(format!("column {name}"), e))
 }
 
 impl Store {

@@ -23,6 +23,7 @@ mod proxy_routing;
 mod proxy_streaming;
 mod proxy_tampering;
 mod proxy_websocket;
+mod readme;
 mod run;
 mod runtimes;
 mod scaleout;

@@ -469,7 +469,9 @@ async fn pip_goes_through_the_proxy() {
         return;
     };
     let app = app_with_service().await;
+    // Made before the run: under confinement nothing new can be created directly in HOME.
     let dest = app.home.path().join("wheels");
+    std::fs::create_dir(&dest).unwrap();
     // The fake upstream is no package index: what matters is the request, credential attached.
     let out = run(
         &app,
@@ -481,6 +483,7 @@ async fn pip_goes_through_the_proxy() {
             "left-pad",
             "--no-deps",
             "--no-cache-dir",
+            "--disable-pip-version-check",
             "--retries",
             "0",
             "--index-url",

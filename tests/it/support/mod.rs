@@ -8,6 +8,7 @@ pub(crate) mod fixtures;
 pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
+pub(crate) mod terminal;
 pub(crate) mod upstream;
 pub(crate) mod wait;
 pub(crate) mod web;
@@ -350,6 +351,12 @@ impl TestApp {
     }
 
     /// Calls the admin API with an explicit token (or none).
+    /// `POST /v1/proposals` as the agent holding `token`: the status and the answer.
+    pub(crate) async fn propose(&self, token: &str, proposal: Value) -> (u16, Value) {
+        self.call_with(Some(token), "POST", "/v1/proposals", Some(proposal))
+            .await
+    }
+
     pub(crate) async fn call_with(
         &self,
         token: Option<&str>,
