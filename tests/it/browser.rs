@@ -145,13 +145,18 @@ async fn approver_logs_in_enters_the_value_and_the_agent_retry_succeeds() {
     let (token, _) = app.proxy_token("shop").await;
     let agent = app.agent(&token, "shop").await;
 
-    // The agent hits a host nobody set up: 403 with a proposal hint.
-    let err = agent
+    // The agent hits a host nobody set up: 403 with a proposal hint, as a response it can read.
+    let refused = agent
         .get("https://api.example.test/v1/charges")
         .send()
         .await
-        .unwrap_err();
-    let _ = err; // the CONNECT is refused, so the client reports a proxy error
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let hint: Value = refused.json().await.unwrap();
+    assert_eq!(
+        hint["hint"]["proposal"]["services"][0]["host"],
+        "api.example.test"
+    );
     let created = propose(
         &app,
         &token,

@@ -27,6 +27,7 @@ mod proxy_tampering;
 mod proxy_websocket;
 mod readme;
 mod run;
+mod runtimes;
 mod scaleout;
 mod server_logs;
 mod store;

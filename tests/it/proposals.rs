@@ -410,13 +410,20 @@ async fn deny_policy_hint_is_a_ready_to_send_proposal() {
     let app = spawn_app().await;
     let token = setup(&app).await;
     app.set_policy("props", "deny").await;
-    let auth = crate::support::agent::basic(&token, "props");
-    let (status, head) =
-        crate::support::agent::connect(app.proxy, "newapi.example.test:443", Some(&auth))
-            .await
-            .unwrap_err();
-    assert_eq!(status, 403);
-    let body: Value = serde_json::from_str(head.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    // The refusal is an ordinary response inside the intercepted connection, so a real client
+    // reads its body.
+    let agent = app.agent(&token, "props").await;
+    let resp = agent
+        .get("https://newapi.example.test/v1/things")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "forbidden_host"
+    );
+    let body: Value = resp.json().await.unwrap();
     let mut skeleton = body["hint"]["proposal"].clone();
     // The agent fills in the key name and sends it back as is.
     skeleton["services"][0]["auth"]["token"] = json!("NEWAPI_KEY");

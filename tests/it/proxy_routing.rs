@@ -211,22 +211,32 @@ async fn unmatched_hosts_follow_the_vault_policy() {
     let seen = app.upstream.last();
     assert_eq!(seen.header("authorization").as_deref(), Some("Bearer mine"));
     assert_eq!(seen.sni.as_deref(), Some("other.example.test"));
-    // deny: 403 with a proposal skeleton, and no connection to the upstream.
+    // deny: the CONNECT is accepted and TLS terminated with a leaf for the host, so that the
+    // request inside gets the 403 with its proposal skeleton as an ordinary response (clients
+    // discard the body of a refused CONNECT); nothing reaches the upstream.
     app.set_policy("policy", "deny").await;
-    let (status, head) = agent::connect(
+    let before = app.upstream.count();
+    let ca = app.ca_pem().await;
+    let resp = agent::dial(
         app.proxy,
+        &basic(&token, "policy"),
         "other.example.test:443",
-        Some(&basic(&token, "policy")),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(status, 403, "{head}");
-    assert!(head.contains("forbidden_host"), "{head}");
-    let body: Value = serde_json::from_str(head.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    .sni("other.example.test")
+    .trusting(&ca)
+    .get("/x", "other.example.test")
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()["x-agent-vault-proxy-error"],
+        "forbidden_host"
+    );
+    let body: Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(
         body["hint"]["proposal"]["services"][0]["host"],
         "other.example.test"
     );
+    assert_eq!(app.upstream.count(), before, "nothing reached the upstream");
     // Bound hosts still work under deny.
     let agent = app.agent(&token, "policy").await;
     assert_eq!(

@@ -136,14 +136,23 @@ async fn run_sets_the_environment_and_passes_the_exit_code() {
         !env.stdout.contains(SECRET),
         "no credential value in the child's environment"
     );
-    let ca = env
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("NODE_EXTRA_CA_CERTS="))
-        .unwrap();
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ca).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    // The CA files live in the run's own directory, which is gone once the run ends: their
+    // mode is read from inside the run.
+    let mode = app
+        .cli(
+            &[
+                "run",
+                "--vault",
+                "runner",
+                "--",
+                "sh",
+                "-c",
+                "stat -c %a \"$NODE_EXTRA_CA_CERTS\" \"$(dirname \"$NODE_EXTRA_CA_CERTS\")\"",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(mode.stdout, "600\n700\n", "{mode:?}");
     let failed = app
         .cli(
             &["run", "--vault", "runner", "--", "sh", "-c", "exit 7"],
