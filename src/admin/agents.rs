@@ -163,7 +163,7 @@ pub(super) async fn create(
             }
             other => other.into(),
         })?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -260,7 +260,7 @@ pub(super) async fn rotate(
     )?;
     let (raw, token) = agent_token(&state, &agent.id, ttl)?;
     state.store.rotate_agent_token(&agent.id, &token).await?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -283,7 +283,7 @@ pub(super) async fn revoke(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let agent = managed_agent(&state, &caller, &name).await?;
     let n = state.store.revoke_agent_tokens(&agent.id).await?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -304,7 +304,7 @@ pub(super) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let agent = managed_agent(&state, &caller, &name).await?;
     state.store.delete_agent(&agent.id).await?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -483,7 +483,7 @@ pub(super) async fn revoke_token(
     if !state.store.revoke_token(&token.id).await? {
         return Err(not_found());
     }
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,

@@ -173,7 +173,7 @@ pub(super) async fn register(
                 .await?
                 .ok_or_else(|| ApiError::internal("new owner vanished"))?;
             if let Some(v) = state.store.vault_by_name(&default_vault).await? {
-                state.changed(&v.id).await;
+                state.manage().changed(&v.id).await;
             }
             session_response(&state, &user, StatusCode::CREATED).await
         }
@@ -209,7 +209,7 @@ pub(super) async fn register(
                 .user_by_id(&user_id)
                 .await?
                 .ok_or_else(|| ApiError::internal("new user vanished"))?;
-            state.tokens_changed().await;
+            state.manage().tokens_changed().await;
             session_response(&state, &user, StatusCode::CREATED).await
         }
         (Some(_), Some(_)) => Err(ApiError::bad_request(
@@ -268,7 +268,7 @@ pub(super) async fn logout(
         ));
     }
     state.store.revoke_token(&caller.token_id).await?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::SET_COOKIE,

@@ -256,7 +256,7 @@ pub(super) async fn set(
             },
         )
         .await?;
-    state.changed(&vault.id).await;
+    state.manage().changed(&vault.id).await;
     let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
     crate::audit::record(
         &state.store,
@@ -311,7 +311,7 @@ pub(super) async fn remove(
             names.join(", ")
         )));
     }
-    state.changed(&vault.id).await;
+    state.manage().changed(&vault.id).await;
     let names: Vec<_> = keys.iter().map(|k| k.to_string()).collect();
     crate::audit::record(
         &state.store,

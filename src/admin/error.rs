@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::crypto::CryptoError;
 use crate::identity::AuthError;
+use crate::manage::AccessError;
+use crate::manage::services::ServicesError;
+use crate::registry::StoredServiceError;
 use crate::store::StoreError;
 
 /// An error answered by the admin API.
@@ -162,6 +165,50 @@ impl From<AuthError> for ApiError {
         match err {
             AuthError::Store(e) => e.into(),
             _ => Self::Unauthorized,
+        }
+    }
+}
+
+/// An error with its causes, for the log (never for the caller).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl From<AccessError> for ApiError {
+    fn from(err: AccessError) -> Self {
+        match err {
+            AccessError::VaultNotFound(_) => Self::NotFound(err.to_string()),
+            AccessError::RoleTooLow { .. } => Self::Forbidden(err.to_string()),
+            AccessError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoredServiceError> for ApiError {
+    fn from(err: StoredServiceError) -> Self {
+        match err {
+            StoredServiceError::Tampered { .. } => Self::Integrity(err.to_string()),
+            StoredServiceError::Unreadable { .. } => Self::Internal(chain(&err)),
+        }
+    }
+}
+
+impl From<ServicesError> for ApiError {
+    fn from(err: ServicesError) -> Self {
+        match err {
+            ServicesError::Access(e) => e.into(),
+            ServicesError::Invalid(e) => Self::bad_request("invalid_service", e.to_string()),
+            ServicesError::NotFound { .. } => Self::NotFound(err.to_string()),
+            ServicesError::Stored(e) => e.into(),
+            ServicesError::Encode { .. } => Self::Internal(chain(&err)),
+            ServicesError::Store(e) => e.into(),
         }
     }
 }

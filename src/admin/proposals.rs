@@ -17,9 +17,11 @@ use super::{AdminState, ApiError};
 use crate::crypto::{Aad, TokenKind, open, random_id, seal};
 use crate::domain::{CredentialKey, VaultRole, now_ms};
 use crate::identity::{Authenticated, Principal};
+use crate::manage;
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
 use crate::proposal::{self, ProposalContent, ProposalRequest, VaultState};
+use crate::registry::read_service;
 use crate::store::{
     ApplyOutcome, ApplyWrites, CreateRefused, CredentialWrite, PrincipalKind, ProposalRecord,
     ProposalStatus, ProposalValueRecord, VaultRecord,
@@ -30,20 +32,9 @@ pub(crate) async fn vault_state(
     state: &AdminState,
     vault_id: &str,
 ) -> Result<VaultState, ApiError> {
-    let mut services = Vec::new();
-    for row in state.store.list_services(vault_id).await? {
-        if !state
-            .keyring
-            .verify_service_mac(vault_id, &row.name, &row.spec, &row.mac)
-        {
-            return Err(ApiError::Integrity(format!(
-                "service {} of vault {vault_id}",
-                row.name
-            )));
-        }
-        services.push(serde_json::from_str::<ServiceSpec>(&row.spec).map_err(ApiError::internal)?);
-    }
-    let keys = super::services::known_keys(state, vault_id).await?;
+    let m = state.manage();
+    let services = manage::services::specs(&m, vault_id).await?;
+    let keys = manage::services::known_keys(&m, vault_id).await?;
     Ok(VaultState { services, keys })
 }
 
@@ -663,7 +654,8 @@ pub(crate) async fn approve(
         .chain(plan.set_keys.iter())
         .cloned()
         .collect();
-    let rows = super::services::rows_for(state, &p.vault_id, &plan.services, &keys_after)?;
+    let rows =
+        manage::services::rows_for(&state.manage(), &p.vault_id, &plan.services, &keys_after)?;
     let writes: Vec<CredentialWrite> = plan
         .set_keys
         .iter()
@@ -706,13 +698,7 @@ pub(crate) async fn approve(
                 // The vault inside the transaction must be the one the approver reviewed.
                 let services: Option<Vec<ServiceSpec>> = rows
                     .iter()
-                    .map(|r| {
-                        state
-                            .keyring
-                            .verify_service_mac(&p.vault_id, &r.name, &r.spec, &r.mac)
-                            .then(|| serde_json::from_str(&r.spec).ok())
-                            .flatten()
-                    })
+                    .map(|r| read_service(&state.keyring, &p.vault_id, r).verified().ok())
                     .collect();
                 services.is_some_and(|services| {
                     VaultState {
@@ -741,7 +727,7 @@ pub(crate) async fn approve(
             return Err(not_pending(&now));
         }
     }
-    state.changed(&p.vault_id).await;
+    state.manage().changed(&p.vault_id).await;
     crate::audit::record(
         &state.store,
         caller,

@@ -82,8 +82,8 @@ pub(super) async fn create(
             }
             other => other.into(),
         })?;
-    state.tokens_changed().await;
-    state.changed(&vault.id).await;
+    state.manage().tokens_changed().await;
+    state.manage().changed(&vault.id).await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -121,8 +121,8 @@ pub(super) async fn remove(
         ));
     }
     state.store.delete_vault(&vault.id).await?;
-    state.tokens_changed().await;
-    state.changed(&vault.id).await;
+    state.manage().tokens_changed().await;
+    state.manage().changed(&vault.id).await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -173,7 +173,7 @@ pub(super) async fn update_settings(
         .store
         .set_unmatched_host_policy(&vault.id, policy)
         .await?;
-    state.changed(&vault.id).await;
+    state.manage().changed(&vault.id).await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -298,7 +298,7 @@ pub(super) async fn set_member(
         GrantChange::LastHumanAdmin => return Err(last_human_admin()),
         GrantChange::Done | GrantChange::NotMember => {}
     }
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,
@@ -337,7 +337,7 @@ pub(super) async fn remove_member(
             )));
         }
     }
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     crate::audit::record(
         &state.store,
         &caller,

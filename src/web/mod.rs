@@ -345,7 +345,7 @@ async fn logout(
         );
     }
     let _ = state.store.revoke_token(&user.token_id).await;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     let mut response = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
