@@ -9,7 +9,9 @@ use serde_json::json;
 use crate::crypto::CryptoError;
 use crate::identity::AuthError;
 use crate::manage::AccessError;
+use crate::manage::credentials::CredentialsError;
 use crate::manage::services::ServicesError;
+use crate::manage::vaults::VaultsError;
 use crate::registry::StoredServiceError;
 use crate::store::StoreError;
 
@@ -209,6 +211,44 @@ impl From<ServicesError> for ApiError {
             ServicesError::Stored(e) => e.into(),
             ServicesError::Encode { .. } => Self::Internal(chain(&err)),
             ServicesError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<VaultsError> for ApiError {
+    fn from(err: VaultsError) -> Self {
+        match err {
+            VaultsError::Access(e) => e.into(),
+            VaultsError::UsersOnly { .. } => Self::Forbidden(err.to_string()),
+            VaultsError::InvalidName(_) => Self::bad_request("invalid_vault_name", err.to_string()),
+            VaultsError::Exists(_) | VaultsError::LastHumanAdmin => Self::Conflict(err.to_string()),
+            VaultsError::ProxyRoleForUser => Self::bad_request("invalid_role", err.to_string()),
+            VaultsError::NoSuchPrincipal { .. } | VaultsError::NotMember { .. } => {
+                Self::NotFound(err.to_string())
+            }
+            VaultsError::AgentTampered(_) => Self::Integrity(err.to_string()),
+            VaultsError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CredentialsError> for ApiError {
+    fn from(err: CredentialsError) -> Self {
+        use CredentialsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::TooMany { .. } => Self::bad_request("too_many_credentials", err.to_string()),
+            E::NothingToSet
+            | E::NothingToDelete
+            | E::StrayDescription(_)
+            | E::DescriptionTooLong(_) => Self::bad_request("invalid_body", err.to_string()),
+            E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
+            E::EmptyValue(_) | E::ValueTooLong(_) => {
+                Self::bad_request("invalid_credential_value", err.to_string())
+            }
+            E::NotFound { .. } | E::NotAllFound { .. } => Self::NotFound(err.to_string()),
+            E::Integrity { .. } => Self::Integrity(chain(&err)),
+            E::Store(e) => e.into(),
         }
     }
 }

@@ -610,7 +610,7 @@ pub(crate) async fn approve(
                 format!("the proposal does not ask for {key}"),
             ));
         }
-        if value.expose_secret().len() > super::credentials::MAX_VALUE_BYTES {
+        if value.expose_secret().len() > manage::credentials::MAX_VALUE_BYTES {
             return Err(ApiError::bad_request(
                 "invalid_credential_value",
                 format!("the value of {key} is too long"),
