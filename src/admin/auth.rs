@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::{ApiJson, Caller, ClientIp};
-use super::{AdminState, ApiError, issue_token};
+use super::{AdminState, ApiError};
 use crate::crypto::{TokenKind, random_id};
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
 use crate::identity::Principal;
+use crate::manage::agents::issue_token;
 use crate::store::{InviteRecord, InviteVaultGrant, TokenStoreKind, UserRecord};
 
 /// Longest password accepted (Argon2 would take anything; this bounds request cost).
@@ -94,8 +95,8 @@ async fn session_response(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let ttl = state.config.tokens.session_ttl;
-    let (raw, record) = issue_token(
-        state,
+    let issued = issue_token(
+        &state.manage(),
         TokenKind::Session,
         TokenStoreKind::Session,
         |t| {
@@ -107,9 +108,9 @@ async fn session_response(
     .await?;
     let body = json!({
         "user": UserView::from(user),
-        "token": raw.expose_secret(),
-        "token_id": record.id,
-        "expires_at": record.expires_at,
+        "token": issued.raw.expose_secret(),
+        "token_id": issued.record.id,
+        "expires_at": issued.record.expires_at,
     });
     Ok((status, Json(body)).into_response())
 }
@@ -409,15 +410,16 @@ pub(super) async fn create_invite(
         integrity_ok: true,
     };
     state.store.create_invite(&invite).await?;
-    crate::audit::record(
-        &state.store,
-        &caller,
-        "invite.create",
-        None,
-        invite.email.to_string(),
-        String::new(),
-    )
-    .await;
+    state
+        .manage()
+        .record(
+            &caller,
+            "invite.create",
+            None,
+            invite.email.to_string(),
+            String::new(),
+        )
+        .await;
     let register_command = format!(
         "agent-vault auth register --address {} --email {} --invite-token {} --password-stdin",
         state.public_url,

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::crypto::CryptoError;
 use crate::identity::AuthError;
 use crate::manage::AccessError;
+use crate::manage::agents::AgentsError;
 use crate::manage::credentials::CredentialsError;
 use crate::manage::services::ServicesError;
 use crate::manage::vaults::VaultsError;
@@ -248,6 +249,26 @@ impl From<CredentialsError> for ApiError {
             }
             E::NotFound { .. } | E::NotAllFound { .. } => Self::NotFound(err.to_string()),
             E::Integrity { .. } => Self::Integrity(chain(&err)),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AgentsError> for ApiError {
+    fn from(err: AgentsError) -> Self {
+        use AgentsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::UsersOnly | E::ScopedCannotMint => Self::Forbidden(err.to_string()),
+            E::InvalidName(_) => Self::bad_request("invalid_agent_name", err.to_string()),
+            E::Exists(_) => Self::Conflict(err.to_string()),
+            E::NotFound(_) | E::TokenNotFound(_) => Self::NotFound(err.to_string()),
+            E::Tampered(_) => Self::Integrity(err.to_string()),
+            E::TtlTooShort | E::TtlTooLong(_) | E::OutlivesMinter(_) => {
+                Self::bad_request("invalid_ttl", err.to_string())
+            }
+            E::LabelTooLong => Self::bad_request("invalid_label", err.to_string()),
+            E::Crypto(e) => e.into(),
             E::Store(e) => e.into(),
         }
     }

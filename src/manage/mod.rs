@@ -7,6 +7,7 @@
 //! Every admin action ends in [`Manage::record`], which writes the audit row and one `info`
 //! log line (who, what, which target; never a value).
 
+pub mod agents;
 pub mod credentials;
 pub mod services;
 pub mod vaults;

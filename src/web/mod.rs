@@ -297,8 +297,8 @@ async fn login_submit(
         );
     };
     let ttl = state.config.tokens.web_session_ttl;
-    let issued = crate::admin::issue_token(
-        &state,
+    let issued = crate::manage::agents::issue_token(
+        &state.manage(),
         TokenKind::Web,
         TokenStoreKind::Web,
         |t| {
@@ -308,9 +308,9 @@ async fn login_submit(
         Some(ttl),
     )
     .await;
-    let (raw, _) = match issued {
-        Ok(x) => x,
-        Err(e) => return api_error_page(e),
+    let raw = match issued {
+        Ok(issued) => issued.raw,
+        Err(e) => return api_error_page(e.into()),
     };
     let cookie = session_cookie(&state, raw.expose_secret(), ttl.as_secs());
     let mut response = Redirect::to(&next).into_response();
