@@ -11,6 +11,7 @@ use crate::identity::AuthError;
 use crate::manage::AccessError;
 use crate::manage::agents::AgentsError;
 use crate::manage::credentials::CredentialsError;
+use crate::manage::proposals::ProposalsError;
 use crate::manage::services::ServicesError;
 use crate::manage::vaults::VaultsError;
 use crate::registry::StoredServiceError;
@@ -268,6 +269,40 @@ impl From<AgentsError> for ApiError {
                 Self::bad_request("invalid_ttl", err.to_string())
             }
             E::LabelTooLong => Self::bad_request("invalid_label", err.to_string()),
+            E::Crypto(e) => e.into(),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ProposalsError> for ApiError {
+    fn from(err: ProposalsError) -> Self {
+        use ProposalsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::Services(e) => e.into(),
+            E::VaultRequired => Self::bad_request("vault_required", err.to_string()),
+            E::Invalid(_) => Self::bad_request("invalid_proposal", err.to_string()),
+            E::TooManyPending { .. } => Self::TooManyPending(err.to_string()),
+            E::VaultGone | E::NotFound(_) | E::NotInVault { .. } | E::LinkInvalid | E::NoRole => {
+                Self::NotFound(err.to_string())
+            }
+            E::HumansOnly | E::ApproveNeedsRole { .. } | E::RejectNeedsMember => {
+                Self::Forbidden(err.to_string())
+            }
+            E::NotPending { .. } | E::Stale | E::NoLongerApplies(_) | E::VaultChanged => {
+                Self::Conflict(err.to_string())
+            }
+            E::RisksNotAcknowledged { .. } => {
+                Self::bad_request("risks_not_acknowledged", err.to_string())
+            }
+            E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
+            E::UnexpectedValue(_) => Self::bad_request("unexpected_value", err.to_string()),
+            E::ValueTooLong(_) => Self::bad_request("invalid_credential_value", err.to_string()),
+            E::ValueRequired(_) => Self::bad_request("value_required", err.to_string()),
+            E::ReasonTooLong => Self::bad_request("invalid_reason", err.to_string()),
+            E::Content { .. } | E::SuppliedValue { .. } => Self::Integrity(chain(&err)),
+            E::Encode(_) => Self::Internal(chain(&err)),
             E::Crypto(e) => e.into(),
             E::Store(e) => e.into(),
         }

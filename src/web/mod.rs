@@ -19,11 +19,13 @@ use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admin::extract::{ClientIp, SECURE_SESSION_COOKIE, SESSION_COOKIE};
-use crate::admin::proposals::{approve, content_of, reject, vault_state};
 use crate::admin::{AdminState, ApiError};
 use crate::crypto::TokenKind;
 use crate::domain::{Email, VaultRole};
 use crate::identity::{Authenticated, Principal};
+use crate::manage::proposals::{
+    self as manage_proposals, approve, content_of, reject, vault_state,
+};
 use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{AuthSpec, ServiceSpec};
 use crate::proposal::{self, CredentialSlot, ProposalContent, ServiceChange, Severity, VaultState};
@@ -415,17 +417,6 @@ enum Viewer {
     User(Arc<Authenticated>, Option<VaultRole>),
 }
 
-fn link_token_valid(state: &AdminState, p: &ProposalRecord, token: Option<&str>) -> bool {
-    match token {
-        Some(t) if TokenKind::Approval.matches_format(t) => state
-            .keyring
-            .token_hasher()
-            .hash_str(t)
-            .ct_eq(&p.approval_token_hash),
-        _ => false,
-    }
-}
-
 /// Loads a proposal the visitor may see: with a valid link token, or as a member of its vault.
 async fn load_visible(
     state: &AdminState,
@@ -433,32 +424,16 @@ async fn load_visible(
     token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(ProposalRecord, VaultRecord, Viewer), Response> {
-    let gone = || {
-        error_page(
-            StatusCode::NOT_FOUND,
-            "This approval link is invalid. Ask the agent for a new one, or open the proposal from your dashboard.",
-        )
-    };
-    let p = match state.store.proposal(id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Err(gone()),
-        Err(e) => return Err(api_error_page(e.into())),
-    };
-    let viewer = match web_user(state, headers).await {
+    let user = web_user(state, headers).await;
+    let (vault, p) = manage_proposals::visible(&state.manage(), id, token, user.as_deref())
+        .await
+        .map_err(|e| api_error_page(e.into()))?;
+    let viewer = match user {
         Some(user) => {
             let role = user.role_in(&p.vault_id);
             Viewer::User(user, role)
         }
         None => Viewer::Anonymous,
-    };
-    let member = matches!(&viewer, Viewer::User(_, Some(r)) if *r >= VaultRole::Member);
-    if !member && !link_token_valid(state, &p, token) {
-        return Err(gone());
-    }
-    let vault = match state.store.vault_by_id(&p.vault_id).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return Err(gone()),
-        Err(e) => return Err(api_error_page(e.into())),
     };
     Ok((p, vault, viewer))
 }
@@ -780,11 +755,12 @@ async fn render_page(
     flash: Option<(&str, &str)>,
     status: StatusCode,
 ) -> Response {
-    let vs = match vault_state(state, &vault.id).await {
+    let m = state.manage();
+    let vs = match vault_state(&m, &vault.id).await {
         Ok(vs) => vs,
-        Err(e) => return api_error_page(e),
+        Err(e) => return api_error_page(e.into()),
     };
-    let creator = crate::admin::proposals::describe_creator(state, p).await;
+    let creator = manage_proposals::describe_creator(&m, p).await;
     match render(state, p, vault, &vs, &creator, viewer, token, flash) {
         Ok(body) => html_response(status, &format!("Proposal #{}", p.seq), &body),
         Err(e) => api_error_page(e),
@@ -906,22 +882,24 @@ async fn approval_submit(
     let outcome = match form.get("action").map(String::as_str) {
         Some("approve") => match confirm(&state, &user_id, confirm_password).await {
             Ok(()) => approve(
-                &state,
+                &state.manage(),
                 user,
-                &user_id,
+                &vault,
                 &p,
                 values,
                 hash,
                 &proposal::Acknowledgement::Ids(acknowledged),
             )
             .await
+            .map_err(ApiError::from)
             .map(|()| "Approved: the changes are live."),
             Err(e) => Err(e),
         },
         Some("reject") => {
             let reason = form.get("reason").map(String::as_str).unwrap_or_default();
-            reject(&state, user, &user_id, &p, reason)
+            reject(&state.manage(), user, &vault, &p, reason)
                 .await
+                .map_err(ApiError::from)
                 .map(|()| "Rejected.")
         }
         _ => Err(ApiError::bad_request(
