@@ -83,6 +83,11 @@ impl ApiError {
         Self::Internal(err.to_string())
     }
 
+    /// The HTTP status this error is answered with, by the API and the web pages alike.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
