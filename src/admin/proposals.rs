@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiJson, Caller};
 use super::{AdminState, ApiError};
-use crate::manage::proposals::{self, Viewed};
+use crate::manage::proposals::{self, Approval, Decision, Viewed};
 use crate::proposal::{self, ProposalRequest};
 use crate::store::ProposalStatus;
 
@@ -221,18 +221,13 @@ pub(crate) async fn approve_api(
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&headers)?;
-    let ack = body.acknowledge_risks.into();
-    let m = state.manage();
-    let p = proposals::approve_by_ref(
-        &m,
-        &caller,
-        &name,
-        &n,
-        body.values,
-        body.approval_hash,
-        &ack,
-    )
-    .await?;
+    let approval = Approval {
+        values: body.values,
+        shown_hash: body.approval_hash,
+        acknowledged: body.acknowledge_risks.into(),
+    };
+    let decision = Decision::Approve(approval);
+    let p = proposals::decide_by_ref(&state.manage(), &caller, &name, &n, decision).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "applied" }),
     ))
@@ -254,7 +249,10 @@ pub(crate) async fn reject_api(
     ApiJson(body): ApiJson<RejectBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&headers)?;
-    let p = proposals::reject_by_ref(&state.manage(), &caller, &name, &n, &body.reason).await?;
+    let decision = Decision::Reject {
+        reason: body.reason,
+    };
+    let p = proposals::decide_by_ref(&state.manage(), &caller, &name, &n, decision).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "rejected" }),
     ))

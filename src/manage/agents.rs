@@ -260,14 +260,8 @@ pub async fn create(
             other => other.into(),
         })?;
     m.tokens_changed().await;
-    m.record(
-        caller,
-        "agent.create",
-        None,
-        name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "agent.create", None, name.to_string())
+        .await;
     Ok((summary(m, agent).await?, token))
 }
 
@@ -320,14 +314,8 @@ pub async fn rotate(
     let token = agent_token(m, &agent.id, ttl)?;
     m.store.rotate_agent_token(&agent.id, &token.record).await?;
     m.tokens_changed().await;
-    m.record(
-        caller,
-        "agent.rotate",
-        None,
-        agent.name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "agent.rotate", None, agent.name.to_string())
+        .await;
     Ok((agent, token))
 }
 
@@ -340,14 +328,8 @@ pub async fn revoke(
     let agent = managed_agent(m, caller, name).await?;
     let n = m.store.revoke_agent_tokens(&agent.id).await?;
     m.tokens_changed().await;
-    m.record(
-        caller,
-        "agent.revoke",
-        None,
-        agent.name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "agent.revoke", None, agent.name.to_string())
+        .await;
     Ok((agent, n))
 }
 
@@ -356,14 +338,8 @@ pub async fn delete(m: &Manage<'_>, caller: &Authenticated, name: &str) -> Resul
     let agent = managed_agent(m, caller, name).await?;
     m.store.delete_agent(&agent.id).await?;
     m.tokens_changed().await;
-    m.record(
-        caller,
-        "agent.delete",
-        None,
-        agent.name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "agent.delete", None, agent.name.to_string())
+        .await;
     Ok(())
 }
 
@@ -424,7 +400,7 @@ pub async fn mint_scoped(
         Some(ttl),
     )
     .await?;
-    m.record(
+    m.record_with(
         caller,
         "token.mint",
         Some(&vault),
@@ -478,13 +454,7 @@ pub async fn revoke_token(
         Some(id) => m.store.vault_by_id(id).await.ok().flatten(),
         None => None,
     };
-    m.record(
-        caller,
-        "token.revoke",
-        vault.as_ref(),
-        token.id.clone(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "token.revoke", vault.as_ref(), token.id.clone())
+        .await;
     Ok(())
 }

@@ -160,7 +160,6 @@ pub async fn list(
             "credential.reveal",
             Some(&vault),
             revealed.join(","),
-            String::new(),
         )
         .await;
     }
@@ -185,14 +184,8 @@ pub async fn reveal(
                 vault: vault.to_owned(),
             })?;
     let value = open_value(m, &c)?;
-    m.record(
-        caller,
-        "credential.reveal",
-        Some(&record),
-        key.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "credential.reveal", Some(&record), key.to_string())
+        .await;
     Ok((c, value))
 }
 
@@ -270,14 +263,8 @@ pub async fn set(
         .await?;
     m.changed(&vault.id).await;
     let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
-    m.record(
-        caller,
-        "credential.set",
-        Some(&vault),
-        keys.join(","),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "credential.set", Some(&vault), keys.join(","))
+        .await;
     Ok(written)
 }
 
@@ -306,13 +293,7 @@ pub async fn delete(
     }
     m.changed(&record.id).await;
     let names: Vec<_> = keys.iter().map(|k| k.to_string()).collect();
-    m.record(
-        caller,
-        "credential.delete",
-        Some(&record),
-        names.join(","),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "credential.delete", Some(&record), names.join(","))
+        .await;
     Ok(keys)
 }

@@ -129,17 +129,30 @@ impl Manage<'_> {
         }
     }
 
-    /// Records an admin action: the audit row (with `detail`) and one `info` line naming who
-    /// did what to which target. Neither ever carries a value: targets are names, numbers and
-    /// ids; `detail` (a label, a policy, a reason) goes to the audit row only.
+    /// Records an admin action: the audit row and one `info` line naming who did what to which
+    /// target. Neither ever carries a value: targets are names, numbers and ids.
     pub async fn record(
         &self,
         who: &Authenticated,
         action: &str,
         vault: Option<&VaultRecord>,
-        target: String,
+        target: impl Into<String>,
+    ) {
+        self.record_with(who, action, vault, target, String::new())
+            .await;
+    }
+
+    /// [`Manage::record`] with a detail for the audit row only (a label, a policy, a reason):
+    /// the log line leaves it out, since it may be free text.
+    pub async fn record_with(
+        &self,
+        who: &Authenticated,
+        action: &str,
+        vault: Option<&VaultRecord>,
+        target: impl Into<String>,
         detail: String,
     ) {
+        let target = target.into();
         let (actor_kind, actor_id) = who.actor();
         tracing::info!(
             actor_kind,
@@ -149,14 +162,7 @@ impl Manage<'_> {
             target = %target,
             "admin action"
         );
-        crate::audit::record(
-            self.store,
-            who,
-            action,
-            vault.map(|v| v.id.as_str()),
-            target,
-            detail,
-        )
-        .await;
+        let vault_id = vault.map(|v| v.id.as_str());
+        crate::audit::record(self.store, who, action, vault_id, target, detail).await;
     }
 }

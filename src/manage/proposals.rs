@@ -303,7 +303,6 @@ pub async fn create(
         "proposal.create",
         Some(&vault),
         format!("#{}", record.seq),
-        String::new(),
     )
     .await;
     let created_by = describe_creator(m, &record).await;
@@ -592,39 +591,77 @@ fn not_pending(p: &ProposalRecord) -> ProposalsError {
     }
 }
 
-/// Approves proposal `number_or_id` of vault `vault` (see [`approve`]); with no `shown_hash`,
-/// the approval is for the content and vault as they are now.
-pub async fn approve_by_ref(
+/// The error for a proposal another decision (or expiry) got to first, with its status now.
+async fn decided_meanwhile(m: &Manage<'_>, p: &ProposalRecord) -> ProposalsError {
+    match m.store.proposal(&p.id).await {
+        Ok(now) => not_pending(now.as_ref().unwrap_or(p)),
+        Err(e) => e.into(),
+    }
+}
+
+/// What an approver sends: values for the credential slots, and what they reviewed.
+#[derive(Debug, Default)]
+pub struct Approval {
+    /// Values by key; an empty one keeps the value the agent supplied.
+    pub values: BTreeMap<String, SecretString>,
+    /// The `approval_hash` of what was reviewed; without it, the approval is for the content
+    /// and vault as they are now (the API allows that; the page always sends it).
+    pub shown_hash: Option<String>,
+    /// The risks the approver accepted.
+    pub acknowledged: Acknowledgement,
+}
+
+/// A human's decision on a proposal.
+#[derive(Debug)]
+pub enum Decision {
+    /// Approve and apply it.
+    Approve(Approval),
+    /// Reject it; the reason is shown to the agent.
+    Reject {
+        /// Why (at most 1000 characters; may be empty).
+        reason: String,
+    },
+}
+
+/// Decides proposal `number_or_id` of vault `vault` (see [`decide`]); returns the proposal as
+/// it was before the decision.
+pub async fn decide_by_ref(
     m: &Manage<'_>,
     caller: &Authenticated,
     vault: &str,
     number_or_id: &str,
-    values: BTreeMap<String, SecretString>,
-    shown_hash: Option<String>,
-    acknowledged: &Acknowledgement,
+    decision: Decision,
 ) -> Result<ProposalRecord, ProposalsError> {
     reviewer(caller)?;
     let (vault, p) = find(m, caller, vault, number_or_id).await?;
-    let hash = match shown_hash {
-        Some(h) => h,
-        None => proposal::approval_hash(&content_of(&p)?, &vault_state(m, &vault.id).await?),
-    };
-    approve(m, caller, &vault, &p, values, &hash, acknowledged).await?;
+    decide(m, caller, &vault, &p, decision).await?;
     Ok(p)
 }
 
-/// Approves and applies a proposal in one transaction. The caller must be a human with the
-/// member role (admin when services change); `shown_hash` must match the content and vault
-/// state the human reviewed; every risk that needs an acknowledgement (look-alike hosts) must be
-/// in `acknowledged`; every credential slot needs a value (the approver's, else the agent's).
-pub async fn approve(
+/// Approves or rejects a pending proposal: humans only, once.
+pub async fn decide(
     m: &Manage<'_>,
     caller: &Authenticated,
     vault: &VaultRecord,
     p: &ProposalRecord,
-    values: BTreeMap<String, SecretString>,
-    shown_hash: &str,
-    acknowledged: &Acknowledgement,
+    decision: Decision,
+) -> Result<(), ProposalsError> {
+    match decision {
+        Decision::Approve(approval) => approve(m, caller, vault, p, approval).await,
+        Decision::Reject { reason } => reject(m, caller, vault, p, &reason).await,
+    }
+}
+
+/// Approves and applies a proposal in one transaction. The caller must be a human with the
+/// member role (admin when services change); the hash shown must match the content and vault
+/// state the human reviewed; every risk that needs an acknowledgement (look-alike hosts) must be
+/// acknowledged; every credential slot needs a value (the approver's, else the agent's).
+async fn approve(
+    m: &Manage<'_>,
+    caller: &Authenticated,
+    vault: &VaultRecord,
+    p: &ProposalRecord,
+    approval: Approval,
 ) -> Result<(), ProposalsError> {
     let user_id = reviewer(caller)?;
     if p.status != ProposalStatus::Pending {
@@ -641,18 +678,16 @@ pub async fn approve(
         return Err(ProposalsError::ApproveNeedsRole { need, have });
     }
     let vs = vault_state(m, &p.vault_id).await?;
+    let current = proposal::approval_hash(&content, &vs);
+    let shown = approval.shown_hash.as_deref().unwrap_or(&current);
     use subtle::ConstantTimeEq;
-    if !bool::from(
-        proposal::approval_hash(&content, &vs)
-            .as_bytes()
-            .ct_eq(shown_hash.as_bytes()),
-    ) {
+    if !bool::from(current.as_bytes().ct_eq(shown.as_bytes())) {
         return Err(ProposalsError::Stale);
     }
     // The risks are a function of the content and vault state the hash covers, so these are
     // exactly the risks the approver was shown.
     let risks = proposal::risks(&content, &vs);
-    let missing = proposal::unacknowledged(&risks, acknowledged);
+    let missing = proposal::unacknowledged(&risks, &approval.acknowledged);
     if !missing.is_empty() {
         let list: Vec<String> = missing
             .iter()
@@ -664,7 +699,7 @@ pub async fn approve(
         });
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
-    let final_values = values_to_apply(m, p, &plan.set_keys, values).await?;
+    let final_values = values_to_apply(m, p, &plan.set_keys, approval.values).await?;
     let keys_after: BTreeSet<CredentialKey> = vs
         .keys
         .iter()
@@ -726,10 +761,7 @@ pub async fn approve(
     match applied {
         ApplyOutcome::Applied => {}
         ApplyOutcome::VaultChanged => return Err(ProposalsError::VaultChanged),
-        ApplyOutcome::NotPending => {
-            let now = m.store.proposal(&p.id).await?.unwrap_or_else(|| p.clone());
-            return Err(not_pending(&now));
-        }
+        ApplyOutcome::NotPending => return Err(decided_meanwhile(m, p).await),
     }
     m.changed(&p.vault_id).await;
     m.record(
@@ -737,7 +769,6 @@ pub async fn approve(
         "proposal.approve",
         Some(vault),
         format!("#{}", p.seq),
-        String::new(),
     )
     .await;
     Ok(())
@@ -791,22 +822,8 @@ async fn values_to_apply(
     Ok(out)
 }
 
-/// Rejects proposal `number_or_id` of vault `vault` (see [`reject`]).
-pub async fn reject_by_ref(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    vault: &str,
-    number_or_id: &str,
-    reason: &str,
-) -> Result<ProposalRecord, ProposalsError> {
-    reviewer(caller)?;
-    let (vault, p) = find(m, caller, vault, number_or_id).await?;
-    reject(m, caller, &vault, &p, reason).await?;
-    Ok(p)
-}
-
 /// Rejects a proposal (member role or higher, humans only); the reason is shown to the agent.
-pub async fn reject(
+async fn reject(
     m: &Manage<'_>,
     caller: &Authenticated,
     vault: &VaultRecord,
@@ -825,10 +842,9 @@ pub async fn reject(
         return Err(ProposalsError::RejectNeedsMember);
     }
     if !m.store.reject_proposal(&p.id, user_id, reason).await? {
-        let now = m.store.proposal(&p.id).await?.unwrap_or_else(|| p.clone());
-        return Err(not_pending(&now));
+        return Err(decided_meanwhile(m, p).await);
     }
-    m.record(
+    m.record_with(
         caller,
         "proposal.reject",
         Some(vault),

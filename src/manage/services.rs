@@ -114,14 +114,8 @@ pub async fn replace(
     m.store.replace_services(&vault.id, &rows).await?;
     m.changed(&vault.id).await;
     let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-    m.record(
-        caller,
-        "service.replace",
-        Some(&vault),
-        names.join(","),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "service.replace", Some(&vault), names.join(","))
+        .await;
     Ok(specs)
 }
 
@@ -146,7 +140,7 @@ pub async fn upsert(
         m.store.upsert_service(&vault.id, row).await?;
     }
     m.changed(&vault.id).await;
-    m.record(
+    m.record_with(
         caller,
         "service.set",
         Some(&vault),
@@ -172,13 +166,7 @@ pub async fn remove(
         });
     }
     m.changed(&record.id).await;
-    m.record(
-        caller,
-        "service.remove",
-        Some(&record),
-        service.to_owned(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "service.remove", Some(&record), service.to_owned())
+        .await;
     Ok(())
 }

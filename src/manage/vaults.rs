@@ -94,14 +94,8 @@ pub async fn create(
         })?;
     m.tokens_changed().await;
     m.changed(&vault.id).await;
-    m.record(
-        caller,
-        "vault.create",
-        Some(&vault),
-        name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "vault.create", Some(&vault), name.to_string())
+        .await;
     Ok(vault)
 }
 
@@ -117,14 +111,8 @@ pub async fn delete(m: &Manage<'_>, caller: &Authenticated, name: &str) -> Resul
     m.tokens_changed().await;
     m.changed(&vault.id).await;
     // The vault is gone, so the audit row belongs to no vault; its name is the target.
-    m.record(
-        caller,
-        "vault.delete",
-        None,
-        vault.name.to_string(),
-        String::new(),
-    )
-    .await;
+    m.record(caller, "vault.delete", None, vault.name.to_string())
+        .await;
     Ok(())
 }
 
@@ -138,11 +126,11 @@ pub async fn set_unmatched_host_policy(
     let (vault, _) = m.vault_access(caller, name, VaultRole::Admin).await?;
     m.store.set_unmatched_host_policy(&vault.id, policy).await?;
     m.changed(&vault.id).await;
-    m.record(
+    m.record_with(
         caller,
         "vault.settings",
         Some(&vault),
-        "unmatched_host_policy".into(),
+        "unmatched_host_policy",
         policy.to_string(),
     )
     .await;
@@ -222,7 +210,7 @@ pub async fn set_member(
         GrantChange::Done | GrantChange::NotMember => {}
     }
     m.tokens_changed().await;
-    m.record(
+    m.record_with(
         caller,
         "member.set",
         Some(&vault),
@@ -263,7 +251,6 @@ pub async fn remove_member(
         "member.remove",
         Some(&vault),
         format!("{}:{who}", kind.as_str()),
-        String::new(),
     )
     .await;
     Ok(())

@@ -20,7 +20,7 @@ use crate::admin::{AdminState, ApiError};
 use crate::domain::VaultRole;
 use crate::identity::{Authenticated, Principal};
 use crate::keys::Keyring;
-use crate::manage::proposals::{self, Review, approve, reject};
+use crate::manage::proposals::{self, Approval, Decision, Review};
 use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{AuthSpec, ServiceSpec};
 use crate::proposal::{
@@ -473,88 +473,69 @@ pub(super) async fn approval_page(
     }
 }
 
+/// A submitted decision form, sorted: secrets apart from the plain fields.
+#[derive(Debug, Default)]
+struct Submitted {
+    /// `action`, `csrf`, `hash`, `token`, `reason`.
+    fields: BTreeMap<String, String>,
+    /// `value_KEY` inputs, by key.
+    values: BTreeMap<String, SecretString>,
+    /// The approver's password, asked again.
+    confirm_password: Option<SecretString>,
+    /// The ids of the risks ticked.
+    acknowledged: BTreeSet<String>,
+}
+
+impl Submitted {
+    fn parse(pairs: Vec<(String, String)>) -> Self {
+        let mut out = Self::default();
+        for (name, value) in pairs {
+            if name == "confirm_password" {
+                out.confirm_password = Some(SecretString::from(value));
+            } else if name == "ack" {
+                out.acknowledged.insert(value);
+            } else if let Some(key) = name.strip_prefix("value_") {
+                out.values.insert(key.to_owned(), SecretString::from(value));
+            } else {
+                out.fields.insert(name, value);
+            }
+        }
+        out
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
 /// `POST /approve/{id}`: approve (with the password again) or reject, then the page anew.
 pub(super) async fn approval_submit(
     State(state): State<AdminState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(fields): axum::Form<Vec<(String, String)>>,
+    axum::Form(pairs): axum::Form<Vec<(String, String)>>,
 ) -> Response {
     // Refuse cross-site posts before looking at anything else.
     if !same_origin(&state.public_url, &headers) {
         return error_page(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
-    let mut form: BTreeMap<String, String> = BTreeMap::new();
-    let mut values: BTreeMap<String, SecretString> = BTreeMap::new();
-    let mut confirm_password: Option<SecretString> = None;
-    let mut acknowledged = BTreeSet::new();
-    for (name, value) in fields {
-        if name == "confirm_password" {
-            confirm_password = Some(SecretString::from(value));
-            continue;
-        }
-        if name == "ack" {
-            acknowledged.insert(value);
-            continue;
-        }
-        match name.strip_prefix("value_") {
-            Some(key) => {
-                values.insert(key.to_owned(), SecretString::from(value));
-            }
-            None => {
-                form.insert(name, value);
-            }
-        }
-    }
-    let token = form.get("token").map(String::as_str);
-    let (p, vault, viewer) = match load_visible(&state, &id, token, &headers).await {
+    let form = Submitted::parse(pairs);
+    let token = form.field("token").map(str::to_owned);
+    let (p, vault, viewer) = match load_visible(&state, &id, token.as_deref(), &headers).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     let Viewer::User(user, _) = &viewer else {
         return error_page(StatusCode::UNAUTHORIZED, "log in to approve or reject");
     };
-    let csrf = form.get("csrf").map(String::as_str).unwrap_or_default();
+    let csrf = form.field("csrf").unwrap_or_default();
     if !state.keyring.verify_csrf(&user.token_id, &p.id, csrf) {
         return error_page(
             StatusCode::FORBIDDEN,
             "this form is not valid any more (or came from another site); reload the page",
         );
     }
-    // `web_user` admits humans only; approving checks it again.
-    let user_id = match &user.principal {
-        Principal::User { id, .. } => id.clone(),
-        _ => String::new(),
-    };
-    let hash = form.get("hash").map(String::as_str).unwrap_or_default();
-    let outcome = match form.get("action").map(String::as_str) {
-        Some("approve") => match confirm(&state, &user_id, confirm_password).await {
-            Ok(()) => approve(
-                &state.manage(),
-                user,
-                &vault,
-                &p,
-                values,
-                hash,
-                &Acknowledgement::Ids(acknowledged),
-            )
-            .await
-            .map_err(ApiError::from)
-            .map(|()| "Approved: the changes are live."),
-            Err(e) => Err(e),
-        },
-        Some("reject") => {
-            let reason = form.get("reason").map(String::as_str).unwrap_or_default();
-            reject(&state.manage(), user, &vault, &p, reason)
-                .await
-                .map_err(ApiError::from)
-                .map(|()| "Rejected.")
-        }
-        _ => Err(ApiError::bad_request(
-            "invalid_action",
-            "choose approve or reject",
-        )),
-    };
+    let outcome = decide_from_form(&state, user, &vault, &p, form).await;
     let (flash, status) = match &outcome {
         Ok(msg) => (("success", (*msg).to_owned()), StatusCode::OK),
         Err(e) => (("error", page_message(e)), e.status()),
@@ -577,13 +558,14 @@ pub(super) async fn approval_submit(
         }
         None => Viewer::Anonymous,
     };
+    let flash = Some((flash.0, flash.1.as_str()));
     let mut response = render_page(
         &state,
         fresh,
         vault,
         &viewer,
-        token,
-        Some((flash.0, &flash.1)),
+        token.as_deref(),
+        flash,
         status,
     )
     .await;
@@ -593,6 +575,47 @@ pub(super) async fn approval_submit(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// Carries out what the form asks; the text says what happened, for the page's flash.
+async fn decide_from_form(
+    state: &AdminState,
+    user: &Authenticated,
+    vault: &VaultRecord,
+    p: &ProposalRecord,
+    mut form: Submitted,
+) -> Result<&'static str, ApiError> {
+    let (decision, done) = match form.field("action") {
+        Some("approve") => {
+            // `web_user` admits humans only, and deciding checks it again.
+            let user_id = match &user.principal {
+                Principal::User { id, .. } => id.as_str(),
+                _ => "",
+            };
+            confirm(state, user_id, form.confirm_password.take()).await?;
+            let approval = Approval {
+                shown_hash: Some(form.field("hash").unwrap_or_default().to_owned()),
+                values: form.values,
+                acknowledged: Acknowledgement::Ids(form.acknowledged),
+            };
+            (
+                Decision::Approve(approval),
+                "Approved: the changes are live.",
+            )
+        }
+        Some("reject") => {
+            let reason = form.field("reason").unwrap_or_default().to_owned();
+            (Decision::Reject { reason }, "Rejected.")
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_action",
+                "choose approve or reject",
+            ));
+        }
+    };
+    proposals::decide(&state.manage(), user, vault, p, decision).await?;
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -706,6 +729,31 @@ mod tests {
             admin.contains("name=\"token\" value=\"av_appr_&quot;x\""),
             "{admin}"
         );
+    }
+
+    #[test]
+    fn a_submitted_form_keeps_secrets_apart() {
+        let form = Submitted::parse(vec![
+            ("action".into(), "approve".into()),
+            ("value_GH_TOKEN".into(), "ghp_x".into()),
+            ("confirm_password".into(), "pw".into()),
+            ("ack".into(), "lookalike-host:gh".into()),
+            ("ack".into(), "other".into()),
+            ("csrf".into(), "c".into()),
+        ]);
+        assert_eq!(form.field("action"), Some("approve"));
+        assert_eq!(form.field("csrf"), Some("c"));
+        assert_eq!(
+            form.fields.len(),
+            2,
+            "values and the password are not plain fields"
+        );
+        assert_eq!(form.values["GH_TOKEN"].expose_secret(), "ghp_x");
+        assert_eq!(
+            form.confirm_password.as_ref().map(|p| p.expose_secret()),
+            Some("pw")
+        );
+        assert_eq!(form.acknowledged.len(), 2);
     }
 
     #[test]
