@@ -292,9 +292,10 @@ impl From<ProposalsError> for ApiError {
             E::VaultGone | E::NotFound(_) | E::NotInVault { .. } | E::LinkInvalid | E::NoRole => {
                 Self::NotFound(err.to_string())
             }
-            E::HumansOnly | E::ApproveNeedsRole { .. } | E::RejectNeedsMember => {
-                Self::Forbidden(err.to_string())
-            }
+            E::HumansOnly
+            | E::ApproveNeedsRole { .. }
+            | E::RejectNeedsMember
+            | E::NotFollower { .. } => Self::Forbidden(err.to_string()),
             E::NotPending { .. } | E::Stale | E::NoLongerApplies(_) | E::VaultChanged => {
                 Self::Conflict(err.to_string())
             }

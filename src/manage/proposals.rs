@@ -12,7 +12,7 @@ use super::services::{self, ServicesError};
 use super::{AccessError, Manage};
 use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
 use crate::domain::{CredentialKey, DomainError, Email, VaultRole, now_ms};
-use crate::identity::{Authenticated, Principal};
+use crate::identity::{Authenticated, Minter, Principal};
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
 use crate::proposal::{
@@ -59,6 +59,16 @@ pub enum ProposalsError {
     /// No proposal with that id.
     #[error("proposal {0:?} not found")]
     NotFound(String),
+    /// The caller is not among those who may follow this proposal's status.
+    #[error("proposal {id:?} was raised by {raised_by}; only {readers} may read its status")]
+    NotFollower {
+        /// The proposal id asked for.
+        id: String,
+        /// Who raised it, as a kind (never a name).
+        raised_by: &'static str,
+        /// Who may read it.
+        readers: &'static str,
+    },
     /// No proposal with that number or id in the vault.
     #[error("no proposal {proposal:?} in vault {vault:?} (give its number or its id)")]
     NotInVault {
@@ -401,7 +411,58 @@ pub struct Viewed {
     pub content: ProposalContent,
 }
 
-/// A proposal's status, for its creator (or a member of the vault) by id.
+/// Who, besides the members of its vault, may follow a proposal's status: the proxy-role side
+/// that raised it, however many short-lived tokens it went through (each `run` revokes its own
+/// on exit, so the token that asked is often gone by the time a human decides).
+#[derive(Debug, PartialEq, Eq)]
+enum Followers<'a> {
+    /// Raised by an agent: its own token and every token it minted.
+    Agent(&'a str),
+    /// Raised by a `run` or `vault token` session a person started: every such session for the
+    /// same vault (they are not tied to one agent, only to the vault).
+    VaultRuns(&'a str),
+    /// Raised by a person: nobody but the vault's members.
+    Nobody,
+}
+
+impl<'a> Followers<'a> {
+    fn of(p: &'a ProposalRecord) -> Self {
+        match p.created_by_kind.as_str() {
+            "agent" => Self::Agent(&p.created_by_id),
+            "scoped" => Self::VaultRuns(&p.vault_id),
+            _ => Self::Nobody,
+        }
+    }
+
+    fn admit(&self, caller: &Authenticated) -> bool {
+        match self {
+            Self::Agent(agent) => caller.actor() == ("agent", *agent),
+            Self::VaultRuns(vault) => matches!(
+                &caller.principal,
+                Principal::Scoped { vault_id, minted_by: Minter::User(_), .. } if vault_id == vault
+            ),
+            Self::Nobody => false,
+        }
+    }
+
+    /// Who raised it and who may follow it, in words, for the error the others get.
+    fn describe(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Agent(_) => (
+                "an agent",
+                "that agent (its own token, or any `run` or `vault token` session it started) and members of the vault",
+            ),
+            Self::VaultRuns(_) => (
+                "a `run` or `vault token` session a person started",
+                "such sessions for the same vault and members of the vault",
+            ),
+            Self::Nobody => ("a person", "members of the vault"),
+        }
+    }
+}
+
+/// A proposal's status by id: for the token that raised it, the side that raised it (see
+/// [`Followers`]) and members of its vault. Anyone else is told who may read it.
 pub async fn status(
     m: &Manage<'_>,
     caller: &Authenticated,
@@ -409,14 +470,19 @@ pub async fn status(
 ) -> Result<Viewed, ProposalsError> {
     let not_found = || ProposalsError::NotFound(id.to_owned());
     let p = m.store.proposal(id).await?.ok_or_else(not_found)?;
-    let (kind, actor) = caller.actor();
-    let is_creator = p.creator_token_id.as_deref() == Some(caller.token_id.as_str())
-        || (kind == "agent" && p.created_by_kind == "agent" && p.created_by_id == actor);
-    let is_member = caller
-        .role_in(&p.vault_id)
-        .is_some_and(|r| r >= VaultRole::Member);
-    if !is_creator && !is_member {
-        return Err(not_found());
+    let followers = Followers::of(&p);
+    let allowed = p.creator_token_id.as_deref() == Some(caller.token_id.as_str())
+        || followers.admit(caller)
+        || caller
+            .role_in(&p.vault_id)
+            .is_some_and(|r| r >= VaultRole::Member);
+    if !allowed {
+        let (raised_by, readers) = followers.describe();
+        return Err(ProposalsError::NotFollower {
+            id: id.to_owned(),
+            raised_by,
+            readers,
+        });
     }
     let vault = m
         .store
@@ -853,4 +919,89 @@ async fn reject(
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::TokenHash;
+    use crate::domain::AgentName;
+
+    fn raised_by(kind: &str, id: &str) -> ProposalRecord {
+        ProposalRecord {
+            id: "p1".into(),
+            vault_id: "v1".into(),
+            seq: 1,
+            status: ProposalStatus::Pending,
+            created_by_kind: kind.into(),
+            created_by_id: id.into(),
+            creator_token_id: Some("gone".into()),
+            message: String::new(),
+            content: String::new(),
+            content_hash: String::new(),
+            approval_token_hash: TokenHash([0; 32]),
+            expires_at: 0,
+            reviewed_by: None,
+            reviewed_at: None,
+            review_note: None,
+            created_at: 0,
+        }
+    }
+
+    fn token(principal: Principal) -> Authenticated {
+        Authenticated {
+            token_id: "t".into(),
+            token_hash: TokenHash([1; 32]),
+            principal,
+            grants: Default::default(),
+            expires_at: None,
+        }
+    }
+
+    fn agent(id: &str) -> Authenticated {
+        token(Principal::Agent {
+            id: id.into(),
+            name: AgentName::parse("bot").unwrap(),
+        })
+    }
+
+    fn run(vault: &str, minted_by: Minter) -> Authenticated {
+        token(Principal::Scoped {
+            vault_id: vault.into(),
+            role: VaultRole::Proxy,
+            minted_by,
+        })
+    }
+
+    #[test]
+    fn an_agents_proposal_is_followed_by_any_token_of_that_agent() {
+        let p = raised_by("agent", "a1");
+        let f = Followers::of(&p);
+        assert!(f.admit(&agent("a1")));
+        assert!(f.admit(&run("v1", Minter::Agent("a1".into()))));
+        assert!(f.admit(&run("v2", Minter::Agent("a1".into()))));
+        assert!(!f.admit(&agent("a2")));
+        assert!(!f.admit(&run("v1", Minter::Agent("a2".into()))));
+        assert!(!f.admit(&run("v1", Minter::User("u1".into()))));
+    }
+
+    #[test]
+    fn a_vault_token_proposal_is_followed_by_vault_token_sessions_of_that_vault() {
+        let p = raised_by("scoped", "t0");
+        let f = Followers::of(&p);
+        assert!(f.admit(&run("v1", Minter::User("u1".into()))));
+        assert!(f.admit(&run("v1", Minter::User("u2".into()))));
+        assert!(!f.admit(&run("v2", Minter::User("u1".into()))));
+        assert!(!f.admit(&run("v1", Minter::Agent("a1".into()))));
+        assert!(!f.admit(&agent("a1")));
+    }
+
+    #[test]
+    fn a_persons_proposal_is_followed_by_members_only() {
+        let p = raised_by("user", "u1");
+        let f = Followers::of(&p);
+        assert_eq!(f, Followers::Nobody);
+        assert!(!f.admit(&run("v1", Minter::User("u1".into()))));
+        assert_eq!(f.describe().1, "members of the vault");
+    }
 }
