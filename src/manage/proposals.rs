@@ -574,6 +574,8 @@ pub struct Review {
     pub state: VaultState,
     /// Who raised it, in words.
     pub creator: String,
+    /// Who decided it (their email), once decided by a person who still exists.
+    pub reviewer: Option<String>,
 }
 
 /// A proposal for review by number or id (member or higher).
@@ -596,6 +598,10 @@ pub async fn review_of(
     let content = content_of(&record)?;
     let state = vault_state(m, &vault.id).await?;
     let creator = describe_creator(m, &record).await;
+    let reviewer = match &record.reviewed_by {
+        Some(id) => user_email(m, id).await,
+        None => None,
+    };
     Ok(Review {
         viewed: Viewed {
             record,
@@ -604,6 +610,7 @@ pub async fn review_of(
         },
         state,
         creator,
+        reviewer,
     })
 }
 

@@ -109,15 +109,22 @@ fn auth_summary(auth: &AuthSpec) -> String {
     }
 }
 
-fn service_rows(content: &ProposalContent, state: &VaultState) -> String {
+/// The service changes. While pending, each says whether it adds a service or replaces one of
+/// the vault's; once decided the vault has moved on, so each says only what it asked for.
+fn service_rows(content: &ProposalContent, state: &VaultState, pending: bool) -> String {
     let mut rows = String::new();
     for change in &content.services {
         match change {
             ServiceChange::Set(spec) => {
                 let existing = state.services.iter().any(|s| s.name == spec.name);
+                let verb = match (pending, existing) {
+                    (false, _) => "set",
+                    (true, true) => "replace",
+                    (true, false) => "add",
+                };
                 rows.push_str(&format!(
                     "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    if existing { "replace" } else { "add" },
+                    verb,
                     esc(&spec.name),
                     host_cell(&spec.host),
                     if spec.methods.is_empty() {
@@ -181,7 +188,9 @@ fn substitutions(spec: &ServiceSpec) -> String {
         .collect()
 }
 
-fn credential_rows(content: &ProposalContent) -> String {
+/// The credential slots; the last column says where each value comes from while pending, and
+/// whether it was stored once decided.
+fn credential_rows(content: &ProposalContent, status: ProposalStatus) -> String {
     let mut rows = String::new();
     for slot in &content.credentials {
         match slot {
@@ -213,7 +222,12 @@ fn credential_rows(content: &ProposalContent) -> String {
                     "<tr><td>set</td><td><code>{}</code></td><td>{}</td><td>{link}{how}</td><td>{}</td></tr>",
                     esc(key.as_str()),
                     esc(description),
-                    if *has_value { "the agent supplied a value" } else { "you enter it below" }
+                    match (status, *has_value) {
+                        (ProposalStatus::Pending, true) => "the agent supplied a value",
+                        (ProposalStatus::Pending, false) => "you enter it below",
+                        (ProposalStatus::Applied, _) => "stored",
+                        (ProposalStatus::Rejected | ProposalStatus::Expired, _) => "not stored",
+                    }
                 ));
             }
             CredentialSlot::Delete { key } => rows.push_str(&format!(
@@ -223,6 +237,35 @@ fn credential_rows(content: &ProposalContent) -> String {
         }
     }
     rows
+}
+
+/// What became of a decided proposal: approved by whom and when, rejected (with the reason), or
+/// expired.
+fn outcome(p: &ProposalRecord, reviewer: Option<&str>) -> String {
+    let who = esc(reviewer.unwrap_or("a user who has since been deleted"));
+    let when = time(match p.status {
+        ProposalStatus::Expired => p.expires_at,
+        _ => p.reviewed_at.unwrap_or(p.expires_at),
+    });
+    let (class, text) = match p.status {
+        ProposalStatus::Applied => (
+            "success",
+            format!("Approved by {who} on {when}; the changes are live."),
+        ),
+        ProposalStatus::Rejected => {
+            let reason = match p.review_note.as_deref().filter(|r| !r.is_empty()) {
+                Some(r) => format!(" Reason: {}", esc(r)),
+                None => " No reason was given.".to_owned(),
+            };
+            ("error", format!("Rejected by {who} on {when}.{reason}"))
+        }
+        ProposalStatus::Expired => (
+            "notice",
+            format!("Expired on {when} without a decision; nothing was changed."),
+        ),
+        ProposalStatus::Pending => return String::new(),
+    };
+    format!("<p class=\"{class}\" id=\"outcome\">{text}</p>")
 }
 
 /// The page's body: the proposal as the approver reviews it, then what this viewer may do.
@@ -257,14 +300,23 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
             esc(text)
         ));
     }
+    let pending = p.status == ProposalStatus::Pending;
+    if !pending {
+        body.push_str(&outcome(p, review.reviewer.as_deref()));
+    }
     if !content.message.is_empty() {
         body.push_str(&format!(
             "<h2>Message from the agent</h2><div class=\"message\">{}</div>",
             esc(&content.message)
         ));
     }
-    // Risks are computed against the vault as it is now, and the form's hash covers both.
-    let risks = proposal::risks(content, vs);
+    // Risks are computed against the vault as it is now, and the form's hash covers both. Once
+    // decided there is nothing left to check, and the vault has moved on.
+    let risks = if pending {
+        proposal::risks(content, vs)
+    } else {
+        Vec::new()
+    };
     if !risks.is_empty() {
         body.push_str("<h2>Check these</h2>");
         for r in &risks {
@@ -287,21 +339,16 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
     if !content.services.is_empty() {
         body.push_str(&format!(
             "<h2>Services</h2><table><tr><th>Change</th><th>Name</th><th>Host</th><th>Methods</th><th>Credentials attached</th></tr>{}</table>",
-            service_rows(content, vs)
+            service_rows(content, vs, pending)
         ));
     }
     if !content.credentials.is_empty() {
         body.push_str(&format!(
             "<h2>Credentials</h2><table><tr><th>Change</th><th>Key</th><th>Description</th><th>Where to get it</th><th>Value</th></tr>{}</table>",
-            credential_rows(content)
+            credential_rows(content, p.status)
         ));
     }
-    if p.status != ProposalStatus::Pending {
-        if let Some(note) = &p.review_note
-            && !note.is_empty()
-        {
-            body.push_str(&format!("<p class=\"meta\">Reason: {}</p>", esc(note)));
-        }
+    if !pending {
         return body;
     }
     let token_field = token
@@ -653,6 +700,7 @@ mod tests {
             },
             state: VaultState::default(),
             creator: "agent <bot>".into(),
+            reviewer: (status != ProposalStatus::Pending).then(|| "ann@example.com".into()),
         }
     }
 
@@ -757,15 +805,56 @@ mod tests {
     }
 
     #[test]
-    fn a_decided_proposal_has_no_forms() {
+    fn a_decided_proposal_shows_its_outcome_and_no_forms() {
         for status in [
             ProposalStatus::Applied,
             ProposalStatus::Rejected,
             ProposalStatus::Expired,
         ] {
-            let review = review(status);
+            let mut review = review(status);
+            review.viewed.record.reviewed_at = Some(1_750_000_000_000);
+            review.viewed.record.review_note = Some("<i>use ops</i>".into());
+            // The vault now has the service the proposal added.
+            review.state.services = match &review.viewed.content.services[0] {
+                ServiceChange::Set(spec) => vec![spec.clone()],
+                ServiceChange::Delete { .. } => unreachable!(),
+            };
             let body = page(&review, &user(Some(VaultRole::Admin)));
             assert!(!body.contains("<form"), "{status:?}: {body}");
+            for stale in ["you enter it below", "replace", "add", "Check these"] {
+                assert!(
+                    !body.contains(&format!(">{stale}")),
+                    "{status:?} says {stale:?}: {body}"
+                );
+            }
+            let outcome = body
+                .split("id=\"outcome\">")
+                .nth(1)
+                .and_then(|rest| rest.split("</p>").next())
+                .unwrap_or_else(|| panic!("{status:?} has no outcome: {body}"));
+            match status {
+                ProposalStatus::Applied => {
+                    assert_eq!(
+                        outcome,
+                        "Approved by ann@example.com on 2025-06-15T15:06:40Z; the changes are live."
+                    );
+                    assert!(body.contains("<td>stored</td>"), "{body}");
+                }
+                ProposalStatus::Rejected => {
+                    assert_eq!(
+                        outcome,
+                        "Rejected by ann@example.com on 2025-06-15T15:06:40Z. Reason: &lt;i&gt;use ops&lt;/i&gt;"
+                    );
+                    assert!(body.contains("<td>not stored</td>"), "{body}");
+                }
+                _ => {
+                    assert_eq!(
+                        outcome,
+                        "Expired on 2027-01-15T08:00:00Z without a decision; nothing was changed."
+                    );
+                    assert!(body.contains("<td>not stored</td>"), "{body}");
+                }
+            }
         }
     }
 }

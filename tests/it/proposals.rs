@@ -999,6 +999,26 @@ async fn approval_page_over_http() {
     assert_eq!(done.status(), 200);
     let html = done.text().await.unwrap();
     assert!(html.contains("Approved"), "{html}");
+    // From now on the page shows the outcome, to the approver and to anyone with the link, and
+    // no longer speaks as if the decision were still to be made.
+    for page in [
+        fetch_text(client.get(&url).header("cookie", &cookie)).await,
+        fetch_text(client.get(&url)).await,
+    ] {
+        assert!(
+            page.contains(&format!("id=\"outcome\">Approved by {OWNER_EMAIL} on ")),
+            "{page}"
+        );
+        for stale in [
+            "you enter it below",
+            ">replace<",
+            ">add<",
+            "<form method=\"post\" action=\"/approve",
+        ] {
+            assert!(!page.contains(stale), "{stale}: {page}");
+        }
+        assert!(page.contains("<td>stored</td>"), "{page}");
+    }
     assert_eq!(
         app.ok("GET", "/v1/vaults/props/credentials/GH_TOKEN", None)
             .await["value"],
@@ -1012,6 +1032,50 @@ async fn approval_page_over_http() {
             .status(),
         409
     );
+}
+
+#[tokio::test]
+async fn the_approval_page_shows_a_rejection_or_an_expiry() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, rejected) = propose(&app, &token, github_proposal()).await;
+    let (_, expired) = propose(&app, &token, github_proposal()).await;
+    app.ok(
+        "POST",
+        "/v1/vaults/props/proposals/1/reject",
+        Some(json!({ "reason": "we use <the> org token" })),
+    )
+    .await;
+    let store = app.open_store().await;
+    sqlx::query("UPDATE proposals SET expires_at = 1 WHERE id = $1")
+        .bind(expired["id"].as_str().unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let http = &app.http;
+    let page = |created: &Value| {
+        let url = created["approval_url"].as_str().unwrap().to_owned();
+        async move { fetch_text(http.get(url)).await }
+    };
+    let html = page(&rejected).await;
+    assert!(
+        html.contains(&format!("id=\"outcome\">Rejected by {OWNER_EMAIL} on "))
+            && html.contains("Reason: we use &lt;the&gt; org token</p>"),
+        "{html}"
+    );
+    let html = page(&expired).await;
+    assert!(
+        html.contains("id=\"outcome\">Expired on 1970-01-01T00:00:00Z without a decision; nothing was changed."),
+        "{html}"
+    );
+    for html in [page(&rejected).await, page(&expired).await] {
+        assert!(
+            !html.contains("you enter it below") && !html.contains("Log in"),
+            "{html}"
+        );
+        assert!(html.contains("<td>not stored</td>"), "{html}");
+    }
 }
 
 #[tokio::test]
