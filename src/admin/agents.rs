@@ -57,9 +57,8 @@ pub(super) async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     let grants: Vec<_> = body.vaults.into_iter().map(|g| (g.vault, g.role)).collect();
-    let m = state.manage();
     let (summary, token) =
-        agents::create(&m, &caller, &body.name, &grants, body.ttl_seconds).await?;
+        agents::create(state.acting(&caller), &body.name, &grants, body.ttl_seconds).await?;
     let mut view = agent_view(&summary);
     view["token"] = json!(token.raw.expose_secret());
     view["expires_at"] = json!(token.record.expires_at);
@@ -71,7 +70,7 @@ pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let agents = agents::list(&state.manage(), &caller).await?;
+    let agents = agents::list(state.acting(&caller)).await?;
     Ok(Json(agents.iter().map(agent_view).collect()))
 }
 
@@ -90,7 +89,7 @@ pub(super) async fn rotate(
     body: Option<ApiJson<RotateBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ttl = body.and_then(|b| b.0.ttl_seconds);
-    let (agent, token) = agents::rotate(&state.manage(), &caller, &name, ttl).await?;
+    let (agent, token) = agents::rotate(state.acting(&caller), &name, ttl).await?;
     Ok(Json(
         json!({ "name": agent.name, "token": token.raw.expose_secret(), "expires_at": token.record.expires_at }),
     ))
@@ -102,7 +101,7 @@ pub(super) async fn revoke(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (agent, n) = agents::revoke(&state.manage(), &caller, &name).await?;
+    let (agent, n) = agents::revoke(state.acting(&caller), &name).await?;
     Ok(Json(json!({ "name": agent.name, "revoked_tokens": n })))
 }
 
@@ -112,7 +111,7 @@ pub(super) async fn remove(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    agents::delete(&state.manage(), &caller, &name).await?;
+    agents::delete(state.acting(&caller), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,9 +132,8 @@ pub(super) async fn mint_token(
     body: Option<ApiJson<MintBody>>,
 ) -> Result<Response, ApiError> {
     let body = body.map(|b| b.0).unwrap_or_default();
-    let m = state.manage();
     let (vault, token) =
-        agents::mint_scoped(&m, &caller, &name, body.ttl_seconds, body.label).await?;
+        agents::mint_scoped(state.acting(&caller), &name, body.ttl_seconds, body.label).await?;
     let body = json!({
         "id": token.record.id,
         "token": token.raw.expose_secret(),
@@ -152,7 +150,7 @@ pub(super) async fn list_tokens(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let tokens = agents::list_scoped(&state.manage(), &caller, &name).await?;
+    let tokens = agents::list_scoped(state.acting(&caller), &name).await?;
     Ok(Json(
         tokens
             .iter()
@@ -180,6 +178,6 @@ pub(super) async fn revoke_token(
     } else {
         id
     };
-    agents::revoke_token(&state.manage(), &caller, &id).await?;
+    agents::revoke_token(state.acting(&caller), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -411,8 +411,8 @@ pub(super) async fn create_invite(
     };
     state.store.create_invite(&invite).await?;
     state
-        .manage()
-        .record(&caller, "invite.create", None, invite.email.to_string())
+        .acting(&caller)
+        .record("invite.create", None, invite.email.to_string())
         .await;
     let register_command = format!(
         "agent-vault auth register --address {} --email {} --invite-token {} --password-stdin",

@@ -64,7 +64,7 @@ pub(super) async fn list(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
-    let listed = credentials::list(&state.manage(), &caller, &name, q.reveal).await?;
+    let listed = credentials::list(state.acting(&caller), &name, q.reveal).await?;
     Ok(Json(
         listed
             .iter()
@@ -86,7 +86,7 @@ pub(super) async fn get_one(
     caller: Caller,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    let (record, value) = credentials::reveal(&state.manage(), &caller, &name, &key).await?;
+    let (record, value) = credentials::reveal(state.acting(&caller), &name, &key).await?;
     Ok(Json(view(&record, Some(&value))))
 }
 
@@ -105,9 +105,13 @@ pub(super) async fn set(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<SetBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let m = state.manage();
-    let written =
-        credentials::set(&m, &caller, &name, &body.credentials, &body.descriptions).await?;
+    let written = credentials::set(
+        state.acting(&caller),
+        &name,
+        &body.credentials,
+        &body.descriptions,
+    )
+    .await?;
     Ok(Json(json!({
         "written": written.iter().map(|(k, v)| json!({ "key": k, "version": v })).collect::<Vec<_>>()
     })))
@@ -126,7 +130,7 @@ pub(super) async fn remove(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let deleted = credentials::delete(&state.manage(), &caller, &name, &body.keys).await?;
+    let deleted = credentials::delete(state.acting(&caller), &name, &body.keys).await?;
     let names: Vec<_> = deleted.iter().map(|k| k.to_string()).collect();
     Ok((StatusCode::OK, Json(json!({ "deleted": names }))))
 }

@@ -31,7 +31,7 @@ use crate::crypto::PasswordHasher;
 use crate::domain::VaultRole;
 use crate::identity::{Authenticated, FailureBudget, Identity};
 use crate::keys::Keyring;
-use crate::manage::Manage;
+use crate::manage::{Acting, Manage};
 use crate::registry::Snapshots;
 use crate::store::{Store, VaultRecord};
 
@@ -107,6 +107,11 @@ impl AdminState {
             public_url: &self.public_url,
             proxy_addr: self.proxy_addr,
         }
+    }
+
+    /// The application layer acting for `caller`.
+    pub fn acting<'a>(&'a self, caller: &'a Authenticated) -> Acting<'a> {
+        self.manage().acting(caller)
     }
 
     /// Resolves a vault the caller may act on with at least `need`. A vault the caller has no

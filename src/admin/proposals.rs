@@ -30,7 +30,7 @@ pub(crate) async fn discover(
     caller: Caller,
     Query(q): Query<DiscoverQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (vault, vs) = proposals::discover(&state.manage(), &caller, q.vault.as_deref()).await?;
+    let (vault, vs) = proposals::discover(state.acting(&caller), q.vault.as_deref()).await?;
     let services: Vec<_> = vs
         .services
         .iter()
@@ -70,7 +70,7 @@ pub(crate) async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<ProposalRequest>,
 ) -> Result<Response, ApiError> {
-    let created = proposals::create(&state.manage(), &caller, req).await?;
+    let created = proposals::create(state.acting(&caller), req).await?;
     let body = json!({
         "id": created.record.id,
         "number": created.record.seq,
@@ -89,7 +89,7 @@ pub(crate) async fn poll(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let viewed = proposals::status(&state.manage(), &caller, &id).await?;
+    let viewed = proposals::status(state.acting(&caller), &id).await?;
     Ok(Json(proposal_json(&viewed)))
 }
 
@@ -116,7 +116,7 @@ pub(crate) async fn list(
             return Err(ApiError::bad_request("invalid_status", e));
         }
     };
-    let (vault, found) = proposals::list(&state.manage(), &caller, &name, status).await?;
+    let (vault, found) = proposals::list(state.acting(&caller), &name, status).await?;
     Ok(Json(
         found
             .into_iter()
@@ -138,7 +138,7 @@ pub(crate) async fn show(
     caller: Caller,
     Path((name, n)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let review = proposals::review(&state.manage(), &caller, &name, &n).await?;
+    let review = proposals::review(state.acting(&caller), &name, &n).await?;
     let (content, vs) = (&review.viewed.content, &review.state);
     let mut out = proposal_json(&review.viewed);
     out["created_by"]["name"] = json!(review.creator);
@@ -227,7 +227,7 @@ pub(crate) async fn approve_api(
         acknowledged: body.acknowledge_risks.into(),
     };
     let decision = Decision::Approve(approval);
-    let p = proposals::decide_by_ref(&state.manage(), &caller, &name, &n, decision).await?;
+    let p = proposals::decide_by_ref(state.acting(&caller), &name, &n, decision).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "applied" }),
     ))
@@ -252,7 +252,7 @@ pub(crate) async fn reject_api(
     let decision = Decision::Reject {
         reason: body.reason,
     };
-    let p = proposals::decide_by_ref(&state.manage(), &caller, &name, &n, decision).await?;
+    let p = proposals::decide_by_ref(state.acting(&caller), &name, &n, decision).await?;
     Ok(Json(
         json!({ "id": p.id, "number": p.seq, "status": "rejected" }),
     ))

@@ -25,7 +25,7 @@ pub(super) async fn list(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<ServicesBody>, ApiError> {
-    let services = services::list(&state.manage(), &caller, &name).await?;
+    let services = services::list(state.acting(&caller), &name).await?;
     Ok(Json(ServicesBody { services }))
 }
 
@@ -36,7 +36,7 @@ pub(super) async fn replace(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ServicesBody>,
 ) -> Result<Json<ServicesBody>, ApiError> {
-    let services = services::replace(&state.manage(), &caller, &name, body.services).await?;
+    let services = services::replace(state.acting(&caller), &name, body.services).await?;
     Ok(Json(ServicesBody { services }))
 }
 
@@ -47,7 +47,7 @@ pub(super) async fn upsert(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<ServiceSpec>,
 ) -> Result<(StatusCode, Json<ServiceSpec>), ApiError> {
-    let (spec, created) = services::upsert(&state.manage(), &caller, &name, spec).await?;
+    let (spec, created) = services::upsert(state.acting(&caller), &name, spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -62,6 +62,6 @@ pub(super) async fn remove(
     caller: Caller,
     Path((name, service)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    services::remove(&state.manage(), &caller, &name, &service).await?;
+    services::remove(state.acting(&caller), &name, &service).await?;
     Ok(StatusCode::NO_CONTENT)
 }

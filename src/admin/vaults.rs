@@ -38,7 +38,7 @@ pub(super) async fn list(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Json<Vec<VaultView>>, ApiError> {
-    let vaults = vaults::list(&state.manage(), &caller).await?;
+    let vaults = vaults::list(state.acting(&caller)).await?;
     Ok(Json(
         vaults.iter().map(|(v, role)| view(v, *role)).collect(),
     ))
@@ -56,7 +56,7 @@ pub(super) async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let vault = vaults::create(&state.manage(), &caller, &body.name).await?;
+    let vault = vaults::create(state.acting(&caller), &body.name).await?;
     Ok((StatusCode::CREATED, Json(view(&vault, VaultRole::Admin))).into_response())
 }
 
@@ -78,7 +78,7 @@ pub(super) async fn remove(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    vaults::delete(&state.manage(), &caller, &name).await?;
+    vaults::delete(state.acting(&caller), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -117,7 +117,7 @@ pub(super) async fn update_settings(
             "nothing to change: give unmatched_host_policy",
         ));
     };
-    vaults::set_unmatched_host_policy(&state.manage(), &caller, &name, policy).await?;
+    vaults::set_unmatched_host_policy(state.acting(&caller), &name, policy).await?;
     Ok(Json(json!({ "unmatched_host_policy": policy })))
 }
 
@@ -127,7 +127,7 @@ pub(super) async fn members(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let members: Vec<_> = vaults::members(&state.manage(), &caller, &name)
+    let members: Vec<_> = vaults::members(state.acting(&caller), &name)
         .await?
         .into_iter()
         .map(|m| {
@@ -158,8 +158,14 @@ pub(super) async fn set_member(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<MemberBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let m = state.manage();
-    vaults::set_member(&m, &caller, &name, body.kind, &body.name, body.role).await?;
+    vaults::set_member(
+        state.acting(&caller),
+        &name,
+        body.kind,
+        &body.name,
+        body.role,
+    )
+    .await?;
     Ok(Json(
         json!({ "kind": body.kind, "name": body.name, "role": body.role }),
     ))
@@ -182,6 +188,6 @@ pub(super) async fn remove_member(
             ));
         }
     };
-    vaults::remove_member(&state.manage(), &caller, &name, kind, &who).await?;
+    vaults::remove_member(state.acting(&caller), &name, kind, &who).await?;
     Ok(StatusCode::NO_CONTENT)
 }

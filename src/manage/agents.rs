@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{AccessError, Manage};
+use super::{AccessError, Acting, Manage};
 use crate::crypto::{CryptoError, TokenKind, random_id};
 use crate::domain::{AgentName, DomainError, VaultName, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
@@ -230,20 +230,19 @@ async fn summary(m: &Manage<'_>, agent: AgentRecord) -> Result<AgentSummary, Age
 
 /// Creates an agent with roles in vaults the caller administers; its token is returned once.
 pub async fn create(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     name: &str,
     vaults: &[(String, VaultRole)],
     ttl_seconds: Option<u64>,
 ) -> Result<(AgentSummary, Issued), AgentsError> {
-    let user_id = require_user(caller)?.to_owned();
+    let user_id = require_user(a.caller)?.to_owned();
     let name = AgentName::parse(name).map_err(AgentsError::InvalidName)?;
     let mut grants = Vec::new();
     for (vault, role) in vaults {
-        let (vault, _) = m.vault_access(caller, vault, VaultRole::Admin).await?;
+        let (vault, _) = a.vault(vault, VaultRole::Admin).await?;
         grants.push((vault.id, *role));
     }
-    let ttl = ttl_from(ttl_seconds, m.config.tokens.agent_default_ttl, None)?;
+    let ttl = ttl_from(ttl_seconds, a.config.tokens.agent_default_ttl, None)?;
     let agent = AgentRecord {
         id: random_id()?,
         name: name.clone(),
@@ -251,35 +250,30 @@ pub async fn create(
         created_at: now_ms(),
         integrity_ok: true,
     };
-    let token = agent_token(m, &agent.id, ttl)?;
-    m.store
+    let token = agent_token(&a, &agent.id, ttl)?;
+    a.store
         .create_agent(&agent, &grants, &token.record)
         .await
         .map_err(|e| match e {
             StoreError::Conflict(_) => AgentsError::Exists(name.to_string()),
             other => other.into(),
         })?;
-    m.tokens_changed().await;
-    m.record(caller, "agent.create", None, name.to_string())
-        .await;
-    Ok((summary(m, agent).await?, token))
+    a.tokens_changed().await;
+    a.record("agent.create", None, name.to_string()).await;
+    Ok((summary(&a, agent).await?, token))
 }
 
 /// An agent the caller manages, by name; others are reported as not found.
-async fn managed_agent(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    name: &str,
-) -> Result<AgentRecord, AgentsError> {
-    let user_id = require_user(caller)?;
+async fn managed_agent(a: Acting<'_>, name: &str) -> Result<AgentRecord, AgentsError> {
+    let user_id = require_user(a.caller)?;
     let not_found = || AgentsError::NotFound(name.to_owned());
     let parsed = AgentName::parse(name).map_err(|_| not_found())?;
-    let agent = m
+    let agent = a
         .store
         .agent_by_name(&parsed)
         .await?
         .ok_or_else(not_found)?;
-    if manages(caller, user_id, &agent) {
+    if manages(a.caller, user_id, &agent) {
         Ok(agent)
     } else {
         Err(not_found())
@@ -287,15 +281,12 @@ async fn managed_agent(
 }
 
 /// The agents the caller manages.
-pub async fn list(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-) -> Result<Vec<AgentSummary>, AgentsError> {
-    let user_id = require_user(caller)?.to_owned();
+pub async fn list(a: Acting<'_>) -> Result<Vec<AgentSummary>, AgentsError> {
+    let user_id = require_user(a.caller)?.to_owned();
     let mut out = Vec::new();
-    for agent in m.store.list_agents().await? {
-        if manages(caller, &user_id, &agent) {
-            out.push(summary(m, agent).await?);
+    for agent in a.store.list_agents().await? {
+        if manages(a.caller, &user_id, &agent) {
+            out.push(summary(&a, agent).await?);
         }
     }
     Ok(out)
@@ -303,43 +294,35 @@ pub async fn list(
 
 /// Revokes every token of the agent and issues a new one.
 pub async fn rotate(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     name: &str,
     ttl_seconds: Option<u64>,
 ) -> Result<(AgentRecord, Issued), AgentsError> {
-    let agent = managed_agent(m, caller, name).await?;
+    let agent = managed_agent(a, name).await?;
     require_intact(&agent)?;
-    let ttl = ttl_from(ttl_seconds, m.config.tokens.agent_default_ttl, None)?;
-    let token = agent_token(m, &agent.id, ttl)?;
-    m.store.rotate_agent_token(&agent.id, &token.record).await?;
-    m.tokens_changed().await;
-    m.record(caller, "agent.rotate", None, agent.name.to_string())
-        .await;
+    let ttl = ttl_from(ttl_seconds, a.config.tokens.agent_default_ttl, None)?;
+    let token = agent_token(&a, &agent.id, ttl)?;
+    a.store.rotate_agent_token(&agent.id, &token.record).await?;
+    a.tokens_changed().await;
+    a.record("agent.rotate", None, agent.name.to_string()).await;
     Ok((agent, token))
 }
 
 /// Revokes every token the agent holds or minted; returns the agent and how many.
-pub async fn revoke(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    name: &str,
-) -> Result<(AgentRecord, u64), AgentsError> {
-    let agent = managed_agent(m, caller, name).await?;
-    let n = m.store.revoke_agent_tokens(&agent.id).await?;
-    m.tokens_changed().await;
-    m.record(caller, "agent.revoke", None, agent.name.to_string())
-        .await;
+pub async fn revoke(a: Acting<'_>, name: &str) -> Result<(AgentRecord, u64), AgentsError> {
+    let agent = managed_agent(a, name).await?;
+    let n = a.store.revoke_agent_tokens(&agent.id).await?;
+    a.tokens_changed().await;
+    a.record("agent.revoke", None, agent.name.to_string()).await;
     Ok((agent, n))
 }
 
 /// Deletes the agent, its grants and its tokens.
-pub async fn delete(m: &Manage<'_>, caller: &Authenticated, name: &str) -> Result<(), AgentsError> {
-    let agent = managed_agent(m, caller, name).await?;
-    m.store.delete_agent(&agent.id).await?;
-    m.tokens_changed().await;
-    m.record(caller, "agent.delete", None, agent.name.to_string())
-        .await;
+pub async fn delete(a: Acting<'_>, name: &str) -> Result<(), AgentsError> {
+    let agent = managed_agent(a, name).await?;
+    a.store.delete_agent(&agent.id).await?;
+    a.tokens_changed().await;
+    a.record("agent.delete", None, agent.name.to_string()).await;
     Ok(())
 }
 
@@ -348,26 +331,25 @@ pub async fn delete(m: &Manage<'_>, caller: &Authenticated, name: &str) -> Resul
 /// of its own vaults, no longer-lived than the agent's token, and is revoked with it; scoped
 /// tokens mint nothing.
 pub async fn mint_scoped(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     ttl_seconds: Option<u64>,
     label: Option<String>,
 ) -> Result<(VaultRecord, Issued), AgentsError> {
-    let (need, minter) = match &caller.principal {
+    let (need, minter) = match &a.caller.principal {
         Principal::User { id, .. } => (VaultRole::Member, Minter::User(id.clone())),
         Principal::Agent { id, .. } => (VaultRole::Proxy, Minter::Agent(id.clone())),
         Principal::Scoped { .. } => return Err(AgentsError::ScopedCannotMint),
     };
-    let (vault, _) = m.vault_access(caller, vault, need).await?;
-    let tokens = &m.config.tokens;
+    let (vault, _) = a.vault(vault, need).await?;
+    let tokens = &a.config.tokens;
     let mut ttl = ttl_from(
         ttl_seconds,
         Some(tokens.scoped_default_ttl),
         Some(tokens.scoped_max_ttl),
     )?
     .unwrap_or(tokens.scoped_default_ttl);
-    if let Some(own_expiry) = caller.expires_at {
+    if let Some(own_expiry) = a.caller.expires_at {
         // Never outlive the token that minted it. An agent asking for more is told so rather
         // than quietly given less: what it mints is always shorter-lived than itself.
         let left =
@@ -385,7 +367,7 @@ pub async fn mint_scoped(
     }
     let vault_id = vault.id.clone();
     let issued = issue_token(
-        m,
+        &a,
         TokenKind::Scoped,
         TokenStoreKind::Scoped,
         |t| {
@@ -394,14 +376,13 @@ pub async fn mint_scoped(
             t.label = label;
             match minter {
                 Minter::User(u) => t.user_id = Some(u),
-                Minter::Agent(a) => t.agent_id = Some(a),
+                Minter::Agent(agent) => t.agent_id = Some(agent),
             }
         },
         Some(ttl),
     )
     .await?;
-    m.record_with(
-        caller,
+    a.record_with(
         "token.mint",
         Some(&vault),
         issued.record.id.clone(),
@@ -412,27 +393,19 @@ pub async fn mint_scoped(
 }
 
 /// The live scoped tokens of a vault (member or higher); never their values.
-pub async fn list_scoped(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    vault: &str,
-) -> Result<Vec<TokenRecord>, AgentsError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
-    Ok(m.store.list_tokens(None, Some(&vault.id)).await?)
+pub async fn list_scoped(a: Acting<'_>, vault: &str) -> Result<Vec<TokenRecord>, AgentsError> {
+    let (vault, _) = a.vault(vault, VaultRole::Member).await?;
+    Ok(a.store.list_tokens(None, Some(&vault.id)).await?)
 }
 
 /// Revokes a token. Allowed for the token itself, its minter or owner, members of a scoped
 /// token's vault, and instance owners; anyone else is told there is no such token.
-pub async fn revoke_token(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    id: &str,
-) -> Result<(), AgentsError> {
+pub async fn revoke_token(a: Acting<'_>, id: &str) -> Result<(), AgentsError> {
     let not_found = || AgentsError::TokenNotFound(id.to_owned());
-    let token = m.store.token_by_id(id).await?.ok_or_else(not_found)?;
-    let (kind, who) = caller.actor();
-    let allowed = caller.token_id == token.id
-        || caller.is_owner()
+    let token = a.store.token_by_id(id).await?.ok_or_else(not_found)?;
+    let (kind, who) = a.caller.actor();
+    let allowed = a.caller.token_id == token.id
+        || a.caller.is_owner()
         || (kind == "user" && token.user_id.as_deref() == Some(who))
         || (kind == "agent"
             && token.agent_id.as_deref() == Some(who)
@@ -441,20 +414,20 @@ pub async fn revoke_token(
             && token
                 .vault_id
                 .as_deref()
-                .and_then(|v| caller.role_in(v))
+                .and_then(|v| a.caller.role_in(v))
                 .is_some_and(|r| r >= VaultRole::Member));
     if !allowed {
         return Err(not_found());
     }
-    if !m.store.revoke_token(&token.id).await? {
+    if !a.store.revoke_token(&token.id).await? {
         return Err(not_found());
     }
-    m.tokens_changed().await;
+    a.tokens_changed().await;
     let vault = match token.vault_id.as_deref() {
-        Some(id) => m.store.vault_by_id(id).await.ok().flatten(),
+        Some(id) => a.store.vault_by_id(id).await.ok().flatten(),
         None => None,
     };
-    m.record(caller, "token.revoke", vault.as_ref(), token.id.clone())
+    a.record("token.revoke", vault.as_ref(), token.id.clone())
         .await;
     Ok(())
 }

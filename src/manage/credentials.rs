@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AccessError, Manage};
+use super::{AccessError, Acting, Manage};
 use crate::crypto::CryptoError;
 use crate::domain::{CredentialKey, DomainError, VaultRole};
-use crate::identity::Authenticated;
 use crate::store::{CredentialRecord, CredentialWrite, StoreError};
 
 /// Largest credential value accepted.
@@ -126,13 +125,12 @@ fn open_value(m: &Manage<'_>, c: &CredentialRecord) -> Result<SecretString, Cred
 
 /// A vault's credentials (member or higher), with their values when `reveal` is set.
 pub async fn list(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     reveal: bool,
 ) -> Result<Vec<Listed>, CredentialsError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
-    let records = m.store.list_credentials(&vault.id).await?;
+    let (vault, _) = a.vault(vault, VaultRole::Member).await?;
+    let records = a.store.list_credentials(&vault.id).await?;
     let mut out = Vec::with_capacity(records.len());
     let mut revealed = Vec::new();
     for record in records {
@@ -140,7 +138,7 @@ pub async fn list(
             Revealed::Hidden
         } else {
             // One tampered value must not hide the others: it is marked, the rest are revealed.
-            match open_value(m, &record) {
+            match open_value(&a, &record) {
                 Ok(value) => {
                     revealed.push(record.key.to_string());
                     Revealed::Value(value)
@@ -155,36 +153,30 @@ pub async fn list(
         out.push(Listed { record, value });
     }
     if reveal {
-        m.record(
-            caller,
-            "credential.reveal",
-            Some(&vault),
-            revealed.join(","),
-        )
-        .await;
+        a.record("credential.reveal", Some(&vault), revealed.join(","))
+            .await;
     }
     Ok(out)
 }
 
 /// One credential with its value (member or higher).
 pub async fn reveal(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     key: &str,
 ) -> Result<(CredentialRecord, SecretString), CredentialsError> {
-    let (record, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
+    let (record, _) = a.vault(vault, VaultRole::Member).await?;
     let key = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
     let c =
-        m.store
+        a.store
             .credential(&record.id, &key)
             .await?
             .ok_or_else(|| CredentialsError::NotFound {
                 key: key.clone(),
                 vault: vault.to_owned(),
             })?;
-    let value = open_value(m, &c)?;
-    m.record(caller, "credential.reveal", Some(&record), key.to_string())
+    let value = open_value(&a, &c)?;
+    a.record("credential.reveal", Some(&record), key.to_string())
         .await;
     Ok((c, value))
 }
@@ -217,14 +209,13 @@ fn check_value(key: &CredentialKey, value: &SecretString) -> Result<(), Credenti
 /// Sets one or more values atomically (member or higher), each as a new version; returns the
 /// keys with their new versions. `descriptions` may describe keys being set, nothing else.
 pub async fn set(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     values: &BTreeMap<String, SecretString>,
     descriptions: &BTreeMap<String, String>,
 ) -> Result<Vec<(CredentialKey, i64)>, CredentialsError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
-    check_request_size(m, values.len(), "set")?;
+    let (vault, _) = a.vault(vault, VaultRole::Member).await?;
+    check_request_size(&a, values.len(), "set")?;
     if values.is_empty() {
         return Err(CredentialsError::NothingToSet);
     }
@@ -245,55 +236,54 @@ pub async fn set(
             return Err(CredentialsError::DescriptionTooLong(key.clone()));
         }
     }
-    let written = m
+    let written = a
         .store
         .set_credentials(
             &vault.id,
             &writes,
-            m.config.limits.max_credentials_per_vault,
+            a.config.limits.max_credentials_per_vault,
             |key, version| {
                 let value = values
                     .get(key.as_str())
                     .map(|v| v.expose_secret().as_bytes())
                     .unwrap_or_default();
-                m.keyring
+                a.keyring
                     .seal_credential(&vault.id, key.as_str(), version, value)
             },
         )
         .await?;
-    m.changed(&vault.id).await;
+    a.changed(&vault.id).await;
     let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
-    m.record(caller, "credential.set", Some(&vault), keys.join(","))
+    a.record("credential.set", Some(&vault), keys.join(","))
         .await;
     Ok(written)
 }
 
 /// Deletes every listed key, or none when one is missing (member or higher).
 pub async fn delete(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     keys: &[String],
 ) -> Result<Vec<CredentialKey>, CredentialsError> {
-    let (record, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
+    let (record, _) = a.vault(vault, VaultRole::Member).await?;
     if keys.is_empty() {
         return Err(CredentialsError::NothingToDelete);
     }
-    check_request_size(m, keys.len(), "delete")?;
+    check_request_size(&a, keys.len(), "delete")?;
     let keys = keys
         .iter()
         .map(|k| CredentialKey::parse(k).map_err(CredentialsError::InvalidKey))
         .collect::<Result<Vec<_>, _>>()?;
-    let missing = m.store.delete_credentials(&record.id, &keys).await?;
+    let missing = a.store.delete_credentials(&record.id, &keys).await?;
     if !missing.is_empty() {
         return Err(CredentialsError::NotAllFound {
             keys: missing,
             vault: vault.to_owned(),
         });
     }
-    m.changed(&record.id).await;
+    a.changed(&record.id).await;
     let names: Vec<_> = keys.iter().map(|k| k.to_string()).collect();
-    m.record(caller, "credential.delete", Some(&record), names.join(","))
+    a.record("credential.delete", Some(&record), names.join(","))
         .await;
     Ok(keys)
 }

@@ -4,7 +4,7 @@
 //! these functions with the caller's identity, and map each module's error enum to a status in
 //! one place (`admin::error`). A rule written here holds on every face at once.
 //!
-//! Every admin action ends in [`Manage::record`], which writes the audit row and one `info`
+//! Every admin action ends in [`Acting::record`], which writes the audit row and one `info`
 //! log line (who, what, which target; never a value).
 
 pub mod agents;
@@ -128,32 +128,67 @@ impl Manage<'_> {
             tracing::error!(error = %e, "could not notify other instances of a token change");
         }
     }
+}
 
-    /// Records an admin action: the audit row and one `info` line naming who did what to which
-    /// target. Neither ever carries a value: targets are names, numbers and ids.
+/// The application layer acting for one authenticated caller: what every operation that checks
+/// who is asking takes. It reads as the [`Manage`] it wraps.
+#[derive(Clone, Copy, Debug)]
+pub struct Acting<'a> {
+    manage: Manage<'a>,
+    /// Who is asking, with their roles.
+    pub caller: &'a Authenticated,
+}
+
+impl<'a> Manage<'a> {
+    /// This view, acting for `caller`.
+    pub fn acting(self, caller: &'a Authenticated) -> Acting<'a> {
+        Acting {
+            manage: self,
+            caller,
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Acting<'a> {
+    type Target = Manage<'a>;
+    fn deref(&self) -> &Manage<'a> {
+        &self.manage
+    }
+}
+
+impl Acting<'_> {
+    /// The vault named, if the caller holds at least `need` there (see
+    /// [`Manage::vault_access`]).
+    pub async fn vault(
+        &self,
+        name: &str,
+        need: VaultRole,
+    ) -> Result<(VaultRecord, VaultRole), AccessError> {
+        self.manage.vault_access(self.caller, name, need).await
+    }
+
+    /// Records an admin action by the caller: the audit row and one `info` line naming who did
+    /// what to which target. Neither ever carries a value: targets are names, numbers and ids.
     pub async fn record(
         &self,
-        who: &Authenticated,
         action: &str,
         vault: Option<&VaultRecord>,
         target: impl Into<String>,
     ) {
-        self.record_with(who, action, vault, target, String::new())
-            .await;
+        self.record_with(action, vault, target, String::new()).await;
     }
 
-    /// [`Manage::record`] with a detail for the audit row only (a label, a policy, a reason):
+    /// [`Acting::record`] with a detail for the audit row only (a label, a policy, a reason):
     /// the log line leaves it out, since it may be free text.
     pub async fn record_with(
         &self,
-        who: &Authenticated,
         action: &str,
         vault: Option<&VaultRecord>,
         target: impl Into<String>,
         detail: String,
     ) {
         let target = target.into();
-        let (actor_kind, actor_id) = who.actor();
+        let (actor_kind, actor_id) = self.caller.actor();
         tracing::info!(
             actor_kind,
             actor_id,
@@ -163,6 +198,6 @@ impl Manage<'_> {
             "admin action"
         );
         let vault_id = vault.map(|v| v.id.as_str());
-        crate::audit::record(self.store, who, action, vault_id, target, detail).await;
+        crate::audit::record(self.store, self.caller, action, vault_id, target, detail).await;
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::services::{self, ServicesError};
-use super::{AccessError, Manage};
+use super::{AccessError, Acting, Manage};
 use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
 use crate::domain::{CredentialKey, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
@@ -188,25 +188,21 @@ pub async fn vault_state(m: &Manage<'_>, vault_id: &str) -> Result<VaultState, P
 }
 
 /// Resolves the vault an agent-side call is about: named, or the token's only vault.
-async fn agent_vault(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    named: Option<&str>,
-) -> Result<VaultRecord, ProposalsError> {
+async fn agent_vault(a: Acting<'_>, named: Option<&str>) -> Result<VaultRecord, ProposalsError> {
     if let Some(name) = named {
-        return Ok(m.vault_access(caller, name, VaultRole::Proxy).await?.0);
+        return Ok(a.vault(name, VaultRole::Proxy).await?.0);
     }
-    let id = match &caller.principal {
+    let id = match &a.caller.principal {
         Principal::Scoped { vault_id, .. } => vault_id.clone(),
         _ => {
-            let mut ids = caller.grants.keys();
+            let mut ids = a.caller.grants.keys();
             match (ids.next(), ids.next()) {
                 (Some(only), None) => only.clone(),
                 _ => return Err(ProposalsError::VaultRequired),
             }
         }
     };
-    m.store
+    a.store
         .vault_by_id(&id)
         .await?
         .ok_or(ProposalsError::VaultGone)
@@ -214,12 +210,11 @@ async fn agent_vault(
 
 /// What an agent can use in a vault: its services and key names, never values.
 pub async fn discover(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: Option<&str>,
 ) -> Result<(VaultRecord, VaultState), ProposalsError> {
-    let vault = agent_vault(m, caller, vault).await?;
-    let state = vault_state(m, &vault.id).await?;
+    let vault = agent_vault(a, vault).await?;
+    let state = vault_state(&a, &vault.id).await?;
     Ok((vault, state))
 }
 
@@ -248,20 +243,16 @@ pub struct Created {
 
 /// Raises a proposal in the caller's vault, seals any agent-supplied values, and notifies the
 /// humans who may approve it.
-pub async fn create(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    req: ProposalRequest,
-) -> Result<Created, ProposalsError> {
-    let vault = agent_vault(m, caller, req.vault.as_deref()).await?;
-    let vs = vault_state(m, &vault.id).await?;
+pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, ProposalsError> {
+    let vault = agent_vault(a, req.vault.as_deref()).await?;
+    let vs = vault_state(&a, &vault.id).await?;
     let (content, values) = proposal::validate(req, &vs).map_err(ProposalsError::Invalid)?;
-    proposal::check_links(&content, &own_hosts(m)).map_err(ProposalsError::Invalid)?;
+    proposal::check_links(&content, &own_hosts(&a)).map_err(ProposalsError::Invalid)?;
     let id = random_id()?;
     let raw = TokenKind::Approval.generate()?;
     let now = now_ms();
-    let ttl = i64::try_from(m.config.proposals.ttl.as_millis()).unwrap_or(i64::MAX);
-    let (kind, actor) = caller.actor();
+    let ttl = i64::try_from(a.config.proposals.ttl.as_millis()).unwrap_or(i64::MAX);
+    let (kind, actor) = a.caller.actor();
     let mut record = ProposalRecord {
         id: id.clone(),
         vault_id: vault.id.clone(),
@@ -269,11 +260,11 @@ pub async fn create(
         status: ProposalStatus::Pending,
         created_by_kind: kind.to_owned(),
         created_by_id: actor.to_owned(),
-        creator_token_id: Some(caller.token_id.clone()),
+        creator_token_id: Some(a.caller.token_id.clone()),
         message: content.message.clone(),
         content: serde_json::to_string(&content).map_err(ProposalsError::Encode)?,
         content_hash: proposal::content_hash(&content),
-        approval_token_hash: m.keyring.token_hasher().hash(&raw),
+        approval_token_hash: a.keyring.token_hasher().hash(&raw),
         expires_at: now.saturating_add(ttl),
         reviewed_by: None,
         reviewed_at: None,
@@ -286,15 +277,15 @@ pub async fn create(
             Ok(ProposalValueRecord {
                 key: key.clone(),
                 sealed_value: seal(
-                    m.keyring.dek(),
+                    a.keyring.dek(),
                     &Aad::proposal_value(&id, key.as_str()),
                     value.expose_secret().as_bytes(),
                 )?,
             })
         })
         .collect::<Result<Vec<_>, CryptoError>>()?;
-    let max = i64::from(m.config.proposals.max_pending_per_vault);
-    record.seq = match m.store.create_proposal(&record, &sealed, max).await? {
+    let max = i64::from(a.config.proposals.max_pending_per_vault);
+    record.seq = match a.store.create_proposal(&record, &sealed, max).await? {
         Ok(seq) => seq,
         Err(CreateRefused::TooManyPending(pending)) => {
             return Err(ProposalsError::TooManyPending {
@@ -305,21 +296,16 @@ pub async fn create(
     };
     let approval_url = format!(
         "{}/approve/{id}?token={}",
-        m.public_url,
+        a.public_url,
         raw.expose_secret()
     );
-    m.record(
-        caller,
-        "proposal.create",
-        Some(&vault),
-        format!("#{}", record.seq),
-    )
-    .await;
-    let created_by = describe_creator(m, &record).await;
-    let approvers = approvers(m, &vault.id, proposal::needs_admin(&content))
+    a.record("proposal.create", Some(&vault), format!("#{}", record.seq))
+        .await;
+    let created_by = describe_creator(&a, &record).await;
+    let approvers = approvers(&a, &vault.id, proposal::needs_admin(&content))
         .await
         .unwrap_or_default();
-    m.notifier.proposal_created(
+    a.notifier.proposal_created(
         ProposalEvent {
             event: "proposal.created",
             vault: vault.name.to_string(),
@@ -463,17 +449,13 @@ impl<'a> Followers<'a> {
 
 /// A proposal's status by id: for the token that raised it, the side that raised it (see
 /// [`Followers`]) and members of its vault. Anyone else is told who may read it.
-pub async fn status(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    id: &str,
-) -> Result<Viewed, ProposalsError> {
+pub async fn status(a: Acting<'_>, id: &str) -> Result<Viewed, ProposalsError> {
     let not_found = || ProposalsError::NotFound(id.to_owned());
-    let p = m.store.proposal(id).await?.ok_or_else(not_found)?;
+    let p = a.store.proposal(id).await?.ok_or_else(not_found)?;
     let followers = Followers::of(&p);
-    let allowed = p.creator_token_id.as_deref() == Some(caller.token_id.as_str())
-        || followers.admit(caller)
-        || caller
+    let allowed = p.creator_token_id.as_deref() == Some(a.caller.token_id.as_str())
+        || followers.admit(a.caller)
+        || a.caller
             .role_in(&p.vault_id)
             .is_some_and(|r| r >= VaultRole::Member);
     if !allowed {
@@ -484,7 +466,7 @@ pub async fn status(
             readers,
         });
     }
-    let vault = m
+    let vault = a
         .store
         .vault_by_id(&p.vault_id)
         .await?
@@ -499,14 +481,13 @@ pub async fn status(
 
 /// A vault's proposals, newest first, optionally of one status (member or higher).
 pub async fn list(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     status: Option<ProposalStatus>,
 ) -> Result<(VaultRecord, Vec<(ProposalRecord, ProposalContent)>), ProposalsError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
+    let (vault, _) = a.vault(vault, VaultRole::Member).await?;
     let mut out = Vec::new();
-    for p in m.store.list_proposals(&vault.id, status).await? {
+    for p in a.store.list_proposals(&vault.id, status).await? {
         let content = content_of(&p)?;
         out.push((p, content));
     }
@@ -516,16 +497,15 @@ pub async fn list(
 /// The pending proposals of every vault the caller holds the member role or higher in (the
 /// dashboard). A vault whose proposals cannot be read shows none rather than failing the page.
 pub async fn pending_for(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
 ) -> Result<Vec<(VaultRecord, Vec<ProposalRecord>)>, ProposalsError> {
     let mut out = Vec::new();
-    for vault in m.store.list_vaults().await? {
-        if caller
+    for vault in a.store.list_vaults().await? {
+        if a.caller
             .role_in(&vault.id)
             .is_some_and(|r| r >= VaultRole::Member)
         {
-            let pending = m
+            let pending = a
                 .store
                 .list_proposals(&vault.id, Some(ProposalStatus::Pending))
                 .await
@@ -540,19 +520,18 @@ pub async fn pending_for(
 /// for a caller with the member role or higher there. Ids are 32 hex digits, too long for a
 /// number.
 pub async fn find(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     number_or_id: &str,
 ) -> Result<(VaultRecord, ProposalRecord), ProposalsError> {
-    let (record, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
+    let (record, _) = a.vault(vault, VaultRole::Member).await?;
     let found = match number_or_id
         .strip_prefix('#')
         .unwrap_or(number_or_id)
         .parse::<i64>()
     {
-        Ok(n) => m.store.proposal_by_seq(&record.id, n).await?,
-        Err(_) => m
+        Ok(n) => a.store.proposal_by_seq(&record.id, n).await?,
+        Err(_) => a
             .store
             .proposal(number_or_id)
             .await?
@@ -580,13 +559,12 @@ pub struct Review {
 
 /// A proposal for review by number or id (member or higher).
 pub async fn review(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     number_or_id: &str,
 ) -> Result<Review, ProposalsError> {
-    let (vault, record) = find(m, caller, vault, number_or_id).await?;
-    review_of(m, vault, record).await
+    let (vault, record) = find(a, vault, number_or_id).await?;
+    review_of(&a, vault, record).await
 }
 
 /// The review of an already loaded proposal.
@@ -699,29 +677,27 @@ pub enum Decision {
 /// Decides proposal `number_or_id` of vault `vault` (see [`decide`]); returns the proposal as
 /// it was before the decision.
 pub async fn decide_by_ref(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     number_or_id: &str,
     decision: Decision,
 ) -> Result<ProposalRecord, ProposalsError> {
-    reviewer(caller)?;
-    let (vault, p) = find(m, caller, vault, number_or_id).await?;
-    decide(m, caller, &vault, &p, decision).await?;
+    reviewer(a.caller)?;
+    let (vault, p) = find(a, vault, number_or_id).await?;
+    decide(a, &vault, &p, decision).await?;
     Ok(p)
 }
 
 /// Approves or rejects a pending proposal: humans only, once.
 pub async fn decide(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &VaultRecord,
     p: &ProposalRecord,
     decision: Decision,
 ) -> Result<(), ProposalsError> {
     match decision {
-        Decision::Approve(approval) => approve(m, caller, vault, p, approval).await,
-        Decision::Reject { reason } => reject(m, caller, vault, p, &reason).await,
+        Decision::Approve(approval) => approve(a, vault, p, approval).await,
+        Decision::Reject { reason } => reject(a, vault, p, &reason).await,
     }
 }
 
@@ -730,13 +706,12 @@ pub async fn decide(
 /// state the human reviewed; every risk that needs an acknowledgement (look-alike hosts) must be
 /// acknowledged; every credential slot needs a value (the approver's, else the agent's).
 async fn approve(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &VaultRecord,
     p: &ProposalRecord,
     approval: Approval,
 ) -> Result<(), ProposalsError> {
-    let user_id = reviewer(caller)?;
+    let user_id = reviewer(a.caller)?;
     if p.status != ProposalStatus::Pending {
         return Err(not_pending(p));
     }
@@ -746,11 +721,14 @@ async fn approve(
     } else {
         VaultRole::Member
     };
-    let have = caller.role_in(&p.vault_id).ok_or(ProposalsError::NoRole)?;
+    let have = a
+        .caller
+        .role_in(&p.vault_id)
+        .ok_or(ProposalsError::NoRole)?;
     if have < need {
         return Err(ProposalsError::ApproveNeedsRole { need, have });
     }
-    let vs = vault_state(m, &p.vault_id).await?;
+    let vs = vault_state(&a, &p.vault_id).await?;
     let current = proposal::approval_hash(&content, &vs);
     let shown = approval.shown_hash.as_deref().unwrap_or(&current);
     use subtle::ConstantTimeEq;
@@ -772,14 +750,14 @@ async fn approve(
         });
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
-    let final_values = values_to_apply(m, p, &plan.set_keys, approval.values).await?;
+    let final_values = values_to_apply(&a, p, &plan.set_keys, approval.values).await?;
     let keys_after: BTreeSet<CredentialKey> = vs
         .keys
         .iter()
         .chain(plan.set_keys.iter())
         .cloned()
         .collect();
-    let rows = services::rows_for(m, &p.vault_id, &plan.services, &keys_after)?;
+    let rows = services::rows_for(&a, &p.vault_id, &plan.services, &keys_after)?;
     let writes: Vec<CredentialWrite> = plan
         .set_keys
         .iter()
@@ -795,7 +773,7 @@ async fn approve(
             }),
         })
         .collect();
-    let applied = m
+    let applied = a
         .store
         .apply_proposal(
             p,
@@ -804,21 +782,21 @@ async fn approve(
                 credentials: &writes,
                 delete_keys: &plan.delete_keys,
                 reviewer: user_id,
-                max_credentials: m.config.limits.max_credentials_per_vault,
+                max_credentials: a.config.limits.max_credentials_per_vault,
             },
             |key, version| {
                 let value = final_values
                     .get(key)
                     .map(|v| v.expose_secret().as_bytes())
                     .unwrap_or_default();
-                m.keyring
+                a.keyring
                     .seal_credential(&p.vault_id, key.as_str(), version, value)
             },
             |rows, keys| {
                 // The vault inside the transaction must be the one the approver reviewed.
                 let services: Option<Vec<ServiceSpec>> = rows
                     .iter()
-                    .map(|r| read_service(m.keyring, &p.vault_id, r).verified().ok())
+                    .map(|r| read_service(a.keyring, &p.vault_id, r).verified().ok())
                     .collect();
                 services.is_some_and(|services| {
                     VaultState {
@@ -834,16 +812,11 @@ async fn approve(
     match applied {
         ApplyOutcome::Applied => {}
         ApplyOutcome::VaultChanged => return Err(ProposalsError::VaultChanged),
-        ApplyOutcome::NotPending => return Err(decided_meanwhile(m, p).await),
+        ApplyOutcome::NotPending => return Err(decided_meanwhile(&a, p).await),
     }
-    m.changed(&p.vault_id).await;
-    m.record(
-        caller,
-        "proposal.approve",
-        Some(vault),
-        format!("#{}", p.seq),
-    )
-    .await;
+    a.changed(&p.vault_id).await;
+    a.record("proposal.approve", Some(vault), format!("#{}", p.seq))
+        .await;
     Ok(())
 }
 
@@ -897,28 +870,29 @@ async fn values_to_apply(
 
 /// Rejects a proposal (member role or higher, humans only); the reason is shown to the agent.
 async fn reject(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &VaultRecord,
     p: &ProposalRecord,
     reason: &str,
 ) -> Result<(), ProposalsError> {
-    let user_id = reviewer(caller)?;
+    let user_id = reviewer(a.caller)?;
     if p.status != ProposalStatus::Pending {
         return Err(not_pending(p));
     }
     if reason.chars().count() > MAX_REASON_CHARS {
         return Err(ProposalsError::ReasonTooLong);
     }
-    let role = caller.role_in(&p.vault_id).ok_or(ProposalsError::NoRole)?;
+    let role = a
+        .caller
+        .role_in(&p.vault_id)
+        .ok_or(ProposalsError::NoRole)?;
     if role < VaultRole::Member {
         return Err(ProposalsError::RejectNeedsMember);
     }
-    if !m.store.reject_proposal(&p.id, user_id, reason).await? {
-        return Err(decided_meanwhile(m, p).await);
+    if !a.store.reject_proposal(&p.id, user_id, reason).await? {
+        return Err(decided_meanwhile(&a, p).await);
     }
-    m.record_with(
-        caller,
+    a.record_with(
         "proposal.reject",
         Some(vault),
         format!("#{}", p.seq),

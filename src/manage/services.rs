@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{AccessError, Manage};
+use super::{AccessError, Acting, Manage};
 use crate::domain::{CredentialKey, VaultRole};
-use crate::identity::Authenticated;
 use crate::policy::service::{ServiceSpec, validate_services};
 use crate::registry::{StoredServiceError, verified_services};
 use crate::store::{ServiceRow, StoreError};
@@ -91,57 +90,50 @@ pub fn rows_for(
 }
 
 /// A vault's services (member or higher).
-pub async fn list(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    vault: &str,
-) -> Result<Vec<ServiceSpec>, ServicesError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Member).await?;
-    specs(m, &vault.id).await
+pub async fn list(a: Acting<'_>, vault: &str) -> Result<Vec<ServiceSpec>, ServicesError> {
+    let (vault, _) = a.vault(vault, VaultRole::Member).await?;
+    specs(&a, &vault.id).await
 }
 
 /// Replaces every service of a vault atomically (admin); returns them as stored.
 pub async fn replace(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     specs: Vec<ServiceSpec>,
 ) -> Result<Vec<ServiceSpec>, ServicesError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Admin).await?;
+    let (vault, _) = a.vault(vault, VaultRole::Admin).await?;
     let specs: Vec<ServiceSpec> = specs.into_iter().map(ServiceSpec::normalized).collect();
-    let keys = known_keys(m, &vault.id).await?;
-    let rows = rows_for(m, &vault.id, &specs, &keys)?;
-    m.store.replace_services(&vault.id, &rows).await?;
-    m.changed(&vault.id).await;
+    let keys = known_keys(&a, &vault.id).await?;
+    let rows = rows_for(&a, &vault.id, &specs, &keys)?;
+    a.store.replace_services(&vault.id, &rows).await?;
+    a.changed(&vault.id).await;
     let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-    m.record(caller, "service.replace", Some(&vault), names.join(","))
+    a.record("service.replace", Some(&vault), names.join(","))
         .await;
     Ok(specs)
 }
 
 /// Adds or replaces one service by name (admin); returns it as stored and whether it is new.
 pub async fn upsert(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     vault: &str,
     spec: ServiceSpec,
 ) -> Result<(ServiceSpec, bool), ServicesError> {
-    let (vault, _) = m.vault_access(caller, vault, VaultRole::Admin).await?;
+    let (vault, _) = a.vault(vault, VaultRole::Admin).await?;
     let spec = spec.normalized();
-    let keys = known_keys(m, &vault.id).await?;
-    let rows = rows_for(m, &vault.id, std::slice::from_ref(&spec), &keys)?;
-    let existed = m
+    let keys = known_keys(&a, &vault.id).await?;
+    let rows = rows_for(&a, &vault.id, std::slice::from_ref(&spec), &keys)?;
+    let existed = a
         .store
         .list_services(&vault.id)
         .await?
         .iter()
         .any(|r| r.name == spec.name);
     for row in &rows {
-        m.store.upsert_service(&vault.id, row).await?;
+        a.store.upsert_service(&vault.id, row).await?;
     }
-    m.changed(&vault.id).await;
-    m.record_with(
-        caller,
+    a.changed(&vault.id).await;
+    a.record_with(
         "service.set",
         Some(&vault),
         spec.name.clone(),
@@ -152,21 +144,16 @@ pub async fn upsert(
 }
 
 /// Removes one service by name (admin).
-pub async fn remove(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    vault: &str,
-    service: &str,
-) -> Result<(), ServicesError> {
-    let (record, _) = m.vault_access(caller, vault, VaultRole::Admin).await?;
-    if !m.store.delete_service(&record.id, service).await? {
+pub async fn remove(a: Acting<'_>, vault: &str, service: &str) -> Result<(), ServicesError> {
+    let (record, _) = a.vault(vault, VaultRole::Admin).await?;
+    if !a.store.delete_service(&record.id, service).await? {
         return Err(ServicesError::NotFound {
             service: service.to_owned(),
             vault: vault.to_owned(),
         });
     }
-    m.changed(&record.id).await;
-    m.record(caller, "service.remove", Some(&record), service.to_owned())
+    a.changed(&record.id).await;
+    a.record("service.remove", Some(&record), service.to_owned())
         .await;
     Ok(())
 }

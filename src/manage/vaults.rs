@@ -1,9 +1,8 @@
 //! Vaults, their settings and their members. Humans create vaults and become their admin; only
 //! admins change settings and members; a vault always keeps a human admin.
 
-use super::{AccessError, Manage};
+use super::{AccessError, Acting, Manage};
 use crate::domain::{AgentName, DomainError, Email, UnmatchedHostPolicy, VaultName, VaultRole};
-use crate::identity::Authenticated;
 use crate::store::{GrantChange, MemberRecord, PrincipalKind, StoreError, VaultRecord};
 
 /// Why a vault operation failed.
@@ -57,34 +56,30 @@ pub enum VaultsError {
 
 /// The vaults the caller holds the member role or higher in, with that role. Proxy-role
 /// principals reach only discovery and proposals.
-pub async fn list(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-) -> Result<Vec<(VaultRecord, VaultRole)>, VaultsError> {
-    Ok(m.store
+pub async fn list(a: Acting<'_>) -> Result<Vec<(VaultRecord, VaultRole)>, VaultsError> {
+    Ok(a.store
         .list_vaults()
         .await?
         .into_iter()
         .filter_map(|v| {
-            let role = caller.role_in(&v.id).filter(|r| *r >= VaultRole::Member)?;
+            let role = a
+                .caller
+                .role_in(&v.id)
+                .filter(|r| *r >= VaultRole::Member)?;
             Some((v, role))
         })
         .collect())
 }
 
 /// Creates a vault whose admin is the calling human.
-pub async fn create(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    name: &str,
-) -> Result<VaultRecord, VaultsError> {
-    let crate::identity::Principal::User { id, .. } = &caller.principal else {
+pub async fn create(a: Acting<'_>, name: &str) -> Result<VaultRecord, VaultsError> {
+    let crate::identity::Principal::User { id, .. } = &a.caller.principal else {
         return Err(VaultsError::UsersOnly {
             action: "create vaults",
         });
     };
     let name = VaultName::parse(name).map_err(VaultsError::InvalidName)?;
-    let vault = m
+    let vault = a
         .store
         .create_vault(&name, Some((PrincipalKind::User, id)))
         .await
@@ -92,42 +87,39 @@ pub async fn create(
             StoreError::Conflict(_) => VaultsError::Exists(name.to_string()),
             other => other.into(),
         })?;
-    m.tokens_changed().await;
-    m.changed(&vault.id).await;
-    m.record(caller, "vault.create", Some(&vault), name.to_string())
+    a.tokens_changed().await;
+    a.changed(&vault.id).await;
+    a.record("vault.create", Some(&vault), name.to_string())
         .await;
     Ok(vault)
 }
 
 /// Deletes a vault and everything in it (a human admin of it).
-pub async fn delete(m: &Manage<'_>, caller: &Authenticated, name: &str) -> Result<(), VaultsError> {
-    let (vault, _) = m.vault_access(caller, name, VaultRole::Admin).await?;
-    if !caller.is_user() {
+pub async fn delete(a: Acting<'_>, name: &str) -> Result<(), VaultsError> {
+    let (vault, _) = a.vault(name, VaultRole::Admin).await?;
+    if !a.caller.is_user() {
         return Err(VaultsError::UsersOnly {
             action: "delete vaults",
         });
     }
-    m.store.delete_vault(&vault.id).await?;
-    m.tokens_changed().await;
-    m.changed(&vault.id).await;
+    a.store.delete_vault(&vault.id).await?;
+    a.tokens_changed().await;
+    a.changed(&vault.id).await;
     // The vault is gone, so the audit row belongs to no vault; its name is the target.
-    m.record(caller, "vault.delete", None, vault.name.to_string())
-        .await;
+    a.record("vault.delete", None, vault.name.to_string()).await;
     Ok(())
 }
 
 /// Sets what the proxy does with hosts no service matches (admin).
 pub async fn set_unmatched_host_policy(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     name: &str,
     policy: UnmatchedHostPolicy,
 ) -> Result<(), VaultsError> {
-    let (vault, _) = m.vault_access(caller, name, VaultRole::Admin).await?;
-    m.store.set_unmatched_host_policy(&vault.id, policy).await?;
-    m.changed(&vault.id).await;
-    m.record_with(
-        caller,
+    let (vault, _) = a.vault(name, VaultRole::Admin).await?;
+    a.store.set_unmatched_host_policy(&vault.id, policy).await?;
+    a.changed(&vault.id).await;
+    a.record_with(
         "vault.settings",
         Some(&vault),
         "unmatched_host_policy",
@@ -139,13 +131,9 @@ pub async fn set_unmatched_host_policy(
 
 /// The members of a vault (member or higher), including rows that failed their MAC so an admin
 /// sees and removes them.
-pub async fn members(
-    m: &Manage<'_>,
-    caller: &Authenticated,
-    name: &str,
-) -> Result<Vec<MemberRecord>, VaultsError> {
-    let (vault, _) = m.vault_access(caller, name, VaultRole::Member).await?;
-    Ok(m.store.list_members(&vault.id).await?)
+pub async fn members(a: Acting<'_>, name: &str) -> Result<Vec<MemberRecord>, VaultsError> {
+    let (vault, _) = a.vault(name, VaultRole::Member).await?;
+    Ok(a.store.list_members(&vault.id).await?)
 }
 
 /// The id of the user (by email) or agent (by name) a membership change is about. Removal also
@@ -189,19 +177,18 @@ async fn principal_id(
 
 /// Grants or changes a role in a vault (admin).
 pub async fn set_member(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     name: &str,
     kind: PrincipalKind,
     who: &str,
     role: VaultRole,
 ) -> Result<(), VaultsError> {
-    let (vault, _) = m.vault_access(caller, name, VaultRole::Admin).await?;
+    let (vault, _) = a.vault(name, VaultRole::Admin).await?;
     if kind == PrincipalKind::User && role == VaultRole::Proxy {
         return Err(VaultsError::ProxyRoleForUser);
     }
-    let id = principal_id(m, kind, who, false).await?;
-    match m
+    let id = principal_id(&a, kind, who, false).await?;
+    match a
         .store
         .change_grant_keeping_a_human_admin(&vault.id, kind, &id, Some(role))
         .await?
@@ -209,9 +196,8 @@ pub async fn set_member(
         GrantChange::LastHumanAdmin => return Err(VaultsError::LastHumanAdmin),
         GrantChange::Done | GrantChange::NotMember => {}
     }
-    m.tokens_changed().await;
-    m.record_with(
-        caller,
+    a.tokens_changed().await;
+    a.record_with(
         "member.set",
         Some(&vault),
         format!("{}:{who}", kind.as_str()),
@@ -223,15 +209,14 @@ pub async fn set_member(
 
 /// Takes a principal's role in a vault away (admin).
 pub async fn remove_member(
-    m: &Manage<'_>,
-    caller: &Authenticated,
+    a: Acting<'_>,
     name: &str,
     kind: PrincipalKind,
     who: &str,
 ) -> Result<(), VaultsError> {
-    let (vault, _) = m.vault_access(caller, name, VaultRole::Admin).await?;
-    let id = principal_id(m, kind, who, true).await?;
-    match m
+    let (vault, _) = a.vault(name, VaultRole::Admin).await?;
+    let id = principal_id(&a, kind, who, true).await?;
+    match a
         .store
         .change_grant_keeping_a_human_admin(&vault.id, kind, &id, None)
         .await?
@@ -245,9 +230,8 @@ pub async fn remove_member(
             });
         }
     }
-    m.tokens_changed().await;
-    m.record(
-        caller,
+    a.tokens_changed().await;
+    a.record(
         "member.remove",
         Some(&vault),
         format!("{}:{who}", kind.as_str()),

@@ -661,7 +661,7 @@ async fn decide_from_form(
             ));
         }
     };
-    proposals::decide(&state.manage(), user, vault, p, decision).await?;
+    proposals::decide(state.acting(user), vault, p, decision).await?;
     Ok(done)
 }
 

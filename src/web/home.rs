@@ -21,7 +21,7 @@ pub(super) async fn home(State(state): State<AdminState>, headers: HeaderMap) ->
     let Some(user) = web_user(&state, &headers).await else {
         return Redirect::to("/login?next=/").into_response();
     };
-    let pending = match proposals::pending_for(&state.manage(), &user).await {
+    let pending = match proposals::pending_for(state.acting(&user)).await {
         Ok(pending) => pending,
         Err(e) => return api_error_page(e.into()),
     };
