@@ -1,7 +1,16 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t agent-vault .
-# Run:   docker run -p 14321:14321 -p 14322:14322 -v agent-vault-data:/data \
-#          -e AGENT_VAULT_MASTER_PASSWORD_FILE=/run/secrets/master agent-vault
+# Run (see the README's Docker section; the password file must be readable by uid 10001):
+#   docker run -d --name agent-vault \
+#     -p 127.0.0.1:14321:14321 -p 127.0.0.1:14322:14322 \
+#     -v agent-vault-data:/data \
+#     -v "$PWD/master-password:/run/secrets/master:ro" \
+#     -e AGENT_VAULT_MASTER_PASSWORD_FILE=/run/secrets/master \
+#     -e AGENT_VAULT_SERVER__PUBLIC_URL=http://127.0.0.1:14321 \
+#     agent-vault
+# The ports are published on the host's loopback only; inside the container the server listens
+# on every interface (AGENT_VAULT_SERVER__HOST below) so the published ports reach it, and
+# public_url names the address people and links use, which also pins the accepted Host header.
 
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
@@ -9,10 +18,14 @@ WORKDIR /src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake perl pkg-config clang \
     && rm -rf /var/lib/apt/lists/*
+# Every path Cargo.toml declares must exist even to build only the binary (the bench and the
+# test binary's entry included); tests/it/packaging.rs checks these lines against it.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
+COPY benches ./benches
+COPY tests ./tests
 RUN cargo build --release --locked --bin agent-vault \
     && cp target/release/agent-vault /usr/local/bin/agent-vault
 

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminInner, AdminState};
-use crate::audit::RequestLogger;
+use crate::audit::{LogWriter, RequestLogger};
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
-use crate::crypto::{CryptoError, KDF_QUEUE_WAIT, KdfGate, PasswordHasher, TokenKind};
+use crate::crypto::{Aad, CryptoError, KDF_QUEUE_WAIT, KdfGate, PasswordHasher, TokenKind};
 use crate::identity::{FailureBudget, Identity};
 
 /// Wrong passwords an approver may enter on approval pages within a minute before further tries
@@ -23,7 +22,7 @@ use crate::identity::{FailureBudget, Identity};
 const CONFIRM_FAILURES_PER_MINUTE: u32 = 5;
 use crate::keys::Keyring;
 use crate::netguard::NetGuard;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifyError};
 use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
 use crate::registry::Snapshots;
 use crate::store::changes::{self, Change};
@@ -52,7 +51,10 @@ pub enum AppError {
     },
     /// Upstream TLS settings are unusable.
     #[error("configuration error: {0}")]
-    Upstream(String),
+    Upstream(#[from] proxy::upstream::TrustError),
+    /// The proposal notification settings (webhook client, SMTP) are unusable.
+    #[error("configuration error: {0}")]
+    Notify(#[from] NotifyError),
     /// The setup token file could not be written.
     #[error("cannot write {path}: {source}")]
     SetupFile {
@@ -69,6 +71,10 @@ pub enum AppError {
     Workers(#[from] proxy::workers::WorkerError),
 }
 
+/// How long shutdown waits for the request log to be written out (a store that is down gets
+/// three tries per batch).
+const REQUEST_LOG_FINISH: Duration = Duration::from_secs(10);
+
 /// A built, listening application.
 #[allow(missing_debug_implementations)]
 pub struct App {
@@ -77,7 +83,7 @@ pub struct App {
     admin_state: AdminState,
     proxy_state: Arc<ProxyState>,
     workers: proxy::Workers,
-    logger_task: JoinHandle<()>,
+    log_writer: LogWriter,
     shutdown: CancellationToken,
     store: Store,
     /// Where the admin API listens.
@@ -98,45 +104,111 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Bind { addr, source })
 }
 
-/// Writes a fresh setup token (0600) unless a valid one is already outstanding.
+/// Makes sure the database holds its one setup token and this instance's data directory has
+/// it (0600). Instances sharing a database all write the same token: it is kept sealed under
+/// the DEK beside its hash, so a second instance starting never invalidates the first's.
 async fn ensure_setup_token(
     store: &Store,
     keyring: &Keyring,
     data_dir: &Path,
 ) -> Result<PathBuf, AppError> {
+    let path = data_dir.join("setup-token");
+    let hash_of = |t: &SecretString| hex::encode(keyring.token_hasher().hash(t).0);
+    let seal_token = |t: &SecretString| {
+        crate::crypto::seal(
+            keyring.dek(),
+            &Aad::setup_token(),
+            t.expose_secret().as_bytes(),
+        )
+    };
+    // Two instances may race to create or replace it; each race has one winner, and the loser
+    // reads the winner's token on its next turn.
+    for _ in 0..3 {
+        let token = match store.setup_token().await? {
+            Some(stored) => {
+                let opened = stored
+                    .sealed
+                    .as_deref()
+                    .and_then(|sealed| open_setup_token(keyring, sealed))
+                    .filter(|t| hash_of(t) == stored.hash_hex);
+                match opened {
+                    Some(token) => token,
+                    None => {
+                        // Made before tokens were kept sealed (or its sealed copy does not
+                        // open): keep it if this instance's file holds it, else replace it.
+                        let token = match std::fs::read_to_string(&path)
+                            .ok()
+                            .map(|t| SecretString::from(t.trim().to_owned()))
+                            .filter(|t| hash_of(t) == stored.hash_hex)
+                        {
+                            Some(token) => token,
+                            None => TokenKind::Setup.generate()?,
+                        };
+                        let sealed = seal_token(&token)?;
+                        if !store
+                            .replace_setup_token(&stored.hash_hex, &hash_of(&token), &sealed)
+                            .await?
+                        {
+                            continue;
+                        }
+                        token
+                    }
+                }
+            }
+            None => {
+                let token = TokenKind::Setup.generate()?;
+                if !store
+                    .claim_setup_token(&hash_of(&token), &seal_token(&token)?)
+                    .await?
+                {
+                    continue;
+                }
+                token
+            }
+        };
+        write_setup_token_file(&path, data_dir, &token)?;
+        return Ok(path);
+    }
+    Err(AppError::Store(StoreError::Conflict("setup token")))
+}
+
+fn open_setup_token(keyring: &Keyring, sealed: &[u8]) -> Option<SecretString> {
+    let bytes = crate::crypto::open(keyring.dek(), &Aad::setup_token(), sealed).ok()?;
+    let text = std::str::from_utf8(bytes.expose_secret()).ok()?;
+    Some(SecretString::from(text.to_owned()))
+}
+
+/// Writes the token to `path` (0600), unless the file already holds it.
+fn write_setup_token_file(
+    path: &Path,
+    data_dir: &Path,
+    token: &SecretString,
+) -> Result<(), AppError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("setup-token");
-    let outstanding = store.setup_token_hash().await?;
-    if let (Some(hash), Ok(existing)) = (&outstanding, std::fs::read_to_string(&path)) {
-        let existing = SecretString::from(existing.trim().to_owned());
-        if hex::encode(keyring.token_hasher().hash(&existing).0) == *hash {
-            return Ok(path);
-        }
+    if std::fs::read_to_string(path).is_ok_and(|t| t.trim() == token.expose_secret()) {
+        return Ok(());
     }
-    let raw = TokenKind::Setup.generate()?;
     let io = |source| AppError::SetupFile {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     std::fs::DirBuilder::new()
         .recursive(true)
         .create(data_dir)
         .map_err(io)?;
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(io)?;
-    file.write_all(raw.expose_secret().as_bytes()).map_err(io)?;
+    file.write_all(token.expose_secret().as_bytes())
+        .map_err(io)?;
     file.write_all(b"\n").map_err(io)?;
     file.sync_all().map_err(io)?;
-    store
-        .set_setup_token_hash(&hex::encode(keyring.token_hasher().hash(&raw).0))
-        .await?;
-    Ok(path)
+    Ok(())
 }
 
 impl App {
@@ -191,8 +263,7 @@ impl App {
         let ca = Arc::new(CertificateAuthority::load_or_create(&store, &keyring).await?);
         let leaves = ca.leaf_cache(provider.clone());
         let workers = proxy::workers::count(config.server.proxy_threads);
-        let upstream = Upstream::new(&config.upstream, guard, provider, workers)
-            .map_err(AppError::Upstream)?;
+        let upstream = Upstream::new(&config.upstream, guard, provider, workers)?;
         let identity = Identity::new(
             store.clone(),
             keyring.token_hasher().clone(),
@@ -200,8 +271,12 @@ impl App {
         );
         let snapshots = Snapshots::load(store.clone(), keyring.clone()).await?;
         let shutdown = CancellationToken::new();
-        let (logger, logger_task) =
-            RequestLogger::start(store.clone(), config.request_log.clone(), shutdown.clone());
+        let (logger, log_writer) = RequestLogger::start(
+            store.clone(),
+            config.request_log.clone(),
+            config.log.requests,
+            shutdown.clone(),
+        );
 
         let setup_token_file = if store.count_users().await? == 0 {
             Some(ensure_setup_token(&store, &keyring, &config.data_dir).await?)
@@ -239,8 +314,7 @@ impl App {
             setup_token_file: config.data_dir.join("setup-token"),
             auth_failures: FailureBudget::new(config.limits.auth_failures_per_minute),
             confirm_failures: FailureBudget::new(CONFIRM_FAILURES_PER_MINUTE),
-            notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)
-                .map_err(|e| AppError::Upstream(e.to_string()))?,
+            notifier: Notifier::new(config.proposals.webhook_url.clone(), &config.smtp)?,
         });
         let proxy_state = ProxyState::new(ProxyParts {
             identity: identity.clone(),
@@ -290,7 +364,7 @@ impl App {
             admin_state,
             workers: proxy::start_workers(&proxy_state, workers)?,
             proxy_state,
-            logger_task,
+            log_writer,
             shutdown,
             store,
             admin_addr,
@@ -341,7 +415,8 @@ impl App {
         }
         drop(self.admin_state);
         drop(self.proxy_state);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.logger_task).await;
+        // Only now: requests that finished while the proxy drained have queued their rows.
+        self.log_writer.finish(REQUEST_LOG_FINISH).await;
         self.store.close().await;
         Ok(())
     }

@@ -24,8 +24,8 @@ const TOP_LEVEL_ENV_KEYS: &[&str] = &["data_dir", "database_url"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A layer could not be parsed, or a key was unknown or had the wrong type.
-    #[error("configuration error: {0}")]
-    Load(String),
+    #[error("configuration error: {}", describe_figment(.0))]
+    Load(#[source] Box<figment::Error>),
     /// A value parsed but is not acceptable.
     #[error("configuration error: `{key}`: {message}")]
     Invalid {
@@ -34,35 +34,41 @@ pub enum ConfigError {
         /// What is wrong and what would be accepted.
         message: String,
     },
+    /// Argon2 refuses the `kdf` parameters.
+    #[error("configuration error: `kdf`: {0}")]
+    Kdf(#[source] crate::crypto::CryptoError),
 }
 
 impl From<figment::Error> for ConfigError {
     fn from(err: figment::Error) -> Self {
-        // figment's messages already name the key path and the source layer; keep all of them.
-        let messages: Vec<String> = err
-            .into_iter()
-            .map(|e| {
-                let path = e.path.join(".");
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| {
-                        e.metadata
-                            .as_ref()
-                            .and_then(|md| md.source.as_ref())
-                            .map(|s| format!(" (from {} {s})", m.name))
-                            .unwrap_or_else(|| format!(" (from {})", m.name))
-                    })
-                    .unwrap_or_default();
-                if path.is_empty() {
-                    format!("{}{source}", e.kind)
-                } else {
-                    format!("`{path}`: {}{source}", e.kind)
-                }
-            })
-            .collect();
-        ConfigError::Load(messages.join("; "))
+        // Boxed: figment's error is over 200 bytes, and every `Result` of the CLI carries it.
+        ConfigError::Load(Box::new(err))
     }
+}
+
+/// Every error figment collected, each with its key path and source layer, on one line.
+fn describe_figment(err: &figment::Error) -> String {
+    // figment's messages already name the key path and the source layer; keep all of them.
+    let messages: Vec<String> = err
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(s) => format!(" (from {} {s})", m.name),
+                    None => format!(" (from {})", m.name),
+                },
+                None => String::new(),
+            };
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("`{path}`: {}{source}", e.kind)
+            }
+        })
+        .collect();
+    messages.join("; ")
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -319,9 +325,10 @@ impl Default for LimitsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines (`text` is accepted too).
+    #[serde(alias = "text")]
     Pretty,
-    /// One JSON object per line.
+    /// One JSON object per line, the start banner included.
     Json,
 }
 
@@ -333,6 +340,9 @@ pub struct LogConfig {
     pub level: String,
     /// `pretty` or `json`.
     pub format: LogFormat,
+    /// One info line per proxied request (vault, actor, method, host, service, status,
+    /// latency; never a path, query string or header value).
+    pub requests: bool,
 }
 
 impl Default for LogConfig {
@@ -340,6 +350,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Pretty,
+            requests: false,
         }
     }
 }
@@ -693,9 +704,7 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
-        self.kdf
-            .validate()
-            .map_err(|e| invalid("kdf", e.to_string()))?;
+        self.kdf.validate().map_err(ConfigError::Kdf)?;
         if self.limits.kdf_memory_budget < u64::from(self.kdf.memory_kib) * 1024 {
             return Err(invalid(
                 "limits.kdf_memory_budget",

@@ -34,6 +34,20 @@ pub enum DomainError {
     /// The unmatched-host policy was not `tunnel` or `deny`.
     #[error("unknown unmatched-host policy {0:?}: expected tunnel or deny")]
     Policy(String),
+    /// A stored kind or status (actor, principal, token, proposal) was not one this program writes.
+    #[error("unknown {what} {value:?}")]
+    Kind {
+        /// Which kind of value, e.g. `proposal status`.
+        what: &'static str,
+        /// The text found.
+        value: String,
+    },
+}
+
+impl DomainError {
+    fn kind(what: &'static str) -> impl Fn(String) -> Self {
+        move |value| Self::Kind { what, value }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the one time unit stored in the database.
@@ -282,17 +296,124 @@ str_enum!(
     }
 );
 
+str_enum!(
+    /// Whether a principal (the holder of a vault grant) is a human user or an agent.
+    PrincipalKind,
+    DomainError::kind("principal kind"),
+    "user, agent",
+    {
+        /// A human with an email and password.
+        User => "user",
+        /// A non-human identity holding tokens.
+        Agent => "agent",
+    }
+);
+
+str_enum!(
+    /// What a stored token stands for (only the kinds that resolve to a principal are stored
+    /// as tokens; setup, invite and approval tokens live beside their own rows).
+    TokenStoreKind,
+    DomainError::kind("token kind"),
+    "session, web, agent, scoped",
+    {
+        /// A human login session for the CLI and the admin API.
+        Session => "session",
+        /// A human's browser session (the web pages' cookie only).
+        Web => "web",
+        /// An agent's token.
+        Agent => "agent",
+        /// A short-lived proxy token bound to one vault.
+        Scoped => "scoped",
+    }
+);
+
+str_enum!(
+    /// Where a proposal stands.
+    ProposalStatus,
+    DomainError::kind("proposal status"),
+    "pending, applied, rejected, expired",
+    {
+        /// Waiting for a human.
+        Pending => "pending",
+        /// Approved and applied.
+        Applied => "applied",
+        /// Rejected by a human.
+        Rejected => "rejected",
+        /// Nobody decided in time.
+        Expired => "expired",
+    }
+);
+
+str_enum!(
+    /// What a request-log row records.
+    RequestLogKind,
+    DomainError::kind("request log kind"),
+    "request, tunnel",
+    {
+        /// An intercepted or forwarded HTTP request.
+        Request => "request",
+        /// A CONNECT tunnel spliced without interception.
+        Tunnel => "tunnel",
+    }
+);
+
+/// Who did something, as request logs, audit events, proposals and per-agent limits see it.
+/// Ids only: a token is named by its public id, never by its value, so `Display` and `Debug`
+/// are safe to log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// A human user, by user id.
+    User(String),
+    /// An agent, by agent id; a scoped token an agent minted acts as that agent.
+    Agent(String),
+    /// A scoped token a human minted (`vault token`, `run`), by the token's public id.
+    ScopedToken(String),
+}
+
+impl Actor {
+    /// The stored kind: `user`, `agent` or `scoped`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::Agent(_) => "agent",
+            Self::ScopedToken(_) => "scoped",
+        }
+    }
+
+    /// The user, agent or token id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::User(id) | Self::Agent(id) | Self::ScopedToken(id) => id,
+        }
+    }
+
+    /// Rebuilds an actor from its stored kind and id.
+    pub fn from_stored(kind: &str, id: impl Into<String>) -> Result<Self, DomainError> {
+        let id = id.into();
+        match kind {
+            "user" => Ok(Self::User(id)),
+            "agent" => Ok(Self::Agent(id)),
+            "scoped" => Ok(Self::ScopedToken(id)),
+            other => Err(DomainError::kind("actor kind")(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.as_str(), self.id())
+    }
+}
+
 /// One request-log row the proxy produces and the store writes. Never values, query strings, header values or bodies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestLogRow {
     /// The vault's id.
     pub vault_id: String,
-    /// `agent`, `user` or `scoped`.
-    pub actor_kind: &'static str,
-    /// The agent id, user id or token id.
-    pub actor_id: String,
-    /// `request` (intercepted or forwarded) or `tunnel` (spliced).
-    pub kind: &'static str,
+    /// Who made the request.
+    pub actor: Actor,
+    /// An intercepted or forwarded request, or a spliced tunnel.
+    pub kind: RequestLogKind,
     /// HTTP method (`CONNECT` for tunnels).
     pub method: String,
     /// `host:port`.
@@ -374,5 +495,42 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn actors_round_trip_through_their_stored_form() {
+        for actor in [
+            Actor::User("u1".into()),
+            Actor::Agent("a1".into()),
+            Actor::ScopedToken("t1".into()),
+        ] {
+            assert_eq!(
+                Actor::from_stored(actor.as_str(), actor.id()),
+                Ok(actor.clone())
+            );
+        }
+        assert_eq!(Actor::Agent("a1".into()).to_string(), "agent a1");
+        assert!(Actor::from_stored("robot", "x").is_err());
+    }
+
+    #[test]
+    fn stored_kinds_parse_back_and_refuse_strangers() {
+        for status in ["pending", "applied", "rejected", "expired"] {
+            assert_eq!(
+                status.parse::<ProposalStatus>().map(|s| s.as_str()),
+                Ok(status)
+            );
+        }
+        for kind in ["session", "web", "agent", "scoped"] {
+            assert_eq!(kind.parse::<TokenStoreKind>().map(|k| k.as_str()), Ok(kind));
+        }
+        assert_eq!("user".parse::<PrincipalKind>(), Ok(PrincipalKind::User));
+        assert_eq!(
+            "approval"
+                .parse::<TokenStoreKind>()
+                .map_err(|e| e.to_string()),
+            Err("unknown token kind \"approval\"".into())
+        );
+        assert!("Pending".parse::<ProposalStatus>().is_err());
     }
 }

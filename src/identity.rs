@@ -10,8 +10,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::crypto::{TokenHash, TokenHasher, TokenKind};
-use crate::domain::{AgentName, Email, InstanceRole, VaultRole, now_ms};
-use crate::store::{PrincipalKind, Store, StoreError, TokenRecord, TokenStoreKind};
+use crate::domain::{
+    Actor, AgentName, Email, InstanceRole, PrincipalKind, TokenStoreKind, VaultRole, now_ms,
+};
+use crate::store::{Store, StoreError, TokenRecord};
 
 /// Why a token was not accepted. The variants are for logs and tests; callers show one generic
 /// message so that a guesser learns nothing.
@@ -109,17 +111,17 @@ impl Authenticated {
         }
     }
 
-    /// `("user" | "agent" | "scoped", id)` for logs and audit rows; a scoped token is attributed
-    /// to the agent that minted it, or else to the token itself.
-    pub fn actor(&self) -> (&'static str, &str) {
+    /// Who this is for logs, audit rows, proposals and per-agent limits; a scoped token is
+    /// attributed to the agent that minted it, or else to the token itself.
+    pub fn actor(&self) -> Actor {
         match &self.principal {
-            Principal::User { id, .. } => ("user", id),
-            Principal::Agent { id, .. } => ("agent", id),
-            Principal::Scoped {
+            Principal::User { id, .. } => Actor::User(id.clone()),
+            Principal::Agent { id, .. }
+            | Principal::Scoped {
                 minted_by: Minter::Agent(id),
                 ..
-            } => ("agent", id),
-            Principal::Scoped { .. } => ("scoped", &self.token_id),
+            } => Actor::Agent(id.clone()),
+            Principal::Scoped { .. } => Actor::ScopedToken(self.token_id.clone()),
         }
     }
 

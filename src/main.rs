@@ -26,9 +26,15 @@ fn main() {
     };
     let code = match runtime.block_on(cli.run()) {
         Ok(()) => 0,
-        Err(agent_vault::cli::CliError::ChildExit(code)) => code,
+        // None needs a message: the child spoke for itself, a reader that closed our standard
+        // output (`| head`) asked for nothing more, and a logged error was already written.
+        Err(
+            e @ (agent_vault::cli::CliError::ChildExit(_)
+            | agent_vault::cli::CliError::StdoutClosed
+            | agent_vault::cli::CliError::Logged),
+        ) => e.exit_code(),
         Err(e) => {
-            eprintln!("error: {e}");
+            agent_vault::cli::output::write_err(format_args!("error: {e}\n"));
             e.exit_code()
         }
     };

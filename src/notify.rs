@@ -56,12 +56,23 @@ impl std::fmt::Debug for Notifier {
 /// Why notifications could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    /// The SMTP settings are unusable.
+    /// The SMTP relay settings are unusable.
     #[error("smtp: {0}")]
-    Smtp(String),
+    Smtp(#[from] lettre::transport::smtp::Error),
+    /// `smtp.password_file` could not be read.
+    #[error("smtp: cannot read {}: {source}", path.display())]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `smtp.from` is not a mailbox.
+    #[error("smtp: {0}")]
+    From(#[from] lettre::address::AddressError),
     /// The HTTP client could not be built.
     #[error("webhook client: {0}")]
-    Http(String),
+    Http(#[from] reqwest::Error),
 }
 
 impl Notifier {
@@ -71,8 +82,7 @@ impl Notifier {
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| NotifyError::Http(e.to_string()))?;
+            .build()?;
         let smtp = match &smtp.host {
             None => None,
             Some(host) => {
@@ -84,8 +94,7 @@ impl Notifier {
                     SmtpSecurity::None => Ok(
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
                     ),
-                }
-                .map_err(|e| NotifyError::Smtp(e.to_string()))?;
+                }?;
                 let mut builder = builder
                     .port(smtp.port)
                     .timeout(Some(Duration::from_secs(15)));
@@ -93,8 +102,9 @@ impl Notifier {
                     let password = match (&smtp.password, &smtp.password_file) {
                         (Some(p), _) => p.0.clone(),
                         (None, Some(file)) => std::fs::read_to_string(file)
-                            .map_err(|e| {
-                                NotifyError::Smtp(format!("cannot read {}: {e}", file.display()))
+                            .map_err(|source| NotifyError::PasswordFile {
+                                path: file.clone(),
+                                source,
                             })?
                             .lines()
                             .next()
@@ -104,10 +114,7 @@ impl Notifier {
                     };
                     builder = builder.credentials(Credentials::new(user.clone(), password));
                 }
-                let from: Mailbox = smtp
-                    .from
-                    .parse()
-                    .map_err(|e: lettre::address::AddressError| NotifyError::Smtp(e.to_string()))?;
+                let from: Mailbox = smtp.from.parse()?;
                 Some(Arc::new((builder.build(), from)))
             }
         };

@@ -402,7 +402,7 @@ pub(super) async fn create_invite(
         email,
         role: body.role,
         vault_grants: grants,
-        created_by: caller.actor().1.to_owned(),
+        created_by: caller.actor().id().to_owned(),
         expires_at: now.saturating_add(ttl),
         accepted_at: None,
         revoked_at: None,

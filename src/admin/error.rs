@@ -152,7 +152,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::NotFound("not found".into()),
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::LimitReached(message) => Self::Conflict(message),
-            StoreError::Corrupt(detail) => Self::Integrity(detail),
+            e @ StoreError::Corrupt { .. } => Self::Integrity(e.to_string()),
             e if e.is_unavailable() => Self::Unavailable,
             e => Self::internal(e),
         }

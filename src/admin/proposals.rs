@@ -56,7 +56,7 @@ fn proposal_json(v: &Viewed) -> Value {
         "message": p.message,
         "services": v.content.services,
         "credentials": v.content.credentials,
-        "created_by": { "kind": p.created_by_kind, "id": p.created_by_id },
+        "created_by": { "kind": p.created_by.as_str(), "id": p.created_by.id() },
         "created_at": p.created_at,
         "expires_at": p.expires_at,
         "reviewed_at": p.reviewed_at,
@@ -113,7 +113,7 @@ pub(crate) async fn list(
             state
                 .vault_access(&caller, &name, crate::domain::VaultRole::Member)
                 .await?;
-            return Err(ApiError::bad_request("invalid_status", e));
+            return Err(ApiError::bad_request("invalid_status", e.to_string()));
         }
     };
     let (vault, found) = proposals::list(state.acting(&caller), &name, status).await?;

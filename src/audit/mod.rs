@@ -3,7 +3,7 @@
 
 mod request_log;
 
-pub use request_log::RequestLogger;
+pub use request_log::{LogWriter, REQUEST_LINE_TARGET, RequestLogger};
 
 use crate::identity::Authenticated;
 use crate::store::{AuditEvent, Store};
@@ -18,10 +18,9 @@ pub async fn record(
     target: String,
     detail: String,
 ) {
-    let (actor_kind, actor_id) = who.actor();
+    let actor = who.actor();
     let event = AuditEvent {
-        actor_kind,
-        actor_id,
+        actor: &actor,
         action,
         vault_id,
         target,

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::client::{Client, seg};
+use super::output::{note, outln};
 use super::{CliError, JsonFlag, output, parse_duration};
 
 /// `agent-vault agent ...`
@@ -75,16 +76,16 @@ pub(super) async fn run(cmd: AgentCommand, address: Option<&str>) -> Result<(), 
             }
             let resp: Value = client.post("/v1/agents", &body).await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
-                eprintln!("created agent {name}; its token (shown only once):");
-                println!("{}", output::text(&resp, "token"));
+                note!("created agent {name}; its token (shown only once):");
+                outln!("{}", output::text(&resp, "token"))?;
             }
         }
         AgentCommand::List { json } => {
             let list: Vec<Value> = client.get("/v1/agents").await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -113,7 +114,7 @@ pub(super) async fn run(cmd: AgentCommand, address: Option<&str>) -> Result<(), 
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "VAULTS", "TOKENS", "EXPIRES", "CREATED"], &rows);
+                output::table(&["NAME", "VAULTS", "TOKENS", "EXPIRES", "CREATED"], &rows)?;
             }
         }
         AgentCommand::Rotate { name, ttl, json } => {
@@ -125,28 +126,26 @@ pub(super) async fn run(cmd: AgentCommand, address: Option<&str>) -> Result<(), 
                 .post(&format!("/v1/agents/{}/rotate", seg(&name)), &body)
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
-                eprintln!(
-                    "rotated agent {name}; old tokens are revoked. New token (shown only once):"
-                );
-                println!("{}", output::text(&resp, "token"));
+                note!("rotated agent {name}; old tokens are revoked. New token (shown only once):");
+                outln!("{}", output::text(&resp, "token"))?;
             }
         }
         AgentCommand::Revoke { name } => {
             let resp: Value = client
                 .post(&format!("/v1/agents/{}/revoke", seg(&name)), &json!({}))
                 .await?;
-            println!(
+            outln!(
                 "revoked {} token(s) of agent {name}",
                 output::text(&resp, "revoked_tokens")
-            );
+            )?;
         }
         AgentCommand::Delete { name } => {
             let _: Value = client
                 .delete(&format!("/v1/agents/{}", seg(&name)), None)
                 .await?;
-            println!("deleted agent {name}");
+            outln!("deleted agent {name}")?;
         }
     }
     Ok(())

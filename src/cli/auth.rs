@@ -7,9 +7,8 @@ use clap::Subcommand;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::client::{
-    Client, DEFAULT_ADDRESS, SavedSession, forget_session, load_session, save_session,
-};
+use super::client::{Client, DEFAULT_ADDRESS, SavedSession, Sessions};
+use super::output::outln;
 use super::{CliError, JsonFlag, output, prompt_password, read_secret_line};
 
 /// `agent-vault auth ...`
@@ -30,7 +29,8 @@ pub(super) enum AuthCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Log in and keep the session in ~/.agent-vault/session.json (mode 0600).
+    /// Log in and keep the session in ~/.agent-vault/session.json (mode 0600), bound to the
+    /// server address: one login per address, each sent only to its own address.
     Login {
         /// Your email address.
         #[arg(long)]
@@ -39,7 +39,7 @@ pub(super) enum AuthCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// End the session and forget it.
+    /// End the login for --address (default: the most recent login) and forget it.
     Logout,
     /// Show who the CLI acts as.
     Whoami {
@@ -82,12 +82,14 @@ fn remember(address: &str, email: &str, resp: &Value) -> Result<(), CliError> {
     let token = resp["token"]
         .as_str()
         .ok_or_else(|| CliError::msg("the server returned no session token"))?;
-    save_session(&SavedSession {
+    let mut sessions = Sessions::load()?;
+    sessions.put(SavedSession {
         address: address.to_owned(),
         token: token.to_owned(),
         email: email.to_owned(),
         expires_at: resp["expires_at"].as_i64(),
-    })
+    });
+    sessions.save()
 }
 
 /// Runs an auth command.
@@ -116,11 +118,11 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
             }
             let resp: Value = client.post("/v1/auth/register", &body).await?;
             remember(&addr, &email, &resp)?;
-            println!(
+            outln!(
                 "registered {} as {}; logged in",
                 output::text(&resp["user"], "email"),
                 output::text(&resp["user"], "role")
-            );
+            )?;
             Ok(())
         }
         AuthCommand::Login {
@@ -136,30 +138,37 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             remember(&addr, &email, &resp)?;
-            println!("logged in as {email}");
+            outln!("logged in as {email}")?;
             Ok(())
         }
         AuthCommand::Logout => {
-            if let Some(session) = load_session()? {
-                let client = Client::with_token(
-                    address.unwrap_or(&session.address),
-                    SecretString::from(session.token),
-                    super::client::Acting::User,
-                )?;
-                match client.post::<Value>("/v1/auth/logout", &json!({})).await {
-                    Ok(_) | Err(CliError::Api { status: 401, .. }) => {}
-                    Err(e) => return Err(e),
-                }
+            let mut sessions = Sessions::load()?;
+            let Ok(session) = sessions.pick(address).cloned() else {
+                return outln!(
+                    "not logged in{}",
+                    address.map(|a| format!(" to {a}")).unwrap_or_default()
+                );
+            };
+            // Only to the address that issued the token.
+            let client = Client::with_token(
+                &session.address,
+                SecretString::from(session.token.clone()),
+                super::client::Acting::User,
+            )?;
+            match client.post::<Value>("/v1/auth/logout", &json!({})).await {
+                Ok(_) | Err(CliError::Api { status: 401, .. }) => {}
+                Err(e) => return Err(e),
             }
-            forget_session()?;
-            println!("logged out");
+            sessions.remove(&session.address);
+            sessions.save()?;
+            outln!("logged out of {}", session.address)?;
             Ok(())
         }
         AuthCommand::Whoami { json } => {
             let client = Client::authenticated(address)?;
             let me: Value = client.get("/v1/auth/whoami").await?;
             if json.json {
-                output::json(&me);
+                output::json(&me)?;
             } else {
                 let who = if me["kind"] == "user" {
                     output::text(&me, "email")
@@ -170,10 +179,10 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                         output::text(&me, "name")
                     )
                 };
-                println!("{who} ({})", client.base());
+                outln!("{who} ({})", client.base())?;
                 if let Some(vaults) = me["vaults"].as_array() {
                     for v in vaults {
-                        println!("  {}  {}", output::text(v, "name"), output::text(v, "role"));
+                        outln!("  {}  {}", output::text(v, "name"), output::text(v, "role"))?;
                     }
                 }
             }
@@ -204,13 +213,13 @@ pub(super) async fn run(cmd: AuthCommand, address: Option<&str>) -> Result<(), C
                 )
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
-                println!(
+                outln!(
                     "invitation for {email} (expires {}). They register with:",
                     output::time(&resp, "expires_at")
-                );
-                println!("  {}", output::text(&resp, "register_command"));
+                )?;
+                outln!("  {}", output::text(&resp, "register_command"))?;
             }
             Ok(())
         }

@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::CliError;
 use super::client::{Client, DEFAULT_ADDRESS};
+use super::output::{note, out};
 
 /// `agent-vault ca ...`
 #[derive(Debug, Subcommand)]
@@ -29,11 +30,10 @@ pub(super) async fn run(cmd: CaCommand, address: Option<&str>) -> Result<(), Cli
     }
     match output {
         Some(path) => {
-            std::fs::write(&path, pem)
-                .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
-            eprintln!("wrote the agent-vault CA certificate to {}", path.display());
+            std::fs::write(&path, pem).map_err(CliError::file("write", &path))?;
+            note!("wrote the agent-vault CA certificate to {}", path.display());
         }
-        None => print!("{pem}"),
+        None => out!("{pem}")?,
     }
     Ok(())
 }

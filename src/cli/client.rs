@@ -1,4 +1,5 @@
-//! The typed admin-API client the CLI uses, and the login session file it keeps.
+//! The typed admin-API client the CLI uses, and the login session file it keeps: one login per
+//! server address, each sent only to the address that issued it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use super::CliError;
 /// Default admin API address.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:14321";
 
-/// The CLI's saved login (0600 file under the user's home directory).
-#[derive(Serialize, Deserialize)]
+/// One saved login: a session token and the server address that issued it, which is the only
+/// address the CLI ever sends it to.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SavedSession {
     /// Server address.
     pub address: String,
@@ -36,70 +38,157 @@ impl std::fmt::Debug for SavedSession {
     }
 }
 
-/// `~/.agent-vault/session.json`.
-pub fn session_path() -> Result<PathBuf, CliError> {
+/// Every saved login, one per server address, and the one used when no address is given.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Sessions {
+    /// The address of the most recent login.
+    current: Option<String>,
+    /// One login per server address.
+    logins: Vec<SavedSession>,
+}
+
+/// The session file as it may be found on disk.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SessionFile {
+    /// Several logins (today's format).
+    Several(Sessions),
+    /// One login, the format before logins were bound to their address; read and migrated.
+    One(SavedSession),
+}
+
+/// The form of an address two spellings of the same server share: scheme, host and port
+/// (the default port filled in), no trailing slash.
+pub fn address_key(address: &str) -> String {
+    let trimmed = address.trim().trim_end_matches('/');
+    match url::Url::parse(trimmed) {
+        Ok(url) => format!(
+            "{}://{}:{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default(),
+            url.path().trim_end_matches('/')
+        ),
+        Err(_) => trimmed.to_owned(),
+    }
+}
+
+impl Sessions {
+    /// Reads the session file (an empty set when there is none).
+    pub fn load() -> Result<Self, CliError> {
+        let path = session_path()?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(SessionFile::Several(sessions)) => Ok(sessions),
+                Ok(SessionFile::One(login)) => Ok(Self {
+                    current: Some(login.address.clone()),
+                    logins: vec![login],
+                }),
+                Err(_) => Err(CliError::msg(format!(
+                    "{} is corrupt; delete it and run `agent-vault auth login` again",
+                    path.display()
+                ))),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(CliError::msg(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The login for `address`, if any.
+    pub fn find(&self, address: &str) -> Option<&SavedSession> {
+        let key = address_key(address);
+        self.logins.iter().find(|s| address_key(&s.address) == key)
+    }
+
+    /// The most recent login.
+    pub fn current(&self) -> Option<&SavedSession> {
+        self.current
+            .as_deref()
+            .and_then(|a| self.find(a))
+            .or_else(|| self.logins.last())
+    }
+
+    /// The login for `address`, or the most recent one when no address is given.
+    pub fn pick(&self, address: Option<&str>) -> Result<&SavedSession, CliError> {
+        match address {
+            Some(a) => self.find(a).ok_or_else(|| {
+                CliError::msg(format!(
+                    "no login for {a}; run agent-vault auth login --address {a}"
+                ))
+            }),
+            None => self
+                .current()
+                .ok_or_else(|| CliError::msg("not logged in: run `agent-vault auth login` first")),
+        }
+    }
+
+    /// Adds or replaces the login for its address and makes it the current one.
+    pub fn put(&mut self, login: SavedSession) {
+        self.remove(&login.address);
+        self.current = Some(login.address.clone());
+        self.logins.push(login);
+    }
+
+    /// Forgets the login for `address`.
+    pub fn remove(&mut self, address: &str) {
+        let key = address_key(address);
+        self.logins.retain(|s| address_key(&s.address) != key);
+        if self.current.as_deref().map(address_key) == Some(key) {
+            self.current = self.logins.last().map(|s| s.address.clone());
+        }
+    }
+
+    /// Writes the file (mode 0600 in a 0700 directory), or deletes it when no login is left.
+    pub fn save(&self) -> Result<(), CliError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let path = session_path()?;
+        if self.logins.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(CliError::msg(format!(
+                    "cannot delete the session file: {e}"
+                ))),
+            };
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
+        let text = serde_json::to_string(self).map_err(|e| CliError::msg(e.to_string()))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
+        Ok(())
+    }
+}
+
+/// `~/.agent-vault`: the CLI's own directory, which `run` denies to its command.
+pub fn session_dir() -> Result<PathBuf, CliError> {
     let home = std::env::var_os("HOME")
         .ok_or_else(|| CliError::msg("HOME is not set; cannot find the CLI session file"))?;
-    Ok(PathBuf::from(home)
-        .join(".agent-vault")
-        .join("session.json"))
+    Ok(PathBuf::from(home).join(".agent-vault"))
 }
 
-/// Reads the saved session, if any.
-pub fn load_session() -> Result<Option<SavedSession>, CliError> {
-    let path = session_path()?;
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|_| {
-            CliError::msg(format!(
-                "{} is corrupt; run `agent-vault auth login` again",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CliError::msg(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-/// Saves the session with mode 0600 in a 0700 directory.
-pub fn save_session(session: &SavedSession) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = session_path()?;
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    let text = serde_json::to_string(session).map_err(|e| CliError::msg(e.to_string()))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
-    Ok(())
-}
-
-/// Deletes the saved session.
-pub fn forget_session() -> Result<(), CliError> {
-    match std::fs::remove_file(session_path()?) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CliError::msg(format!(
-            "cannot delete the session file: {e}"
-        ))),
-    }
+/// `~/.agent-vault/session.json`.
+pub fn session_path() -> Result<PathBuf, CliError> {
+    Ok(session_dir()?.join("session.json"))
 }
 
 /// Who the CLI acts as.
@@ -182,10 +271,15 @@ impl Client {
                 .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
             return Self::with_token(&addr, SecretString::from(token), Acting::Agent);
         }
-        let session = load_session()?
-            .ok_or_else(|| CliError::msg("not logged in: run `agent-vault auth login` first"))?;
-        let addr = address.map(str::to_owned).unwrap_or(session.address);
-        Self::with_token(&addr, SecretString::from(session.token), Acting::User)
+        // A login goes only to the server that issued it: another --address gets an error, not
+        // the token.
+        let sessions = Sessions::load()?;
+        let session = sessions.pick(address)?;
+        Self::with_token(
+            &session.address,
+            SecretString::from(session.token.clone()),
+            Acting::User,
+        )
     }
 
     /// The server's base address.

@@ -2,19 +2,26 @@
 //! input so they stay out of shell history and the process list.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 
 use clap::Subcommand;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::client::{Client, seg};
-use super::{CliError, JsonFlag, VaultArg, output, read_stdin};
+use super::output::outln;
+use super::{CliError, JsonFlag, VaultArg, output, prompt_hidden, read_stdin};
 
 /// `vault credential ...`
 #[derive(Debug, Subcommand)]
 pub(super) enum CredentialCommand {
     /// Set one or more credentials: KEY=VALUE, or KEY=- to read the value from standard input.
+    ///
+    /// Each KEY=- is prompted for, without echo, when standard input is a terminal. Piped, one
+    /// KEY=- takes all of standard input (multi-line values work) and several take one line
+    /// each, in the order given.
     Set {
-        /// KEY=VALUE pairs; keys are UPPER_SNAKE_CASE.
+        /// KEY=VALUE or KEY=- pairs; keys are UPPER_SNAKE_CASE.
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
         /// A description for every key set.
@@ -54,10 +61,12 @@ pub(super) enum CredentialCommand {
     },
 }
 
-/// Splits `KEY=VALUE` pairs; at most one `KEY=-` reads standard input.
+/// Splits `KEY=VALUE` pairs. Each `KEY=-` takes its value from standard input: on a terminal,
+/// a prompt naming the key that does not echo what is typed; otherwise, with one `KEY=-`, all
+/// of standard input (so multi-line values such as PEM keys work), and with several, one line
+/// each, in the order given.
 pub(super) fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
-    let mut out = BTreeMap::new();
-    let mut stdin_used = false;
+    let mut given: Vec<(&str, Option<&str>)> = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         // The argument may be a value typed without its key: never echo it.
         let (key, value) = pair.split_once('=').ok_or_else(|| {
@@ -66,24 +75,65 @@ pub(super) fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, 
                 i + 1
             ))
         })?;
-        let value = if value == "-" {
-            if stdin_used {
-                return Err(CliError::msg(
-                    "only one KEY=- can read standard input per command",
-                ));
-            }
-            stdin_used = true;
-            let text = read_stdin()?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            text.strip_suffix('\r').unwrap_or(text).to_owned()
-        } else {
-            value.to_owned()
+        given.push((key, (value != "-").then_some(value)));
+    }
+    let from_stdin: Vec<&str> = given
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    let mut read = if from_stdin.is_empty() {
+        Vec::new()
+    } else if std::io::stdin().is_terminal() {
+        from_stdin
+            .iter()
+            .map(|key| {
+                prompt_hidden(
+                    &format!("Value for {key} (not shown): "),
+                    "use KEY=- with the value on standard input",
+                )
+                .map(|v| v.expose_secret().to_owned())
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        stdin_values(&from_stdin, &read_stdin()?)?
+    }
+    .into_iter();
+    let mut out = BTreeMap::new();
+    for (key, value) in given {
+        let value = match value {
+            Some(v) => v.to_owned(),
+            None => read.next().unwrap_or_default(),
         };
         if out.insert(key.to_owned(), value).is_some() {
             return Err(CliError::msg(format!("{key} is given twice")));
         }
     }
     Ok(out)
+}
+
+/// The values of `keys` (the `KEY=-` arguments, in order) from piped standard input: all of it
+/// for one key (less one final line ending), one line each for several. A line count that does
+/// not match is refused rather than guessed at.
+fn stdin_values(keys: &[&str], text: &str) -> Result<Vec<String>, CliError> {
+    let strip = |line: &str| -> String {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        line.strip_suffix('\r').unwrap_or(line).to_owned()
+    };
+    if let [_] = keys {
+        return Ok(vec![strip(text)]);
+    }
+    let lines: Vec<String> = text.split_inclusive('\n').map(strip).collect();
+    if lines.len() != keys.len() {
+        return Err(CliError::msg(format!(
+            "{} KEY=- arguments ({}) read one line each from standard input, but it has {} line{}; nothing was set",
+            keys.len(),
+            keys.join(", "),
+            lines.len(),
+            if lines.len() == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(lines)
 }
 
 /// Runs a credential command.
@@ -113,15 +163,15 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 )
                 .await?;
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
             } else {
                 for w in resp["written"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "set {} (version {}) in vault {}",
                         output::text(w, "key"),
                         output::text(w, "version"),
                         vault.vault
-                    );
+                    )?;
                 }
             }
         }
@@ -134,9 +184,9 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 ))
                 .await?;
             if json.json {
-                output::json(&c)
+                output::json(&c)?
             } else {
-                println!("{}", c["value"].as_str().unwrap_or_default())
+                outln!("{}", c["value"].as_str().unwrap_or_default())?
             }
         }
         CredentialCommand::List {
@@ -155,10 +205,10 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                     .flatten()
                     .map(|k| json!({ "key": k }))
                     .collect();
-                output::json(&json!(keys));
+                output::json(&json!(keys))?;
             } else {
                 for k in d["credentials"].as_array().into_iter().flatten() {
-                    println!("{}", k.as_str().unwrap_or_default());
+                    outln!("{}", k.as_str().unwrap_or_default())?;
                 }
             }
         }
@@ -174,7 +224,7 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
             );
             let list: Vec<Value> = client.get(&path).await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let mut headers = vec!["KEY", "TYPE", "VERSION", "UPDATED", "USES", "DESCRIPTION"];
                 if reveal {
@@ -201,7 +251,7 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                         row
                     })
                     .collect();
-                output::table(&headers, &rows);
+                output::table(&headers, &rows)?;
             }
         }
         CredentialCommand::Delete { keys, vault } => {
@@ -212,11 +262,11 @@ pub(super) async fn run(cmd: CredentialCommand, address: Option<&str>) -> Result
                 )
                 .await?;
             for k in resp["deleted"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "deleted {} from vault {}",
                     k.as_str().unwrap_or_default(),
                     vault.vault
-                );
+                )?;
             }
         }
     }
@@ -248,5 +298,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("s3cret"));
+    }
+
+    #[test]
+    fn one_piped_key_takes_all_of_stdin_and_several_take_a_line_each() {
+        let pem = "-----BEGIN KEY-----\nabc\n-----END KEY-----\n";
+        assert_eq!(
+            stdin_values(&["PEM"], pem).unwrap(),
+            vec!["-----BEGIN KEY-----\nabc\n-----END KEY-----"]
+        );
+        assert_eq!(stdin_values(&["A"], "one\r\n").unwrap(), vec!["one"]);
+        assert_eq!(
+            stdin_values(&["A", "B"], "first\nsecond\n").unwrap(),
+            vec!["first", "second"]
+        );
+        assert_eq!(
+            stdin_values(&["A", "B"], "first\r\nsecond").unwrap(),
+            vec!["first", "second"],
+            "the last line needs no line ending"
+        );
+        assert_eq!(
+            stdin_values(&["A", "B"], "\nsecond\n").unwrap(),
+            vec!["", "second"],
+            "an empty line is an empty value (the server judges it)"
+        );
+    }
+
+    #[test]
+    fn a_piped_line_count_that_does_not_match_is_refused_without_echoing_values() {
+        for text in ["only-one\n", "a-secret\nb-secret\nc-secret\n", ""] {
+            let err = stdin_values(&["A", "B"], text).unwrap_err().to_string();
+            assert!(
+                err.contains("A, B") && err.contains("one line each"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("secret") && !err.contains("only-one"),
+                "{err}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use secrecy::ExposeSecret;
 
+use super::output::outln;
 use super::{CliError, prompt_password, read_secret_line};
 use crate::config::{Config, FlagOverrides};
 use crate::unseal;
@@ -45,8 +46,7 @@ pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
         database_url,
         ..Default::default()
     };
-    let config =
-        Config::load(config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
+    let config = Config::load(config.as_deref(), &flags)?;
     let (old, new) = if password_stdin {
         (read_secret_line()?, read_secret_line()?)
     } else if std::io::stdin().is_terminal() {
@@ -63,9 +63,7 @@ pub(super) async fn run(cmd: MasterPasswordCommand) -> Result<(), CliError> {
             "no terminal to ask for passwords; use --password-stdin (current, then new, one per line)",
         ));
     };
-    unseal::change_master_password_of(&config, old, new)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
-    println!("master password changed; use the new one from the next server start");
+    unseal::change_master_password_of(&config, old, new).await?;
+    outln!("master password changed; use the new one from the next server start")?;
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The command line. Every command but `server` and `master-password` is a client of the admin
-//! API. Errors are one line a person can act on; exit codes are 0 (ok), 1 (error), 2 (usage).
+//! API. Errors are one line a person can act on; exit codes are 0 (ok, or standard output
+//! closed by its reader), 1 (error), 2 (usage).
 
 mod agent;
 mod auth;
 mod ca;
 pub mod client;
+mod confine;
 mod credential;
 mod master_password;
 pub mod output;
@@ -40,6 +42,39 @@ pub enum CliError {
     /// The child of `run` exited; carry its code through.
     #[error("child exited with {0}")]
     ChildExit(i32),
+    /// A file could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// `read`, `write`, ...
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Standard input could not be read.
+    #[error("cannot read standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// The configuration did not load (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The server could not start.
+    #[error(transparent)]
+    Start(#[from] crate::app::AppError),
+    /// The running server failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The keys could not be unsealed or re-wrapped.
+    #[error(transparent)]
+    Unseal(#[from] crate::unseal::UnsealError),
+    /// Standard output was closed by its reader (`| head`): the command stops quietly with 0,
+    /// since the reader chose to stop reading.
+    #[error("standard output was closed")]
+    StdoutClosed,
+    /// The error was already written to the server's log (JSON format): exit 1 without
+    /// repeating it as a line that is not JSON.
+    #[error("see the log")]
+    Logged,
 }
 
 impl CliError {
@@ -48,10 +83,24 @@ impl CliError {
         Self::Message(m.into())
     }
 
+    /// A file error: `action` is what was attempted (`read`, `write`, ...).
+    pub fn file(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::File {
+            action,
+            path,
+            source,
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::ChildExit(code) => *code,
+            Self::StdoutClosed => 0,
             _ => 1,
         }
     }
@@ -93,6 +142,9 @@ enum Command {
     /// Change the master password (re-wraps the data key; works offline).
     #[command(subcommand, name = "master-password")]
     MasterPassword(master_password::MasterPasswordCommand),
+    /// Internal to `run`: confine this process with Landlock, then become the command.
+    #[command(hide = true, name = "confined-exec")]
+    ConfinedExec(confine::ExecArgs),
 }
 
 /// `--json`.
@@ -127,7 +179,7 @@ pub fn read_stdin() -> Result<String, CliError> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
-        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+        .map_err(CliError::Stdin)?;
     Ok(text)
 }
 
@@ -136,7 +188,7 @@ pub fn read_secret_line() -> Result<SecretString, CliError> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| CliError::msg(format!("cannot read standard input: {e}")))?;
+        .map_err(CliError::Stdin)?;
     let trimmed = line.strip_suffix('\n').unwrap_or(&line);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(SecretString::from(trimmed.to_owned()))
@@ -144,13 +196,25 @@ pub fn read_secret_line() -> Result<SecretString, CliError> {
 
 /// Asks for a password on the terminal.
 pub fn prompt_password(prompt: &str) -> Result<SecretString, CliError> {
+    prompt_hidden(prompt, "use --password-stdin")
+}
+
+/// Asks for a secret on the terminal without echoing it; `instead` says what to do where there
+/// is no terminal to ask on.
+pub fn prompt_hidden(prompt: &str, instead: &str) -> Result<SecretString, CliError> {
     rpassword::prompt_password(prompt)
         .map(SecretString::from)
-        .map_err(|e| {
-            CliError::msg(format!(
-                "cannot read a password from the terminal ({e}); use --password-stdin"
-            ))
-        })
+        .map_err(|e| CliError::msg(format!("cannot read from the terminal ({e}); {instead}")))
+}
+
+/// Asks a question on standard error and reads the answer, one line, from standard input.
+pub fn ask_line(prompt: &str) -> Result<String, CliError> {
+    output::write_err(format_args!("{prompt}"));
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(CliError::Stdin)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// A file path or `-` for standard input.
@@ -158,8 +222,7 @@ pub fn read_file_or_stdin(path: &PathBuf) -> Result<String, CliError> {
     if path.as_os_str() == "-" {
         return read_stdin();
     }
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(CliError::file("read", path))
 }
 
 impl Cli {
@@ -175,6 +238,7 @@ impl Cli {
             Command::Proposal(cmd) => proposal::run(cmd, address).await,
             Command::Ca(cmd) => ca::run(cmd, address).await,
             Command::MasterPassword(cmd) => master_password::run(cmd).await,
+            Command::ConfinedExec(args) => confine::exec(args),
         }
     }
 }

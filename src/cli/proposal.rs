@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, seg};
 use super::credential::parse_pairs;
+use super::output::{note, outln};
 use super::{CliError, JsonFlag, VaultArg, output, parse_duration, read_file_or_stdin};
 use crate::policy::confusable::HostForms;
 
@@ -66,7 +67,8 @@ pub(super) enum ProposalCommand {
         /// The proposal's number, or its id (what `create` printed).
         #[arg(value_name = "NUMBER|ID")]
         proposal: String,
-        /// Values for the credentials it asks for.
+        /// Values for the credentials it asks for: KEY=VALUE, or KEY=- read from standard
+        /// input as `vault credential set` reads it (a hidden prompt on a terminal).
         #[arg(value_name = "KEY=VALUE")]
         values: Vec<String>,
         /// Accept the risks that need an explicit acknowledgement (look-alike hosts); they are
@@ -99,28 +101,28 @@ fn summary(p: &Value) -> String {
     format!("{services} service change(s), {creds} credential slot(s)")
 }
 
-fn print_detail(p: &Value) {
-    println!(
+fn print_detail(p: &Value) -> Result<(), CliError> {
+    outln!(
         "proposal #{} in vault {}: {}",
         output::text(p, "number"),
         output::text(p, "vault"),
         output::text(p, "status")
-    );
+    )?;
     if let Some(who) = p["created_by"]["name"].as_str() {
-        println!("raised by {who}");
+        outln!("raised by {who}")?;
     }
     if let Some(m) = p["message"].as_str().filter(|m| !m.is_empty()) {
-        println!("message: {m}");
+        outln!("message: {m}")?;
     }
     for s in p["services"].as_array().into_iter().flatten() {
         match s["action"].as_str() {
-            Some("delete") => println!("  service remove {}", output::text(s, "name")),
-            _ => println!(
+            Some("delete") => outln!("  service remove {}", output::text(s, "name"))?,
+            _ => outln!(
                 "  service set    {} -> {} ({})",
                 output::text(s, "name"),
                 HostForms::of(s["host"].as_str().unwrap_or_default()).describe(),
                 output::text(&s["auth"], "type")
-            ),
+            )?,
         }
     }
     for c in p["credentials"].as_array().into_iter().flatten() {
@@ -129,19 +131,17 @@ fn print_detail(p: &Value) {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  credential {} {}{extra}  {}",
             output::text(c, "action"),
             output::text(c, "key"),
             c["description"].as_str().unwrap_or("")
-        );
+        )?;
         if let Some(url) = c["obtain"].as_str() {
-            println!(
-                "      obtain at (link provided by the agent; check it before opening): {url}"
-            );
+            outln!("      obtain at (link provided by the agent; check it before opening): {url}")?;
         }
         if let Some(how) = c["obtain_instructions"].as_str() {
-            println!("      how to obtain (text from the agent): {how}");
+            outln!("      how to obtain (text from the agent): {how}")?;
         }
     }
     for r in p["risks"].as_array().into_iter().flatten() {
@@ -150,16 +150,17 @@ fn print_detail(p: &Value) {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  {}: {}{ack}",
             output::text(r, "severity"),
             output::text(r, "text")
-        );
+        )?;
     }
     if let Some(missing) = p["missing_values"].as_array().filter(|m| !m.is_empty()) {
         let keys: Vec<_> = missing.iter().filter_map(Value::as_str).collect();
-        println!("  values needed to approve: {}", keys.join(", "));
+        outln!("  values needed to approve: {}", keys.join(", "))?;
     }
+    Ok(())
 }
 
 /// First pause between status polls while waiting for a decision; it doubles up to the cap.
@@ -211,16 +212,16 @@ fn print_decision(decided: &Value, created: &Value, json: bool) -> Result<(), Cl
             "approval_url": created["approval_url"],
             "reviewed_at": decided["reviewed_at"],
             "review_note": decided["review_note"],
-        }));
+        }))?;
     }
     let reason = decided["review_note"].as_str().filter(|r| !r.is_empty());
     match status {
         "applied" => {
             if !json {
-                println!(
+                outln!(
                     "proposal #{number} was approved; the changes are live in vault {}",
                     output::text(decided, "vault")
-                );
+                )?;
             }
             Ok(())
         }
@@ -257,7 +258,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
             let resp: Value = client.post("/v1/proposals", &body).await?;
             if wait {
                 // The human needs the link while the agent waits, whatever the output format.
-                eprintln!(
+                note!(
                     "proposal #{} created; waiting up to {} for a human to decide at:\n  {}",
                     output::text(&resp, "number"),
                     humantime::format_duration(timeout),
@@ -269,28 +270,28 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
             if json.json {
                 output::json(
                     &json!({ "id": resp["id"], "number": resp["number"], "status": resp["status"], "approval_url": resp["approval_url"], "vault": resp["vault"] }),
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "proposal #{} created in vault {} ({}).",
                     output::text(&resp, "number"),
                     output::text(&resp, "vault"),
                     output::text(&resp, "id")
-                );
-                println!("A human must review and approve it here:");
-                println!("  {}", output::text(&resp, "approval_url"));
-                println!(
+                )?;
+                outln!("A human must review and approve it here:")?;
+                outln!("  {}", output::text(&resp, "approval_url"))?;
+                outln!(
                     "Check its status with: agent-vault proposal status {}",
                     output::text(&resp, "id")
-                );
+                )?;
             }
         }
         ProposalCommand::Status { id, json } => {
             let p: Value = client.get(&format!("/v1/proposals/{}", seg(&id))).await?;
             if json.json {
-                output::json(&p)
+                output::json(&p)?
             } else {
-                print_detail(&p)
+                print_detail(&p)?
             }
         }
         ProposalCommand::List {
@@ -305,7 +306,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 .get(&format!("/v1/vaults/{}/proposals{q}", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -324,7 +325,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                         ]
                     })
                     .collect();
-                output::table(&["#", "STATUS", "CHANGES", "MESSAGE", "EXPIRES"], &rows);
+                output::table(&["#", "STATUS", "CHANGES", "MESSAGE", "EXPIRES"], &rows)?;
             }
         }
         ProposalCommand::Show {
@@ -340,9 +341,9 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 ))
                 .await?;
             if json.json {
-                output::json(&p)
+                output::json(&p)?
             } else {
-                print_detail(&p)
+                print_detail(&p)?
             }
         }
         ProposalCommand::Approve {
@@ -368,7 +369,7 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 .filter(|r| r["needs_acknowledgement"] == true)
                 .collect();
             for r in &flagged {
-                eprintln!(
+                note!(
                     "risk ({}): {}",
                     output::text(r, "severity"),
                     output::text(r, "text")
@@ -390,13 +391,13 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 )
                 .await?;
             if json.json {
-                output::json(&resp)
+                output::json(&resp)?
             } else {
-                println!(
+                outln!(
                     "approved proposal #{} in vault {}; the changes are live",
                     output::text(&resp, "number"),
                     vault.vault
-                )
+                )?
             }
         }
         ProposalCommand::Reject {
@@ -416,13 +417,13 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 )
                 .await?;
             if json.json {
-                output::json(&resp)
+                output::json(&resp)?
             } else {
-                println!(
+                outln!(
                     "rejected proposal #{} in vault {}",
                     output::text(&resp, "number"),
                     vault.vault
-                )
+                )?
             }
         }
     }

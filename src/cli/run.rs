@@ -24,6 +24,8 @@ pub(super) struct RunArgs {
     /// Lifetime of the token minted for this run (default: the server's, 1h).
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
+    #[command(flatten)]
+    confine: super::confine::ConfineArgs,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -88,10 +90,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
 }
 
 /// Writes `ca.pem` (the agent-vault root only) and `ca-bundle.pem` (it plus the system roots,
-/// so tunnelled hosts that present their real certificates still verify).
+/// so tunnelled hosts that present their real certificates still verify), outside the
+/// directories confinement denies so the command can read them.
 fn write_ca_files(ca_pem: &str) -> Result<(PathBuf, PathBuf), CliError> {
-    let home = std::env::var_os("HOME").ok_or_else(|| CliError::msg("HOME is not set"))?;
-    let dir = PathBuf::from(home).join(".agent-vault");
+    let dir = super::confine::run_files_dir()?;
     let ca = dir.join("ca.pem");
     let bundle = dir.join("ca-bundle.pem");
     write_private(&ca, ca_pem)?;
@@ -116,6 +118,8 @@ fn proxy_host(address: &str) -> String {
 
 /// Runs the command.
 pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliError> {
+    // Confinement is decided first, so a refusal comes before any token is minted.
+    let confinement = super::confine::Plan::new(&args.confine)?;
     let client = Client::authenticated(address)?;
     let vault = args.vault.vault.clone();
     let inherited = std::env::var("AGENT_VAULT_TOKEN").unwrap_or_default();
@@ -157,8 +161,7 @@ pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliE
     );
     let no_proxy = format!("localhost,127.0.0.1,::1,{host}");
 
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
+    let mut cmd = confinement.command(&args.command)?;
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy().to_ascii_uppercase();
         if OWNED_VARS.contains(&k.as_str()) {

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
+use super::output::outln;
 use super::{CliError, prompt_password, read_secret_line};
 use crate::app::App;
 use crate::config::{Config, FlagOverrides, LogFlags, LogFormat, ServerFlags};
@@ -42,15 +44,88 @@ pub(super) struct ServerArgs {
     password_stdin: bool,
 }
 
+/// The target of the start banner's events in JSON format: always on, and written to standard
+/// output where the text banner goes.
+const BANNER: &str = "agent_vault::banner";
+
+/// Logs to standard error in `log.format`, with colour only when a person's terminal reads it.
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The banner says where to connect and how to register: never filtered away, and
+    // `log.requests` asks for its lines whatever the level.
+    let always = [
+        Some(BANNER),
+        config
+            .log
+            .requests
+            .then_some(crate::audit::REQUEST_LINE_TARGET),
+    ];
+    for target in always.into_iter().flatten() {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let writer = std::io::stdout
+        .with_filter(|meta: &tracing::Metadata<'_>| meta.target() == BANNER)
+        .or_else(std::io::stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// Says where the server listens and, until an owner exists, how to register one: as text
+/// lines on standard output, or, in JSON format, as log events there.
+fn banner(app: &App, format: LogFormat) -> Result<(), CliError> {
+    let version = env!("CARGO_PKG_VERSION");
+    let admin = format!("http://{}", app.admin_addr);
+    let setup = app.setup_token_file.as_ref().map(|path| {
+        (
+            path.display().to_string(),
+            format!(
+                "AGENT_VAULT_SETUP_TOKEN=\"$(cat {})\" agent-vault auth register --address {} --email you@example.com",
+                path.display(),
+                app.public_url
+            ),
+        )
+    });
+    let login = format!(
+        "agent-vault auth login --address {} --email you@example.com",
+        app.public_url
+    );
+    if format == LogFormat::Json {
+        tracing::info!(target: BANNER, version, admin_api = %admin, proxy = %app.proxy_addr, "agent-vault is running");
+        match &setup {
+            Some((file, command)) => tracing::info!(
+                target: BANNER,
+                setup_token_file = %file,
+                command = %command,
+                "no owner yet: register the first owner with the one-time setup token in the file"
+            ),
+            None => {
+                tracing::info!(target: BANNER, command = %login, "an owner is registered: log in")
+            }
+        }
+        return Ok(());
+    }
+    outln!("agent-vault {version} is running")?;
+    outln!("admin API: {admin}")?;
+    outln!("proxy:     {}", app.proxy_addr)?;
+    outln!()?;
+    match &setup {
+        Some((file, command)) => {
+            outln!(
+                "No owner yet. Register the first owner with the one-time setup token in {file}:"
+            )?;
+            outln!("  {command}")
+        }
+        None => outln!("An owner is registered. Log in with:\n  {login}"),
+    }
 }
 
 /// Keeps keys and values out of core dumps and away from same-user debuggers: no core files,
@@ -106,7 +181,7 @@ fn master_password(password_stdin: bool, first_start: bool) -> Result<SecretStri
     ))
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+/// Loads the configuration, starts logging, and runs the server until SIGINT or SIGTERM.
 pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
     let flags = FlagOverrides {
         data_dir: args.data_dir,
@@ -120,41 +195,43 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
             level: args.log_level,
         },
     };
-    let config =
-        Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::msg(e.to_string()))?;
+    let config = Config::load(args.config.as_deref(), &flags)?;
     init_logging(&config);
+    let format = config.log.format;
+    match serve(config, args.password_stdin).await {
+        // In JSON format every line is JSON, the reason the server stopped included.
+        Err(e) if format == LogFormat::Json && !matches!(e, CliError::Logged) => {
+            tracing::error!(error = %e, "the server stopped");
+            Err(CliError::Logged)
+        }
+        other => other,
+    }
+}
+
+/// Unseals, listens, prints the banner and serves until SIGINT or SIGTERM.
+async fn serve(config: Config, password_stdin: bool) -> Result<(), CliError> {
     harden_process();
     // Files the server creates (database, WAL, setup token) are for this user only.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let first_start =
         config.database_url.is_none() && !config.data_dir.join("agent-vault.db").exists();
-    let password = master_password(args.password_stdin, first_start)?;
+    let password = master_password(password_stdin, first_start)?;
     // Refuse a weak first password before the database is even created.
     if first_start && let Some(why) = crate::unseal::master_password_weakness(&password) {
         return Err(CliError::msg(why));
     }
-    let app = App::build(config, password)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
+    let format = config.log.format;
+    let app = App::build(config, password).await?;
     if app.admin_addr.ip().is_unspecified() && !app.public_url_configured {
         tracing::warn!(
             "the admin API listens on every interface without server.public_url: it answers to any Host header; set server.public_url (or server.allowed_hosts) to refuse DNS-rebinding requests"
         );
     }
-    println!("agent-vault {} is running", env!("CARGO_PKG_VERSION"));
-    println!("admin API: http://{}", app.admin_addr);
-    println!("proxy:     {}", app.proxy_addr);
-    if let Some(path) = &app.setup_token_file {
-        println!();
-        println!(
-            "No owner yet. Register the first owner with the one-time setup token in {}:",
-            path.display()
-        );
-        println!(
-            "  AGENT_VAULT_SETUP_TOKEN=\"$(cat {})\" agent-vault auth register --address {} --email you@example.com",
-            path.display(),
-            app.public_url
-        );
+    // The banner is for whoever started the server; an unwritable stdout must not stop it
+    // (the setup token is in its file either way).
+    match banner(&app, format) {
+        Ok(()) | Err(CliError::StdoutClosed) => {}
+        Err(e) => tracing::warn!(error = %e, "could not print the start banner"),
     }
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
@@ -162,9 +239,7 @@ pub(super) async fn run(args: ServerArgs) -> Result<(), CliError> {
         tracing::info!("shutting down: draining open requests and tunnels");
         shutdown.cancel();
     });
-    app.run()
-        .await
-        .map_err(|e| CliError::msg(format!("server error: {e}")))
+    app.run().await.map_err(CliError::Serve)
 }
 
 async fn wait_for_signal() {

@@ -2,13 +2,15 @@
 //! being sent; the server validates them again.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::client::{Client, seg};
-use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
+use super::output::{note, out, outln};
+use super::{CliError, JsonFlag, VaultArg, ask_line, output, read_file_or_stdin};
 use crate::policy::service::{ServiceSpec, parse_service_file, render_service_file};
 
 /// `vault service ...`
@@ -16,10 +18,16 @@ use crate::policy::service::{ServiceSpec, parse_service_file, render_service_fil
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub(super) enum ServiceCommand {
     /// Replace all of the vault's services with those in a YAML file (admin role).
+    ///
+    /// Prints what it will add, change and remove first. Adding only goes ahead; changing or
+    /// removing a service asks for confirmation on a terminal, and without one needs --yes.
     Set {
         /// The file, or - for standard input.
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// Apply without asking, even when services are changed or removed (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         vault: VaultArg,
         #[command(flatten)]
@@ -134,11 +142,109 @@ fn auth_json(
     })
 }
 
+/// What `service set` would do to a vault's services.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// New services: (name, host).
+    add: Vec<(String, String)>,
+    /// Services whose definition differs: (name, host in the file).
+    change: Vec<(String, String)>,
+    /// Services not in the file: (name, host).
+    remove: Vec<(String, String)>,
+    /// Services kept in both whose order differs (order decides which rule wins).
+    reorder: bool,
+}
+
+impl Plan {
+    fn new(current: &[ServiceSpec], wanted: &[ServiceSpec]) -> Self {
+        // Both sides in the form the server stores: normalized, compared as serialized.
+        let normal = |list: &[ServiceSpec]| -> Vec<ServiceSpec> {
+            list.iter().cloned().map(ServiceSpec::normalized).collect()
+        };
+        let (current, wanted) = (normal(current), normal(wanted));
+        let entry = |s: &ServiceSpec| (s.name.clone(), s.host.clone());
+        let find = |list: &[ServiceSpec], name: &str| list.iter().find(|s| s.name == name).cloned();
+        let form = |s: &ServiceSpec| serde_json::to_value(s).ok();
+        let mut plan = Self::default();
+        for w in &wanted {
+            match find(&current, &w.name) {
+                None => plan.add.push(entry(w)),
+                Some(c) if form(&c) != form(w) => plan.change.push(entry(w)),
+                Some(_) => {}
+            }
+        }
+        for c in &current {
+            if find(&wanted, &c.name).is_none() {
+                plan.remove.push(entry(c));
+            }
+        }
+        let kept = |list: &[ServiceSpec], other: &[ServiceSpec]| -> Vec<String> {
+            list.iter()
+                .filter(|s| find(other, &s.name).is_some())
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        plan.reorder = kept(&current, &wanted) != kept(&wanted, &current);
+        plan
+    }
+
+    /// Whether applying loses or alters something that exists today.
+    fn destructive(&self) -> bool {
+        !self.change.is_empty() || !self.remove.is_empty() || self.reorder
+    }
+
+    /// Prints the plan for the person on standard error (standard output stays for `--json`).
+    fn show(&self, vault: &str) {
+        if self.add.is_empty() && !self.destructive() {
+            note!("vault {vault}: the file matches the stored services; nothing changes");
+            return;
+        }
+        note!("vault {vault}: service set will");
+        for (verb, list) in [
+            ("add", &self.add),
+            ("change", &self.change),
+            ("remove", &self.remove),
+        ] {
+            for (name, host) in list {
+                note!("  {verb:<7}{name} ({host})");
+            }
+        }
+        if self.reorder {
+            note!("  reorder the services it keeps (the first matching rule wins)");
+        }
+    }
+}
+
+/// Applying a destructive plan needs `--yes` or a "y" typed at the terminal.
+fn confirm_plan(plan: &Plan, vault: &str, yes: bool) -> Result<(), CliError> {
+    if yes || !plan.destructive() {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::msg(format!(
+            "service set would change or remove services of vault {vault} (listed above) and there is no terminal to confirm on; pass --yes to apply"
+        )));
+    }
+    let answer = ask_line("Apply these changes? [y/N] ")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::msg(format!(
+            "not applied: the services of vault {vault} are unchanged"
+        )))
+    }
+}
+
 /// Runs a service command.
 pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
-        ServiceCommand::Set { file, vault, json } => {
+        ServiceCommand::Set {
+            file,
+            yes,
+            vault,
+            json,
+        } => {
             let text = read_file_or_stdin(&file)?;
             let specs: Vec<ServiceSpec> = parse_service_file(&text)
                 .map_err(|e| CliError::msg(format!("{}: {e}", file.display())))?
@@ -149,6 +255,13 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 spec.compile()
                     .map_err(|e| CliError::msg(format!("{}: {e}", file.display())))?;
             }
+            let path = format!("/v1/vaults/{}/services", seg(&vault.vault));
+            let current: Value = client.get(&path).await?;
+            let current: Vec<ServiceSpec> = serde_json::from_value(current["services"].clone())
+                .map_err(|e| CliError::msg(format!("unexpected response: {e}")))?;
+            let plan = Plan::new(&current, &specs);
+            plan.show(&vault.vault);
+            confirm_plan(&plan, &vault.vault, yes)?;
             let resp: Value = client
                 .put(
                     &format!("/v1/vaults/{}/services", seg(&vault.vault)),
@@ -157,15 +270,15 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .await?;
             // The stored services, as `service list --json` and the admin API show them.
             if json.json {
-                output::json(&resp["services"]);
+                output::json(&resp["services"])?;
                 return Ok(());
             }
             let n = resp["services"].as_array().map(Vec::len).unwrap_or(0);
-            println!(
+            outln!(
                 "vault {} now has {n} service{}",
                 vault.vault,
                 if n == 1 { "" } else { "s" }
-            );
+            )?;
         }
         ServiceCommand::Add {
             host,
@@ -193,15 +306,15 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .await?;
             // The stored service as the server normalized it (name, host, methods, auth, ...).
             if json.json {
-                output::json(&resp);
+                output::json(&resp)?;
                 return Ok(());
             }
-            println!(
+            outln!(
                 "service {} -> {} saved in vault {}",
                 output::text(&resp, "name"),
                 output::text(&resp, "host"),
                 vault.vault
-            );
+            )?;
         }
         ServiceCommand::List { vault, json } if client.acting == super::client::Acting::Agent => {
             // Agents see service names and hosts through discover.
@@ -209,10 +322,10 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .get(&format!("/v1/discover?vault={}", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&d["services"]);
+                output::json(&d["services"])?;
             } else {
                 for s in d["services"].as_array().into_iter().flatten() {
-                    println!("{}  {}", output::text(s, "name"), output::text(s, "host"));
+                    outln!("{}  {}", output::text(s, "name"), output::text(s, "host"))?;
                 }
             }
         }
@@ -221,11 +334,11 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                 .get(&format!("/v1/vaults/{}/services", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&resp["services"]);
+                output::json(&resp["services"])?;
             } else {
                 let specs: Vec<ServiceSpec> = serde_json::from_value(resp["services"].clone())
                     .map_err(|e| CliError::msg(format!("unexpected response: {e}")))?;
-                print!("{}", render_service_file(&specs));
+                out!("{}", render_service_file(&specs))?;
             }
         }
         ServiceCommand::Remove { name, vault } => {
@@ -235,8 +348,63 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
                     None,
                 )
                 .await?;
-            println!("removed service {name} from vault {}", vault.vault);
+            outln!("removed service {name} from vault {}", vault.vault)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(yaml: &str) -> Vec<ServiceSpec> {
+        parse_service_file(yaml).unwrap()
+    }
+
+    const STORED: &str = "- name: a\n  host: a.example.test\n  methods: [GET]\n  auth: {type: bearer, token: A}\n- name: b\n  host: b.example.test\n  auth: {type: passthrough}\n";
+
+    #[test]
+    fn the_same_services_in_another_spelling_change_nothing() {
+        // The name derived from the host, and lower-case methods, are what the server stores.
+        let file = "- host: a.example.test\n  methods: [get]\n  auth: {type: bearer, token: A}\n- name: b\n  host: b.example.test\n  auth: {type: passthrough}\n";
+        let mut current = specs(STORED);
+        current[0].name = crate::policy::service::name_from_host("a.example.test");
+        let plan = Plan::new(&current, &specs(file));
+        assert_eq!(plan, Plan::default());
+        assert!(!plan.destructive());
+    }
+
+    #[test]
+    fn adding_only_is_not_destructive() {
+        let file =
+            format!("{STORED}- name: c\n  host: c.example.test\n  auth: {{type: passthrough}}\n");
+        let plan = Plan::new(&specs(STORED), &specs(&file));
+        assert_eq!(plan.add, vec![("c".into(), "c.example.test".into())]);
+        assert!(!plan.destructive());
+        assert!(!Plan::new(&[], &specs(STORED)).destructive());
+    }
+
+    #[test]
+    fn changes_removals_and_reorders_are_destructive() {
+        let changed = "- name: a\n  host: a.example.test\n  auth: {type: bearer, token: OTHER}\n- name: b\n  host: b.example.test\n  auth: {type: passthrough}\n";
+        let plan = Plan::new(&specs(STORED), &specs(changed));
+        assert_eq!(plan.change, vec![("a".into(), "a.example.test".into())]);
+        assert!(plan.remove.is_empty() && plan.add.is_empty() && !plan.reorder);
+        assert!(plan.destructive());
+
+        let removed = "- name: b\n  host: b.example.test\n  auth: {type: passthrough}\n";
+        let plan = Plan::new(&specs(STORED), &specs(removed));
+        assert_eq!(plan.remove, vec![("a".into(), "a.example.test".into())]);
+        assert!(plan.destructive());
+        assert!(
+            Plan::new(&specs(STORED), &[]).destructive(),
+            "an empty file removes all"
+        );
+
+        let mut swapped = specs(STORED);
+        swapped.reverse();
+        let plan = Plan::new(&specs(STORED), &swapped);
+        assert!(plan.reorder && plan.change.is_empty() && plan.destructive());
+    }
 }

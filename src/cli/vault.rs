@@ -1,6 +1,7 @@
 //! `agent-vault vault`: create, list and delete vaults; settings, members, scoped tokens and the
 //! request log. Credentials and services have their own files.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -8,8 +9,9 @@ use serde_json::{Value, json};
 
 use super::client::{Client, seg};
 use super::credential::CredentialCommand;
+use super::output::{note, outln};
 use super::service::ServiceCommand;
-use super::{CliError, JsonFlag, VaultArg, output, parse_duration};
+use super::{CliError, JsonFlag, VaultArg, ask_line, output, parse_duration};
 
 /// `agent-vault vault ...`
 #[derive(Debug, Subcommand)]
@@ -27,9 +29,14 @@ pub(super) enum VaultCommand {
         json: JsonFlag,
     },
     /// Delete a vault and everything in it.
+    ///
+    /// On a terminal, asks for the vault's name to be typed; without one, needs --yes.
     Delete {
         /// The vault.
         name: String,
+        /// Delete without asking (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Credentials: set, get, list, delete.
     #[command(subcommand, alias = "credentials", visible_alias = "creds")]
@@ -156,7 +163,7 @@ fn log_cells(r: &Value) -> Vec<String> {
 }
 
 /// Prints request-log rows as a table.
-fn print_logs(rows: &[Value]) {
+fn print_logs(rows: &[Value]) -> Result<(), CliError> {
     let table: Vec<Vec<String>> = rows.iter().map(log_cells).collect();
     output::table(
         &[
@@ -171,7 +178,29 @@ fn print_logs(rows: &[Value]) {
             "ERROR",
         ],
         &table,
+    )
+}
+
+/// Deleting a vault needs `--yes`, or its name typed at the terminal: a slip of the shell
+/// history must not take every credential with it.
+fn confirm_delete(name: &str, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::msg(format!(
+            "vault delete removes vault {name} and everything in it, and there is no terminal to confirm on; pass --yes to delete it"
+        )));
+    }
+    note!(
+        "This deletes vault {name} with all its credentials, services, members, tokens, proposals and logs. It cannot be undone."
     );
+    if ask_line("Type the vault's name to delete it: ")? != name {
+        return Err(CliError::msg(format!(
+            "the name typed is not {name}; nothing was deleted"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs a vault command.
@@ -186,15 +215,15 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
         VaultCommand::Create { name, json } => {
             let v: Value = client.post("/v1/vaults", &json!({ "name": name })).await?;
             if json.json {
-                output::json(&v)
+                output::json(&v)?
             } else {
-                println!("created vault {name}")
+                outln!("created vault {name}")?
             }
         }
         VaultCommand::List { json } => {
             let list: Vec<Value> = client.get("/v1/vaults").await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -206,26 +235,27 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "ROLE", "UNMATCHED HOSTS"], &rows);
+                output::table(&["NAME", "ROLE", "UNMATCHED HOSTS"], &rows)?;
             }
         }
-        VaultCommand::Delete { name } => {
+        VaultCommand::Delete { name, yes } => {
+            confirm_delete(&name, yes)?;
             let _: Value = client
                 .delete(&format!("/v1/vaults/{}", seg(&name)), None)
                 .await?;
-            println!("deleted vault {name}");
+            outln!("deleted vault {name}")?;
         }
         VaultCommand::Settings(SettingsCommand::Show { vault, json }) => {
             let s: Value = client
                 .get(&format!("/v1/vaults/{}/settings", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&s)
+                output::json(&s)?
             } else {
-                println!(
+                outln!(
                     "unmatched-host-policy  {}",
                     output::text(&s, "unmatched_host_policy")
-                )
+                )?
             }
         }
         VaultCommand::Settings(SettingsCommand::Set { key, value, vault }) => {
@@ -245,14 +275,14 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     &json!({ "unmatched_host_policy": value }),
                 )
                 .await?;
-            println!("vault {}: unmatched-host-policy = {value}", vault.vault);
+            outln!("vault {}: unmatched-host-policy = {value}", vault.vault)?;
         }
         VaultCommand::Member(MemberCommand::List { vault, json }) => {
             let list: Vec<Value> = client
                 .get(&format!("/v1/vaults/{}/members", seg(&vault.vault)))
                 .await?;
             if json.json {
-                output::json(&json!(list));
+                output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = list
                     .iter()
@@ -264,7 +294,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                         ]
                     })
                     .collect();
-                output::table(&["KIND", "NAME", "ROLE"], &rows);
+                output::table(&["KIND", "NAME", "ROLE"], &rows)?;
             }
         }
         VaultCommand::Member(MemberCommand::Set {
@@ -279,7 +309,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     &json!({ "kind": kind, "name": who, "role": role }),
                 )
                 .await?;
-            println!("{kind} {who} is now {role} in vault {}", vault.vault);
+            outln!("{kind} {who} is now {role} in vault {}", vault.vault)?;
         }
         VaultCommand::Member(MemberCommand::Remove { kind, who, vault }) => {
             let _: Value = client
@@ -293,7 +323,7 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     None,
                 )
                 .await?;
-            println!("removed {kind} {who} from vault {}", vault.vault);
+            outln!("removed {kind} {who} from vault {}", vault.vault)?;
         }
         VaultCommand::Token {
             vault,
@@ -314,9 +344,9 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
             if json.json {
                 output::json(
                     &json!({ "token": resp["token"], "expires_at": resp["expires_at"], "id": resp["id"], "vault": resp["vault"], "proxy_port": resp["proxy_port"] }),
-                );
+                )?;
             } else {
-                println!("{}", output::text(&resp, "token"));
+                outln!("{}", output::text(&resp, "token"))?;
             }
         }
         VaultCommand::Discover { vault, json } => {
@@ -325,19 +355,19 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                 .unwrap_or_default();
             let d: Value = client.get(&format!("/v1/discover{q}")).await?;
             if json.json {
-                output::json(&d);
+                output::json(&d)?;
             } else {
-                println!(
+                outln!(
                     "vault {} (unmatched hosts: {})",
                     output::text(&d, "vault"),
                     output::text(&d, "unmatched_host_policy")
-                );
+                )?;
                 for s in d["services"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  service {}  {}",
                         output::text(s, "name"),
                         output::text(s, "host")
-                    );
+                    )?;
                 }
                 let keys: Vec<_> = d["credentials"]
                     .as_array()
@@ -345,14 +375,14 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
-                println!(
+                outln!(
                     "  credentials: {}",
                     if keys.is_empty() {
                         "-".to_owned()
                     } else {
                         keys.join(", ")
                     }
-                );
+                )?;
             }
         }
         VaultCommand::Logs {
@@ -372,13 +402,13 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
             if json.json {
                 if follow {
                     for r in &rows {
-                        println!("{r}");
+                        outln!("{r}")?;
                     }
                 } else {
-                    output::json(&json!(rows));
+                    output::json(&json!(rows))?;
                 }
             } else {
-                print_logs(&rows);
+                print_logs(&rows)?;
             }
             if !follow {
                 return Ok(());
@@ -393,9 +423,9 @@ pub(super) async fn run(cmd: VaultCommand, address: Option<&str>) -> Result<(), 
                 }
                 for r in &new {
                     if json.json {
-                        println!("{r}");
+                        outln!("{r}")?;
                     } else {
-                        println!("{}", log_cells(r).join("  "));
+                        outln!("{}", log_cells(r).join("  "))?;
                     }
                 }
             }

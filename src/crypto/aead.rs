@@ -88,6 +88,12 @@ impl Aad {
         Self::new("ca-key")
     }
 
+    /// The outstanding setup token, kept sealed so every instance on one database can print
+    /// the same one.
+    pub fn setup_token() -> Self {
+        Self::new("setup-token")
+    }
+
     /// A value an agent or approver supplied for a proposal's credential slot.
     pub fn proposal_value(proposal_id: &str, key: &str) -> Self {
         let mut aad = Self::new("proposal-value");

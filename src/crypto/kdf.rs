@@ -44,7 +44,7 @@ impl KdfParams {
 
     fn argon2(&self) -> Result<Argon2<'static>, CryptoError> {
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+            .map_err(CryptoError::KdfParams)?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
@@ -71,7 +71,7 @@ fn derive_key(
     params
         .argon2()?
         .hash_password_into(password.expose_secret().as_bytes(), salt, out.as_mut())
-        .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+        .map_err(CryptoError::KdfParams)?;
     Ok(DataKey::from_bytes(*out))
 }
 

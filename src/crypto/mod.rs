@@ -17,7 +17,7 @@ pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 pub enum CryptoError {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
-    Rng,
+    Rng(#[source] getrandom::Error),
     /// A ciphertext failed authentication: it was edited, swapped to another row, or the key is wrong.
     #[error(
         "integrity check failed: the sealed value was modified, moved to another row, or the key is wrong"
@@ -28,7 +28,7 @@ pub enum CryptoError {
     Malformed,
     /// Key derivation parameters were rejected.
     #[error("invalid key derivation parameters: {0}")]
-    KdfParams(String),
+    KdfParams(#[source] argon2::Error),
     /// A password hash could not be computed or parsed.
     #[error("password hashing failed")]
     PasswordHash,
@@ -43,6 +43,6 @@ pub enum CryptoError {
 /// Fills a fixed-size array from the operating system's random number generator.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     let mut buf = [0u8; N];
-    getrandom::fill(&mut buf).map_err(|_| CryptoError::Rng)?;
+    getrandom::fill(&mut buf).map_err(CryptoError::Rng)?;
     Ok(buf)
 }

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use super::{AccessError, Acting, Manage};
 use crate::crypto::{CryptoError, TokenKind, random_id};
-use crate::domain::{AgentName, DomainError, VaultName, VaultRole, now_ms};
+use crate::domain::{Actor, AgentName, DomainError, VaultName, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
 use crate::store::{
     AgentRecord, PrincipalKind, StoreError, TokenRecord, TokenStoreKind, VaultRecord,
@@ -403,13 +403,16 @@ pub async fn list_scoped(a: Acting<'_>, vault: &str) -> Result<Vec<TokenRecord>,
 pub async fn revoke_token(a: Acting<'_>, id: &str) -> Result<(), AgentsError> {
     let not_found = || AgentsError::TokenNotFound(id.to_owned());
     let token = a.store.token_by_id(id).await?.ok_or_else(not_found)?;
-    let (kind, who) = a.caller.actor();
     let allowed = a.caller.token_id == token.id
         || a.caller.is_owner()
-        || (kind == "user" && token.user_id.as_deref() == Some(who))
-        || (kind == "agent"
-            && token.agent_id.as_deref() == Some(who)
-            && token.kind == TokenStoreKind::Scoped)
+        || match a.caller.actor() {
+            Actor::User(who) => token.user_id.as_deref() == Some(who.as_str()),
+            Actor::Agent(who) => {
+                token.agent_id.as_deref() == Some(who.as_str())
+                    && token.kind == TokenStoreKind::Scoped
+            }
+            Actor::ScopedToken(_) => false,
+        }
         || (token.kind == TokenStoreKind::Scoped
             && token
                 .vault_id

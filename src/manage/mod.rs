@@ -188,10 +188,10 @@ impl Acting<'_> {
         detail: String,
     ) {
         let target = target.into();
-        let (actor_kind, actor_id) = self.caller.actor();
+        let actor = self.caller.actor();
         tracing::info!(
-            actor_kind,
-            actor_id,
+            actor = actor.as_str(),
+            actor_id = actor.id(),
             action,
             vault = vault.map(|v| v.name.as_str()),
             target = %target,

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
 use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
-use crate::domain::{CredentialKey, DomainError, Email, VaultRole, now_ms};
+use crate::domain::{Actor, CredentialKey, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
@@ -252,14 +252,12 @@ pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, Prop
     let raw = TokenKind::Approval.generate()?;
     let now = now_ms();
     let ttl = i64::try_from(a.config.proposals.ttl.as_millis()).unwrap_or(i64::MAX);
-    let (kind, actor) = a.caller.actor();
     let mut record = ProposalRecord {
         id: id.clone(),
         vault_id: vault.id.clone(),
         seq: 0,
         status: ProposalStatus::Pending,
-        created_by_kind: kind.to_owned(),
-        created_by_id: actor.to_owned(),
+        created_by: a.caller.actor(),
         creator_token_id: Some(a.caller.token_id.clone()),
         message: content.message.clone(),
         content: serde_json::to_string(&content).map_err(ProposalsError::Encode)?,
@@ -328,9 +326,9 @@ pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, Prop
 /// whose run token. Never a raw token or row id: when the token or agent is gone by now (run
 /// tokens are purged after they expire), it says so instead.
 pub async fn describe_creator(m: &Manage<'_>, p: &ProposalRecord) -> String {
-    let described = match p.created_by_kind.as_str() {
-        "agent" => agent_name(m, &p.created_by_id).await,
-        "scoped" => match m.store.token_by_id(&p.created_by_id).await.ok().flatten() {
+    let described = match &p.created_by {
+        Actor::Agent(id) => agent_name(m, id).await,
+        Actor::ScopedToken(id) => match m.store.token_by_id(id).await.ok().flatten() {
             Some(t) => match (t.agent_id, t.user_id) {
                 (Some(a), _) => agent_name(m, &a)
                     .await
@@ -342,13 +340,14 @@ pub async fn describe_creator(m: &Manage<'_>, p: &ProposalRecord) -> String {
             },
             None => None,
         },
-        "user" => user_email(m, &p.created_by_id).await,
-        _ => None,
+        Actor::User(id) => user_email(m, id).await,
     };
-    described.unwrap_or_else(|| match p.created_by_kind.as_str() {
-        "agent" => "an agent that has since been deleted".into(),
-        "user" => "a user who has since been deleted".into(),
-        _ => "an agent run whose token has since expired or been removed".into(),
+    described.unwrap_or_else(|| match p.created_by {
+        Actor::Agent(_) => "an agent that has since been deleted".into(),
+        Actor::User(_) => "a user who has since been deleted".into(),
+        Actor::ScopedToken(_) => {
+            "an agent run whose token has since expired or been removed".into()
+        }
     })
 }
 
@@ -413,16 +412,16 @@ enum Followers<'a> {
 
 impl<'a> Followers<'a> {
     fn of(p: &'a ProposalRecord) -> Self {
-        match p.created_by_kind.as_str() {
-            "agent" => Self::Agent(&p.created_by_id),
-            "scoped" => Self::VaultRuns(&p.vault_id),
-            _ => Self::Nobody,
+        match &p.created_by {
+            Actor::Agent(id) => Self::Agent(id),
+            Actor::ScopedToken(_) => Self::VaultRuns(&p.vault_id),
+            Actor::User(_) => Self::Nobody,
         }
     }
 
     fn admit(&self, caller: &Authenticated) -> bool {
         match self {
-            Self::Agent(agent) => caller.actor() == ("agent", *agent),
+            Self::Agent(agent) => matches!(caller.actor(), Actor::Agent(id) if id == *agent),
             Self::VaultRuns(vault) => matches!(
                 &caller.principal,
                 Principal::Scoped { vault_id, minted_by: Minter::User(_), .. } if vault_id == vault
@@ -909,13 +908,13 @@ mod tests {
     use crate::domain::AgentName;
 
     fn raised_by(kind: &str, id: &str) -> ProposalRecord {
+        let created_by = Actor::from_stored(kind, id).unwrap();
         ProposalRecord {
             id: "p1".into(),
             vault_id: "v1".into(),
             seq: 1,
             status: ProposalStatus::Pending,
-            created_by_kind: kind.into(),
-            created_by_id: id.into(),
+            created_by,
             creator_token_id: Some("gone".into()),
             message: String::new(),
             content: String::new(),

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use super::error::ProxyError;
 use super::state::ProxyState;
 use crate::crypto::TokenHash;
+use crate::domain::Actor;
 use crate::identity::{AuthError, Authenticated, Principal};
 use crate::policy::VaultSnapshot;
 
@@ -82,8 +83,8 @@ pub(super) struct Session {
     pub vault_id: String,
     /// The vault's name.
     pub vault_name: String,
-    /// `(kind, id)` of the actor for logs and limits.
-    pub actor: (&'static str, String),
+    /// Who is calling, for logs and limits.
+    pub actor: Actor,
     /// When the token expires (ms), so open tunnels close then and not at their idle timeout.
     pub expires_at: Option<i64>,
     /// The actor's in-flight request limit, shared with its other connections.
@@ -156,20 +157,18 @@ pub(super) async fn authenticate(
     };
     let who = match state.identity.authenticate_cached(&creds.token).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => {
-            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
-        }
+        Err(e @ AuthError::Store(_)) => return Err(ProxyError::Unavailable(e)),
         Err(e) => return Err(fail(&e.to_string())),
     };
     let snapshot = vault_for(state, &who, creds.vault.as_deref())?;
-    let (kind, id) = who.actor();
+    let actor = who.actor();
     let session = Session {
         token_hash: who.token_hash,
         vault_id: snapshot.vault_id.clone(),
         vault_name: snapshot.vault_name.to_string(),
-        actor: (kind, id.to_owned()),
+        slots: state.agent_slots(actor.id()),
+        actor,
         expires_at: who.expires_at,
-        slots: state.agent_slots(id),
     };
     Ok((session, snapshot))
 }
@@ -182,9 +181,7 @@ pub(super) async fn recheck(
 ) -> Result<Arc<VaultSnapshot>, ProxyError> {
     let who = match state.identity.authenticate_hash(session.token_hash).await {
         Ok(who) => who,
-        Err(AuthError::Store(e)) => {
-            return Err(ProxyError::Unavailable(format!("token lookup: {e}")));
-        }
+        Err(e @ AuthError::Store(_)) => return Err(ProxyError::Unavailable(e)),
         Err(_) => return Err(ProxyError::AuthRequired),
     };
     if who.role_in(&session.vault_id).is_none() {

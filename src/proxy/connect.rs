@@ -25,8 +25,7 @@ use super::error::ProxyError;
 use super::pipeline;
 use super::state::ProxyState;
 use super::upstream::{ConnectError, dial};
-use crate::domain::RequestLogRow;
-use crate::domain::now_ms;
+use crate::domain::{RequestLogKind, RequestLogRow, now_ms};
 use crate::policy::{
     Authority, ConnectDecision, Host, canonicalize_host, decide_connect, parse_authority,
 };
@@ -47,9 +46,8 @@ fn tunnel_row(
 ) -> RequestLogRow {
     RequestLogRow {
         vault_id: session.vault_id.clone(),
-        actor_kind: session.actor.0,
-        actor_id: session.actor.1.clone(),
-        kind: "tunnel",
+        actor: session.actor.clone(),
+        kind: RequestLogKind::Tunnel,
         method: "CONNECT".into(),
         host: authority.to_string(),
         path: String::new(),
@@ -99,8 +97,8 @@ fn connection_span(
         mode,
         %peer,
         vault = %session.vault_name,
-        actor_kind = session.actor.0,
-        actor = %session.actor.1,
+        actor_kind = session.actor.as_str(),
+        actor = %session.actor.id(),
         host = %authority,
     )
 }
@@ -188,7 +186,7 @@ pub(super) async fn handle(
                 Err(e) => {
                     let err = match e {
                         ConnectError::Blocked(b) => ProxyError::Blocked(b),
-                        other => ProxyError::Unreachable(other.to_string()),
+                        other => ProxyError::Unreachable(other),
                     };
                     state.logger.log(tunnel_row(
                         &session,

@@ -3,12 +3,16 @@
 //! JSON body, in exactly one place. Messages never contain header values, query strings,
 //! bodies or credential values.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use super::body::ProxyBody;
+use super::upstream::{ConnectError, TlsFailure};
+use crate::identity::AuthError;
 use crate::netguard::Blocked;
 
 /// Header naming the proxy's error code on every response it makes itself.
@@ -28,7 +32,7 @@ pub enum ErrorClass {
 }
 
 /// An error the proxy answers itself.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Missing, malformed, unknown, expired or revoked proxy token.
     #[error(
@@ -96,13 +100,13 @@ pub enum ProxyError {
     Blocked(Blocked),
     /// DNS failure, refused or timed-out connection.
     #[error("could not reach the upstream: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] ConnectError),
     /// The upstream's certificate did not verify, or the handshake failed.
     #[error("TLS with the upstream failed: {0}")]
-    UpstreamTls(String),
-    /// The upstream did not answer in time.
-    #[error("the upstream did not respond within {0}")]
-    UpstreamTimeout(String),
+    UpstreamTls(#[source] TlsFailure),
+    /// The upstream did not answer within this long.
+    #[error("the upstream did not respond within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
     /// The upstream broke the protocol or closed early.
     #[error("the upstream connection failed before a complete response")]
     UpstreamProtocol,
@@ -120,10 +124,10 @@ pub enum ProxyError {
     ShuttingDown,
     /// The store could not answer a token check (details logged); nothing is forwarded.
     #[error("the vault's database is unavailable; try again shortly")]
-    Unavailable(String),
+    Unavailable(#[source] AuthError),
     /// Our own fault (details logged).
     #[error("internal proxy error")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ProxyError {
@@ -318,31 +322,145 @@ mod tests {
         assert_eq!(auth.headers()[header::CONNECTION], "close");
     }
 
-    #[test]
-    fn every_variant_has_a_class_code_and_status() {
-        let all = [
-            ProxyError::AuthRequired,
-            ProxyError::ForbiddenHost {
+    /// One value of every variant. The match makes a new variant a compile error here until it
+    /// is listed, so the table below covers them all.
+    fn one_of_each() -> Vec<ProxyError> {
+        use ProxyError::*;
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let all = vec![
+            AuthRequired,
+            SessionToken,
+            VaultAccess("no access".into()),
+            RateLimited("slow down"),
+            BadRequest("bad".into()),
+            HeadersTooLarge(1),
+            BadFraming("two lengths"),
+            HostMismatch("h:443".into()),
+            MethodNotAllowed("TRACE".into()),
+            RequestTooLarge(1),
+            AmbiguousPath,
+            PlaceholderRefused("not here".into()),
+            Plaintext("h".into()),
+            ForbiddenHost {
                 vault: "v".into(),
                 host: "h:443".into(),
                 hostname: "h".into(),
             },
-            ProxyError::Blocked(Blocked::Metadata),
-            ProxyError::UpstreamTls("x".into()),
-            ProxyError::Internal("x".into()),
+            CredentialNotFound("K".into()),
+            Integrity,
+            Blocked(crate::netguard::Blocked::Metadata),
+            Unreachable(ConnectError::Connect(std::sync::Arc::new(refused))),
+            UpstreamTls(TlsFailure::Timeout),
+            UpstreamTimeout(Duration::from_secs(30)),
+            UpstreamProtocol,
+            ResponseTooLarge,
+            Unscrubbable,
+            ShuttingDown,
+            Unavailable(AuthError::Unknown),
+            Internal("cause".into()),
         ];
-        let classes: Vec<_> = all.iter().map(ProxyError::class).collect();
+        for e in &all {
+            match e {
+                AuthRequired
+                | SessionToken
+                | VaultAccess(_)
+                | RateLimited(_)
+                | BadRequest(_)
+                | HeadersTooLarge(_)
+                | BadFraming(_)
+                | HostMismatch(_)
+                | MethodNotAllowed(_)
+                | RequestTooLarge(_)
+                | AmbiguousPath
+                | PlaceholderRefused(_)
+                | Plaintext(_)
+                | ForbiddenHost { .. }
+                | CredentialNotFound(_)
+                | Integrity
+                | Blocked(_)
+                | Unreachable(_)
+                | UpstreamTls(_)
+                | UpstreamTimeout(_)
+                | UpstreamProtocol
+                | ResponseTooLarge
+                | Unscrubbable
+                | ShuttingDown
+                | Unavailable(_)
+                | Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_variant_has_a_class_code_and_status() {
+        use ErrorClass::*;
+        let table: Vec<_> = one_of_each()
+            .iter()
+            .map(|e| (e.class(), e.code(), e.status().as_u16()))
+            .collect();
         assert_eq!(
-            classes,
+            table,
             [
-                ErrorClass::Agent,
-                ErrorClass::Policy,
-                ErrorClass::Policy,
-                ErrorClass::Upstream,
-                ErrorClass::Internal
+                (Agent, "proxy_auth_required", 407),
+                (Agent, "proxy_auth_required", 407),
+                (Policy, "vault_access_denied", 403),
+                (Agent, "rate_limited", 429),
+                (Agent, "bad_request", 400),
+                (Agent, "headers_too_large", 431),
+                (Agent, "bad_framing", 400),
+                (Agent, "host_mismatch", 421),
+                (Agent, "method_not_allowed", 405),
+                (Agent, "request_too_large", 413),
+                (Agent, "ambiguous_path", 400),
+                (Agent, "placeholder_refused", 403),
+                (Agent, "plaintext_refused", 403),
+                (Policy, "forbidden_host", 403),
+                (Policy, "credential_not_found", 502),
+                (Internal, "integrity_error", 502),
+                (Policy, "blocked_destination", 403),
+                (Upstream, "upstream_unreachable", 502),
+                (Upstream, "upstream_tls", 502),
+                (Upstream, "upstream_timeout", 504),
+                (Upstream, "upstream_protocol", 502),
+                (Upstream, "response_too_large", 502),
+                (Upstream, "response_not_scrubbable", 502),
+                (Internal, "shutting_down", 503),
+                (Internal, "unavailable", 503),
+                (Internal, "internal", 500),
             ]
         );
-        assert_eq!(all[1].status(), StatusCode::FORBIDDEN);
-        assert_eq!(all[2].code(), "blocked_destination");
+    }
+
+    #[test]
+    fn causes_are_kept_for_logs_and_internal_ones_stay_out_of_the_message() {
+        use std::error::Error as _;
+        let internal = ProxyError::Internal("sk_live_cause".into());
+        assert!(
+            internal
+                .source()
+                .is_some_and(|c| c.to_string() == "sk_live_cause")
+        );
+        assert_eq!(internal.to_string(), "internal proxy error");
+        let unavailable = ProxyError::Unavailable(AuthError::Unknown);
+        assert!(unavailable.source().is_some());
+        assert!(!unavailable.to_string().contains("unknown token"));
+        // Upstream failures name their cause to the agent, as before: the text is unchanged.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unreachable =
+            ProxyError::Unreachable(ConnectError::Connect(std::sync::Arc::new(refused)));
+        assert_eq!(
+            unreachable.to_string(),
+            "could not reach the upstream: connection failed: connection refused"
+        );
+        assert!(unreachable.source().is_some());
+        assert_eq!(
+            ProxyError::UpstreamTimeout(Duration::from_secs(30)).to_string(),
+            "the upstream did not respond within 30s"
+        );
+        assert_eq!(
+            ProxyError::UpstreamTls(TlsFailure::Timeout).to_string(),
+            "TLS with the upstream failed: handshake timed out"
+        );
     }
 }

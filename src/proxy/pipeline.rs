@@ -31,9 +31,7 @@ use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
 use super::upstream::{ConnectError, connect_error};
 use super::{substitute, websocket};
-use crate::domain::CredentialKey;
-use crate::domain::RequestLogRow;
-use crate::domain::now_ms;
+use crate::domain::{Actor, CredentialKey, RequestLogKind, RequestLogRow, now_ms};
 use crate::policy::decide::path_is_ambiguous;
 use crate::policy::service::CompiledService;
 use crate::policy::{
@@ -44,7 +42,7 @@ use crate::policy::{
 #[derive(Clone)]
 struct Draft {
     vault_id: String,
-    actor: (&'static str, String),
+    actor: Actor,
     method: String,
     host: String,
     path: String,
@@ -58,9 +56,8 @@ impl Draft {
     fn row(&self, status: u16, bytes_out: u64, error: Option<&'static str>) -> RequestLogRow {
         RequestLogRow {
             vault_id: self.vault_id.clone(),
-            actor_kind: self.actor.0,
-            actor_id: self.actor.1.clone(),
-            kind: "request",
+            actor: self.actor.clone(),
+            kind: RequestLogKind::Request,
             method: self.method.clone(),
             host: self.host.clone(),
             path: self.path.clone(),
@@ -144,7 +141,7 @@ pub(super) async fn handle(
     let span = tracing::debug_span!(
         "request",
         vault = %session.vault_name,
-        actor = %session.actor.1,
+        actor = %session.actor.id(),
         method = %draft.method,
         host = %draft.host,
         service = tracing::field::Empty,
@@ -252,8 +249,8 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     if let Some(ce) = connect_error(err) {
         return match ce {
             ConnectError::Blocked(b) => ProxyError::Blocked(*b),
-            ConnectError::Tls(detail) => ProxyError::UpstreamTls(detail.clone()),
-            other => ProxyError::Unreachable(other.to_string()),
+            ConnectError::Tls(failure) => ProxyError::UpstreamTls(failure.clone()),
+            other => ProxyError::Unreachable(other.clone()),
         };
     }
     if is_too_large(err) {
@@ -621,9 +618,7 @@ async fn send(
     let client = state.upstream.client(upgrade);
     let timeout = state.upstream.response_header_timeout;
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(
-            humantime::format_duration(timeout).to_string(),
-        )),
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => {
             let err = classify_send_error(&e);
             let max_in = state.limits.max_request_body_bytes;

@@ -316,8 +316,8 @@ impl Plan {
                 // document labelled as a form would have a "field" cut out of one of its
                 // strings by `&`, and the secret would land wherever that string goes.
                 if bytes.iter().all(|&b| is_form_byte(b)) {
-                    let text = std::str::from_utf8(bytes)
-                        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    let text =
+                        std::str::from_utf8(bytes).map_err(|e| ProxyError::Internal(e.into()))?;
                     return Ok(self.pairs(text, true)?.into_bytes());
                 }
                 let decoded = form_decode(&String::from_utf8_lossy(bytes));
@@ -385,7 +385,7 @@ impl Plan {
                     )
                 })?;
                 let quoted =
-                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.to_string()))?;
+                    serde_json::to_string(text).map_err(|e| ProxyError::Internal(e.into()))?;
                 out.extend_from_slice(&doc[copied..f.span.start]);
                 out.extend_from_slice(quoted.as_bytes());
                 copied = f.span.end;
@@ -427,15 +427,39 @@ pub(super) fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     }
 }
 
+/// The plan for the first service of `services` (a service file), with one credential `key`
+/// holding `value`: the fixture of this module's tests and the WebSocket frame tests.
+#[cfg(test)]
+pub(super) fn test_plan(services: &str, key: &str, value: &[u8]) -> Plan {
+    use std::sync::Arc;
+
+    use crate::crypto::DataKey;
+    use crate::domain::CredentialKey;
+    use crate::keys::Keyring;
+    use crate::policy::SealedCredential;
+    use crate::policy::service::parse_service_file;
+
+    let services: Vec<CompiledService> = parse_service_file(services)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.normalized().compile().unwrap())
+        .collect();
+    let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
+    let sealed = SealedCredential {
+        version: 1,
+        sealed: Arc::from(ring.seal_credential("v", key, 1, value).unwrap()),
+    };
+    let key = CredentialKey::parse(key).unwrap();
+    let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
+    let placeholders = Arc::new(Placeholders::of(&services));
+    Plan::new(&placeholders, Some(&services[0]), Some(&opened)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::crypto::DataKey;
-    use crate::domain::CredentialKey;
-    use crate::keys::Keyring;
-    use crate::policy::SealedCredential;
     use crate::policy::service::parse_service_file;
 
     fn placeholders(services: &[CompiledService]) -> Arc<Placeholders> {
@@ -463,22 +487,7 @@ mod tests {
 "#;
 
     fn setup(value: &str) -> Plan {
-        let services: Vec<CompiledService> = parse_service_file(SERVICES)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.normalized().compile().unwrap())
-            .collect();
-        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
-        let key = CredentialKey::parse("BOT").unwrap();
-        let sealed = SealedCredential {
-            version: 1,
-            sealed: Arc::from(
-                ring.seal_credential("v", "BOT", 1, value.as_bytes())
-                    .unwrap(),
-            ),
-        };
-        let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        Plan::new(&placeholders(&services), Some(&services[0]), Some(&opened)).unwrap()
+        test_plan(SERVICES, "BOT", value.as_bytes())
     }
 
     fn refused<T: std::fmt::Debug>(r: Result<T, ProxyError>) -> bool {
@@ -630,23 +639,12 @@ mod tests {
 
     #[test]
     fn websocket_frames_are_pinned_to_their_pointer() {
-        let services: Vec<CompiledService> = parse_service_file(
+        let plan = test_plan(
             "- host: ws.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __WS_KEY__, key: BOT, in: [{websocket: /auth}]}\n",
+            "BOT",
+            b"s3cret",
         )
-        .unwrap()
-        .into_iter()
-        .map(|s| s.normalized().compile().unwrap())
-        .collect();
-        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
-        let key = CredentialKey::parse("BOT").unwrap();
-        let sealed = SealedCredential {
-            version: 1,
-            sealed: Arc::from(ring.seal_credential("v", "BOT", 1, b"s3cret").unwrap()),
-        };
-        let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let plan = Plan::new(&placeholders(&services), Some(&services[0]), Some(&opened))
-            .unwrap()
-            .for_websocket();
+        .for_websocket();
         assert!(plan.has_websocket_places());
         assert_eq!(
             plan.frame(br#"{"auth":"__WS_KEY__"}"#).unwrap().unwrap(),

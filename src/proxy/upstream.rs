@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,24 +28,83 @@ use super::body::ProxyBody;
 use crate::config::{ResolveKey, Roots, UpstreamConfig, parse_resolve_key};
 use crate::netguard::{Blocked, NetGuard};
 
-/// Why a connection to an upstream could not be made.
-#[derive(Debug, thiserror::Error)]
+/// Why a connection to an upstream could not be made. Cloneable (causes are shared), because
+/// hyper's client hands it back only by reference inside its own error.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The name did not resolve.
     #[error("name resolution failed: {0}")]
-    Resolve(io::Error),
+    Resolve(#[source] Arc<io::Error>),
     /// A resolved address is blocked by the SSRF guard.
     #[error("blocked destination: {0}")]
     Blocked(Blocked),
     /// No address accepted a TCP connection.
     #[error("connection failed: {0}")]
-    Connect(io::Error),
+    Connect(#[source] Arc<io::Error>),
     /// TLS failed (verification, protocol, or timeout).
     #[error("TLS handshake failed: {0}")]
-    Tls(String),
+    Tls(#[source] TlsFailure),
     /// The URI had no host.
     #[error("missing host")]
     NoHost,
+}
+
+/// Why a TLS handshake with an upstream failed; its text is what the agent is told after
+/// "TLS with the upstream failed: ".
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TlsFailure {
+    /// The host is not a name a certificate can be checked against.
+    #[error(transparent)]
+    Name(Arc<rustls_pki_types::InvalidDnsNameError>),
+    /// No handshake within `upstream.tls_handshake_timeout`.
+    #[error("handshake timed out")]
+    Timeout,
+    /// Verification or protocol failure (rustls's error is the io error's source).
+    #[error(transparent)]
+    Handshake(Arc<io::Error>),
+}
+
+/// Why the upstream trust settings (`upstream.roots`, `upstream.extra_ca_files`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// `upstream.roots = "native"` found no system certificates.
+    #[error(
+        "upstream.roots = \"native\" but no system CA certificates were found; install ca-certificates or use \"webpki\""
+    )]
+    NoNativeRoots,
+    /// An extra CA file could not be opened.
+    #[error("upstream.extra_ca_files: cannot read {}: {source}", path.display())]
+    ReadCaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// An extra CA file holds text that is not a PEM certificate.
+    #[error("upstream.extra_ca_files: {}: {source}", path.display())]
+    CaPem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate in an extra CA file is not usable as a trust anchor.
+    #[error("upstream.extra_ca_files: {}: {source}", path.display())]
+    CaCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// An extra CA file holds no certificate.
+    #[error("upstream.extra_ca_files: {} holds no certificate", path.display())]
+    EmptyCaFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The TLS provider refused the protocol versions.
+    #[error(transparent)]
+    Provider(#[from] rustls::Error),
 }
 
 /// A name lookup other than the system resolver (split DNS, and tests that play a DNS server
@@ -125,17 +185,17 @@ impl Resolver {
             Some(lookup) => lookup
                 .lookup(host, port)
                 .await
-                .map_err(ConnectError::Resolve)?,
+                .map_err(|e| ConnectError::Resolve(Arc::new(e)))?,
             None => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(ConnectError::Resolve)?
+                .map_err(|e| ConnectError::Resolve(Arc::new(e)))?
                 .collect(),
         };
         if addrs.is_empty() {
-            return Err(ConnectError::Resolve(io::Error::new(
+            return Err(ConnectError::Resolve(Arc::new(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no addresses",
-            )));
+            ))));
         }
         Ok(addrs)
     }
@@ -165,7 +225,7 @@ pub async fn dial(
             Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         }
     }
-    Err(ConnectError::Connect(last))
+    Err(ConnectError::Connect(Arc::new(last)))
 }
 
 /// The byte stream under a pooled upstream connection.
@@ -304,11 +364,12 @@ impl tower_service::Service<Uri> for Connector {
                     peer,
                 });
             }
-            let name = ServerName::try_from(host).map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let name = ServerName::try_from(host)
+                .map_err(|e| ConnectError::Tls(TlsFailure::Name(Arc::new(e))))?;
             let tls = tokio::time::timeout(this.tls_timeout, this.tls.connect(name, tcp))
                 .await
-                .map_err(|_| ConnectError::Tls("handshake timed out".into()))?
-                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                .map_err(|_| ConnectError::Tls(TlsFailure::Timeout))?
+                .map_err(|e| ConnectError::Tls(TlsFailure::Handshake(Arc::new(e))))?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(UpstreamStream {
                 io: Transport::Tls(Box::new(TokioIo::new(tls))),
@@ -324,7 +385,7 @@ pub fn client_tls_config(
     config: &UpstreamConfig,
     provider: Arc<CryptoProvider>,
     alpn: &[&[u8]],
-) -> Result<ClientConfig, String> {
+) -> Result<ClientConfig, TrustError> {
     let mut roots = rustls::RootCertStore::empty();
     match config.roots {
         Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -332,38 +393,40 @@ pub fn client_tls_config(
             let loaded = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(loaded.certs);
             if added == 0 {
-                return Err("upstream.roots = \"native\" but no system CA certificates were found; install ca-certificates or use \"webpki\"".into());
+                return Err(TrustError::NoNativeRoots);
             }
         }
         Roots::None => {}
     }
     for file in &config.extra_ca_files {
         use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file).map_err(|e| {
-            format!(
-                "upstream.extra_ca_files: cannot read {}: {e}",
-                file.display()
-            )
+        let path = || file.clone();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file).map_err(|source| {
+            TrustError::ReadCaFile {
+                path: path(),
+                source,
+            }
         })?;
         let mut n = 0;
         for cert in certs {
-            let cert =
-                cert.map_err(|e| format!("upstream.extra_ca_files: {}: {e}", file.display()))?;
+            let cert = cert.map_err(|source| TrustError::CaPem {
+                path: path(),
+                source,
+            })?;
             roots
                 .add(cert)
-                .map_err(|e| format!("upstream.extra_ca_files: {}: {e}", file.display()))?;
+                .map_err(|source| TrustError::CaCertificate {
+                    path: path(),
+                    source,
+                })?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!(
-                "upstream.extra_ca_files: {} holds no certificate",
-                file.display()
-            ));
+            return Err(TrustError::EmptyCaFile { path: path() });
         }
     }
     let mut tls = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -413,10 +476,10 @@ impl Upstream {
         guard: NetGuard,
         provider: Arc<CryptoProvider>,
         workers: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TrustError> {
         let resolver = Resolver::new(config);
         // Built once: parsing the roots is the expensive part, and every pool may share it.
-        let connector = |alpn: &[&[u8]]| -> Result<Connector, String> {
+        let connector = |alpn: &[&[u8]]| -> Result<Connector, TrustError> {
             let tls = client_tls_config(config, provider.clone(), alpn)?;
             Ok(Connector(Arc::new(ConnectorInner {
                 resolver: resolver.clone(),
@@ -546,31 +609,23 @@ mod tests {
             ..Default::default()
         };
         let r = Resolver::new(&config);
-        let err = dial(
-            &r,
-            &NetGuard::new(false, vec![]),
-            "internal.example.test",
-            443,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(err, ConnectError::Blocked(Blocked::Private)),
-            "{err:?}"
-        );
-        let err = dial(
-            &r,
-            &NetGuard::new(false, vec![]),
-            "169.254.169.254",
-            80,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(err, ConnectError::Blocked(Blocked::Metadata)),
-            "{err:?}"
-        );
+        for (host, port, want) in [
+            ("internal.example.test", 443, Blocked::Private),
+            ("169.254.169.254", 80, Blocked::Metadata),
+        ] {
+            let err = dial(
+                &r,
+                &NetGuard::new(false, vec![]),
+                host,
+                port,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(err, ConnectError::Blocked(b) if b == want),
+                "{host}: {err:?}"
+            );
+        }
     }
 }

@@ -241,7 +241,7 @@ fn substitute(frame: &mut Frame, plan: &Plan) -> io::Result<()> {
     if frame.opcode == OP_TEXT && frame.fin && frame.rsv == 0 {
         if let Some(rewritten) = plan
             .frame(&frame.payload)
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?
         {
             frame.payload = rewritten;
         }
@@ -307,32 +307,11 @@ mod tests {
 
     #[test]
     fn text_frames_get_substitutions_and_other_frames_are_refused() {
-        use crate::crypto::DataKey;
-        use crate::domain::CredentialKey;
-        use crate::keys::Keyring;
-        use crate::policy::SealedCredential;
-        use crate::policy::service::{CompiledService, parse_service_file};
-        use crate::proxy::inject::Opened;
-        let services: Vec<CompiledService> = parse_service_file(
+        let plan = crate::proxy::substitute::test_plan(
             "- host: ws.example.com\n  auth: {type: passthrough}\n  substitutions:\n    - {placeholder: __TOKEN__, key: K, in: [{websocket: /auth}]}\n",
+            "K",
+            b"s3cret-value",
         )
-        .unwrap()
-        .into_iter()
-        .map(|s| s.normalized().compile().unwrap())
-        .collect();
-        let ring = Keyring::from_dek(DataKey::from_bytes([2; 32]));
-        let key = CredentialKey::parse("K").unwrap();
-        let sealed = SealedCredential {
-            version: 1,
-            sealed: Arc::from(ring.seal_credential("v", "K", 1, b"s3cret-value").unwrap()),
-        };
-        let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
-        let plan = Plan::new(
-            &Arc::new(crate::policy::Placeholders::of(&services)),
-            Some(&services[0]),
-            Some(&opened),
-        )
-        .unwrap()
         .for_websocket();
         let frame = |opcode, fin, payload: &[u8]| Frame {
             fin,

@@ -37,7 +37,7 @@ impl AgentRecord {
         )?;
         Ok(Self {
             id,
-            name: AgentName::parse(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            name: AgentName::parse(name).map_err(|e| StoreError::corrupt("column name", e))?,
             created_by,
             created_at: col(row, "created_at")?,
             integrity_ok,
@@ -87,29 +87,17 @@ impl Store {
     /// Looks an agent up by name, including a row that fails its MAC (flagged), so that an
     /// admin can still find and delete it; callers that grant anything check `integrity_ok`.
     pub async fn agent_by_name(&self, name: &AgentName) -> Result<Option<AgentRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, name, created_by, created_at, mac FROM agents WHERE name = $1")
-                .bind(name.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref()
-            .map(|r| AgentRecord::from_row(self, r))
-            .transpose()
+        let sql = "SELECT id, name, created_by, created_at, mac FROM agents WHERE name = $1";
+        self.row_by(sql, name.as_str(), |r| AgentRecord::from_row(self, r))
+            .await
     }
 
     /// Looks an agent up by id; a row that fails its MAC is treated as absent (its tokens
     /// resolve to nothing).
     pub async fn agent_by_id(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, name, created_by, created_at, mac FROM agents WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row
-            .as_ref()
-            .map(|r| AgentRecord::from_row(self, r))
-            .transpose()?
-            .filter(|a| a.integrity_ok))
+        let sql = "SELECT id, name, created_by, created_at, mac FROM agents WHERE id = $1";
+        let agent = self.row_by(sql, id, |r| AgentRecord::from_row(self, r));
+        Ok(agent.await?.filter(|a| a.integrity_ok))
     }
 
     /// Every agent, by name, including rows that fail their MAC (flagged).

@@ -3,15 +3,13 @@
 use serde::Serialize;
 
 use super::{Store, StoreError, col};
-use crate::domain::now_ms;
+use crate::domain::{Actor, now_ms};
 
 /// An event to record. `detail` must never contain a secret value.
 #[derive(Clone, Debug)]
 pub struct AuditEvent<'a> {
-    /// `user`, `agent` or `scoped`.
-    pub actor_kind: &'a str,
-    /// The actor's id.
-    pub actor_id: &'a str,
+    /// Who did it.
+    pub actor: &'a Actor,
     /// What happened, e.g. `credential.set`.
     pub action: &'a str,
     /// The vault concerned.
@@ -48,8 +46,8 @@ impl Store {
             "INSERT INTO audit_events (at, actor_kind, actor_id, action, vault_id, target, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(now_ms())
-        .bind(event.actor_kind)
-        .bind(event.actor_id)
+        .bind(event.actor.as_str())
+        .bind(event.actor.id())
         .bind(event.action)
         .bind(event.vault_id)
         .bind(&event.target)

@@ -258,11 +258,10 @@ impl Store {
     /// Removes the backfill marker without binding anything; says whether it was there. On a
     /// database whose MACs are already bound, a marker can only come from a database writer.
     pub async fn discard_backfill_marker(&self) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM instance_state WHERE key = $1")
-            .bind(BACKFILL_PENDING_KEY)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.changed(
+            sqlx::query("DELETE FROM instance_state WHERE key = $1").bind(BACKFILL_PENDING_KEY),
+        )
+        .await
     }
 }
 

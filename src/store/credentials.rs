@@ -47,7 +47,7 @@ impl CredentialRecord {
         let sealed_value = sealed_bytes(row, &key);
         Ok(Self {
             vault_id: col(row, "vault_id")?,
-            key: CredentialKey::parse(key).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            key: CredentialKey::parse(key).map_err(|e| StoreError::corrupt("column key", e))?,
             version: col(row, "version")?,
             sealed_value,
             kind: col(row, "kind")?,
@@ -100,7 +100,7 @@ pub(super) async fn write_credentials(
             Some(row) => col::<i64>(&row, "version")? + 1,
             None => 1,
         };
-        let sealed = seal(&write.key, version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed = seal(&write.key, version)?;
         sqlx::query(
             "INSERT INTO credentials (vault_id, key, version, sealed_value, kind, description, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, 'static', COALESCE($5, ''), $6, $6) \

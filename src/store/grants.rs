@@ -4,39 +4,8 @@ use sqlx::{Any, Transaction};
 
 use super::authority::{agent_fields, grant_fields, user_fields};
 use super::{Store, StoreError, col, parsed};
-use crate::domain::{VaultRole, now_ms};
+use crate::domain::{PrincipalKind, VaultRole, now_ms};
 use crate::keys::{AuthorityMacs, AuthorityRow};
-
-/// Whether a principal is a human user or an agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrincipalKind {
-    /// A human with an email and password.
-    User,
-    /// A non-human identity holding tokens.
-    Agent,
-}
-
-impl PrincipalKind {
-    /// The stored text form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Agent => "agent",
-        }
-    }
-}
-
-impl std::str::FromStr for PrincipalKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "user" => Ok(Self::User),
-            "agent" => Ok(Self::Agent),
-            other => Err(format!("unknown principal kind {other:?}")),
-        }
-    }
-}
 
 /// A member of a vault, with a name people recognise.
 #[derive(Clone, Debug)]
@@ -115,15 +84,13 @@ impl Store {
         kind: PrincipalKind,
         principal_id: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "DELETE FROM vault_grants WHERE vault_id = $1 AND principal_kind = $2 AND principal_id = $3",
         )
         .bind(vault_id)
         .bind(kind.as_str())
-        .bind(principal_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(principal_id);
+        self.changed(statement).await
     }
 
     /// The principal's role in a vault, if any.

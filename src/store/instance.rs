@@ -1,10 +1,24 @@
 //! Instance-wide state: the wrapped DEK, the CA, the setup token and the first owner.
+//!
+//! There is at most one setup token per database. Beside its keyed hash (what registration
+//! checks) it is kept sealed under the DEK, so every instance sharing a Postgres database prints
+//! the same valid token instead of each minting its own and invalidating the others'.
 
 use super::{Store, StoreError, col, users};
 use crate::crypto::KdfParams;
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
+const SETUP_TOKEN_SEALED_KEY: &str = "setup_token_sealed";
+
+/// The outstanding setup token.
+#[derive(Clone, Debug)]
+pub struct SetupTokenRecord {
+    /// Its keyed hash (hex).
+    pub hash_hex: String,
+    /// The token sealed under the DEK; absent for a token made before tokens were kept sealed.
+    pub sealed: Option<Vec<u8>>,
+}
 
 /// The wrapped data-encryption key and the parameters to unwrap it.
 #[derive(Clone, Debug)]
@@ -28,7 +42,7 @@ pub struct CaStateRecord {
 
 fn kdf_u32(row: &sqlx::any::AnyRow, name: &str) -> Result<u32, StoreError> {
     let v: i64 = col(row, name)?;
-    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {name} out of range")))
+    u32::try_from(v).map_err(|e| StoreError::corrupt(format!("column {name}"), e))
 }
 
 impl Store {
@@ -133,18 +147,77 @@ impl Store {
         row.map(|r| col(&r, "value")).transpose()
     }
 
-    /// Records a new outstanding setup token (replacing an older one).
-    pub async fn set_setup_token_hash(&self, hash_hex: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO instance_state (key, value, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    /// The outstanding setup token, if any.
+    pub async fn setup_token(&self) -> Result<Option<SetupTokenRecord>, StoreError> {
+        let Some(hash_hex) = self.setup_token_hash().await? else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT value FROM instance_state WHERE key = $1")
+            .bind(SETUP_TOKEN_SEALED_KEY)
+            .fetch_optional(&self.pool)
+            .await?;
+        let sealed = row
+            .map(|r| {
+                let text: String = col(&r, "value")?;
+                hex::decode(text).map_err(|e| {
+                    StoreError::corrupt(format!("instance_state {SETUP_TOKEN_SEALED_KEY}"), e)
+                })
+            })
+            .transpose()?;
+        Ok(Some(SetupTokenRecord { hash_hex, sealed }))
+    }
+
+    /// Records a setup token unless one is outstanding already; returns whether this one is
+    /// now the outstanding token (false: another instance got there first).
+    pub async fn claim_setup_token(
+        &self,
+        hash_hex: &str,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO instance_state (key, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
         )
         .bind(SETUP_TOKEN_KEY)
         .bind(hash_hex)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        if claimed.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        put_sealed_setup_token(&mut tx, sealed).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replaces the outstanding setup token, but only if it is still `expected_hash_hex` (a
+    /// token from before tokens were kept sealed, whose value no instance can print any more);
+    /// returns whether it was replaced.
+    pub async fn replace_setup_token(
+        &self,
+        expected_hash_hex: &str,
+        hash_hex: &str,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let replaced = sqlx::query(
+            "UPDATE instance_state SET value = $1, updated_at = $2 WHERE key = $3 AND value = $4",
+        )
+        .bind(hash_hex)
+        .bind(now_ms())
+        .bind(SETUP_TOKEN_KEY)
+        .bind(expected_hash_hex)
+        .execute(&mut *tx)
+        .await?;
+        if replaced.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        put_sealed_setup_token(&mut tx, sealed).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Registers the first owner: burns the setup token, creates the user and a `default`
@@ -169,6 +242,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
+        sqlx::query("DELETE FROM instance_state WHERE key = $1")
+            .bind(SETUP_TOKEN_SEALED_KEY)
+            .execute(&mut *tx)
+            .await?;
         let existing = sqlx::query("SELECT COUNT(*) AS n FROM users")
             .fetch_one(&mut *tx)
             .await?;
@@ -214,4 +291,20 @@ impl Store {
         tx.commit().await?;
         Ok(Some(()))
     }
+}
+
+async fn put_sealed_setup_token(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO instance_state (key, value, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .bind(SETUP_TOKEN_SEALED_KEY)
+    .bind(hex::encode(sealed))
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

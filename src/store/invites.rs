@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use super::authority::invite_fields;
-use super::{PrincipalKind, Store, StoreError, col, parsed};
+use super::{PrincipalKind, Store, StoreError, col, hash_col, parsed};
 use crate::crypto::TokenHash;
 use crate::domain::{Email, InstanceRole, VaultRole, now_ms};
 use crate::keys::AuthorityRow;
@@ -64,12 +64,11 @@ impl InviteRecord {
         )?;
         Ok(Self {
             id,
-            token_hash: TokenHash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Corrupt("invite hash length".into()))?,
-            email: Email::parse(email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            token_hash: hash_col(row, "token_hash")?,
+            email: Email::parse(email).map_err(|e| StoreError::corrupt("column email", e))?,
             role: parsed(row, "role")?,
             vault_grants: serde_json::from_str(&grants)
-                .map_err(|e| StoreError::Corrupt(format!("invite grants: {e}")))?,
+                .map_err(|e| StoreError::corrupt("column vault_grants", e))?,
             created_by,
             expires_at,
             accepted_at: col(row, "accepted_at")?,
@@ -98,7 +97,7 @@ impl Store {
     pub async fn create_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
         let macs = self.macs()?;
         let grants = serde_json::to_string(&invite.vault_grants)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map_err(|e| StoreError::corrupt("column vault_grants", e))?;
         let mac = macs.mac(
             AuthorityRow::Invite,
             &invite_fields(
@@ -158,14 +157,12 @@ impl Store {
 
     /// Revokes a pending invitation. Returns whether one was revoked.
     pub async fn revoke_invite(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND accepted_at IS NULL",
         )
         .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(id);
+        self.changed(statement).await
     }
 
     /// Accepts an invitation: marks it used and creates the user with its grants, atomically.

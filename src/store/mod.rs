@@ -27,20 +27,24 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use agents::AgentRecord;
 pub use audit::{AuditEvent, AuditRecord};
 pub use credentials::{CredentialRecord, CredentialWrite};
-pub use grants::{GrantChange, MemberRecord, PrincipalKind};
+pub use grants::{GrantChange, MemberRecord};
 pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 
 pub use proposals::{
-    ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalStatus, ProposalValueRecord,
+    ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalValueRecord,
 };
 pub use request_logs::{
     REQUEST_LOG_ROWS_PER_STATEMENT, RequestLogFilter, RequestLogRecord, RequestLogRow,
 };
 pub use services::ServiceRow;
-pub use tokens::{TokenRecord, TokenStoreKind};
+pub use tokens::TokenRecord;
 pub use users::UserRecord;
 pub use vaults::VaultRecord;
+
+// Row kinds are domain facts; they are re-exported here for the callers that name them beside
+// the records that carry them.
+pub use crate::domain::{PrincipalKind, ProposalStatus, TokenStoreKind};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -67,11 +71,19 @@ pub enum StoreError {
     #[error("{0}")]
     LimitReached(String),
     /// A stored row could not be interpreted.
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    #[error("stored data is corrupt: {what}: {source}")]
+    Corrupt {
+        /// The column or field at fault.
+        what: String,
+        /// Why it could not be read (a decode error, a refused domain value, a wrong length).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Sealing a value, or drawing a random id, failed while preparing a write.
+    #[error("cannot prepare the write: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -89,6 +101,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A `Corrupt` error for `what` (a column or field), keeping the cause.
+    pub(crate) fn corrupt(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Corrupt {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     /// Maps a unique-constraint violation to `Conflict(what)`, on either backend.
     pub(crate) fn unique(err: sqlx::Error, what: &'static str) -> Self {
         match &err {
@@ -214,6 +237,28 @@ impl Store {
         Ok(tx)
     }
 
+    /// Runs one statement on the pool; whether it changed any row.
+    async fn changed(
+        &self,
+        statement: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<bool, StoreError> {
+        Ok(statement.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    /// The one row `sql` selects with `key` bound to `$1`, if there is one, read by `read`.
+    async fn row_by<T>(
+        &self,
+        sql: impl sqlx::SqlSafeStr,
+        key: &str,
+        read: impl FnOnce(&sqlx::any::AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(read).transpose()
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -272,7 +317,21 @@ where
 {
     use sqlx::Row;
     row.try_get(name)
-        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("column {name}"), e))
+}
+
+/// Reads a keyed-hash column (a token's or approval link's HMAC).
+pub(crate) fn hash_col(
+    row: &sqlx::any::AnyRow,
+    name: &str,
+) -> Result<crate::crypto::TokenHash, StoreError> {
+    let bytes: Vec<u8> = col(row, name)?;
+    crate::crypto::TokenHash::from_slice(&bytes).ok_or_else(|| {
+        StoreError::corrupt(
+            format!("column {name}"),
+            format!("{} bytes where a hash has 32", bytes.len()),
+        )
+    })
 }
 
 /// Parses a stored text column into a domain type.
@@ -281,9 +340,25 @@ pub(crate) fn parsed<T: std::str::FromStr>(
     name: &str,
 ) -> Result<T, StoreError>
 where
-    T::Err: std::fmt::Display,
+    T::Err: std::error::Error + Send + Sync + 'static,
 {
     let text: String = col(row, name)?;
     text.parse()
-        .map_err(|e: T::Err| StoreError::Corrupt(format!("column {name}: {e}")))
+        .map_err(|e: T::Err| StoreError::corrupt(format!("column {name}"), e))
+}
+
+/// Parses a stored nullable text column into a domain type.
+pub(crate) fn parsed_opt<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    name: &str,
+) -> Result<Option<T>, StoreError>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: T::Err| StoreError::corrupt(format!("column {name}"), e))
+    })
+    .transpose()
 }

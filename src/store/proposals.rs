@@ -8,48 +8,9 @@ use super::credentials::{
     write_credentials,
 };
 use super::services::replace_services_in;
-use super::{Backend, ServiceRow, Store, StoreError, col};
+use super::{Backend, ServiceRow, Store, StoreError, col, hash_col, parsed};
 use crate::crypto::{CryptoError, TokenHash};
-use crate::domain::{CredentialKey, now_ms};
-
-/// Where a proposal stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProposalStatus {
-    /// Waiting for a human.
-    Pending,
-    /// Approved and applied.
-    Applied,
-    /// Rejected by a human.
-    Rejected,
-    /// Nobody decided in time.
-    Expired,
-}
-
-impl ProposalStatus {
-    /// The stored text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Applied => "applied",
-            Self::Rejected => "rejected",
-            Self::Expired => "expired",
-        }
-    }
-}
-
-impl std::str::FromStr for ProposalStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Self::Pending),
-            "applied" => Ok(Self::Applied),
-            "rejected" => Ok(Self::Rejected),
-            "expired" => Ok(Self::Expired),
-            other => Err(format!("unknown proposal status {other:?}")),
-        }
-    }
-}
+use crate::domain::{Actor, CredentialKey, ProposalStatus, now_ms};
 
 /// A stored proposal. `content` is the validated JSON; values live in `proposal_values`.
 #[derive(Clone, Debug)]
@@ -62,10 +23,8 @@ pub struct ProposalRecord {
     pub seq: i64,
     /// Status, with expiry applied at read time.
     pub status: ProposalStatus,
-    /// `agent` or `scoped` or `user`.
-    pub created_by_kind: String,
-    /// The creator's id (an agent id or a token id; never a raw token).
-    pub created_by_id: String,
+    /// Who raised it (an agent, a user, or a scoped token by its id; never a raw token).
+    pub created_by: Actor,
     /// The id of the token that created it (for status polling by its creator).
     pub creator_token_id: Option<String>,
     /// The message for the human.
@@ -107,27 +66,26 @@ impl std::fmt::Debug for ProposalValueRecord {
 
 impl ProposalRecord {
     fn from_row(row: &AnyRow, now: i64) -> Result<Self, StoreError> {
-        let status: String = col(row, "status")?;
-        let mut status: ProposalStatus = status.parse().map_err(StoreError::Corrupt)?;
+        let mut status: ProposalStatus = parsed(row, "status")?;
         let expires_at: i64 = col(row, "expires_at")?;
         if status == ProposalStatus::Pending && expires_at <= now {
             // Expiry holds on every read, whether or not the sweep has run yet.
             status = ProposalStatus::Expired;
         }
-        let hash: Vec<u8> = col(row, "approval_token_hash")?;
+        let kind: String = col(row, "created_by_kind")?;
+        let created_by = Actor::from_stored(&kind, col::<String>(row, "created_by_id")?)
+            .map_err(|e| StoreError::corrupt("column created_by_kind", e))?;
         Ok(Self {
             id: col(row, "id")?,
             vault_id: col(row, "vault_id")?,
             seq: col(row, "seq")?,
             status,
-            created_by_kind: col(row, "created_by_kind")?,
-            created_by_id: col(row, "created_by_id")?,
+            created_by,
             creator_token_id: col(row, "creator_token_id")?,
             message: col(row, "message")?,
             content: col(row, "content")?,
             content_hash: col(row, "content_hash")?,
-            approval_token_hash: TokenHash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Corrupt("approval hash length".into()))?,
+            approval_token_hash: hash_col(row, "approval_token_hash")?,
             expires_at,
             reviewed_by: col(row, "reviewed_by")?,
             reviewed_at: col(row, "reviewed_at")?,
@@ -210,8 +168,8 @@ impl Store {
             .bind(&record.id)
             .bind(&record.vault_id)
             .bind(seq)
-            .bind(&record.created_by_kind)
-            .bind(&record.created_by_id)
+            .bind(record.created_by.as_str())
+            .bind(record.created_by.id())
             .bind(record.creator_token_id.as_deref())
             .bind(&record.message)
             .bind(&record.content)
@@ -245,15 +203,11 @@ impl Store {
 
     /// A proposal by id.
     pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM proposals WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref()
-            .map(|r| ProposalRecord::from_row(r, now_ms()))
-            .transpose()
+        let sql = format!("SELECT {COLUMNS} FROM proposals WHERE id = $1");
+        self.row_by(sqlx::AssertSqlSafe(sql), id, |r| {
+            ProposalRecord::from_row(r, now_ms())
+        })
+        .await
     }
 
     /// A proposal by its per-vault number.
@@ -310,7 +264,7 @@ impl Store {
                 let key: String = col(r, "key")?;
                 Ok(ProposalValueRecord {
                     key: CredentialKey::parse(key)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        .map_err(|e| StoreError::corrupt("column key", e))?,
                     sealed_value: col(r, "sealed_value")?,
                 })
             })
@@ -386,7 +340,7 @@ impl Store {
                 .iter()
                 .map(|r| {
                     let k: String = col(r, "key")?;
-                    CredentialKey::parse(k).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    CredentialKey::parse(k).map_err(|e| StoreError::corrupt("column key", e))
                 })
                 .collect::<Result<_, _>>()?;
         if !still_current(&rows, &keys) {

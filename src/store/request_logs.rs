@@ -138,9 +138,9 @@ impl Store {
             for r in chunk {
                 query = query
                     .bind(r.vault_id.as_str())
-                    .bind(r.actor_kind)
-                    .bind(r.actor_id.as_str())
-                    .bind(r.kind)
+                    .bind(r.actor.as_str())
+                    .bind(r.actor.id())
+                    .bind(r.kind.as_str())
                     .bind(r.method.as_str())
                     .bind(r.host.as_str())
                     .bind(r.path.as_str())

@@ -60,16 +60,16 @@ pub(super) async fn lock_vault(
     Ok(())
 }
 
-/// A vault's service rows in declaration order, read inside a transaction.
-pub(super) async fn services_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+/// A vault's service rows in declaration order, on the pool or inside a transaction.
+async fn select_services<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     vault_id: &str,
 ) -> Result<Vec<ServiceRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT name, position, spec, mac FROM services WHERE vault_id = $1 ORDER BY position, name",
     )
     .bind(vault_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(executor)
     .await?;
     rows.iter()
         .map(|r| {
@@ -81,6 +81,14 @@ pub(super) async fn services_in(
             })
         })
         .collect()
+}
+
+/// A vault's service rows in declaration order, read inside a transaction.
+pub(super) async fn services_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vault_id: &str,
+) -> Result<Vec<ServiceRow>, StoreError> {
+    select_services(&mut **tx, vault_id).await
 }
 
 impl Store {
@@ -125,29 +133,16 @@ impl Store {
 
     /// Removes a service by name. Returns whether it existed.
     pub async fn delete_service(&self, vault_id: &str, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM services WHERE vault_id = $1 AND name = $2")
-            .bind(vault_id)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.changed(
+            sqlx::query("DELETE FROM services WHERE vault_id = $1 AND name = $2")
+                .bind(vault_id)
+                .bind(name),
+        )
+        .await
     }
 
     /// A vault's services in declaration order.
     pub async fn list_services(&self, vault_id: &str) -> Result<Vec<ServiceRow>, StoreError> {
-        let rows = sqlx::query("SELECT name, position, spec, mac FROM services WHERE vault_id = $1 ORDER BY position, name")
-            .bind(vault_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ServiceRow {
-                    name: col(r, "name")?,
-                    position: col(r, "position")?,
-                    spec: col(r, "spec")?,
-                    mac: col(r, "mac")?,
-                })
-            })
-            .collect()
+        select_services(&self.pool, vault_id).await
     }
 }

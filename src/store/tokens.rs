@@ -4,44 +4,10 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
 use super::authority::token_fields;
-use super::{Store, StoreError, col};
+use super::{Store, StoreError, col, hash_col, parsed, parsed_opt};
 use crate::crypto::TokenHash;
-use crate::domain::{VaultRole, now_ms};
+use crate::domain::{TokenStoreKind, VaultRole, now_ms};
 use crate::keys::{AuthorityMacs, AuthorityRow};
-
-/// What a stored token is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenStoreKind {
-    /// A human login session for the CLI and the admin API.
-    Session,
-    /// A human's browser session (the web pages' cookie only).
-    Web,
-    /// An agent's token.
-    Agent,
-    /// A short-lived proxy token bound to one vault.
-    Scoped,
-}
-
-impl TokenStoreKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Session => "session",
-            Self::Web => "web",
-            Self::Agent => "agent",
-            Self::Scoped => "scoped",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "session" => Ok(Self::Session),
-            "web" => Ok(Self::Web),
-            "agent" => Ok(Self::Agent),
-            "scoped" => Ok(Self::Scoped),
-            other => Err(StoreError::Corrupt(format!("unknown token kind {other:?}"))),
-        }
-    }
-}
 
 /// A stored token (never the raw value).
 #[derive(Clone, Debug)]
@@ -72,23 +38,14 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
-        let hash: Vec<u8> = col(row, "hash")?;
-        let role: Option<String> = col(row, "vault_role")?;
-        let kind: String = col(row, "kind")?;
         Ok(Self {
             id: col(row, "id")?,
-            hash: TokenHash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
-            kind: TokenStoreKind::parse(&kind)?,
+            hash: hash_col(row, "hash")?,
+            kind: parsed(row, "kind")?,
             user_id: col(row, "user_id")?,
             agent_id: col(row, "agent_id")?,
             vault_id: col(row, "vault_id")?,
-            vault_role: role
-                .map(|r| {
-                    r.parse()
-                        .map_err(|e: crate::domain::DomainError| StoreError::Corrupt(e.to_string()))
-                })
-                .transpose()?,
+            vault_role: parsed_opt(row, "vault_role")?,
             label: col(row, "label")?,
             expires_at: col(row, "expires_at")?,
             revoked_at: col(row, "revoked_at")?,
@@ -200,16 +157,9 @@ impl Store {
 
     /// Finds a token by its public id (absent when its MAC fails).
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => self.verified_token(&row),
-            None => Ok(None),
-        }
+        let sql = "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1";
+        let token = self.row_by(sql, id, |r| self.verified_token(r));
+        Ok(token.await?.flatten())
     }
 
     /// Revokes one token, and for an agent token the scoped tokens the agent minted. Returns
@@ -217,15 +167,13 @@ impl Store {
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         // An agent's scoped tokens go with its agent token: an agent holds one agent token at a
         // time (rotation revokes the old one and its scoped tokens), so they are this token's.
-        let done = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND (id = $2 \
              OR (kind = 'scoped' AND agent_id = (SELECT agent_id FROM tokens WHERE id = $2 AND kind = 'agent')))",
         )
         .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(id);
+        self.changed(statement).await
     }
 
     /// Revokes every live token of an agent, including scoped tokens it minted.

@@ -51,7 +51,7 @@ impl UserRecord {
         )?;
         Ok(Self {
             id,
-            email: Email::parse(email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            email: Email::parse(email).map_err(|e| StoreError::corrupt("column email", e))?,
             password_hash,
             role: parsed(row, "role")?,
             created_at: col(row, "created_at")?,
@@ -92,32 +92,17 @@ impl Store {
     /// Looks a user up by email. A row that fails its MAC is treated as absent (it cannot log
     /// in, and no token of it resolves).
     pub async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, email, password_hash, role, created_at, mac FROM users WHERE email = $1",
-        )
-        .bind(email.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .as_ref()
-            .map(|r| UserRecord::from_row(self, r))
-            .transpose()?
-            .filter(|u| u.integrity_ok))
+        let sql =
+            "SELECT id, email, password_hash, role, created_at, mac FROM users WHERE email = $1";
+        let user = self.row_by(sql, email.as_str(), |r| UserRecord::from_row(self, r));
+        Ok(user.await?.filter(|u| u.integrity_ok))
     }
 
     /// Looks a user up by id; a row that fails its MAC is treated as absent.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, email, password_hash, role, created_at, mac FROM users WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .as_ref()
-            .map(|r| UserRecord::from_row(self, r))
-            .transpose()?
-            .filter(|u| u.integrity_ok))
+        let sql = "SELECT id, email, password_hash, role, created_at, mac FROM users WHERE id = $1";
+        let user = self.row_by(sql, id, |r| UserRecord::from_row(self, r));
+        Ok(user.await?.filter(|u| u.integrity_ok))
     }
 
     /// Every user, by email, including rows that fail their MAC (flagged).

@@ -40,7 +40,7 @@ impl Store {
         name: &VaultName,
         creator: Option<(PrincipalKind, &str)>,
     ) -> Result<VaultRecord, StoreError> {
-        let id = random_id().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = random_id()?;
         let now = now_ms();
         let macs = match creator {
             Some(_) => Some(self.macs()?),
@@ -98,11 +98,8 @@ impl Store {
 
     /// Deletes a vault and, by cascade, everything in it. Returns whether it existed.
     pub async fn delete_vault(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM vaults WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.changed(sqlx::query("DELETE FROM vaults WHERE id = $1").bind(id))
+            .await
     }
 
     /// Sets the unmatched-host policy.

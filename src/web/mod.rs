@@ -195,7 +195,7 @@ mod tests {
 
     use super::*;
     use crate::crypto::TokenHash;
-    use crate::domain::{UnmatchedHostPolicy, VaultName};
+    use crate::domain::{Actor, UnmatchedHostPolicy, VaultName};
     use crate::store::{ProposalRecord, ProposalStatus, VaultRecord};
 
     /// A vault named `props`, for page rendering tests.
@@ -216,8 +216,7 @@ mod tests {
             vault_id: "v1".into(),
             seq: 7,
             status: ProposalStatus::Pending,
-            created_by_kind: "agent".into(),
-            created_by_id: "a1".into(),
+            created_by: Actor::Agent("a1".into()),
             creator_token_id: None,
             message: message.into(),
             content: serde_json::json!({ "message": message, "services": [], "credentials": [] })

@@ -706,11 +706,9 @@ async fn proxy_role_tokens_reach_only_discover_and_proposals() {
         ("DELETE", format!("/v1/tokens/{scoped_id}"), None),
     ];
     let (status, _) = app
-        .call_with(
-            Some(&scoped),
-            "POST",
-            "/v1/proposals",
-            Some(json!({ "credentials": [{ "action": "set", "key": "NEW" }] })),
+        .propose(
+            &scoped,
+            json!({ "credentials": [{ "action": "set", "key": "NEW" }] }),
         )
         .await;
     assert_eq!(status, 201);

@@ -44,6 +44,20 @@ fn status(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `GET target` on a connection intercepted for `host`, with that `Host`; the raw answer.
+async fn raw_get(app: &TestApp, token: &str, vault: &str, host: &str, target: &str) -> String {
+    let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    app.raw_request(token, vault, host, &head).await
+}
+
+/// The upstream's last request carried the credential as its bearer token.
+fn last_request_carried_the_credential(app: &TestApp) {
+    assert_eq!(
+        app.upstream.last().header("authorization"),
+        Some(format!("Bearer {SECRET}"))
+    );
+}
+
 fn no_credential_reached_the_upstream(app: &TestApp, since: usize) {
     for r in &app.upstream.requests()[since..] {
         let dump = format!("{r:?}");
@@ -343,49 +357,28 @@ async fn exfil_path_tricks_against_scoped_services() {
         "/v1/%5c..%5cadmin",
         "/v1/x%00/admin",
     ] {
-        let out = app
-            .raw_request(
-                &token,
-                "exfil-path",
-                "scoped.example.test",
-                &format!(
-                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
-                ),
-            )
-            .await;
+        let out = raw_get(&app, &token, "exfil-path", "scoped.example.test", path).await;
         assert_eq!(status(&out), 400, "{path}: {out}");
         assert!(out.contains("ambiguous_path"), "{path}: {out}");
     }
     // A raw backslash does not even parse as a request target.
-    let out = app
-        .raw_request(
-            &token,
-            "exfil-path",
-            "scoped.example.test",
-            "GET /v1\\..\\admin HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+    let out = raw_get(
+        &app,
+        &token,
+        "exfil-path",
+        "scoped.example.test",
+        "/v1\\..\\admin",
+    )
+    .await;
     assert_eq!(status(&out), 400, "{out}");
     assert_eq!(app.upstream.count(), before, "nothing was forwarded");
     // What is matched is what is forwarded.
     for path in ["/v1/charges?x=%2e%2e&y=/..", "/v1/a%20b/c", "/v1//double"] {
-        let out = app
-            .raw_request(
-                &token,
-                "exfil-path",
-                "scoped.example.test",
-                &format!(
-                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
-                ),
-            )
-            .await;
+        let out = raw_get(&app, &token, "exfil-path", "scoped.example.test", path).await;
         assert_eq!(status(&out), 200, "{path}: {out}");
         let seen = app.upstream.last();
         assert_eq!(seen.path_and_query, path, "forwarded bytes differ");
-        assert_eq!(
-            seen.header("authorization"),
-            Some(format!("Bearer {SECRET}"))
-        );
+        last_request_carried_the_credential(&app);
     }
 }
 
@@ -411,35 +404,30 @@ async fn exfil_unicode_dot_lookalikes_and_percent_u_against_scoped_services() {
         "/v1/%U002E%U002E/admin",
         "/v1%u2215admin",
     ] {
-        let out = app
-            .raw_request(
-                &token,
-                "exfil-lookalike-path",
-                "scoped.example.test",
-                &format!(
-                    "GET {path} HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n"
-                ),
-            )
-            .await;
+        let out = raw_get(
+            &app,
+            &token,
+            "exfil-lookalike-path",
+            "scoped.example.test",
+            path,
+        )
+        .await;
         assert_eq!(status(&out), 400, "{path}: {out}");
         assert!(out.contains("ambiguous_path"), "{path}: {out}");
     }
     assert_eq!(app.upstream.count(), before, "nothing was forwarded");
     no_credential_reached_the_upstream(&app, 0);
     // Ordinary non-ASCII text in a path still goes through with the credential.
-    let out = app
-        .raw_request(
-            &token,
-            "exfil-lookalike-path",
-            "scoped.example.test",
-            "GET /v1/caf%C3%A9 HTTP/1.1\r\nHost: scoped.example.test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+    let out = raw_get(
+        &app,
+        &token,
+        "exfil-lookalike-path",
+        "scoped.example.test",
+        "/v1/caf%C3%A9",
+    )
+    .await;
     assert_eq!(status(&out), 200, "{out}");
-    assert_eq!(
-        app.upstream.last().header("authorization"),
-        Some(format!("Bearer {SECRET}"))
-    );
+    last_request_carried_the_credential(&app);
 }
 
 /// Non-standard methods (`TRACK`, `DEBUG`, lower-case `trace`, which RFC 9110 makes a different
@@ -491,10 +479,7 @@ async fn exfil_nonstandard_methods_to_any_method_services() {
         assert_eq!(status(&out), 200, "{host} {method}: {out}");
         let seen = app.upstream.last();
         assert_eq!(seen.method, method);
-        assert_eq!(
-            seen.header("authorization"),
-            Some(format!("Bearer {SECRET}"))
-        );
+        last_request_carried_the_credential(&app);
     }
 }
 
@@ -720,11 +705,9 @@ async fn exfil_substitution_into_echoed_headers_cannot_be_declared() {
         let mut proposed = service(places);
         proposed["action"] = json!("set");
         let (status, body) = app
-            .call_with(
-                Some(&token),
-                "POST",
-                "/v1/proposals",
-                Some(json!({ "message": "notes", "services": [proposed] })),
+            .propose(
+                &token,
+                json!({ "message": "notes", "services": [proposed] }),
             )
             .await;
         assert_eq!(status, 400, "proposal with {header}: {body}");
@@ -1011,8 +994,5 @@ async fn exfil_method_override_to_nonstandard_methods_on_any_method_services() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        app.upstream.last().header("authorization"),
-        Some(format!("Bearer {SECRET}"))
-    );
+    last_request_carried_the_credential(&app);
 }

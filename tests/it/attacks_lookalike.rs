@@ -24,18 +24,12 @@ async fn setup(app: &TestApp, vault: &str) -> String {
 
 /// The agent's proposal: a new service sending the existing STRIPE_KEY to `host`.
 async fn propose_rebind(app: &TestApp, token: &str, vault: &str, host: &str) -> Value {
-    let (status, created) = app
-        .call_with(
-            Some(token),
-            "POST",
-            "/v1/proposals",
-            Some(json!({
-                "vault": vault,
-                "message": "stripe moved its API, please update",
-                "services": [{ "action": "set", "name": "stripe-v2", "host": host, "auth": { "type": "bearer", "token": "STRIPE_KEY" } }]
-            })),
-        )
-        .await;
+    let proposal = json!({
+        "vault": vault,
+        "message": "stripe moved its API, please update",
+        "services": [{ "action": "set", "name": "stripe-v2", "host": host, "auth": { "type": "bearer", "token": "STRIPE_KEY" } }]
+    });
+    let (status, created) = app.propose(token, proposal).await;
     assert_eq!(status, 201, "{created}");
     created
 }
@@ -173,17 +167,11 @@ async fn lookalike_skeleton_of_an_existing_binding_is_high_risk() {
         .await;
     assert_eq!(done["status"], "applied");
     // An ordinary new host raises no such risk and needs no acknowledgement.
-    let (status, _) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(json!({
-                "vault": "look-skel",
-                "services": [{ "action": "set", "name": "github", "host": "api.github.com", "auth": { "type": "passthrough" } }]
-            })),
-        )
-        .await;
+    let proposal = json!({
+        "vault": "look-skel",
+        "services": [{ "action": "set", "name": "github", "host": "api.github.com", "auth": { "type": "passthrough" } }]
+    });
+    let (status, _) = app.propose(&token, proposal).await;
     assert_eq!(status, 201);
     let plain = app
         .ok("GET", "/v1/vaults/look-skel/proposals/2", None)
@@ -339,17 +327,11 @@ async fn lookalike_wildcard_under_a_tunnel_sharing_domain_is_refused() {
             .await;
         assert_eq!(status, 400, "{host}: {resp}");
         assert!(resp.to_string().contains("shared"), "{host}: {resp}");
-        let (status, resp) = app
-            .call_with(
-                Some(&token),
-                "POST",
-                "/v1/proposals",
-                Some(json!({
-                    "vault": "look-tunnel",
-                    "services": [{ "action": "set", "name": "tunnel", "host": host, "auth": { "type": "bearer", "token": "STRIPE_KEY" } }]
-                })),
-            )
-            .await;
+        let proposal = json!({
+            "vault": "look-tunnel",
+            "services": [{ "action": "set", "name": "tunnel", "host": host, "auth": { "type": "bearer", "token": "STRIPE_KEY" } }]
+        });
+        let (status, resp) = app.propose(&token, proposal).await;
         assert_eq!(status, 400, "{host}: {resp}");
         assert!(resp.to_string().contains("shared"), "{host}: {resp}");
     }
@@ -358,17 +340,11 @@ async fn lookalike_wildcard_under_a_tunnel_sharing_domain_is_refused() {
         vec!["api.stripe.com"]
     );
     // One named tunnel host is fine: the approver sees exactly which one.
-    let (status, resp) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(json!({
-                "vault": "look-tunnel",
-                "services": [{ "action": "set", "name": "tunnel", "host": "my-app.loca.lt", "auth": { "type": "passthrough" } }]
-            })),
-        )
-        .await;
+    let proposal = json!({
+        "vault": "look-tunnel",
+        "services": [{ "action": "set", "name": "tunnel", "host": "my-app.loca.lt", "auth": { "type": "passthrough" } }]
+    });
+    let (status, resp) = app.propose(&token, proposal).await;
     assert_eq!(status, 201, "{resp}");
 }
 

@@ -467,14 +467,7 @@ async fn resources_twenty_thousand_credentials_in_one_request_are_refused() {
     assert_eq!(held().await, 150);
 
     // An approved proposal cannot carry the vault past its cap either.
-    let (status, created) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(json!({ "message": "one more", "credentials": [{ "action": "set", "key": "ONE_MORE", "value": "agent-value" }] })),
-        )
-        .await;
+    let (status, created) = app.propose(&token, json!({ "message": "one more", "credentials": [{ "action": "set", "key": "ONE_MORE", "value": "agent-value" }] })).await;
     assert_eq!(status, 201, "{created}");
     let base = format!("/v1/vaults/many/proposals/{}", created["number"]);
     let shown = app.ok("GET", &base, None).await;
@@ -877,17 +870,11 @@ async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
     })
     .await;
     let token = app.stripe_vault("flooded", "sk_flooded_value").await;
-    let (status, created) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(serde_json::json!({
-                "vault": "flooded",
-                "services": [{ "action": "set", "name": "gh", "host": "api.github.com", "auth": { "type": "passthrough" } }]
-            })),
-        )
-        .await;
+    let proposal = serde_json::json!({
+        "vault": "flooded",
+        "services": [{ "action": "set", "name": "gh", "host": "api.github.com", "auth": { "type": "passthrough" } }]
+    });
+    let (status, created) = app.propose(&token, proposal).await;
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap().to_owned();
     let page_url = url.split('?').next().unwrap().to_owned();

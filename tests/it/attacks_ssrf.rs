@@ -35,6 +35,20 @@ impl ScriptedDns {
     fn calls(&self, host: &str) -> usize {
         self.calls.lock().unwrap().get(host).copied().unwrap_or(0)
     }
+
+    /// Makes this the proxy's resolver.
+    fn install(&self, app: &TestApp) {
+        app.proxy_state
+            .upstream
+            .resolver
+            .set_lookup(Some(Arc::new(self.clone())));
+    }
+}
+
+/// The `Proxy-Authorization` of a proxy token for the default vault.
+async fn default_vault_auth(app: &TestApp) -> String {
+    let (token, _) = app.proxy_token("default").await;
+    basic(&token, "default")
 }
 
 impl Lookup for ScriptedDns {
@@ -128,8 +142,7 @@ async fn ssrf_blocked_address_classes_in_every_spelling() {
         ..Default::default()
     })
     .await;
-    let (token, _) = app.proxy_token("default").await;
-    let auth = basic(&token, "default");
+    let auth = default_vault_auth(&app).await;
     let private = [
         "127.0.0.1:443",
         "127.255.255.254:443",
@@ -198,8 +211,7 @@ async fn ssrf_metadata_stays_blocked_when_every_range_is_allowlisted() {
         metadata_names(c);
     })
     .await;
-    let (token, _) = app.proxy_token("default").await;
-    let auth = basic(&token, "default");
+    let auth = default_vault_auth(&app).await;
     for target in METADATA {
         let (code, head) = connect_status(&app, &auth, target).await;
         assert_eq!(code, 403, "{target}: {head}");
@@ -225,12 +237,8 @@ async fn ssrf_own_listeners_are_never_dialed() {
     let admin_port: u16 = app.admin.rsplit(':').next().unwrap().parse().unwrap();
     let proxy_port = app.proxy.port();
     let dns = ScriptedDns::new(move |_, _| vec![SocketAddr::from(([127, 0, 0, 1], admin_port))]);
-    app.proxy_state
-        .upstream
-        .resolver
-        .set_lookup(Some(Arc::new(dns)));
-    let (token, _) = app.proxy_token("default").await;
-    let auth = basic(&token, "default");
+    dns.install(&app);
+    let auth = default_vault_auth(&app).await;
     for target in [
         format!("127.0.0.1:{proxy_port}"),
         format!("127.0.0.2:{proxy_port}"),
@@ -272,12 +280,8 @@ async fn ssrf_mixed_dns_answers_are_refused() {
         "mixed-v6.attack.test" => vec![up, sa(&format!("[fd00:ec2::254]:{}", up.port()))],
         _ => vec![],
     });
-    app.proxy_state
-        .upstream
-        .resolver
-        .set_lookup(Some(Arc::new(dns)));
-    let (token, _) = app.proxy_token("default").await;
-    let auth = basic(&token, "default");
+    dns.install(&app);
+    let auth = default_vault_auth(&app).await;
     let port = up.port();
     let (code, head) = connect_status(&app, &auth, &format!("good.attack.test:{port}")).await;
     assert_eq!(code, 200, "the allowlisted answer alone is fine: {head}");
@@ -301,10 +305,7 @@ async fn ssrf_rebinding_between_check_and_dial() {
     let meta = SocketAddr::new([169, 254, 169, 254].into(), 443);
     // Even calls answer with the metadata address, odd calls with the (allowlisted) upstream.
     let dns = ScriptedDns::new(move |_, n| vec![if n % 2 == 0 { meta } else { up }]);
-    app.proxy_state
-        .upstream
-        .resolver
-        .set_lookup(Some(Arc::new(dns.clone())));
+    dns.install(&app);
     let token = app.stripe_vault("rebind", "sk_rebind_value").await;
     let agent = app.agent(&token, "rebind").await;
     let resp = fetch(agent.get("https://api.example.test/one")).await;
@@ -323,8 +324,7 @@ async fn ssrf_rebinding_between_check_and_dial() {
     assert_eq!(resp.status(), 200);
     assert_eq!(dns.calls("api.example.test"), 2);
     // Spliced tunnels: one lookup per CONNECT, dialing what was checked.
-    let (token, _) = app.proxy_token("default").await;
-    let auth = basic(&token, "default");
+    let auth = default_vault_auth(&app).await;
     let target = format!("rebind.attack.test:{}", up.port());
     for (i, want) in [403u16, 200, 403, 200].into_iter().enumerate() {
         let (code, head) = connect_status(&app, &auth, &target).await;

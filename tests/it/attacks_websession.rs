@@ -139,14 +139,7 @@ async fn agent_obtain_links_are_not_clickable() {
     let app = spawn_app().await;
     let token = app.stripe_vault("links", SECRET).await;
     let obtain = "https://github.com/settings/tokens?scopes=repo&note=\"x\"";
-    let (status, created) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(proposal_with_obtain(obtain)),
-        )
-        .await;
+    let (status, created) = app.propose(&token, proposal_with_obtain(obtain)).await;
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap();
     let html = fetch(web::client().get(url)).await.text().await.unwrap();
@@ -213,14 +206,7 @@ async fn obtain_urls_to_loopback_private_or_plain_http_are_refused() {
         "ftp://github.com/".to_owned(),
     ];
     for obtain in &refused {
-        let (status, body) = app
-            .call_with(
-                Some(&token),
-                "POST",
-                "/v1/proposals",
-                Some(proposal_with_obtain(obtain)),
-            )
-            .await;
+        let (status, body) = app.propose(&token, proposal_with_obtain(obtain)).await;
         assert_eq!(status, 400, "{obtain}: {body}");
         assert_eq!(body["error"], "invalid_proposal", "{obtain}: {body}");
         let message = body["message"].as_str().unwrap();
@@ -231,11 +217,9 @@ async fn obtain_urls_to_loopback_private_or_plain_http_are_refused() {
     }
     // Nothing was stored for any of them; a public https link still works.
     let (status, created) = app
-        .call_with(
-            Some(&token),
-            "POST",
-            "/v1/proposals",
-            Some(proposal_with_obtain("https://github.com/settings/tokens")),
+        .propose(
+            &token,
+            proposal_with_obtain("https://github.com/settings/tokens"),
         )
         .await;
     assert_eq!(status, 201, "{created}");

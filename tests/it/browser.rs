@@ -128,9 +128,7 @@ async fn login_on_page(c: &Client) {
 }
 
 async fn propose(app: &TestApp, token: &str, body: Value) -> Value {
-    let (status, created) = app
-        .call_with(Some(token), "POST", "/v1/proposals", Some(body))
-        .await;
+    let (status, created) = app.propose(token, body).await;
     assert_eq!(status, 201, "{created}");
     created
 }

@@ -1,9 +1,14 @@
 //! The CLI binary against the real server, as a new user follows the README.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::support::{
-    MASTER_PASSWORD, TestDatabase, TestOptions, spawn_app_against, spawn_app_with, walk,
+    MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, TestApp, TestDatabase, TestOptions,
+    spawn_app_against, spawn_app_with, walk,
 };
 
 async fn readme_flow(postgres: Option<String>) {
@@ -128,6 +133,7 @@ async fn readme_flow(postgres: Option<String>) {
     assert!(agent_token.starts_with("av_agt_"));
 
     let ca_before = app.ca_pem().await;
+    let old_admin = app.admin.clone();
     let upstream = app.upstream.clone();
     let ca = app.upstream_ca.clone();
     let home = std::mem::replace(&mut app.home, tempfile::tempdir().unwrap());
@@ -148,9 +154,13 @@ async fn readme_flow(postgres: Option<String>) {
     assert_eq!(app.ca_pem().await, ca_before, "the CA survives restarts");
     app.home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(app.home.path().join(".agent-vault")).unwrap();
-    std::fs::copy(
-        home.path().join(".agent-vault/session.json"),
+    // The login is bound to the address that issued it; the restarted server is the same one on
+    // a new test port, so the saved login moves with it.
+    let saved = std::fs::read_to_string(home.path().join(".agent-vault/session.json")).unwrap();
+    assert!(saved.contains(&old_admin), "{saved}");
+    std::fs::write(
         app.home.path().join(".agent-vault/session.json"),
+        saved.replace(&old_admin, &app.admin),
     )
     .unwrap();
     let out = app
@@ -304,10 +314,198 @@ async fn exit_codes_and_one_line_errors() {
     assert_eq!(anon.code, 1);
     assert!(anon.stderr.contains("auth login"), "{anon:?}");
     let down = app
-        .cli(&["--address", "http://127.0.0.1:1", "vault", "list"], None)
+        .cli_env(
+            &["--address", "http://127.0.0.1:1", "vault", "list"],
+            None,
+            &[("AGENT_VAULT_TOKEN", "av_agt_some-agent-token")],
+        )
         .await;
     assert_eq!(down.code, 1);
     assert!(down.stderr.contains("cannot reach"), "{down:?}");
+    let elsewhere = app
+        .cli(&["--address", "http://127.0.0.1:1", "vault", "list"], None)
+        .await;
+    assert_eq!(elsewhere.code, 1);
+    assert_eq!(
+        elsewhere.stderr.trim(),
+        "error: no login for http://127.0.0.1:1; run agent-vault auth login --address http://127.0.0.1:1",
+        "{elsewhere:?}"
+    );
+}
+
+/// A TCP listener that records every byte it receives and answers each connection with an
+/// empty JSON 200, so a client that sent something would not notice.
+async fn recording_listener() -> (String, Arc<std::sync::Mutex<Vec<u8>>>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (record, count) = (seen.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await
+                {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                    )
+                    .await;
+            });
+        }
+    });
+    (address, seen, connections)
+}
+
+fn saved_logins(app: &TestApp) -> Value {
+    let path = app.home.path().join(".agent-vault/session.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_login_is_sent_only_to_the_address_that_issued_it() {
+    let app = crate::support::spawn_app().await;
+    app.cli_login().await;
+    let token = saved_logins(&app)["logins"][0]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (other, seen, connections) = recording_listener().await;
+    let refusal =
+        format!("error: no login for {other}; run agent-vault auth login --address {other}");
+    for args in [
+        &["vault", "list"][..],
+        &["auth", "whoami"],
+        &["vault", "credential", "get", "KEY", "--vault", "default"],
+        &["run", "--", "true"],
+    ] {
+        let mut with_flag = vec!["--address", other.as_str()];
+        with_flag.extend_from_slice(args);
+        let out = app.cli(&with_flag, None).await;
+        assert_eq!(
+            (out.code, out.stderr.trim()),
+            (1, refusal.as_str()),
+            "{args:?}"
+        );
+        let out = app
+            .cli_env(args, None, &[("AGENT_VAULT_ADDR", other.as_str())])
+            .await;
+        assert_eq!(
+            (out.code, out.stderr.trim()),
+            (1, refusal.as_str()),
+            "{args:?}"
+        );
+    }
+    let logout = app
+        .cli(&["--address", &other, "auth", "logout"], None)
+        .await;
+    assert_eq!(logout.code, 0, "{logout:?}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "nothing was sent to the other address: {:?}",
+        String::from_utf8_lossy(&seen.lock().unwrap())
+    );
+    assert!(!String::from_utf8_lossy(&seen.lock().unwrap()).contains(&token));
+    // The login still works where it belongs, spelled with or without a trailing slash.
+    for address in [app.admin.clone(), format!("{}/", app.admin)] {
+        let out = app
+            .cli(&["--address", &address, "auth", "whoami"], None)
+            .await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn several_logins_are_kept_one_per_address_and_the_old_file_is_migrated() {
+    let a = crate::support::spawn_app().await;
+    let b = crate::support::spawn_app().await;
+    // A session file in the format before logins were bound to their address.
+    std::fs::create_dir_all(a.home.path().join(".agent-vault")).unwrap();
+    let old = serde_json::json!({
+        "address": a.admin, "token": a.owner_token, "email": OWNER_EMAIL, "expires_at": null,
+    });
+    let path = a.home.path().join(".agent-vault/session.json");
+    std::fs::write(&path, old.to_string()).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let whoami = a.cli(&["auth", "whoami"], None).await;
+    assert_eq!(whoami.code, 0, "the old file still works: {whoami:?}");
+    assert!(whoami.stdout.contains(&a.admin), "{whoami:?}");
+
+    let login_b = a
+        .cli(
+            &[
+                "--address",
+                &b.admin,
+                "auth",
+                "login",
+                "--email",
+                OWNER_EMAIL,
+                "--password-stdin",
+            ],
+            Some(&format!("{OWNER_PASSWORD}\n")),
+        )
+        .await;
+    assert_eq!(login_b.code, 0, "{login_b:?}");
+    let saved = saved_logins(&a);
+    let logins = saved["logins"].as_array().unwrap();
+    assert_eq!(logins.len(), 2, "{saved}");
+    assert_eq!(saved["current"], b.admin.as_str());
+    assert_ne!(logins[0]["token"], logins[1]["token"]);
+    for app in [&a, &b] {
+        let out = a
+            .cli(&["--address", &app.admin, "auth", "whoami"], None)
+            .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains(&app.admin), "{out:?}");
+    }
+    // Without an address, the most recent login is used.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
+    let current = cmd
+        .args(["auth", "whoami"])
+        .env_clear()
+        .env("HOME", a.home.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&current.stdout).contains(&b.admin),
+        "{current:?}"
+    );
+
+    let logout = a
+        .cli(&["--address", &a.admin, "auth", "logout"], None)
+        .await;
+    assert_eq!(logout.code, 0, "{logout:?}");
+    let (status, _) = a
+        .call_with(Some(&a.owner_token), "GET", "/v1/auth/whoami", None)
+        .await;
+    assert_eq!(status, 401, "logout ended the session on its own server");
+    let gone = a
+        .cli(&["--address", &a.admin, "auth", "whoami"], None)
+        .await;
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("no login for"), "{gone:?}");
+    let kept = a
+        .cli(&["--address", &b.admin, "auth", "whoami"], None)
+        .await;
+    assert_eq!(kept.code, 0, "the other login is kept: {kept:?}");
+    assert_eq!(saved_logins(&a)["logins"].as_array().unwrap().len(), 1);
+    let last = a
+        .cli(&["--address", &b.admin, "auth", "logout"], None)
+        .await;
+    assert_eq!(last.code, 0, "{last:?}");
+    assert!(!path.exists(), "the file goes with the last login");
 }
 
 #[tokio::test]
@@ -670,7 +868,7 @@ async fn creds_is_credential_and_service_add_and_set_print_json() {
     let replaced = app
         .cli(
             &[
-                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json", "--yes",
             ],
             Some(yaml),
         )
@@ -697,7 +895,7 @@ async fn creds_is_credential_and_service_add_and_set_print_json() {
     let cleared = app
         .cli(
             &[
-                "vault", "service", "set", "-f", "-", "--vault", "default", "--json",
+                "vault", "service", "set", "-f", "-", "--vault", "default", "--json", "--yes",
             ],
             Some("services: []\n"),
         )

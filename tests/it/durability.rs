@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -165,4 +166,98 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
         acked.lock().unwrap().len() >= 8 * 6,
         "the test really wrote something"
     );
+}
+
+/// Requests still streaming when shutdown begins finish, and their request-log rows reach the
+/// store before the process ends: shutdown drains the queue only after the proxy has drained.
+async fn in_flight_requests_at_shutdown_are_logged(postgres: Option<String>) {
+    use crate::support::{TestOptions, eventually, fetch, rest_of, spawn_app_with};
+    const OPEN: usize = 4;
+    let app = spawn_app_with(TestOptions {
+        postgres,
+        ..Default::default()
+    })
+    .await;
+    let token = app.stripe_vault("drain", "sk_drain").await;
+    let agent = app.agent(&token, "drain").await;
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(agent.get("https://api.example.test/echo"))
+                .await
+                .status(),
+            200
+        );
+    }
+    // Streams whose upstream holds back the second event until the gate opens.
+    let mut open = Vec::new();
+    for _ in 0..OPEN {
+        let mut resp = fetch(agent.get("https://api.example.test/gated")).await;
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"data: first\n\n");
+        open.push(tokio::spawn(async move { rest_of(&mut resp).await }));
+    }
+    let store = app.open_store().await;
+    let vault_id = store
+        .vault_by_name(&agent_vault::domain::VaultName::parse("drain").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let (upstream, proxy, state) = (app.upstream.clone(), app.proxy, app.proxy_state.clone());
+    let stopping = tokio::spawn(app.stop());
+    let closed = eventually(Duration::from_secs(5), async || {
+        tokio::net::TcpStream::connect(proxy).await.err()
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "shutdown has begun: the proxy stopped accepting"
+    );
+    // Open the gate until every stream has ended (a stream registers as a waiter only once
+    // its first event is out, so one notification may come too early for some).
+    let ended = eventually(Duration::from_secs(10), async || {
+        upstream.gate.notify_waiters();
+        open.iter().all(|t| t.is_finished()).then_some(())
+    })
+    .await;
+    assert!(
+        ended.is_some(),
+        "the open streams finished during the grace period"
+    );
+    for t in open {
+        assert_eq!(t.await.unwrap(), "data: second\n\n");
+    }
+    stopping.await.unwrap();
+    let rows = store
+        .list_request_logs(
+            &vault_id,
+            &agent_vault::store::RequestLogFilter {
+                after: None,
+                before: None,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let gated = rows.iter().filter(|r| r.path == "/gated").count();
+    assert_eq!(
+        (rows.len(), gated),
+        (3 + OPEN, OPEN),
+        "every request has its row, the ones in flight at shutdown included"
+    );
+    assert_eq!(state.logger.dropped(), 0, "no row was dropped");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn in_flight_requests_at_shutdown_are_logged_on_sqlite() {
+    in_flight_requests_at_shutdown_are_logged(None).await;
+}
+
+#[tokio::test]
+async fn in_flight_requests_at_shutdown_are_logged_on_postgres() {
+    let Some(db) = crate::support::TestDatabase::create().await else {
+        return;
+    };
+    in_flight_requests_at_shutdown_are_logged(Some(db.url.clone())).await;
 }

@@ -86,7 +86,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     std::fs::write(
         &config,
         format!(
-            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n",
+            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n[log]\nrequests = true\n",
             ca_file.display(),
             upstream.addr
         ),
@@ -357,6 +357,13 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
             .any(|l| l.contains("connection{") && l.contains("mode=\"intercept\"")),
         "intercepted connections have a span"
     );
+    // `log.requests`: one line per proxied request, scanned with everything else below.
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("proxied request") && l.contains("vault=\"canary\"")),
+        "request lines name the vault"
+    );
     // Every admin action is one `info` line: who, what, which target; never a value (the scan
     // below covers these lines with the rest of the log).
     let admin_line = |action: &str| {
@@ -369,7 +376,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     let set = admin_line("credential.set");
     assert!(
         set.contains("INFO")
-            && set.contains("actor_kind=\"user\"")
+            && set.contains("actor=\"user\"")
             && set.contains("vault=\"canary\"")
             && set.contains("target=STRIPE_KEY"),
         "{set}"

@@ -1,8 +1,15 @@
-//! `agent-vault run` with real clients as the child: curl, Python requests and httpx.
+//! `agent-vault run` with real clients as the child (curl, Python requests and httpx), and the
+//! confinement that keeps the child away from the CLI's login, the data directory and key files:
+//! every way an agent could read a value under `run` is tried, and tried again with
+//! `--confine=off` to show the attempt would have worked.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{CliOutput, TestApp, eventually, spawn_app};
 
 const SECRET: &str = "sk_live_run_secret_4242";
 
@@ -195,4 +202,329 @@ async fn run_python_requests() {
 #[tokio::test]
 async fn run_python_httpx() {
     python_client("httpx", "import httpx; r = httpx.get('https://api.example.test/py/httpx'); print(r.status_code, r.json()['path'])").await;
+}
+
+/// Runs the CLI like `TestApp::cli_env`, from the working directory `cwd`.
+async fn cli_in(app: &TestApp, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", app.home.path())
+        .env("AGENT_VAULT_ADDR", &app.admin)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("CLI finishes")
+        .unwrap();
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The exit code the script printed as `attempt NAME rc=N`.
+fn attempt(out: &CliOutput, name: &str) -> i32 {
+    let marker = format!("attempt {name} rc=");
+    out.stdout
+        .lines()
+        .find_map(|l| l.split_once(&marker).map(|(_, rc)| rc))
+        .unwrap_or_else(|| panic!("no attempt {name} in {out:?}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every way the README's tools offer an agent to read a value: the CLI as the agent and with the
+/// owner's login, `--reveal` with every token found in any readable file, the session file, the
+/// data directory, and the memory of the `run` process that holds the login.
+const STEAL: &str = r#"
+AV="$AV_BIN"
+"$AV" vault credential get STRIPE_KEY --vault runner; echo "attempt get-as-agent rc=$?"
+env -u AGENT_VAULT_TOKEN "$AV" vault credential get STRIPE_KEY --vault runner; echo "attempt get-with-login rc=$?"
+"$AV" vault credential list --reveal --vault runner; echo "attempt reveal-as-agent rc=$?"
+cat "$HOME/.agent-vault/session.json"; echo "attempt session-file rc=$?"
+ls "$HOME/.agent-vault"; echo "attempt session-dir rc=$?"
+cat "$DATA/agent-vault.db" > /dev/null; echo "attempt database rc=$?"
+ls "$DATA"; echo "attempt data-dir rc=$?"
+head -c 1 "/proc/$PPID/mem" > /dev/null; echo "attempt run-memory rc=$?"
+found=$(grep -rhoa 'av_[a-z]*_[A-Za-z0-9_-]\{43\}' "$HOME" "$DATA" . 2>/dev/null | sort -u)
+echo "tokens found: $(printf '%s' "$found" | grep -c .)"
+for t in $found; do
+  AGENT_VAULT_TOKEN="$t" "$AV" vault credential list --reveal --vault runner
+  if command -v curl > /dev/null; then
+    curl -sS -H "Authorization: Bearer $t" "$AGENT_VAULT_ADDR/v1/vaults/runner/credentials?reveal=true"
+  fi
+done
+if command -v curl > /dev/null; then
+  curl -sS -H "Authorization: Bearer $AGENT_VAULT_TOKEN" "$AGENT_VAULT_ADDR/v1/vaults/runner/credentials?reveal=true"
+fi
+exit 0
+"#;
+
+async fn steal(app: &TestApp, confine: &[&str]) -> CliOutput {
+    let data = app.config.data_dir.to_str().unwrap().to_owned();
+    let mut args = vec!["run", "--vault", "runner"];
+    args.extend_from_slice(confine);
+    args.extend_from_slice(&["--", "sh", "-c", STEAL]);
+    let out = cli_in(
+        app,
+        app.home.path(),
+        &args,
+        &[
+            ("AV_BIN", env!("CARGO_BIN_EXE_agent-vault")),
+            ("DATA", &data),
+            // Where this user's server keeps its data: `run` denies it too.
+            ("AGENT_VAULT_DATA_DIR", &data),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    out
+}
+
+#[tokio::test]
+async fn under_run_no_tool_file_or_token_yields_a_credential_value() {
+    let app = app_with_service().await;
+    let out = steal(&app, &[]).await;
+    for name in [
+        "get-as-agent",
+        "get-with-login",
+        "reveal-as-agent",
+        "session-file",
+        "session-dir",
+        "database",
+        "data-dir",
+        "run-memory",
+    ] {
+        assert_ne!(attempt(&out, name), 0, "{name} must fail: {out:?}");
+    }
+    assert!(
+        out.stdout.contains("tokens found: 0"),
+        "no readable file holds a token: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("session.json: Permission denied"),
+        "the CLI under run cannot read the login: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("/mem' for reading: Permission denied"),
+        "the run process's memory is out of reach: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains(SECRET) && !out.stderr.contains(SECRET),
+        "canary: no credential value in anything the child printed: {out:?}"
+    );
+    assert_no_live_run_tokens(&app).await;
+
+    // The same attempts without confinement get the value: the test above can fail.
+    let open = steal(&app, &["--confine=off"]).await;
+    assert_eq!(attempt(&open, "get-with-login"), 0, "{open:?}");
+    assert_eq!(attempt(&open, "session-file"), 0, "{open:?}");
+    assert_eq!(attempt(&open, "database"), 0, "{open:?}");
+    assert!(open.stdout.contains(SECRET), "{open:?}");
+    assert!(!open.stdout.contains("tokens found: 0"), "{open:?}");
+}
+
+const WRITES: &str = r#"
+echo a > in-cwd; echo "attempt cwd rc=$?"
+echo a > "$TMPDIR/in-tmp"; echo "attempt tmp rc=$?"
+echo a > "$ELSEWHERE/out"; echo "attempt elsewhere rc=$?"
+cat "$ELSEWHERE/kept" > /dev/null; echo "attempt read-elsewhere rc=$?"
+echo a > /dev/null; echo "attempt dev-null rc=$?"
+cat "$HOME/.agent-vault/session.json" > /dev/null; echo "attempt session-file rc=$?"
+"#;
+
+#[tokio::test]
+async fn strict_confinement_writes_only_in_the_working_and_temporary_directories() {
+    let app = app_with_service().await;
+    let (work, tmp, elsewhere) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::fs::write(elsewhere.path().join("kept"), "x").unwrap();
+    let run = async |confine: &str| {
+        let out = cli_in(
+            &app,
+            work.path(),
+            &[
+                "run", "--vault", "runner", confine, "--", "sh", "-c", WRITES,
+            ],
+            &[
+                ("TMPDIR", tmp.path().to_str().unwrap()),
+                ("ELSEWHERE", elsewhere.path().to_str().unwrap()),
+            ],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        out
+    };
+    let strict = run("--confine=strict").await;
+    for (name, rc) in [
+        ("cwd", 0),
+        ("tmp", 0),
+        ("read-elsewhere", 0),
+        ("dev-null", 0),
+    ] {
+        assert_eq!(attempt(&strict, name), rc, "{name}: {strict:?}");
+    }
+    assert_ne!(attempt(&strict, "elsewhere"), 0, "{strict:?}");
+    assert_ne!(attempt(&strict, "session-file"), 0, "{strict:?}");
+    assert!(work.path().join("in-cwd").exists() && tmp.path().join("in-tmp").exists());
+    assert!(!elsewhere.path().join("out").exists());
+
+    // `paths` (the default) leaves writes alone: the strict test above can fail.
+    let paths = run("--confine=paths").await;
+    assert_eq!(attempt(&paths, "elsewhere"), 0, "{paths:?}");
+    assert_ne!(attempt(&paths, "session-file"), 0, "{paths:?}");
+}
+
+#[tokio::test]
+async fn deny_adds_paths_to_the_confinement() {
+    let app = app_with_service().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("agent.key");
+    std::fs::write(&key, "private").unwrap();
+    let key = key.to_str().unwrap();
+    let script = format!("cat {key}; echo \"attempt key rc=$?\"");
+    let denied = app
+        .cli(
+            &[
+                "run", "--vault", "runner", "--deny", key, "--", "sh", "-c", &script,
+            ],
+            None,
+        )
+        .await;
+    assert_ne!(attempt(&denied, "key"), 0, "{denied:?}");
+    assert!(!denied.stdout.contains("private"), "{denied:?}");
+    let allowed = app
+        .cli(
+            &["run", "--vault", "runner", "--", "sh", "-c", &script],
+            None,
+        )
+        .await;
+    assert_eq!(attempt(&allowed, "key"), 0, "{allowed:?}");
+}
+
+#[tokio::test]
+async fn run_refuses_without_landlock_unless_told_to_run_unconfined() {
+    let app = app_with_service().await;
+    let no_landlock = [("AGENT_VAULT_TEST_NO_LANDLOCK", "1")];
+    let refused = app
+        .cli_env(
+            &["run", "--vault", "runner", "--", "true"],
+            None,
+            &no_landlock,
+        )
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "{refused:?}");
+    for words in ["Landlock", "--confine=off", "--no-confine"] {
+        assert!(refused.stderr.contains(words), "{words}: {refused:?}");
+    }
+    let tokens = app.ok("GET", "/v1/vaults/runner/tokens", None).await;
+    assert!(
+        tokens.as_array().unwrap().iter().all(|t| t["label"] == ""),
+        "no run token minted before the refusal: {tokens}"
+    );
+    for flag in ["--no-confine", "--confine=off"] {
+        let out = app
+            .cli_env(
+                &["run", "--vault", "runner", flag, "--", "true"],
+                None,
+                &no_landlock,
+            )
+            .await;
+        assert_eq!(out.code, 0, "{flag}: {out:?}");
+    }
+    let both = app
+        .cli(
+            &[
+                "run",
+                "--vault",
+                "runner",
+                "--no-confine",
+                "--confine=strict",
+                "--",
+                "true",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(both.code, 2, "{both:?}");
+}
+
+#[tokio::test]
+async fn a_confined_command_gets_forwarded_signals_and_its_exit_code_passes_through() {
+    let app = app_with_service().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
+        .args([
+            "run",
+            "--vault",
+            "runner",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo > started; while :; do sleep 0.05; done",
+        ])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", app.home.path())
+        .env("AGENT_VAULT_ADDR", &app.admin)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = work.path().join("started");
+    eventually(Duration::from_secs(30), async || {
+        started.exists().then_some(())
+    })
+    .await
+    .expect("the confined command starts");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run ends after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(42));
+    assert_no_live_run_tokens(&app).await;
+}
+
+const NESTED: &str = r#"
+"$AV_BIN" run --vault runner -- sh -c '
+  cat "$HOME/.agent-vault/session.json" > /dev/null; echo "attempt inner-session rc=$?"
+  cat "$HOME/notes" > /dev/null; echo "attempt inner-read rc=$?"'
+echo "attempt inner-run rc=$?"
+"$AV_BIN" run --vault runner --deny "$HOME/notes" -- true; echo "attempt inner-deny rc=$?"
+"#;
+
+#[tokio::test]
+async fn run_inside_a_confined_run_keeps_the_outer_denials_and_refuses_what_it_cannot_add() {
+    let app = app_with_service().await;
+    std::fs::write(app.home.path().join("notes"), "x").unwrap();
+    let out = app
+        .cli_env(
+            &["run", "--vault", "runner", "--", "sh", "-c", NESTED],
+            None,
+            &[("AV_BIN", env!("CARGO_BIN_EXE_agent-vault"))],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(attempt(&out, "inner-run"), 0, "{out:?}");
+    assert_eq!(attempt(&out, "inner-read"), 0, "{out:?}");
+    assert_ne!(attempt(&out, "inner-session"), 0, "{out:?}");
+    // $HOME cannot be listed inside the outer confinement, so the inner one cannot single out
+    // $HOME/notes, which the outer one allows: it refuses instead of running unconfined there.
+    assert_eq!(attempt(&out, "inner-deny"), 1, "{out:?}");
+    assert!(out.stderr.contains("cannot be listed"), "{out:?}");
 }

@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 
 use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
-use agent_vault::domain::{CredentialKey, Email, VaultName, VaultRole};
+use agent_vault::domain::{Actor, CredentialKey, Email, RequestLogKind, VaultName, VaultRole};
 use agent_vault::keys::Keyring;
 use agent_vault::store::{
-    CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store, StoreError,
+    CredentialRecord, CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store,
+    StoreError, VaultRecord,
 };
 use agent_vault::unseal::{self, UnsealError};
 use secrecy::{ExposeSecret, SecretString};
@@ -15,6 +16,44 @@ use crate::support::{TINY_KDF, TestDatabase, assert_proxy_error, for_each_store}
 
 fn key(k: &str) -> CredentialKey {
     CredentialKey::parse(k).unwrap()
+}
+
+/// The keyring these tests seal with (any data key will do).
+fn ring() -> Keyring {
+    Keyring::from_dek(DataKey::from_bytes([7; 32]))
+}
+
+/// A new vault `name`.
+async fn vault(store: &Store, name: &str) -> VaultRecord {
+    store
+        .create_vault(&VaultName::parse(name).unwrap(), None)
+        .await
+        .unwrap()
+}
+
+/// Writes of `keys`, none with a description.
+fn writes(keys: &[&str]) -> Vec<CredentialWrite> {
+    keys.iter()
+        .map(|k| CredentialWrite {
+            key: key(k),
+            description: None,
+        })
+        .collect()
+}
+
+/// Sets each of `keys` in the vault to `value-KEY`, sealed with `ring`.
+async fn set_values(store: &Store, ring: &Keyring, vault_id: &str, keys: &[&str]) {
+    store
+        .set_credentials(vault_id, &writes(keys), 1000, |k, v| {
+            ring.seal_credential(vault_id, k.as_str(), v, format!("value-{k}").as_bytes())
+        })
+        .await
+        .unwrap();
+}
+
+/// The stored row of credential `k`.
+async fn stored(store: &Store, vault_id: &str, k: &str) -> CredentialRecord {
+    store.credential(vault_id, &key(k)).await.unwrap().unwrap()
 }
 
 #[test]
@@ -42,11 +81,8 @@ fn migration_trees_have_the_same_versions() {
 #[tokio::test]
 async fn credentials_round_trip_bump_versions_and_delete_atomically() {
     for_each_store(|store, backend| async move {
-        let ring = Keyring::from_dek(DataKey::from_bytes([5; 32]));
-        let vault = store
-            .create_vault(&VaultName::parse("creds").unwrap(), None)
-            .await
-            .unwrap();
+        let ring = ring();
+        let vault = vault(&store, "creds").await;
         let writes = vec![
             CredentialWrite {
                 key: key("A"),
@@ -77,11 +113,7 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
             vec![(key("A"), 2)],
             "{backend}: overwrite bumps the version"
         );
-        let a = store
-            .credential(&vault.id, &key("A"))
-            .await
-            .unwrap()
-            .unwrap();
+        let a = stored(&store, &vault.id, "A").await;
         assert_eq!(
             a.description, "first",
             "{backend}: description kept when not given"
@@ -120,48 +152,30 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
 #[tokio::test]
 async fn resources_vault_over_a_lowered_cap_can_still_rotate() {
     for_each_store(|store, backend| async move {
-        let ring = Keyring::from_dek(DataKey::from_bytes([5; 32]));
-        let vault = store
-            .create_vault(&VaultName::parse("capped").unwrap(), None)
-            .await
-            .unwrap();
-        let write = |k: &str| CredentialWrite {
-            key: key(k),
-            description: None,
-        };
+        let ring = ring();
+        let vault = vault(&store, "capped").await;
         let seal = |k: &CredentialKey, v: i64| ring.seal_credential(&vault.id, k.as_str(), v, b"v");
+        let set = async |keys: &[&str], cap| {
+            store
+                .set_credentials(&vault.id, &writes(keys), cap, seal)
+                .await
+        };
         // Cap 3, a vault with 3: a fourth is refused.
-        let three = [write("A"), write("B"), write("C")];
-        store
-            .set_credentials(&vault.id, &three, 3, seal)
-            .await
-            .unwrap();
-        let err = store
-            .set_credentials(&vault.id, &[write("D")], 3, seal)
-            .await
-            .unwrap_err();
+        set(&["A", "B", "C"], 3).await.unwrap();
+        let err = set(&["D"], 3).await.unwrap_err();
         assert!(
             matches!(err, StoreError::LimitReached(_)),
             "{backend}: {err:?}"
         );
         // Filled under a cap of 4, then the cap lowered to 3: overwriting is fine, growing is not.
-        store
-            .set_credentials(&vault.id, &[write("D")], 4, seal)
-            .await
-            .unwrap();
-        let written = store
-            .set_credentials(&vault.id, &[write("A")], 3, seal)
-            .await
-            .unwrap();
+        set(&["D"], 4).await.unwrap();
+        let written = set(&["A"], 3).await.unwrap();
         assert_eq!(
             written,
             vec![(key("A"), 2)],
             "{backend}: rotation over the cap"
         );
-        let err = store
-            .set_credentials(&vault.id, &[write("A"), write("E")], 3, seal)
-            .await
-            .unwrap_err();
+        let err = set(&["A", "E"], 3).await.unwrap_err();
         assert!(
             matches!(err, StoreError::LimitReached(_)),
             "{backend}: {err:?}"
@@ -178,50 +192,19 @@ async fn resources_vault_over_a_lowered_cap_can_still_rotate() {
 #[tokio::test]
 async fn swapped_or_edited_ciphertext_fails_closed() {
     for_each_store(|store, backend| async move {
-        let ring = Keyring::from_dek(DataKey::from_bytes([6; 32]));
-        let vault = store
-            .create_vault(&VaultName::parse("swap").unwrap(), None)
-            .await
-            .unwrap();
-        let id = vault.id.clone();
-        let writes = vec![
-            CredentialWrite {
-                key: key("A"),
-                description: None,
-            },
-            CredentialWrite {
-                key: key("B"),
-                description: None,
-            },
-        ];
-        store
-            .set_credentials(&vault.id, &writes, 1000, |k, v| {
-                ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
-            })
-            .await
-            .unwrap();
+        let ring = ring();
+        let vault = vault(&store, "swap").await;
+        set_values(&store, &ring, &vault.id, &["A", "B"]).await;
         // Swap A's and B's ciphertexts directly in the database.
-        let a = store
-            .credential(&vault.id, &key("A"))
-            .await
-            .unwrap()
-            .unwrap();
-        let b = store
-            .credential(&vault.id, &key("B"))
-            .await
-            .unwrap()
-            .unwrap();
+        let a = stored(&store, &vault.id, "A").await;
+        let b = stored(&store, &vault.id, "B").await;
         sqlx::query("UPDATE credentials SET sealed_value = $1 WHERE vault_id = $2 AND key = 'A'")
             .bind(b.sealed_value.clone())
             .bind(&vault.id)
             .execute(store.pool())
             .await
             .unwrap();
-        let swapped = store
-            .credential(&vault.id, &key("A"))
-            .await
-            .unwrap()
-            .unwrap();
+        let swapped = stored(&store, &vault.id, "A").await;
         assert!(
             ring.open_credential(&vault.id, "A", swapped.version, &swapped.sealed_value)
                 .is_err(),
@@ -248,25 +231,9 @@ async fn swapped_or_edited_ciphertext_fails_closed() {
 #[tokio::test]
 async fn one_flipped_bit_spoils_only_that_credential() {
     for_each_store(|store, backend| async move {
-        let ring = Keyring::from_dek(DataKey::from_bytes([7; 32]));
-        let vault = store
-            .create_vault(&VaultName::parse("bits").unwrap(), None)
-            .await
-            .unwrap();
-        let id = vault.id.clone();
-        let writes: Vec<_> = ["BAD", "GOOD"]
-            .iter()
-            .map(|k| CredentialWrite {
-                key: key(k),
-                description: None,
-            })
-            .collect();
-        store
-            .set_credentials(&vault.id, &writes, 1000, |k, v| {
-                ring.seal_credential(&id, k.as_str(), v, format!("value-{k}").as_bytes())
-            })
-            .await
-            .unwrap();
+        let ring = ring();
+        let vault = vault(&store, "bits").await;
+        set_values(&store, &ring, &vault.id, &["BAD", "GOOD"]).await;
         crate::support::fixtures::flip_one_bit(&store, "BAD").await;
         let rows = store.list_credentials(&vault.id).await.unwrap();
         assert_eq!(rows.len(), 2, "{backend}: every row is still listed");
@@ -278,11 +245,7 @@ async fn one_flipped_bit_spoils_only_that_credential() {
                 _ => assert_eq!(opened.unwrap().expose_secret(), b"value-GOOD", "{backend}"),
             }
         }
-        let bad = store
-            .credential(&vault.id, &key("BAD"))
-            .await
-            .unwrap()
-            .unwrap();
+        let bad = stored(&store, &vault.id, "BAD").await;
         assert!(
             ring.open_credential(&vault.id, "BAD", bad.version, &bad.sealed_value)
                 .is_err(),
@@ -323,7 +286,24 @@ async fn duplicate_names_are_conflicts_on_every_backend() {
 #[tokio::test]
 async fn setup_token_is_burnt_by_the_first_owner() {
     for_each_store(|store, backend| async move {
-        store.set_setup_token_hash("abc").await.unwrap();
+        assert!(store.claim_setup_token("abc", b"sealed-abc").await.unwrap());
+        assert!(
+            !store.claim_setup_token("def", b"sealed-def").await.unwrap(),
+            "{backend}: one setup token per database"
+        );
+        assert!(
+            !store
+                .replace_setup_token("def", "ghi", b"sealed-ghi")
+                .await
+                .unwrap(),
+            "{backend}: only the outstanding token is replaced"
+        );
+        let stored = store.setup_token().await.unwrap().unwrap();
+        assert_eq!(
+            (stored.hash_hex.as_str(), stored.sealed.as_deref()),
+            ("abc", Some(&b"sealed-abc"[..])),
+            "{backend}"
+        );
         let email = Email::parse("a@example.com").unwrap();
         let default = VaultName::parse("default").unwrap();
         assert!(
@@ -351,6 +331,10 @@ async fn setup_token_is_burnt_by_the_first_owner() {
             "{backend}: reuse refused"
         );
         assert_eq!(store.count_users().await.unwrap(), 1);
+        assert!(
+            store.setup_token().await.unwrap().is_none(),
+            "{backend}: the burn removes the sealed copy too"
+        );
         let vault = store.vault_by_name(&default).await.unwrap().unwrap();
         assert_eq!(
             store
@@ -445,7 +429,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
 #[tokio::test]
 async fn tokens_are_stored_only_as_keyed_hashes() {
     for_each_store(|store, backend| async move {
-        let ring = Keyring::from_dek(DataKey::from_bytes([7; 32]));
+        let ring = ring();
         let raw = TokenKind::Agent.generate().unwrap();
         let record = agent_vault::store::TokenRecord {
             id: "t1".into(),
@@ -552,15 +536,11 @@ async fn postgres_instances_starting_together_migrate_once() {
 #[tokio::test]
 async fn request_logs_are_written_in_multi_row_batches() {
     for_each_store(|store, backend| async move {
-        let vault = store
-            .create_vault(&VaultName::parse("logs").unwrap(), None)
-            .await
-            .unwrap();
+        let vault = vault(&store, "logs").await;
         let row = |i: usize, vault_id: &str| agent_vault::store::RequestLogRow {
             vault_id: vault_id.to_owned(),
-            actor_kind: "agent",
-            actor_id: format!("agent-{i}"),
-            kind: "request",
+            actor: Actor::Agent(format!("agent-{i}")),
+            kind: RequestLogKind::Request,
             method: "GET".into(),
             host: "api.example.test:443".into(),
             path: format!("/v1/items/{i}"),
@@ -622,10 +602,7 @@ async fn request_logs_are_written_in_multi_row_batches() {
 #[tokio::test]
 async fn authority_rows_from_before_the_upgrade_are_bound_once_and_never_again() {
     for_each_store(|store, backend| async move {
-        let vault = store
-            .create_vault(&VaultName::parse("old").unwrap(), None)
-            .await
-            .unwrap();
+        let vault = vault(&store, "old").await;
         // Rows as a version without MACs wrote them; migration 0003 marked the backfill pending.
         sqlx::query("INSERT INTO agents (id, name, created_by, created_at, updated_at) VALUES ('a-old', 'old-agent', NULL, 0, 0)")
             .execute(store.pool())
@@ -674,10 +651,7 @@ async fn authority_rows_from_before_the_upgrade_are_bound_once_and_never_again()
 #[tokio::test]
 async fn two_last_human_admins_stepping_down_at_once_leave_one() {
     for_each_store(|store, backend| async move {
-        let vault = store
-            .create_vault(&VaultName::parse("pair").unwrap(), None)
-            .await
-            .unwrap();
+        let vault = vault(&store, "pair").await;
         for user in ["u-a", "u-b"] {
             store
                 .grant(&vault.id, PrincipalKind::User, user, VaultRole::Admin)
@@ -766,10 +740,7 @@ async fn web_session_migration_keeps_existing_tokens() {
     };
     let check = |store: Store, backend: &'static str| async move {
         // Unsealed as the server does it: the first unseal after 0003 binds the old rows.
-        let store = store.with_authority_macs(
-            agent_vault::keys::Keyring::from_dek(agent_vault::crypto::DataKey::from_bytes([7; 32]))
-                .authority_macs(),
-        );
+        let store = store.with_authority_macs(ring().authority_macs());
         assert_eq!(
             store.backfill_authority_macs().await.unwrap(),
             4,

@@ -8,6 +8,8 @@ pub(crate) mod fixtures;
 pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
+pub(crate) mod terminal;
+pub(crate) mod tty;
 pub(crate) mod upstream;
 pub(crate) mod wait;
 pub(crate) mod web;
@@ -350,6 +352,12 @@ impl TestApp {
     }
 
     /// Calls the admin API with an explicit token (or none).
+    /// `POST /v1/proposals` as the agent holding `token`: the status and the answer.
+    pub(crate) async fn propose(&self, token: &str, proposal: Value) -> (u16, Value) {
+        self.call_with(Some(token), "POST", "/v1/proposals", Some(proposal))
+            .await
+    }
+
     pub(crate) async fn call_with(
         &self,
         token: Option<&str>,
@@ -553,12 +561,9 @@ impl TestApp {
         self.cli_env(args, stdin, &[]).await
     }
 
-    pub(crate) async fn cli_env(
-        &self,
-        args: &[&str],
-        stdin: Option<&str>,
-        env: &[(&str, &str)],
-    ) -> CliOutput {
+    /// The CLI binary as a command against this app (own HOME, clean environment, every
+    /// stream piped), for tests that need to hold its pipes themselves.
+    pub(crate) fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
         cmd.args(args)
             .env_clear()
@@ -567,7 +572,18 @@ impl TestApp {
             .env("AGENT_VAULT_ADDR", &self.admin)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub(crate) async fn cli_env(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> CliOutput {
+        let mut cmd = self.cli_command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -62,3 +62,20 @@ pub(crate) fn self_signed(
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     TestCa::new("untrusted self-signed").server_cert(names, (-1, 30))
 }
+
+/// A TLS acceptor serving `chain` with `key`, offering `alpn` (most preferred first).
+pub(crate) fn tls_acceptor(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}

@@ -16,6 +16,7 @@ pub(crate) struct ServerProcess {
     pub proxy: String,
     pub data_dir: PathBuf,
     stderr: Option<tokio::task::JoinHandle<String>>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -71,6 +72,7 @@ impl ServerProcess {
             all
         });
         let mut lines = BufReader::new(stdout).lines();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut admin, mut proxy) = (String::new(), String::new());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while admin.is_empty() || proxy.is_empty() {
@@ -87,16 +89,37 @@ impl ServerProcess {
             if let Some(p) = line.strip_prefix("proxy:") {
                 proxy = p.trim().to_owned();
             }
+            // With `log.format = "json"` the banner is a log event.
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                && let (Some(a), Some(p)) = (
+                    event["fields"]["admin_api"].as_str(),
+                    event["fields"]["proxy"].as_str(),
+                )
+            {
+                (admin, proxy) = (a.to_owned(), p.to_owned());
+            }
+            seen.lock().unwrap().push(line);
         }
         // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let keep = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             admin,
             proxy,
             data_dir: data_dir.to_owned(),
             stderr: Some(stderr_task),
+            stdout: seen,
         }
+    }
+
+    /// The lines the server printed on standard output so far.
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGKILL, no chance to flush anything.

@@ -14,10 +14,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -79,19 +77,12 @@ impl FakeUpstream {
         key: PrivateKeyDer<'static>,
         alpn: Alpn,
     ) -> Self {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = match alpn {
-            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            Alpn::H2Only => vec![b"h2".to_vec()],
-            Alpn::H1Only => vec![b"http/1.1".to_vec()],
+        let protocols: &[&[u8]] = match alpn {
+            Alpn::Both => &[b"h2", b"http/1.1"],
+            Alpn::H2Only => &[b"h2"],
+            Alpn::H1Only => &[b"http/1.1"],
         };
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = super::pki::tls_acceptor(chain, key, protocols);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Vec::new()));
