@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod domain;
 pub mod identity;
 pub mod keys;
+pub mod manage;
 pub mod netguard;
 pub mod notify;
 pub mod policy;

@@ -1,6 +1,8 @@
 //! The live per-vault snapshots the proxy reads, swapped atomically. This is the only bridge
 //! between the store and the hot path: admin writes call `reload`, the proxy calls `get`, and
-//! nothing in between touches the database per request.
+//! nothing in between touches the database per request. It also owns reading a stored service
+//! row back ([`read_service`]): the one place a row's MAC is checked, for the snapshots here
+//! and for every operation in `manage`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +14,86 @@ use crate::domain::VaultName;
 use crate::keys::Keyring;
 use crate::policy::service::ServiceSpec;
 use crate::policy::{SealedCredential, VaultSnapshot};
-use crate::store::{Store, StoreError, VaultRecord};
+use crate::store::{ServiceRow, Store, StoreError, VaultRecord};
+
+/// Why a stored service row cannot be used as written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredServiceError {
+    /// The row's MAC does not match: it was changed outside agent-vault.
+    #[error("service {name} of vault {vault_id} failed its integrity check")]
+    Tampered {
+        /// The vault's id.
+        vault_id: String,
+        /// The service's name as stored.
+        name: String,
+    },
+    /// The row's MAC holds but its definition is not one this version can read.
+    #[error("service {name} of vault {vault_id} cannot be read")]
+    Unreadable {
+        /// The vault's id.
+        vault_id: String,
+        /// The service's name as stored.
+        name: String,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A service row read back from the store: its definition, and whether its MAC held.
+#[derive(Debug)]
+pub struct StoredService {
+    /// The vault's id.
+    pub vault_id: String,
+    /// The name the row is stored under.
+    pub name: String,
+    /// Whether the MAC over (vault, name, definition) matched.
+    pub intact: bool,
+    /// The parsed definition.
+    pub spec: Result<ServiceSpec, serde_json::Error>,
+}
+
+impl StoredService {
+    /// The definition, if the row is intact and readable: what every write path needs before
+    /// it builds on a stored service.
+    pub fn verified(self) -> Result<ServiceSpec, StoredServiceError> {
+        if !self.intact {
+            return Err(StoredServiceError::Tampered {
+                vault_id: self.vault_id,
+                name: self.name,
+            });
+        }
+        self.spec.map_err(|source| StoredServiceError::Unreadable {
+            vault_id: self.vault_id,
+            name: self.name,
+            source,
+        })
+    }
+}
+
+/// Reads one stored service row: checks its MAC and parses its definition. The snapshot build
+/// keeps a tampered service bound (so its host fails closed); everyone else wants
+/// [`StoredService::verified`] or [`verified_services`].
+pub fn read_service(keyring: &Keyring, vault_id: &str, row: &ServiceRow) -> StoredService {
+    StoredService {
+        vault_id: vault_id.to_owned(),
+        name: row.name.clone(),
+        intact: keyring.verify_service_mac(vault_id, &row.name, &row.spec, &row.mac),
+        spec: serde_json::from_str(&row.spec),
+    }
+}
+
+/// The definitions of a vault's stored rows, all verified, in order; the first row that is not
+/// intact or not readable is the error.
+pub fn verified_services(
+    keyring: &Keyring,
+    vault_id: &str,
+    rows: &[ServiceRow],
+) -> Result<Vec<ServiceSpec>, StoredServiceError> {
+    rows.iter()
+        .map(|row| read_service(keyring, vault_id, row).verified())
+        .collect()
+}
 
 type Map = HashMap<VaultName, Arc<VaultSnapshot>>;
 
@@ -123,10 +204,9 @@ impl Snapshots {
         let rows = self.store.list_services(&vault.id).await?;
         let mut services = Vec::with_capacity(rows.len());
         for row in rows {
-            let mac_ok = self
-                .keyring
-                .verify_service_mac(&vault.id, &row.name, &row.spec, &row.mac);
-            let compiled = serde_json::from_str::<ServiceSpec>(&row.spec)
+            let stored = read_service(&self.keyring, &vault.id, &row);
+            let compiled = stored
+                .spec
                 .map_err(|e| e.to_string())
                 .and_then(|spec| spec.compile_stored().map_err(|e| e.to_string()));
             match compiled {
@@ -137,7 +217,7 @@ impl Snapshots {
                         // off (its placeholder is refused) until an admin rewrites it.
                         tracing::error!(vault = %vault.name, service = %row.name, placeholder = %sub.placeholder, "stored substitution uses the old form without exact places; it is disabled until the service is set again");
                     }
-                    if !mac_ok {
+                    if !stored.intact {
                         // The definition was changed outside agent-vault. Keep it bound so its
                         // host fails closed instead of falling through to the tunnel policy.
                         tracing::error!(vault = %vault.name, service = %row.name, "service definition failed its integrity check; requests it matches are refused");

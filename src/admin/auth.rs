@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::{ApiJson, Caller, ClientIp};
-use super::{AdminState, ApiError, issue_token};
+use super::{AdminState, ApiError};
 use crate::crypto::{TokenKind, random_id};
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
 use crate::identity::Principal;
+use crate::manage::agents::issue_token;
 use crate::store::{InviteRecord, InviteVaultGrant, TokenStoreKind, UserRecord};
 
 /// Longest password accepted (Argon2 would take anything; this bounds request cost).
@@ -94,8 +95,8 @@ async fn session_response(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let ttl = state.config.tokens.session_ttl;
-    let (raw, record) = issue_token(
-        state,
+    let issued = issue_token(
+        &state.manage(),
         TokenKind::Session,
         TokenStoreKind::Session,
         |t| {
@@ -107,9 +108,9 @@ async fn session_response(
     .await?;
     let body = json!({
         "user": UserView::from(user),
-        "token": raw.expose_secret(),
-        "token_id": record.id,
-        "expires_at": record.expires_at,
+        "token": issued.raw.expose_secret(),
+        "token_id": issued.record.id,
+        "expires_at": issued.record.expires_at,
     });
     Ok((status, Json(body)).into_response())
 }
@@ -173,7 +174,7 @@ pub(super) async fn register(
                 .await?
                 .ok_or_else(|| ApiError::internal("new owner vanished"))?;
             if let Some(v) = state.store.vault_by_name(&default_vault).await? {
-                state.changed(&v.id).await;
+                state.manage().changed(&v.id).await;
             }
             session_response(&state, &user, StatusCode::CREATED).await
         }
@@ -209,7 +210,7 @@ pub(super) async fn register(
                 .user_by_id(&user_id)
                 .await?
                 .ok_or_else(|| ApiError::internal("new user vanished"))?;
-            state.tokens_changed().await;
+            state.manage().tokens_changed().await;
             session_response(&state, &user, StatusCode::CREATED).await
         }
         (Some(_), Some(_)) => Err(ApiError::bad_request(
@@ -268,7 +269,7 @@ pub(super) async fn logout(
         ));
     }
     state.store.revoke_token(&caller.token_id).await?;
-    state.tokens_changed().await;
+    state.manage().tokens_changed().await;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::SET_COOKIE,
@@ -409,15 +410,10 @@ pub(super) async fn create_invite(
         integrity_ok: true,
     };
     state.store.create_invite(&invite).await?;
-    crate::audit::record(
-        &state.store,
-        &caller,
-        "invite.create",
-        None,
-        invite.email.to_string(),
-        String::new(),
-    )
-    .await;
+    state
+        .acting(&caller)
+        .record("invite.create", None, invite.email.to_string())
+        .await;
     let register_command = format!(
         "agent-vault auth register --address {} --email {} --invite-token {} --password-stdin",
         state.public_url,

@@ -8,6 +8,13 @@ use serde_json::json;
 
 use crate::crypto::CryptoError;
 use crate::identity::AuthError;
+use crate::manage::AccessError;
+use crate::manage::agents::AgentsError;
+use crate::manage::credentials::CredentialsError;
+use crate::manage::proposals::ProposalsError;
+use crate::manage::services::ServicesError;
+use crate::manage::vaults::VaultsError;
+use crate::registry::StoredServiceError;
 use crate::store::StoreError;
 
 /// An error answered by the admin API.
@@ -74,6 +81,11 @@ impl ApiError {
     /// A 500 whose cause is logged.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::Internal(err.to_string())
+    }
+
+    /// The HTTP status this error is answered with, by the API and the web pages alike.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -162,6 +174,143 @@ impl From<AuthError> for ApiError {
         match err {
             AuthError::Store(e) => e.into(),
             _ => Self::Unauthorized,
+        }
+    }
+}
+
+/// An error with its causes, for the log (never for the caller).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl From<AccessError> for ApiError {
+    fn from(err: AccessError) -> Self {
+        match err {
+            AccessError::VaultNotFound(_) => Self::NotFound(err.to_string()),
+            AccessError::RoleTooLow { .. } => Self::Forbidden(err.to_string()),
+            AccessError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoredServiceError> for ApiError {
+    fn from(err: StoredServiceError) -> Self {
+        match err {
+            StoredServiceError::Tampered { .. } => Self::Integrity(err.to_string()),
+            StoredServiceError::Unreadable { .. } => Self::Internal(chain(&err)),
+        }
+    }
+}
+
+impl From<ServicesError> for ApiError {
+    fn from(err: ServicesError) -> Self {
+        match err {
+            ServicesError::Access(e) => e.into(),
+            ServicesError::Invalid(e) => Self::bad_request("invalid_service", e.to_string()),
+            ServicesError::NotFound { .. } => Self::NotFound(err.to_string()),
+            ServicesError::Stored(e) => e.into(),
+            ServicesError::Encode { .. } => Self::Internal(chain(&err)),
+            ServicesError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<VaultsError> for ApiError {
+    fn from(err: VaultsError) -> Self {
+        match err {
+            VaultsError::Access(e) => e.into(),
+            VaultsError::UsersOnly { .. } => Self::Forbidden(err.to_string()),
+            VaultsError::InvalidName(_) => Self::bad_request("invalid_vault_name", err.to_string()),
+            VaultsError::Exists(_) | VaultsError::LastHumanAdmin => Self::Conflict(err.to_string()),
+            VaultsError::ProxyRoleForUser => Self::bad_request("invalid_role", err.to_string()),
+            VaultsError::NoSuchPrincipal { .. } | VaultsError::NotMember { .. } => {
+                Self::NotFound(err.to_string())
+            }
+            VaultsError::AgentTampered(_) => Self::Integrity(err.to_string()),
+            VaultsError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CredentialsError> for ApiError {
+    fn from(err: CredentialsError) -> Self {
+        use CredentialsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::TooMany { .. } => Self::bad_request("too_many_credentials", err.to_string()),
+            E::NothingToSet
+            | E::NothingToDelete
+            | E::StrayDescription(_)
+            | E::DescriptionTooLong(_) => Self::bad_request("invalid_body", err.to_string()),
+            E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
+            E::EmptyValue(_) | E::ValueTooLong(_) => {
+                Self::bad_request("invalid_credential_value", err.to_string())
+            }
+            E::NotFound { .. } | E::NotAllFound { .. } => Self::NotFound(err.to_string()),
+            E::Integrity { .. } => Self::Integrity(chain(&err)),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AgentsError> for ApiError {
+    fn from(err: AgentsError) -> Self {
+        use AgentsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::UsersOnly | E::ScopedCannotMint => Self::Forbidden(err.to_string()),
+            E::InvalidName(_) => Self::bad_request("invalid_agent_name", err.to_string()),
+            E::Exists(_) => Self::Conflict(err.to_string()),
+            E::NotFound(_) | E::TokenNotFound(_) => Self::NotFound(err.to_string()),
+            E::Tampered(_) => Self::Integrity(err.to_string()),
+            E::TtlTooShort | E::TtlTooLong(_) | E::OutlivesMinter(_) => {
+                Self::bad_request("invalid_ttl", err.to_string())
+            }
+            E::LabelTooLong => Self::bad_request("invalid_label", err.to_string()),
+            E::Crypto(e) => e.into(),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ProposalsError> for ApiError {
+    fn from(err: ProposalsError) -> Self {
+        use ProposalsError as E;
+        match err {
+            E::Access(e) => e.into(),
+            E::Services(e) => e.into(),
+            E::VaultRequired => Self::bad_request("vault_required", err.to_string()),
+            E::Invalid(_) => Self::bad_request("invalid_proposal", err.to_string()),
+            E::TooManyPending { .. } => Self::TooManyPending(err.to_string()),
+            E::VaultGone | E::NotFound(_) | E::NotInVault { .. } | E::LinkInvalid | E::NoRole => {
+                Self::NotFound(err.to_string())
+            }
+            E::HumansOnly
+            | E::ApproveNeedsRole { .. }
+            | E::RejectNeedsMember
+            | E::NotFollower { .. } => Self::Forbidden(err.to_string()),
+            E::NotPending { .. } | E::Stale | E::NoLongerApplies(_) | E::VaultChanged => {
+                Self::Conflict(err.to_string())
+            }
+            E::RisksNotAcknowledged { .. } => {
+                Self::bad_request("risks_not_acknowledged", err.to_string())
+            }
+            E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
+            E::UnexpectedValue(_) => Self::bad_request("unexpected_value", err.to_string()),
+            E::ValueTooLong(_) => Self::bad_request("invalid_credential_value", err.to_string()),
+            E::ValueRequired(_) => Self::bad_request("value_required", err.to_string()),
+            E::ReasonTooLong => Self::bad_request("invalid_reason", err.to_string()),
+            E::Content { .. } | E::SuppliedValue { .. } => Self::Integrity(chain(&err)),
+            E::Encode(_) => Self::Internal(chain(&err)),
+            E::Crypto(e) => e.into(),
+            E::Store(e) => e.into(),
         }
     }
 }

@@ -28,11 +28,11 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
 use crate::crypto::PasswordHasher;
-use crate::domain::{VaultName, VaultRole};
+use crate::domain::VaultRole;
 use crate::identity::{Authenticated, FailureBudget, Identity};
 use crate::keys::Keyring;
+use crate::manage::{Acting, Manage};
 use crate::registry::Snapshots;
-use crate::store::changes::Change;
 use crate::store::{Store, VaultRecord};
 
 pub use error::ApiError;
@@ -95,6 +95,25 @@ impl AdminState {
         Self(Arc::new(inner))
     }
 
+    /// The application layer over this state's parts.
+    pub fn manage(&self) -> Manage<'_> {
+        Manage {
+            store: &self.store,
+            keyring: &self.keyring,
+            identity: &self.identity,
+            snapshots: &self.snapshots,
+            config: &self.config,
+            notifier: &self.notifier,
+            public_url: &self.public_url,
+            proxy_addr: self.proxy_addr,
+        }
+    }
+
+    /// The application layer acting for `caller`.
+    pub fn acting<'a>(&'a self, caller: &'a Authenticated) -> Acting<'a> {
+        self.manage().acting(caller)
+    }
+
     /// Resolves a vault the caller may act on with at least `need`. A vault the caller has no
     /// role in is reported as not found, so names cannot be probed.
     pub async fn vault_access(
@@ -103,47 +122,7 @@ impl AdminState {
         name: &str,
         need: VaultRole,
     ) -> Result<(VaultRecord, VaultRole), ApiError> {
-        let not_found = || ApiError::NotFound(format!("vault {name:?} not found"));
-        let parsed = VaultName::parse(name).map_err(|_| not_found())?;
-        let vault = self
-            .store
-            .vault_by_name(&parsed)
-            .await?
-            .ok_or_else(not_found)?;
-        let role = caller.role_in(&vault.id).ok_or_else(not_found)?;
-        if role < need {
-            return Err(ApiError::Forbidden(format!(
-                "this needs the {need} role in vault {name:?}; you have {role}"
-            )));
-        }
-        Ok((vault, role))
-    }
-
-    /// Rebuilds a vault's snapshot after a write. The write is committed; a failed rebuild is
-    /// logged and retried from scratch so the proxy never keeps serving stale bindings.
-    pub async fn changed(&self, vault_id: &str) {
-        if let Err(e) = self.snapshots.reload(vault_id).await {
-            // Fail closed: the write is committed, so the old snapshot is wrong. The vault is
-            // refused until the periodic reload (or the next write) rebuilds it.
-            tracing::error!(error = %e, vault_id, "rebuilding a vault snapshot failed; refusing the vault until it rebuilds");
-            self.snapshots.forget(vault_id).await;
-        }
-        if let Err(e) = self
-            .store
-            .publish(&Change::Vault(vault_id.to_owned()))
-            .await
-        {
-            tracing::error!(error = %e, "could not notify other instances of a vault change");
-        }
-    }
-
-    /// Drops cached token answers here and on other instances after a revocation or a grant
-    /// change, and wakes open connections to re-check.
-    pub async fn tokens_changed(&self) {
-        self.identity.invalidate_all();
-        if let Err(e) = self.store.publish(&Change::Tokens).await {
-            tracing::error!(error = %e, "could not notify other instances of a token change");
-        }
+        Ok(self.manage().vault_access(caller, name, need).await?)
     }
 }
 
@@ -245,46 +224,4 @@ pub fn router(state: AdminState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
     security_headers(api)
-}
-
-/// Mints a raw token of `kind`, stores its hash, and returns both. `fill` sets the owner fields.
-pub(crate) async fn issue_token(
-    state: &AdminState,
-    kind: crate::crypto::TokenKind,
-    store_kind: crate::store::TokenStoreKind,
-    fill: impl FnOnce(&mut crate::store::TokenRecord),
-    ttl: Option<std::time::Duration>,
-) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
-    let (raw, record) = new_token(state, kind, store_kind, fill, ttl)?;
-    state.store.insert_token(&record).await?;
-    Ok((raw, record))
-}
-
-/// Mints a raw token of `kind` and the record of its hash, for callers that store it together
-/// with other rows. `fill` sets the owner fields.
-pub(crate) fn new_token(
-    state: &AdminState,
-    kind: crate::crypto::TokenKind,
-    store_kind: crate::store::TokenStoreKind,
-    fill: impl FnOnce(&mut crate::store::TokenRecord),
-    ttl: Option<std::time::Duration>,
-) -> Result<(secrecy::SecretString, crate::store::TokenRecord), ApiError> {
-    let raw = kind.generate()?;
-    let now = crate::domain::now_ms();
-    let mut record = crate::store::TokenRecord {
-        id: crate::crypto::random_id()?,
-        hash: state.keyring.token_hasher().hash(&raw),
-        kind: store_kind,
-        user_id: None,
-        agent_id: None,
-        vault_id: None,
-        vault_role: None,
-        label: String::new(),
-        expires_at: ttl
-            .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
-        revoked_at: None,
-        created_at: now,
-    };
-    fill(&mut record);
-    Ok((raw, record))
 }

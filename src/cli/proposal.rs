@@ -3,6 +3,7 @@
 #![allow(clippy::print_stderr)] // this command talks to a person on stderr on purpose
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use super::client::{Client, seg};
 use super::credential::parse_pairs;
 use super::output::{note, outln};
-use super::{CliError, JsonFlag, VaultArg, output, read_file_or_stdin};
+use super::{CliError, JsonFlag, VaultArg, output, parse_duration, read_file_or_stdin};
 use crate::policy::confusable::HostForms;
 
 /// `agent-vault proposal ...`
@@ -24,6 +25,13 @@ pub(super) enum ProposalCommand {
         /// The vault (default: AGENT_VAULT_VAULT, or the token's only vault).
         #[arg(long, env = "AGENT_VAULT_VAULT")]
         vault: Option<String>,
+        /// Wait until a human approves or rejects it (or it expires), then print the decision.
+        /// Exits 0 when it was approved, 1 when it was rejected, expired or the wait timed out.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 90s, 30m.
+        #[arg(long, value_parser = parse_duration, default_value = "15m", requires = "wait")]
+        timeout: Duration,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -155,11 +163,92 @@ fn print_detail(p: &Value) -> Result<(), CliError> {
     Ok(())
 }
 
+/// First pause between status polls while waiting for a decision; it doubles up to the cap.
+const FIRST_POLL: Duration = Duration::from_millis(250);
+/// Longest pause between status polls.
+const MAX_POLL: Duration = Duration::from_secs(5);
+
+/// Polls the status of the proposal `created` describes, with backoff, until it is no longer
+/// pending or `timeout` passes.
+async fn wait_for_decision(
+    client: &Client,
+    created: &Value,
+    timeout: Duration,
+) -> Result<Value, CliError> {
+    let id = output::text(created, "id");
+    let path = format!("/v1/proposals/{}", seg(&id));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = FIRST_POLL;
+    loop {
+        let status: Value = client.get(&path).await?;
+        if status["status"] != "pending" {
+            return Ok(status);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(CliError::msg(format!(
+                "no decision on proposal #{} within {}: it is still pending. A human must open {} ; check later with `agent-vault proposal status {id}`",
+                output::text(created, "number"),
+                humantime::format_duration(timeout),
+                output::text(created, "approval_url"),
+            )));
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(MAX_POLL);
+    }
+}
+
+/// Prints a decided proposal; anything but an approval is an error (exit 1), so a script can
+/// go on only when the change is live.
+fn print_decision(decided: &Value, created: &Value, json: bool) -> Result<(), CliError> {
+    let number = output::text(decided, "number");
+    let status = decided["status"].as_str().unwrap_or_default();
+    if json {
+        output::json(&json!({
+            "id": decided["id"],
+            "number": decided["number"],
+            "vault": decided["vault"],
+            "status": decided["status"],
+            "approval_url": created["approval_url"],
+            "reviewed_at": decided["reviewed_at"],
+            "review_note": decided["review_note"],
+        }))?;
+    }
+    let reason = decided["review_note"].as_str().filter(|r| !r.is_empty());
+    match status {
+        "applied" => {
+            if !json {
+                outln!(
+                    "proposal #{number} was approved; the changes are live in vault {}",
+                    output::text(decided, "vault")
+                )?;
+            }
+            Ok(())
+        }
+        "rejected" => Err(CliError::msg(match reason {
+            Some(r) => format!("proposal #{number} was rejected: {r}"),
+            None => format!("proposal #{number} was rejected (no reason given)"),
+        })),
+        "expired" => Err(CliError::msg(format!(
+            "proposal #{number} expired before anyone decided; propose again if it is still needed"
+        ))),
+        other => Err(CliError::msg(format!(
+            "proposal #{number} is {other}, which this version does not know"
+        ))),
+    }
+}
+
 /// Runs a proposal command.
 pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(), CliError> {
     let client = Client::authenticated(address)?;
     match cmd {
-        ProposalCommand::Create { file, vault, json } => {
+        ProposalCommand::Create {
+            file,
+            vault,
+            wait,
+            timeout,
+            json,
+        } => {
             let text = read_file_or_stdin(&file)?;
             let mut body: Value = serde_norway::from_str(&text)
                 .map_err(|e| CliError::msg(format!("{}: {e}", file.display())))?;
@@ -167,6 +256,17 @@ pub(super) async fn run(cmd: ProposalCommand, address: Option<&str>) -> Result<(
                 obj.entry("vault").or_insert(json!(v));
             }
             let resp: Value = client.post("/v1/proposals", &body).await?;
+            if wait {
+                // The human needs the link while the agent waits, whatever the output format.
+                note!(
+                    "proposal #{} created; waiting up to {} for a human to decide at:\n  {}",
+                    output::text(&resp, "number"),
+                    humantime::format_duration(timeout),
+                    output::text(&resp, "approval_url")
+                );
+                let decided = wait_for_decision(&client, &resp, timeout).await?;
+                return print_decision(&decided, &resp, json.json);
+            }
             if json.json {
                 output::json(
                     &json!({ "id": resp["id"], "number": resp["number"], "status": resp["status"], "approval_url": resp["approval_url"], "vault": resp["vault"] }),

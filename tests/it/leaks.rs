@@ -364,6 +364,33 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
             .any(|l| l.contains("proxied request") && l.contains("vault=\"canary\"")),
         "request lines name the vault"
     );
+    // Every admin action is one `info` line: who, what, which target; never a value (the scan
+    // below covers these lines with the rest of the log).
+    let admin_line = |action: &str| {
+        plain
+            .lines()
+            .find(|l| l.contains("admin action") && l.contains(&format!("action=\"{action}\"")))
+            .unwrap_or_else(|| panic!("no admin-action line for {action}"))
+            .to_owned()
+    };
+    let set = admin_line("credential.set");
+    assert!(
+        set.contains("INFO")
+            && set.contains("actor=\"user\"")
+            && set.contains("vault=\"canary\"")
+            && set.contains("target=STRIPE_KEY"),
+        "{set}"
+    );
+    assert!(admin_line("proposal.create").contains("target=#1"));
+    assert!(admin_line("proposal.approve").contains("target=#1"));
+    for action in [
+        "vault.create",
+        "service.replace",
+        "agent.create",
+        "token.mint",
+    ] {
+        admin_line(action);
+    }
     let secrets: Vec<(&str, String)> = vec![
         ("the credential", CREDENTIAL.to_owned()),
         ("the agent-proposed value", PROPOSED.to_owned()),

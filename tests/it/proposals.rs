@@ -61,18 +61,35 @@ async fn agents_create_and_poll_proposals() {
     assert!(link_token.starts_with("av_appr_"));
     let id = created["id"].as_str().unwrap().to_owned();
 
-    // The creator polls its status; another agent cannot see it.
+    // The creator polls its status, and so may a later `vault token` session of the same vault
+    // (every `run` revokes its token on exit); a session of another vault cannot, and is told
+    // who can.
     let (status, polled) = app
         .call_with(Some(&token), "GET", &format!("/v1/proposals/{id}"), None)
         .await;
     assert_eq!((status, polled["status"].as_str()), (200, Some("pending")));
-    let (other, _) = app.proxy_token("props").await;
+    let (next_run, _) = app.proxy_token("props").await;
+    let (status, polled) = app
+        .call_with(Some(&next_run), "GET", &format!("/v1/proposals/{id}"), None)
+        .await;
+    assert_eq!((status, polled["status"].as_str()), (200, Some("pending")));
+    app.create_vault("elsewhere").await;
+    let (other, _) = app.proxy_token("elsewhere").await;
+    let (status, refused) = app
+        .call_with(Some(&other), "GET", &format!("/v1/proposals/{id}"), None)
+        .await;
     assert_eq!(
-        app.call_with(Some(&other), "GET", &format!("/v1/proposals/{id}"), None)
-            .await
-            .0,
-        404
+        (status, refused["error"].as_str()),
+        (403, Some("forbidden"))
     );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("only such sessions for the same vault and members of the vault"),
+        "{refused}"
+    );
+    assert!(!refused.to_string().contains("props"), "{refused}");
 
     // Nothing raw is stored: neither the approval link token nor the creator's token.
     let store = app.open_store().await;
@@ -97,6 +114,234 @@ async fn agents_create_and_poll_proposals() {
                 .any(|w| w == link_token.as_bytes())
         );
     }
+}
+
+/// An agent with the proxy role in `props`; returns its own token.
+async fn proxy_agent(app: &TestApp, name: &str) -> String {
+    let created = app
+        .ok(
+            "POST",
+            "/v1/agents",
+            Some(json!({ "name": name, "vaults": [{ "vault": "props", "role": "proxy" }] })),
+        )
+        .await;
+    created["token"].as_str().unwrap().to_owned()
+}
+
+/// A `run`-style token minted with `token`: short-lived, proxy role, one vault.
+async fn run_token(app: &TestApp, token: &str) -> String {
+    let (status, minted) = app
+        .call_with(
+            Some(token),
+            "POST",
+            "/v1/vaults/props/tokens",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn later_run_tokens_of_the_same_agent_follow_its_proposals() {
+    let app = spawn_app().await;
+    setup(&app).await;
+    let bot = proxy_agent(&app, "bot").await;
+    let first_run = run_token(&app, &bot).await;
+    let (status, created) = propose(&app, &first_run, github_proposal()).await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/v1/proposals/{}", created["id"].as_str().unwrap());
+    // The run ends: its token is revoked, as `agent-vault run` does on exit.
+    let (status, _) = app
+        .call_with(Some(&first_run), "DELETE", "/v1/tokens/self", None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        app.call_with(Some(&first_run), "GET", &path, None).await.0,
+        401
+    );
+
+    // The next run of the same agent reads the outcome once a human decides.
+    let second_run = run_token(&app, &bot).await;
+    let (status, polled) = app.call_with(Some(&second_run), "GET", &path, None).await;
+    assert_eq!((status, polled["status"].as_str()), (200, Some("pending")));
+    app.ok(
+        "POST",
+        "/v1/vaults/props/proposals/1/reject",
+        Some(json!({ "reason": "use the existing key" })),
+    )
+    .await;
+    for token in [&second_run, &bot] {
+        let (status, polled) = app.call_with(Some(token), "GET", &path, None).await;
+        assert_eq!(status, 200, "{polled}");
+        assert_eq!(polled["status"], "rejected");
+        assert_eq!(polled["review_note"], "use the existing key");
+    }
+
+    // Another agent of the same vault, its runs, and people's `vault token` sessions cannot,
+    // and are told who can.
+    let other = proxy_agent(&app, "other").await;
+    let other_run = run_token(&app, &other).await;
+    let (vault_session, _) = app.proxy_token("props").await;
+    for token in [&other, &other_run, &vault_session] {
+        let (status, refused) = app.call_with(Some(token), "GET", &path, None).await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (403, Some("forbidden"))
+        );
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("was raised by an agent; only that agent")
+                && message.contains("members of the vault may read its status"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("bot"),
+            "the agent is not named: {message}"
+        );
+    }
+}
+
+/// A credential-only proposal file (a member may approve it) in the app's home.
+fn key_proposal_file(app: &TestApp) -> std::path::PathBuf {
+    let file = app.home.path().join("want-key.yaml");
+    std::fs::write(
+        &file,
+        "message: I need the deploy key\ncredentials:\n  - action: set\n    key: DEPLOY_KEY\n    description: deploys\n",
+    )
+    .unwrap();
+    file
+}
+
+#[tokio::test]
+async fn proposal_create_wait_returns_the_decision() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let file = key_proposal_file(&app);
+    let agent_env = [
+        ("AGENT_VAULT_TOKEN", token.as_str()),
+        ("AGENT_VAULT_VAULT", "props"),
+    ];
+    let args = [
+        "proposal",
+        "create",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "60s",
+        "--json",
+    ];
+    // A human approves while the agent's command waits.
+    let approver = async {
+        let pending = eventually(Duration::from_secs(30), async || {
+            let list = app
+                .ok("GET", "/v1/vaults/props/proposals?status=pending", None)
+                .await;
+            (list.as_array().map(Vec::len) == Some(1)).then_some(list)
+        })
+        .await
+        .expect("the waiting command created its proposal");
+        app.ok(
+            "POST",
+            &format!(
+                "/v1/vaults/props/proposals/{}/approve",
+                pending[0]["number"]
+            ),
+            Some(json!({ "values": { "DEPLOY_KEY": "dk_live" } })),
+        )
+        .await;
+    };
+    let (waited, ()) = tokio::join!(app.cli_env(&args, None, &agent_env), approver);
+    assert_eq!(waited.code, 0, "{waited:?}");
+    let decided = waited.json();
+    assert_eq!(decided["status"], "applied", "{decided}");
+    assert_eq!(decided["number"], 1);
+    assert!(
+        waited.stderr.contains("/approve/"),
+        "the link is shown while waiting: {waited:?}"
+    );
+    assert!(!waited.stdout.contains("dk_live") && !waited.stderr.contains("dk_live"));
+
+    // A rejection ends the wait too, with the reason and a non-zero exit.
+    let rejecter = async {
+        eventually(Duration::from_secs(30), async || {
+            let (status, _) = app
+                .call(
+                    "POST",
+                    "/v1/vaults/props/proposals/2/reject",
+                    Some(json!({ "reason": "ask ops instead" })),
+                )
+                .await;
+            (status == 200).then_some(())
+        })
+        .await
+        .expect("the waiting command created its proposal");
+    };
+    let text_args = &args[..args.len() - 1];
+    let (waited, ()) = tokio::join!(app.cli_env(text_args, None, &agent_env), rejecter);
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited
+            .stderr
+            .contains("proposal #2 was rejected: ask ops instead"),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn proposal_create_wait_times_out_with_a_clear_message() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let file = key_proposal_file(&app);
+    let waited = app
+        .cli_env(
+            &[
+                "proposal",
+                "create",
+                "-f",
+                file.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                "1s",
+            ],
+            None,
+            &[
+                ("AGENT_VAULT_TOKEN", token.as_str()),
+                ("AGENT_VAULT_VAULT", "props"),
+            ],
+        )
+        .await;
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited
+            .stderr
+            .contains("no decision on proposal #1 within 1s: it is still pending"),
+        "{waited:?}"
+    );
+    assert!(
+        waited.stderr.contains("agent-vault proposal status "),
+        "{waited:?}"
+    );
+    // The proposal itself is untouched: still pending for a human.
+    let shown = app.ok("GET", "/v1/vaults/props/proposals/1", None).await;
+    assert_eq!(shown["status"], "pending");
+    // --timeout without --wait is a usage error.
+    let usage = app
+        .cli_env(
+            &[
+                "proposal",
+                "create",
+                "-f",
+                file.to_str().unwrap(),
+                "--timeout",
+                "1s",
+            ],
+            None,
+            &[("AGENT_VAULT_TOKEN", token.as_str())],
+        )
+        .await;
+    assert_eq!(usage.code, 2, "{usage:?}");
 }
 
 #[tokio::test]
@@ -761,6 +1006,26 @@ async fn approval_page_over_http() {
     assert_eq!(done.status(), 200);
     let html = done.text().await.unwrap();
     assert!(html.contains("Approved"), "{html}");
+    // From now on the page shows the outcome, to the approver and to anyone with the link, and
+    // no longer speaks as if the decision were still to be made.
+    for page in [
+        fetch_text(client.get(&url).header("cookie", &cookie)).await,
+        fetch_text(client.get(&url)).await,
+    ] {
+        assert!(
+            page.contains(&format!("id=\"outcome\">Approved by {OWNER_EMAIL} on ")),
+            "{page}"
+        );
+        for stale in [
+            "you enter it below",
+            ">replace<",
+            ">add<",
+            "<form method=\"post\" action=\"/approve",
+        ] {
+            assert!(!page.contains(stale), "{stale}: {page}");
+        }
+        assert!(page.contains("<td>stored</td>"), "{page}");
+    }
     assert_eq!(
         app.ok("GET", "/v1/vaults/props/credentials/GH_TOKEN", None)
             .await["value"],
@@ -774,6 +1039,50 @@ async fn approval_page_over_http() {
             .status(),
         409
     );
+}
+
+#[tokio::test]
+async fn the_approval_page_shows_a_rejection_or_an_expiry() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (_, rejected) = propose(&app, &token, github_proposal()).await;
+    let (_, expired) = propose(&app, &token, github_proposal()).await;
+    app.ok(
+        "POST",
+        "/v1/vaults/props/proposals/1/reject",
+        Some(json!({ "reason": "we use <the> org token" })),
+    )
+    .await;
+    let store = app.open_store().await;
+    sqlx::query("UPDATE proposals SET expires_at = 1 WHERE id = $1")
+        .bind(expired["id"].as_str().unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let http = &app.http;
+    let page = |created: &Value| {
+        let url = created["approval_url"].as_str().unwrap().to_owned();
+        async move { fetch_text(http.get(url)).await }
+    };
+    let html = page(&rejected).await;
+    assert!(
+        html.contains(&format!("id=\"outcome\">Rejected by {OWNER_EMAIL} on "))
+            && html.contains("Reason: we use &lt;the&gt; org token</p>"),
+        "{html}"
+    );
+    let html = page(&expired).await;
+    assert!(
+        html.contains("id=\"outcome\">Expired on 1970-01-01T00:00:00Z without a decision; nothing was changed."),
+        "{html}"
+    );
+    for html in [page(&rejected).await, page(&expired).await] {
+        assert!(
+            !html.contains("you enter it below") && !html.contains("Log in"),
+            "{html}"
+        );
+        assert!(html.contains("<td>not stored</td>"), "{html}");
+    }
 }
 
 #[tokio::test]

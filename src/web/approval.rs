@@ -1,0 +1,860 @@
+//! The proposal approval page (`/approve/{id}?token=...`): what an agent asks for, shown so a
+//! human can judge it (agent text is escaped and never a link, hosts are shown in the A-label
+//! form the proxy routes on, risks first), and the forms that decide it. The link token only
+//! lets a visitor see the proposal; deciding needs a logged-in human with the right role, the
+//! session's CSRF token, a same-origin POST and, to approve, the password again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::html::esc;
+use super::session::login_form;
+use super::{api_error_page, error_page, html_response, page_message, same_origin, time, web_user};
+use crate::admin::{AdminState, ApiError};
+use crate::domain::VaultRole;
+use crate::identity::{Authenticated, Principal};
+use crate::keys::Keyring;
+use crate::manage::proposals::{self, Approval, Decision, Review};
+use crate::policy::confusable::{self, HostForms};
+use crate::policy::service::{AuthSpec, ServiceSpec};
+use crate::proposal::{
+    self, Acknowledgement, CredentialSlot, ProposalContent, ServiceChange, Severity, VaultState,
+};
+use crate::store::{ProposalRecord, ProposalStatus, VaultRecord};
+
+#[derive(Deserialize)]
+pub(super) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Who is looking at a proposal page, and what they may do.
+enum Viewer {
+    /// Not logged in (but holding a valid link).
+    Anonymous,
+    /// Logged in, with this role (or none) in the vault.
+    User(Arc<Authenticated>, Option<VaultRole>),
+}
+
+/// What one rendering of the page shows.
+#[derive(Clone, Copy)]
+struct Page<'a> {
+    /// The proposal, its vault now, and who raised it.
+    review: &'a Review,
+    /// Who is looking.
+    viewer: &'a Viewer,
+    /// The link token the visitor came with (carried in the forms).
+    token: Option<&'a str>,
+    /// A message about what just happened: (`success` or `error`, text).
+    flash: Option<(&'a str, &'a str)>,
+}
+
+/// Loads a proposal the visitor may see: with a valid link token, or as a member of its vault.
+async fn load_visible(
+    state: &AdminState,
+    id: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(ProposalRecord, VaultRecord, Viewer), Response> {
+    let user = web_user(state, headers).await;
+    let (vault, p) = proposals::visible(&state.manage(), id, token, user.as_deref())
+        .await
+        .map_err(|e| api_error_page(e.into()))?;
+    let viewer = match user {
+        Some(user) => {
+            let role = user.role_in(&p.vault_id);
+            Viewer::User(user, role)
+        }
+        None => Viewer::Anonymous,
+    };
+    Ok((p, vault, viewer))
+}
+
+fn auth_summary(auth: &AuthSpec) -> String {
+    match auth {
+        AuthSpec::Bearer { token } => {
+            format!("bearer token from <code>{}</code>", esc(token.as_str()))
+        }
+        AuthSpec::Basic { username, password } => format!(
+            "basic auth: user <code>{}</code>{}",
+            esc(username.as_str()),
+            password
+                .as_ref()
+                .map(|p| format!(", password <code>{}</code>", esc(p.as_str())))
+                .unwrap_or_default()
+        ),
+        AuthSpec::ApiKey {
+            key,
+            header,
+            prefix,
+        } => {
+            format!(
+                "header <code>{}: {}&lt;{}&gt;</code>",
+                esc(header),
+                esc(prefix),
+                esc(key.as_str())
+            )
+        }
+        AuthSpec::Custom { headers } => headers
+            .iter()
+            .map(|(h, t)| format!("header <code>{}: {}</code>", esc(h), esc(t)))
+            .collect::<Vec<_>>()
+            .join("<br>"),
+        AuthSpec::Passthrough => "nothing attached (allow only)".into(),
+    }
+}
+
+/// The service changes. While pending, each says whether it adds a service or replaces one of
+/// the vault's; once decided the vault has moved on, so each says only what it asked for.
+fn service_rows(content: &ProposalContent, state: &VaultState, pending: bool) -> String {
+    let mut rows = String::new();
+    for change in &content.services {
+        match change {
+            ServiceChange::Set(spec) => {
+                let existing = state.services.iter().any(|s| s.name == spec.name);
+                let verb = match (pending, existing) {
+                    (false, _) => "set",
+                    (true, true) => "replace",
+                    (true, false) => "add",
+                };
+                rows.push_str(&format!(
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    verb,
+                    esc(&spec.name),
+                    host_cell(&spec.host),
+                    if spec.methods.is_empty() {
+                        "any".to_owned()
+                    } else {
+                        esc(&spec.methods.join(", "))
+                    },
+                    auth_summary(&spec.auth) + &substitutions(spec)
+                ));
+            }
+            ServiceChange::Delete { name } => rows.push_str(&format!(
+                "<tr><td>remove</td><td><code>{}</code></td><td></td><td></td><td></td></tr>",
+                esc(name)
+            )),
+        }
+    }
+    rows
+}
+
+/// A host as the proxy routes on it (A-labels) and, when it differs, as a browser would show
+/// it, with every non-ASCII character named: a look-alike cannot hide behind its rendering.
+/// The Unicode form is forced left-to-right so right-to-left letters cannot reorder it.
+fn host_cell(host: &str) -> String {
+    let forms = HostForms::of(host);
+    let mut cell = format!("<code class=\"host-ascii\">{}</code>", esc(&forms.ascii));
+    if forms.is_internationalized() {
+        let chars: Vec<String> = forms
+            .unicode
+            .chars()
+            .filter(|c| !c.is_ascii())
+            .fold(Vec::new(), |mut seen, c| {
+                if !seen.contains(&c) {
+                    seen.push(c);
+                }
+                seen
+            })
+            .into_iter()
+            .map(confusable::describe_char)
+            .collect();
+        cell.push_str(&format!(
+            "<br>displayed as <code class=\"host-unicode\"><bdo dir=\"ltr\">{}</bdo></code><br><span class=\"hint\">non-ASCII: {}</span>",
+            esc(&forms.unicode),
+            esc(&chars.join(", "))
+        ));
+    }
+    cell
+}
+
+fn substitutions(spec: &ServiceSpec) -> String {
+    spec.substitutions
+        .iter()
+        .map(|s| {
+            let places: Vec<String> = s.places.iter().map(|p| p.describe()).collect();
+            format!(
+                "<br>replaces <code>{}</code> with <code>{}</code> only as the whole value of: {}",
+                esc(&s.placeholder),
+                esc(s.key.as_str()),
+                esc(&places.join("; "))
+            )
+        })
+        .collect()
+}
+
+/// The credential slots; the last column says where each value comes from while pending, and
+/// whether it was stored once decided.
+fn credential_rows(content: &ProposalContent, status: ProposalStatus) -> String {
+    let mut rows = String::new();
+    for slot in &content.credentials {
+        match slot {
+            CredentialSlot::Set {
+                key,
+                description,
+                obtain,
+                obtain_instructions,
+                has_value,
+            } => {
+                // Never a link: a click would carry the approver's cookie to whatever the agent
+                // runs (cookies are not isolated by port). The approver reads it and decides.
+                let link = obtain
+                    .as_ref()
+                    .map(|u| {
+                        format!(
+                            "<div class=\"agent-url\"><span class=\"agent-warning\">⚠ Link provided by the agent; \
+                             not clickable. Check where it goes before you copy it into your browser:</span>\
+                             <code>{}</code></div>",
+                            esc(u)
+                        )
+                    })
+                    .unwrap_or_default();
+                let how = obtain_instructions
+                    .as_ref()
+                    .map(|i| format!("<div class=\"message\">{}</div>", esc(i)))
+                    .unwrap_or_default();
+                rows.push_str(&format!(
+                    "<tr><td>set</td><td><code>{}</code></td><td>{}</td><td>{link}{how}</td><td>{}</td></tr>",
+                    esc(key.as_str()),
+                    esc(description),
+                    match (status, *has_value) {
+                        (ProposalStatus::Pending, true) => "the agent supplied a value",
+                        (ProposalStatus::Pending, false) => "you enter it below",
+                        (ProposalStatus::Applied, _) => "stored",
+                        (ProposalStatus::Rejected | ProposalStatus::Expired, _) => "not stored",
+                    }
+                ));
+            }
+            CredentialSlot::Delete { key } => rows.push_str(&format!(
+                "<tr><td>delete</td><td><code>{}</code></td><td></td><td></td><td></td></tr>",
+                esc(key.as_str())
+            )),
+        }
+    }
+    rows
+}
+
+/// What became of a decided proposal: approved by whom and when, rejected (with the reason), or
+/// expired.
+fn outcome(p: &ProposalRecord, reviewer: Option<&str>) -> String {
+    let who = esc(reviewer.unwrap_or("a user who has since been deleted"));
+    let when = time(match p.status {
+        ProposalStatus::Expired => p.expires_at,
+        _ => p.reviewed_at.unwrap_or(p.expires_at),
+    });
+    let (class, text) = match p.status {
+        ProposalStatus::Applied => (
+            "success",
+            format!("Approved by {who} on {when}; the changes are live."),
+        ),
+        ProposalStatus::Rejected => {
+            let reason = match p.review_note.as_deref().filter(|r| !r.is_empty()) {
+                Some(r) => format!(" Reason: {}", esc(r)),
+                None => " No reason was given.".to_owned(),
+            };
+            ("error", format!("Rejected by {who} on {when}.{reason}"))
+        }
+        ProposalStatus::Expired => (
+            "notice",
+            format!("Expired on {when} without a decision; nothing was changed."),
+        ),
+        ProposalStatus::Pending => return String::new(),
+    };
+    format!("<p class=\"{class}\" id=\"outcome\">{text}</p>")
+}
+
+/// The page's body: the proposal as the approver reviews it, then what this viewer may do.
+fn render(keyring: &Keyring, page: &Page<'_>) -> String {
+    let Page {
+        review,
+        viewer,
+        token,
+        flash,
+    } = *page;
+    let (p, vault, content) = (
+        &review.viewed.record,
+        &review.viewed.vault,
+        &review.viewed.content,
+    );
+    let (vs, creator) = (&review.state, review.creator.as_str());
+    let mut body = String::new();
+    body.push_str(&format!(
+        "<h1>Proposal #{} in vault <code>{}</code> <span class=\"status {}\" id=\"status\">{}</span></h1>\
+         <p class=\"meta\">Raised by {} on {} · expires {}</p>",
+        p.seq,
+        esc(vault.name.as_str()),
+        p.status.as_str(),
+        p.status.as_str(),
+        esc(creator),
+        time(p.created_at),
+        time(p.expires_at)
+    ));
+    if let Some((kind, text)) = flash {
+        body.push_str(&format!(
+            "<p class=\"{kind}\" id=\"flash\">{}</p>",
+            esc(text)
+        ));
+    }
+    let pending = p.status == ProposalStatus::Pending;
+    if !pending {
+        body.push_str(&outcome(p, review.reviewer.as_deref()));
+    }
+    if !content.message.is_empty() {
+        body.push_str(&format!(
+            "<h2>Message from the agent</h2><div class=\"message\">{}</div>",
+            esc(&content.message)
+        ));
+    }
+    // Risks are computed against the vault as it is now, and the form's hash covers both. Once
+    // decided there is nothing left to check, and the vault has moved on.
+    let risks = if pending {
+        proposal::risks(content, vs)
+    } else {
+        Vec::new()
+    };
+    if !risks.is_empty() {
+        body.push_str("<h2>Check these</h2>");
+        for r in &risks {
+            let class = if r.severity == Severity::Notice {
+                "notice"
+            } else {
+                "risk"
+            };
+            body.push_str(&format!(
+                "<p class=\"{class}\">{}{}</p>",
+                match r.severity {
+                    Severity::High => "⚠ High risk: ",
+                    Severity::Warning => "⚠ ",
+                    Severity::Notice => "",
+                },
+                esc(&r.text)
+            ));
+        }
+    }
+    if !content.services.is_empty() {
+        body.push_str(&format!(
+            "<h2>Services</h2><table><tr><th>Change</th><th>Name</th><th>Host</th><th>Methods</th><th>Credentials attached</th></tr>{}</table>",
+            service_rows(content, vs, pending)
+        ));
+    }
+    if !content.credentials.is_empty() {
+        body.push_str(&format!(
+            "<h2>Credentials</h2><table><tr><th>Change</th><th>Key</th><th>Description</th><th>Where to get it</th><th>Value</th></tr>{}</table>",
+            credential_rows(content, p.status)
+        ));
+    }
+    if !pending {
+        return body;
+    }
+    let token_field = token
+        .map(|t| {
+            format!(
+                "<input type=\"hidden\" name=\"token\" value=\"{}\">",
+                esc(t)
+            )
+        })
+        .unwrap_or_default();
+    match viewer {
+        Viewer::Anonymous => {
+            let next = format!(
+                "/approve/{}{}",
+                p.id,
+                token.map(|t| format!("?token={t}")).unwrap_or_default()
+            );
+            body.push_str("<p class=\"notice\">Log in with an account that is a member of this vault to approve or reject.</p>");
+            body.push_str(&login_form(&next, None));
+        }
+        Viewer::User(user, role) => {
+            let need = if proposal::needs_admin(content) {
+                VaultRole::Admin
+            } else {
+                VaultRole::Member
+            };
+            if role.is_none_or(|r| r < need) {
+                body.push_str(&format!(
+                    "<p class=\"notice\">Approving this proposal needs the {need} role in vault {}; you are {}.</p>",
+                    esc(vault.name.as_str()),
+                    role.map(|r| r.to_string()).unwrap_or_else(|| "not a member".into())
+                ));
+                return body;
+            }
+            let csrf = keyring.csrf_token(&user.token_id, &p.id);
+            let hash = proposal::approval_hash(content, vs);
+            let mut inputs = String::new();
+            // One required box per risk that needs an explicit acknowledgement; the server
+            // refuses the approval without each of them.
+            for (i, r) in risks.iter().enumerate() {
+                if let (true, Some(risk_id)) = (r.needs_acknowledgement, &r.id) {
+                    inputs.push_str(&format!(
+                        "<p class=\"risk\"><input type=\"checkbox\" id=\"ack_{i}\" name=\"ack\" value=\"{}\" required> \
+                         <label for=\"ack_{i}\" class=\"inline\">I checked this and accept it: {}</label></p>",
+                        esc(risk_id),
+                        esc(&r.text)
+                    ));
+                }
+            }
+            for slot in &content.credentials {
+                if let CredentialSlot::Set { key, has_value, .. } = slot {
+                    let id = format!("value_{}", key.as_str());
+                    inputs.push_str(&format!(
+                        "<label for=\"{id}\">Value for {}</label><input type=\"password\" id=\"{id}\" name=\"{id}\" autocomplete=\"off\"{}>\
+                         <p class=\"hint\">{}</p>",
+                        esc(key.as_str()),
+                        if *has_value { "" } else { " required" },
+                        if *has_value { "Optional: leave empty to keep the value the agent supplied." } else { "Required." }
+                    ));
+                }
+            }
+            body.push_str(&format!(
+                "<h2>Decide</h2><form method=\"post\" action=\"/approve/{id}\" id=\"approve-form\">\
+                 <input type=\"hidden\" name=\"action\" value=\"approve\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"hash\" value=\"{hash}\">{token_field}{inputs}\
+                 <label for=\"confirm_password\">Your password</label>\
+                 <input type=\"password\" id=\"confirm_password\" name=\"confirm_password\" autocomplete=\"current-password\" required>\
+                 <p class=\"hint\">Approving changes which credentials go where; confirm it is you.</p>\
+                 <div class=\"actions\"><button type=\"submit\" class=\"approve\" id=\"approve\">Approve</button></div></form>\
+                 <form method=\"post\" action=\"/approve/{id}\" id=\"reject-form\">\
+                 <input type=\"hidden\" name=\"action\" value=\"reject\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"hash\" value=\"{hash}\">{token_field}\
+                 <label for=\"reason\">Reason for rejecting (shown to the agent)</label><textarea id=\"reason\" name=\"reason\" rows=\"2\"></textarea>\
+                 <div class=\"actions\"><button type=\"submit\" class=\"reject\" id=\"reject\">Reject</button></div></form>",
+                id = esc(&p.id),
+                csrf = esc(&csrf),
+                hash = esc(&hash),
+            ));
+        }
+    }
+    body
+}
+
+/// Renders the approval page for a proposal as it stands now.
+async fn render_page(
+    state: &AdminState,
+    p: ProposalRecord,
+    vault: VaultRecord,
+    viewer: &Viewer,
+    token: Option<&str>,
+    flash: Option<(&str, &str)>,
+    status: StatusCode,
+) -> Response {
+    let review = match proposals::review_of(&state.manage(), vault, p).await {
+        Ok(review) => review,
+        Err(e) => return api_error_page(e.into()),
+    };
+    let page = Page {
+        review: &review,
+        viewer,
+        token,
+        flash,
+    };
+    html_response(
+        status,
+        &format!("Proposal #{}", review.viewed.record.seq),
+        &render(&state.keyring, &page),
+    )
+}
+
+/// Approving asks for the password again: the page's session cookie travels to every port of
+/// the host, so holding it alone must not be enough to change what credentials go where.
+async fn confirm(
+    state: &AdminState,
+    user_id: &str,
+    password: Option<SecretString>,
+) -> Result<(), ApiError> {
+    let who = user_id.to_owned();
+    if state.confirm_failures.exhausted(&who) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let Some(password) = password.filter(|p| !p.expose_secret().is_empty()) else {
+        return Err(ApiError::bad_request(
+            "password_required",
+            "enter your password to approve",
+        ));
+    };
+    let user = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let phc = user.password_hash.clone();
+    // Not counted against the instance-wide login limit: an agent failing logins on purpose
+    // must not be able to block a logged-in human from approving.
+    if state
+        .passwords
+        .verify_for_session(password, Some(phc))
+        .await?
+    {
+        Ok(())
+    } else {
+        state.confirm_failures.record(who);
+        Err(ApiError::InvalidCredentials)
+    }
+}
+
+/// `GET /approve/{id}[?token=...]`.
+pub(super) async fn approval_page(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    match load_visible(&state, &id, q.token.as_deref(), &headers).await {
+        Ok((p, vault, viewer)) => {
+            render_page(
+                &state,
+                p,
+                vault,
+                &viewer,
+                q.token.as_deref(),
+                None,
+                StatusCode::OK,
+            )
+            .await
+        }
+        Err(resp) => resp,
+    }
+}
+
+/// A submitted decision form, sorted: secrets apart from the plain fields.
+#[derive(Debug, Default)]
+struct Submitted {
+    /// `action`, `csrf`, `hash`, `token`, `reason`.
+    fields: BTreeMap<String, String>,
+    /// `value_KEY` inputs, by key.
+    values: BTreeMap<String, SecretString>,
+    /// The approver's password, asked again.
+    confirm_password: Option<SecretString>,
+    /// The ids of the risks ticked.
+    acknowledged: BTreeSet<String>,
+}
+
+impl Submitted {
+    fn parse(pairs: Vec<(String, String)>) -> Self {
+        let mut out = Self::default();
+        for (name, value) in pairs {
+            if name == "confirm_password" {
+                out.confirm_password = Some(SecretString::from(value));
+            } else if name == "ack" {
+                out.acknowledged.insert(value);
+            } else if let Some(key) = name.strip_prefix("value_") {
+                out.values.insert(key.to_owned(), SecretString::from(value));
+            } else {
+                out.fields.insert(name, value);
+            }
+        }
+        out
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// `POST /approve/{id}`: approve (with the password again) or reject, then the page anew.
+pub(super) async fn approval_submit(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(pairs): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    // Refuse cross-site posts before looking at anything else.
+    if !same_origin(&state.public_url, &headers) {
+        return error_page(StatusCode::FORBIDDEN, "cross-origin request refused");
+    }
+    let form = Submitted::parse(pairs);
+    let token = form.field("token").map(str::to_owned);
+    let (p, vault, viewer) = match load_visible(&state, &id, token.as_deref(), &headers).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let Viewer::User(user, _) = &viewer else {
+        return error_page(StatusCode::UNAUTHORIZED, "log in to approve or reject");
+    };
+    let csrf = form.field("csrf").unwrap_or_default();
+    if !state.keyring.verify_csrf(&user.token_id, &p.id, csrf) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "this form is not valid any more (or came from another site); reload the page",
+        );
+    }
+    let outcome = decide_from_form(&state, user, &vault, &p, form).await;
+    let (flash, status) = match &outcome {
+        Ok(msg) => (("success", (*msg).to_owned()), StatusCode::OK),
+        Err(e) => (("error", page_message(e)), e.status()),
+    };
+    let retry_after = match &outcome {
+        Err(ApiError::Busy(secs)) => Some(*secs),
+        _ => None,
+    };
+    let fresh = state
+        .store
+        .proposal(&p.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(p);
+    let viewer = match web_user(&state, &headers).await {
+        Some(u) => {
+            let role = u.role_in(&fresh.vault_id);
+            Viewer::User(u, role)
+        }
+        None => Viewer::Anonymous,
+    };
+    let flash = Some((flash.0, flash.1.as_str()));
+    let mut response = render_page(
+        &state,
+        fresh,
+        vault,
+        &viewer,
+        token.as_deref(),
+        flash,
+        status,
+    )
+    .await;
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Carries out what the form asks; the text says what happened, for the page's flash.
+async fn decide_from_form(
+    state: &AdminState,
+    user: &Authenticated,
+    vault: &VaultRecord,
+    p: &ProposalRecord,
+    mut form: Submitted,
+) -> Result<&'static str, ApiError> {
+    let (decision, done) = match form.field("action") {
+        Some("approve") => {
+            // `web_user` admits humans only, and deciding checks it again.
+            let user_id = match &user.principal {
+                Principal::User { id, .. } => id.as_str(),
+                _ => "",
+            };
+            confirm(state, user_id, form.confirm_password.take()).await?;
+            let approval = Approval {
+                shown_hash: Some(form.field("hash").unwrap_or_default().to_owned()),
+                values: form.values,
+                acknowledged: Acknowledgement::Ids(form.acknowledged),
+            };
+            (
+                Decision::Approve(approval),
+                "Approved: the changes are live.",
+            )
+        }
+        Some("reject") => {
+            let reason = form.field("reason").unwrap_or_default().to_owned();
+            (Decision::Reject { reason }, "Rejected.")
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_action",
+                "choose approve or reject",
+            ));
+        }
+    };
+    proposals::decide(state.acting(user), vault, p, decision).await?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{DataKey, TokenHash};
+    use crate::domain::{Email, InstanceRole};
+    use crate::manage::proposals::Viewed;
+    use crate::web::tests::{proposal, vault};
+
+    fn keyring() -> Keyring {
+        Keyring::from_dek(DataKey::from_bytes([7; 32]))
+    }
+
+    /// A review of a proposal asking for one new service and one credential, with agent text
+    /// that tries to be markup and a link.
+    fn review(status: ProposalStatus) -> Review {
+        let mut record = proposal("<script>alert('msg')</script>");
+        record.status = status;
+        let content: ProposalContent = serde_json::from_value(serde_json::json!({
+            "message": "<script>alert('msg')</script>",
+            "services": [{ "action": "set", "name": "gh", "host": "gh.example.test",
+                           "auth": { "type": "bearer", "token": "GH_TOKEN" } }],
+            "credentials": [{ "action": "set", "key": "GH_TOKEN",
+                              "description": "<img src=x onerror=alert(1)>",
+                              "obtain": "https://evil.example/\"><a href=x>",
+                              "obtain_instructions": "<b>click</b>", "has_value": false }]
+        }))
+        .unwrap();
+        Review {
+            viewed: Viewed {
+                record,
+                vault: vault(),
+                content,
+            },
+            state: VaultState::default(),
+            creator: "agent <bot>".into(),
+            reviewer: (status != ProposalStatus::Pending).then(|| "ann@example.com".into()),
+        }
+    }
+
+    fn user(role: Option<VaultRole>) -> Viewer {
+        let who = Authenticated {
+            token_id: "t1".into(),
+            token_hash: TokenHash([1; 32]),
+            principal: Principal::User {
+                id: "u1".into(),
+                email: Email::parse("ann@example.com").unwrap(),
+                role: InstanceRole::Member,
+            },
+            grants: Default::default(),
+            expires_at: None,
+        };
+        Viewer::User(Arc::new(who), role)
+    }
+
+    fn page(review: &Review, viewer: &Viewer) -> String {
+        render(
+            &keyring(),
+            &Page {
+                review,
+                viewer,
+                token: Some("av_appr_\"x"),
+                flash: None,
+            },
+        )
+    }
+
+    #[test]
+    fn agent_text_is_escaped_and_links_are_never_clickable() {
+        let review = review(ProposalStatus::Pending);
+        let body = page(&review, &Viewer::Anonymous);
+        for raw in ["<script>", "<img", "<b>click", "<a href=x>", "agent <bot>"] {
+            assert!(!body.contains(raw), "{raw} reached the page: {body}");
+        }
+        assert!(body.contains("&lt;script&gt;alert(&#39;msg&#39;)&lt;/script&gt;"));
+        assert!(body.contains("not clickable"), "{body}");
+        assert!(!body.contains("<a "), "no link at all: {body}");
+        assert!(body.contains("gh.example.test"), "{body}");
+    }
+
+    #[test]
+    fn a_visitor_gets_a_login_form_that_returns_to_the_link() {
+        let review = review(ProposalStatus::Pending);
+        let body = page(&review, &Viewer::Anonymous);
+        assert!(body.contains("action=\"/login\""), "{body}");
+        assert!(body.contains("/approve/p1?token=av_appr_&quot;x"), "{body}");
+        assert!(!body.contains("approve-form"), "{body}");
+    }
+
+    #[test]
+    fn only_the_needed_role_gets_the_decision_forms() {
+        let review = review(ProposalStatus::Pending);
+        // A new service needs an admin.
+        let member = page(&review, &user(Some(VaultRole::Member)));
+        assert!(member.contains("needs the admin role"), "{member}");
+        assert!(!member.contains("approve-form"), "{member}");
+        let outsider = page(&review, &user(None));
+        assert!(outsider.contains("not a member"), "{outsider}");
+        let admin = page(&review, &user(Some(VaultRole::Admin)));
+        assert!(
+            admin.contains("id=\"approve-form\"") && admin.contains("id=\"reject-form\""),
+            "{admin}"
+        );
+        let csrf = keyring().csrf_token("t1", "p1");
+        assert!(
+            admin.contains(&csrf),
+            "the CSRF token is bound to session and proposal"
+        );
+        assert!(admin.contains("name=\"value_GH_TOKEN\""), "{admin}");
+        assert!(
+            admin.contains("name=\"token\" value=\"av_appr_&quot;x\""),
+            "{admin}"
+        );
+    }
+
+    #[test]
+    fn a_submitted_form_keeps_secrets_apart() {
+        let form = Submitted::parse(vec![
+            ("action".into(), "approve".into()),
+            ("value_GH_TOKEN".into(), "ghp_x".into()),
+            ("confirm_password".into(), "pw".into()),
+            ("ack".into(), "lookalike-host:gh".into()),
+            ("ack".into(), "other".into()),
+            ("csrf".into(), "c".into()),
+        ]);
+        assert_eq!(form.field("action"), Some("approve"));
+        assert_eq!(form.field("csrf"), Some("c"));
+        assert_eq!(
+            form.fields.len(),
+            2,
+            "values and the password are not plain fields"
+        );
+        assert_eq!(form.values["GH_TOKEN"].expose_secret(), "ghp_x");
+        assert_eq!(
+            form.confirm_password.as_ref().map(|p| p.expose_secret()),
+            Some("pw")
+        );
+        assert_eq!(form.acknowledged.len(), 2);
+    }
+
+    #[test]
+    fn a_decided_proposal_shows_its_outcome_and_no_forms() {
+        for status in [
+            ProposalStatus::Applied,
+            ProposalStatus::Rejected,
+            ProposalStatus::Expired,
+        ] {
+            let mut review = review(status);
+            review.viewed.record.reviewed_at = Some(1_750_000_000_000);
+            review.viewed.record.review_note = Some("<i>use ops</i>".into());
+            // The vault now has the service the proposal added.
+            review.state.services = match &review.viewed.content.services[0] {
+                ServiceChange::Set(spec) => vec![spec.clone()],
+                ServiceChange::Delete { .. } => unreachable!(),
+            };
+            let body = page(&review, &user(Some(VaultRole::Admin)));
+            assert!(!body.contains("<form"), "{status:?}: {body}");
+            for stale in ["you enter it below", "replace", "add", "Check these"] {
+                assert!(
+                    !body.contains(&format!(">{stale}")),
+                    "{status:?} says {stale:?}: {body}"
+                );
+            }
+            let outcome = body
+                .split("id=\"outcome\">")
+                .nth(1)
+                .and_then(|rest| rest.split("</p>").next())
+                .unwrap_or_else(|| panic!("{status:?} has no outcome: {body}"));
+            match status {
+                ProposalStatus::Applied => {
+                    assert_eq!(
+                        outcome,
+                        "Approved by ann@example.com on 2025-06-15T15:06:40Z; the changes are live."
+                    );
+                    assert!(body.contains("<td>stored</td>"), "{body}");
+                }
+                ProposalStatus::Rejected => {
+                    assert_eq!(
+                        outcome,
+                        "Rejected by ann@example.com on 2025-06-15T15:06:40Z. Reason: &lt;i&gt;use ops&lt;/i&gt;"
+                    );
+                    assert!(body.contains("<td>not stored</td>"), "{body}");
+                }
+                _ => {
+                    assert_eq!(
+                        outcome,
+                        "Expired on 2027-01-15T08:00:00Z without a decision; nothing was changed."
+                    );
+                    assert!(body.contains("<td>not stored</td>"), "{body}");
+                }
+            }
+        }
+    }
+}
