@@ -283,16 +283,20 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
     );
     let (vs, creator) = (&review.state, review.creator.as_str());
     let mut body = String::new();
+    // Only a pending proposal can still expire; a decided one shows its outcome below instead.
+    let expiry = match p.status {
+        ProposalStatus::Pending => format!(" · expires {}", time(p.expires_at)),
+        _ => String::new(),
+    };
     body.push_str(&format!(
         "<h1>Proposal #{} in vault <code>{}</code> <span class=\"status {}\" id=\"status\">{}</span></h1>\
-         <p class=\"meta\">Raised by {} on {} · expires {}</p>",
+         <p class=\"meta\">Raised by {} on {}{expiry}</p>",
         p.seq,
         esc(vault.name.as_str()),
         p.status.as_str(),
         p.status.as_str(),
         esc(creator),
         time(p.created_at),
-        time(p.expires_at)
     ));
     if let Some((kind, text)) = flash {
         body.push_str(&format!(
@@ -748,6 +752,10 @@ mod tests {
     fn a_visitor_gets_a_login_form_that_returns_to_the_link() {
         let review = review(ProposalStatus::Pending);
         let body = page(&review, &Viewer::Anonymous);
+        assert!(
+            body.contains(" · expires "),
+            "a pending one says when: {body}"
+        );
         assert!(body.contains("action=\"/login\""), "{body}");
         assert!(body.contains("/approve/p1?token=av_appr_&quot;x"), "{body}");
         assert!(!body.contains("approve-form"), "{body}");
@@ -821,6 +829,10 @@ mod tests {
             };
             let body = page(&review, &user(Some(VaultRole::Admin)));
             assert!(!body.contains("<form"), "{status:?}: {body}");
+            assert!(
+                !body.contains("expires "),
+                "a decided proposal no longer expires: {body}"
+            );
             for stale in ["you enter it below", "replace", "add", "Check these"] {
                 assert!(
                     !body.contains(&format!(">{stale}")),
