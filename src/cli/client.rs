@@ -231,6 +231,8 @@ impl Client {
         // Never through a proxy: inside `agent-vault run` HTTP(S)_PROXY points at our own proxy.
         reqwest::Client::builder()
             .no_proxy()
+            // A login is bound to its server's address; a redirect must not take it elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()

@@ -96,6 +96,9 @@ pub(super) struct ExecArgs {
     /// A path that stays writable in `strict` mode (absolute, canonical).
     #[arg(long = "write", value_name = "PATH")]
     write: Vec<PathBuf>,
+    /// A path the command may read even beneath a denied one: its own run's files.
+    #[arg(long = "read", value_name = "PATH")]
+    read: Vec<PathBuf>,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -167,7 +170,11 @@ impl Plan {
     /// `agent-vault confined-exec`, which confines itself and becomes the command. Either way
     /// the agent-vault variables of the caller (master password, setup and invitation tokens,
     /// configuration) are not passed on; `run` sets the ones the command needs.
-    pub(super) fn command(&self, command: &[String]) -> Result<tokio::process::Command, CliError> {
+    pub(super) fn command(
+        &self,
+        command: &[String],
+        run_files: &Path,
+    ) -> Result<tokio::process::Command, CliError> {
         let mut cmd = if self.mode == Mode::Off {
             let mut cmd = tokio::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
@@ -189,15 +196,15 @@ impl Plan {
             for path in &self.write {
                 cmd.arg("--write").arg(path);
             }
+            cmd.arg("--read").arg(run_files);
             cmd.arg("--").args(command);
             cmd
         };
         for (key, _) in std::env::vars_os() {
-            if key
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("AGENT_VAULT_")
-            {
+            let name = key.to_string_lossy().to_ascii_uppercase();
+            // DATABASE_URL is the server's Postgres URL, password included: with it the command
+            // could copy the wrapped data key and every hash, which confinement exists to deny.
+            if name.starts_with("AGENT_VAULT_") || name == "DATABASE_URL" {
                 cmd.env_remove(&key);
             }
         }
@@ -205,15 +212,13 @@ impl Plan {
     }
 }
 
-/// Where `run` writes the files its command must read (the CA certificates): the user's cache
-/// directory, `$XDG_CACHE_HOME/agent-vault` or `~/.cache/agent-vault`, away from the denied
-/// `~/.agent-vault`.
+/// Where `run` writes the files its command must read (CA certificates, trust store, Node and
+/// Java helpers): `~/.agent-vault/runs`, inside the directory confinement denies. Each confined
+/// command is granted read access to its own run's directory alone, so one agent can neither
+/// read nor plant code in another run's preload files (which a sibling `node` or `java` would
+/// load with that run's token).
 pub(super) fn run_files_dir() -> Result<PathBuf, CliError> {
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|c| Path::new(c).is_absolute()) {
-        return Ok(PathBuf::from(cache).join("agent-vault"));
-    }
-    let home = std::env::var_os("HOME").ok_or_else(|| CliError::msg("HOME is not set"))?;
-    Ok(PathBuf::from(home).join(".cache").join("agent-vault"))
+    Ok(super::client::session_dir()?.join("runs"))
 }
 
 /// `Err(why)` when this kernel cannot enforce a Landlock ruleset.
@@ -326,10 +331,11 @@ fn rules(
     mode: Mode,
     deny: &[PathBuf],
     write: &[PathBuf],
+    read: &[PathBuf],
 ) -> Result<Vec<(PathBuf, Grant)>, PathBuf> {
     let mut out = Vec::new();
     match mode {
-        Mode::Off => {}
+        Mode::Off => return Ok(out),
         Mode::Paths => grant_beneath(Path::new("/"), Grant::All, deny, &mut out)?,
         Mode::Strict => {
             grant_beneath(Path::new("/"), Grant::Read, deny, &mut out)?;
@@ -338,6 +344,9 @@ fn rules(
             }
         }
     }
+    // Read-only even beneath a denied path: Landlock judges a file by the rules on its own
+    // hierarchy, so the directories above it need no right of their own.
+    out.extend(read.iter().map(|path| (path.clone(), Grant::Read)));
     Ok(out)
 }
 
@@ -433,7 +442,7 @@ pub(super) fn exec(args: ExecArgs) -> Result<(), CliError> {
         .handle_access(AccessFs::from_all(LANDLOCK_ABI))
         .and_then(Ruleset::create)
         .map_err(|e| refuse(format!("cannot create a Landlock ruleset: {e}")))?;
-    let rules = rules(args.mode, &args.deny, &args.write).map_err(|dir| {
+    let rules = rules(args.mode, &args.deny, &args.write, &args.read).map_err(|dir| {
         refuse(format!(
             "{} cannot be listed (is this already a confined command?) and a path to deny beneath it is still readable",
             dir.display()
@@ -514,7 +523,14 @@ mod tests {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         let deny = vec![root.join("work/.agent-vault")];
-        let rules = rules(Mode::Strict, &deny, &[root.join("work")]).unwrap();
+        let own_run = root.join("work/.agent-vault/runs/this-run");
+        let rules = rules(
+            Mode::Strict,
+            &deny,
+            &[root.join("work")],
+            std::slice::from_ref(&own_run),
+        )
+        .unwrap();
         let writes: Vec<_> = rules
             .iter()
             .filter(|(_, g)| *g == Grant::Write)
@@ -524,8 +540,9 @@ mod tests {
         assert!(
             rules
                 .iter()
-                .all(|(p, _)| !p.starts_with(root.join("work/.agent-vault"))),
-            "{rules:?}"
+                .filter(|(p, _)| p.starts_with(root.join("work/.agent-vault")))
+                .eq([&(own_run, Grant::Read)]),
+            "beneath the denied path only the run's own files, read-only: {rules:?}"
         );
         assert!(rules.iter().all(|(p, _)| p != Path::new("/")));
     }

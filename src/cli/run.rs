@@ -78,7 +78,7 @@ pub(super) async fn run(args: RunArgs, address: Option<&str>) -> Result<(), CliE
         ca_pem: &ca_pem,
     })?;
 
-    let mut cmd = confinement.command(&args.command)?;
+    let mut cmd = confinement.command(&args.command, env.files_dir())?;
     env.apply(&mut cmd);
 
     let outcome = match cmd.spawn() {

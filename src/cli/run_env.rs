@@ -154,16 +154,28 @@ impl Drop for RunDir {
     }
 }
 
-/// Where run directories go: the user's cache directory (outside `~/.agent-vault`, which
-/// confinement denies; a `run` inside a confined run can still create there, since the outer
-/// run made it), else the temporary directory (a `--confine=strict` outer run lets the inner one
-/// write only there and in its working directory).
+/// Where run directories go: `~/.agent-vault/runs` (denied to every confined command but for its
+/// own run's directory, see `confine::run_files_dir`), else the temporary directory (a `run`
+/// inside a confined run cannot write beneath `~/.agent-vault`), else `~/.cache/agent-vault`
+/// (when the home directory lies inside the temporary directory, the outer confinement cannot
+/// grant entries directly in it; there sibling commands could write the inner run's files, the
+/// price of nesting in such a layout).
 fn run_dir_parents() -> Vec<PathBuf> {
     let mut parents = Vec::new();
-    if let Ok(cache) = super::confine::run_files_dir() {
-        parents.push(cache);
+    if let Ok(runs) = super::confine::run_files_dir() {
+        parents.push(runs);
     }
     parents.push(std::env::temp_dir());
+    if let Some(home) = std::env::var_os("HOME") {
+        let nested = PathBuf::from(home).join(".cache").join("agent-vault");
+        // Made now, while unconfined: a confined command cannot create entries in `$HOME`.
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&nested);
+        parents.push(nested);
+    }
     parents
 }
 
@@ -417,6 +429,11 @@ impl RunEnv {
         set.push(("AGENT_VAULT_TOKEN", target.token.expose_secret().to_owned()));
         set.push(("AGENT_VAULT_VAULT", target.vault.to_owned()));
         Ok(Self { remove, set, dir })
+    }
+
+    /// The directory holding this run's files, which the confined command may read.
+    pub(super) fn files_dir(&self) -> &Path {
+        &self.dir.path
     }
 
     /// Removes every inherited owned variable from `cmd` and sets ours.

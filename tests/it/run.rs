@@ -392,6 +392,63 @@ async fn strict_confinement_writes_only_in_the_working_and_temporary_directories
     assert_ne!(attempt(&paths, "session-file"), 0, "{paths:?}");
 }
 
+/// What one run's command may do to run files: read its own, touch no other run's (whose Node
+/// preload and Java agent another `node` or `java` would load with that run's token), and never
+/// see the server's database URL.
+const RUN_FILES: &str = r#"
+cat "$NODE_EXTRA_CA_CERTS" > /dev/null; echo "attempt read-own rc=$?"
+echo tampered >> "$NODE_EXTRA_CA_CERTS"; echo "attempt write-own rc=$?"
+cat "$OTHER/node-preload.cjs"; echo "attempt read-other rc=$?"
+echo 'planted()' >> "$OTHER/node-preload.cjs"; echo "attempt plant-other rc=$?"
+echo "database url: ${DATABASE_URL:-none}"
+"#;
+
+#[tokio::test]
+async fn a_confined_command_reads_its_own_run_files_and_no_other_runs_or_database_url() {
+    let app = app_with_service().await;
+    // Another run's directory, as a concurrent `run` would have made it.
+    let other = app
+        .home
+        .path()
+        .join(".agent-vault/runs/agent-vault-run-other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("node-preload.cjs"), "original preload\n").unwrap();
+    let other_s = other.to_str().unwrap().to_owned();
+    let db_url = "postgres://av:db-password-canary@db.example/av";
+    let go = |confine: &'static [&'static str]| {
+        let mut args = vec!["run", "--vault", "runner"];
+        args.extend_from_slice(confine);
+        args.extend_from_slice(&["--", "sh", "-c", RUN_FILES]);
+        let (app, other_s) = (&app, other_s.clone());
+        async move {
+            cli_in(
+                app,
+                app.home.path(),
+                &args,
+                &[("OTHER", other_s.as_str()), ("DATABASE_URL", db_url)],
+            )
+            .await
+        }
+    };
+    let confined = go(&[]).await;
+    assert_eq!(attempt(&confined, "read-own"), 0, "{confined:?}");
+    assert_ne!(attempt(&confined, "write-own"), 0, "{confined:?}");
+    assert_ne!(attempt(&confined, "read-other"), 0, "{confined:?}");
+    assert_ne!(attempt(&confined, "plant-other"), 0, "{confined:?}");
+    assert!(
+        confined.stdout.contains("database url: none"),
+        "{confined:?}"
+    );
+    assert!(!format!("{confined:?}").contains("db-password-canary"));
+    assert_eq!(
+        std::fs::read_to_string(other.join("node-preload.cjs")).unwrap(),
+        "original preload\n"
+    );
+    // Unconfined the same script succeeds, so the checks above can fail.
+    let open = go(&["--confine=off"]).await;
+    assert_eq!(attempt(&open, "plant-other"), 0, "{open:?}");
+}
+
 #[tokio::test]
 async fn deny_adds_paths_to_the_confinement() {
     let app = app_with_service().await;
