@@ -9,7 +9,6 @@ pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
 pub(crate) mod terminal;
-pub(crate) mod tty;
 pub(crate) mod upstream;
 pub(crate) mod wait;
 pub(crate) mod web;
