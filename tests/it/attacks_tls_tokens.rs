@@ -244,13 +244,7 @@ async fn an_open_websocket_closes_when_its_token_is_revoked() {
     let app = spawn_app().await;
     app.stripe_vault("ws-life", "sk_ws_life_value").await;
     let (token, id) = app.proxy_token("ws-life").await;
-    let tls = app
-        .tunnel(&token, "ws-life", "api.example.test", &[b"http/1.1"])
-        .await;
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
+    let mut ws = app.websocket(&token, "ws-life").await;
     ws.send(Message::text("before")).await.unwrap();
     let echo = agent::next_message(&mut ws).await;
     assert_eq!(echo.into_text().unwrap().as_str(), "before");

@@ -140,15 +140,7 @@ async fn run_sets_the_environment_and_passes_the_exit_code() {
     // mode is read from inside the run.
     let mode = app
         .cli(
-            &[
-                "run",
-                "--vault",
-                "runner",
-                "--",
-                "sh",
-                "-c",
-                "stat -c %a \"$NODE_EXTRA_CA_CERTS\" \"$(dirname \"$NODE_EXTRA_CA_CERTS\")\"",
-            ],
+            &run_sh("stat -c %a \"$NODE_EXTRA_CA_CERTS\" \"$(dirname \"$NODE_EXTRA_CA_CERTS\")\""),
             None,
         )
         .await;
@@ -213,6 +205,11 @@ async fn run_python_httpx() {
     python_client("httpx", "import httpx; r = httpx.get('https://api.example.test/py/httpx'); print(r.status_code, r.json()['path'])").await;
 }
 
+/// `agent-vault run` arguments for a shell `script` under the `runner` vault.
+fn run_sh(script: &str) -> [&str; 7] {
+    ["run", "--vault", "runner", "--", "sh", "-c", script]
+}
+
 /// Runs the CLI like `TestApp::cli_env`, from the working directory `cwd`.
 async fn cli_in(app: &TestApp, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
@@ -224,15 +221,7 @@ async fn cli_in(app: &TestApp, cwd: &Path, args: &[&str], env: &[(&str, &str)]) 
         .env("AGENT_VAULT_ADDR", &app.admin)
         .envs(env.iter().copied())
         .stdin(Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("CLI finishes")
-        .unwrap();
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    CliOutput::of(cmd.output()).await
 }
 
 /// The exit code the script printed as `attempt NAME rc=N`.
@@ -472,15 +461,9 @@ async fn a_confined_command_gets_forwarded_signals_and_its_exit_code_passes_thro
     let app = app_with_service().await;
     let work = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
-        .args([
-            "run",
-            "--vault",
-            "runner",
-            "--",
-            "sh",
-            "-c",
+        .args(run_sh(
             "trap 'exit 42' TERM; echo > started; while :; do sleep 0.05; done",
-        ])
+        ))
         .current_dir(work.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
