@@ -44,6 +44,29 @@ pub(crate) const TINY_KDF: KdfParams = KdfParams {
 
 static CRYPTO: Once = Once::new();
 
+/// The absolute path of a program, or `None` (with a notice) when it is not installed.
+pub(crate) fn program(name: &str) -> Option<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if path.is_empty() {
+        missing_dependency(&format!("the program {name}"));
+        return None;
+    }
+    Some(path)
+}
+
+/// An app with the CLI logged in and a Stripe-style vault `vault` holding `secret`: the start
+/// of every `agent-vault run` test.
+pub(crate) async fn spawn_app_for_run(vault: &str, secret: &str) -> TestApp {
+    let app = spawn_app().await;
+    app.stripe_vault(vault, secret).await;
+    app.cli_login().await;
+    app
+}
+
 /// A test whose outside dependency (a program, Python modules, Postgres) is missing: locally it
 /// skips with a printed notice; under `.ci/run` (`AGENT_VAULT_CI` set) it fails, naming what is
 /// missing, so a green CI run never tests less than it claims.
