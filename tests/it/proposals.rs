@@ -1240,7 +1240,7 @@ async fn approval_page_shows_exact_substitution_places() {
     .await;
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap().to_owned();
-    let html = crate::support::text_of(
+    let html = crate::support::fetch_text(
         reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -1333,7 +1333,7 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         let (status, created) = propose(&app, token, body).await;
         assert_eq!(status, 201, "{created}");
         let html =
-            crate::support::text_of(client.get(created["approval_url"].as_str().unwrap())).await;
+            crate::support::fetch_text(client.get(created["approval_url"].as_str().unwrap())).await;
         assert!(html.contains(&format!("Raised by {expected} on")), "{html}");
         urls.push(created["approval_url"].as_str().unwrap().to_owned());
         let number = created["number"].as_i64().unwrap();
@@ -1374,7 +1374,7 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         .await
         .unwrap();
     store.close().await;
-    let html = crate::support::text_of(client.get(&urls[0])).await;
+    let html = crate::support::fetch_text(client.get(&urls[0])).await;
     assert!(
         html.contains("Raised by an agent run whose token has since expired or been removed on"),
         "{html}"

@@ -75,7 +75,7 @@ async fn run_server(log_toml: &str, env: &[(&str, &str)], level: &str) -> Run {
         .as_str()
         .unwrap()
         .to_owned();
-    let ca_pem = crate::support::text_of(http.get(format!("{base}/v1/ca.pem"))).await;
+    let ca_pem = crate::support::fetch_text(http.get(format!("{base}/v1/ca.pem"))).await;
     let agent = reqwest::Client::builder()
         .proxy(reqwest::Proxy::all(format!("http://{token}:logs@{}", server.proxy)).unwrap())
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])

@@ -67,11 +67,6 @@ pub(crate) async fn spawn_app_for_run(vault: &str, secret: &str) -> TestApp {
     app
 }
 
-/// Sends `request` and returns the response body as text (whatever the status).
-pub(crate) async fn text_of(request: reqwest::RequestBuilder) -> String {
-    request.send().await.unwrap().text().await.unwrap()
-}
-
 /// A test whose outside dependency (a program, Python modules, Postgres) is missing: locally it
 /// skips with a printed notice; under `.ci/run` (`AGENT_VAULT_CI` set) it fails, naming what is
 /// missing, so a green CI run never tests less than it claims.
