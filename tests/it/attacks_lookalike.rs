@@ -127,6 +127,16 @@ async fn lookalike_cyrillic_host_needs_acknowledgement_over_the_api() {
     assert_eq!(service_hosts(&app, "look-api").await.len(), 2);
 }
 
+/// Tries to approve the proposal at `base` as `shown` without acknowledging its risks.
+async fn approve_unacknowledged(app: &TestApp, base: &str, shown: &Value) -> (u16, Value) {
+    app.call(
+        "POST",
+        &format!("{base}/approve"),
+        Some(json!({ "approval_hash": shown["approval_hash"] })),
+    )
+    .await
+}
+
 /// Approves the proposal at `base` as `shown`, acknowledging `risks` (ids, or `true` for all).
 async fn approve_acknowledging(app: &TestApp, base: &str, shown: &Value, risks: Value) -> Value {
     app.ok(
@@ -153,13 +163,7 @@ async fn lookalike_skeleton_of_an_existing_binding_is_high_risk() {
             && r["text"].as_str().unwrap().contains("api.stripe.corn")),
         "{shown}"
     );
-    let (status, resp) = app
-        .call(
-            "POST",
-            &format!("{base}/approve"),
-            Some(json!({ "approval_hash": shown["approval_hash"] })),
-        )
-        .await;
+    let (status, resp) = approve_unacknowledged(&app, &base, &shown).await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(app.ok("GET", base, None).await["status"], "pending");
     let done = approve_acknowledging(&app, base, &shown, json!(true)).await;
@@ -362,13 +366,7 @@ async fn lookalike_combining_mark_or_accent_needs_acknowledgement() {
         let base = format!("/v1/vaults/{vault}/proposals/1");
         let shown = app.ok("GET", &base, None).await;
         assert!(!ack_risks(&shown).is_empty(), "{host}: {shown}");
-        let (status, resp) = app
-            .call(
-                "POST",
-                &format!("{base}/approve"),
-                Some(json!({ "approval_hash": shown["approval_hash"] })),
-            )
-            .await;
+        let (status, resp) = approve_unacknowledged(&app, &base, &shown).await;
         assert_eq!(status, 400, "{host}: {resp}");
         assert_eq!(app.ok("GET", &base, None).await["status"], "pending");
     }
