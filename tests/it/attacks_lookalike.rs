@@ -163,7 +163,7 @@ async fn lookalike_skeleton_of_an_existing_binding_is_high_risk() {
             && r["text"].as_str().unwrap().contains("api.stripe.corn")),
         "{shown}"
     );
-    let (status, resp) = approve_unacknowledged(&app, &base, &shown).await;
+    let (status, resp) = approve_unacknowledged(&app, base, &shown).await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(app.ok("GET", base, None).await["status"], "pending");
     let done = approve_acknowledging(&app, base, &shown, json!(true)).await;
