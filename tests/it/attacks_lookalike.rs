@@ -122,15 +122,29 @@ async fn lookalike_cyrillic_host_needs_acknowledgement_over_the_api() {
 
     // Acknowledged by id: applied.
     let ids: Vec<Value> = flagged.iter().map(|r| r["id"].clone()).collect();
-    let done = app
-        .ok(
-            "POST",
-            &format!("{base}/approve"),
-            Some(json!({ "approval_hash": shown["approval_hash"], "acknowledge_risks": ids })),
-        )
-        .await;
+    let done = approve_acknowledging(&app, base, &shown, json!(ids)).await;
     assert_eq!(done["status"], "applied");
     assert_eq!(service_hosts(&app, "look-api").await.len(), 2);
+}
+
+/// Tries to approve the proposal at `base` as `shown` without acknowledging its risks.
+async fn approve_unacknowledged(app: &TestApp, base: &str, shown: &Value) -> (u16, Value) {
+    app.call(
+        "POST",
+        &format!("{base}/approve"),
+        Some(json!({ "approval_hash": shown["approval_hash"] })),
+    )
+    .await
+}
+
+/// Approves the proposal at `base` as `shown`, acknowledging `risks` (ids, or `true` for all).
+async fn approve_acknowledging(app: &TestApp, base: &str, shown: &Value, risks: Value) -> Value {
+    app.ok(
+        "POST",
+        &format!("{base}/approve"),
+        Some(json!({ "approval_hash": shown["approval_hash"], "acknowledge_risks": risks })),
+    )
+    .await
 }
 
 /// A pure-ASCII look-alike of a host the vault already binds (`corn` reads as `com`: UTS #39
@@ -149,22 +163,10 @@ async fn lookalike_skeleton_of_an_existing_binding_is_high_risk() {
             && r["text"].as_str().unwrap().contains("api.stripe.corn")),
         "{shown}"
     );
-    let (status, resp) = app
-        .call(
-            "POST",
-            &format!("{base}/approve"),
-            Some(json!({ "approval_hash": shown["approval_hash"] })),
-        )
-        .await;
+    let (status, resp) = approve_unacknowledged(&app, base, &shown).await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(app.ok("GET", base, None).await["status"], "pending");
-    let done = app
-        .ok(
-            "POST",
-            &format!("{base}/approve"),
-            Some(json!({ "approval_hash": shown["approval_hash"], "acknowledge_risks": true })),
-        )
-        .await;
+    let done = approve_acknowledging(&app, base, &shown, json!(true)).await;
     assert_eq!(done["status"], "applied");
     // An ordinary new host raises no such risk and needs no acknowledgement.
     let proposal = json!({
@@ -364,13 +366,7 @@ async fn lookalike_combining_mark_or_accent_needs_acknowledgement() {
         let base = format!("/v1/vaults/{vault}/proposals/1");
         let shown = app.ok("GET", &base, None).await;
         assert!(!ack_risks(&shown).is_empty(), "{host}: {shown}");
-        let (status, resp) = app
-            .call(
-                "POST",
-                &format!("{base}/approve"),
-                Some(json!({ "approval_hash": shown["approval_hash"] })),
-            )
-            .await;
+        let (status, resp) = approve_unacknowledged(&app, &base, &shown).await;
         assert_eq!(status, 400, "{host}: {resp}");
         assert_eq!(app.ok("GET", &base, None).await["status"], "pending");
     }

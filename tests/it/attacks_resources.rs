@@ -902,15 +902,7 @@ async fn resources_failed_login_flood_does_not_block_a_logged_in_approver() {
         )
         .await;
     assert_eq!(status, 503, "the global limit is full");
-    let html = client
-        .get(&url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = crate::support::fetch_text(client.get(&url).header("cookie", &cookie)).await;
     let done = client
         .post(&page_url)
         .header("cookie", &cookie)

@@ -181,7 +181,7 @@ async fn key_dash_on_a_terminal_prompts_for_each_key_without_echo() {
         "--vault",
         "default",
     ];
-    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &args) else {
+    let Some(mut tty) = crate::support::terminal::Terminal::spawn_cli(&app, &args) else {
         return;
     };
     tty.expect("Value for FIRST").await;
@@ -190,7 +190,7 @@ async fn key_dash_on_a_terminal_prompts_for_each_key_without_echo() {
     tty.expect("Value for SECOND").await;
     tty.expect_echo_off().await;
     tty.type_line("typed-second-secret");
-    let (code, shown) = tty.finish().await;
+    let (code, shown) = tty.exit().await;
     assert_eq!(code, 0, "{shown}");
     assert!(
         !shown.contains("typed-first") && !shown.contains("typed-second"),
@@ -284,25 +284,25 @@ async fn service_set_on_a_terminal_asks_before_removing() {
         "default",
     ];
     // Anything but "y" keeps the services as they were.
-    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &args) else {
+    let Some(mut tty) = crate::support::terminal::Terminal::spawn_cli(&app, &args) else {
         return;
     };
     tty.expect("Apply these changes? [y/N]").await;
     assert!(
-        tty.seen.contains("remove b (b.example.test)"),
+        tty.transcript().contains("remove b (b.example.test)"),
         "{}",
-        tty.seen
+        tty.transcript()
     );
     tty.type_line("n");
-    let (code, shown) = tty.finish().await;
+    let (code, shown) = tty.exit().await;
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("not applied"), "{shown}");
     assert_eq!(service_names(&app, "default").await, ["a", "b", "c"]);
 
-    let mut tty = crate::support::tty::Tty::spawn(&app, &args).unwrap();
+    let mut tty = crate::support::terminal::Terminal::spawn_cli(&app, &args).unwrap();
     tty.expect("Apply these changes? [y/N]").await;
     tty.type_line("y");
-    let (code, shown) = tty.finish().await;
+    let (code, shown) = tty.exit().await;
     assert_eq!(code, 0, "{shown}");
     assert_eq!(service_names(&app, "default").await, ["a", "d"]);
 }
@@ -331,21 +331,23 @@ async fn vault_delete_needs_the_name_typed_or_yes() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!exists("doomed").await);
 
-    let Some(mut tty) = crate::support::tty::Tty::spawn(&app, &["vault", "delete", "spared"])
+    let Some(mut tty) =
+        crate::support::terminal::Terminal::spawn_cli(&app, &["vault", "delete", "spared"])
     else {
         return;
     };
     tty.expect("Type the vault's name").await;
     tty.type_line("spare");
-    let (code, shown) = tty.finish().await;
+    let (code, shown) = tty.exit().await;
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("nothing was deleted"), "{shown}");
     assert!(exists("spared").await);
 
-    let mut tty = crate::support::tty::Tty::spawn(&app, &["vault", "delete", "typed"]).unwrap();
+    let mut tty =
+        crate::support::terminal::Terminal::spawn_cli(&app, &["vault", "delete", "typed"]).unwrap();
     tty.expect("Type the vault's name").await;
     tty.type_line("typed");
-    let (code, shown) = tty.finish().await;
+    let (code, shown) = tty.exit().await;
     assert_eq!(code, 0, "{shown}");
     assert!(!exists("typed").await);
     assert!(exists("spared").await);

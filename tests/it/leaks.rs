@@ -4,15 +4,11 @@
 //! encoding, may appear in anything it logged, any file of its data directory, any response an
 //! agent received, or any error message.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::support::process::ServerProcess;
-use crate::support::{
-    Alpn, FakeUpstream, MASTER_PASSWORD, OWNER_EMAIL, TestCa, install_crypto, walk,
-};
+use crate::support::process::{ServerProcess, WithUpstream};
+use crate::support::{MASTER_PASSWORD, OWNER_EMAIL, walk};
 
 const CREDENTIAL: &str = "sk_live_CanaryCredential_7f3a";
 const PROPOSED: &str = "ghp_CanaryProposedValue_91bd";
@@ -74,27 +70,13 @@ impl Agent {
 
 #[tokio::test]
 async fn no_secret_reaches_logs_files_responses_or_errors() {
-    install_crypto();
-    let ca = Arc::new(TestCa::new("canary upstream CA"));
-    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
-    let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca_file = dir.path().join("upstream-ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n[log]\nrequests = true\n",
-            ca_file.display(),
-            upstream.addr
-        ),
-    )
-    .unwrap();
-    let server =
-        ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], &[], "trace")
-            .await;
+    let WithUpstream {
+        server,
+        upstream,
+        data,
+        dir: _dir,
+    } = ServerProcess::start_with_upstream("canary upstream CA", "requests = true", &[], "trace")
+        .await;
     let base = server.admin.clone();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut errors = Vec::<u8>::new();

@@ -1240,17 +1240,14 @@ async fn approval_page_shows_exact_substitution_places() {
     .await;
     assert_eq!(status, 201, "{created}");
     let url = created["approval_url"].as_str().unwrap().to_owned();
-    let html = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = crate::support::fetch_text(
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(&url),
+    )
+    .await;
     assert!(html.contains("header X-Api-Key"), "{html}");
     assert!(
         html.contains("JSON field /a&lt;b&gt; after the text &quot;&lt;i&gt;&quot;"),
@@ -1335,14 +1332,8 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         let body = json!({ "credentials": [{ "action": "set", "key": format!("K{n}") }] });
         let (status, created) = propose(&app, token, body).await;
         assert_eq!(status, 201, "{created}");
-        let html = client
-            .get(created["approval_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html =
+            crate::support::fetch_text(client.get(created["approval_url"].as_str().unwrap())).await;
         assert!(html.contains(&format!("Raised by {expected} on")), "{html}");
         urls.push(created["approval_url"].as_str().unwrap().to_owned());
         let number = created["number"].as_i64().unwrap();
@@ -1383,14 +1374,7 @@ async fn the_approval_page_and_the_webhook_name_who_raised_the_proposal() {
         .await
         .unwrap();
     store.close().await;
-    let html = client
-        .get(&urls[0])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = crate::support::fetch_text(client.get(&urls[0])).await;
     assert!(
         html.contains("Raised by an agent run whose token has since expired or been removed on"),
         "{html}"

@@ -87,22 +87,16 @@ async fn one_flipped_bit(postgres: Option<String>) {
     assert_proxy_error(&resp, 502, "integrity_error");
     assert_eq!(app.upstream.count(), before, "nothing was sent upstream");
 
-    let (status, body) = app
-        .call("GET", "/v1/vaults/bits/credentials/BAD_KEY", None)
-        .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (500, Some("integrity_error")),
-        "{body}"
-    );
-    let (status, body) = app
-        .call("GET", "/v1/vaults/bits/credentials/GOOD_KEY", None)
-        .await;
-    assert_eq!(
-        (status, body["value"].as_str()),
-        (200, Some("sk_good_value")),
-        "{body}"
-    );
+    let credential = async |key: &str| {
+        app.call("GET", &format!("/v1/vaults/bits/credentials/{key}"), None)
+            .await
+    };
+    let (status, body) = credential("BAD_KEY").await;
+    let bad = (status, body["error"].as_str());
+    assert_eq!(bad, (500, Some("integrity_error")), "{body}");
+    let (status, body) = credential("GOOD_KEY").await;
+    let good = (status, body["value"].as_str());
+    assert_eq!(good, (200, Some("sk_good_value")), "{body}");
     let (status, body) = app.call("GET", "/v1/vaults/bits/credentials", None).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = app

@@ -12,13 +12,7 @@ use crate::support::{eventually, spawn_app, spawn_app_tweaked};
 async fn websocket_handshake_gets_credentials_and_frames_flow() {
     let app = spawn_app().await;
     let token = app.stripe_vault("ws-vault", "sk_ws").await;
-    let tls = app
-        .tunnel(&token, "ws-vault", "api.example.test", &[b"http/1.1"])
-        .await;
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
+    let mut ws = app.websocket(&token, "ws-vault").await;
     assert_eq!(
         app.upstream.last().header("authorization").as_deref(),
         Some("Bearer sk_ws")

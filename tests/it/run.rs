@@ -9,29 +9,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{CliOutput, TestApp, eventually, spawn_app};
+use crate::support::{CliOutput, TestApp, eventually, program, spawn_app_for_run};
 
 const SECRET: &str = "sk_live_run_secret_4242";
 
 async fn app_with_service() -> TestApp {
-    let app = spawn_app().await;
-    app.stripe_vault("runner", SECRET).await;
-    app.cli_login().await;
-    app
-}
-
-/// The absolute path of a program, or `None` (with a notice) when it is not installed.
-fn program(name: &str) -> Option<String> {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if path.is_empty() {
-        crate::support::missing_dependency(&format!("the program {name}"));
-        return None;
-    }
-    Some(path)
+    spawn_app_for_run("runner", SECRET).await
 }
 
 /// The real interpreter behind a pyenv shim, with the given modules importable.
@@ -140,15 +123,7 @@ async fn run_sets_the_environment_and_passes_the_exit_code() {
     // mode is read from inside the run.
     let mode = app
         .cli(
-            &[
-                "run",
-                "--vault",
-                "runner",
-                "--",
-                "sh",
-                "-c",
-                "stat -c %a \"$NODE_EXTRA_CA_CERTS\" \"$(dirname \"$NODE_EXTRA_CA_CERTS\")\"",
-            ],
+            &run_sh("stat -c %a \"$NODE_EXTRA_CA_CERTS\" \"$(dirname \"$NODE_EXTRA_CA_CERTS\")\""),
             None,
         )
         .await;
@@ -213,6 +188,11 @@ async fn run_python_httpx() {
     python_client("httpx", "import httpx; r = httpx.get('https://api.example.test/py/httpx'); print(r.status_code, r.json()['path'])").await;
 }
 
+/// `agent-vault run` arguments for a shell `script` under the `runner` vault.
+fn run_sh(script: &str) -> [&str; 7] {
+    ["run", "--vault", "runner", "--", "sh", "-c", script]
+}
+
 /// Runs the CLI like `TestApp::cli_env`, from the working directory `cwd`.
 async fn cli_in(app: &TestApp, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"));
@@ -224,15 +204,7 @@ async fn cli_in(app: &TestApp, cwd: &Path, args: &[&str], env: &[(&str, &str)]) 
         .env("AGENT_VAULT_ADDR", &app.admin)
         .envs(env.iter().copied())
         .stdin(Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("CLI finishes")
-        .unwrap();
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    CliOutput::of(cmd.output()).await
 }
 
 /// The exit code the script printed as `attempt NAME rc=N`.
@@ -529,15 +501,9 @@ async fn a_confined_command_gets_forwarded_signals_and_its_exit_code_passes_thro
     let app = app_with_service().await;
     let work = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-vault"))
-        .args([
-            "run",
-            "--vault",
-            "runner",
-            "--",
-            "sh",
-            "-c",
+        .args(run_sh(
             "trap 'exit 42' TERM; echo > started; while :; do sleep 0.05; done",
-        ])
+        ))
         .current_dir(work.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

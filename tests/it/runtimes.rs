@@ -7,30 +7,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{CliOutput, TestApp, eventually, missing_dependency, spawn_app};
+use crate::support::{
+    CliOutput, TestApp, eventually, missing_dependency, program, spawn_app, spawn_app_for_run,
+};
 
 const SECRET: &str = "sk_live_runtime_secret_7171";
 const VAULT: &str = "runtimes";
 
 async fn app_with_service() -> TestApp {
-    let app = spawn_app().await;
-    app.stripe_vault(VAULT, SECRET).await;
-    app.cli_login().await;
-    app
-}
-
-/// The absolute path of a program, or `None` (with a notice) when it is not installed.
-fn program(name: &str) -> Option<String> {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if path.is_empty() {
-        missing_dependency(&format!("the program {name}"));
-        return None;
-    }
-    Some(path)
+    spawn_app_for_run(VAULT, SECRET).await
 }
 
 /// `agent-vault run --vault runtimes -- COMMAND...`.

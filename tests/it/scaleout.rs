@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestDatabase, TestOptions, eventually, fetch, spawn_app_against};
+use crate::support::{TestApp, TestDatabase, TestOptions, eventually, fetch, spawn_app_against};
 
 #[tokio::test]
 async fn two_instances_share_state_through_postgres() {
@@ -86,6 +86,16 @@ async fn two_instances_share_state_through_postgres() {
 }
 
 /// Starts an instance without an owner on `postgres` (or on SQLite in `dir`), beside `upstream`.
+/// Registers `name@example.com` (password `name-password-1`) with `setup_token` on `app`.
+async fn register_as(app: &TestApp, name: &str, setup_token: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "email": format!("{name}@example.com"),
+        "password": format!("{name}-password-1"),
+        "setup_token": setup_token,
+    });
+    app.call_anon("POST", "/v1/auth/register", Some(body)).await
+}
+
 async fn ownerless(
     postgres: Option<String>,
     dir: Option<std::sync::Arc<tempfile::TempDir>>,
@@ -128,24 +138,12 @@ async fn a_second_instance_prints_the_first_instances_setup_token_instead_of_rep
     );
 
     // The token the first instance printed registers the owner through the second.
-    let (status, body) = b
-        .call_anon(
-            "POST",
-            "/v1/auth/register",
-            Some(serde_json::json!({ "email": "ada@example.com", "password": "ada-password-1", "setup_token": first })),
-        )
-        .await;
+    let (status, body) = register_as(&b, "ada", &first).await;
     assert_eq!(status, 201, "{body}");
     // Once an owner exists no instance makes or prints a setup token, and the burnt one fails.
     let c = ownerless(Some(db.url.clone()), None).await;
     assert!(c.setup_token_file.is_none());
-    let (status, _) = a
-        .call_anon(
-            "POST",
-            "/v1/auth/register",
-            Some(serde_json::json!({ "email": "eve@example.com", "password": "eve-password-1", "setup_token": first })),
-        )
-        .await;
+    let (status, _) = register_as(&a, "eve", &first).await;
     assert_eq!(status, 403);
 }
 
@@ -158,13 +156,7 @@ async fn on_sqlite_a_restart_without_the_token_file_prints_the_same_token() {
     std::fs::remove_file(dir.path().join("data/setup-token")).unwrap();
     let a = ownerless(None, Some(dir)).await;
     assert_eq!(setup_token_of(&a), first);
-    let (status, body) = a
-        .call_anon(
-            "POST",
-            "/v1/auth/register",
-            Some(serde_json::json!({ "email": "ada@example.com", "password": "ada-password-1", "setup_token": first })),
-        )
-        .await;
+    let (status, body) = register_as(&a, "ada", &first).await;
     assert_eq!(status, 201, "{body}");
 }
 

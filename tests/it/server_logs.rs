@@ -3,12 +3,10 @@
 //! start banner included), and one line per proxied request only with `log.requests = true`,
 //! never carrying a value, a query string or a header value.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
-use crate::support::process::ServerProcess;
-use crate::support::{Alpn, FakeUpstream, OWNER_EMAIL, OWNER_PASSWORD, TestCa, install_crypto};
+use crate::support::process::{ServerProcess, WithUpstream};
+use crate::support::{OWNER_EMAIL, OWNER_PASSWORD};
 
 const CREDENTIAL: &str = "sk_live_logcanary_7c1e";
 const QUERY_CANARY: &str = "q-canary-3f9a";
@@ -23,26 +21,12 @@ struct Run {
 /// Starts a server with `[log]` settings `log_toml` and env `env`, proxies one request carrying
 /// canaries in its query and headers, stops the server with SIGTERM, and returns its output.
 async fn run_server(log_toml: &str, env: &[(&str, &str)], level: &str) -> Run {
-    install_crypto();
-    let ca = Arc::new(TestCa::new("server-log upstream CA"));
-    let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
-    let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca_file = dir.path().join("upstream-ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n[log]\n{log_toml}\n",
-            ca_file.display(),
-            upstream.addr
-        ),
-    )
-    .unwrap();
-    let server =
-        ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], env, level).await;
+    let WithUpstream {
+        server,
+        upstream,
+        data,
+        dir: _dir,
+    } = ServerProcess::start_with_upstream("server-log upstream CA", log_toml, env, level).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = server.admin.clone();
     let call = async |method: &str, path: &str, token: Option<&str>, body: Value| -> Value {
@@ -91,14 +75,7 @@ async fn run_server(log_toml: &str, env: &[(&str, &str)], level: &str) -> Run {
         .as_str()
         .unwrap()
         .to_owned();
-    let ca_pem = http
-        .get(format!("{base}/v1/ca.pem"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ca_pem = crate::support::fetch_text(http.get(format!("{base}/v1/ca.pem"))).await;
     let agent = reqwest::Client::builder()
         .proxy(reqwest::Proxy::all(format!("http://{token}:logs@{}", server.proxy)).unwrap())
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])

@@ -9,7 +9,6 @@ pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
 pub(crate) mod terminal;
-pub(crate) mod tty;
 pub(crate) mod upstream;
 pub(crate) mod wait;
 pub(crate) mod web;
@@ -44,6 +43,29 @@ pub(crate) const TINY_KDF: KdfParams = KdfParams {
 };
 
 static CRYPTO: Once = Once::new();
+
+/// The absolute path of a program, or `None` (with a notice) when it is not installed.
+pub(crate) fn program(name: &str) -> Option<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if path.is_empty() {
+        missing_dependency(&format!("the program {name}"));
+        return None;
+    }
+    Some(path)
+}
+
+/// An app with the CLI logged in and a Stripe-style vault `vault` holding `secret`: the start
+/// of every `agent-vault run` test.
+pub(crate) async fn spawn_app_for_run(vault: &str, secret: &str) -> TestApp {
+    let app = spawn_app().await;
+    app.stripe_vault(vault, secret).await;
+    app.cli_login().await;
+    app
+}
 
 /// A test whose outside dependency (a program, Python modules, Postgres) is missing: locally it
 /// skips with a printed notice; under `.ci/run` (`AGENT_VAULT_CI` set) it fails, naming what is
@@ -513,6 +535,24 @@ impl TestApp {
             .timeout(Duration::from_secs(30))
     }
 
+    /// A websocket through the proxy to the fake upstream's `/ws`, on a tunnel for `vault`
+    /// (the upgrade is checked).
+    pub(crate) async fn websocket(
+        &self,
+        token: &str,
+        vault: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>
+    {
+        let tls = self
+            .tunnel(token, vault, "api.example.test", &[b"http/1.1"])
+            .await;
+        let (ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        ws
+    }
+
     /// An intercepted TLS connection to `host:443` through the proxy, trusting the proxy's CA.
     pub(crate) async fn tunnel(
         &self,
@@ -593,15 +633,7 @@ impl TestApp {
             input.write_all(text.as_bytes()).await.unwrap();
         }
         drop(input);
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("CLI finishes")
-            .unwrap();
-        CliOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        CliOutput::of(child.wait_with_output()).await
     }
 
     /// Logs the CLI in as the owner.
@@ -624,6 +656,21 @@ pub(crate) struct CliOutput {
 }
 
 impl CliOutput {
+    /// Waits (bounded) for a CLI run to finish and keeps its exit code and what it printed.
+    pub(crate) async fn of(
+        run: impl Future<Output = std::io::Result<std::process::Output>>,
+    ) -> Self {
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("CLI finishes")
+            .unwrap();
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))

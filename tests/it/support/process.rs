@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::MASTER_PASSWORD;
+use super::{Alpn, FakeUpstream, MASTER_PASSWORD, TestCa, install_crypto};
 
 /// A running `agent-vault server` process.
 pub(crate) struct ServerProcess {
@@ -19,7 +19,54 @@ pub(crate) struct ServerProcess {
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A server process whose only upstream is a fake HTTPS one for `*.example.test`, trusted
+/// through its own CA file.
+pub(crate) struct WithUpstream {
+    pub server: ServerProcess,
+    pub upstream: FakeUpstream,
+    /// The server's data directory.
+    pub data: PathBuf,
+    /// Holds the data directory and config; dropped last.
+    pub dir: tempfile::TempDir,
+}
+
 impl ServerProcess {
+    /// Starts a server (config file: request log flushed every 20 ms, `[log]` settings
+    /// `log_toml`) whose `*.example.test` upstream is a fake one signed by a CA named `ca_name`.
+    pub(crate) async fn start_with_upstream(
+        ca_name: &str,
+        log_toml: &str,
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> WithUpstream {
+        install_crypto();
+        let ca = std::sync::Arc::new(TestCa::new(ca_name));
+        let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
+        let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ca_file = dir.path().join("upstream-ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\nroots = \"none\"\nextra_ca_files = [\"{}\"]\nnetwork_allowlist = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"*.example.test:443\" = \"{}\"\n[request_log]\nflush_interval = \"20ms\"\n[log]\n{log_toml}\n",
+                ca_file.display(),
+                upstream.addr
+            ),
+        )
+        .unwrap();
+        let server =
+            Self::start_with(&data, &["--config", config.to_str().unwrap()], env, level).await;
+        WithUpstream {
+            server,
+            upstream,
+            data,
+            dir,
+        }
+    }
+
     /// Starts the server on port 0 with a tiny KDF and waits until it prints its addresses.
     pub(crate) async fn start(
         data_dir: &Path,

@@ -1,9 +1,13 @@
 //! A program on a pseudo-terminal, run the way a person at a terminal runs it: it is the
-//! session leader of its own terminal (so prompts that open `/dev/tty` work and never reach the
-//! terminal of whoever runs the tests), everything it prints is kept as one transcript, and a
-//! responder the test supplies types the answers (passwords, confirmations, values) as the
-//! transcript asks for them. Echo is off, as it is at a password prompt, so what the responder
-//! types never shows in the transcript.
+//! session leader of its own terminal (through util-linux `setsid --ctty`, so prompts that open
+//! `/dev/tty` work and never reach the terminal of whoever runs the tests, without `unsafe`
+//! here), and everything it prints is kept as one transcript. Two ways to drive it, one engine:
+//! - [`Terminal::spawn`]: a responder the test supplies types the answers (passwords,
+//!   confirmations, values) as the transcript asks for them. Echo is off from the start, as it is
+//!   at a password prompt, so what the responder types never shows; suits whole walkthroughs.
+//! - [`Terminal::spawn_cli`]: our CLI, driven step by step (`expect`, `type_line`). Echo is left
+//!   as the program sets it, so a test can check that a secret prompt switched it off itself
+//!   ([`Terminal::expect_echo_off`]) before typing.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -19,6 +23,8 @@ use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
 use nix::unistd::Pid;
+
+use super::{TestApp, eventually, missing_dependency};
 
 /// What a responder answers to the transcript it has not consumed yet.
 #[derive(Debug, Default)]
@@ -47,6 +53,8 @@ struct Shared {
 /// A running program on its own pseudo-terminal.
 pub(crate) struct Terminal {
     child: Child,
+    /// The master side, for typing and for reading the terminal's settings.
+    master: std::fs::File,
     shared: Arc<Shared>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -54,12 +62,50 @@ pub(crate) struct Terminal {
 impl Terminal {
     /// Starts `program args` in a new session whose controlling terminal is a fresh
     /// pseudo-terminal (through util-linux `setsid --ctty`), with exactly the environment `env`.
+    /// Echo is off from the start, so the responder's answers never show in the transcript.
     pub(crate) fn spawn(
         program: &str,
         args: &[&OsStr],
         cwd: &Path,
         env: &[(String, String)],
+        responder: Responder,
+    ) -> std::io::Result<Self> {
+        Self::start(program, args, cwd, env, responder, false)
+    }
+
+    /// Starts `agent-vault ARGS` against `app` on a new terminal whose echo stays as the CLI
+    /// sets it, for a test to drive step by step; `None` (after the usual notice) when
+    /// `setsid` is missing.
+    pub(crate) fn spawn_cli(app: &TestApp, args: &[&str]) -> Option<Self> {
+        if Command::new("setsid").arg("--version").output().is_err() {
+            missing_dependency("setsid (util-linux)");
+            return None;
+        }
+        let env = [
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".to_owned(), app.home.path().display().to_string()),
+            ("AGENT_VAULT_ADDR".to_owned(), app.admin.to_string()),
+        ];
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let terminal = Self::start(
+            env!("CARGO_BIN_EXE_agent-vault"),
+            &args,
+            &std::env::current_dir().unwrap(),
+            &env,
+            Box::new(|_| Reply::default()),
+            true,
+        )
+        .unwrap();
+        Some(terminal)
+    }
+
+    fn start(
+        program: &str,
+        args: &[&OsStr],
+        cwd: &Path,
+        env: &[(String, String)],
         mut responder: Responder,
+        echo: bool,
     ) -> std::io::Result<Self> {
         // Both ends close-on-exec from the start: other tests spawn programs concurrently, and
         // one that inherited the slave side would keep this terminal open after its end.
@@ -71,9 +117,11 @@ impl Terminal {
             .write(true)
             .custom_flags(OFlag::O_NOCTTY.bits())
             .open(ptsname_r(&master)?)?;
-        let mut termios = tcgetattr(&slave)?;
-        termios.local_flags.remove(LocalFlags::ECHO);
-        tcsetattr(&slave, SetArg::TCSANOW, &termios)?;
+        if !echo {
+            let mut termios = tcgetattr(&slave)?;
+            termios.local_flags.remove(LocalFlags::ECHO);
+            tcsetattr(&slave, SetArg::TCSANOW, &termios)?;
+        }
         let mut cmd = Command::new("setsid");
         cmd.args(["--wait", "--ctty", program])
             .args(args)
@@ -89,6 +137,7 @@ impl Terminal {
         drop(cmd);
         let mut output = std::fs::File::from(OwnedFd::from(master));
         let mut input = output.try_clone()?;
+        let master = output.try_clone()?;
         let shared = Arc::new(Shared::default());
         let reader = {
             let shared = shared.clone();
@@ -122,6 +171,7 @@ impl Terminal {
         };
         Ok(Self {
             child,
+            master,
             shared,
             reader: Some(reader),
         })
@@ -147,6 +197,66 @@ impl Terminal {
             }
             state = self.shared.changed.wait_timeout(state, left).unwrap().0;
         }
+    }
+
+    /// [`Self::wait_for`] without blocking the runtime, for tests whose program talks to a
+    /// server on the test's own runtime.
+    pub(crate) async fn until(&self, limit: Duration, mut done: impl FnMut(&str) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let state = self.shared.state.lock().unwrap();
+                if done(&state.transcript) {
+                    return true;
+                }
+                if state.closed || Instant::now() >= deadline {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (bounded) until the terminal has shown `needle`.
+    pub(crate) async fn expect(&self, needle: &str) {
+        if !self
+            .until(Duration::from_secs(30), |t| t.contains(needle))
+            .await
+        {
+            panic!(
+                "the terminal never showed {needle:?}; it showed {:?}",
+                self.transcript()
+            );
+        }
+    }
+
+    /// Waits (bounded) until the program has switched echo off, as a password prompt does.
+    pub(crate) async fn expect_echo_off(&self) {
+        let off = eventually(Duration::from_secs(10), async || {
+            let flags = tcgetattr(&self.master).unwrap().local_flags;
+            (!flags.contains(LocalFlags::ECHO)).then_some(())
+        })
+        .await;
+        assert!(
+            off.is_some(),
+            "echo stayed on; the terminal showed {:?}",
+            self.transcript()
+        );
+    }
+
+    /// Types a line.
+    pub(crate) fn type_line(&mut self, line: &str) {
+        self.master.write_all(line.as_bytes()).unwrap();
+        self.master.write_all(b"\n").unwrap();
+    }
+
+    /// Waits (bounded, without blocking the runtime) for the program to exit; returns its code
+    /// and everything the terminal showed.
+    pub(crate) async fn exit(mut self) -> (i32, String) {
+        self.until(Duration::from_secs(30), |_| false).await;
+        assert!(self.is_closed(), "the CLI exits: {:?}", self.transcript());
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.transcript())
     }
 
     /// Waits (at most `limit`) for the program and everything it started to finish, and
