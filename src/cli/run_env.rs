@@ -15,35 +15,22 @@ use secrecy::{ExposeSecret, SecretString};
 use super::CliError;
 use super::truststore::pkcs12_trust_store;
 
-/// Variables `run` owns; any inherited copy (in any case) is replaced.
+/// Variables `run` owns besides [`BUNDLE_VARS`]; any inherited copy (in any case) of either is
+/// replaced.
 const OWNED_VARS: &[&str] = &[
     "HTTPS_PROXY",
     "HTTP_PROXY",
     "ALL_PROXY",
     "NO_PROXY",
-    "SSL_CERT_FILE",
     "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
     "NODE_EXTRA_CA_CERTS",
     "NODE_USE_ENV_PROXY",
-    "GIT_SSL_CAINFO",
     "GIT_SSL_CAPATH",
-    "DENO_CERT",
-    "AWS_CA_BUNDLE",
-    "PIP_CERT",
-    "NIX_SSL_CERT_FILE",
-    "HTTPLIB2_CA_CERTS",
-    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
-    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
-    "CARGO_HTTP_CAINFO",
     "CARGO_HTTP_PROXY",
-    "NPM_CONFIG_CAFILE",
     "NPM_CONFIG_CA",
     "NPM_CONFIG_PROXY",
     "NPM_CONFIG_HTTPS_PROXY",
     "NPM_CONFIG_NOPROXY",
-    "BUNDLE_SSL_CA_CERT",
     "WGETRC",
     "AGENT_VAULT_ADDR",
     "AGENT_VAULT_TOKEN",
@@ -386,7 +373,7 @@ impl RunEnv {
             .map(|(key, _)| key.clone())
             .filter(|key| {
                 let k = key.to_string_lossy().to_ascii_uppercase();
-                OWNED_VARS.contains(&k.as_str())
+                OWNED_VARS.contains(&k.as_str()) || BUNDLE_VARS.contains(&k.as_str())
             })
             .collect();
         let inherited_value = |name: &str| {
@@ -590,7 +577,7 @@ mod tests {
             .iter()
             .map(|(k, _)| k.to_ascii_uppercase())
             .collect();
-        for owned in OWNED_VARS {
+        for owned in OWNED_VARS.iter().chain(BUNDLE_VARS) {
             let set = names.iter().any(|n| n == owned);
             let known_unset = [
                 "ALL_PROXY",

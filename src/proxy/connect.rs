@@ -46,6 +46,23 @@ fn established() -> Response<ProxyBody> {
     r
 }
 
+/// The log row of a tunnel refused before any byte moved.
+fn refused_row(
+    session: &Session,
+    authority: &Authority,
+    err: &ProxyError,
+    started: Instant,
+) -> RequestLogRow {
+    tunnel_row(
+        session,
+        authority,
+        err.status().as_u16(),
+        (0, 0),
+        started,
+        Some(err.code()),
+    )
+}
+
 fn tunnel_row(
     session: &Session,
     authority: &Authority,
@@ -201,14 +218,9 @@ pub(super) async fn handle(
                         ConnectError::Blocked(b) => ProxyError::Blocked(b),
                         other => ProxyError::Unreachable(other),
                     };
-                    state.logger.log(tunnel_row(
-                        &session,
-                        &authority,
-                        err.status().as_u16(),
-                        (0, 0),
-                        started,
-                        Some(err.code()),
-                    ));
+                    state
+                        .logger
+                        .log(refused_row(&session, &authority, &err, started));
                     err.into_response()
                 }
             }
@@ -284,14 +296,9 @@ async fn intercept(
     else {
         if let Some(refused) = refused {
             let (err, started) = *refused;
-            state.logger.log(tunnel_row(
-                &session,
-                &authority,
-                err.status().as_u16(),
-                (0, 0),
-                started,
-                Some(err.code()),
-            ));
+            state
+                .logger
+                .log(refused_row(&session, &authority, &err, started));
         }
         return;
     };
