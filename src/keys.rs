@@ -6,10 +6,25 @@ use std::fmt;
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
-use secrecy::SecretSlice;
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 use crate::crypto::{Aad, CryptoError, DataKey, TokenHasher, open, seal};
+
+/// A data key wrapped by an instance key, as stored beside the value it seals.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedDataKey {
+    /// Which instance key wrapped it.
+    pub key_version: i64,
+    /// The sealed key bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedDataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedDataKey(k{})", self.key_version)
+    }
+}
 
 /// The DEK and the keys derived from it, held for the life of the process.
 #[derive(Clone)]
@@ -89,6 +104,54 @@ impl Keyring {
         sealed: &[u8],
     ) -> Result<SecretSlice<u8>, CryptoError> {
         open(&self.dek, &Aad::credential(vault_id, key, version), sealed)
+    }
+
+    /// The instance-key version that new data keys are wrapped under.
+    pub fn active_key_version(&self) -> i64 {
+        1
+    }
+
+    /// A fresh random data key for one credential version (`version` 0: the credential's
+    /// metadata key), and its wrap under the active instance key. Each credential version is
+    /// sealed under its own data key, so destroying the wrap destroys the value.
+    pub fn new_data_key(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+    ) -> Result<(DataKey, WrappedDataKey), CryptoError> {
+        let data_key = DataKey::generate()?;
+        let key_version = self.active_key_version();
+        let bytes = seal(
+            &self.dek,
+            &Aad::data_key(vault_id, key, version, key_version),
+            data_key.expose(),
+        )?;
+        Ok((data_key, WrappedDataKey { key_version, bytes }))
+    }
+
+    /// Unwraps a data key written by [`Keyring::new_data_key`]; fails if the wrap was moved to
+    /// another row or version, edited, or made under an instance key this process no longer holds.
+    pub fn unwrap_data_key(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        wrapped: &WrappedDataKey,
+    ) -> Result<DataKey, CryptoError> {
+        if wrapped.key_version != self.active_key_version() {
+            return Err(CryptoError::Malformed);
+        }
+        let plain = open(
+            &self.dek,
+            &Aad::data_key(vault_id, key, version, wrapped.key_version),
+            &wrapped.bytes,
+        )?;
+        let bytes: [u8; 32] = plain
+            .expose_secret()
+            .try_into()
+            .map_err(|_| CryptoError::Malformed)?;
+        Ok(DataKey::from_bytes(bytes))
     }
 
     /// MAC binding a service definition to its vault and name, so a database writer cannot

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod credtype;
 pub mod crypto;
 pub mod domain;
 pub mod identity;

@@ -71,6 +71,26 @@ impl Aad {
         aad
     }
 
+    /// A credential's own data key wrapped by the instance key `key_version`: bound to the
+    /// credential's vault, key and version (0 for the key that seals the credential's metadata)
+    /// and to the instance-key version, so a wrap moved to another row or version fails.
+    pub fn data_key(vault_id: &str, key: &str, version: i64, key_version: i64) -> Self {
+        let mut aad = Self::new("data-key");
+        aad.push(vault_id.as_bytes());
+        aad.push(key.as_bytes());
+        aad.push(&version.to_be_bytes());
+        aad.push(&key_version.to_be_bytes());
+        aad
+    }
+
+    /// A credential's metadata (description, metadata map), sealed under its metadata key.
+    pub fn credential_metadata(vault_id: &str, key: &str) -> Self {
+        let mut aad = Self::new("credential-metadata");
+        aad.push(vault_id.as_bytes());
+        aad.push(key.as_bytes());
+        aad
+    }
+
     /// The DEK wrapped by the KEK, as versions before authority-row MACs wrapped it.
     pub fn wrapped_dek() -> Self {
         Self::new("dek")
