@@ -208,11 +208,12 @@ pub enum AuthorityRow {
     Grant,
     /// `users`: (id, email, role, password hash).
     User,
-    /// `invites`: (id, email, role, vault grants, expiry, token hash, creator).
+    /// `invites`: (id, email, role, vault grants, expiry, token hash, creator, accepted,
+    /// revoked).
     Invite,
     /// `agents`: (id, name, creator).
     Agent,
-    /// `tokens`: (id, hash, kind, user, agent, vault, role).
+    /// `tokens`: (id, hash, kind, user, agent, vault, role, expiry, revoked, parent).
     Token,
 }
 
@@ -251,6 +252,8 @@ pub enum MacField<'a> {
     Int(i64),
     /// A nullable text column.
     OptText(Option<&'a str>),
+    /// A nullable integer column (an expiry, a revocation time).
+    OptInt(Option<i64>),
 }
 
 /// Keys (derived from the DEK) that bind authority rows, so a database writer cannot grant a
@@ -303,6 +306,8 @@ impl AuthorityMacs {
                 MacField::Int(i) => (3, i.to_be_bytes().to_vec().into()),
                 MacField::OptText(None) => (4, (&[][..]).into()),
                 MacField::OptText(Some(s)) => (5, s.as_bytes().into()),
+                MacField::OptInt(None) => (6, (&[][..]).into()),
+                MacField::OptInt(Some(i)) => (7, i.to_be_bytes().to_vec().into()),
             };
             mac.update(&[tag]);
             mac.update(&(bytes.len() as u64).to_be_bytes());
@@ -352,6 +357,18 @@ mod tests {
         assert_ne!(
             macs.mac(AuthorityRow::Agent, &none),
             macs.mac(AuthorityRow::Agent, &empty)
+        );
+        // A revocation cleared or an expiry moved is another row.
+        let live = [MacField::OptInt(None)];
+        let revoked = [MacField::OptInt(Some(0))];
+        let later = [MacField::OptInt(Some(1))];
+        let mac = macs.mac(AuthorityRow::Token, &revoked);
+        assert!(!macs.verify(AuthorityRow::Token, &live, Some(&mac)));
+        assert!(!macs.verify(AuthorityRow::Token, &later, Some(&mac)));
+        assert_ne!(
+            macs.mac(AuthorityRow::Token, &[MacField::Int(0)]),
+            mac,
+            "a nullable integer never encodes as a plain one"
         );
         let other = Keyring::from_dek(DataKey::from_bytes([5; 32])).authority_macs();
         assert!(!other.verify(AuthorityRow::Grant, &fields, Some(&mac)));

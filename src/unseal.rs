@@ -99,12 +99,26 @@ async fn wrap(
     })
 }
 
-/// The DEK a record opened to, the KEK that opened it, and whether the record says the
-/// authority rows are bound (false: wrapped by a version before authority-row MACs).
+/// Which MACs a wrapped DEK says the authority rows carry. Only the master password can write
+/// the wrap, so this (not a row a database writer could insert) decides what the first unseal
+/// after an upgrade binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Binding {
+    /// Wrapped before authority-row MACs (migration 0003): rows without one get one.
+    Unbound,
+    /// Wrapped between migrations 0003 and 0006: tokens and invitations carry MACs that do not
+    /// cover their lifetime yet.
+    V1,
+    /// Every row carries its current MAC.
+    Current,
+}
+
+/// The DEK a record opened to, the KEK that opened it, and which MACs the record says the
+/// authority rows carry.
 struct Opened {
     dek: DataKey,
     kek: DataKey,
-    macs_bound: bool,
+    binding: Binding,
 }
 
 async fn unwrap(
@@ -115,18 +129,22 @@ async fn unwrap(
     let kek = gate
         .derive_key(password, &record.kdf_salt, record.kdf)
         .await?;
-    let (dek, macs_bound) = match open(&kek, &Aad::wrapped_dek_macs_bound(), &record.wrapped_dek) {
-        Ok(dek) => (dek, true),
-        Err(CryptoError::Integrity) => {
-            let dek =
-                open(&kek, &Aad::wrapped_dek(), &record.wrapped_dek).map_err(|e| match e {
-                    CryptoError::Integrity => UnsealError::WrongPassword,
-                    other => UnsealError::Crypto(other),
-                })?;
-            (dek, false)
+    let mut opened = None;
+    for (aad, binding) in [
+        (Aad::wrapped_dek_macs_bound(), Binding::Current),
+        (Aad::wrapped_dek_macs_bound_v1(), Binding::V1),
+        (Aad::wrapped_dek(), Binding::Unbound),
+    ] {
+        match open(&kek, &aad, &record.wrapped_dek) {
+            Ok(dek) => {
+                opened = Some((dek, binding));
+                break;
+            }
+            Err(CryptoError::Integrity) => continue,
+            Err(other) => return Err(UnsealError::Crypto(other)),
         }
-        Err(other) => return Err(UnsealError::Crypto(other)),
-    };
+    }
+    let (dek, binding) = opened.ok_or(UnsealError::WrongPassword)?;
     let bytes: [u8; 32] = dek
         .expose_secret()
         .try_into()
@@ -134,15 +152,17 @@ async fn unwrap(
     Ok(Opened {
         dek: DataKey::from_bytes(bytes),
         kek,
-        macs_bound,
+        binding,
     })
 }
 
-/// Makes sure every authority row carries a MAC before anything reads them. A record wrapped
-/// before authority-row MACs existed gets its rows bound once (rows edited before this are
-/// trusted as they are), then the DEK is re-wrapped so that it says so; only the master
-/// password can write that wrap, so a database writer who wipes a MAC and re-inserts the
-/// pending marker later gets an alarm, not a fresh binding of their edit.
+/// Makes sure every authority row carries its current MAC before anything reads them. A record
+/// wrapped before authority-row MACs existed gets its rows bound once (rows edited before this
+/// are trusted as they are); one wrapped before 0006 gets its tokens and invitations whose MAC
+/// verifies re-bound over their lifetime too (their lifetime columns trusted as they are). Then
+/// the DEK is re-wrapped so that it says so; only the master password can write that wrap, so a
+/// database writer who wipes a MAC and re-inserts the pending marker later gets an alarm, not a
+/// fresh binding of their edit.
 async fn bind_authority_rows(
     store: &Store,
     record: &MasterKeyRecord,
@@ -150,19 +170,31 @@ async fn bind_authority_rows(
     keyring: &Keyring,
 ) -> Result<(), UnsealError> {
     let store = store.with_authority_macs(keyring.authority_macs());
-    if opened.macs_bound {
-        if store.discard_backfill_marker().await? {
-            tracing::error!(
-                "INTEGRITY ALARM: the database asks for authority rows to be bound again, but they were bound at an earlier start; ignored (a database writer may have wiped MACs)"
+    match opened.binding {
+        Binding::Current | Binding::V1 => {
+            if store.discard_backfill_marker().await? {
+                tracing::error!(
+                    "INTEGRITY ALARM: the database asks for authority rows to be bound again, but they were bound at an earlier start; ignored (a database writer may have wiped MACs)"
+                );
+            }
+            if opened.binding == Binding::Current {
+                return Ok(());
+            }
+            let done = store.upgrade_authority_macs().await?;
+            tracing::warn!(
+                rows = done.bound,
+                refused = done.refused,
+                "bound the expiry and revocation of existing tokens and invitations with their MACs (first start after upgrading); rows whose earlier MAC failed stay refused"
             );
         }
-        return Ok(());
+        Binding::Unbound => {
+            let bound = store.backfill_authority_macs().await?;
+            tracing::warn!(
+                rows = bound,
+                "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
+            );
+        }
     }
-    let bound = store.backfill_authority_macs().await?;
-    tracing::warn!(
-        rows = bound,
-        "bound existing grants, users, invites, agents and tokens with MACs (first start after upgrading); rows edited before this start are trusted as they were"
-    );
     let rewrapped = MasterKeyRecord {
         kdf_salt: record.kdf_salt.clone(),
         kdf: record.kdf,
@@ -254,7 +286,7 @@ pub async fn change_master_password(
         .await?
         .ok_or(UnsealError::NotInitialized)?;
     let opened = unwrap(gate, &old, &record).await?;
-    if !opened.macs_bound {
+    if opened.binding != Binding::Current {
         let keyring = Keyring::from_dek(opened.dek.clone());
         bind_authority_rows(store, &record, &opened, &keyring).await?;
     }
@@ -279,6 +311,27 @@ pub async fn wrap_as_before_authority_macs(
     password: SecretString,
     gate: &KdfGate,
 ) -> Result<(), UnsealError> {
+    rewrap_for_tests(store, password, gate, Aad::wrapped_dek()).await
+}
+
+/// Wraps the DEK the way versions between migrations 0003 and 0006 did (authority rows bound,
+/// tokens' and invitations' lifetimes not), so upgrade tests can make a database that looks like
+/// theirs. Not for anything else: it undoes the binding's record.
+#[doc(hidden)]
+pub async fn wrap_as_before_lifetime_macs(
+    store: &Store,
+    password: SecretString,
+    gate: &KdfGate,
+) -> Result<(), UnsealError> {
+    rewrap_for_tests(store, password, gate, Aad::wrapped_dek_macs_bound_v1()).await
+}
+
+async fn rewrap_for_tests(
+    store: &Store,
+    password: SecretString,
+    gate: &KdfGate,
+    aad: Aad,
+) -> Result<(), UnsealError> {
     let record = store
         .master_key()
         .await?
@@ -287,7 +340,7 @@ pub async fn wrap_as_before_authority_macs(
     let old = MasterKeyRecord {
         kdf_salt: record.kdf_salt.clone(),
         kdf: record.kdf,
-        wrapped_dek: seal(&opened.kek, &Aad::wrapped_dek(), opened.dek.expose())?,
+        wrapped_dek: seal(&opened.kek, &aad, opened.dek.expose())?,
     };
     store.replace_master_key(&record.wrapped_dek, &old).await?;
     Ok(())
@@ -328,9 +381,10 @@ mod tests {
         let record = wrap(&gate, &right, &dek, params).await.unwrap();
         let back = unwrap(&gate, &right, &record).await.unwrap();
         assert_eq!(back.dek.expose(), dek.expose());
-        assert!(
-            back.macs_bound,
-            "new wraps say the authority rows are bound"
+        assert_eq!(
+            back.binding,
+            Binding::Current,
+            "new wraps say the authority rows carry their current MACs"
         );
         assert!(matches!(
             unwrap(&gate, &SecretString::from("wrong horse"), &record).await,

@@ -96,10 +96,18 @@ impl Aad {
         Self::new("dek")
     }
 
-    /// The DEK wrapped by the KEK once every authority row carries a MAC. The wrap is the one
-    /// record a database writer cannot forge, so it (not a row they could re-insert) says that
-    /// the one-time binding of old rows has happened.
+    /// The DEK wrapped by the KEK once every authority row carries its current MAC (migration
+    /// 0006's: token expiry, revocation and parent, invite acceptance and revocation). The wrap
+    /// is the one record a database writer cannot forge, so it (not a row they could re-insert)
+    /// says that the one-time binding of old rows has happened. Every new wrap uses this one.
     pub fn wrapped_dek_macs_bound() -> Self {
+        Self::new("dek authority-macs-bound v2")
+    }
+
+    /// The DEK wrapped by the KEK as versions between migrations 0003 and 0006 wrapped it: the
+    /// authority rows carry MACs, but tokens' and invitations' MACs do not yet cover their
+    /// lifetime. Only read, to upgrade.
+    pub fn wrapped_dek_macs_bound_v1() -> Self {
         Self::new("dek authority-macs-bound")
     }
 

@@ -103,6 +103,7 @@ pub fn new_token(
             .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
         revoked_at: None,
         created_at: now,
+        parent_id: None,
     };
     fill(&mut record);
     Ok(Issued { raw, record })
@@ -366,6 +367,9 @@ pub async fn mint_scoped(
         return Err(AgentsError::LabelTooLong);
     }
     let vault_id = vault.id.clone();
+    // Recorded so that revoking the minting token (an agent's rotation or revocation, a user's
+    // logout or password change) revokes this one with it, in the store's transaction.
+    let parent = a.caller.token_id.clone();
     let issued = issue_token(
         &a,
         TokenKind::Scoped,
@@ -374,6 +378,7 @@ pub async fn mint_scoped(
             t.vault_id = Some(vault_id);
             t.vault_role = Some(VaultRole::Proxy);
             t.label = label;
+            t.parent_id = Some(parent);
             match minter {
                 Minter::User(u) => t.user_id = Some(u),
                 Minter::Agent(agent) => t.agent_id = Some(agent),

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 
 use super::authority::agent_fields;
 use super::{PrincipalKind, Store, StoreError, TokenRecord, col};
-use crate::domain::{AgentName, VaultRole, now_ms};
+use crate::domain::{AgentName, VaultRole};
 use crate::keys::AuthorityRow;
 
 /// A stored agent.
@@ -32,6 +32,7 @@ impl AgentRecord {
         let integrity_ok = store.verify_row(
             AuthorityRow::Agent,
             &id,
+            None,
             &agent_fields(&id, &name, created_by.as_deref()),
             mac.as_deref(),
         )?;
@@ -119,11 +120,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let macs = self.macs()?;
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
+        super::tokens::revoke_in(self, &mut tx, super::tokens::Revoke::Agent(agent_id)).await?;
         super::tokens::insert_token(&mut tx, macs, token).await?;
         tx.commit().await?;
         Ok(())

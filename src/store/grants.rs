@@ -34,6 +34,11 @@ pub enum GrantChange {
     LastHumanAdmin,
 }
 
+/// How a grant row is named in alarms and audit events (its key; no value).
+fn grant_row_id(vault_id: &str, kind: &str, principal_id: &str) -> String {
+    format!("{vault_id}/{kind}/{principal_id}")
+}
+
 pub(super) async fn upsert_grant(
     tx: &mut Transaction<'static, Any>,
     macs: &AuthorityMacs,
@@ -115,7 +120,8 @@ impl Store {
         let mac: Option<Vec<u8>> = col(&row, "mac")?;
         if !self.verify_row(
             AuthorityRow::Grant,
-            principal_id,
+            &grant_row_id(vault_id, kind.as_str(), principal_id),
+            Some(vault_id),
             &grant_fields(vault_id, kind.as_str(), principal_id, &role),
             mac.as_deref(),
         )? {
@@ -144,7 +150,8 @@ impl Store {
             let mac: Option<Vec<u8>> = col(r, "mac")?;
             if self.verify_row(
                 AuthorityRow::Grant,
-                principal_id,
+                &grant_row_id(&vault_id, kind.as_str(), principal_id),
+                Some(&vault_id),
                 &grant_fields(&vault_id, kind.as_str(), principal_id, &role),
                 mac.as_deref(),
             )? {
@@ -189,7 +196,8 @@ impl Store {
             let grant_mac: Option<Vec<u8>> = col(r, "grant_mac")?;
             let mut ok = self.verify_row(
                 AuthorityRow::Grant,
-                &id,
+                &grant_row_id(vault_id, kind.as_str(), &id),
+                Some(vault_id),
                 &grant_fields(vault_id, kind.as_str(), &id, &role),
                 grant_mac.as_deref(),
             )?;
@@ -206,6 +214,7 @@ impl Store {
                         ok &= self.verify_row(
                             AuthorityRow::User,
                             &id,
+                            None,
                             &user_fields(&id, &email, &urole, &phc),
                             umac.as_deref(),
                         )?;
@@ -220,6 +229,7 @@ impl Store {
                         ok &= self.verify_row(
                             AuthorityRow::Agent,
                             &id,
+                            None,
                             &agent_fields(&id, &name, created_by.as_deref()),
                             amac.as_deref(),
                         )?;

@@ -3,11 +3,11 @@
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
-use super::authority::invite_fields;
+use super::authority::{InviteMacView, invite_fields};
 use super::{PrincipalKind, Store, StoreError, col, hash_col, parsed};
 use crate::crypto::TokenHash;
 use crate::domain::{Email, InstanceRole, VaultRole, now_ms};
-use crate::keys::AuthorityRow;
+use crate::keys::{AuthorityMacs, AuthorityRow};
 
 /// A vault role granted when the invitation is accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,11 +55,24 @@ impl InviteRecord {
         let role: String = col(row, "role")?;
         let expires_at: i64 = col(row, "expires_at")?;
         let created_by: String = col(row, "created_by")?;
+        let accepted_at: Option<i64> = col(row, "accepted_at")?;
+        let revoked_at: Option<i64> = col(row, "revoked_at")?;
         let mac: Option<Vec<u8>> = col(row, "mac")?;
         let integrity_ok = store.verify_row(
             AuthorityRow::Invite,
             &id,
-            &invite_fields(&id, &email, &role, &grants, expires_at, &hash, &created_by),
+            None,
+            &invite_fields(&InviteMacView {
+                id: &id,
+                email: &email,
+                role: &role,
+                vault_grants: &grants,
+                expires_at,
+                token_hash: &hash,
+                created_by: &created_by,
+                accepted_at,
+                revoked_at,
+            }),
             mac.as_deref(),
         )?;
         Ok(Self {
@@ -71,11 +84,29 @@ impl InviteRecord {
                 .map_err(|e| StoreError::corrupt("column vault_grants", e))?,
             created_by,
             expires_at,
-            accepted_at: col(row, "accepted_at")?,
-            revoked_at: col(row, "revoked_at")?,
+            accepted_at,
+            revoked_at,
             created_at: col(row, "created_at")?,
             integrity_ok,
         })
+    }
+
+    /// The row's MAC under `macs`, with `grants` its stored `vault_grants` text.
+    fn mac(&self, macs: &AuthorityMacs, grants: &str) -> Vec<u8> {
+        macs.mac(
+            AuthorityRow::Invite,
+            &invite_fields(&InviteMacView {
+                id: &self.id,
+                email: self.email.as_str(),
+                role: self.role.as_str(),
+                vault_grants: grants,
+                expires_at: self.expires_at,
+                token_hash: &self.token_hash.0,
+                created_by: &self.created_by,
+                accepted_at: self.accepted_at,
+                revoked_at: self.revoked_at,
+            }),
+        )
     }
 
     /// Pending, accepted, revoked or expired at `now`.
@@ -92,27 +123,19 @@ impl InviteRecord {
     }
 }
 
+/// One invitation by id, every column its MAC covers.
+const INVITE_BY_ID: &str = "SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac FROM invites WHERE id = $1";
+
 impl Store {
     /// Stores a new invitation.
     pub async fn create_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
         let macs = self.macs()?;
         let grants = serde_json::to_string(&invite.vault_grants)
             .map_err(|e| StoreError::corrupt("column vault_grants", e))?;
-        let mac = macs.mac(
-            AuthorityRow::Invite,
-            &invite_fields(
-                &invite.id,
-                invite.email.as_str(),
-                invite.role.as_str(),
-                &grants,
-                invite.expires_at,
-                &invite.token_hash.0,
-                &invite.created_by,
-            ),
-        );
+        let mac = invite.mac(macs, &grants);
         sqlx::query(
-            "INSERT INTO invites (id, token_hash, email, role, vault_grants, created_by, expires_at, created_at, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO invites (id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&invite.id)
         .bind(invite.token_hash.0.to_vec())
@@ -121,6 +144,8 @@ impl Store {
         .bind(grants)
         .bind(&invite.created_by)
         .bind(invite.expires_at)
+        .bind(invite.accepted_at)
+        .bind(invite.revoked_at)
         .bind(invite.created_at)
         .bind(mac)
         .execute(&self.pool)
@@ -155,14 +180,49 @@ impl Store {
             .collect()
     }
 
-    /// Revokes a pending invitation. Returns whether one was revoked.
+    /// Revokes a pending invitation, re-binding its MAC with the revocation (so clearing it
+    /// later makes the row fail). Returns whether one was revoked. A row that fails its MAC is
+    /// revoked but left failing.
     pub async fn revoke_invite(&self, id: &str) -> Result<bool, StoreError> {
-        let statement = sqlx::query(
-            "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND accepted_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id);
-        self.changed(statement).await
+        let macs = self.macs()?;
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(INVITE_BY_ID)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let invite = InviteRecord::from_row(self, &row)?;
+        let done = if invite.integrity_ok {
+            let grants: String = col(&row, "vault_grants")?;
+            let stored: Option<Vec<u8>> = col(&row, "mac")?;
+            let revoked = InviteRecord {
+                revoked_at: Some(now),
+                ..invite
+            };
+            sqlx::query(
+                "UPDATE invites SET revoked_at = $1, mac = $2 WHERE id = $3 AND revoked_at IS NULL AND accepted_at IS NULL AND mac = $4",
+            )
+            .bind(now)
+            .bind(revoked.mac(macs, &grants))
+            .bind(id)
+            .bind(stored)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND accepted_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Accepts an invitation: marks it used and creates the user with its grants, atomically.
@@ -178,7 +238,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // Re-read and re-check inside the transaction: the caller's copy was checked, but the
         // row could have been edited since, and the grants come from this copy.
-        let row = sqlx::query("SELECT id, token_hash, email, role, vault_grants, created_by, expires_at, accepted_at, revoked_at, created_at, mac FROM invites WHERE id = $1")
+        let row = sqlx::query(INVITE_BY_ID)
             .bind(&invite.id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -197,11 +257,21 @@ impl Store {
             return Ok(false);
         };
         let invite = &invite;
+        let (grants, stored): (String, Option<Vec<u8>>) = match &row {
+            Some(r) => (col(r, "vault_grants")?, col(r, "mac")?),
+            None => return Err(StoreError::NotFound),
+        };
+        let accepted = InviteRecord {
+            accepted_at: Some(now),
+            ..invite.clone()
+        };
         let done = sqlx::query(
-            "UPDATE invites SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+            "UPDATE invites SET accepted_at = $1, mac = $2 WHERE id = $3 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $1 AND mac = $4",
         )
         .bind(now)
+        .bind(accepted.mac(macs, &grants))
         .bind(&invite.id)
+        .bind(stored)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {

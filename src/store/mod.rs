@@ -26,6 +26,7 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use agents::AgentRecord;
 pub use audit::{AuditEvent, AuditRecord};
+pub use authority::{INTEGRITY_ACTION, Rebound};
 pub use credentials::{CredentialRecord, CredentialWrite};
 pub use grants::{GrantChange, MemberRecord};
 pub use instance::{CaStateRecord, MasterKeyRecord};
@@ -138,6 +139,11 @@ pub struct Store {
     backend: Backend,
     // Set once unsealed: every read and write of an authority row goes through it.
     authority: Option<crate::keys::AuthorityMacs>,
+    // Shared by every clone, so a tampered row raises one alarm per window however it is read.
+    alarms: std::sync::Arc<authority::IntegrityAlarms>,
+    // The runtime that opened the pool: integrity audit events are written there, even when a
+    // row is read from a proxy worker's runtime.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl Store {
@@ -163,6 +169,8 @@ impl Store {
             pool,
             backend: Backend::Postgres,
             authority: None,
+            alarms: Default::default(),
+            home: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -196,6 +204,8 @@ impl Store {
             pool,
             backend: Backend::Sqlite,
             authority: None,
+            alarms: Default::default(),
+            home: tokio::runtime::Handle::try_current().ok(),
         };
         restrict_sqlite_sidecars(&db_path);
         Ok(store)

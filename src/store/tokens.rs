@@ -4,9 +4,9 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
 use super::authority::token_fields;
-use super::{Store, StoreError, col, hash_col, parsed, parsed_opt};
+use super::{Store, StoreError, TokenStoreKind, col, hash_col, parsed, parsed_opt};
 use crate::crypto::TokenHash;
-use crate::domain::{TokenStoreKind, VaultRole, now_ms};
+use crate::domain::{VaultRole, now_ms};
 use crate::keys::{AuthorityMacs, AuthorityRow};
 
 /// A stored token (never the raw value).
@@ -34,10 +34,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
     /// Creation time (ms).
     pub created_at: i64,
+    /// The token that minted it (a scoped token's minter's token): revoking that token revokes
+    /// this one too.
+    pub parent_id: Option<String>,
 }
 
+/// Every column of a `tokens` row, in the order the store selects them.
+pub(super) const TOKEN_COLUMNS: &str = "id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, parent_id, mac";
+
 impl TokenRecord {
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             id: col(row, "id")?,
             hash: hash_col(row, "hash")?,
@@ -50,6 +56,7 @@ impl TokenRecord {
             expires_at: col(row, "expires_at")?,
             revoked_at: col(row, "revoked_at")?,
             created_at: col(row, "created_at")?,
+            parent_id: col(row, "parent_id")?,
         })
     }
 
@@ -57,22 +64,9 @@ impl TokenRecord {
     pub fn is_live(&self, now_ms: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now_ms)
     }
-}
 
-impl TokenRecord {
     fn mac(&self, macs: &AuthorityMacs) -> Vec<u8> {
-        macs.mac(
-            AuthorityRow::Token,
-            &token_fields(
-                &self.id,
-                &self.hash.0,
-                self.kind.as_str(),
-                self.user_id.as_deref(),
-                self.agent_id.as_deref(),
-                self.vault_id.as_deref(),
-                self.vault_role.map(|r| r.as_str()),
-            ),
-        )
+        macs.mac(AuthorityRow::Token, &token_fields(self))
     }
 }
 
@@ -83,8 +77,8 @@ pub(super) async fn insert_token(
 ) -> Result<(), StoreError> {
     let mac = token.mac(macs);
     sqlx::query(
-        "INSERT INTO tokens (id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11)",
+        "INSERT INTO tokens (id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, parent_id, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&token.id)
     .bind(token.hash.0.to_vec())
@@ -95,12 +89,112 @@ pub(super) async fn insert_token(
     .bind(token.vault_role.map(|r| r.as_str()))
     .bind(&token.label)
     .bind(token.expires_at)
+    .bind(token.revoked_at)
     .bind(token.created_at)
+    .bind(token.parent_id.as_deref())
     .bind(mac)
     .execute(&mut **tx)
     .await
     .map_err(|e| StoreError::unique(e, "token"))?;
     Ok(())
+}
+
+/// Which live tokens a revocation starts from; the tokens they minted go with them.
+#[derive(Clone, Copy)]
+pub(super) enum Revoke<'a> {
+    /// One token by id; for an agent token also the scoped tokens its agent minted before
+    /// tokens recorded their parent (an agent holds one agent token at a time).
+    Token(&'a str),
+    /// Every token of an agent, and every scoped token it minted.
+    Agent(&'a str),
+    /// A user's login sessions (API and web).
+    UserSessions(&'a str),
+}
+
+/// Revokes the live tokens `what` names and, through `parent_id`, every token minted from them,
+/// inside `tx`. Each row that passes its MAC is re-bound with its revocation, so clearing
+/// `revoked_at` later makes it fail; a row that fails is revoked but left failing (re-binding it
+/// would launder the edit). Returns the ids revoked, the ones `what` named first.
+pub(super) async fn revoke_in(
+    store: &Store,
+    tx: &mut Transaction<'static, Any>,
+    what: Revoke<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let macs = store.macs()?;
+    let now = now_ms();
+    let select = |condition: &str| {
+        format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE revoked_at IS NULL AND {condition}")
+    };
+    let (condition, key) = match what {
+        Revoke::Token(id) => ("id = $1", id),
+        Revoke::Agent(agent) => ("agent_id = $1", agent),
+        Revoke::UserSessions(user) => ("user_id = $1 AND kind IN ('session', 'web')", user),
+    };
+    let mut queue = sqlx::query(sqlx::AssertSqlSafe(select(condition)))
+        .bind(key.to_owned())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut revoked: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let children = select("parent_id = $1");
+    let legacy_children = select("kind = 'scoped' AND agent_id = $1");
+    while let Some(row) = queue.pop() {
+        let token = TokenRecord::from_row(&row)?;
+        if !seen.insert(token.id.clone()) {
+            continue;
+        }
+        let stored: Option<Vec<u8>> = col(&row, "mac")?;
+        let intact = store.verify_row(
+            AuthorityRow::Token,
+            &token.id,
+            token.vault_id.as_deref(),
+            &token_fields(&token),
+            stored.as_deref(),
+        )?;
+        let done = if intact {
+            let revoked_row = TokenRecord {
+                revoked_at: Some(now),
+                ..token.clone()
+            };
+            sqlx::query(
+                "UPDATE tokens SET revoked_at = $1, mac = $2 WHERE id = $3 AND revoked_at IS NULL AND mac = $4",
+            )
+            .bind(now)
+            .bind(revoked_row.mac(macs))
+            .bind(&token.id)
+            .bind(stored)
+            .execute(&mut **tx)
+            .await?
+        } else {
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(&token.id)
+                .execute(&mut **tx)
+                .await?
+        };
+        if done.rows_affected() == 0 {
+            continue;
+        }
+        revoked.push(token.id.clone());
+        queue.extend(
+            sqlx::query(sqlx::AssertSqlSafe(children.clone()))
+                .bind(token.id.clone())
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+        if intact
+            && token.kind == TokenStoreKind::Agent
+            && let (Revoke::Token(_), Some(agent)) = (what, &token.agent_id)
+        {
+            queue.extend(
+                sqlx::query(sqlx::AssertSqlSafe(legacy_children.clone()))
+                    .bind(agent.clone())
+                    .fetch_all(&mut **tx)
+                    .await?,
+            );
+        }
+    }
+    Ok(revoked)
 }
 
 impl Store {
@@ -114,11 +208,12 @@ impl Store {
     }
 
     /// Finds a token by its keyed hash (live or not; the caller decides). A row whose MAC fails
-    /// (re-pointed at another user or agent, another vault or role) is absent.
+    /// (re-pointed at another user or agent, another vault or role, un-revoked or extended) is
+    /// absent.
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE hash = $1",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
+        )))
         .bind(hash.0.to_vec())
         .fetch_optional(&self.pool)
         .await?;
@@ -132,60 +227,44 @@ impl Store {
     }
 
     /// The token a row holds, or `None` (with an alarm) when its MAC fails: a row re-pointed at
-    /// another user or agent, vault or role is treated as absent wherever it is read.
+    /// another user or agent, vault or role, or with its lifetime edited, is treated as absent
+    /// wherever it is read.
     fn verified_token(&self, row: &AnyRow) -> Result<Option<TokenRecord>, StoreError> {
         let record = TokenRecord::from_row(row)?;
         let stored: Option<Vec<u8>> = col(row, "mac")?;
-        let ok = self.macs()?.verify(
+        let ok = self.verify_row(
             AuthorityRow::Token,
-            &token_fields(
-                &record.id,
-                &record.hash.0,
-                &col::<String>(row, "kind")?,
-                record.user_id.as_deref(),
-                record.agent_id.as_deref(),
-                record.vault_id.as_deref(),
-                col::<Option<String>>(row, "vault_role")?.as_deref(),
-            ),
+            &record.id,
+            record.vault_id.as_deref(),
+            &token_fields(&record),
             stored.as_deref(),
-        );
-        if !ok {
-            super::authority::alarm(AuthorityRow::Token, &record.id);
-        }
+        )?;
         Ok(ok.then_some(record))
     }
 
     /// Finds a token by its public id (absent when its MAC fails).
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let sql = "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens WHERE id = $1";
-        let token = self.row_by(sql, id, |r| self.verified_token(r));
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1");
+        let token = self.row_by(sqlx::AssertSqlSafe(sql), id, |r| self.verified_token(r));
         Ok(token.await?.flatten())
     }
 
-    /// Revokes one token, and for an agent token the scoped tokens the agent minted. Returns
-    /// whether a live token was revoked.
+    /// Revokes one token and every token minted from it (for an agent token, also the scoped
+    /// tokens its agent minted), in one transaction. Returns whether the token itself was live
+    /// and is now revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        // An agent's scoped tokens go with its agent token: an agent holds one agent token at a
-        // time (rotation revokes the old one and its scoped tokens), so they are this token's.
-        let statement = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND (id = $2 \
-             OR (kind = 'scoped' AND agent_id = (SELECT agent_id FROM tokens WHERE id = $2 AND kind = 'agent')))",
-        )
-        .bind(now_ms())
-        .bind(id);
-        self.changed(statement).await
+        let mut tx = self.begin_write().await?;
+        let revoked = revoke_in(self, &mut tx, Revoke::Token(id)).await?;
+        tx.commit().await?;
+        Ok(revoked.first().is_some_and(|first| first == id))
     }
 
     /// Revokes every live token of an agent, including scoped tokens it minted.
     pub async fn revoke_agent_tokens(&self, agent_id: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(agent_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut tx = self.begin_write().await?;
+        let revoked = revoke_in(self, &mut tx, Revoke::Agent(agent_id)).await?;
+        tx.commit().await?;
+        Ok(revoked.len() as u64)
     }
 
     /// Live tokens of an agent, or scoped tokens of a vault.
@@ -194,11 +273,11 @@ impl Store {
         agent_id: Option<&str>,
         vault_id: Option<&str>,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, hash, kind, user_id, agent_id, vault_id, vault_role, label, expires_at, revoked_at, created_at, mac FROM tokens \
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens \
              WHERE revoked_at IS NULL AND ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR (vault_id = $2 AND kind = 'scoped')) \
-             ORDER BY created_at",
-        )
+             ORDER BY created_at"
+        )))
         .bind(agent_id)
         .bind(vault_id)
         .fetch_all(&self.pool)

@@ -46,6 +46,7 @@ impl UserRecord {
         let integrity_ok = store.verify_row(
             AuthorityRow::User,
             &id,
+            None,
             &user_fields(&id, &email, &role, &password_hash),
             mac.as_deref(),
         )?;
@@ -123,7 +124,7 @@ impl Store {
         col(&row, "n")
     }
 
-    /// Replaces a user's password hash and revokes all their sessions. A row that fails its
+    /// Replaces a user's password hash and revokes all their sessions (and what they minted). A row that fails its
     /// MAC is refused as not found: re-MACing it would launder whatever was edited.
     pub async fn set_user_password(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
         let macs = self.macs()?;
@@ -162,11 +163,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind IN ('session', 'web') AND revoked_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        super::tokens::revoke_in(self, &mut tx, super::tokens::Revoke::UserSessions(id)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -443,6 +443,7 @@ async fn tokens_are_stored_only_as_keyed_hashes() {
             expires_at: None,
             revoked_at: None,
             created_at: 0,
+            parent_id: None,
         };
         store.insert_token(&record).await.unwrap();
         let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM tokens")
@@ -783,6 +784,7 @@ async fn web_session_migration_keeps_existing_tokens() {
             expires_at: None,
             revoked_at: None,
             created_at: 2,
+            parent_id: None,
         };
         store.insert_token(&web).await.unwrap();
         let stored = store
