@@ -589,3 +589,38 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_alarmed_once_per_window_and_repeats_are_counted() {
+        let alarms = IntegrityAlarms::default();
+        assert_eq!(alarms.admit("tokens/t1"), Some(0));
+        for _ in 0..5 {
+            assert_eq!(alarms.admit("tokens/t1"), None);
+        }
+        assert_eq!(alarms.admit("users/u1"), Some(0), "another row has its own");
+        // Once the window has passed, the next failure is alarmed with the count it hid.
+        if let Some(seen) = alarms.seen.lock().unwrap().get_mut("tokens/t1") {
+            // A machine up for less than a window cannot go back that far.
+            let Some(earlier) = seen.at.checked_sub(ALARM_WINDOW) else {
+                return;
+            };
+            seen.at = earlier;
+        }
+        assert_eq!(alarms.admit("tokens/t1"), Some(5));
+        assert_eq!(alarms.admit("tokens/t1"), None);
+    }
+
+    #[test]
+    fn remembered_rows_are_bounded() {
+        let alarms = IntegrityAlarms::default();
+        for i in 0..ALARM_ROWS {
+            assert_eq!(alarms.admit(&format!("tokens/{i}")), Some(0));
+        }
+        assert_eq!(alarms.admit("tokens/one-too-many"), None);
+        assert_eq!(alarms.seen.lock().unwrap().len(), ALARM_ROWS);
+    }
+}

@@ -259,6 +259,49 @@ impl Store {
         Ok(revoked.first().is_some_and(|first| first == id))
     }
 
+    /// Moves a live token's expiry, re-binding its MAC in the same transaction; returns whether
+    /// the token was live and intact. The API never extends a token; tests shorten lifetimes
+    /// below its one-minute floor with this, the way an operator tool could.
+    pub async fn set_token_expiry(
+        &self,
+        id: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let macs = self.macs()?;
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1 AND revoked_at IS NULL"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = row
+            .as_ref()
+            .map(|r| self.verified_token(r))
+            .transpose()?
+            .flatten()
+        else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let stored: Option<Vec<u8>> = row.as_ref().map(|r| col(r, "mac")).transpose()?.flatten();
+        let moved = TokenRecord {
+            expires_at,
+            ..token
+        };
+        let done = sqlx::query(
+            "UPDATE tokens SET expires_at = $1, mac = $2 WHERE id = $3 AND revoked_at IS NULL AND mac = $4",
+        )
+        .bind(expires_at)
+        .bind(moved.mac(macs))
+        .bind(id)
+        .bind(stored)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Revokes every live token of an agent, including scoped tokens it minted.
     pub async fn revoke_agent_tokens(&self, agent_id: &str) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;

@@ -4,61 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{
-    OWNER_EMAIL, OWNER_PASSWORD, TINY_KDF, TestApp, TestDatabase, TestOptions, spawn_app,
-    spawn_app_with,
-};
-
-/// Runs `f` against an app on SQLite and, when configured, one on Postgres.
-async fn on_each_backend<F, Fut>(f: F)
-where
-    F: Fn(TestApp, &'static str) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    f(spawn_app().await, "sqlite").await;
-    if let Some(db) = TestDatabase::create().await {
-        let app = spawn_app_with(TestOptions {
-            postgres: Some(db.url.clone()),
-            ..Default::default()
-        })
-        .await;
-        f(app, "postgres").await;
-        drop(db);
-    }
-}
-
-/// What a database writer does: runs SQL on the app's database behind its back.
-async fn sql(app: &TestApp, query: &'static str, binds: &[&str]) -> u64 {
-    let store = agent_vault::store::Store::open(
-        &app.config.data_dir,
-        app.config.database_url.as_ref().map(|u| u.0.as_str()),
-    )
-    .await
-    .unwrap();
-    let mut q = sqlx::query(query);
-    for b in binds {
-        q = q.bind((*b).to_owned());
-    }
-    let done = q.execute(store.pool()).await.unwrap();
-    store.close().await;
-    done.rows_affected()
-}
-
-async fn agent_id(app: &TestApp, name: &str) -> String {
-    let store = agent_vault::store::Store::open(
-        &app.config.data_dir,
-        app.config.database_url.as_ref().map(|u| u.0.as_str()),
-    )
-    .await
-    .unwrap();
-    let id: String = sqlx::query_scalar("SELECT id FROM agents WHERE name = $1")
-        .bind(name.to_owned())
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    store.close().await;
-    id
-}
+use crate::support::tamper::{agent_id, integrity_events_for, on_each_backend, sql, sql_strings};
+use crate::support::{OWNER_EMAIL, OWNER_PASSWORD, TINY_KDF, TestApp, TestOptions, spawn_app_with};
 
 /// Admin actions an agent with the admin role could take in `vault`; none may succeed.
 async fn assert_no_admin_power(app: &TestApp, token: &str, vault: &str, secret: &str, what: &str) {
@@ -151,6 +98,9 @@ async fn agent_grant_flipped_to_admin_in_the_database_gives_no_admin_power() {
             .cloned()
             .unwrap();
         assert_eq!(bot_row["role"], "integrity_error", "{backend}: {members}");
+        let vault = sql_strings(&app, "SELECT id FROM vaults WHERE name = 'flip'", &[]).await;
+        let bot_id = agent_id(&app, "bot").await;
+        integrity_events_for(&app, &format!("vault_grants/{}/agent/{bot_id}", vault[0])).await;
     })
     .await;
 }
@@ -258,6 +208,7 @@ async fn user_role_flipped_to_owner_in_the_database_gives_no_owner_powers() {
             .cloned()
             .unwrap();
         assert_eq!(row["role"], "integrity_error", "{backend}: {users}");
+        integrity_events_for(&app, &format!("users/{}", row["id"].as_str().unwrap())).await;
         // Its grant can still be taken away by an admin.
         assert_eq!(
             app.call(
@@ -302,6 +253,17 @@ async fn password_hash_replaced_in_the_database_does_not_log_the_attacker_in() {
         }
         // The session issued before the edit belonged to the row as it was: it ends too.
         assert_eq!(app.call("GET", "/v1/auth/whoami", None).await.0, 401);
+        let owner = sql_strings(
+            &app,
+            "SELECT id FROM users WHERE email = $1",
+            &[OWNER_EMAIL],
+        )
+        .await;
+        let events = integrity_events_for(&app, &format!("users/{}", owner[0])).await;
+        assert!(
+            !events[0].1.contains(&attacker_phc),
+            "{backend}: {events:?}"
+        );
     })
     .await;
 }
@@ -332,6 +294,7 @@ async fn invite_role_edited_in_the_database_is_refused() {
         assert_eq!(status, 403, "{backend}: {body}");
         let invites = app.ok("GET", "/v1/invites", None).await;
         assert_eq!(invites[0]["status"], "integrity_error", "{backend}: {invites}");
+        integrity_events_for(&app, &format!("invites/{}", invites[0]["id"].as_str().unwrap())).await;
         let users = app.ok("GET", "/v1/users", None).await;
         assert_eq!(users.as_array().unwrap().len(), 1, "{backend}: {users}");
     })
@@ -374,6 +337,8 @@ async fn agent_row_renamed_in_the_database_has_its_tokens_refused() {
         );
         let agents = app.ok("GET", "/v1/agents", None).await;
         assert_eq!(agents[0]["integrity_error"], true, "{backend}: {agents}");
+        let honest = agent_id(&app, "honest").await;
+        integrity_events_for(&app, &format!("agents/{honest}")).await;
         // An owner can still delete it.
         assert_eq!(app.call("DELETE", "/v1/agents/honest", None).await.0, 204);
     })

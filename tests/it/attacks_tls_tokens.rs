@@ -135,26 +135,6 @@ async fn tokens_failure_budget_is_per_client_address_including_loopback() {
     assert!(good_from(4).await);
 }
 
-/// Rewrites a token's expiry in the database (the API refuses lifetimes under a minute) and
-/// drops cached answers, as a change on another instance would.
-async fn set_expiry(app: &TestApp, token_id: &str, at_ms: i64) {
-    sqlx::any::install_default_drivers();
-    let url = format!(
-        "sqlite://{}",
-        app.config.data_dir.join("agent-vault.db").display()
-    );
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE tokens SET expires_at = $1 WHERE id = $2")
-        .bind(at_ms)
-        .bind(token_id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    app.proxy_state.identity.invalidate_all();
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -203,7 +183,7 @@ async fn tokens_revoked_and_expired_on_new_and_open_connections() {
         .await
         .unwrap();
     let before = app.upstream.count();
-    set_expiry(&app, &id, now_ms() - 1000).await;
+    app.set_token_expiry(&id, now_ms() - 1000).await;
     if let Ok(resp) = sender.send_request(req()).await {
         assert_eq!(resp.status(), 407);
     }
@@ -216,7 +196,7 @@ async fn tokens_revoked_and_expired_on_new_and_open_connections() {
 
     // Expiring while a tunnel is open and quiet: no event announces it, the tunnel still closes.
     let (token, id) = fresh().await;
-    set_expiry(&app, &id, now_ms() + 1500).await;
+    app.set_token_expiry(&id, now_ms() + 1500).await;
     let mut tunnel = agent::connect(
         app.proxy,
         "unbound.example.test:443",

@@ -118,11 +118,12 @@ async fn expired_web_session_is_refused_by_the_pages() {
     assert_eq!(dashboard(&app, &cookie).await.0, 303);
     set_kind("web").await.unwrap();
     assert_eq!(dashboard(&app, &cookie).await.0, 200);
-    sqlx::query("UPDATE tokens SET expires_at = 1 WHERE label = 'web'")
-        .execute(store.pool())
+    let id: String = sqlx::query_scalar("SELECT id FROM tokens WHERE label = 'web'")
+        .fetch_one(store.pool())
         .await
         .unwrap();
     store.close().await;
+    app.set_token_expiry(&id, 1).await;
     assert_eq!(dashboard(&app, &cookie).await.0, 303);
 }
 

@@ -6,6 +6,7 @@ mod support;
 mod admin_api;
 mod attacks_exfil;
 mod attacks_framing;
+mod attacks_integrity;
 mod attacks_lookalike;
 mod attacks_reflection;
 mod attacks_resources;

@@ -934,3 +934,120 @@ async fn stored_loose_substitutions_load_disabled() {
         app.stop().await;
     }
 }
+
+/// Master-key rotation's re-binding: every authority row whose MAC verifies under the old keys
+/// carries one under the new keys afterwards, and no longer under the old; an edited row is left
+/// failing rather than laundered with a fresh MAC.
+#[tokio::test]
+async fn authority_rows_are_rebound_from_old_keys_to_new_keys() {
+    for_each_store(|store, backend| async move {
+        use agent_vault::keys::{AuthorityRow, MacField};
+        use agent_vault::store::{AgentRecord, InviteRecord, TokenRecord, TokenStoreKind};
+        let old = Keyring::from_dek(DataKey::from_bytes([42; 32])).authority_macs();
+        let new = Keyring::from_dek(DataKey::from_bytes([43; 32])).authority_macs();
+        let vault = vault(&store, "rekey").await;
+        let token = |id: &str, agent: &str, hash: u8| TokenRecord {
+            id: id.into(),
+            hash: agent_vault::crypto::TokenHash([hash; 32]),
+            kind: TokenStoreKind::Agent,
+            user_id: None,
+            agent_id: Some(agent.into()),
+            vault_id: None,
+            vault_role: None,
+            label: String::new(),
+            expires_at: Some(i64::MAX),
+            revoked_at: None,
+            created_at: 0,
+            parent_id: None,
+        };
+        for (id, name, hash) in [("a-kept", "kept-agent", 1), ("a-edited", "edited-agent", 2)] {
+            let agent = AgentRecord {
+                id: id.into(),
+                name: agent_vault::domain::AgentName::parse(name).unwrap(),
+                created_by: None,
+                created_at: 0,
+                integrity_ok: true,
+            };
+            let grants = [(vault.id.clone(), VaultRole::Proxy)];
+            store
+                .create_agent(&agent, &grants, &token(&format!("t-{id}"), id, hash))
+                .await
+                .unwrap();
+        }
+        store
+            .create_invite(&InviteRecord {
+                id: "i1".into(),
+                token_hash: agent_vault::crypto::TokenHash([9; 32]),
+                email: Email::parse("rekey@example.com").unwrap(),
+                role: agent_vault::domain::InstanceRole::Member,
+                vault_grants: vec![],
+                created_by: "u1".into(),
+                expires_at: i64::MAX,
+                accepted_at: None,
+                revoked_at: None,
+                created_at: 0,
+                integrity_ok: true,
+            })
+            .await
+            .unwrap();
+        let user_mac = old.mac(
+            AuthorityRow::User,
+            &[
+                MacField::Text("u1"),
+                MacField::Text("u1@example.com"),
+                MacField::Text("owner"),
+                MacField::Text("phc"),
+            ],
+        );
+        sqlx::query("INSERT INTO users (id, email, password_hash, role, created_at, updated_at, mac) VALUES ('u1', 'u1@example.com', 'phc', 'owner', 0, 0, $1)")
+            .bind(user_mac)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE agents SET name = 'renamed-agent' WHERE id = 'a-edited'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+
+        let mut tx = store.begin_write().await.unwrap();
+        let done = store
+            .rebind_authority_macs(&mut tx, &old, &new)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // 2 grants, 2 tokens, 1 intact agent, 1 invite, 1 user; the edited agent refused.
+        assert_eq!(
+            done,
+            agent_vault::store::Rebound {
+                bound: 7,
+                refused: 1
+            },
+            "{backend}"
+        );
+        let rekeyed = store.with_authority_macs(new);
+        assert!(rekeyed.agent_by_id("a-kept").await.unwrap().is_some(), "{backend}");
+        assert!(rekeyed.agent_by_id("a-edited").await.unwrap().is_none(), "{backend}");
+        assert_eq!(
+            rekeyed
+                .role_in_vault(&vault.id, PrincipalKind::Agent, "a-kept")
+                .await
+                .unwrap(),
+            Some(VaultRole::Proxy),
+            "{backend}"
+        );
+        assert!(rekeyed.token_by_id("t-a-kept").await.unwrap().is_some(), "{backend}");
+        assert!(rekeyed.user_by_id("u1").await.unwrap().is_some(), "{backend}");
+        assert!(
+            rekeyed
+                .invite_by_hash(&agent_vault::crypto::TokenHash([9; 32]))
+                .await
+                .unwrap()
+                .is_some(),
+            "{backend}"
+        );
+        // The old keys bind nothing any more.
+        assert!(store.agent_by_id("a-kept").await.unwrap().is_none(), "{backend}");
+        assert!(store.token_by_id("t-a-kept").await.unwrap().is_none(), "{backend}");
+    })
+    .await;
+}

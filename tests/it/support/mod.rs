@@ -8,6 +8,7 @@ pub(crate) mod fixtures;
 pub(crate) mod pki;
 pub(crate) mod process;
 pub(crate) mod raw_upstream;
+pub(crate) mod tamper;
 pub(crate) mod terminal;
 pub(crate) mod upstream;
 pub(crate) mod wait;
@@ -514,6 +515,27 @@ impl TestApp {
         agent_vault::store::Store::open(&self.config.data_dir, url)
             .await
             .unwrap()
+    }
+
+    /// This app's database as the server sees it: with the keys that bind authority rows, so
+    /// a test can make a change the server itself could make (its MACs re-bound).
+    pub(crate) async fn open_unsealed_store(&self) -> agent_vault::store::Store {
+        self.open_store()
+            .await
+            .with_authority_macs(self.proxy_state.keyring.authority_macs())
+    }
+
+    /// Moves a token's expiry as the server would (MAC re-bound: the API refuses lifetimes under
+    /// a minute, and an expiry edited in the database is an integrity failure, not an expiry),
+    /// and drops cached answers, as a change on another instance would.
+    pub(crate) async fn set_token_expiry(&self, token_id: &str, at_ms: i64) {
+        let store = self.open_unsealed_store().await;
+        assert!(
+            store.set_token_expiry(token_id, Some(at_ms)).await.unwrap(),
+            "token {token_id} is live and intact"
+        );
+        store.close().await;
+        self.proxy_state.identity.invalidate_all();
     }
 
     pub(crate) async fn ca_pem(&self) -> String {
