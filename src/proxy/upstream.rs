@@ -380,12 +380,8 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// Builds the TLS client configuration from `upstream.roots` and `upstream.extra_ca_files`.
-pub fn client_tls_config(
-    config: &UpstreamConfig,
-    provider: Arc<CryptoProvider>,
-    alpn: &[&[u8]],
-) -> Result<ClientConfig, TrustError> {
+/// The trust anchors of `upstream.roots` and `upstream.extra_ca_files`.
+pub fn upstream_roots(config: &UpstreamConfig) -> Result<rustls::RootCertStore, TrustError> {
     let mut roots = rustls::RootCertStore::empty();
     match config.roots {
         Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -425,13 +421,27 @@ pub fn client_tls_config(
             return Err(TrustError::EmptyCaFile { path: path() });
         }
     }
+    Ok(roots)
+}
+
+/// Builds the TLS client configuration from `upstream.roots` and `upstream.extra_ca_files`.
+pub fn client_tls_config(
+    config: &UpstreamConfig,
+    provider: Arc<CryptoProvider>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TrustError> {
     let mut tls = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(upstream_roots(config)?)
         .with_no_client_auth();
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tls)
 }
+
+/// ALPN of the client that speaks h2 or HTTP/1.1, whichever the upstream picks.
+const ALPN_ANY: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN of the HTTP/1.1-only client that WebSocket upgrades need.
+const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
 
 /// One worker's pooled clients: one speaking h2 or HTTP/1.1 (by ALPN), one HTTP/1.1-only for
 /// upgrades.
@@ -440,11 +450,156 @@ struct Clients {
     upgrade: Client<Connector, ProxyBody>,
 }
 
+/// Every worker's pooled clients for one TLS client configuration.
+struct WorkerClients(Vec<Clients>);
+
+impl WorkerClients {
+    /// The pooled client of this thread's worker (the first worker's on any other thread).
+    fn pick(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
+        let index = super::workers::current().unwrap_or(0) % self.0.len();
+        let clients = &self.0[index];
+        if upgrade {
+            &clients.upgrade
+        } else {
+            &clients.client
+        }
+    }
+}
+
+/// What building a pooled client needs besides its TLS configuration; kept so that clients
+/// presenting a TLS client identity are built later exactly like the shared ones.
+struct ClientFactory {
+    resolver: Resolver,
+    guard: NetGuard,
+    provider: Arc<CryptoProvider>,
+    /// Parsed once: parsing the roots is the expensive part, and every pool shares them.
+    roots: Arc<rustls::RootCertStore>,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    workers: usize,
+}
+
+impl ClientFactory {
+    fn connector(&self, tls: ClientConfig) -> Connector {
+        Connector(Arc::new(ConnectorInner {
+            resolver: self.resolver.clone(),
+            guard: self.guard.clone(),
+            tls: TlsConnector::from(Arc::new(tls)),
+            connect_timeout: self.connect_timeout,
+            tls_timeout: self.tls_timeout,
+        }))
+    }
+
+    fn client(&self, connector: Connector, h2: bool) -> Client<Connector, ProxyBody> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            // Hyper only re-sends a request that was never written to a reused connection,
+            // so nothing, idempotent or not, is ever sent twice.
+            .retry_canceled_requests(true)
+            .set_host(true);
+        if h2 {
+            // Fixed windows, not hyper's adaptive one: that starts at 64 KiB for the whole
+            // connection and grows only with its bandwidth-delay estimate, which on a
+            // low-latency link stays small, so concurrent responses and large downloads
+            // waited on WINDOW_UPDATEs (10 MB downloads through the proxy at 0.17-0.24x
+            // direct and 16 KiB echoes at 32 concurrent requests at 0.24-0.27x, against
+            // 0.39-0.45x and 0.27-0.37x with these windows; see the README's benchmark).
+            // They also bound what one stream or connection may buffer here when the agent
+            // reads slowly.
+            builder
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .http2_max_frame_size(H2_MAX_FRAME)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(false);
+        }
+        builder.build(connector)
+    }
+
+    /// Per-worker clients over `configure`'s TLS configuration (called once per ALPN set).
+    fn worker_clients(
+        &self,
+        configure: impl Fn(&[&[u8]]) -> Result<ClientConfig, rustls::Error>,
+    ) -> Result<WorkerClients, rustls::Error> {
+        let (any, h1_only) = (
+            self.connector(configure(ALPN_ANY)?),
+            self.connector(configure(ALPN_H1)?),
+        );
+        Ok(WorkerClients(
+            (0..self.workers.max(1))
+                .map(|_| Clients {
+                    client: self.client(any.clone(), true),
+                    upgrade: self.client(h1_only.clone(), false),
+                })
+                .collect(),
+        ))
+    }
+
+    /// A TLS configuration trusting the upstream roots, presenting `identity` if given.
+    fn tls(
+        &self,
+        alpn: &[&[u8]],
+        identity: Option<&ClientIdentity>,
+    ) -> Result<ClientConfig, rustls::Error> {
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone());
+        let mut tls = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        };
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(tls)
+    }
+}
+
+/// A TLS client identity to present to upstreams: a certificate chain (leaf first) and the
+/// leaf's private key. No `Debug` of the key: it prints only the chain's length.
+pub struct ClientIdentity {
+    /// The chain, leaf first.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pooled clients that present one TLS client identity. Their pools hold only connections
+/// made with that identity, so a connection is never shared across identities.
+pub struct IdentityClients(WorkerClients);
+
+impl std::fmt::Debug for IdentityClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityClients").finish_non_exhaustive()
+    }
+}
+
+impl IdentityClients {
+    /// This worker's client presenting the identity (`upgrade`: the HTTP/1.1-only one).
+    pub fn client(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
+        self.0.pick(upgrade)
+    }
+}
+
 /// The way out: per-worker pooled clients over one resolver and SSRF guard.
 pub struct Upstream {
     /// A worker's requests use its own pools, so an upstream connection lives on the thread of
-    /// the agent connections it serves.
-    per_worker: Vec<Clients>,
+    /// the agent connections it serves. These present no client identity.
+    shared: WorkerClients,
+    /// Builds the clients of services that present a TLS client identity.
+    factory: ClientFactory,
     /// The resolver (also used for spliced tunnels).
     pub resolver: Resolver,
     /// The SSRF guard (also used for spliced tunnels).
@@ -478,58 +633,21 @@ impl Upstream {
         workers: usize,
     ) -> Result<Self, TrustError> {
         let resolver = Resolver::new(config);
-        // Built once: parsing the roots is the expensive part, and every pool may share it.
-        let connector = |alpn: &[&[u8]]| -> Result<Connector, TrustError> {
-            let tls = client_tls_config(config, provider.clone(), alpn)?;
-            Ok(Connector(Arc::new(ConnectorInner {
-                resolver: resolver.clone(),
-                guard: guard.clone(),
-                tls: TlsConnector::from(Arc::new(tls)),
-                connect_timeout: config.connect_timeout,
-                tls_timeout: config.tls_handshake_timeout,
-            })))
+        let factory = ClientFactory {
+            resolver: resolver.clone(),
+            guard: guard.clone(),
+            provider,
+            roots: Arc::new(upstream_roots(config)?),
+            connect_timeout: config.connect_timeout,
+            tls_timeout: config.tls_handshake_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+            workers,
         };
-        let (any, h1_only) = (
-            connector(&[b"h2", b"http/1.1"])?,
-            connector(&[b"http/1.1"])?,
-        );
-        let make = |connector: Connector, h2: bool| -> Client<Connector, ProxyBody> {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.pool_idle_timeout)
-                .pool_max_idle_per_host(config.pool_max_idle_per_host)
-                // Hyper only re-sends a request that was never written to a reused connection,
-                // so nothing, idempotent or not, is ever sent twice.
-                .retry_canceled_requests(true)
-                .set_host(true);
-            if h2 {
-                // Fixed windows, not hyper's adaptive one: that starts at 64 KiB for the whole
-                // connection and grows only with its bandwidth-delay estimate, which on a
-                // low-latency link stays small, so concurrent responses and large downloads
-                // waited on WINDOW_UPDATEs (10 MB downloads through the proxy at 0.17-0.24x
-                // direct and 16 KiB echoes at 32 concurrent requests at 0.24-0.27x, against
-                // 0.39-0.45x and 0.27-0.37x with these windows; see the README's benchmark).
-                // They also bound what one stream or connection may buffer here when the agent
-                // reads slowly.
-                builder
-                    .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .http2_max_frame_size(H2_MAX_FRAME)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .http2_keep_alive_while_idle(false);
-            }
-            builder.build(connector)
-        };
-        let per_worker = (0..workers.max(1))
-            .map(|_| Clients {
-                client: make(any.clone(), true),
-                upgrade: make(h1_only.clone(), false),
-            })
-            .collect();
+        let shared = factory.worker_clients(|alpn| factory.tls(alpn, None))?;
         Ok(Self {
-            per_worker,
+            shared,
+            factory,
             resolver,
             guard,
             connect_timeout: config.connect_timeout,
@@ -540,14 +658,41 @@ impl Upstream {
     /// The pooled client of this thread's worker (the first worker's on any other thread);
     /// `upgrade` picks the HTTP/1.1-only one that WebSocket upgrades need.
     pub fn client(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
-        let index = super::workers::current().unwrap_or(0) % self.per_worker.len();
-        let clients = &self.per_worker[index];
-        if upgrade {
-            &clients.upgrade
-        } else {
-            &clients.client
-        }
+        self.shared.pick(upgrade)
     }
+
+    /// New pooled clients that present `identity` to every upstream they connect to, trusting
+    /// the same roots as the shared ones. Fails when the key does not suit the certificate or
+    /// the provider cannot use it.
+    pub fn identity_clients(
+        &self,
+        identity: &ClientIdentity,
+    ) -> Result<IdentityClients, rustls::Error> {
+        self.factory
+            .worker_clients(|alpn| self.factory.tls(alpn, Some(identity)))
+            .map(IdentityClients)
+    }
+}
+
+/// Finds a TLS error (an alert the upstream sent after the handshake, such as
+/// `certificate_required`) inside a client error chain. An io error's `source` skips the error
+/// it wraps, so that one is looked at directly.
+pub fn tls_error(err: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found.clone());
+        }
+        if let Some(found) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found.clone());
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Finds our connector's error inside a client error chain.
