@@ -1519,7 +1519,10 @@ services:
             Ok(())
         );
         // Keys the vault does not hold are not checked.
-        assert_eq!(check_credential_types(&[svc.clone()], &types(&[])), Ok(()));
+        assert_eq!(
+            check_credential_types(std::slice::from_ref(&svc), &types(&[])),
+            Ok(())
+        );
         for (bad, culprit, ty, usage) in [
             (
                 types(&[("TOKEN", T::Certificate)]),
@@ -1535,7 +1538,7 @@ services:
             ),
             (types(&[("SUB", T::SshKey)]), "SUB", T::SshKey, "as text"),
         ] {
-            let err = check_credential_types(&[svc.clone()], &bad).unwrap_err();
+            let err = check_credential_types(std::slice::from_ref(&svc), &bad).unwrap_err();
             assert_eq!((err.key.as_str(), err.ty), (culprit, ty));
             let text = err.to_string();
             for part in ["\"api\"", culprit, ty.as_str(), usage] {

@@ -29,7 +29,7 @@ use super::headers::{
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
-use super::upstream::{ConnectError, IdentityClients, TlsFailure, connect_error, tls_error};
+use super::upstream::{ConnectError, IdentityClients, connect_error, tls_failure};
 use super::{substitute, websocket};
 use crate::domain::{Actor, CredentialKey, RequestLogKind, RequestLogRow, now_ms};
 use crate::policy::decide::path_is_ambiguous;
@@ -256,11 +256,8 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
     // With TLS 1.3 the server judges the client's certificate after the client has finished its
     // handshake, so an upstream that refuses the identity (or its absence) says so with an alert
     // on the first read, which reaches us inside hyper's error rather than the connector's.
-    if let Some(tls) = tls_error(err) {
-        return ProxyError::UpstreamTls(TlsFailure::Handshake(Arc::new(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            tls,
-        ))));
+    if let Some(failure) = tls_failure(err) {
+        return ProxyError::UpstreamTls(failure);
     }
     if is_too_large(err) {
         return ProxyError::RequestTooLarge(0);
@@ -292,6 +289,7 @@ async fn process(
     let outbound = build(state, &snapshot, target, admitted, decided, draft).await?;
     let response = send(
         state,
+        target,
         outbound.request,
         outbound.identity.as_deref(),
         outbound.reply.upgrade.is_some(),
@@ -651,6 +649,7 @@ async fn request_body(
 /// service's client identity, if it has one) and wait for the response head.
 async fn send(
     state: &ProxyState,
+    target: &Target,
     request: Request<ProxyBody>,
     identity: Option<&IdentityClients>,
     upgrade: bool,
@@ -671,6 +670,11 @@ async fn send(
             Err(match err {
                 ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
                 _ if over => ProxyError::RequestTooLarge(max_in),
+                // The connection may have died of a TLS alert the request never saw (h2).
+                ProxyError::UpstreamProtocol => state
+                    .upstream
+                    .recent_tls_failure(&target.authority.host.to_string(), target.authority.port)
+                    .map_or(ProxyError::UpstreamProtocol, ProxyError::UpstreamTls),
                 other => other,
             })
         }

@@ -243,6 +243,53 @@ pub struct UpstreamStream {
     io: Transport,
     h2: bool,
     peer: SocketAddr,
+    /// Where a TLS failure on this connection after its handshake is noted (TLS only).
+    failures: Option<(TlsFailures, String, u16)>,
+    /// Whether the upstream has sent anything since the handshake.
+    heard: bool,
+}
+
+/// TLS failures that happened after a handshake had completed, by upstream host and port.
+///
+/// With TLS 1.3 a server judges the client's certificate (or its absence) after the client has
+/// finished its handshake, and says so with an alert on the connection's first read. Over
+/// HTTP/1.1 that error reaches the request; over h2 it ends the connection's task and the
+/// request learns only that the connection closed. The stream notes it here, so a request that
+/// failed that way is answered `upstream_tls` rather than `upstream_protocol`. Written only when
+/// a connection fails, read only when a request did.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFailures(Arc<std::sync::Mutex<std::collections::HashMap<(String, u16), Noted>>>);
+
+#[derive(Debug)]
+struct Noted {
+    at: std::time::Instant,
+    failure: TlsFailure,
+}
+
+/// How long a noted failure explains a failed request to the same upstream.
+const TLS_FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+impl TlsFailures {
+    fn note(&self, host: &str, port: u16, failure: TlsFailure) {
+        let now = std::time::Instant::now();
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, n| now.duration_since(n.at) < TLS_FAILURE_MEMORY);
+        map.insert((host.to_owned(), port), Noted { at: now, failure });
+    }
+
+    /// The TLS failure noted for `host:port` within the last few seconds, if any.
+    pub fn recent(&self, host: &str, port: u16) -> Option<TlsFailure> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&(host.to_owned(), port))
+            .filter(|n| n.at.elapsed() < TLS_FAILURE_MEMORY)
+            .map(|n| n.failure.clone())
+    }
 }
 
 impl Connection for UpstreamStream {
@@ -271,13 +318,70 @@ macro_rules! delegate {
     };
 }
 
+impl UpstreamStream {
+    /// A write that failed on a TLS connection may have failed because the upstream refused
+    /// the handshake and closed (TLS 1.3 refuses a client certificate after the client is done):
+    /// its alert may still be waiting to be read, and is noted if so. The connection is dead
+    /// either way, so what the read takes is lost to no one.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !matches!(result, Poll::Ready(Err(_))) {
+            return result;
+        }
+        let (Transport::Tls(io), Some((failures, host, port))) = (&mut self.io, &self.failures)
+        else {
+            return result;
+        };
+        let mut scratch = [0u8; 512];
+        for _ in 0..4 {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(Pin::new(io.inner_mut()), cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(Err(e)) => {
+                    if let Some(failure) = tls_failure(&e) {
+                        failures.note(host, *port, failure);
+                        return result;
+                    }
+                    break;
+                }
+                _ => break,
+            }
+        }
+        // The alert itself can be lost with the reset; an upstream that hung up right after the
+        // handshake, before saying anything, refused it all the same.
+        if !self.heard {
+            let closed = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the upstream closed the connection right after the handshake (an upstream that requires a TLS client certificate does this)",
+            );
+            failures.note(host, *port, TlsFailure::Handshake(Arc::new(closed)));
+        }
+        result
+    }
+}
+
 impl hyper::rt::Read for UpstreamStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf))
+        let read = delegate!(self, io => io.poll_read(cx, buf));
+        match &read {
+            Poll::Ready(Ok(())) => self.heard = true,
+            Poll::Ready(Err(e)) => {
+                if let Some((failures, host, port)) = &self.failures
+                    && let Some(failure) = tls_failure(e)
+                {
+                    failures.note(host, *port, failure);
+                }
+            }
+            Poll::Pending => {}
+        }
+        read
     }
 }
 
@@ -287,10 +391,12 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf))
+        let written = delegate!(self, io => io.poll_write(cx, buf));
+        self.after_write(cx, written)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx))
+        let flushed = delegate!(self, io => io.poll_flush(cx));
+        self.after_write(cx, flushed)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_shutdown(cx))
@@ -306,7 +412,8 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+        let written = delegate!(self, io => io.poll_write_vectored(cx, bufs));
+        self.after_write(cx, written)
     }
 }
 
@@ -319,6 +426,7 @@ pub struct Connector(Arc<ConnectorInner>);
 struct ConnectorInner {
     resolver: Resolver,
     guard: NetGuard,
+    failures: TlsFailures,
     tls: TlsConnector,
     connect_timeout: Duration,
     tls_timeout: Duration,
@@ -362,9 +470,11 @@ impl tower_service::Service<Uri> for Connector {
                     io: Transport::Plain(TokioIo::new(tcp)),
                     h2: false,
                     peer,
+                    failures: None,
+                    heard: false,
                 });
             }
-            let name = ServerName::try_from(host)
+            let name = ServerName::try_from(host.clone())
                 .map_err(|e| ConnectError::Tls(TlsFailure::Name(Arc::new(e))))?;
             let tls = tokio::time::timeout(this.tls_timeout, this.tls.connect(name, tcp))
                 .await
@@ -375,6 +485,8 @@ impl tower_service::Service<Uri> for Connector {
                 io: Transport::Tls(Box::new(TokioIo::new(tls))),
                 h2,
                 peer,
+                failures: Some((this.failures.clone(), host, port)),
+                heard: false,
             })
         })
     }
@@ -471,6 +583,7 @@ impl WorkerClients {
 struct ClientFactory {
     resolver: Resolver,
     guard: NetGuard,
+    failures: TlsFailures,
     provider: Arc<CryptoProvider>,
     /// Parsed once: parsing the roots is the expensive part, and every pool shares them.
     roots: Arc<rustls::RootCertStore>,
@@ -486,6 +599,7 @@ impl ClientFactory {
         Connector(Arc::new(ConnectorInner {
             resolver: self.resolver.clone(),
             guard: self.guard.clone(),
+            failures: self.failures.clone(),
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout: self.connect_timeout,
             tls_timeout: self.tls_timeout,
@@ -636,6 +750,7 @@ impl Upstream {
         let factory = ClientFactory {
             resolver: resolver.clone(),
             guard: guard.clone(),
+            failures: TlsFailures::default(),
             provider,
             roots: Arc::new(upstream_roots(config)?),
             connect_timeout: config.connect_timeout,
@@ -661,6 +776,12 @@ impl Upstream {
         self.shared.pick(upgrade)
     }
 
+    /// The TLS failure a connection to `host:port` met after its handshake in the last few
+    /// seconds (see [`TlsFailures`]).
+    pub fn recent_tls_failure(&self, host: &str, port: u16) -> Option<TlsFailure> {
+        self.factory.failures.recent(host, port)
+    }
+
     /// New pooled clients that present `identity` to every upstream they connect to, trusting
     /// the same roots as the shared ones. Fails when the key does not suit the certificate or
     /// the provider cannot use it.
@@ -674,26 +795,36 @@ impl Upstream {
     }
 }
 
-/// Finds a TLS error (an alert the upstream sent after the handshake, such as
+/// Finds a TLS failure after the handshake (an alert the upstream sent, such as
 /// `certificate_required`) inside a client error chain. An io error's `source` skips the error
-/// it wraps, so that one is looked at directly.
-pub fn tls_error(err: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+/// it wraps, so that one is looked at directly; and h2 keeps only the kind and text of an io
+/// error, so over h2 rustls's own text for a received alert is what is left to recognise.
+pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let failure = |e: io::Error| Some(TlsFailure::Handshake(Arc::new(e)));
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<rustls::Error>() {
-            return Some(found.clone());
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return failure(io::Error::new(io::ErrorKind::InvalidData, tls.clone()));
         }
-        if let Some(found) = e
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
         {
-            return Some(found.clone());
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return failure(io::Error::new(io::ErrorKind::InvalidData, tls.clone()));
+            }
+            let text = inner.to_string();
+            if io.kind() == io::ErrorKind::InvalidData && text.starts_with(RUSTLS_ALERT_TEXT) {
+                return failure(io::Error::new(io::ErrorKind::InvalidData, text));
+            }
         }
         current = e.source();
     }
     None
 }
+
+/// How rustls's `Error::AlertReceived` reads (checked by a test, so a rustls that words it
+/// otherwise fails the build's tests rather than this check).
+const RUSTLS_ALERT_TEXT: &str = "received fatal alert: ";
 
 /// Finds our connector's error inside a client error chain.
 pub fn connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
@@ -712,6 +843,24 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn tls_failures_after_the_handshake_are_found_as_rustls_or_h2_leaves_them() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(alert.to_string().starts_with(RUSTLS_ALERT_TEXT), "{alert}");
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, alert.clone());
+        assert!(tls_failure(&wrapped).is_some());
+        // What h2 hands on: the kind and the text only.
+        let flattened = io::Error::new(io::ErrorKind::InvalidData, alert.to_string());
+        assert!(tls_failure(&flattened).is_some());
+        for other in [
+            io::Error::new(io::ErrorKind::InvalidData, "received garbage"),
+            io::Error::new(io::ErrorKind::ConnectionReset, alert.to_string()),
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ] {
+            assert!(tls_failure(&other).is_none(), "{other}");
+        }
+    }
 
     #[tokio::test]
     async fn overrides_win_and_wildcards_need_a_label() {
