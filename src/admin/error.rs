@@ -214,6 +214,9 @@ impl From<ServicesError> for ApiError {
         match err {
             ServicesError::Access(e) => e.into(),
             ServicesError::Invalid(e) => Self::bad_request("invalid_service", e.to_string()),
+            ServicesError::Incompatible(e) => {
+                Self::bad_request("incompatible_credential", e.to_string())
+            }
             ServicesError::NotFound { .. } => Self::NotFound(err.to_string()),
             ServicesError::Stored(e) => e.into(),
             ServicesError::Encode { .. } => Self::Internal(chain(&err)),

@@ -4,12 +4,13 @@
 //! and an approval applies in one transaction. The JSON API and the approval page both call
 //! these functions, so the rules live here once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
+use crate::credtype::CredentialType;
 use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
 use crate::domain::{Actor, CredentialKey, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
@@ -750,13 +751,15 @@ async fn approve(
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
     let final_values = values_to_apply(&a, p, &plan.set_keys, approval.values).await?;
-    let keys_after: BTreeSet<CredentialKey> = vs
-        .keys
-        .iter()
-        .chain(plan.set_keys.iter())
-        .cloned()
-        .collect();
-    let rows = services::rows_for(&a, &p.vault_id, &plan.services, &keys_after)?;
+    // The credentials the vault holds once this applies, with their types: a slot keeps the
+    // type of the credential it sets again, and a new one is stored with the default type.
+    let mut types_after = services::credential_types(&a, &p.vault_id).await?;
+    for key in &plan.set_keys {
+        types_after
+            .entry(key.clone())
+            .or_insert(CredentialType::ApiKey);
+    }
+    let rows = services::rows_for(&a, &p.vault_id, &plan.services, &types_after)?;
     let writes: Vec<CredentialWrite> = plan
         .set_keys
         .iter()

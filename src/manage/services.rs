@@ -1,12 +1,16 @@
 //! Services: the rules that bind credentials to hosts. Members read them, only vault admins
-//! change them; every definition is validated exactly as proposals are, and stored with a MAC
-//! that is checked (in `registry::read_service`) whenever one is read back.
+//! change them; every definition is validated exactly as proposals are (including that each
+//! credential it uses is of a type that can serve that use), and stored with a MAC that is
+//! checked (in `registry::read_service`) whenever one is read back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{AccessError, Acting, Manage};
+use crate::credtype::CredentialType;
 use crate::domain::{CredentialKey, VaultRole};
-use crate::policy::service::{ServiceSpec, validate_services};
+use crate::policy::service::{
+    IncompatibleCredential, ServiceSpec, check_credential_types, validate_services,
+};
 use crate::registry::{StoredServiceError, verified_services};
 use crate::store::{ServiceRow, StoreError};
 
@@ -19,6 +23,9 @@ pub enum ServicesError {
     /// A definition is invalid (the message names the service and the field).
     #[error(transparent)]
     Invalid(#[from] crate::policy::ServiceError),
+    /// A service uses a credential of a type that cannot serve that use.
+    #[error(transparent)]
+    Incompatible(#[from] IncompatibleCredential),
     /// No service of that name in the vault.
     #[error("no service {service:?} in vault {vault:?}")]
     NotFound {
@@ -63,14 +70,40 @@ pub async fn known_keys(
         .collect())
 }
 
-/// Validates definitions against the vault's keys and turns them into rows with MACs.
+/// The type of every credential a vault holds.
+pub async fn credential_types(
+    m: &Manage<'_>,
+    vault_id: &str,
+) -> Result<BTreeMap<CredentialKey, CredentialType>, StoreError> {
+    Ok(m.store
+        .list_credentials(vault_id)
+        .await?
+        .into_iter()
+        .map(|c| {
+            let ty = stored_type(&c.kind);
+            (c.key, ty)
+        })
+        .collect())
+}
+
+/// A stored type name. Rows written before credentials had types say `static`, which is what
+/// `api_key` is now.
+fn stored_type(name: &str) -> CredentialType {
+    name.parse().unwrap_or(CredentialType::ApiKey)
+}
+
+/// Validates definitions against the vault's keys and their types (`types` holds the type of
+/// every credential the vault will hold, so its keys are the known keys) and turns them into
+/// rows with MACs.
 pub fn rows_for(
     m: &Manage<'_>,
     vault_id: &str,
     specs: &[ServiceSpec],
-    keys: &BTreeSet<CredentialKey>,
+    types: &BTreeMap<CredentialKey, CredentialType>,
 ) -> Result<Vec<ServiceRow>, ServicesError> {
-    validate_services(specs, keys)?;
+    let keys: BTreeSet<CredentialKey> = types.keys().cloned().collect();
+    let compiled = validate_services(specs, &keys)?;
+    check_credential_types(&compiled, types)?;
     specs
         .iter()
         .enumerate()
@@ -103,8 +136,8 @@ pub async fn replace(
 ) -> Result<Vec<ServiceSpec>, ServicesError> {
     let (vault, _) = a.vault(vault, VaultRole::Admin).await?;
     let specs: Vec<ServiceSpec> = specs.into_iter().map(ServiceSpec::normalized).collect();
-    let keys = known_keys(&a, &vault.id).await?;
-    let rows = rows_for(&a, &vault.id, &specs, &keys)?;
+    let types = credential_types(&a, &vault.id).await?;
+    let rows = rows_for(&a, &vault.id, &specs, &types)?;
     a.store.replace_services(&vault.id, &rows).await?;
     a.changed(&vault.id).await;
     let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -121,8 +154,8 @@ pub async fn upsert(
 ) -> Result<(ServiceSpec, bool), ServicesError> {
     let (vault, _) = a.vault(vault, VaultRole::Admin).await?;
     let spec = spec.normalized();
-    let keys = known_keys(&a, &vault.id).await?;
-    let rows = rows_for(&a, &vault.id, std::slice::from_ref(&spec), &keys)?;
+    let types = credential_types(&a, &vault.id).await?;
+    let rows = rows_for(&a, &vault.id, std::slice::from_ref(&spec), &types)?;
     let existed = a
         .store
         .list_services(&vault.id)

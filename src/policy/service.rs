@@ -7,6 +7,7 @@ use http::{HeaderName, Method};
 use serde::{Deserialize, Serialize};
 
 use super::host::{Host, canonicalize_host};
+use crate::credtype::{CredentialType, Usage, can_serve};
 use crate::domain::CredentialKey;
 
 /// Why a service definition was refused. Messages name the service and the field.
@@ -30,8 +31,10 @@ pub enum AuthSpec {
     },
     /// `Authorization: Basic base64(username:password)`.
     Basic {
-        /// Credential holding the user name.
-        username: CredentialKey,
+        /// Credential holding the user name; when absent, the password credential's
+        /// `username` metadata entry is the user name (a `password` credential carries both).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<CredentialKey>,
         /// Credential holding the password (empty password when absent).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<CredentialKey>,
@@ -54,6 +57,12 @@ pub enum AuthSpec {
     },
     /// No credentials: the host is allowed and intercepted, nothing is attached.
     Passthrough,
+    /// A TLS client certificate presented to the upstream, and no header. To attach a header
+    /// as well, use another auth with [`ServiceSpec::client_certificate`] beside it.
+    Mtls {
+        /// Credential (type `certificate`) holding the chain and its private key.
+        certificate: CredentialKey,
+    },
 }
 
 fn default_api_key_header() -> String {
@@ -433,6 +442,10 @@ pub struct ServiceSpec {
     pub methods: Vec<String>,
     /// What to attach.
     pub auth: AuthSpec,
+    /// A `certificate` credential presented as the TLS client identity to the upstream, beside
+    /// whatever `auth` attaches (`auth: {type: mtls}` is the same without a header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CredentialKey>,
     /// Placeholders to replace with credential values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub substitutions: Vec<SubstitutionSpec>,
@@ -785,8 +798,8 @@ pub enum Injection {
     },
     /// `Authorization: Basic base64(user:password)`.
     Basic {
-        /// User name credential.
-        username: CredentialKey,
+        /// User name credential; `None` takes the password credential's `username` metadata.
+        username: Option<CredentialKey>,
         /// Password credential.
         password: Option<CredentialKey>,
     },
@@ -813,6 +826,8 @@ pub struct CompiledService {
     pub methods: Option<Vec<Method>>,
     /// Headers to set.
     pub injections: Vec<Injection>,
+    /// The `certificate` credential presented as the TLS client identity to the upstream.
+    pub client_identity: Option<CredentialKey>,
     /// Placeholders to replace.
     pub substitutions: Vec<CompiledSubstitution>,
     /// Whether an enabled substitution has a JSON or form place, so request bodies of those
@@ -838,17 +853,48 @@ impl CompiledService {
                     }
                 }
                 Injection::Basic { username, password } => {
-                    keys.insert(username.clone());
-                    if let Some(p) = password {
-                        keys.insert(p.clone());
-                    }
+                    keys.extend(username.iter().cloned());
+                    keys.extend(password.iter().cloned());
                 }
             }
         }
         for s in self.substitutions.iter().filter(|s| !s.disabled) {
             keys.insert(s.key.clone());
         }
+        keys.extend(self.client_identity.iter().cloned());
         keys
+    }
+
+    /// Every credential this service references with what it does with it; a key used two
+    /// ways appears twice. [`check_credential_types`] holds each against the credential's type.
+    pub fn credential_usages(&self) -> Vec<(&CredentialKey, Usage)> {
+        let mut out = Vec::new();
+        for inj in &self.injections {
+            match inj {
+                Injection::Template { parts, .. } => {
+                    out.extend(parts.iter().filter_map(|p| match p {
+                        TemplatePart::Key(k) => Some((k, Usage::Text)),
+                        TemplatePart::Text(_) => None,
+                    }));
+                }
+                Injection::Basic { username, password } => {
+                    out.extend(username.iter().map(|k| (k, Usage::BasicAuth)));
+                    out.extend(password.iter().map(|k| (k, Usage::BasicAuth)));
+                }
+            }
+        }
+        out.extend(
+            self.substitutions
+                .iter()
+                .filter(|s| !s.disabled)
+                .map(|s| (&s.key, Usage::Text)),
+        );
+        out.extend(
+            self.client_identity
+                .iter()
+                .map(|k| (k, Usage::ClientIdentity)),
+        );
+        out
     }
 
     /// Whether `method` is allowed: a method the service lists, or, for a service that allows
@@ -1057,6 +1103,11 @@ impl ServiceSpec {
                 ],
             }],
             AuthSpec::Basic { username, password } => {
+                if username.is_none() && password.is_none() {
+                    return Err(err(
+                        "basic auth needs `password` (a password credential whose `username` metadata is the user name), `username`, or both".into(),
+                    ));
+                }
                 vec![Injection::Basic {
                     username: username.clone(),
                     password: password.clone(),
@@ -1093,7 +1144,16 @@ impl ServiceSpec {
                 }
                 out
             }
-            AuthSpec::Passthrough => Vec::new(),
+            AuthSpec::Passthrough | AuthSpec::Mtls { .. } => Vec::new(),
+        };
+        let client_identity = match (&self.auth, &self.client_certificate) {
+            (AuthSpec::Mtls { .. }, Some(_)) => {
+                return Err(err(
+                    "auth type mtls already names the client certificate; drop `client_certificate`, or keep it beside another auth type (bearer, basic, api-key, custom, passthrough) to attach a header as well".into(),
+                ));
+            }
+            (AuthSpec::Mtls { certificate }, None) => Some(certificate.clone()),
+            (_, other) => other.clone(),
         };
         let mut seen = BTreeSet::new();
         let mut substitutions = Vec::with_capacity(self.substitutions.len());
@@ -1149,6 +1209,7 @@ impl ServiceSpec {
             pattern,
             methods,
             injections,
+            client_identity,
             substitutes_in_body,
             substitutions,
             enabled: self.enabled,
@@ -1186,6 +1247,65 @@ pub fn validate_services(
         out.push(compiled);
     }
     Ok(out)
+}
+
+/// A service uses a credential in a way its type cannot serve (a certificate as a bearer
+/// token, an API key as a TLS client identity).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "service {service:?} uses credential {key} {}, but {key} is of type {ty}; that needs a credential of type {}",
+    describe_usage(*usage),
+    serving_types(*usage)
+)]
+pub struct IncompatibleCredential {
+    /// The service.
+    pub service: String,
+    /// The credential.
+    pub key: CredentialKey,
+    /// Its stored type.
+    pub ty: CredentialType,
+    /// What the service does with it.
+    pub usage: Usage,
+}
+
+fn describe_usage(usage: Usage) -> &'static str {
+    match usage {
+        Usage::Text => "as text (a header, query parameter, body field or placeholder)",
+        Usage::BasicAuth => "for basic auth",
+        Usage::ClientIdentity => "as its TLS client certificate (mtls)",
+    }
+}
+
+fn serving_types(usage: Usage) -> String {
+    CredentialType::ALL
+        .into_iter()
+        .filter(|t| can_serve(*t, usage))
+        .map(CredentialType::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks every credential the services use against its stored type. Only credentials in
+/// `types` are checked: a key the vault does not hold yet has no type to disagree with.
+pub fn check_credential_types(
+    services: &[CompiledService],
+    types: &BTreeMap<CredentialKey, CredentialType>,
+) -> Result<(), IncompatibleCredential> {
+    for service in services {
+        for (key, usage) in service.credential_usages() {
+            if let Some(&ty) = types.get(key)
+                && !can_serve(ty, usage)
+            {
+                return Err(IncompatibleCredential {
+                    service: service.name.clone(),
+                    key: key.clone(),
+                    ty,
+                    usage,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1274,6 +1394,169 @@ services:
         assert!(typo.contains("auht") || typo.contains("auth"), "{typo}");
     }
 
+    fn compile_one(yaml: &str) -> Result<CompiledService, ServiceError> {
+        parse_service_file(yaml)
+            .map_err(|message| ServiceError {
+                service: "parse".into(),
+                message,
+            })?
+            .remove(0)
+            .normalized()
+            .compile()
+    }
+
+    #[test]
+    fn mtls_alone_or_beside_another_auth_names_the_client_identity() {
+        let alone =
+            compile_one("- host: a.example.com\n  auth: {type: mtls, certificate: CLIENT_CERT}\n")
+                .unwrap();
+        assert_eq!(alone.client_identity, Some(key("CLIENT_CERT")));
+        assert!(alone.injections.is_empty());
+        assert_eq!(
+            alone.credential_usages(),
+            [(&key("CLIENT_CERT"), Usage::ClientIdentity)]
+        );
+        let mixed = compile_one(
+            "- host: a.example.com\n  auth: {type: bearer, token: TOKEN}\n  client_certificate: CLIENT_CERT\n",
+        )
+        .unwrap();
+        assert_eq!(mixed.client_identity, Some(key("CLIENT_CERT")));
+        assert_eq!(mixed.injections.len(), 1);
+        assert_eq!(
+            mixed.referenced_keys(),
+            [key("CLIENT_CERT"), key("TOKEN")].into_iter().collect()
+        );
+        // A service without one keeps loading, and serializing, exactly as before.
+        let spec = parse_service_file("- host: a.example.com\n  auth: {type: bearer, token: T}\n")
+            .unwrap()
+            .remove(0);
+        assert!(spec.client_certificate.is_none());
+        assert!(
+            !serde_json::to_string(&spec)
+                .unwrap()
+                .contains("client_certificate")
+        );
+        let round = parse_service_file(&render_service_file(&[parse_service_file(
+            "- name: m\n  host: a.example.com\n  auth: {type: passthrough}\n  client_certificate: C\n",
+        )
+        .unwrap()
+        .remove(0)]))
+        .unwrap();
+        assert_eq!(round[0].client_certificate, Some(key("C")));
+    }
+
+    #[test]
+    fn bad_mtls_definitions_are_refused_clearly() {
+        let both = compile_one(
+            "- host: a.example.com\n  auth: {type: mtls, certificate: A}\n  client_certificate: B\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("already names the client certificate"),
+            "{both}"
+        );
+        for (yaml, want) in [
+            (
+                "- host: a.example.com\n  auth: {type: mtls}\n",
+                "certificate",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: mtls, certificate: lower}\n",
+                "lower",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: mtls, certificate: A, header: X}\n",
+                "header",
+            ),
+            (
+                "- host: a.example.com\n  auth: {type: passthrough}\n  client_certificate: [A]\n",
+                "client_certificate",
+            ),
+        ] {
+            let err = compile_one(yaml).unwrap_err().to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_may_take_its_user_from_the_password_credential() {
+        let svc =
+            compile_one("- host: a.example.com\n  auth: {type: basic, password: DB_PASSWORD}\n")
+                .unwrap();
+        assert_eq!(
+            svc.injections,
+            [Injection::Basic {
+                username: None,
+                password: Some(key("DB_PASSWORD")),
+            }]
+        );
+        assert_eq!(
+            svc.credential_usages(),
+            [(&key("DB_PASSWORD"), Usage::BasicAuth)]
+        );
+        let neither = compile_one("- host: a.example.com\n  auth: {type: basic}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(neither.contains("basic auth needs `password`"), "{neither}");
+    }
+
+    #[test]
+    fn credentials_of_a_type_that_cannot_serve_their_use_are_named() {
+        use crate::credtype::CredentialType as T;
+        let yaml = "- name: api\n  host: a.example.com\n  auth: {type: bearer, token: TOKEN}\n  client_certificate: CLIENT_CERT\n  substitutions:\n    - {placeholder: __SUB_KEY__, key: SUB, in: [{query: k}]}\n";
+        let svc = compile_one(yaml).unwrap();
+        let types = |list: &[(&str, T)]| -> BTreeMap<CredentialKey, T> {
+            list.iter().map(|(k, t)| (key(k), *t)).collect()
+        };
+        let fine = types(&[
+            ("TOKEN", T::Token),
+            ("CLIENT_CERT", T::Certificate),
+            ("SUB", T::ApiKey),
+        ]);
+        assert_eq!(
+            check_credential_types(std::slice::from_ref(&svc), &fine),
+            Ok(())
+        );
+        // Keys the vault does not hold are not checked.
+        assert_eq!(
+            check_credential_types(std::slice::from_ref(&svc), &types(&[])),
+            Ok(())
+        );
+        for (bad, culprit, ty, usage) in [
+            (
+                types(&[("TOKEN", T::Certificate)]),
+                "TOKEN",
+                T::Certificate,
+                "as text",
+            ),
+            (
+                types(&[("CLIENT_CERT", T::ApiKey)]),
+                "CLIENT_CERT",
+                T::ApiKey,
+                "TLS client certificate",
+            ),
+            (types(&[("SUB", T::SshKey)]), "SUB", T::SshKey, "as text"),
+        ] {
+            let err = check_credential_types(std::slice::from_ref(&svc), &bad).unwrap_err();
+            assert_eq!((err.key.as_str(), err.ty), (culprit, ty));
+            let text = err.to_string();
+            for part in ["\"api\"", culprit, ty.as_str(), usage] {
+                assert!(text.contains(part), "{part} missing from: {text}");
+            }
+        }
+        let basic =
+            compile_one("- name: db\n  host: a.example.com\n  auth: {type: basic, password: P}\n")
+                .unwrap();
+        let err = check_credential_types(&[basic], &types(&[("P", T::Certificate)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("basic auth") && err.contains("password"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn missing_key_is_named() {
         let spec = ServiceSpec {
@@ -1281,6 +1564,7 @@ services:
             host: "api.example.com".into(),
             methods: vec![],
             auth: AuthSpec::Bearer { token: key("NOPE") },
+            client_certificate: None,
             substitutions: vec![],
             enabled: true,
             description: None,
@@ -1430,6 +1714,7 @@ services:
             host: "api.example.com".into(),
             methods: vec![],
             auth: AuthSpec::Passthrough,
+            client_certificate: None,
             substitutions: vec![],
             enabled: true,
             description: None,
@@ -1456,6 +1741,7 @@ services:
                 host: "api.example.com".into(),
                 methods: vec![],
                 auth: AuthSpec::Passthrough,
+                client_certificate: None,
                 substitutions: vec![],
                 enabled: true,
                 description: None,
@@ -1504,6 +1790,7 @@ services:
             host: "api.example.com".into(),
             methods: vec![],
             auth,
+            client_certificate: None,
             substitutions: subs,
             enabled: true,
             description: None,

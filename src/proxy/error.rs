@@ -92,6 +92,15 @@ pub enum ProxyError {
     /// A referenced credential does not exist.
     #[error("a credential this service needs ({0}) is not in the vault; nothing was sent upstream")]
     CredentialNotFound(String),
+    /// A credential exists but cannot serve this request (a client certificate that does not
+    /// parse, a password without its `username`); answered like a missing one.
+    #[error("credential {key} cannot be used by this service: {why}; nothing was sent upstream")]
+    CredentialUnusable {
+        /// The credential.
+        key: String,
+        /// What is wrong with it, in words (never its value).
+        why: &'static str,
+    },
     /// A stored credential or service failed its integrity check.
     #[error("a stored credential or service failed its integrity check; nothing was sent upstream")]
     Integrity,
@@ -147,9 +156,11 @@ impl ProxyError {
             | AmbiguousPath
             | PlaceholderRefused(_)
             | Plaintext(_) => ErrorClass::Agent,
-            VaultAccess(_) | ForbiddenHost { .. } | CredentialNotFound(_) | Blocked(_) => {
-                ErrorClass::Policy
-            }
+            VaultAccess(_)
+            | ForbiddenHost { .. }
+            | CredentialNotFound(_)
+            | CredentialUnusable { .. }
+            | Blocked(_) => ErrorClass::Policy,
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
             | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
             Integrity | ShuttingDown | Unavailable(_) | Internal(_) => ErrorClass::Internal,
@@ -173,7 +184,7 @@ impl ProxyError {
             PlaceholderRefused(_) => "placeholder_refused",
             Plaintext(_) => "plaintext_refused",
             ForbiddenHost { .. } => "forbidden_host",
-            CredentialNotFound(_) => "credential_not_found",
+            CredentialNotFound(_) | CredentialUnusable { .. } => "credential_not_found",
             Integrity => "integrity_error",
             Blocked(_) => "blocked_destination",
             Unreachable(_) => "upstream_unreachable",
@@ -205,6 +216,7 @@ impl ProxyError {
             RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             CredentialNotFound(_)
+            | CredentialUnusable { .. }
             | Integrity
             | Unreachable(_)
             | UpstreamTls(_)
@@ -246,6 +258,9 @@ impl ProxyError {
             }),
             ProxyError::CredentialNotFound(key) => json!({
                 "text": format!("ask a human to set {key} (`agent-vault vault credential set {key}=-`) or propose it with POST /v1/proposals")
+            }),
+            ProxyError::CredentialUnusable { key, .. } => json!({
+                "text": format!("ask a human to set {key} again in the form this service needs (see `agent-vault vault credential list`)")
             }),
             ProxyError::AuthRequired => json!({
                 "text": "use `agent-vault run -- <command>`, or set HTTPS_PROXY=http://<token>:<vault>@<proxy address> with a token from `agent-vault vault token`"
@@ -347,6 +362,10 @@ mod tests {
                 hostname: "h".into(),
             },
             CredentialNotFound("K".into()),
+            CredentialUnusable {
+                key: "K".into(),
+                why: "no username",
+            },
             Integrity,
             Blocked(crate::netguard::Blocked::Metadata),
             Unreachable(ConnectError::Connect(std::sync::Arc::new(refused))),
@@ -376,6 +395,7 @@ mod tests {
                 | Plaintext(_)
                 | ForbiddenHost { .. }
                 | CredentialNotFound(_)
+                | CredentialUnusable { .. }
                 | Integrity
                 | Blocked(_)
                 | Unreachable(_)
@@ -416,6 +436,7 @@ mod tests {
                 (Agent, "placeholder_refused", 403),
                 (Agent, "plaintext_refused", 403),
                 (Policy, "forbidden_host", 403),
+                (Policy, "credential_not_found", 502),
                 (Policy, "credential_not_found", 502),
                 (Internal, "integrity_error", 502),
                 (Policy, "blocked_destination", 403),

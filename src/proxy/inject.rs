@@ -1,13 +1,14 @@
 //! Attaching credentials: open the sealed values a decision named (only for this request) and
 //! build the headers the service declares. An injected header always replaces whatever the agent
-//! sent in that slot.
+//! sent in that slot. A service's client certificate is opened here too, and handed to the
+//! upstream client (`upstream::Identities`) rather than put in a header.
 
 use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderValue};
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use zeroize::Zeroizing;
 
 use super::error::ProxyError;
@@ -17,13 +18,18 @@ use crate::policy::SealedCredential;
 use crate::policy::service::{CompiledService, Injection, TemplatePart};
 
 /// The opened values of one request, dropped (and zeroized) when the request is built.
-pub(super) struct Opened(HashMap<CredentialKey, SecretSlice<u8>>);
+pub(super) struct Opened {
+    values: HashMap<CredentialKey, SecretSlice<u8>>,
+    /// The `username` metadata entry of opened credentials that carry one: the user name of
+    /// basic auth for a service that names only the password credential.
+    usernames: HashMap<CredentialKey, SecretString>,
+}
 
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opened")
-            .field("keys", &self.0.keys().collect::<Vec<_>>())
-            .finish()
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,15 +48,56 @@ impl Opened {
             })?;
             map.insert((*key).clone(), value);
         }
-        Ok(Self(map))
+        // Credential metadata is not in the snapshot yet: it arrives, sealed, with typed
+        // credentials, and each opened map's `username` entry is what `set_username` records.
+        Ok(Self {
+            values: map,
+            usernames: HashMap::new(),
+        })
+    }
+
+    /// Records the `username` metadata entry of an opened credential.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "called once the snapshot carries credential metadata"
+        )
+    )]
+    pub(super) fn set_username(&mut self, key: CredentialKey, username: SecretString) {
+        self.usernames.insert(key, username);
     }
 
     /// A value's bytes.
     pub(super) fn get(&self, key: &CredentialKey) -> Result<&[u8], ProxyError> {
-        self.0
+        self.values
             .get(key)
             .map(|v| v.expose_secret())
             .ok_or_else(|| ProxyError::CredentialNotFound(key.to_string()))
+    }
+
+    /// The user name of basic auth: the `username` credential's value when the service names
+    /// one, else the password credential's `username` metadata.
+    fn basic_user(
+        &self,
+        username: Option<&CredentialKey>,
+        password: Option<&CredentialKey>,
+    ) -> Result<&[u8], ProxyError> {
+        match (username, password) {
+            (Some(u), _) => self.get(u),
+            (None, Some(p)) => {
+                self.get(p)?;
+                self.usernames
+                    .get(p)
+                    .map(|u| u.expose_secret().as_bytes())
+                    .ok_or_else(|| ProxyError::CredentialUnusable {
+                        key: p.to_string(),
+                        why: "basic auth without a username key needs the password credential's `username` metadata, and it has none",
+                    })
+            }
+            // Refused when the service is compiled.
+            (None, None) => Ok(b""),
+        }
     }
 }
 
@@ -60,15 +107,19 @@ pub(super) fn reflectable(
     service: Option<&CompiledService>,
     opened: &Opened,
 ) -> Vec<Zeroizing<Vec<u8>>> {
+    // A client certificate goes to the TLS layer, never into the request, so the upstream
+    // cannot reflect it (and its private key is no needle worth searching for).
+    let identity = service.and_then(|s| s.client_identity.as_ref());
     let mut out: Vec<Zeroizing<Vec<u8>>> = opened
-        .0
-        .values()
-        .map(|v| Zeroizing::new(v.expose_secret().to_vec()))
+        .values
+        .iter()
+        .filter(|(k, _)| Some(*k) != identity)
+        .map(|(_, v)| Zeroizing::new(v.expose_secret().to_vec()))
         .collect();
     for injection in service.into_iter().flat_map(|s| s.injections.iter()) {
         if let Injection::Basic { username, password } = injection {
             let mut pair = Zeroizing::new(Vec::with_capacity(64));
-            if let Ok(u) = opened.get(username) {
+            if let Ok(u) = opened.basic_user(username.as_ref(), password.as_ref()) {
                 pair.extend_from_slice(u);
             }
             pair.push(b':');
@@ -116,7 +167,7 @@ pub(super) fn apply(
             }
             Injection::Basic { username, password } => {
                 let mut pair = Zeroizing::new(Vec::with_capacity(128));
-                pair.extend_from_slice(opened.get(username)?);
+                pair.extend_from_slice(opened.basic_user(username.as_ref(), password.as_ref())?);
                 pair.push(b':');
                 if let Some(p) = password {
                     pair.extend_from_slice(opened.get(p)?);
@@ -210,6 +261,43 @@ mod tests {
             assert_eq!(headers[header], want, "{yaml}");
             assert!(headers[header].is_sensitive());
         }
+    }
+
+    #[test]
+    fn basic_auth_takes_the_user_from_the_password_credentials_metadata() {
+        let yaml = "- host: a.example.com\n  auth: {type: basic, password: DB_PASSWORD}\n";
+        let (svc, mut opened) = setup(yaml, &[("DB_PASSWORD", "pw")]);
+        // Without the metadata entry nothing is attached and the request is refused.
+        let err = apply(&svc, &opened, &mut HeaderMap::new()).unwrap_err();
+        assert!(
+            matches!(&err, ProxyError::CredentialUnusable { key, .. } if key == "DB_PASSWORD"),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), "credential_not_found");
+        opened.set_username(
+            CredentialKey::parse("DB_PASSWORD").unwrap(),
+            SecretString::from("alice"),
+        );
+        let mut headers = HeaderMap::new();
+        apply(&svc, &opened, &mut headers).unwrap();
+        assert_eq!(headers["authorization"], "Basic YWxpY2U6cHc=");
+        // The pair is scrubbed from responses like any value.
+        let needles = reflectable(Some(&svc), &opened);
+        assert!(needles.iter().any(|n| n.as_slice() == b"alice:pw"));
+    }
+
+    #[test]
+    fn a_client_certificate_is_no_needle() {
+        let (svc, opened) = setup(
+            "- host: a.example.com\n  auth: {type: bearer, token: T}\n  client_certificate: CLIENT_CERT\n",
+            &[("T", "tok"), ("CLIENT_CERT", "{\"certificate\": \"...\"}")],
+        );
+        let mut headers = HeaderMap::new();
+        apply(&svc, &opened, &mut headers).unwrap();
+        assert_eq!(headers.len(), 1, "only the bearer header: {headers:?}");
+        let needles = reflectable(Some(&svc), &opened);
+        assert_eq!(needles.len(), 1);
+        assert_eq!(needles[0].as_slice(), b"tok");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!    (credentials attached, placeholders replaced, values scrubbed from the response).
 //! 4. `headers`: header hygiene (hop-by-hop, framing, method overrides).
 //! 5. [`workers`]: the worker threads (they know nothing of the proxy above them).
-//! 6. [`upstream`]: the way out (resolve, SSRF guard, TLS, pooled clients per worker).
+//! 6. [`upstream`]: the way out (resolve, SSRF guard, TLS, pooled clients per worker), and
+//!    `identity`: the pooled clients of each TLS client identity (`mtls`).
 //! 7. `state`: what every connection shares ([`ProxyState`]).
 //! 8. `auth`: `Proxy-Authorization`, and the per-request re-check of a session.
 //! 9. `conn`: one connection's life (target, slot, activity, revocation, idleness).
@@ -26,6 +27,7 @@ mod conn;
 mod connect;
 pub mod error;
 mod headers;
+mod identity;
 mod inject;
 mod jsonscan;
 mod listener;

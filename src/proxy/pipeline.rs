@@ -29,7 +29,7 @@ use super::headers::{
 use super::inject::{self, Opened};
 use super::scrub::{self, Needles, Scrubbed};
 use super::state::ProxyState;
-use super::upstream::{ConnectError, connect_error};
+use super::upstream::{ConnectError, IdentityClients, connect_error, tls_failure};
 use super::{substitute, websocket};
 use crate::domain::{Actor, CredentialKey, RequestLogKind, RequestLogRow, now_ms};
 use crate::policy::decide::path_is_ambiguous;
@@ -253,6 +253,12 @@ fn classify_send_error(err: &hyper_util::client::legacy::Error) -> ProxyError {
             other => ProxyError::Unreachable(other.clone()),
         };
     }
+    // With TLS 1.3 the server judges the client's certificate after the client has finished its
+    // handshake, so an upstream that refuses the identity (or its absence) says so with an alert
+    // on the first read, which reaches us inside hyper's error rather than the connector's.
+    if let Some(failure) = tls_failure(err) {
+        return ProxyError::UpstreamTls(failure);
+    }
     if is_too_large(err) {
         return ProxyError::RequestTooLarge(0);
     }
@@ -283,7 +289,9 @@ async fn process(
     let outbound = build(state, &snapshot, target, admitted, decided, draft).await?;
     let response = send(
         state,
+        target,
         outbound.request,
+        outbound.identity.as_deref(),
         outbound.reply.upgrade.is_some(),
         draft,
     )
@@ -401,6 +409,8 @@ fn decide<'s>(
 /// The request to send upstream, and what its response will need.
 struct Outbound {
     request: Request<ProxyBody>,
+    /// The clients presenting the service's TLS client identity, if it has one.
+    identity: Option<Arc<IdentityClients>>,
     reply: Reply,
 }
 
@@ -445,6 +455,10 @@ async fn build(
         None
     } else {
         Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
+    };
+    let identity = match (service.and_then(|s| s.client_identity.as_ref()), &opened) {
+        (Some(key), Some(opened)) => Some(client_identity(state, snapshot, &sealed, key, opened)?),
+        _ => None,
     };
     let plan = substitute::Plan::new(&snapshot.placeholders, service, opened.as_ref())?;
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
@@ -500,6 +514,7 @@ async fn build(
     *request.version_mut() = Version::HTTP_11;
     Ok(Outbound {
         request,
+        identity,
         reply: Reply {
             slot,
             needles,
@@ -509,6 +524,28 @@ async fn build(
             }),
         },
     })
+}
+
+/// The pooled clients presenting the service's client certificate `key`, opened with the rest
+/// of the request's credentials (policy put it among them, so it is there).
+fn client_identity(
+    state: &ProxyState,
+    snapshot: &VaultSnapshot,
+    sealed: &[(&CredentialKey, &SealedCredential)],
+    key: &CredentialKey,
+    opened: &Opened,
+) -> Result<Arc<IdentityClients>, ProxyError> {
+    let (_, sealed) = sealed
+        .iter()
+        .find(|(k, _)| *k == key)
+        .ok_or_else(|| ProxyError::CredentialNotFound(key.to_string()))?;
+    state.identities.clients(
+        &state.upstream,
+        &snapshot.vault_id,
+        key,
+        sealed,
+        opened.get(key)?,
+    )
 }
 
 /// The upstream URI after substitution, which must stay under the path rule that matched.
@@ -608,14 +645,20 @@ async fn request_body(
     Ok(body)
 }
 
-/// Phase 4 (send): send the request on this worker's pooled client and wait for the response head.
+/// Phase 4 (send): send the request on this worker's pooled client (the one presenting the
+/// service's client identity, if it has one) and wait for the response head.
 async fn send(
     state: &ProxyState,
+    target: &Target,
     request: Request<ProxyBody>,
+    identity: Option<&IdentityClients>,
     upgrade: bool,
     draft: &Draft,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let client = state.upstream.client(upgrade);
+    let client = match identity {
+        None => state.upstream.client(upgrade),
+        Some(clients) => clients.client(upgrade),
+    };
     let timeout = state.upstream.response_header_timeout;
     match tokio::time::timeout(timeout, client.request(request)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
@@ -627,6 +670,11 @@ async fn send(
             Err(match err {
                 ProxyError::RequestTooLarge(_) => ProxyError::RequestTooLarge(max_in),
                 _ if over => ProxyError::RequestTooLarge(max_in),
+                // The connection may have died of a TLS alert the request never saw (h2).
+                ProxyError::UpstreamProtocol => state
+                    .upstream
+                    .recent_tls_failure(&target.authority.host.to_string(), target.authority.port)
+                    .map_or(ProxyError::UpstreamProtocol, ProxyError::UpstreamTls),
                 other => other,
             })
         }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::ProxyError;
+use super::identity::Identities;
 use super::upstream::Upstream;
 use crate::audit::RequestLogger;
 use crate::ca::LeafCache;
@@ -32,6 +33,8 @@ pub struct ProxyState {
     pub leaves: LeafCache,
     /// Pooled upstream clients.
     pub upstream: Upstream,
+    /// Pooled upstream clients of each TLS client identity in use.
+    pub(super) identities: Identities,
     /// Limits.
     pub limits: LimitsConfig,
     /// The request log.
@@ -92,6 +95,7 @@ impl ProxyState {
             keyring: parts.keyring,
             leaves: parts.leaves,
             upstream: parts.upstream,
+            identities: Identities::default(),
             auth_failures: FailureBudget::new(limits.auth_failures_per_minute),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             agent_http: agent_http(&limits),

@@ -243,6 +243,53 @@ pub struct UpstreamStream {
     io: Transport,
     h2: bool,
     peer: SocketAddr,
+    /// Where a TLS failure on this connection after its handshake is noted (TLS only).
+    failures: Option<(TlsFailures, String, u16)>,
+    /// Whether the upstream has sent anything since the handshake.
+    heard: bool,
+}
+
+/// TLS failures that happened after a handshake had completed, by upstream host and port.
+///
+/// With TLS 1.3 a server judges the client's certificate (or its absence) after the client has
+/// finished its handshake, and says so with an alert on the connection's first read. Over
+/// HTTP/1.1 that error reaches the request; over h2 it ends the connection's task and the
+/// request learns only that the connection closed. The stream notes it here, so a request that
+/// failed that way is answered `upstream_tls` rather than `upstream_protocol`. Written only when
+/// a connection fails, read only when a request did.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFailures(Arc<std::sync::Mutex<std::collections::HashMap<(String, u16), Noted>>>);
+
+#[derive(Debug)]
+struct Noted {
+    at: std::time::Instant,
+    failure: TlsFailure,
+}
+
+/// How long a noted failure explains a failed request to the same upstream.
+const TLS_FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+impl TlsFailures {
+    fn note(&self, host: &str, port: u16, failure: TlsFailure) {
+        let now = std::time::Instant::now();
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, n| now.duration_since(n.at) < TLS_FAILURE_MEMORY);
+        map.insert((host.to_owned(), port), Noted { at: now, failure });
+    }
+
+    /// The TLS failure noted for `host:port` within the last few seconds, if any.
+    pub fn recent(&self, host: &str, port: u16) -> Option<TlsFailure> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&(host.to_owned(), port))
+            .filter(|n| n.at.elapsed() < TLS_FAILURE_MEMORY)
+            .map(|n| n.failure.clone())
+    }
 }
 
 impl Connection for UpstreamStream {
@@ -271,13 +318,70 @@ macro_rules! delegate {
     };
 }
 
+impl UpstreamStream {
+    /// A write that failed on a TLS connection may have failed because the upstream refused
+    /// the handshake and closed (TLS 1.3 refuses a client certificate after the client is done):
+    /// its alert may still be waiting to be read, and is noted if so. The connection is dead
+    /// either way, so what the read takes is lost to no one.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !matches!(result, Poll::Ready(Err(_))) {
+            return result;
+        }
+        let (Transport::Tls(io), Some((failures, host, port))) = (&mut self.io, &self.failures)
+        else {
+            return result;
+        };
+        let mut scratch = [0u8; 512];
+        for _ in 0..4 {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(Pin::new(io.inner_mut()), cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(Err(e)) => {
+                    if let Some(failure) = tls_failure(&e) {
+                        failures.note(host, *port, failure);
+                        return result;
+                    }
+                    break;
+                }
+                _ => break,
+            }
+        }
+        // The alert itself can be lost with the reset; an upstream that hung up right after the
+        // handshake, before saying anything, refused it all the same.
+        if !self.heard {
+            let closed = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the upstream closed the connection right after the handshake (an upstream that requires a TLS client certificate does this)",
+            );
+            failures.note(host, *port, TlsFailure::Handshake(Arc::new(closed)));
+        }
+        result
+    }
+}
+
 impl hyper::rt::Read for UpstreamStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf))
+        let read = delegate!(self, io => io.poll_read(cx, buf));
+        match &read {
+            Poll::Ready(Ok(())) => self.heard = true,
+            Poll::Ready(Err(e)) => {
+                if let Some((failures, host, port)) = &self.failures
+                    && let Some(failure) = tls_failure(e)
+                {
+                    failures.note(host, *port, failure);
+                }
+            }
+            Poll::Pending => {}
+        }
+        read
     }
 }
 
@@ -287,10 +391,12 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf))
+        let written = delegate!(self, io => io.poll_write(cx, buf));
+        self.after_write(cx, written)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx))
+        let flushed = delegate!(self, io => io.poll_flush(cx));
+        self.after_write(cx, flushed)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_shutdown(cx))
@@ -306,7 +412,8 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+        let written = delegate!(self, io => io.poll_write_vectored(cx, bufs));
+        self.after_write(cx, written)
     }
 }
 
@@ -319,6 +426,7 @@ pub struct Connector(Arc<ConnectorInner>);
 struct ConnectorInner {
     resolver: Resolver,
     guard: NetGuard,
+    failures: TlsFailures,
     tls: TlsConnector,
     connect_timeout: Duration,
     tls_timeout: Duration,
@@ -362,9 +470,11 @@ impl tower_service::Service<Uri> for Connector {
                     io: Transport::Plain(TokioIo::new(tcp)),
                     h2: false,
                     peer,
+                    failures: None,
+                    heard: false,
                 });
             }
-            let name = ServerName::try_from(host)
+            let name = ServerName::try_from(host.clone())
                 .map_err(|e| ConnectError::Tls(TlsFailure::Name(Arc::new(e))))?;
             let tls = tokio::time::timeout(this.tls_timeout, this.tls.connect(name, tcp))
                 .await
@@ -375,17 +485,15 @@ impl tower_service::Service<Uri> for Connector {
                 io: Transport::Tls(Box::new(TokioIo::new(tls))),
                 h2,
                 peer,
+                failures: Some((this.failures.clone(), host, port)),
+                heard: false,
             })
         })
     }
 }
 
-/// Builds the TLS client configuration from `upstream.roots` and `upstream.extra_ca_files`.
-pub fn client_tls_config(
-    config: &UpstreamConfig,
-    provider: Arc<CryptoProvider>,
-    alpn: &[&[u8]],
-) -> Result<ClientConfig, TrustError> {
+/// The trust anchors of `upstream.roots` and `upstream.extra_ca_files`.
+pub fn upstream_roots(config: &UpstreamConfig) -> Result<rustls::RootCertStore, TrustError> {
     let mut roots = rustls::RootCertStore::empty();
     match config.roots {
         Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -425,13 +533,27 @@ pub fn client_tls_config(
             return Err(TrustError::EmptyCaFile { path: path() });
         }
     }
+    Ok(roots)
+}
+
+/// Builds the TLS client configuration from `upstream.roots` and `upstream.extra_ca_files`.
+pub fn client_tls_config(
+    config: &UpstreamConfig,
+    provider: Arc<CryptoProvider>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TrustError> {
     let mut tls = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(upstream_roots(config)?)
         .with_no_client_auth();
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tls)
 }
+
+/// ALPN of the client that speaks h2 or HTTP/1.1, whichever the upstream picks.
+const ALPN_ANY: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN of the HTTP/1.1-only client that WebSocket upgrades need.
+const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
 
 /// One worker's pooled clients: one speaking h2 or HTTP/1.1 (by ALPN), one HTTP/1.1-only for
 /// upgrades.
@@ -440,11 +562,158 @@ struct Clients {
     upgrade: Client<Connector, ProxyBody>,
 }
 
+/// Every worker's pooled clients for one TLS client configuration.
+struct WorkerClients(Vec<Clients>);
+
+impl WorkerClients {
+    /// The pooled client of this thread's worker (the first worker's on any other thread).
+    fn pick(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
+        let index = super::workers::current().unwrap_or(0) % self.0.len();
+        let clients = &self.0[index];
+        if upgrade {
+            &clients.upgrade
+        } else {
+            &clients.client
+        }
+    }
+}
+
+/// What building a pooled client needs besides its TLS configuration; kept so that clients
+/// presenting a TLS client identity are built later exactly like the shared ones.
+struct ClientFactory {
+    resolver: Resolver,
+    guard: NetGuard,
+    failures: TlsFailures,
+    provider: Arc<CryptoProvider>,
+    /// Parsed once: parsing the roots is the expensive part, and every pool shares them.
+    roots: Arc<rustls::RootCertStore>,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    workers: usize,
+}
+
+impl ClientFactory {
+    fn connector(&self, tls: ClientConfig) -> Connector {
+        Connector(Arc::new(ConnectorInner {
+            resolver: self.resolver.clone(),
+            guard: self.guard.clone(),
+            failures: self.failures.clone(),
+            tls: TlsConnector::from(Arc::new(tls)),
+            connect_timeout: self.connect_timeout,
+            tls_timeout: self.tls_timeout,
+        }))
+    }
+
+    fn client(&self, connector: Connector, h2: bool) -> Client<Connector, ProxyBody> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            // Hyper only re-sends a request that was never written to a reused connection,
+            // so nothing, idempotent or not, is ever sent twice.
+            .retry_canceled_requests(true)
+            .set_host(true);
+        if h2 {
+            // Fixed windows, not hyper's adaptive one: that starts at 64 KiB for the whole
+            // connection and grows only with its bandwidth-delay estimate, which on a
+            // low-latency link stays small, so concurrent responses and large downloads
+            // waited on WINDOW_UPDATEs (10 MB downloads through the proxy at 0.17-0.24x
+            // direct and 16 KiB echoes at 32 concurrent requests at 0.24-0.27x, against
+            // 0.39-0.45x and 0.27-0.37x with these windows; see the README's benchmark).
+            // They also bound what one stream or connection may buffer here when the agent
+            // reads slowly.
+            builder
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .http2_max_frame_size(H2_MAX_FRAME)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(false);
+        }
+        builder.build(connector)
+    }
+
+    /// Per-worker clients over `configure`'s TLS configuration (called once per ALPN set).
+    fn worker_clients(
+        &self,
+        configure: impl Fn(&[&[u8]]) -> Result<ClientConfig, rustls::Error>,
+    ) -> Result<WorkerClients, rustls::Error> {
+        let (any, h1_only) = (
+            self.connector(configure(ALPN_ANY)?),
+            self.connector(configure(ALPN_H1)?),
+        );
+        Ok(WorkerClients(
+            (0..self.workers.max(1))
+                .map(|_| Clients {
+                    client: self.client(any.clone(), true),
+                    upgrade: self.client(h1_only.clone(), false),
+                })
+                .collect(),
+        ))
+    }
+
+    /// A TLS configuration trusting the upstream roots, presenting `identity` if given.
+    fn tls(
+        &self,
+        alpn: &[&[u8]],
+        identity: Option<&ClientIdentity>,
+    ) -> Result<ClientConfig, rustls::Error> {
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone());
+        let mut tls = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        };
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(tls)
+    }
+}
+
+/// A TLS client identity to present to upstreams: a certificate chain (leaf first) and the
+/// leaf's private key. No `Debug` of the key: it prints only the chain's length.
+pub struct ClientIdentity {
+    /// The chain, leaf first.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pooled clients that present one TLS client identity. Their pools hold only connections
+/// made with that identity, so a connection is never shared across identities.
+pub struct IdentityClients(WorkerClients);
+
+impl std::fmt::Debug for IdentityClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityClients").finish_non_exhaustive()
+    }
+}
+
+impl IdentityClients {
+    /// This worker's client presenting the identity (`upgrade`: the HTTP/1.1-only one).
+    pub fn client(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
+        self.0.pick(upgrade)
+    }
+}
+
 /// The way out: per-worker pooled clients over one resolver and SSRF guard.
 pub struct Upstream {
     /// A worker's requests use its own pools, so an upstream connection lives on the thread of
-    /// the agent connections it serves.
-    per_worker: Vec<Clients>,
+    /// the agent connections it serves. These present no client identity.
+    shared: WorkerClients,
+    /// Builds the clients of services that present a TLS client identity.
+    factory: ClientFactory,
     /// The resolver (also used for spliced tunnels).
     pub resolver: Resolver,
     /// The SSRF guard (also used for spliced tunnels).
@@ -478,58 +747,22 @@ impl Upstream {
         workers: usize,
     ) -> Result<Self, TrustError> {
         let resolver = Resolver::new(config);
-        // Built once: parsing the roots is the expensive part, and every pool may share it.
-        let connector = |alpn: &[&[u8]]| -> Result<Connector, TrustError> {
-            let tls = client_tls_config(config, provider.clone(), alpn)?;
-            Ok(Connector(Arc::new(ConnectorInner {
-                resolver: resolver.clone(),
-                guard: guard.clone(),
-                tls: TlsConnector::from(Arc::new(tls)),
-                connect_timeout: config.connect_timeout,
-                tls_timeout: config.tls_handshake_timeout,
-            })))
+        let factory = ClientFactory {
+            resolver: resolver.clone(),
+            guard: guard.clone(),
+            failures: TlsFailures::default(),
+            provider,
+            roots: Arc::new(upstream_roots(config)?),
+            connect_timeout: config.connect_timeout,
+            tls_timeout: config.tls_handshake_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+            workers,
         };
-        let (any, h1_only) = (
-            connector(&[b"h2", b"http/1.1"])?,
-            connector(&[b"http/1.1"])?,
-        );
-        let make = |connector: Connector, h2: bool| -> Client<Connector, ProxyBody> {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.pool_idle_timeout)
-                .pool_max_idle_per_host(config.pool_max_idle_per_host)
-                // Hyper only re-sends a request that was never written to a reused connection,
-                // so nothing, idempotent or not, is ever sent twice.
-                .retry_canceled_requests(true)
-                .set_host(true);
-            if h2 {
-                // Fixed windows, not hyper's adaptive one: that starts at 64 KiB for the whole
-                // connection and grows only with its bandwidth-delay estimate, which on a
-                // low-latency link stays small, so concurrent responses and large downloads
-                // waited on WINDOW_UPDATEs (10 MB downloads through the proxy at 0.17-0.24x
-                // direct and 16 KiB echoes at 32 concurrent requests at 0.24-0.27x, against
-                // 0.39-0.45x and 0.27-0.37x with these windows; see the README's benchmark).
-                // They also bound what one stream or connection may buffer here when the agent
-                // reads slowly.
-                builder
-                    .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .http2_max_frame_size(H2_MAX_FRAME)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .http2_keep_alive_while_idle(false);
-            }
-            builder.build(connector)
-        };
-        let per_worker = (0..workers.max(1))
-            .map(|_| Clients {
-                client: make(any.clone(), true),
-                upgrade: make(h1_only.clone(), false),
-            })
-            .collect();
+        let shared = factory.worker_clients(|alpn| factory.tls(alpn, None))?;
         Ok(Self {
-            per_worker,
+            shared,
+            factory,
             resolver,
             guard,
             connect_timeout: config.connect_timeout,
@@ -540,15 +773,58 @@ impl Upstream {
     /// The pooled client of this thread's worker (the first worker's on any other thread);
     /// `upgrade` picks the HTTP/1.1-only one that WebSocket upgrades need.
     pub fn client(&self, upgrade: bool) -> &Client<Connector, ProxyBody> {
-        let index = super::workers::current().unwrap_or(0) % self.per_worker.len();
-        let clients = &self.per_worker[index];
-        if upgrade {
-            &clients.upgrade
-        } else {
-            &clients.client
-        }
+        self.shared.pick(upgrade)
+    }
+
+    /// The TLS failure a connection to `host:port` met after its handshake in the last few
+    /// seconds (see [`TlsFailures`]).
+    pub fn recent_tls_failure(&self, host: &str, port: u16) -> Option<TlsFailure> {
+        self.factory.failures.recent(host, port)
+    }
+
+    /// New pooled clients that present `identity` to every upstream they connect to, trusting
+    /// the same roots as the shared ones. Fails when the key does not suit the certificate or
+    /// the provider cannot use it.
+    pub fn identity_clients(
+        &self,
+        identity: &ClientIdentity,
+    ) -> Result<IdentityClients, rustls::Error> {
+        self.factory
+            .worker_clients(|alpn| self.factory.tls(alpn, Some(identity)))
+            .map(IdentityClients)
     }
 }
+
+/// Finds a TLS failure after the handshake (an alert the upstream sent, such as
+/// `certificate_required`) inside a client error chain. An io error's `source` skips the error
+/// it wraps, so that one is looked at directly; and h2 keeps only the kind and text of an io
+/// error, so over h2 rustls's own text for a received alert is what is left to recognise.
+pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let failure = |e: io::Error| Some(TlsFailure::Handshake(Arc::new(e)));
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return failure(io::Error::new(io::ErrorKind::InvalidData, tls.clone()));
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return failure(io::Error::new(io::ErrorKind::InvalidData, tls.clone()));
+            }
+            let text = inner.to_string();
+            if io.kind() == io::ErrorKind::InvalidData && text.starts_with(RUSTLS_ALERT_TEXT) {
+                return failure(io::Error::new(io::ErrorKind::InvalidData, text));
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// How rustls's `Error::AlertReceived` reads (checked by a test, so a rustls that words it
+/// otherwise fails the build's tests rather than this check).
+const RUSTLS_ALERT_TEXT: &str = "received fatal alert: ";
 
 /// Finds our connector's error inside a client error chain.
 pub fn connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
@@ -567,6 +843,24 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn tls_failures_after_the_handshake_are_found_as_rustls_or_h2_leaves_them() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(alert.to_string().starts_with(RUSTLS_ALERT_TEXT), "{alert}");
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, alert.clone());
+        assert!(tls_failure(&wrapped).is_some());
+        // What h2 hands on: the kind and the text only.
+        let flattened = io::Error::new(io::ErrorKind::InvalidData, alert.to_string());
+        assert!(tls_failure(&flattened).is_some());
+        for other in [
+            io::Error::new(io::ErrorKind::InvalidData, "received garbage"),
+            io::Error::new(io::ErrorKind::ConnectionReset, alert.to_string()),
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ] {
+            assert!(tls_failure(&other).is_none(), "{other}");
+        }
+    }
 
     #[tokio::test]
     async fn overrides_win_and_wildcards_need_a_label() {

@@ -80,14 +80,18 @@ fn auth_summary(auth: &AuthSpec) -> String {
         AuthSpec::Bearer { token } => {
             format!("bearer token from <code>{}</code>", esc(token.as_str()))
         }
-        AuthSpec::Basic { username, password } => format!(
-            "basic auth: user <code>{}</code>{}",
-            esc(username.as_str()),
-            password
+        AuthSpec::Basic { username, password } => {
+            let user = match (username, password) {
+                (Some(u), _) => format!("user <code>{}</code>", esc(u.as_str())),
+                (None, Some(p)) => format!("user from <code>{}</code>'s username", esc(p.as_str())),
+                (None, None) => "no user".into(),
+            };
+            let password = password
                 .as_ref()
                 .map(|p| format!(", password <code>{}</code>", esc(p.as_str())))
-                .unwrap_or_default()
-        ),
+                .unwrap_or_default();
+            format!("basic auth: {user}{password}")
+        }
         AuthSpec::ApiKey {
             key,
             header,
@@ -106,7 +110,24 @@ fn auth_summary(auth: &AuthSpec) -> String {
             .collect::<Vec<_>>()
             .join("<br>"),
         AuthSpec::Passthrough => "nothing attached (allow only)".into(),
+        AuthSpec::Mtls { certificate } => format!(
+            "TLS client certificate from <code>{}</code>",
+            esc(certificate.as_str())
+        ),
     }
+}
+
+/// The client certificate a service presents beside its other auth, if any.
+fn client_certificate_summary(spec: &ServiceSpec) -> String {
+    spec.client_certificate
+        .as_ref()
+        .map(|k| {
+            format!(
+                "<br>TLS client certificate from <code>{}</code>",
+                esc(k.as_str())
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The service changes. While pending, each says whether it adds a service or replaces one of
@@ -132,7 +153,9 @@ fn service_rows(content: &ProposalContent, state: &VaultState, pending: bool) ->
                     } else {
                         esc(&spec.methods.join(", "))
                     },
-                    auth_summary(&spec.auth) + &substitutions(spec)
+                    auth_summary(&spec.auth)
+                        + &client_certificate_summary(spec)
+                        + &substitutions(spec)
                 ));
             }
             ServiceChange::Delete { name } => rows.push_str(&format!(

@@ -22,6 +22,7 @@ mod leaks;
 mod packaging;
 mod proposals;
 mod proxy_access;
+mod proxy_mtls;
 mod proxy_routing;
 mod proxy_streaming;
 mod proxy_tampering;

@@ -1,7 +1,9 @@
-//! A test certificate authority, distinct from the proxy's own CA, for the fake upstream.
+//! Test certificate authorities, distinct from the proxy's own CA: one signs the fake
+//! upstream's certificate, and a third signs the client certificates an mTLS upstream accepts.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
@@ -56,6 +58,33 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A TLS client certificate with common name `cn`, as the canonical payload of a
+    /// `certificate` credential: `{"certificate": PEM, "private_key": PEM}`.
+    pub(crate) fn client_identity(&self, cn: &str) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(30);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        serde_json::json!({ "certificate": cert.pem(), "private_key": key.serialize_pem() })
+            .to_string()
+    }
+
+    /// The CA's own certificate, as a trust anchor.
+    pub(crate) fn root_store(&self) -> rustls::RootCertStore {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        roots
+    }
+}
+
 /// A self-signed certificate nobody trusts.
 pub(crate) fn self_signed(
     names: &[&str],
@@ -69,13 +98,33 @@ pub(crate) fn tls_acceptor(
     key: PrivateKeyDer<'static>,
     alpn: &[&[u8]],
 ) -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_requiring(chain, key, alpn, None)
+}
+
+/// [`tls_acceptor`] that, given `clients`, requires every client to present a certificate
+/// that CA signed.
+pub(crate) fn tls_acceptor_requiring(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+    clients: Option<&TestCa>,
+) -> tokio_rustls::TlsAcceptor {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
         .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(ca.root_store()),
+                provider,
+            )
+            .build()
+            .unwrap(),
+        ),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }

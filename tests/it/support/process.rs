@@ -40,9 +40,21 @@ impl ServerProcess {
         level: &str,
     ) -> WithUpstream {
         install_crypto();
-        let ca = std::sync::Arc::new(TestCa::new(ca_name));
+        let ca = TestCa::new(ca_name);
         let (chain, key) = ca.server_cert(&["example.test", "*.example.test"], (-1, 30));
         let upstream = FakeUpstream::start(chain, key, Alpn::Both).await;
+        Self::start_against(upstream, &ca, log_toml, env, level).await
+    }
+
+    /// [`start_with_upstream`](Self::start_with_upstream) against a fake upstream the caller
+    /// started, whose certificate `ca` signed.
+    pub(crate) async fn start_against(
+        upstream: FakeUpstream,
+        ca: &TestCa,
+        log_toml: &str,
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> WithUpstream {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let ca_file = dir.path().join("upstream-ca.pem");

@@ -28,6 +28,10 @@ pub(crate) struct Recorded {
     pub body: Bytes,
     pub version: Version,
     pub sni: Option<String>,
+    /// The common name of the client certificate the connection presented, if any.
+    pub client_subject: Option<String>,
+    /// Which TLS connection carried it (counted from 1 in the order they were accepted).
+    pub connection: usize,
 }
 
 impl Recorded {
@@ -71,18 +75,44 @@ fn query(q: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// What the upstream knows of the TLS connection a request came on.
+#[derive(Clone)]
+struct ConnInfo {
+    sni: Option<String>,
+    client_subject: Option<String>,
+    id: usize,
+}
+
+/// The common name of a DER certificate's subject.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 impl FakeUpstream {
     pub(crate) async fn start(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         alpn: Alpn,
     ) -> Self {
+        Self::start_requiring(chain, key, alpn, None).await
+    }
+
+    /// An upstream that, given `clients`, refuses any TLS client without a certificate signed
+    /// by that CA, and records which certificate each connection presented.
+    pub(crate) async fn start_requiring(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        alpn: Alpn,
+        clients: Option<&super::TestCa>,
+    ) -> Self {
         let protocols: &[&[u8]] = match alpn {
             Alpn::Both => &[b"h2", b"http/1.1"],
             Alpn::H2Only => &[b"h2"],
             Alpn::H1Only => &[b"http/1.1"],
         };
-        let acceptor = super::pki::tls_acceptor(chain, key, protocols);
+        let acceptor = super::pki::tls_acceptor_requiring(chain, key, protocols, clients);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Vec::new()));
@@ -95,7 +125,7 @@ impl FakeUpstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let id = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 let acceptor = acceptor.clone();
                 let rec = rec.clone();
                 let gate = gate2.clone();
@@ -103,13 +133,21 @@ impl FakeUpstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    let session = tls.get_ref().1;
+                    let conn = ConnInfo {
+                        sni: session.server_name().map(str::to_owned),
+                        client_subject: session
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| common_name(leaf)),
+                        id,
+                    };
                     let h2_only = alpn == Alpn::H2Only;
                     let svc = service_fn(move |req| {
                         let rec = rec.clone();
-                        let sni = sni.clone();
+                        let conn = conn.clone();
                         let gate = gate.clone();
-                        async move { Ok::<_, Infallible>(route(req, rec, sni, gate).await) }
+                        async move { Ok::<_, Infallible>(route(req, rec, conn, gate).await) }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     if h2_only {
@@ -158,7 +196,7 @@ impl FakeUpstream {
 async fn route(
     mut req: Request<Incoming>,
     rec: Arc<Mutex<Vec<Recorded>>>,
-    sni: Option<String>,
+    conn: ConnInfo,
     gate: Arc<tokio::sync::Notify>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
@@ -184,7 +222,9 @@ async fn route(
         headers: parts.headers.clone(),
         body: body.clone(),
         version: parts.version,
-        sni,
+        sni: conn.sni,
+        client_subject: conn.client_subject,
+        connection: conn.id,
     };
     rec.lock().unwrap().push(record.clone());
     match path.as_str() {
