@@ -115,11 +115,7 @@ async fn ensure_setup_token(
     let path = data_dir.join("setup-token");
     let hash_of = |t: &SecretString| hex::encode(keyring.token_hasher().hash(t).0);
     let seal_token = |t: &SecretString| {
-        crate::crypto::seal(
-            keyring.dek(),
-            &Aad::setup_token(),
-            t.expose_secret().as_bytes(),
-        )
+        keyring.seal_instance(&Aad::setup_token(), t.expose_secret().as_bytes())
     };
     // Two instances may race to create or replace it; each race has one winner, and the loser
     // reads the winner's token on its next turn.
@@ -173,7 +169,7 @@ async fn ensure_setup_token(
 }
 
 fn open_setup_token(keyring: &Keyring, sealed: &[u8]) -> Option<SecretString> {
-    let bytes = crate::crypto::open(keyring.dek(), &Aad::setup_token(), sealed).ok()?;
+    let bytes = keyring.open_instance(&Aad::setup_token(), sealed).ok()?;
     let text = std::str::from_utf8(bytes.expose_secret()).ok()?;
     Some(SecretString::from(text.to_owned()))
 }
