@@ -189,6 +189,7 @@ struct Shared {
     tokens: TokenHasher,
     kek: Option<Kek>,
     mac_failures: AtomicU64,
+    rekey: tokio::sync::Mutex<()>,
 }
 
 /// The instance-key versions and the keys derived from them, shared by every clone.
@@ -227,6 +228,7 @@ impl Keyring {
                 tokens,
                 kek,
                 mac_failures: AtomicU64::new(0),
+                rekey: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -427,6 +429,12 @@ impl Keyring {
     /// changed since this process unsealed, and its KEK must not wrap anything new.
     pub fn kek_salt(&self) -> Option<&[u8]> {
         self.shared.kek.as_ref().map(|k| k.salt.as_slice())
+    }
+
+    /// Serializes rotations and the settling after one within this process (across
+    /// processes, the store's lock on the `master_key` row does).
+    pub async fn rekeying(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.rekey.lock().await
     }
 
     /// Prepares a rotation from the active version to `new_version` with key `new_dek`. Nothing

@@ -9,7 +9,7 @@ use crate::crypto::KdfParams;
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
-const SETUP_TOKEN_SEALED_KEY: &str = "setup_token_sealed";
+pub(super) const SETUP_TOKEN_SEALED_KEY: &str = "setup_token_sealed";
 /// The token-hash key sealed under the instance key (hex).
 pub(super) const TOKEN_HASH_KEY: &str = "token_hash_key_sealed";
 

@@ -11,6 +11,7 @@ mod grants;
 mod instance;
 mod invites;
 mod proposals;
+pub mod rekey;
 mod request_logs;
 mod services;
 mod tokens;
