@@ -306,6 +306,15 @@ impl Keyring {
         self.shared.ring.load().active.version
     }
 
+    /// A one-way fingerprint of the active instance key (hex): tells two keyrings' keys apart
+    /// without exposing either.
+    pub fn key_fingerprint(&self) -> String {
+        hex::encode(hmac_fields(
+            &self.shared.ring.load().active.dek,
+            &["agent-vault key fingerprint"],
+        ))
+    }
+
     /// Every instance-key version this process holds, the active one first.
     pub fn key_versions(&self) -> Vec<i64> {
         self.shared.ring.load().all().map(|k| k.version).collect()
@@ -749,5 +758,125 @@ mod tests {
         );
         let other = Keyring::from_dek(DataKey::from_bytes([5; 32])).authority_macs();
         assert!(!other.verify(AuthorityRow::Grant, &fields, Some(&mac)));
+    }
+
+    #[test]
+    fn a_rotation_rewraps_data_keys_and_retiring_the_old_version_shreds_them() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
+        let (data_key, old_wrap) = ring.new_data_key("v", "KEY", 3).unwrap();
+        assert_eq!(old_wrap.key_version, 1);
+        let rotation = ring.begin_rotation(2, DataKey::from_bytes([2; 32]));
+        let new_wrap = rotation.rewrap("v", "KEY", 3, &old_wrap).unwrap().unwrap();
+        assert_eq!(new_wrap.key_version, 2);
+        assert_ne!(new_wrap.bytes, old_wrap.bytes);
+        assert!(
+            rotation.rewrap("v", "KEY", 3, &new_wrap).is_none(),
+            "a wrap under the new version is left alone"
+        );
+        assert!(
+            rotation.rewrap("v", "KEY", 4, &old_wrap).is_none(),
+            "a wrap moved to another row does not open, so it is not rewrapped"
+        );
+        ring.hold(&rotation);
+        assert_eq!(ring.active_key_version(), 1, "holding does not activate");
+        ring.activate(&rotation);
+        assert_eq!(ring.key_versions(), vec![2, 1]);
+        let back = ring.unwrap_data_key("v", "KEY", 3, &new_wrap).unwrap();
+        assert_eq!(back.expose(), data_key.expose());
+        assert!(ring.unwrap_data_key("v", "KEY", 3, &old_wrap).is_ok());
+        ring.retire_others();
+        assert_eq!(ring.key_versions(), vec![2]);
+        assert!(
+            ring.unwrap_data_key("v", "KEY", 3, &old_wrap).is_err(),
+            "the old wrap is dead once the old version is gone"
+        );
+        let forged = WrappedDataKey {
+            key_version: 2,
+            bytes: old_wrap.bytes.clone(),
+        };
+        assert!(ring.unwrap_data_key("v", "KEY", 3, &forged).is_err());
+        assert_eq!(ring.new_data_key("v", "K2", 1).unwrap().1.key_version, 2);
+    }
+
+    #[test]
+    fn a_rotation_never_launders_a_forged_mac_and_reads_accept_both_versions_while_held() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
+        let macs = ring.authority_macs();
+        let fields = [MacField::Text("u1"), MacField::Text("owner")];
+        let good = macs.mac(AuthorityRow::User, &fields);
+        let forged = vec![0u8; 32];
+        let service = ring.service_mac("v", "svc", "{}");
+        let rotation = ring.begin_rotation(2, DataKey::from_bytes([2; 32]));
+        let remac = rotation
+            .remac_authority(AuthorityRow::User, &fields, Some(&good))
+            .unwrap();
+        assert_ne!(remac, good);
+        assert!(
+            rotation
+                .remac_authority(AuthorityRow::User, &fields, Some(&forged))
+                .is_none()
+        );
+        assert!(
+            rotation
+                .remac_authority(AuthorityRow::User, &fields, None)
+                .is_none()
+        );
+        let new_service = rotation.remac_service("v", "svc", "{}", &service).unwrap();
+        assert!(rotation.remac_service("v", "svc", "{\"x\":1}", &service).is_none());
+        let sealed = ring.seal_instance(&Aad::ca_key(), b"ca").unwrap();
+        let resealed = rotation.reseal(&Aad::ca_key(), &sealed).unwrap().unwrap();
+        assert!(rotation.reseal(&Aad::setup_token(), &sealed).is_none());
+
+        assert!(!macs.verify(AuthorityRow::User, &fields, Some(&remac)));
+        let before = ring.mac_failures();
+        assert!(!ring.verify_service_mac("v", "svc", "{}", &new_service));
+        assert_eq!(ring.mac_failures(), before + 1, "failures are counted");
+        ring.hold(&rotation);
+        for mac in [&good, &remac] {
+            assert!(macs.verify(AuthorityRow::User, &fields, Some(mac)));
+        }
+        assert!(ring.verify_service_mac("v", "svc", "{}", &new_service));
+        assert!(ring.open_instance(&Aad::ca_key(), &resealed).is_ok());
+        ring.activate(&rotation);
+        assert_eq!(macs.mac(AuthorityRow::User, &fields), remac, "writes use the new key");
+        ring.retire_others();
+        assert!(!macs.verify(AuthorityRow::User, &fields, Some(&good)));
+        assert!(macs.verify(AuthorityRow::User, &fields, Some(&remac)));
+        assert!(ring.open_instance(&Aad::ca_key(), &sealed).is_err());
+        assert!(ring.open_instance(&Aad::ca_key(), &resealed).is_ok());
+    }
+
+    #[test]
+    fn the_token_hasher_survives_a_rotation() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
+        let raw = secrecy::SecretString::from("av_agt_x".to_owned());
+        let before = ring.token_hasher().hash(&raw);
+        let rotation = ring.begin_rotation(2, DataKey::from_bytes([2; 32]));
+        ring.hold(&rotation);
+        ring.activate(&rotation);
+        ring.retire_others();
+        assert_eq!(ring.token_hasher().hash(&raw), before);
+        let clone = ring.clone();
+        assert_eq!(clone.active_key_version(), 2, "clones share the ring");
+    }
+
+    #[test]
+    fn instance_key_wraps_are_bound_to_their_version() {
+        let kek = Kek::new(DataKey::from_bytes([9; 32]), vec![1; 16]);
+        let ring = Keyring::unsealed(
+            1,
+            DataKey::from_bytes([1; 32]),
+            DataKey::from_bytes([5; 32]),
+            kek,
+        );
+        let dek = DataKey::from_bytes([2; 32]);
+        let wrapped = ring.wrap_instance_key(2, &dek).unwrap().unwrap();
+        assert_eq!(
+            ring.unwrap_instance_key(2, &wrapped).unwrap().unwrap().expose(),
+            dek.expose()
+        );
+        assert!(ring.unwrap_instance_key(3, &wrapped).unwrap().is_err());
+        assert!(Keyring::from_dek(DataKey::from_bytes([1; 32])).wrap_instance_key(2, &dek).is_none());
+        assert_eq!(format!("{:?}", Kek::new(dek, vec![])), "Kek([REDACTED])");
     }
 }
