@@ -115,9 +115,8 @@ async fn ensure_setup_token(
 ) -> Result<PathBuf, AppError> {
     let path = data_dir.join("setup-token");
     let hash_of = |t: &SecretString| hex::encode(keyring.token_hasher().hash(t).0);
-    let seal_token = |t: &SecretString| {
-        keyring.seal_instance(&Aad::setup_token(), t.expose_secret().as_bytes())
-    };
+    let seal_token =
+        |t: &SecretString| keyring.seal_instance(&Aad::setup_token(), t.expose_secret().as_bytes());
     // Two instances may race to create or replace it; each race has one winner, and the loser
     // reads the winner's token on its next turn.
     for _ in 0..3 {

@@ -425,13 +425,15 @@ impl Keyring {
         wrapped: &[u8],
     ) -> Option<Result<DataKey, CryptoError>> {
         let kek = self.shared.kek.as_ref()?;
-        Some(open(&kek.key, &instance_key_aad(version), wrapped).and_then(|plain| {
-            let bytes: [u8; 32] = plain
-                .expose_secret()
-                .try_into()
-                .map_err(|_| CryptoError::Malformed)?;
-            Ok(DataKey::from_bytes(bytes))
-        }))
+        Some(
+            open(&kek.key, &instance_key_aad(version), wrapped).and_then(|plain| {
+                let bytes: [u8; 32] = plain
+                    .expose_secret()
+                    .try_into()
+                    .map_err(|_| CryptoError::Malformed)?;
+                Ok(DataKey::from_bytes(bytes))
+            }),
+        )
     }
 
     /// The salt the KEK was derived with: if the stored one differs, the master password was
@@ -535,7 +537,11 @@ pub struct Rotation {
 
 impl fmt::Debug for Rotation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Rotation(k{} -> k{})", self.old.version, self.new.version)
+        write!(
+            f,
+            "Rotation(k{} -> k{})",
+            self.old.version, self.new.version
+        )
     }
 }
 
@@ -822,7 +828,11 @@ mod tests {
                 .is_none()
         );
         let new_service = rotation.remac_service("v", "svc", "{}", &service).unwrap();
-        assert!(rotation.remac_service("v", "svc", "{\"x\":1}", &service).is_none());
+        assert!(
+            rotation
+                .remac_service("v", "svc", "{\"x\":1}", &service)
+                .is_none()
+        );
         let sealed = ring.seal_instance(&Aad::ca_key(), b"ca").unwrap();
         let resealed = rotation.reseal(&Aad::ca_key(), &sealed).unwrap().unwrap();
         assert!(rotation.reseal(&Aad::setup_token(), &sealed).is_none());
@@ -838,7 +848,11 @@ mod tests {
         assert!(ring.verify_service_mac("v", "svc", "{}", &new_service));
         assert!(ring.open_instance(&Aad::ca_key(), &resealed).is_ok());
         ring.activate(&rotation);
-        assert_eq!(macs.mac(AuthorityRow::User, &fields), remac, "writes use the new key");
+        assert_eq!(
+            macs.mac(AuthorityRow::User, &fields),
+            remac,
+            "writes use the new key"
+        );
         ring.retire_others();
         assert!(!macs.verify(AuthorityRow::User, &fields, Some(&good)));
         assert!(macs.verify(AuthorityRow::User, &fields, Some(&remac)));
@@ -872,11 +886,18 @@ mod tests {
         let dek = DataKey::from_bytes([2; 32]);
         let wrapped = ring.wrap_instance_key(2, &dek).unwrap().unwrap();
         assert_eq!(
-            ring.unwrap_instance_key(2, &wrapped).unwrap().unwrap().expose(),
+            ring.unwrap_instance_key(2, &wrapped)
+                .unwrap()
+                .unwrap()
+                .expose(),
             dek.expose()
         );
         assert!(ring.unwrap_instance_key(3, &wrapped).unwrap().is_err());
-        assert!(Keyring::from_dek(DataKey::from_bytes([1; 32])).wrap_instance_key(2, &dek).is_none());
+        assert!(
+            Keyring::from_dek(DataKey::from_bytes([1; 32]))
+                .wrap_instance_key(2, &dek)
+                .is_none()
+        );
         assert_eq!(format!("{:?}", Kek::new(dek, vec![])), "Kek([REDACTED])");
     }
 }

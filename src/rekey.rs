@@ -37,7 +37,10 @@ pub async fn adopt_newer(store: &Store, keyring: &Keyring) -> Result<bool, Rekey
     if version <= keyring.active_key_version() {
         return Ok(false);
     }
-    if keyring.kek_salt().is_some_and(|ours| ours != salt.as_slice()) {
+    if keyring
+        .kek_salt()
+        .is_some_and(|ours| ours != salt.as_slice())
+    {
         return Err(RekeyError::PasswordChanged);
     }
     let dek = keyring

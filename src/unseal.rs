@@ -171,7 +171,11 @@ async fn unwrap(
     let kek = gate
         .derive_key(password, &record.kdf_salt, record.kdf)
         .await?;
-    let (dek, macs_bound) = match open(&kek, &instance_key_aad(record.key_version), &record.wrapped_dek) {
+    let (dek, macs_bound) = match open(
+        &kek,
+        &instance_key_aad(record.key_version),
+        &record.wrapped_dek,
+    ) {
         Ok(dek) => (dek, true),
         // Only version 1 may carry the wrap of releases before authority-row MACs: a rotated
         // key was made by a server that had bound them.
@@ -268,8 +272,13 @@ pub async fn unseal_or_init(
 ) -> Result<(Keyring, bool), UnsealError> {
     if let Some(record) = store.master_key().await? {
         let opened = unwrap_existing(gate, &password, &record).await?;
-        bind_authority_rows(store, &record, &opened, &Keyring::from_dek(opened.dek.clone()))
-            .await?;
+        bind_authority_rows(
+            store,
+            &record,
+            &opened,
+            &Keyring::from_dek(opened.dek.clone()),
+        )
+        .await?;
         return Ok((keyring_of(store, &record, opened).await?, false));
     }
     if let Some(why) = master_password_weakness(&password) {

@@ -56,11 +56,7 @@ impl Acting<'_> {
             return Err(MasterKeyError::NotOwner);
         }
         let report = rotate(self.store, self.keyring).await?;
-        if let Err(e) = self
-            .store
-            .publish(&Change::InstanceKey)
-            .await
-        {
+        if let Err(e) = self.store.publish(&Change::InstanceKey).await {
             tracing::error!(error = %e, "could not notify other instances of the new instance key");
         }
         if let Err(e) = settle(self.store, self.keyring, self.snapshots, self.identity).await {
@@ -140,7 +136,9 @@ pub async fn settle(
         return Ok(());
     }
     for rotation in &older {
-        let swept = store.sweep_instance_key(rotation, WRAPPED_KEY_TABLES).await?;
+        let swept = store
+            .sweep_instance_key(rotation, WRAPPED_KEY_TABLES)
+            .await?;
         if swept.rewrapped + swept.resealed + swept.remaced > 0 {
             tracing::info!(
                 from = rotation.old_version(),

@@ -848,11 +848,11 @@ async fn values_to_apply(
             let plain = m
                 .keyring
                 .open_instance(&Aad::proposal_value(&p.id, key.as_str()), &rec.sealed_value)
-            .map_err(|source| ProposalsError::SuppliedValue {
-                id: p.id.clone(),
-                key: key.clone(),
-                source,
-            })?;
+                .map_err(|source| ProposalsError::SuppliedValue {
+                    id: p.id.clone(),
+                    key: key.clone(),
+                    source,
+                })?;
             out.insert(
                 key.clone(),
                 SecretString::from(String::from_utf8_lossy(plain.expose_secret()).into_owned()),

@@ -95,7 +95,9 @@ impl Store {
     ) -> Result<Result<RekeyCounts, RotateRefused>, StoreError> {
         let mut tx = self.begin_write().await?;
         let lock = match self.backend {
-            Backend::Postgres => "SELECT key_version, kdf_salt FROM master_key WHERE id = 1 FOR UPDATE",
+            Backend::Postgres => {
+                "SELECT key_version, kdf_salt FROM master_key WHERE id = 1 FOR UPDATE"
+            }
             // BEGIN IMMEDIATE already holds the database's one write lock.
             Backend::Sqlite => "SELECT key_version, kdf_salt FROM master_key WHERE id = 1",
         };
@@ -142,9 +144,10 @@ impl Store {
     /// The instance-key version stored, and its wrap (to adopt a version another instance
     /// made).
     pub async fn instance_key(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
-        let row = sqlx::query("SELECT key_version, wrapped_dek, kdf_salt FROM master_key WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT key_version, wrapped_dek, kdf_salt FROM master_key WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok((
                 col(&r, "key_version")?,
@@ -206,8 +209,11 @@ pub async fn rewrap_data_keys(
          WHERE {vault_id} = $3 AND {key} = $4 AND key_version = $5{version_match}"
     );
     for r in &rows {
-        let (v, k, n): (String, String, i64) =
-            (col(r, "av_vault")?, col(r, "av_key")?, col(r, "av_version")?);
+        let (v, k, n): (String, String, i64) = (
+            col(r, "av_vault")?,
+            col(r, "av_key")?,
+            col(r, "av_version")?,
+        );
         let wrapped = WrappedDataKey {
             key_version: col(r, "key_version")?,
             bytes: col(r, "wrapped_key")?,
@@ -276,8 +282,8 @@ async fn reseal_instance_secrets(
             continue;
         };
         let text: String = col(&r, "value")?;
-        let sealed =
-            hex::decode(text).map_err(|e| StoreError::corrupt(format!("instance_state {name}"), e))?;
+        let sealed = hex::decode(text)
+            .map_err(|e| StoreError::corrupt(format!("instance_state {name}"), e))?;
         if let Some(new) = reseal(&aad, &sealed)? {
             sqlx::query("UPDATE instance_state SET value = $1, updated_at = $2 WHERE key = $3")
                 .bind(hex::encode(new))
@@ -445,11 +451,7 @@ async fn remac_authority_rows(
         "id, hash, kind, user_id, agent_id, vault_id, vault_role",
         &["id"],
         |r, kind, stored| {
-            let (id, hash, k) = (
-                text(r, "id")?,
-                col::<Vec<u8>>(r, "hash")?,
-                text(r, "kind")?,
-            );
+            let (id, hash, k) = (text(r, "id")?, col::<Vec<u8>>(r, "hash")?, text(r, "kind")?);
             let (u, a, v, role) = (
                 opt(r, "user_id")?,
                 opt(r, "agent_id")?,

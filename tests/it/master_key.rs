@@ -180,7 +180,11 @@ async fn only_an_owner_can_rotate_the_master_key() {
     // The CLI says so in one line and exits 1.
     app.cli_login().await;
     let out = app
-        .cli_env(&["master-key", "rotate"], None, &[("AGENT_VAULT_TOKEN", &token)])
+        .cli_env(
+            &["master-key", "rotate"],
+            None,
+            &[("AGENT_VAULT_TOKEN", &token)],
+        )
         .await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("owner"), "{}", out.stderr);
@@ -198,7 +202,9 @@ async fn after_a_rotation_a_restart_with_the_same_password_keeps_tokens_sessions
     let token = app.stripe_vault("kept", "sk_kept").await;
     let owner_session = app.owner_token.clone();
     let ca = app.ca_pem().await;
-    let rotated = app.ok("POST", "/v1/master-key/rotate", Some(json!({}))).await;
+    let rotated = app
+        .ok("POST", "/v1/master-key/rotate", Some(json!({})))
+        .await;
     assert_eq!(rotated["key_version"], 2, "{rotated}");
     let upstream = app.upstream.clone();
     let upstream_ca = app.upstream_ca.clone();
@@ -245,8 +251,8 @@ async fn after_a_rotation_a_restart_with_the_same_password_keeps_tokens_sessions
     let mut config = app.config.clone();
     app.stop().await;
     config.server.port = 0;
-    let wrong = agent_vault::app::App::build(config, SecretString::from("not the password at all"))
-        .await;
+    let wrong =
+        agent_vault::app::App::build(config, SecretString::from("not the password at all")).await;
     assert!(wrong.is_err());
 }
 
@@ -285,7 +291,8 @@ async fn a_copy_of_the_database_taken_before_a_rotation_does_not_open_with_the_k
     let backup = tempfile::tempdir().unwrap();
     copy_database(&app.config.data_dir, backup.path());
 
-    app.ok("POST", "/v1/master-key/rotate", Some(json!({}))).await;
+    app.ok("POST", "/v1/master-key/rotate", Some(json!({})))
+        .await;
     assert_eq!(keyring.key_versions(), vec![2]);
 
     let copy = Store::open(backup.path(), None).await.unwrap();
@@ -328,12 +335,20 @@ async fn a_copy_of_the_database_taken_before_a_rotation_does_not_open_with_the_k
         (v, n, s)
     };
     let (v, n, copied) = sealed_of(&copy).await;
-    assert!(keyring.open_credential(&v, "STRIPE_KEY", n, &copied).is_err());
+    assert!(
+        keyring
+            .open_credential(&v, "STRIPE_KEY", n, &copied)
+            .is_err()
+    );
     let copied_ca = copy.ca_state().await.unwrap().unwrap().sealed_key;
     assert!(keyring.open_instance(&Aad::ca_key(), &copied_ca).is_err());
     let live = app.open_store().await;
     let (v, n, current) = sealed_of(&live).await;
-    assert!(keyring.open_credential(&v, "STRIPE_KEY", n, &current).is_ok());
+    assert!(
+        keyring
+            .open_credential(&v, "STRIPE_KEY", n, &current)
+            .is_ok()
+    );
     let live_ca = live.ca_state().await.unwrap().unwrap().sealed_key;
     assert!(keyring.open_instance(&Aad::ca_key(), &live_ca).is_ok());
     live.close().await;
@@ -352,7 +367,10 @@ async fn a_copy_of_the_database_taken_before_a_rotation_does_not_open_with_the_k
     let opened = old_ring
         .open_credential(&v, "STRIPE_KEY", n, &copied)
         .unwrap();
-    assert_eq!(secrecy::ExposeSecret::expose_secret(&opened), b"sk_shredded_value");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&opened),
+        b"sk_shredded_value"
+    );
     assert!(
         old_ring
             .unwrap_data_key("vault-id", "STRIPE_KEY", 1, &old)
@@ -518,7 +536,10 @@ async fn a_second_instance_on_postgres_keeps_serving_after_the_first_rotates() {
                 .then_some(())
         })
         .await;
-        assert!(settled.is_some(), "B adopted the new key and forgot the old");
+        assert!(
+            settled.is_some(),
+            "B adopted the new key and forgot the old"
+        );
         load.served(20).await;
     }
     // A fresh agent token minted through B (its MAC is made by B under the new key) works on
