@@ -153,6 +153,10 @@ pub async fn settle(
     snapshots.reload_all().await?;
     identity.invalidate_all();
     keyring.retire_others();
+    if let Err(e) = store.checkpoint_after_rekey().await {
+        // Readers may hold the log open; the next automatic checkpoint gets there.
+        tracing::warn!(error = %e, "checkpointing the write-ahead log after the rotation failed");
+    }
     tracing::info!(
         key_version = keyring.active_key_version(),
         "older instance-key versions forgotten"

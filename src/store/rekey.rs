@@ -141,6 +141,18 @@ impl Store {
         Ok(counts)
     }
 
+    /// After a rotation on SQLite: moves the write-ahead log into the database file and
+    /// truncates it, so the pages that held the old wraps leave the log (secure_delete zeroes
+    /// freed space in the file). Postgres keeps dead tuples until VACUUM: nothing to do here.
+    pub async fn checkpoint_after_rekey(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The instance-key version stored, and its wrap (to adopt a version another instance
     /// made).
     pub async fn instance_key(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {

@@ -291,9 +291,29 @@ async fn a_copy_of_the_database_taken_before_a_rotation_does_not_open_with_the_k
     let backup = tempfile::tempdir().unwrap();
     copy_database(&app.config.data_dir, backup.path());
 
+    let live = app.open_store().await;
+    let old_wrap: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT wrapped_dek FROM master_key")
+            .fetch_one(live.pool())
+            .await
+            .unwrap(),
+        "wrapped_dek",
+    );
+    live.close().await;
     app.ok("POST", "/v1/master-key/rotate", Some(json!({})))
         .await;
     assert_eq!(keyring.key_versions(), vec![2]);
+    // The old version's wrap is gone from the live files (secure_delete, WAL truncated).
+    for file in crate::support::walk(&app.config.data_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes
+                .windows(old_wrap.len())
+                .any(|w| w == old_wrap.as_slice()),
+            "the destroyed instance-key wrap is still in {}",
+            file.display()
+        );
+    }
 
     let copy = Store::open(backup.path(), None).await.unwrap();
     let row = sqlx::query("SELECT wrapped_key, key_version FROM shred_keys")
@@ -570,4 +590,41 @@ async fn a_second_instance_on_postgres_keeps_serving_after_the_first_rotates() {
     b.stop().await;
     let b = spawn_app_against(opts(), upstream.clone(), ca.clone()).await;
     assert_eq!(key_version(&b).await["key_version"], 3);
+}
+
+#[tokio::test]
+async fn a_deleted_credential_leaves_no_ciphertext_in_the_sqlite_files_after_a_rotation() {
+    let app = spawn_app().await;
+    app.stripe_vault("gone", "sk_kept_beside").await;
+    app.set_credentials("gone", &[("DOOMED", &"d".repeat(3000))])
+        .await;
+    let live = app.open_store().await;
+    let sealed: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT sealed_value FROM credentials WHERE key = 'DOOMED'")
+            .fetch_one(live.pool())
+            .await
+            .unwrap(),
+        "sealed_value",
+    );
+    live.close().await;
+    let (status, body) = app
+        .call(
+            "DELETE",
+            "/v1/vaults/gone/credentials",
+            Some(json!({ "keys": ["DOOMED"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.ok("POST", "/v1/master-key/rotate", Some(json!({})))
+        .await;
+    // A window of the ciphertext is enough to show it survived.
+    let probe = &sealed[100..164];
+    for file in crate::support::walk(&app.config.data_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(probe.len()).any(|w| w == probe),
+            "the deleted credential's ciphertext is still in {}",
+            file.display()
+        );
+    }
 }
