@@ -21,6 +21,7 @@ use crate::identity::{FailureBudget, Identity};
 /// wait: enough for typos, far too few to guess a password with a stolen session cookie.
 const CONFIRM_FAILURES_PER_MINUTE: u32 = 5;
 use crate::keys::Keyring;
+use crate::manage::master_key::settle;
 use crate::netguard::NetGuard;
 use crate::notify::{Notifier, NotifyError};
 use crate::proxy::{self, ProxyParts, ProxyState, Upstream};
@@ -114,13 +115,8 @@ async fn ensure_setup_token(
 ) -> Result<PathBuf, AppError> {
     let path = data_dir.join("setup-token");
     let hash_of = |t: &SecretString| hex::encode(keyring.token_hasher().hash(t).0);
-    let seal_token = |t: &SecretString| {
-        crate::crypto::seal(
-            keyring.dek(),
-            &Aad::setup_token(),
-            t.expose_secret().as_bytes(),
-        )
-    };
+    let seal_token =
+        |t: &SecretString| keyring.seal_instance(&Aad::setup_token(), t.expose_secret().as_bytes());
     // Two instances may race to create or replace it; each race has one winner, and the loser
     // reads the winner's token on its next turn.
     for _ in 0..3 {
@@ -173,7 +169,7 @@ async fn ensure_setup_token(
 }
 
 fn open_setup_token(keyring: &Keyring, sealed: &[u8]) -> Option<SecretString> {
-    let bytes = crate::crypto::open(keyring.dek(), &Aad::setup_token(), sealed).ok()?;
+    let bytes = keyring.open_instance(&Aad::setup_token(), sealed).ok()?;
     let text = std::str::from_utf8(bytes.expose_secret()).ok()?;
     Some(SecretString::from(text.to_owned()))
 }
@@ -268,7 +264,8 @@ impl App {
             store.clone(),
             keyring.token_hasher().clone(),
             config.tokens.cache_ttl,
-        );
+        )
+        .adopting(keyring.clone());
         let snapshots = Snapshots::load(store.clone(), keyring.clone()).await?;
         let shutdown = CancellationToken::new();
         let (logger, log_writer) = RequestLogger::start(
@@ -319,7 +316,7 @@ impl App {
         let proxy_state = ProxyState::new(ProxyParts {
             identity: identity.clone(),
             snapshots: snapshots.clone(),
-            keyring,
+            keyring: keyring.clone(),
             leaves,
             upstream,
             limits: config.limits.clone(),
@@ -332,8 +329,10 @@ impl App {
             && let Some(url) = config.database_url.clone()
         {
             let (snaps, ident) = (snapshots.clone(), identity.clone());
+            let (st, ring) = (store.clone(), keyring.clone());
             tokio::spawn(changes::listen(url.0, shutdown.clone(), move |change| {
                 let (snaps, ident) = (snaps.clone(), ident.clone());
+                let (st, ring) = (st.clone(), ring.clone());
                 tokio::spawn(async move {
                     let result = match change {
                         Some(Change::Vault(id)) => snaps.reload(&id).await,
@@ -341,8 +340,17 @@ impl App {
                             ident.invalidate_all();
                             Ok(())
                         }
+                        Some(Change::InstanceKey) => {
+                            if let Err(e) = settle(&st, &ring, &snaps, &ident).await {
+                                tracing::error!(error = %e, "adopting the rotated instance key failed; retried periodically");
+                            }
+                            Ok(())
+                        }
                         None => {
                             ident.invalidate_all();
+                            if let Err(e) = settle(&st, &ring, &snaps, &ident).await {
+                                tracing::error!(error = %e, "adopting the rotated instance key failed; retried periodically");
+                            }
                             snaps.reload_all().await
                         }
                     };
@@ -355,6 +363,10 @@ impl App {
         tokio::spawn(maintenance(
             store.clone(),
             snapshots.clone(),
+            Rekeying {
+                keyring: keyring.clone(),
+                identity: identity.clone(),
+            },
             shutdown.clone(),
         ));
 
@@ -422,12 +434,30 @@ impl App {
     }
 }
 
-/// Periodic housekeeping: overdue proposals expire (reads also treat them as expired), dead
-/// tokens are deleted a day after they stop working, and every snapshot is rebuilt from the
-/// store (a safety net for a rebuild that failed, or a notification that was lost).
-async fn maintenance(store: Store, snapshots: Snapshots, shutdown: CancellationToken) {
+/// What the periodic settle of the instance key needs besides the store and snapshots.
+struct Rekeying {
+    keyring: Keyring,
+    identity: Identity,
+}
+
+/// Periodic housekeeping: the instance key is settled after a rotation this instance missed,
+/// overdue proposals expire (reads also treat them as expired), dead tokens are deleted a day
+/// after they stop working, and every snapshot is rebuilt from the store (a safety net for a
+/// rebuild that failed, or a notification that was lost).
+async fn maintenance(
+    store: Store,
+    snapshots: Snapshots,
+    rekeying: Rekeying,
+    shutdown: CancellationToken,
+) {
     let mut tick: u64 = 0;
     loop {
+        // A rotation this instance missed (a lost notification) or could not settle.
+        if tick > 0
+            && let Err(e) = settle(&store, &rekeying.keyring, &snapshots, &rekeying.identity).await
+        {
+            tracing::warn!(error = %e, "settling the instance key failed");
+        }
         if tick > 0
             && let Err(e) = snapshots.reload_all().await
         {

@@ -171,6 +171,10 @@ struct CacheEntry(Arc<Authenticated>);
 pub struct Identity {
     store: Store,
     hasher: TokenHasher,
+    // Set when the store's authority MACs come from it: a token row that fails them may be
+    // keyed by an instance key another instance just rotated to, so it is adopted and the
+    // lookup tried once more.
+    keyring: Option<crate::keys::Keyring>,
     cache: moka::sync::Cache<TokenHash, CacheEntry>,
     revocations: Arc<watch::Sender<u64>>,
     /// The runtime the store's connections belong to. The proxy's workers run their own
@@ -196,10 +200,18 @@ impl Identity {
         Self {
             store,
             hasher,
+            keyring: None,
             cache,
             revocations: Arc::new(tx),
             home: tokio::runtime::Handle::try_current().ok(),
         }
+    }
+
+    /// This resolver, adopting a newer instance key from `keyring`'s store when a token row
+    /// fails its MAC (see [`crate::rekey::adopt_newer`]).
+    pub fn adopting(mut self, keyring: crate::keys::Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// The keyed hash of a raw token.
@@ -305,6 +317,28 @@ impl Identity {
     }
 
     async fn resolve_here(
+        &self,
+        hash: TokenHash,
+        kind: Option<TokenKind>,
+    ) -> Result<Authenticated, AuthError> {
+        let Some(keyring) = &self.keyring else {
+            return self.resolve_once(hash, kind).await;
+        };
+        let before = keyring.mac_failures();
+        let first = self.resolve_once(hash, kind).await;
+        // A row (token, user, grant) failed its MAC under every key held: if another instance
+        // rotated the instance key, adopt it and look once more; a forged row fails again.
+        if keyring.mac_failures() > before {
+            match crate::rekey::adopt_newer(&self.store, keyring).await {
+                Ok(true) => return self.resolve_once(hash, kind).await,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot adopt the stored instance key"),
+            }
+        }
+        first
+    }
+
+    async fn resolve_once(
         &self,
         hash: TokenHash,
         kind: Option<TokenKind>,

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proposal;
 pub mod proxy;
 pub mod registry;
+pub mod rekey;
 pub mod store;
 pub mod unseal;
 pub mod web;

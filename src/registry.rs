@@ -160,6 +160,33 @@ impl Snapshots {
     /// Rebuilds every snapshot (startup, and when another instance signals a change it could
     /// not name).
     pub async fn reload_all(&self) -> Result<(), StoreError> {
+        let failures = self.adopt_newer_key().await;
+        self.reload_all_once().await?;
+        if self.keyring.mac_failures() > failures && self.adopt_newer_key_now().await {
+            // A rotation elsewhere committed while the rows were read: once more, with the key.
+            self.reload_all_once().await?;
+        }
+        Ok(())
+    }
+
+    /// Adopts a newer instance key before a rebuild (rows written after a rotation are keyed
+    /// by it); returns the MAC-failure count to compare after the rebuild.
+    async fn adopt_newer_key(&self) -> u64 {
+        self.adopt_newer_key_now().await;
+        self.keyring.mac_failures()
+    }
+
+    async fn adopt_newer_key_now(&self) -> bool {
+        match crate::rekey::adopt_newer(&self.store, &self.keyring).await {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot adopt the stored instance key");
+                false
+            }
+        }
+    }
+
+    async fn reload_all_once(&self) -> Result<(), StoreError> {
         let _guard = self.writer.lock().await;
         let mut map = HashMap::new();
         for vault in self.store.list_vaults().await? {
@@ -180,6 +207,15 @@ impl Snapshots {
 
     /// Rebuilds one vault's snapshot (or drops it if the vault is gone).
     pub async fn reload(&self, vault_id: &str) -> Result<(), StoreError> {
+        let failures = self.adopt_newer_key().await;
+        self.reload_once(vault_id).await?;
+        if self.keyring.mac_failures() > failures && self.adopt_newer_key_now().await {
+            self.reload_once(vault_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn reload_once(&self, vault_id: &str) -> Result<(), StoreError> {
         let _guard = self.writer.lock().await;
         let mut map: Map = (**self.map.load()).clone();
         map.retain(|_, s| s.vault_id != vault_id);

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::crypto::{
     Aad, CryptoError, DataKey, KDF_QUEUE_WAIT, KdfGate, KdfParams, open, random_bytes, seal,
 };
-use crate::keys::Keyring;
+use crate::keys::{Kek, Keyring, instance_key_aad, legacy_token_hash_key};
 use crate::store::{MasterKeyRecord, Store, StoreError};
 
 /// Shortest master password accepted when an instance is initialized or the password changed.
@@ -87,16 +87,19 @@ async fn wrap(
     gate: &KdfGate,
     password: &SecretString,
     dek: &DataKey,
+    key_version: i64,
     params: KdfParams,
-) -> Result<MasterKeyRecord, CryptoError> {
+) -> Result<(MasterKeyRecord, DataKey), CryptoError> {
     let salt: [u8; 16] = random_bytes()?;
     let kek = gate.derive_key(password, &salt, params).await?;
-    let wrapped_dek = seal(&kek, &Aad::wrapped_dek_macs_bound(), dek.expose())?;
-    Ok(MasterKeyRecord {
+    let wrapped_dek = seal(&kek, &instance_key_aad(key_version), dek.expose())?;
+    let record = MasterKeyRecord {
         kdf_salt: salt.to_vec(),
         kdf: params,
         wrapped_dek,
-    })
+        key_version,
+    };
+    Ok((record, kek))
 }
 
 /// Which MACs a wrapped DEK says the authority rows carry. Only the master password can write
@@ -121,6 +124,59 @@ struct Opened {
     binding: Binding,
 }
 
+/// The token-hash key: stored sealed under the instance key so it survives rotations. A
+/// database from before rotation has none; its key is the one releases before derived from the
+/// (version 1) instance key, stored here once so stored token hashes keep matching.
+async fn token_hash_key(
+    store: &Store,
+    version: i64,
+    dek: &DataKey,
+) -> Result<DataKey, UnsealError> {
+    let ring = Keyring::from_dek(dek.clone());
+    for _ in 0..2 {
+        if let Some(sealed) = store.sealed_token_hash_key().await? {
+            let plain = ring.open_instance(&Aad::token_hash_key(), &sealed)?;
+            let bytes: [u8; 32] = plain
+                .expose_secret()
+                .try_into()
+                .map_err(|_| UnsealError::Crypto(CryptoError::Malformed))?;
+            return Ok(DataKey::from_bytes(bytes));
+        }
+        let key = if version <= 1 {
+            legacy_token_hash_key(dek)
+        } else {
+            // Rotation always carries the sealed key along, so only a database writer can
+            // have removed it. Fail closed: a new key invalidates every stored token, and
+            // people log in again with their passwords.
+            tracing::error!(
+                "INTEGRITY ALARM: the sealed token-hash key is missing from a rotated instance; every existing token is invalid from now on"
+            );
+            DataKey::generate()?
+        };
+        let sealed = ring.seal_instance(&Aad::token_hash_key(), key.expose())?;
+        if store.insert_sealed_token_hash_key(&sealed).await? {
+            return Ok(key);
+        }
+    }
+    Err(UnsealError::Concurrent)
+}
+
+/// The keyring of an unsealed instance: the active instance key, the token-hash key and the
+/// KEK (kept so that rotations need no password; see `keys::Kek`).
+async fn keyring_of(
+    store: &Store,
+    record: &MasterKeyRecord,
+    opened: Opened,
+) -> Result<Keyring, UnsealError> {
+    let tokens = token_hash_key(store, record.key_version, &opened.dek).await?;
+    Ok(Keyring::unsealed(
+        record.key_version,
+        opened.dek,
+        tokens,
+        Kek::new(opened.kek, record.kdf_salt.clone()),
+    ))
+}
+
 async fn unwrap(
     gate: &KdfGate,
     password: &SecretString,
@@ -129,15 +185,22 @@ async fn unwrap(
     let kek = gate
         .derive_key(password, &record.kdf_salt, record.kdf)
         .await?;
+    // Version 1 may carry the wraps of earlier releases (before authority-row MACs, before
+    // their lifetime MACs); a rotated key was made by a server that had bound every row.
+    let candidates: &[(Aad, Binding)] = &if record.key_version <= 1 {
+        vec![
+            (Aad::wrapped_dek_macs_bound(), Binding::Current),
+            (Aad::wrapped_dek_macs_bound_v1(), Binding::V1),
+            (Aad::wrapped_dek(), Binding::Unbound),
+        ]
+    } else {
+        vec![(instance_key_aad(record.key_version), Binding::Current)]
+    };
     let mut opened = None;
-    for (aad, binding) in [
-        (Aad::wrapped_dek_macs_bound(), Binding::Current),
-        (Aad::wrapped_dek_macs_bound_v1(), Binding::V1),
-        (Aad::wrapped_dek(), Binding::Unbound),
-    ] {
-        match open(&kek, &aad, &record.wrapped_dek) {
+    for (aad, binding) in candidates {
+        match open(&kek, aad, &record.wrapped_dek) {
             Ok(dek) => {
-                opened = Some((dek, binding));
+                opened = Some((dek, *binding));
                 break;
             }
             Err(CryptoError::Integrity) => continue,
@@ -200,9 +263,10 @@ async fn bind_authority_rows(
         kdf: record.kdf,
         wrapped_dek: seal(
             &opened.kek,
-            &Aad::wrapped_dek_macs_bound(),
+            &instance_key_aad(record.key_version),
             opened.dek.expose(),
         )?,
+        key_version: record.key_version,
     };
     // Another instance upgrading at the same moment wraps the same DEK the same way: losing
     // the race is as good as winning it.
@@ -240,17 +304,27 @@ pub async fn unseal_or_init(
 ) -> Result<(Keyring, bool), UnsealError> {
     if let Some(record) = store.master_key().await? {
         let opened = unwrap_existing(gate, &password, &record).await?;
-        let keyring = Keyring::from_dek(opened.dek.clone());
-        bind_authority_rows(store, &record, &opened, &keyring).await?;
-        return Ok((keyring, false));
+        bind_authority_rows(
+            store,
+            &record,
+            &opened,
+            &Keyring::from_dek(opened.dek.clone()),
+        )
+        .await?;
+        return Ok((keyring_of(store, &record, opened).await?, false));
     }
     if let Some(why) = master_password_weakness(&password) {
         return Err(UnsealError::WeakPassword(why));
     }
     let dek = DataKey::generate()?;
-    let record = wrap(gate, &password, &dek, params).await?;
+    let (record, kek) = wrap(gate, &password, &dek, 1, params).await?;
     if store.insert_master_key_if_absent(&record).await? {
-        let keyring = Keyring::from_dek(dek);
+        let opened = Opened {
+            dek,
+            kek,
+            binding: Binding::Current,
+        };
+        let keyring = keyring_of(store, &record, opened).await?;
         // A new database has no rows to bind; migration 0003's marker has nothing to do.
         store
             .with_authority_macs(keyring.authority_macs())
@@ -265,7 +339,7 @@ pub async fn unseal_or_init(
         .await?
         .ok_or(UnsealError::NotInitialized)?;
     let opened = unwrap(gate, &password, &record).await?;
-    Ok((Keyring::from_dek(opened.dek), false))
+    Ok((keyring_of(store, &record, opened).await?, false))
 }
 
 /// Re-wraps the DEK under a new master password. Data is not re-encrypted: the DEK is unchanged.
@@ -286,6 +360,7 @@ pub async fn change_master_password(
         .await?
         .ok_or(UnsealError::NotInitialized)?;
     let opened = unwrap(gate, &old, &record).await?;
+    let first_version = record.key_version;
     if opened.binding != Binding::Current {
         let keyring = Keyring::from_dek(opened.dek.clone());
         bind_authority_rows(store, &record, &opened, &keyring).await?;
@@ -294,8 +369,12 @@ pub async fn change_master_password(
         .master_key()
         .await?
         .ok_or(UnsealError::NotInitialized)?;
+    // A rotation in between would make `opened.dek` an old version: never wrap it as the new.
+    if record.key_version != first_version {
+        return Err(UnsealError::Concurrent);
+    }
     let expected = record.wrapped_dek.clone();
-    let new_record = wrap(gate, &new, &opened.dek, params).await?;
+    let (new_record, _) = wrap(gate, &new, &opened.dek, record.key_version, params).await?;
     if store.replace_master_key(&expected, &new_record).await? {
         Ok(())
     } else {
@@ -341,6 +420,7 @@ async fn rewrap_for_tests(
         kdf_salt: record.kdf_salt.clone(),
         kdf: record.kdf,
         wrapped_dek: seal(&opened.kek, &aad, opened.dek.expose())?,
+        key_version: record.key_version,
     };
     store.replace_master_key(&record.wrapped_dek, &old).await?;
     Ok(())
@@ -378,7 +458,7 @@ mod tests {
         let gate = KdfGate::new(1 << 20, crate::crypto::KDF_QUEUE_WAIT);
         let dek = DataKey::generate().unwrap();
         let right = SecretString::from("correct horse");
-        let record = wrap(&gate, &right, &dek, params).await.unwrap();
+        let (record, _) = wrap(&gate, &right, &dek, 1, params).await.unwrap();
         let back = unwrap(&gate, &right, &record).await.unwrap();
         assert_eq!(back.dek.expose(), dek.expose());
         assert_eq!(

@@ -11,6 +11,7 @@ use crate::identity::AuthError;
 use crate::manage::AccessError;
 use crate::manage::agents::AgentsError;
 use crate::manage::credentials::CredentialsError;
+use crate::manage::master_key::MasterKeyError;
 use crate::manage::proposals::ProposalsError;
 use crate::manage::services::ServicesError;
 use crate::manage::vaults::VaultsError;
@@ -155,6 +156,21 @@ impl From<StoreError> for ApiError {
             e @ StoreError::Corrupt { .. } => Self::Integrity(e.to_string()),
             e if e.is_unavailable() => Self::Unavailable,
             e => Self::internal(e),
+        }
+    }
+}
+
+impl From<MasterKeyError> for ApiError {
+    fn from(err: MasterKeyError) -> Self {
+        use crate::rekey::RekeyError;
+        match err {
+            MasterKeyError::NotOwner => Self::Forbidden(err.to_string()),
+            MasterKeyError::Refused(_) | MasterKeyError::Rekey(RekeyError::PasswordChanged) => {
+                Self::Conflict(err.to_string())
+            }
+            MasterKeyError::Rekey(RekeyError::Store(e)) | MasterKeyError::Store(e) => e.into(),
+            MasterKeyError::Rekey(RekeyError::Crypto(e)) | MasterKeyError::Crypto(e) => e.into(),
+            MasterKeyError::Rekey(RekeyError::NoKek) => Self::internal(err),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod host_guard;
 mod logs;
+mod master_key;
 mod meta;
 pub(crate) mod proposals;
 pub mod server;
@@ -159,6 +160,8 @@ pub fn router(state: AdminState) -> Router {
             get(auth::list_invites).post(auth::create_invite),
         )
         .route("/v1/invites/{id}", delete(auth::revoke_invite))
+        .route("/v1/master-key", get(master_key::show))
+        .route("/v1/master-key/rotate", post(master_key::rotate))
         .route("/v1/vaults", get(vaults::list).post(vaults::create))
         .route(
             "/v1/vaults/{vault}",

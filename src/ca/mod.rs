@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Aad, CryptoError, open, random_bytes, seal};
+use crate::crypto::{Aad, CryptoError, random_bytes};
 use crate::keys::Keyring;
 use crate::store::{CaStateRecord, Store, StoreError};
 
@@ -105,7 +105,7 @@ impl CertificateAuthority {
         params.serial_number = Some(serial()?);
         let cert = params.self_signed(&key)?;
         let key_der = Zeroizing::new(key.serialize_der());
-        let sealed_key = seal(keyring.dek(), &Aad::ca_key(), &key_der)?;
+        let sealed_key = keyring.seal_instance(&Aad::ca_key(), &key_der)?;
         let state = CaStateRecord {
             cert_pem: cert.pem(),
             sealed_key,
@@ -120,7 +120,7 @@ impl CertificateAuthority {
 
     fn from_state(state: &CaStateRecord, keyring: &Keyring) -> Result<Self, CaError> {
         use secrecy::ExposeSecret;
-        let key_der = open(keyring.dek(), &Aad::ca_key(), &state.sealed_key)?;
+        let key_der = keyring.open_instance(&Aad::ca_key(), &state.sealed_key)?;
         let key = KeyPair::from_pkcs8_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(key_der.expose_secret()),
             &PKCS_ECDSA_P256_SHA256,

@@ -9,6 +9,7 @@ pub mod client;
 mod confine;
 mod credential;
 mod javaagent;
+mod master_key;
 mod master_password;
 pub mod output;
 mod proposal;
@@ -142,6 +143,9 @@ enum Command {
     /// The proxy's root CA certificate.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Rotate the instance key on the running server (owners).
+    #[command(subcommand, name = "master-key")]
+    MasterKey(master_key::MasterKeyCommand),
     /// Change the master password (re-wraps the data key; works offline).
     #[command(subcommand, name = "master-password")]
     MasterPassword(master_password::MasterPasswordCommand),
@@ -240,6 +244,7 @@ impl Cli {
             Command::Run(args) => run::run(args, address).await,
             Command::Proposal(cmd) => proposal::run(cmd, address).await,
             Command::Ca(cmd) => ca::run(cmd, address).await,
+            Command::MasterKey(cmd) => master_key::run(cmd, address).await,
             Command::MasterPassword(cmd) => master_password::run(cmd).await,
             Command::ConfinedExec(args) => confine::exec(args),
         }

@@ -111,6 +111,20 @@ impl Aad {
         Self::new("dek authority-macs-bound")
     }
 
+    /// Instance key `version` (2 and later; version 1 keeps [`Aad::wrapped_dek_macs_bound`])
+    /// wrapped by the KEK: a wrap cannot be passed off as another version's.
+    pub fn instance_key(version: i64) -> Self {
+        let mut aad = Self::new("instance-key");
+        aad.push(&version.to_be_bytes());
+        aad
+    }
+
+    /// The token-hash key, sealed under the instance key so it survives rotations: tokens are
+    /// stored only as hashes under it.
+    pub fn token_hash_key() -> Self {
+        Self::new("token-hash-key")
+    }
+
     /// The CA private key.
     pub fn ca_key() -> Self {
         Self::new("ca-key")

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod credentials;
+pub mod master_key;
 pub mod proposals;
 pub mod services;
 pub mod vaults;

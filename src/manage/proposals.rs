@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
 use crate::credtype::CredentialType;
-use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
+use crate::crypto::{Aad, CryptoError, TokenKind, random_id};
 use crate::domain::{Actor, CredentialKey, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
 use crate::notify::ProposalEvent;
@@ -275,8 +275,7 @@ pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, Prop
         .map(|(key, value)| {
             Ok(ProposalValueRecord {
                 key: key.clone(),
-                sealed_value: seal(
-                    a.keyring.dek(),
+                sealed_value: a.keyring.seal_instance(
                     &Aad::proposal_value(&id, key.as_str()),
                     value.expose_secret().as_bytes(),
                 )?,
@@ -849,16 +848,14 @@ async fn values_to_apply(
         if let Some(v) = given.remove(key) {
             out.insert(key.clone(), v);
         } else if let Some(rec) = supplied.iter().find(|r| &r.key == key) {
-            let plain = open(
-                m.keyring.dek(),
-                &Aad::proposal_value(&p.id, key.as_str()),
-                &rec.sealed_value,
-            )
-            .map_err(|source| ProposalsError::SuppliedValue {
-                id: p.id.clone(),
-                key: key.clone(),
-                source,
-            })?;
+            let plain = m
+                .keyring
+                .open_instance(&Aad::proposal_value(&p.id, key.as_str()), &rec.sealed_value)
+                .map_err(|source| ProposalsError::SuppliedValue {
+                    id: p.id.clone(),
+                    key: key.clone(),
+                    source,
+                })?;
             out.insert(
                 key.clone(),
                 SecretString::from(String::from_utf8_lossy(plain.expose_secret()).into_owned()),

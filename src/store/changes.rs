@@ -9,6 +9,7 @@ use super::{Backend, Store, StoreError};
 
 const CHANNEL: &str = "agent_vault_changes";
 const TOKENS: &str = "tokens";
+const INSTANCE_KEY: &str = "instance_key";
 
 /// What changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum Change {
     Vault(String),
     /// Tokens or grants were revoked or changed.
     Tokens,
+    /// The instance key was rotated: adopt the new version and settle.
+    InstanceKey,
 }
 
 impl Store {
@@ -28,6 +31,7 @@ impl Store {
         let payload = match change {
             Change::Vault(id) => format!("vault:{id}"),
             Change::Tokens => TOKENS.to_owned(),
+            Change::InstanceKey => INSTANCE_KEY.to_owned(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
@@ -72,6 +76,7 @@ pub async fn listen(
                     Some(Ok(n)) => {
                         let change = match n.payload() {
                             TOKENS => Change::Tokens,
+                            INSTANCE_KEY => Change::InstanceKey,
                             p => match p.strip_prefix("vault:") {
                                 Some(id) => Change::Vault(id.to_owned()),
                                 None => continue,

@@ -9,7 +9,9 @@ use crate::crypto::KdfParams;
 use crate::domain::{Email, InstanceRole, VaultName, VaultRole, now_ms};
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
-const SETUP_TOKEN_SEALED_KEY: &str = "setup_token_sealed";
+pub(super) const SETUP_TOKEN_SEALED_KEY: &str = "setup_token_sealed";
+/// The token-hash key sealed under the instance key (hex).
+pub(super) const TOKEN_HASH_KEY: &str = "token_hash_key_sealed";
 
 /// The outstanding setup token.
 #[derive(Clone, Debug)]
@@ -27,8 +29,10 @@ pub struct MasterKeyRecord {
     pub kdf_salt: Vec<u8>,
     /// Argon2id cost.
     pub kdf: KdfParams,
-    /// The DEK sealed under the KEK.
+    /// The instance key sealed under the KEK.
     pub wrapped_dek: Vec<u8>,
+    /// Which instance-key version `wrapped_dek` holds (1 until the first rotation).
+    pub key_version: i64,
 }
 
 /// The stored root CA.
@@ -49,7 +53,7 @@ impl Store {
     /// The wrapped DEK, if the instance has been initialized.
     pub async fn master_key(&self) -> Result<Option<MasterKeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT kdf_salt, kdf_memory_kib, kdf_iterations, kdf_parallelism, wrapped_dek FROM master_key WHERE id = 1",
+            "SELECT kdf_salt, kdf_memory_kib, kdf_iterations, kdf_parallelism, wrapped_dek, key_version FROM master_key WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -62,6 +66,7 @@ impl Store {
                     parallelism: kdf_u32(&r, "kdf_parallelism")?,
                 },
                 wrapped_dek: col(&r, "wrapped_dek")?,
+                key_version: col(&r, "key_version")?,
             })
         })
         .transpose()
@@ -89,7 +94,8 @@ impl Store {
     }
 
     /// Replaces the wrapped DEK (master password change), but only if the row still holds
-    /// `expected_wrapped` so a concurrent change cannot be overwritten blindly.
+    /// `expected_wrapped` of the same key version, so a concurrent change or rotation cannot
+    /// be overwritten blindly.
     pub async fn replace_master_key(
         &self,
         expected_wrapped: &[u8],
@@ -97,7 +103,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE master_key SET kdf_salt = $1, kdf_memory_kib = $2, kdf_iterations = $3, kdf_parallelism = $4, \
-             wrapped_dek = $5, updated_at = $6 WHERE id = 1 AND wrapped_dek = $7",
+             wrapped_dek = $5, updated_at = $6 WHERE id = 1 AND wrapped_dek = $7 AND key_version = $8",
         )
         .bind(key.kdf_salt.clone())
         .bind(i64::from(key.kdf.memory_kib))
@@ -106,9 +112,39 @@ impl Store {
         .bind(key.wrapped_dek.clone())
         .bind(now_ms())
         .bind(expected_wrapped.to_vec())
+        .bind(key.key_version)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The token-hash key sealed under the instance key, if it has been stored.
+    pub async fn sealed_token_hash_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT value FROM instance_state WHERE key = $1")
+            .bind(TOKEN_HASH_KEY)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let text: String = col(&r, "value")?;
+            hex::decode(text)
+                .map_err(|e| StoreError::corrupt(format!("instance_state {TOKEN_HASH_KEY}"), e))
+        })
+        .transpose()
+    }
+
+    /// Stores the sealed token-hash key unless one is stored already (another instance won
+    /// the race: its key is the same, derived from the same instance key); returns whether
+    /// this one was stored.
+    pub async fn insert_sealed_token_hash_key(&self, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.changed(
+            sqlx::query(
+                "INSERT INTO instance_state (key, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(TOKEN_HASH_KEY)
+            .bind(hex::encode(sealed))
+            .bind(now_ms()),
+        )
+        .await
     }
 
     /// The stored CA, if any.

@@ -11,6 +11,7 @@ mod grants;
 mod instance;
 mod invites;
 mod proposals;
+pub mod rekey;
 mod request_logs;
 mod services;
 mod tokens;
@@ -186,8 +187,11 @@ impl Store {
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers run beside the writer; FULL sync makes every acknowledged
-                    // commit survive a crash; foreign keys enforce cascades.
+                    // commit survive a crash; foreign keys enforce cascades; secure_delete
+                    // zeroes the space a delete or update frees, so a destroyed key's bytes do
+                    // not stay in the file (SECURITY.md, "Keys and crypto-shredding").
                     for pragma in [
+                        "PRAGMA secure_delete = ON",
                         "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = FULL",
                         "PRAGMA foreign_keys = ON",

@@ -19,6 +19,7 @@ mod cli;
 mod cli_daily_use;
 mod durability;
 mod leaks;
+mod master_key;
 mod packaging;
 mod proposals;
 mod proxy_access;

@@ -369,7 +369,7 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
         .await
         .unwrap();
         assert!(!first);
-        assert_eq!(ring.dek().expose(), again.dek().expose(), "{backend}");
+        assert_eq!(ring.key_fingerprint(), again.key_fingerprint(), "{backend}");
         let wrong = unseal::unseal_or_init(
             &store,
             SecretString::from("not the password"),
@@ -409,8 +409,8 @@ async fn unsealing_with_the_wrong_password_fails_and_changing_it_works() {
         .await
         .unwrap();
         assert_eq!(
-            changed.dek().expose(),
-            ring.dek().expose(),
+            changed.key_fingerprint(),
+            ring.key_fingerprint(),
             "the DEK itself is unchanged"
         );
         let weak = unseal::change_master_password(
@@ -492,13 +492,18 @@ async fn an_existing_weak_master_password_still_unseals() {
                 dek.expose(),
             )
             .unwrap(),
+            key_version: 1,
         };
         assert!(store.insert_master_key_if_absent(&record).await.unwrap());
         let (ring, first) = unseal::unseal_or_init(&store, weak, TINY_KDF, &gate)
             .await
             .unwrap();
         assert!(!first, "{backend}");
-        assert_eq!(ring.dek().expose(), dek.expose(), "{backend}");
+        assert_eq!(
+            ring.key_fingerprint(),
+            Keyring::from_dek(dek.clone()).key_fingerprint(),
+            "{backend}"
+        );
     })
     .await;
 }
@@ -525,9 +530,9 @@ async fn postgres_instances_starting_together_migrate_once() {
         )
     });
     let rings = futures_util::future::join_all(unseals).await;
-    let first = rings[0].as_ref().unwrap().0.dek().expose().to_owned();
+    let first = rings[0].as_ref().unwrap().0.key_fingerprint();
     for r in &rings {
-        assert_eq!(r.as_ref().unwrap().0.dek().expose(), &first);
+        assert_eq!(r.as_ref().unwrap().0.key_fingerprint(), first);
     }
     for s in stores.into_iter().flatten() {
         s.close().await;
