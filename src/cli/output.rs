@@ -136,15 +136,18 @@ pub fn ago(v: &Value, field: &str, now_ms: i64, none: &str) -> String {
     }
 }
 
-/// A duration in the largest whole unit that fits: "45 s", "5 min", "3 hours", "12 days".
+/// A duration in the largest unit that fits, rounded to the nearest: "45 s", "5 min",
+/// "3 hours", "12 days" (a certificate made for 3 days reads "3 days", not "2 days", a second
+/// later).
 fn span(ms: i64) -> String {
     let secs = ms.max(0) / 1000;
+    let round = |unit: i64| (secs + unit / 2) / unit;
     let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match secs {
         s if s < 60 => format!("{s} s"),
-        s if s < 3_600 => format!("{} min", s / 60),
-        s if s < 2 * 86_400 => plural(s / 3_600, "hour"),
-        s => plural(s / 86_400, "day"),
+        s if s < 3_600 => format!("{} min", round(60)),
+        s if s < 2 * 86_400 => plural(round(3_600), "hour"),
+        _ => plural(round(86_400), "day"),
     }
 }
 
@@ -177,5 +180,7 @@ mod tests {
             "2 days ago"
         );
         assert_eq!(expiry(&json!({"t": now + 30_000}), "t", now), "in 30 s");
+        let almost_3_days = now + 3 * day - 60_000;
+        assert_eq!(expiry(&json!({"t": almost_3_days}), "t", now), "in 3 days");
     }
 }
