@@ -8,6 +8,7 @@ mod ca;
 pub mod client;
 mod confine;
 mod credential;
+mod credential_value;
 mod javaagent;
 mod master_key;
 mod master_password;

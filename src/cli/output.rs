@@ -110,3 +110,77 @@ pub fn time(v: &Value, field: &str) -> String {
         None => "-".into(),
     }
 }
+
+/// The time now, in ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An expiry for a person: "in 3 days", "in 5 min", "expired", or "-" when there is none.
+pub fn expiry(v: &Value, field: &str, now_ms: i64) -> String {
+    match v.get(field).and_then(Value::as_i64) {
+        None => "-".into(),
+        Some(at) if at <= now_ms => "expired".into(),
+        Some(at) => format!("in {}", span(at - now_ms)),
+    }
+}
+
+/// A past time for a person: "5 min ago", "2 days ago", or `none` when there is none.
+pub fn ago(v: &Value, field: &str, now_ms: i64, none: &str) -> String {
+    match v.get(field).and_then(Value::as_i64) {
+        None => none.into(),
+        Some(at) if now_ms - at < 60_000 => "just now".into(),
+        Some(at) => format!("{} ago", span(now_ms - at)),
+    }
+}
+
+/// A duration in the largest unit that fits, rounded to the nearest: "45 s", "5 min",
+/// "3 hours", "12 days" (a certificate made for 3 days reads "3 days", not "2 days", a second
+/// later).
+fn span(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    let round = |unit: i64| (secs + unit / 2) / unit;
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3_600 => format!("{} min", round(60)),
+        s if s < 2 * 86_400 => plural(round(3_600), "hour"),
+        _ => plural(round(86_400), "day"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn expiries_and_last_uses_read_as_a_person_says_them() {
+        let now = 1_801_396_800_000;
+        let day = 86_400_000;
+        let v = json!({
+            "soon": now + 3 * day + 5_000,
+            "minutes": now + 5 * 60_000 + 1,
+            "past": now - 1,
+            "hour": now - 3_600_000,
+            "recent": now - 10_000,
+        });
+        assert_eq!(expiry(&v, "soon", now), "in 3 days");
+        assert_eq!(expiry(&v, "minutes", now), "in 5 min");
+        assert_eq!(expiry(&v, "past", now), "expired");
+        assert_eq!(expiry(&v, "missing", now), "-");
+        assert_eq!(ago(&v, "hour", now, "never"), "1 hour ago");
+        assert_eq!(ago(&v, "recent", now, "never"), "just now");
+        assert_eq!(ago(&v, "missing", now, "never"), "never");
+        assert_eq!(
+            ago(&json!({"t": now - 2 * day}), "t", now, "never"),
+            "2 days ago"
+        );
+        assert_eq!(expiry(&json!({"t": now + 30_000}), "t", now), "in 30 s");
+        let almost_3_days = now + 3 * day - 60_000;
+        assert_eq!(expiry(&json!({"t": almost_3_days}), "t", now), "in 3 days");
+    }
+}

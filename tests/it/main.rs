@@ -16,6 +16,7 @@ mod attacks_tls_tokens;
 mod attacks_websession;
 mod browser;
 mod cli;
+mod cli_credential_types;
 mod cli_daily_use;
 mod durability;
 mod leaks;
