@@ -84,7 +84,8 @@ impl Keyring {
         &self.tokens
     }
 
-    /// Seals a credential value for (vault, key, version).
+    /// Seals a credential value under the instance key itself, as releases before
+    /// per-credential data keys did (kept for the upgrade path and its tests).
     pub fn seal_credential(
         &self,
         vault_id: &str,
@@ -95,7 +96,8 @@ impl Keyring {
         seal(&self.dek, &Aad::credential(vault_id, key, version), value)
     }
 
-    /// Opens a credential value; fails if the row was edited or moved.
+    /// Opens a value sealed the way releases before per-credential data keys did; fails if
+    /// the row was edited or moved. Only the upgrade to data keys needs it.
     pub fn open_credential(
         &self,
         vault_id: &str,
@@ -152,6 +154,58 @@ impl Keyring {
             .try_into()
             .map_err(|_| CryptoError::Malformed)?;
         Ok(DataKey::from_bytes(bytes))
+    }
+
+    /// Seals one credential version's value under a fresh data key of its own: the wrap and
+    /// the ciphertext (AAD: vault, key, version), ready for a `credential_versions` row.
+    pub fn seal_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        payload: &[u8],
+    ) -> Result<(WrappedDataKey, Vec<u8>), CryptoError> {
+        let (data_key, wrapped) = self.new_data_key(vault_id, key, version)?;
+        let sealed = seal(&data_key, &Aad::credential(vault_id, key, version), payload)?;
+        Ok((wrapped, sealed))
+    }
+
+    /// Opens one credential version's value: unwraps its data key, then the value; fails if
+    /// either was edited, moved to another row or version, or wrapped by a key not held here.
+    pub fn open_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        wrapped: &WrappedDataKey,
+        sealed: &[u8],
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, version, wrapped)?;
+        open(&data_key, &Aad::credential(vault_id, key, version), sealed)
+    }
+
+    /// Seals a credential's metadata under its metadata key (the data key of version 0).
+    pub fn seal_metadata(
+        &self,
+        vault_id: &str,
+        key: &str,
+        wrapped: &WrappedDataKey,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, 0, wrapped)?;
+        seal(&data_key, &Aad::credential_metadata(vault_id, key), plain)
+    }
+
+    /// Opens a credential's metadata sealed by [`Keyring::seal_metadata`].
+    pub fn open_metadata(
+        &self,
+        vault_id: &str,
+        key: &str,
+        wrapped: &WrappedDataKey,
+        sealed: &[u8],
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, 0, wrapped)?;
+        open(&data_key, &Aad::credential_metadata(vault_id, key), sealed)
     }
 
     /// MAC binding a service definition to its vault and name, so a database writer cannot
@@ -214,6 +268,9 @@ pub enum AuthorityRow {
     Agent,
     /// `tokens`: (id, hash, kind, user, agent, vault, role).
     Token,
+    /// `credentials`: (vault, key, type, state, active version, expiry, metadata key wrap and
+    /// its instance-key version, revocation time).
+    Credential,
 }
 
 impl AuthorityRow {
@@ -225,6 +282,7 @@ impl AuthorityRow {
             Self::Invite => "invites",
             Self::Agent => "agents",
             Self::Token => "tokens",
+            Self::Credential => "credentials",
         }
     }
 
@@ -235,6 +293,7 @@ impl AuthorityRow {
             Self::Invite => b"authority-mac invite v1",
             Self::Agent => b"authority-mac agent v1",
             Self::Token => b"authority-mac token v1",
+            Self::Credential => b"authority-mac credential v1",
         }
     }
 }
@@ -251,6 +310,8 @@ pub enum MacField<'a> {
     Int(i64),
     /// A nullable text column.
     OptText(Option<&'a str>),
+    /// A nullable integer column.
+    OptInt(Option<i64>),
 }
 
 /// Keys (derived from the DEK) that bind authority rows, so a database writer cannot grant a
@@ -262,6 +323,7 @@ pub struct AuthorityMacs {
     invite: DataKey,
     agent: DataKey,
     token: DataKey,
+    credential: DataKey,
 }
 
 impl fmt::Debug for AuthorityMacs {
@@ -278,6 +340,7 @@ impl AuthorityMacs {
             invite: derive_subkey(dek, AuthorityRow::Invite.label()),
             agent: derive_subkey(dek, AuthorityRow::Agent.label()),
             token: derive_subkey(dek, AuthorityRow::Token.label()),
+            credential: derive_subkey(dek, AuthorityRow::Credential.label()),
         }
     }
 
@@ -289,6 +352,7 @@ impl AuthorityMacs {
             AuthorityRow::Invite => &self.invite,
             AuthorityRow::Agent => &self.agent,
             AuthorityRow::Token => &self.token,
+            AuthorityRow::Credential => &self.credential,
         };
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
@@ -303,6 +367,8 @@ impl AuthorityMacs {
                 MacField::Int(i) => (3, i.to_be_bytes().to_vec().into()),
                 MacField::OptText(None) => (4, (&[][..]).into()),
                 MacField::OptText(Some(s)) => (5, s.as_bytes().into()),
+                MacField::OptInt(None) => (6, (&[][..]).into()),
+                MacField::OptInt(Some(i)) => (7, i.to_be_bytes().to_vec().into()),
             };
             mac.update(&[tag]);
             mac.update(&(bytes.len() as u64).to_be_bytes());

@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
+use crate::credtype::CredentialType;
 use crate::crypto::{Aad, CryptoError, TokenKind, open, random_id, seal};
 use crate::domain::{Actor, CredentialKey, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
@@ -141,6 +142,15 @@ pub enum ProposalsError {
     /// A value is over the size limit.
     #[error("the value of {0} is too long")]
     ValueTooLong(CredentialKey),
+    /// A value is not valid for its credential's type (stored type, or `api_key`).
+    #[error("{key}: {source}; nothing was stored")]
+    InvalidValue {
+        /// The key.
+        key: CredentialKey,
+        /// What was wrong, naming the field.
+        #[source]
+        source: crate::credtype::CredTypeError,
+    },
     /// A credential slot has no value from the approver or the agent.
     #[error("enter a value for {0}")]
     ValueRequired(CredentialKey),
@@ -757,11 +767,38 @@ async fn approve(
         .cloned()
         .collect();
     let rows = services::rows_for(&a, &p.vault_id, &plan.services, &keys_after)?;
-    let writes: Vec<CredentialWrite> = plan
-        .set_keys
-        .iter()
-        .map(|key| CredentialWrite {
+    // A key the vault already holds keeps its type; a new one is an api_key. Each value is
+    // checked as that type, like any other set.
+    let stored: BTreeMap<CredentialKey, CredentialType> = a
+        .store
+        .list_credentials(&p.vault_id)
+        .await?
+        .into_iter()
+        .map(|c| (c.key, c.ty))
+        .collect();
+    let actor = a.caller.actor().to_string();
+    let mut writes: Vec<CredentialWrite> = Vec::with_capacity(plan.set_keys.len());
+    for key in &plan.set_keys {
+        let ty = stored.get(key).copied().unwrap_or(CredentialType::ApiKey);
+        let value = final_values
+            .get(key)
+            .ok_or_else(|| ProposalsError::ValueRequired(key.clone()))?;
+        let validated = crate::credtype::validate(
+            ty,
+            value,
+            crate::credtype::CheckOptions {
+                allow_expired: false,
+                now_ms: now_ms(),
+            },
+        )
+        .map_err(|source| ProposalsError::InvalidValue {
             key: key.clone(),
+            source,
+        })?;
+        writes.push(CredentialWrite {
+            key: key.clone(),
+            ty,
+            payload: validated.payload,
             description: content.credentials.iter().find_map(|s| match s {
                 CredentialSlot::Set {
                     key: k,
@@ -770,8 +807,13 @@ async fn approve(
                 } if k == key && !description.is_empty() => Some(description.clone()),
                 _ => None,
             }),
-        })
-        .collect();
+            metadata: None,
+            derived: validated.derived_metadata,
+            expires_at: validated.expires_at,
+            actor: actor.clone(),
+            must_exist: false,
+        });
+    }
     let applied = a
         .store
         .apply_proposal(
@@ -783,14 +825,7 @@ async fn approve(
                 reviewer: user_id,
                 max_credentials: a.config.limits.max_credentials_per_vault,
             },
-            |key, version| {
-                let value = final_values
-                    .get(key)
-                    .map(|v| v.expose_secret().as_bytes())
-                    .unwrap_or_default();
-                a.keyring
-                    .seal_credential(&p.vault_id, key.as_str(), version, value)
-            },
+            a.keyring,
             |rows, keys| {
                 // The vault inside the transaction must be the one the approver reviewed.
                 let services: Option<Vec<ServiceSpec>> = rows

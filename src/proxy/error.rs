@@ -92,6 +92,12 @@ pub enum ProxyError {
     /// A referenced credential does not exist.
     #[error("a credential this service needs ({0}) is not in the vault; nothing was sent upstream")]
     CredentialNotFound(String),
+    /// A referenced credential's active value has expired.
+    #[error("the credential {0} this service needs has expired; nothing was sent upstream")]
+    CredentialExpired(String),
+    /// A referenced credential was revoked.
+    #[error("the credential {0} this service needs was revoked; nothing was sent upstream")]
+    CredentialRevoked(String),
     /// A stored credential or service failed its integrity check.
     #[error("a stored credential or service failed its integrity check; nothing was sent upstream")]
     Integrity,
@@ -147,9 +153,12 @@ impl ProxyError {
             | AmbiguousPath
             | PlaceholderRefused(_)
             | Plaintext(_) => ErrorClass::Agent,
-            VaultAccess(_) | ForbiddenHost { .. } | CredentialNotFound(_) | Blocked(_) => {
-                ErrorClass::Policy
-            }
+            VaultAccess(_)
+            | ForbiddenHost { .. }
+            | CredentialNotFound(_)
+            | CredentialExpired(_)
+            | CredentialRevoked(_)
+            | Blocked(_) => ErrorClass::Policy,
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
             | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
             Integrity | ShuttingDown | Unavailable(_) | Internal(_) => ErrorClass::Internal,
@@ -174,6 +183,8 @@ impl ProxyError {
             Plaintext(_) => "plaintext_refused",
             ForbiddenHost { .. } => "forbidden_host",
             CredentialNotFound(_) => "credential_not_found",
+            CredentialExpired(_) => "credential_expired",
+            CredentialRevoked(_) => "credential_revoked",
             Integrity => "integrity_error",
             Blocked(_) => "blocked_destination",
             Unreachable(_) => "upstream_unreachable",
@@ -205,6 +216,8 @@ impl ProxyError {
             RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             CredentialNotFound(_)
+            | CredentialExpired(_)
+            | CredentialRevoked(_)
             | Integrity
             | Unreachable(_)
             | UpstreamTls(_)
@@ -246,6 +259,12 @@ impl ProxyError {
             }),
             ProxyError::CredentialNotFound(key) => json!({
                 "text": format!("ask a human to set {key} (`agent-vault vault credential set {key}=-`) or propose it with POST /v1/proposals")
+            }),
+            ProxyError::CredentialExpired(key) => json!({
+                "text": format!("ask a human to rotate {key} (`agent-vault vault credential rotate {key}`)")
+            }),
+            ProxyError::CredentialRevoked(key) => json!({
+                "text": format!("{key} was revoked; ask a human for a new credential")
             }),
             ProxyError::AuthRequired => json!({
                 "text": "use `agent-vault run -- <command>`, or set HTTPS_PROXY=http://<token>:<vault>@<proxy address> with a token from `agent-vault vault token`"
@@ -347,6 +366,8 @@ mod tests {
                 hostname: "h".into(),
             },
             CredentialNotFound("K".into()),
+            CredentialExpired("K".into()),
+            CredentialRevoked("K".into()),
             Integrity,
             Blocked(crate::netguard::Blocked::Metadata),
             Unreachable(ConnectError::Connect(std::sync::Arc::new(refused))),
@@ -376,6 +397,8 @@ mod tests {
                 | Plaintext(_)
                 | ForbiddenHost { .. }
                 | CredentialNotFound(_)
+                | CredentialExpired(_)
+                | CredentialRevoked(_)
                 | Integrity
                 | Blocked(_)
                 | Unreachable(_)
@@ -417,6 +440,8 @@ mod tests {
                 (Agent, "plaintext_refused", 403),
                 (Policy, "forbidden_host", 403),
                 (Policy, "credential_not_found", 502),
+                (Policy, "credential_expired", 502),
+                (Policy, "credential_revoked", 502),
                 (Internal, "integrity_error", 502),
                 (Policy, "blocked_destination", 403),
                 (Upstream, "upstream_unreachable", 502),

@@ -444,7 +444,12 @@ async fn build(
     let opened = if sealed.is_empty() {
         None
     } else {
-        Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
+        Some(Opened::open(
+            &state.keyring,
+            &snapshot.vault_id,
+            &sealed,
+            crate::domain::now_ms(),
+        )?)
     };
     let plan = substitute::Plan::new(&snapshot.placeholders, service, opened.as_ref())?;
     draft.keys = sealed.iter().map(|(k, _)| k.to_string()).collect();
