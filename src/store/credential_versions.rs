@@ -10,8 +10,32 @@ use super::credentials::{
     CredentialRefused, RowState, activate, credential_in, insert_version, retire_active, seal_meta,
 };
 use super::{Backend, Store, StoreError, col};
+use crate::credtype::CredentialType;
 use crate::domain::{CredentialKey, CredentialState, VersionState, now_ms};
 use crate::keys::{Keyring, WrappedDataKey};
+
+/// The type an old value gets: `api_key` (migration 0005's default) when it passes that type's
+/// checks; `generic` when it does not (a PEM block, a value with a line break), since earlier
+/// releases stored any string and it must stay usable and rotatable as it is.
+fn legacy_type(value: &[u8]) -> CredentialType {
+    let fits = std::str::from_utf8(value).is_ok_and(|text| {
+        let text = secrecy::SecretString::from(text.to_owned());
+        crate::credtype::validate(
+            CredentialType::ApiKey,
+            &text,
+            crate::credtype::CheckOptions {
+                allow_expired: true,
+                now_ms: 0,
+            },
+        )
+        .is_ok()
+    });
+    if fits {
+        CredentialType::ApiKey
+    } else {
+        CredentialType::Generic
+    }
+}
 
 /// Set by migration 0005; removed once every value written before it is re-sealed.
 const UPGRADE_PENDING_KEY: &str = "credential_keys_pending";
@@ -291,7 +315,6 @@ impl Store {
             let vault_id: String = col(row, "vault_id")?;
             let key: String = col(row, "key")?;
             let version: i64 = col(row, "version")?;
-            let ty: crate::credtype::CredentialType = super::parsed(row, "type")?;
             let sealed: Vec<u8> = col(row, "sealed_value")?;
             let value = match keyring.open_credential(&vault_id, &key, version, &sealed) {
                 Ok(value) => value,
@@ -300,6 +323,7 @@ impl Store {
                     continue;
                 }
             };
+            let ty = legacy_type(value.expose_secret());
             let (_, wrapped) = keyring.new_data_key(&vault_id, &key, 0)?;
             let sealed_meta = seal_meta(keyring, &vault_id, &key, &wrapped, &BTreeMap::new())?;
             insert_version(
@@ -324,7 +348,7 @@ impl Store {
             }
             .mac(self, &vault_id, &key)?;
             sqlx::query(
-                "UPDATE credentials SET state = 'active', active_version = $1, wrapped_key = $2, key_version = $3, \
+                "UPDATE credentials SET type = $9, state = 'active', active_version = $1, wrapped_key = $2, key_version = $3, \
                  sealed_meta = $4, sealed_value = $5, mac = $6 WHERE vault_id = $7 AND key = $8",
             )
             .bind(version)
@@ -335,6 +359,7 @@ impl Store {
             .bind(mac)
             .bind(&vault_id)
             .bind(&key)
+            .bind(ty.as_str())
             .execute(&mut *tx)
             .await?;
             upgraded += 1;

@@ -16,6 +16,7 @@ mod attacks_websession;
 mod browser;
 mod cli;
 mod cli_daily_use;
+mod credentials_lifecycle;
 mod durability;
 mod leaks;
 mod packaging;
