@@ -471,7 +471,10 @@ async fn sweep_versions(
             .await
         {
             Ok(0) => {}
-            Ok(n) => tracing::info!(destroyed = n, "rotated credential versions past retention destroyed"),
+            Ok(n) => tracing::info!(
+                destroyed = n,
+                "rotated credential versions past retention destroyed"
+            ),
             Err(e) => tracing::warn!(error = %e, "destroying rotated credential versions failed"),
         }
         tokio::select! {

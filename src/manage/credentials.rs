@@ -252,23 +252,19 @@ async fn find(
 ) -> Result<(crate::store::VaultRecord, CredentialRecord), CredentialsError> {
     let (record, _) = a.vault(vault, VaultRole::Member).await?;
     let key = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
-    let c = a
-        .store
-        .credential(&record.id, &key)
-        .await?
-        .ok_or_else(|| CredentialsError::NotFound {
-            key,
-            vault: vault.to_owned(),
-        })?;
+    let c =
+        a.store
+            .credential(&record.id, &key)
+            .await?
+            .ok_or_else(|| CredentialsError::NotFound {
+                key,
+                vault: vault.to_owned(),
+            })?;
     Ok((record, c))
 }
 
 /// One credential with its value and metadata (member or higher); a revoked one is refused.
-pub async fn reveal(
-    a: Acting<'_>,
-    vault: &str,
-    key: &str,
-) -> Result<Listed, CredentialsError> {
+pub async fn reveal(a: Acting<'_>, vault: &str, key: &str) -> Result<Listed, CredentialsError> {
     let (record, c) = find(&a, vault, key).await?;
     let value = open_value(&a, &c)?;
     a.record("credential.reveal", Some(&record), c.key.to_string())
@@ -345,7 +341,12 @@ fn check(
     })
 }
 
-fn write_of(key: CredentialKey, ty: CredentialType, checked: Checked, actor: &str) -> CredentialWrite {
+fn write_of(
+    key: CredentialKey,
+    ty: CredentialType,
+    checked: Checked,
+    actor: &str,
+) -> CredentialWrite {
     CredentialWrite {
         key,
         ty,
@@ -407,12 +408,13 @@ pub async fn set(
     for (key, value) in values {
         let parsed = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
         let ty = match opts.types.get(key) {
-            Some(name) => name
-                .parse::<CredentialType>()
-                .map_err(|source| CredentialsError::Invalid {
-                    key: key.clone(),
-                    source,
-                })?,
+            Some(name) => {
+                name.parse::<CredentialType>()
+                    .map_err(|source| CredentialsError::Invalid {
+                        key: key.clone(),
+                        source,
+                    })?
+            }
             None => stored
                 .get(&parsed)
                 .copied()
@@ -513,7 +515,13 @@ pub async fn rollback(
     let (record, c) = find(&a, vault, key).await?;
     let version = a
         .store
-        .rollback_credential(a.keyring, &record.id, &c.key, to, &a.caller.actor().to_string())
+        .rollback_credential(
+            a.keyring,
+            &record.id,
+            &c.key,
+            to,
+            &a.caller.actor().to_string(),
+        )
         .await?;
     a.changed(&record.id).await;
     a.record(

@@ -33,7 +33,11 @@ pub struct SealedCredential {
 
 impl std::fmt::Debug for SealedCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedCredential({} v{} {})", self.ty, self.version, self.state)
+        write!(
+            f,
+            "SealedCredential({} v{} {})",
+            self.ty, self.version, self.state
+        )
     }
 }
 

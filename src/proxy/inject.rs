@@ -15,8 +15,8 @@ use super::error::ProxyError;
 use crate::credtype::injectable;
 use crate::domain::CredentialKey;
 use crate::keys::{Keyring, WrappedDataKey};
-use crate::policy::{SealedCredential, Unusable};
 use crate::policy::service::{CompiledService, Injection, TemplatePart};
+use crate::policy::{SealedCredential, Unusable};
 
 /// The opened values of one request, dropped (and zeroized) when the request is built: for
 /// each key, the bytes an injection carries (see [`crate::credtype::injectable`]).
@@ -43,8 +43,12 @@ impl Opened {
         for (key, sealed) in creds {
             match sealed.usable(now_ms) {
                 Ok(()) => {}
-                Err(Unusable::Revoked) => return Err(ProxyError::CredentialRevoked(key.to_string())),
-                Err(Unusable::Expired) => return Err(ProxyError::CredentialExpired(key.to_string())),
+                Err(Unusable::Revoked) => {
+                    return Err(ProxyError::CredentialRevoked(key.to_string()));
+                }
+                Err(Unusable::Expired) => {
+                    return Err(ProxyError::CredentialExpired(key.to_string()));
+                }
             }
         }
         let mut map = HashMap::with_capacity(creds.len());
@@ -183,7 +187,6 @@ pub(super) fn sealed_for_test(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::crypto::DataKey;
@@ -196,7 +199,12 @@ mod tests {
         let ring = Keyring::from_dek(DataKey::from_bytes([9; 32]));
         let sealed: Vec<(CredentialKey, SealedCredential)> = values
             .iter()
-            .map(|(k, v)| (CredentialKey::parse(*k).unwrap(), sealed_for_test(&ring, "vid", k, v.as_bytes())))
+            .map(|(k, v)| {
+                (
+                    CredentialKey::parse(*k).unwrap(),
+                    sealed_for_test(&ring, "vid", k, v.as_bytes()),
+                )
+            })
             .collect();
         let refs: Vec<_> = sealed.iter().map(|(k, s)| (k, s)).collect();
         (compiled, Opened::open(&ring, "vid", &refs, 0).unwrap())

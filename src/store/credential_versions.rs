@@ -234,11 +234,13 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
-        sqlx::query("UPDATE credential_versions SET state = 'revoked' WHERE vault_id = $1 AND key = $2")
-            .bind(vault_id)
-            .bind(key.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE credential_versions SET state = 'revoked' WHERE vault_id = $1 AND key = $2",
+        )
+        .bind(vault_id)
+        .bind(key.as_str())
+        .execute(&mut *tx)
+        .await?;
         let mac = RowState {
             ty: current.ty,
             state: CredentialState::Revoked,

@@ -25,7 +25,9 @@ pub enum CredentialRefused {
     #[error("credential {0} not found")]
     NotFound(CredentialKey),
     /// The credential is revoked: only delete remains.
-    #[error("credential {0} is revoked; it cannot be set, rotated or rolled back (delete it to reuse the key)")]
+    #[error(
+        "credential {0} is revoked; it cannot be set, rotated or rolled back (delete it to reuse the key)"
+    )]
     Revoked(CredentialKey),
     /// A set named another type than the stored one.
     #[error(
@@ -253,7 +255,8 @@ impl RawCredential {
             return Ok(None);
         }
         let parsed = (|| {
-            let key = CredentialKey::parse(&self.key).map_err(|e| StoreError::corrupt("column key", e))?;
+            let key = CredentialKey::parse(&self.key)
+                .map_err(|e| StoreError::corrupt("column key", e))?;
             let ty: CredentialType = self
                 .ty
                 .parse()
@@ -433,7 +436,12 @@ pub(super) struct RowState<'a> {
 }
 
 impl RowState<'_> {
-    pub(super) fn mac(&self, store: &Store, vault_id: &str, key: &str) -> Result<Vec<u8>, StoreError> {
+    pub(super) fn mac(
+        &self,
+        store: &Store,
+        vault_id: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, StoreError> {
         Ok(store.macs()?.mac(
             AuthorityRow::Credential,
             &credential_fields(
@@ -582,7 +590,13 @@ pub(super) async fn write_credentials(
                         })?,
                     };
                     map.extend(write.derived.clone());
-                    Some(seal_meta(keyring, vault_id, key, &current.metadata_key, &map)?)
+                    Some(seal_meta(
+                        keyring,
+                        vault_id,
+                        key,
+                        &current.metadata_key,
+                        &map,
+                    )?)
                 };
                 retire_active(tx, vault_id, key, now).await?;
                 insert_version(

@@ -362,7 +362,14 @@ impl Store {
         }
         replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
         let before = count_credentials(&mut tx, &proposal.vault_id).await?;
-        write_credentials(self, &mut tx, keyring, &proposal.vault_id, writes.credentials).await?;
+        write_credentials(
+            self,
+            &mut tx,
+            keyring,
+            &proposal.vault_id,
+            writes.credentials,
+        )
+        .await?;
         remove_credentials(&mut tx, &proposal.vault_id, writes.delete_keys).await?;
         check_credential_count(&mut tx, &proposal.vault_id, before, writes.max_credentials).await?;
         sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")

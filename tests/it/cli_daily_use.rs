@@ -142,7 +142,9 @@ async fn several_piped_key_dash_values_are_read_one_line_each_in_order() {
     app.ok(
         "PUT",
         "/v1/vaults/default/credentials",
-        Some(serde_json::json!({ "credentials": { "PEM": "first" }, "types": { "PEM": "generic" } })),
+        Some(
+            serde_json::json!({ "credentials": { "PEM": "first" }, "types": { "PEM": "generic" } }),
+        ),
     )
     .await;
     let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nAAAA\n-----END PRIVATE KEY-----\n";

@@ -119,7 +119,10 @@ async fn rotation_under_traffic_switches_whole_requests_from_old_to_new() {
         .await;
         stop.store(true, Ordering::Relaxed);
         let statuses = requests.await.unwrap();
-        assert!(switched.is_some(), "requests keep flowing after the rotation");
+        assert!(
+            switched.is_some(),
+            "requests keep flowing after the rotation"
+        );
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
         let values: Vec<String> = app
             .upstream
@@ -152,7 +155,12 @@ async fn revoked_credentials_are_refused_at_the_proxy_and_never_revealed_again()
         let token = app.stripe_vault("rev", "sk_revoked_value").await;
         let agent = app.agent(&token, "rev").await;
         assert_eq!(
-            agent.get("https://api.example.test/").send().await.unwrap().status(),
+            agent
+                .get("https://api.example.test/")
+                .send()
+                .await
+                .unwrap()
+                .status(),
             200
         );
         let before = app.upstream.count();
@@ -175,7 +183,10 @@ async fn revoked_credentials_are_refused_at_the_proxy_and_never_revealed_again()
         assert_eq!(refusal(&got), (409, "credential_revoked"), "{got:?}");
         assert!(!got.1.to_string().contains("sk_revoked_value"));
         let revealed = app.ok("GET", &path("rev", "?reveal=true"), None).await;
-        assert!(!revealed.to_string().contains("sk_revoked_value"), "{revealed}");
+        assert!(
+            !revealed.to_string().contains("sk_revoked_value"),
+            "{revealed}"
+        );
         assert_eq!(revealed[0]["error"], "credential_revoked");
         let c = listed(&app, "rev", "STRIPE_KEY").await;
         assert_eq!(c["state"], "revoked");
@@ -191,7 +202,11 @@ async fn revoked_credentials_are_refused_at_the_proxy_and_never_revealed_again()
         let r = rotate(&app, "rev", "STRIPE_KEY", "sk_after").await;
         assert_eq!(refusal(&r), (409, "credential_revoked"), "{r:?}");
         let r = app
-            .call("POST", &path("rev", "/STRIPE_KEY/rollback"), Some(json!({ "to": 1 })))
+            .call(
+                "POST",
+                &path("rev", "/STRIPE_KEY/rollback"),
+                Some(json!({ "to": 1 })),
+            )
             .await;
         assert_eq!(refusal(&r), (409, "credential_revoked"), "{r:?}");
         let r = app
@@ -209,11 +224,21 @@ async fn revoked_credentials_are_refused_at_the_proxy_and_never_revealed_again()
         // Revoking again is harmless; delete removes it, and the key can be set anew.
         app.ok("POST", &path("rev", "/STRIPE_KEY/revoke"), Some(json!({})))
             .await;
-        app.ok("DELETE", &path("rev", ""), Some(json!({ "keys": ["STRIPE_KEY"] })))
+        app.ok(
+            "DELETE",
+            &path("rev", ""),
+            Some(json!({ "keys": ["STRIPE_KEY"] })),
+        )
+        .await;
+        app.set_credentials("rev", &[("STRIPE_KEY", "sk_fresh")])
             .await;
-        app.set_credentials("rev", &[("STRIPE_KEY", "sk_fresh")]).await;
         assert_eq!(
-            agent.get("https://api.example.test/").send().await.unwrap().status(),
+            agent
+                .get("https://api.example.test/")
+                .send()
+                .await
+                .unwrap()
+                .status(),
             200
         );
         assert_eq!(
@@ -232,7 +257,10 @@ async fn expired_credentials_are_refused_at_the_proxy() {
     // An expiry in the past is refused unless asked for, naming the field; nothing is stored.
     let r = rotate_with(&app, json!({ "value": "sk_stale", "expires_at": past })).await;
     assert_eq!(refusal(&r), (400, "invalid_credential"), "{r:?}");
-    assert!(r.1["message"].as_str().unwrap().contains("expires_at"), "{r:?}");
+    assert!(
+        r.1["message"].as_str().unwrap().contains("expires_at"),
+        "{r:?}"
+    );
     assert_eq!(versions(&app, "exp", "STRIPE_KEY").await.len(), 1);
 
     let r = rotate_with(
@@ -254,7 +282,12 @@ async fn expired_credentials_are_refused_at_the_proxy() {
     let r = rotate_with(&app, json!({ "value": "sk_fresh", "expires_at": future })).await;
     assert_eq!(r.0, 200, "{r:?}");
     assert_eq!(
-        agent.get("https://api.example.test/").send().await.unwrap().status(),
+        agent
+            .get("https://api.example.test/")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 }
@@ -296,10 +329,17 @@ async fn versions_list_and_rollback_make_a_new_version_with_an_old_value() {
         assert!(all[0]["created_by"].as_str().unwrap().starts_with("user "));
         assert_eq!(all[1]["state"], "rotated");
         assert!(all[1]["rotated_at"].is_i64());
-        assert!(!all.to_string().contains("sk_v"), "no values in versions: {all}");
+        assert!(
+            !all.to_string().contains("sk_v"),
+            "no values in versions: {all}"
+        );
 
         let r = app
-            .ok("POST", &path("ver", "/STRIPE_KEY/rollback"), Some(json!({ "to": 1 })))
+            .ok(
+                "POST",
+                &path("ver", "/STRIPE_KEY/rollback"),
+                Some(json!({ "to": 1 })),
+            )
             .await;
         assert_eq!(r, json!({ "key": "STRIPE_KEY", "version": 5 }));
         agent.get("https://api.example.test/").send().await.unwrap();
@@ -309,7 +349,10 @@ async fn versions_list_and_rollback_make_a_new_version_with_an_old_value() {
             "the proxy injects the rolled-back value"
         );
         let got = app.ok("GET", &path("ver", "/STRIPE_KEY"), None).await;
-        assert_eq!((got["value"].as_str(), got["version"].as_i64()), (Some("sk_v1"), Some(5)));
+        assert_eq!(
+            (got["value"].as_str(), got["version"].as_i64()),
+            (Some("sk_v1"), Some(5))
+        );
         let c = listed(&app, "ver", "STRIPE_KEY").await;
         assert!(c["updated_by"].as_str().unwrap().starts_with("user "));
         assert_eq!(c["created_by"], c["updated_by"]);
@@ -317,23 +360,39 @@ async fn versions_list_and_rollback_make_a_new_version_with_an_old_value() {
         // Bad input: a version that never existed, a malformed body, an unknown key.
         for to in [0, 6, 99, -1] {
             let r = app
-                .call("POST", &path("ver", "/STRIPE_KEY/rollback"), Some(json!({ "to": to })))
+                .call(
+                    "POST",
+                    &path("ver", "/STRIPE_KEY/rollback"),
+                    Some(json!({ "to": to })),
+                )
                 .await;
             assert_eq!(refusal(&r), (404, "version_not_found"), "to {to}: {r:?}");
         }
         let r = app
-            .call("POST", &path("ver", "/STRIPE_KEY/rollback"), Some(json!({ "to": "one" })))
+            .call(
+                "POST",
+                &path("ver", "/STRIPE_KEY/rollback"),
+                Some(json!({ "to": "one" })),
+            )
             .await;
         assert_eq!(r.0, 400, "{r:?}");
         let r = app
-            .call("POST", &path("ver", "/NOPE/rollback"), Some(json!({ "to": 1 })))
+            .call(
+                "POST",
+                &path("ver", "/NOPE/rollback"),
+                Some(json!({ "to": 1 })),
+            )
             .await;
         assert_eq!(r.0, 404, "{r:?}");
         let r = rotate(&app, "ver", "NOPE", "x").await;
         assert_eq!(r.0, 404, "{r:?}");
         let r = app.call("GET", &path("ver", "/NOPE/versions"), None).await;
         assert_eq!(r.0, 404, "{r:?}");
-        assert_eq!(versions(&app, "ver", "STRIPE_KEY").await.len(), 5, "nothing changed");
+        assert_eq!(
+            versions(&app, "ver", "STRIPE_KEY").await.len(),
+            5,
+            "nothing changed"
+        );
     }
 }
 
@@ -379,14 +438,28 @@ async fn retention_sweep_destroys_old_rotated_versions() {
             "n",
         );
         store.close().await;
-        assert_eq!(rows, 3, "destroyed versions are deleted, data keys with them");
+        assert_eq!(
+            rows, 3,
+            "destroyed versions are deleted, data keys with them"
+        );
         let r = app
-            .call("POST", &path("keep", "/STRIPE_KEY/rollback"), Some(json!({ "to": 1 })))
+            .call(
+                "POST",
+                &path("keep", "/STRIPE_KEY/rollback"),
+                Some(json!({ "to": 1 })),
+            )
             .await;
         assert_eq!(refusal(&r), (409, "version_unavailable"), "{r:?}");
-        assert!(r.1["message"].as_str().unwrap().contains("destroyed"), "{r:?}");
+        assert!(
+            r.1["message"].as_str().unwrap().contains("destroyed"),
+            "{r:?}"
+        );
         let r = app
-            .ok("POST", &path("keep", "/STRIPE_KEY/rollback"), Some(json!({ "to": 3 })))
+            .ok(
+                "POST",
+                &path("keep", "/STRIPE_KEY/rollback"),
+                Some(json!({ "to": 3 })),
+            )
             .await;
         assert_eq!(r["version"], 6);
     }
@@ -414,7 +487,12 @@ async fn retention_by_age_destroys_every_rotated_version_but_never_the_active_on
     assert_eq!(last, [(2, "active".to_owned())]);
     let agent = app.agent(&token, "age").await;
     assert_eq!(
-        agent.get("https://api.example.test/").send().await.unwrap().status(),
+        agent
+            .get("https://api.example.test/")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 }
@@ -473,7 +551,10 @@ async fn types_and_metadata_are_checked_and_nothing_bad_is_stored() {
         assert_eq!(refusal(&r), (status, code), "{body}: {r:?}");
         let message = r.1["message"].as_str().unwrap();
         assert!(message.contains(names), "{message} should name {names}");
-        assert!(message.contains("K") || code == "invalid_body", "{message} names the key");
+        assert!(
+            message.contains("K") || code == "invalid_body",
+            "{message} names the key"
+        );
     }
     assert_eq!(
         app.ok("GET", &path("meta", ""), None).await,
@@ -516,7 +597,10 @@ async fn types_and_metadata_are_checked_and_nothing_bad_is_stored() {
     )
     .await;
     let c = listed(&app, "meta", "PW").await;
-    assert_eq!((c["type"].as_str(), c["version"].as_i64()), (Some("password"), Some(2)));
+    assert_eq!(
+        (c["type"].as_str(), c["version"].as_i64()),
+        (Some("password"), Some(2))
+    );
     assert_eq!(c["metadata"], json!({ "username": "alice" }));
     // Rotation with bad metadata is refused too, and stores nothing.
     let r = app
@@ -572,7 +656,12 @@ async fn use_count_and_last_used_at_move_after_proxied_requests() {
     let agent = app.agent(&token, "uses").await;
     for _ in 0..3 {
         assert_eq!(
-            agent.get("https://api.example.test/").send().await.unwrap().status(),
+            agent
+                .get("https://api.example.test/")
+                .send()
+                .await
+                .unwrap()
+                .status(),
             200
         );
     }
@@ -647,7 +736,11 @@ async fn restart_keeps_versions_states_metadata_and_refusals() {
             app.upstream.last().header("authorization").as_deref(),
             Some("Bearer sk_live_2")
         );
-        let resp = agent.get("https://dead.example.test/").send().await.unwrap();
+        let resp = agent
+            .get("https://dead.example.test/")
+            .send()
+            .await
+            .unwrap();
         assert_proxy_error(&resp, 502, "credential_revoked");
     }
 }
@@ -675,7 +768,10 @@ async fn upgraded_fixture_serves_the_old_values(postgres: Option<TestDatabase>) 
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pre-0005.sqlite"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/pre-0005.sqlite"
+            ),
             data.join("agent-vault.db"),
         )
         .unwrap();
@@ -697,7 +793,10 @@ async fn upgraded_fixture_serves_the_old_values(postgres: Option<TestDatabase>) 
     ] {
         let resp = agent.get(format!("https://{host}/")).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{host}");
-        assert_eq!(app.upstream.last().header("authorization").as_deref(), Some(want));
+        assert_eq!(
+            app.upstream.last().header("authorization").as_deref(),
+            Some(want)
+        );
     }
     let other = app
         .ok("GET", "/v1/vaults/second/credentials/OTHER_KEY", None)
@@ -707,8 +806,17 @@ async fn upgraded_fixture_serves_the_old_values(postgres: Option<TestDatabase>) 
     let pem = app
         .ok("GET", "/v1/vaults/second/credentials/PEM_KEY", None)
         .await;
-    assert!(pem["value"].as_str().unwrap().contains("line-one\nline-two"), "{pem}");
-    assert_eq!(pem["type"], "generic", "a value api_key would refuse stays usable");
+    assert!(
+        pem["value"]
+            .as_str()
+            .unwrap()
+            .contains("line-one\nline-two"),
+        "{pem}"
+    );
+    assert_eq!(
+        pem["type"], "generic",
+        "a value api_key would refuse stays usable"
+    );
     assert_eq!(
         versions(&app, "legacy", "STRIPE_KEY").await,
         [(2, "active".to_owned())],
@@ -717,14 +825,20 @@ async fn upgraded_fixture_serves_the_old_values(postgres: Option<TestDatabase>) 
 
     let store = app.open_store().await;
     let count = async |sql: &'static str| -> i64 {
-        sqlx::Row::get(&sqlx::query(sql).fetch_one(store.pool()).await.unwrap(), "n")
+        sqlx::Row::get(
+            &sqlx::query(sql).fetch_one(store.pool()).await.unwrap(),
+            "n",
+        )
     };
     assert_eq!(
         count("SELECT COUNT(*) AS n FROM credentials WHERE LENGTH(sealed_value) > 0").await,
         0,
         "the old column is empty"
     );
-    assert_eq!(count("SELECT COUNT(*) AS n FROM credential_versions").await, 4);
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM credential_versions").await,
+        4
+    );
     assert_eq!(
         count("SELECT COUNT(DISTINCT wrapped_key) AS n FROM credential_versions").await,
         4,
@@ -761,5 +875,69 @@ async fn upgrade_from_the_previous_release_reseals_every_value_under_its_own_key
     upgraded_fixture_serves_the_old_values(None).await;
     if let Some(db) = TestDatabase::create().await {
         upgraded_fixture_serves_the_old_values(Some(db)).await;
+    }
+}
+
+/// A database writer without the master password edits a credential row: un-revokes it,
+/// extends its expiry, or points it at another version. The row fails its MAC and is treated
+/// as absent: the proxy sends nothing, the API does not list it.
+#[tokio::test]
+async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
+    for db in backends().await {
+        let app = app_on(&db).await;
+        let token = app.stripe_vault("edit", "sk_edit_1").await;
+        assert_eq!(rotate(&app, "edit", "STRIPE_KEY", "sk_edit_2").await.0, 200);
+        app.ok("POST", &path("edit", "/STRIPE_KEY/revoke"), Some(json!({})))
+            .await;
+        let agent = app.agent(&token, "edit").await;
+        let store = app.open_store().await;
+        let revoked_at: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT revoked_at FROM credentials")
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+            "revoked_at",
+        );
+        for edit in [
+            "UPDATE credentials SET state = 'active', active_version = 1",
+            "UPDATE credentials SET state = 'active', active_version = 2, revoked_at = NULL",
+            "UPDATE credentials SET expires_at = 1",
+            "UPDATE credentials SET type = 'generic'",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(edit))
+                .execute(store.pool())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE credential_versions SET state = 'active'")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            app.set_policy("edit", "tunnel").await; // any write rebuilds the snapshot
+            let before = app.upstream.count();
+            let resp = agent.get("https://api.example.test/").send().await.unwrap();
+            assert_proxy_error(&resp, 502, "credential_not_found");
+            assert_eq!(app.upstream.count(), before, "{edit}: nothing was sent");
+            assert_eq!(
+                listed(&app, "edit", "STRIPE_KEY").await,
+                Value::Null,
+                "{edit}"
+            );
+            let r = app.call("GET", &path("edit", "/STRIPE_KEY"), None).await;
+            assert_eq!(r.0, 404, "{edit}: {r:?}");
+            // Put back exactly as it was, the row verifies again: still revoked.
+            sqlx::query("UPDATE credentials SET state = 'revoked', active_version = NULL, revoked_at = $1, expires_at = NULL, type = 'api_key'")
+                .bind(revoked_at)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE credential_versions SET state = 'revoked'")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            app.set_policy("edit", "tunnel").await;
+            let resp = agent.get("https://api.example.test/").send().await.unwrap();
+            assert_proxy_error(&resp, 502, "credential_revoked");
+        }
+        store.close().await;
     }
 }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeSet;
 
+use agent_vault::credtype::CredentialType;
 use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
 use agent_vault::domain::{Actor, CredentialKey, Email, RequestLogKind, VaultName, VaultRole};
 use agent_vault::keys::Keyring;
-use agent_vault::credtype::CredentialType;
 use agent_vault::store::{
     CredentialRecord, CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store,
     StoreError, VaultRecord, Written,
@@ -49,7 +49,9 @@ fn write(k: &str, value: &str) -> CredentialWrite {
 
 /// Writes of `keys`, each `value-KEY`.
 fn writes(keys: &[&str]) -> Vec<CredentialWrite> {
-    keys.iter().map(|k| write(k, &format!("value-{k}"))).collect()
+    keys.iter()
+        .map(|k| write(k, &format!("value-{k}")))
+        .collect()
 }
 
 /// Sets each of `keys` in the vault to `value-KEY`, sealed with `ring`.
@@ -71,7 +73,13 @@ fn open_active(
     c: &CredentialRecord,
 ) -> Result<secrecy::SecretSlice<u8>, agent_vault::crypto::CryptoError> {
     let v = c.active.as_ref().expect("an active version");
-    ring.open_version(&c.vault_id, c.key.as_str(), v.version, &v.wrapped_key, &v.sealed_value)
+    ring.open_version(
+        &c.vault_id,
+        c.key.as_str(),
+        v.version,
+        &v.wrapped_key,
+        &v.sealed_value,
+    )
 }
 
 /// (key, version) of each write.
@@ -172,7 +180,10 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
                 .unwrap(),
             "n",
         );
-        assert_eq!(left, 0, "{backend}: every version (and data key) went with its credential");
+        assert_eq!(
+            left, 0,
+            "{backend}: every version (and data key) went with its credential"
+        );
     })
     .await;
 }
