@@ -941,3 +941,55 @@ async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
         store.close().await;
     }
 }
+
+/// Crypto-shredding on SQLite: once a credential is deleted (or a rotated version destroyed),
+/// its wrapped data keys and ciphertexts are gone from the database file itself, not left in
+/// free pages (`secure_delete`), once the WAL is checkpointed.
+#[tokio::test]
+async fn deleted_data_keys_are_overwritten_in_the_sqlite_file() {
+    let app = app_on(&None).await;
+    app.stripe_vault("shred", "sk_shred_1").await;
+    assert_eq!(
+        rotate(&app, "shred", "STRIPE_KEY", "sk_shred_2").await.0,
+        200
+    );
+    let store = app.open_store().await;
+    let secure: i64 = sqlx::Row::get(
+        &sqlx::query("PRAGMA secure_delete")
+            .fetch_one(store.pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(secure, 1, "every connection overwrites deleted content");
+    let blobs: Vec<Vec<u8>> = sqlx::query(
+        "SELECT CAST(wrapped_key AS BLOB) AS b FROM credential_versions UNION ALL \
+         SELECT CAST(sealed_value AS BLOB) FROM credential_versions UNION ALL \
+         SELECT CAST(wrapped_key AS BLOB) FROM credentials",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| sqlx::Row::get(r, "b"))
+    .collect();
+    assert_eq!(blobs.len(), 5);
+    app.ok(
+        "DELETE",
+        &path("shred", ""),
+        Some(json!({ "keys": ["STRIPE_KEY"] })),
+    )
+    .await;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let file = std::fs::read(app.config.data_dir.join("agent-vault.db")).unwrap();
+    for blob in &blobs {
+        assert!(
+            !file.windows(blob.len()).any(|w| w == blob.as_slice()),
+            "a deleted wrapped key or ciphertext is still in the file"
+        );
+    }
+}
