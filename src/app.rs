@@ -369,6 +369,11 @@ impl App {
             },
             shutdown.clone(),
         ));
+        tokio::spawn(sweep_versions(
+            store.clone(),
+            config.credentials.version_retention.clone(),
+            shutdown.clone(),
+        ));
 
         Ok(Self {
             admin_listener,
@@ -476,6 +481,34 @@ async fn maintenance(
         tick = tick.wrapping_add(1);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Destroys rotated credential versions past `credentials.version_retention`, at start and
+/// every `sweep_interval`. Rotated versions are not in any snapshot, so nothing is rebuilt.
+async fn sweep_versions(
+    store: Store,
+    retention: crate::config::VersionRetention,
+    shutdown: CancellationToken,
+) {
+    let max_age = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let cutoff = crate::domain::now_ms().saturating_sub(max_age);
+        match store
+            .sweep_credential_versions(retention.max_versions, cutoff)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                destroyed = n,
+                "rotated credential versions past retention destroyed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "destroying rotated credential versions failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retention.sweep_interval) => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -122,6 +122,8 @@ pub struct Config {
     pub proposals: ProposalsConfig,
     /// Optional email notifications to approvers.
     pub smtp: SmtpConfig,
+    /// Credential versions.
+    pub credentials: CredentialsConfig,
 }
 
 impl Default for Config {
@@ -138,6 +140,7 @@ impl Default for Config {
             request_log: RequestLogConfig::default(),
             proposals: ProposalsConfig::default(),
             smtp: SmtpConfig::default(),
+            credentials: CredentialsConfig::default(),
         }
     }
 }
@@ -452,6 +455,40 @@ impl Default for ProposalsConfig {
     }
 }
 
+/// Credential versions.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// How long rotated versions are kept (for rollback) before they are destroyed.
+    pub version_retention: VersionRetention,
+}
+
+/// Which rotated versions are kept. A rotated version beyond either bound is destroyed (its
+/// row and data key deleted) by a sweep at start and every `sweep_interval`; the active
+/// version and revoked versions are never swept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionRetention {
+    /// At most this many rotated versions per credential (0: none is kept).
+    pub max_versions: u32,
+    /// A rotated version is kept at most this long after it was replaced.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often the sweep runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for VersionRetention {
+    fn default() -> Self {
+        Self {
+            max_versions: 10,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// A secret configuration value (an SMTP password): never printed, never serialized back.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -746,6 +783,19 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        let retention = &self.credentials.version_retention;
+        if retention.max_age.is_zero() {
+            return Err(invalid(
+                "credentials.version_retention.max_age",
+                "must be greater than zero",
+            ));
+        }
+        if retention.sweep_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "credentials.version_retention.sweep_interval",
+                "must be at least 10ms",
+            ));
         }
         if self.limits.max_credentials_per_request == 0 {
             return Err(invalid(

@@ -357,6 +357,34 @@ str_enum!(
     }
 );
 
+str_enum!(
+    /// Whether a credential can still be used.
+    CredentialState,
+    DomainError::kind("credential state"),
+    "active, revoked",
+    {
+        /// Its active version is injected and can be rotated.
+        Active => "active",
+        /// Every version is revoked: never injected or revealed again; only delete remains.
+        Revoked => "revoked",
+    }
+);
+
+str_enum!(
+    /// Where one version of a credential stands.
+    VersionState,
+    DomainError::kind("credential version state"),
+    "active, rotated, revoked",
+    {
+        /// The version the proxy injects; one per usable credential.
+        Active => "active",
+        /// Replaced by a newer version; kept for rollback until retention destroys it.
+        Rotated => "rotated",
+        /// Revoked with its credential: never used or revealed again.
+        Revoked => "revoked",
+    }
+);
+
 /// Who did something, as request logs, audit events, proposals and per-agent limits see it.
 /// Ids only: a token is named by its public id, never by its value, so `Display` and `Debug`
 /// are safe to log.

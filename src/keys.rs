@@ -279,7 +279,8 @@ impl Keyring {
         Err(last)
     }
 
-    /// Seals a credential value for (vault, key, version).
+    /// Seals a credential value under the instance key itself, as releases before
+    /// per-credential data keys did (kept for the upgrade path and its tests).
     pub fn seal_credential(
         &self,
         vault_id: &str,
@@ -290,7 +291,8 @@ impl Keyring {
         self.seal_instance(&Aad::credential(vault_id, key, version), value)
     }
 
-    /// Opens a credential value; fails if the row was edited or moved.
+    /// Opens a value sealed the way releases before per-credential data keys did; fails if
+    /// the row was edited or moved. Only the upgrade to data keys needs it.
     pub fn open_credential(
         &self,
         vault_id: &str,
@@ -359,6 +361,58 @@ impl Keyring {
             .get(wrapped.key_version)
             .ok_or(CryptoError::Malformed)?;
         instance.unwrap_data_key(vault_id, key, version, wrapped)
+    }
+
+    /// Seals one credential version's value under a fresh data key of its own: the wrap and
+    /// the ciphertext (AAD: vault, key, version), ready for a `credential_versions` row.
+    pub fn seal_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        payload: &[u8],
+    ) -> Result<(WrappedDataKey, Vec<u8>), CryptoError> {
+        let (data_key, wrapped) = self.new_data_key(vault_id, key, version)?;
+        let sealed = seal(&data_key, &Aad::credential(vault_id, key, version), payload)?;
+        Ok((wrapped, sealed))
+    }
+
+    /// Opens one credential version's value: unwraps its data key, then the value; fails if
+    /// either was edited, moved to another row or version, or wrapped by a key not held here.
+    pub fn open_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: i64,
+        wrapped: &WrappedDataKey,
+        sealed: &[u8],
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, version, wrapped)?;
+        open(&data_key, &Aad::credential(vault_id, key, version), sealed)
+    }
+
+    /// Seals a credential's metadata under its metadata key (the data key of version 0).
+    pub fn seal_metadata(
+        &self,
+        vault_id: &str,
+        key: &str,
+        wrapped: &WrappedDataKey,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, 0, wrapped)?;
+        seal(&data_key, &Aad::credential_metadata(vault_id, key), plain)
+    }
+
+    /// Opens a credential's metadata sealed by [`Keyring::seal_metadata`].
+    pub fn open_metadata(
+        &self,
+        vault_id: &str,
+        key: &str,
+        wrapped: &WrappedDataKey,
+        sealed: &[u8],
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(vault_id, key, 0, wrapped)?;
+        open(&data_key, &Aad::credential_metadata(vault_id, key), sealed)
     }
 
     /// MAC binding a service definition to its vault and name, so a database writer cannot
@@ -636,6 +690,9 @@ pub enum AuthorityRow {
     Agent,
     /// `tokens`: (id, hash, kind, user, agent, vault, role, expiry, revoked, parent).
     Token,
+    /// `credentials`: (vault, key, type, state, active version, expiry, metadata key wrap and
+    /// its instance-key version, revocation time).
+    Credential,
 }
 
 impl AuthorityRow {
@@ -647,6 +704,7 @@ impl AuthorityRow {
             Self::Invite => "invites",
             Self::Agent => "agents",
             Self::Token => "tokens",
+            Self::Credential => "credentials",
         }
     }
 
@@ -657,6 +715,7 @@ impl AuthorityRow {
             Self::Invite => b"authority-mac invite v1",
             Self::Agent => b"authority-mac agent v1",
             Self::Token => b"authority-mac token v1",
+            Self::Credential => b"authority-mac credential v1",
         }
     }
 }

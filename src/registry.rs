@@ -10,11 +10,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
-use crate::domain::VaultName;
+use crate::domain::{CredentialState, VaultName};
 use crate::keys::Keyring;
 use crate::policy::service::ServiceSpec;
 use crate::policy::{SealedCredential, VaultSnapshot};
-use crate::store::{ServiceRow, Store, StoreError, VaultRecord};
+use crate::store::{ServiceRow, Store, StoreError, VaultRecord, open_meta};
 
 /// Why a stored service row cannot be used as written.
 #[derive(Debug, thiserror::Error)]
@@ -266,21 +266,46 @@ impl Snapshots {
                 }
             }
         }
-        let credentials = self
-            .store
-            .list_credentials(&vault.id)
-            .await?
-            .into_iter()
-            .map(|c| {
-                (
-                    c.key,
-                    SealedCredential {
-                        version: c.version,
-                        sealed: Arc::from(c.sealed_value),
-                    },
-                )
-            })
-            .collect();
+        let mut credentials = HashMap::new();
+        for c in self.store.list_credentials(&vault.id).await? {
+            // Metadata is opened here, once per build: requests read it (a basic-auth
+            // username) without unsealing anything. A credential whose metadata does not open
+            // is left out, so a service using it fails closed.
+            let metadata = match open_meta(&self.keyring, &c) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(vault = %vault.name, key = %c.key, error = %e, "INTEGRITY ALARM: a credential's metadata failed to open; requests that use it are refused");
+                    continue;
+                }
+            };
+            let (version, key_version, wrapped_key, sealed): (i64, i64, Arc<[u8]>, Arc<[u8]>) =
+                match c.active {
+                    Some(v) => (
+                        v.version,
+                        v.wrapped_key.key_version,
+                        Arc::from(v.wrapped_key.bytes),
+                        Arc::from(v.sealed_value),
+                    ),
+                    None if c.state == CredentialState::Revoked => {
+                        (0, 0, Arc::from(Vec::new()), Arc::from(Vec::new()))
+                    }
+                    // Active without its version row: left out (alarmed by the store).
+                    None => continue,
+                };
+            credentials.insert(
+                c.key,
+                SealedCredential {
+                    ty: c.ty,
+                    state: c.state,
+                    expires_at: c.expires_at,
+                    version,
+                    key_version,
+                    wrapped_key,
+                    sealed,
+                    metadata: Arc::new(metadata),
+                },
+            );
+        }
         Ok(VaultSnapshot::new(
             vault.id.clone(),
             vault.name.clone(),

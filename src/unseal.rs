@@ -276,6 +276,22 @@ async fn bind_authority_rows(
     Ok(())
 }
 
+/// Re-seals every credential value written before per-credential data keys under a key of its
+/// own, once (migration 0005 asks for it), before anything reads credentials.
+async fn upgrade_credential_keys(store: &Store, keyring: &Keyring) -> Result<(), UnsealError> {
+    let upgraded = store
+        .with_authority_macs(keyring.authority_macs())
+        .upgrade_credential_keys(keyring)
+        .await?;
+    if upgraded > 0 {
+        tracing::warn!(
+            credentials = upgraded,
+            "re-sealed credentials written by an earlier release, each under its own data key (first start after upgrading)"
+        );
+    }
+    Ok(())
+}
+
 /// Unwraps with an existing password, warning (without the value) when it would not be
 /// accepted as a new one: it keeps working, but should be changed.
 async fn unwrap_existing(
@@ -311,7 +327,9 @@ pub async fn unseal_or_init(
             &Keyring::from_dek(opened.dek.clone()),
         )
         .await?;
-        return Ok((keyring_of(store, &record, opened).await?, false));
+        let keyring = keyring_of(store, &record, opened).await?;
+        upgrade_credential_keys(store, &keyring).await?;
+        return Ok((keyring, false));
     }
     if let Some(why) = master_password_weakness(&password) {
         return Err(UnsealError::WeakPassword(why));
@@ -325,11 +343,11 @@ pub async fn unseal_or_init(
             binding: Binding::Current,
         };
         let keyring = keyring_of(store, &record, opened).await?;
-        // A new database has no rows to bind; migration 0003's marker has nothing to do.
-        store
-            .with_authority_macs(keyring.authority_macs())
-            .discard_backfill_marker()
-            .await?;
+        // A new database has no rows to bind or re-seal; the markers of migrations 0003 and
+        // 0005 have nothing to do.
+        let bound = store.with_authority_macs(keyring.authority_macs());
+        bound.discard_backfill_marker().await?;
+        bound.discard_credential_upgrade_marker().await?;
         return Ok((keyring, true));
     }
     // Another instance initialized the database first: use its key, which must open with the

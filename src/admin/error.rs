@@ -16,7 +16,7 @@ use crate::manage::proposals::ProposalsError;
 use crate::manage::services::ServicesError;
 use crate::manage::vaults::VaultsError;
 use crate::registry::StoredServiceError;
-use crate::store::StoreError;
+use crate::store::{CredentialRefused, StoreError};
 
 /// An error answered by the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,16 @@ pub enum ApiError {
     /// The change conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// A refusal with its own stable code (a credential's lifecycle: 404 or 409).
+    #[error("{message}")]
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What was refused and why; never a value.
+        message: String,
+    },
     /// The request body is over the cap (413).
     #[error("request body too large")]
     PayloadTooLarge,
@@ -97,6 +107,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Refused { status, code, .. } => (*status, code),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -153,6 +164,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::NotFound("not found".into()),
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::LimitReached(message) => Self::Conflict(message),
+            StoreError::Credential(refused) => refused.into(),
             e @ StoreError::Corrupt { .. } => Self::Integrity(e.to_string()),
             e if e.is_unavailable() => Self::Unavailable,
             e => Self::internal(e),
@@ -258,6 +270,25 @@ impl From<VaultsError> for ApiError {
     }
 }
 
+impl From<CredentialRefused> for ApiError {
+    fn from(err: CredentialRefused) -> Self {
+        use CredentialRefused as R;
+        let (status, code) = match &err {
+            R::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            R::Revoked(_) => (StatusCode::CONFLICT, "credential_revoked"),
+            R::TypeMismatch { .. } => (StatusCode::CONFLICT, "type_mismatch"),
+            R::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
+            R::VersionUnavailable { .. } => (StatusCode::CONFLICT, "version_unavailable"),
+            R::Integrity(_) => return Self::Integrity(err.to_string()),
+        };
+        Self::Refused {
+            status,
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
 impl From<CredentialsError> for ApiError {
     fn from(err: CredentialsError) -> Self {
         use CredentialsError as E;
@@ -266,13 +297,18 @@ impl From<CredentialsError> for ApiError {
             E::TooMany { .. } => Self::bad_request("too_many_credentials", err.to_string()),
             E::NothingToSet
             | E::NothingToDelete
-            | E::StrayDescription(_)
-            | E::DescriptionTooLong(_) => Self::bad_request("invalid_body", err.to_string()),
+            | E::Stray { .. }
+            | E::DescriptionTooLong(_)
+            | E::ReasonTooLong => Self::bad_request("invalid_body", err.to_string()),
             E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
-            E::EmptyValue(_) | E::ValueTooLong(_) => {
-                Self::bad_request("invalid_credential_value", err.to_string())
-            }
+            E::Invalid { .. } => Self::bad_request("invalid_credential", err.to_string()),
             E::NotFound { .. } | E::NotAllFound { .. } => Self::NotFound(err.to_string()),
+            E::Revoked(_) => Self::Refused {
+                status: StatusCode::CONFLICT,
+                code: "credential_revoked",
+                message: err.to_string(),
+            },
+            E::Refused(r) => r.into(),
             E::Integrity { .. } => Self::Integrity(chain(&err)),
             E::Store(e) => e.into(),
         }
@@ -324,6 +360,7 @@ impl From<ProposalsError> for ApiError {
             E::InvalidKey(_) => Self::bad_request("invalid_credential_key", err.to_string()),
             E::UnexpectedValue(_) => Self::bad_request("unexpected_value", err.to_string()),
             E::ValueTooLong(_) => Self::bad_request("invalid_credential_value", err.to_string()),
+            E::InvalidValue { .. } => Self::bad_request("invalid_credential", err.to_string()),
             E::ValueRequired(_) => Self::bad_request("value_required", err.to_string()),
             E::ReasonTooLong => Self::bad_request("invalid_reason", err.to_string()),
             E::Content { .. } | E::SuppliedValue { .. } => Self::Integrity(chain(&err)),

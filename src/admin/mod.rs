@@ -190,6 +190,22 @@ pub fn router(state: AdminState) -> Router {
             get(credentials::get_one),
         )
         .route(
+            "/v1/vaults/{vault}/credentials/{key}/rotate",
+            post(credentials::rotate),
+        )
+        .route(
+            "/v1/vaults/{vault}/credentials/{key}/versions",
+            get(credentials::versions),
+        )
+        .route(
+            "/v1/vaults/{vault}/credentials/{key}/rollback",
+            post(credentials::rollback),
+        )
+        .route(
+            "/v1/vaults/{vault}/credentials/{key}/revoke",
+            post(credentials::revoke),
+        )
+        .route(
             "/v1/vaults/{vault}/services",
             get(services::list)
                 .put(services::replace)

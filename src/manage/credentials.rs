@@ -1,23 +1,32 @@
-//! Credentials: set (sealed at once, bound to vault, key and version), list (values only when a
-//! member asks to reveal them), reveal one, delete. Members and above only: proxy-role callers
-//! see key names through discovery and never a value. Every reveal is audited.
+//! Credentials: set (checked by their type, each write a new version sealed under its own data
+//! key), rotate, list versions, roll back, revoke, list (values only when a member asks to
+//! reveal them), reveal one, delete. Members and above only: proxy-role callers see key names
+//! through discovery and never a value or a version. A revoked credential is never revealed
+//! again. Every change and every reveal is audited.
 
 use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{AccessError, Acting, Manage};
+use crate::credtype::{self, CheckOptions, CredTypeError, CredentialType};
 use crate::crypto::CryptoError;
-use crate::domain::{CredentialKey, DomainError, VaultRole};
-use crate::store::{CredentialRecord, CredentialWrite, StoreError};
+use crate::domain::{CredentialKey, CredentialState, DomainError, VaultRole, now_ms};
+use crate::store::{
+    CredentialRecord, CredentialRefused, CredentialWrite, StoreError, VersionRecord, Written,
+    open_meta,
+};
 
-/// Largest credential value accepted.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Largest credential value accepted (any type).
+pub const MAX_VALUE_BYTES: usize = credtype::MAX_VALUE_BYTES;
 
 /// Longest description accepted, in bytes.
 const MAX_DESCRIPTION_BYTES: usize = 1000;
 
-/// Why a credential operation failed. No message ever includes a value.
+/// Longest revocation reason accepted, in bytes.
+const MAX_REASON_BYTES: usize = 1000;
+
+/// Why a credential operation failed. No message ever includes a value or a metadata value.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     /// The caller may not see or change this vault.
@@ -45,18 +54,30 @@ pub enum CredentialsError {
     /// A key is not `UPPER_SNAKE_CASE`.
     #[error(transparent)]
     InvalidKey(DomainError),
-    /// A value is empty.
-    #[error("the value of {0} is empty")]
-    EmptyValue(CredentialKey),
-    /// A value is over [`MAX_VALUE_BYTES`].
-    #[error("the value of {0} is longer than {MAX_VALUE_BYTES} bytes")]
-    ValueTooLong(CredentialKey),
-    /// A description names a key the request does not set.
-    #[error("description given for {0:?}, which is not being set")]
-    StrayDescription(String),
+    /// A value, type, metadata or expiry failed its checks; nothing was stored.
+    #[error("{key}: {source}; nothing was stored")]
+    Invalid {
+        /// The credential.
+        key: String,
+        /// What was wrong, naming the field.
+        #[source]
+        source: CredTypeError,
+    },
+    /// A per-key field (description, type, metadata, expiry) names a key the request does not
+    /// set.
+    #[error("{field} given for {key:?}, which is not being set")]
+    Stray {
+        /// `descriptions`, `types`, `metadata` or `expires_at`.
+        field: &'static str,
+        /// The key it named.
+        key: String,
+    },
     /// A description is too long.
     #[error("the description of {0} is longer than 1000 characters")]
     DescriptionTooLong(String),
+    /// A revocation reason is too long.
+    #[error("reason: at most {MAX_REASON_BYTES} bytes")]
+    ReasonTooLong,
     /// No credential of that key in the vault.
     #[error("credential {key} not found in vault {vault:?}")]
     NotFound {
@@ -73,6 +94,12 @@ pub enum CredentialsError {
         /// The vault, as the caller named it.
         vault: String,
     },
+    /// The credential is revoked: its value is never returned again.
+    #[error("credential {0} is revoked; its value is not available (delete it to reuse the key)")]
+    Revoked(CredentialKey),
+    /// The change was refused inside its transaction (revoked, another type, no such version).
+    #[error(transparent)]
+    Refused(CredentialRefused),
     /// A stored value failed to open: its row was edited or moved outside agent-vault.
     #[error("credential {key} of vault {vault_id} failed its integrity check")]
     Integrity {
@@ -86,14 +113,25 @@ pub enum CredentialsError {
     },
     /// The store could not answer.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
-/// A credential as a listing shows it: its metadata, and its value when revealed.
+impl From<StoreError> for CredentialsError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Credential(refused) => Self::Refused(refused),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// A credential as a listing shows it: its row, its metadata, and its value when revealed.
 #[derive(Debug)]
 pub struct Listed {
-    /// The stored row (metadata and sealed value).
+    /// The stored row.
     pub record: CredentialRecord,
+    /// Its metadata (`None` when it failed to open; logged as an alarm).
+    pub metadata: Option<BTreeMap<String, String>>,
     /// What a reveal found.
     pub value: Revealed,
 }
@@ -105,22 +143,63 @@ pub enum Revealed {
     Hidden,
     /// The plaintext.
     Value(SecretString),
+    /// Revoked: never revealed again.
+    Revoked,
     /// This one value failed its integrity check (logged as an alarm); the others are shown.
     IntegrityError,
 }
 
+/// Everything a `set` request carries besides the values; each map is keyed by credential key.
+#[derive(Debug, Default)]
+pub struct SetOptions {
+    /// Descriptions of keys being set.
+    pub descriptions: BTreeMap<String, String>,
+    /// Types of keys being set (default: the stored type, or `api_key` for a new key).
+    pub types: BTreeMap<String, String>,
+    /// Metadata of keys being set (replaces the stored map; derived entries win).
+    pub metadata: BTreeMap<String, BTreeMap<String, String>>,
+    /// Explicit expiries (ms) of keys being set (default: what the value says, if anything).
+    pub expires_at: BTreeMap<String, i64>,
+    /// Store values that have already expired.
+    pub allow_expired: bool,
+}
+
+fn integrity(c: &CredentialRecord, source: CryptoError) -> CredentialsError {
+    CredentialsError::Integrity {
+        vault_id: c.vault_id.clone(),
+        key: c.key.clone(),
+        source,
+    }
+}
+
 fn open_value(m: &Manage<'_>, c: &CredentialRecord) -> Result<SecretString, CredentialsError> {
+    if c.state == CredentialState::Revoked {
+        return Err(CredentialsError::Revoked(c.key.clone()));
+    }
+    let Some(active) = &c.active else {
+        return Err(integrity(c, CryptoError::Malformed));
+    };
     let plain = m
         .keyring
-        .open_credential(&c.vault_id, c.key.as_str(), c.version, &c.sealed_value)
-        .map_err(|source| CredentialsError::Integrity {
-            vault_id: c.vault_id.clone(),
-            key: c.key.clone(),
-            source,
-        })?;
+        .open_version(
+            &c.vault_id,
+            c.key.as_str(),
+            active.version,
+            &active.wrapped_key,
+            &active.sealed_value,
+        )
+        .map_err(|source| integrity(c, source))?;
     Ok(SecretString::from(
         String::from_utf8_lossy(plain.expose_secret()).into_owned(),
     ))
+}
+
+fn metadata_of(m: &Manage<'_>, c: &CredentialRecord) -> Option<BTreeMap<String, String>> {
+    open_meta(m.keyring, c)
+        .inspect_err(|e| {
+            tracing::error!(vault_id = %c.vault_id, key = %c.key, error = %e, "INTEGRITY ALARM: a credential's metadata failed to open");
+        })
+        .ok()
 }
 
 /// A vault's credentials (member or higher), with their values when `reveal` is set.
@@ -143,6 +222,7 @@ pub async fn list(
                     revealed.push(record.key.to_string());
                     Revealed::Value(value)
                 }
+                Err(CredentialsError::Revoked(_)) => Revealed::Revoked,
                 Err(e @ CredentialsError::Integrity { .. }) => {
                     tracing::error!(error = %e, "INTEGRITY ALARM: stored data failed authentication");
                     Revealed::IntegrityError
@@ -150,7 +230,12 @@ pub async fn list(
                 Err(e) => return Err(e),
             }
         };
-        out.push(Listed { record, value });
+        let metadata = metadata_of(&a, &record);
+        out.push(Listed {
+            record,
+            metadata,
+            value,
+        });
     }
     if reveal {
         a.record("credential.reveal", Some(&vault), revealed.join(","))
@@ -159,12 +244,12 @@ pub async fn list(
     Ok(out)
 }
 
-/// One credential with its value (member or higher).
-pub async fn reveal(
-    a: Acting<'_>,
+/// Finds one credential of a vault the caller may act on as a member.
+async fn find(
+    a: &Acting<'_>,
     vault: &str,
     key: &str,
-) -> Result<(CredentialRecord, SecretString), CredentialsError> {
+) -> Result<(crate::store::VaultRecord, CredentialRecord), CredentialsError> {
     let (record, _) = a.vault(vault, VaultRole::Member).await?;
     let key = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
     let c =
@@ -172,13 +257,24 @@ pub async fn reveal(
             .credential(&record.id, &key)
             .await?
             .ok_or_else(|| CredentialsError::NotFound {
-                key: key.clone(),
+                key,
                 vault: vault.to_owned(),
             })?;
+    Ok((record, c))
+}
+
+/// One credential with its value and metadata (member or higher); a revoked one is refused.
+pub async fn reveal(a: Acting<'_>, vault: &str, key: &str) -> Result<Listed, CredentialsError> {
+    let (record, c) = find(&a, vault, key).await?;
     let value = open_value(&a, &c)?;
-    a.record("credential.reveal", Some(&record), key.to_string())
+    a.record("credential.reveal", Some(&record), c.key.to_string())
         .await;
-    Ok((c, value))
+    let metadata = metadata_of(&a, &c);
+    Ok(Listed {
+        record: c,
+        metadata,
+        value: Revealed::Value(value),
+    })
 }
 
 /// Refuses a request naming more credentials than `limits.max_credentials_per_request`.
@@ -194,72 +290,277 @@ fn check_request_size(
     Ok(())
 }
 
-/// Checks a value's size: never empty, never over [`MAX_VALUE_BYTES`].
-fn check_value(key: &CredentialKey, value: &SecretString) -> Result<(), CredentialsError> {
-    let len = value.expose_secret().len();
-    if len == 0 {
-        return Err(CredentialsError::EmptyValue(key.clone()));
-    }
-    if len > MAX_VALUE_BYTES {
-        return Err(CredentialsError::ValueTooLong(key.clone()));
-    }
-    Ok(())
+/// What one value becomes once checked: its type's canonical payload, the metadata to store,
+/// and its expiry.
+struct Checked {
+    validated: credtype::Validated,
+    metadata: Option<BTreeMap<String, String>>,
+    expires_at: Option<i64>,
 }
 
-/// Sets one or more values atomically (member or higher), each as a new version; returns the
-/// keys with their new versions. `descriptions` may describe keys being set, nothing else.
+/// Checks one value as a credential of type `ty`, with the caller's metadata and expiry.
+fn check(
+    key: &str,
+    ty: CredentialType,
+    value: &SecretString,
+    metadata: Option<&BTreeMap<String, String>>,
+    expires_at: Option<i64>,
+    allow_expired: bool,
+) -> Result<Checked, CredentialsError> {
+    let invalid = |source| CredentialsError::Invalid {
+        key: key.to_owned(),
+        source,
+    };
+    let now = now_ms();
+    let validated = credtype::validate(
+        ty,
+        value,
+        CheckOptions {
+            allow_expired,
+            now_ms: now,
+        },
+    )
+    .map_err(invalid)?;
+    if let Some(m) = metadata {
+        credtype::validate_metadata(m).map_err(invalid)?;
+    }
+    let expires_at = expires_at.or(validated.expires_at);
+    if let Some(at) = expires_at
+        && at <= now
+        && !allow_expired
+    {
+        return Err(invalid(CredTypeError::invalid(
+            "expires_at",
+            "a time in the future (ms since the epoch); pass allow_expired to store an expired value anyway",
+        )));
+    }
+    Ok(Checked {
+        validated,
+        metadata: metadata.cloned(),
+        expires_at,
+    })
+}
+
+fn write_of(
+    key: CredentialKey,
+    ty: CredentialType,
+    checked: Checked,
+    actor: &str,
+) -> CredentialWrite {
+    CredentialWrite {
+        key,
+        ty,
+        payload: checked.validated.payload,
+        description: None,
+        metadata: checked.metadata,
+        derived: checked.validated.derived_metadata,
+        expires_at: checked.expires_at,
+        actor: actor.to_owned(),
+        must_exist: false,
+    }
+}
+
+/// Sets one or more values atomically (member or higher), each as a new version of its
+/// credential (version 1 for a new key); returns each key's new version and type. The
+/// per-key options may only name keys being set.
 pub async fn set(
     a: Acting<'_>,
     vault: &str,
     values: &BTreeMap<String, SecretString>,
-    descriptions: &BTreeMap<String, String>,
-) -> Result<Vec<(CredentialKey, i64)>, CredentialsError> {
+    opts: &SetOptions,
+) -> Result<Vec<Written>, CredentialsError> {
     let (vault, _) = a.vault(vault, VaultRole::Member).await?;
     check_request_size(&a, values.len(), "set")?;
     if values.is_empty() {
         return Err(CredentialsError::NothingToSet);
     }
-    let mut writes = Vec::with_capacity(values.len());
-    for (key, value) in values {
-        let parsed = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
-        check_value(&parsed, value)?;
-        writes.push(CredentialWrite {
-            key: parsed,
-            description: descriptions.get(key).cloned(),
-        });
+    let stray = [
+        ("descriptions", opts.descriptions.keys().collect::<Vec<_>>()),
+        ("types", opts.types.keys().collect()),
+        ("metadata", opts.metadata.keys().collect()),
+        ("expires_at", opts.expires_at.keys().collect()),
+    ]
+    .into_iter()
+    .find_map(|(field, keys)| {
+        keys.into_iter()
+            .find(|k| !values.contains_key(*k))
+            .map(|k| (field, k.clone()))
+    });
+    if let Some((field, key)) = stray {
+        return Err(CredentialsError::Stray { field, key });
     }
-    for (key, description) in descriptions {
-        if !values.contains_key(key) {
-            return Err(CredentialsError::StrayDescription(key.clone()));
-        }
+    for (key, description) in &opts.descriptions {
         if description.len() > MAX_DESCRIPTION_BYTES {
             return Err(CredentialsError::DescriptionTooLong(key.clone()));
         }
     }
+    // An existing key keeps its type unless the request names one (a different one is refused
+    // in the write transaction); a new key is an api_key unless named.
+    let stored: BTreeMap<CredentialKey, CredentialType> = a
+        .store
+        .list_credentials(&vault.id)
+        .await?
+        .into_iter()
+        .map(|c| (c.key, c.ty))
+        .collect();
+    let actor = a.caller.actor().to_string();
+    let mut writes = Vec::with_capacity(values.len());
+    for (key, value) in values {
+        let parsed = CredentialKey::parse(key).map_err(CredentialsError::InvalidKey)?;
+        let ty = match opts.types.get(key) {
+            Some(name) => {
+                name.parse::<CredentialType>()
+                    .map_err(|source| CredentialsError::Invalid {
+                        key: key.clone(),
+                        source,
+                    })?
+            }
+            None => stored
+                .get(&parsed)
+                .copied()
+                .unwrap_or(CredentialType::ApiKey),
+        };
+        let checked = check(
+            key,
+            ty,
+            value,
+            opts.metadata.get(key),
+            opts.expires_at.get(key).copied(),
+            opts.allow_expired,
+        )?;
+        let mut write = write_of(parsed, ty, checked, &actor);
+        write.description = opts.descriptions.get(key).cloned();
+        writes.push(write);
+    }
     let written = a
         .store
         .set_credentials(
+            a.keyring,
             &vault.id,
             &writes,
             a.config.limits.max_credentials_per_vault,
-            |key, version| {
-                let value = values
-                    .get(key.as_str())
-                    .map(|v| v.expose_secret().as_bytes())
-                    .unwrap_or_default();
-                a.keyring
-                    .seal_credential(&vault.id, key.as_str(), version, value)
-            },
         )
         .await?;
     a.changed(&vault.id).await;
-    let keys: Vec<_> = written.iter().map(|(k, _)| k.to_string()).collect();
+    let keys: Vec<_> = written
+        .iter()
+        .map(|w| format!("{} v{}", w.key, w.version))
+        .collect();
     a.record("credential.set", Some(&vault), keys.join(","))
         .await;
     Ok(written)
 }
 
-/// Deletes every listed key, or none when one is missing (member or higher).
+/// A new active version of an existing credential (member or higher), checked as its stored
+/// type; the previous version becomes `rotated`. `metadata` replaces the stored map when given.
+pub async fn rotate(
+    a: Acting<'_>,
+    vault: &str,
+    key: &str,
+    value: &SecretString,
+    metadata: Option<&BTreeMap<String, String>>,
+    expires_at: Option<i64>,
+    allow_expired: bool,
+) -> Result<Written, CredentialsError> {
+    let (record, c) = find(&a, vault, key).await?;
+    if c.state == CredentialState::Revoked {
+        return Err(CredentialsError::Refused(CredentialRefused::Revoked(c.key)));
+    }
+    let checked = check(key, c.ty, value, metadata, expires_at, allow_expired)?;
+    let mut write = write_of(c.key.clone(), c.ty, checked, &a.caller.actor().to_string());
+    write.must_exist = true;
+    let written = a
+        .store
+        .set_credentials(
+            a.keyring,
+            &record.id,
+            std::slice::from_ref(&write),
+            a.config.limits.max_credentials_per_vault,
+        )
+        .await?
+        .remove(0);
+    a.changed(&record.id).await;
+    a.record(
+        "credential.rotate",
+        Some(&record),
+        format!("{} v{}", written.key, written.version),
+    )
+    .await;
+    Ok(written)
+}
+
+/// The retained versions of a credential, newest first (member or higher; never values).
+pub async fn versions(
+    a: Acting<'_>,
+    vault: &str,
+    key: &str,
+) -> Result<Vec<VersionRecord>, CredentialsError> {
+    let (record, c) = find(&a, vault, key).await?;
+    a.store
+        .credential_versions(&record.id, &c.key)
+        .await?
+        .ok_or(CredentialsError::NotFound {
+            key: c.key,
+            vault: vault.to_owned(),
+        })
+}
+
+/// Makes version `to`'s value the new active version (member or higher); returns its number.
+pub async fn rollback(
+    a: Acting<'_>,
+    vault: &str,
+    key: &str,
+    to: i64,
+) -> Result<i64, CredentialsError> {
+    let (record, c) = find(&a, vault, key).await?;
+    let version = a
+        .store
+        .rollback_credential(
+            a.keyring,
+            &record.id,
+            &c.key,
+            to,
+            &a.caller.actor().to_string(),
+        )
+        .await?;
+    a.changed(&record.id).await;
+    a.record(
+        "credential.rollback",
+        Some(&record),
+        format!("{} v{to} -> v{version}", c.key),
+    )
+    .await;
+    Ok(version)
+}
+
+/// Revokes a credential (member or higher): every version revoked, the proxy refuses it, and
+/// its value is never revealed again. Revoking it again changes nothing.
+pub async fn revoke(
+    a: Acting<'_>,
+    vault: &str,
+    key: &str,
+    reason: Option<&str>,
+) -> Result<CredentialKey, CredentialsError> {
+    if reason.is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(CredentialsError::ReasonTooLong);
+    }
+    let (record, c) = find(&a, vault, key).await?;
+    a.store
+        .revoke_credential(&record.id, &c.key, reason, &a.caller.actor().to_string())
+        .await?;
+    a.changed(&record.id).await;
+    a.record_with(
+        "credential.revoke",
+        Some(&record),
+        c.key.to_string(),
+        reason.unwrap_or_default().to_owned(),
+    )
+    .await;
+    Ok(c.key)
+}
+
+/// Deletes every listed key with all its versions, or none when one is missing (member or
+/// higher). Their data keys go with their rows.
 pub async fn delete(
     a: Acting<'_>,
     vault: &str,

@@ -142,6 +142,15 @@ pub enum ProposalsError {
     /// A value is over the size limit.
     #[error("the value of {0} is too long")]
     ValueTooLong(CredentialKey),
+    /// A value is not valid for its credential's type (stored type, or `api_key`).
+    #[error("{key}: {source}; nothing was stored")]
+    InvalidValue {
+        /// The key.
+        key: CredentialKey,
+        /// What was wrong, naming the field.
+        #[source]
+        source: crate::credtype::CredTypeError,
+    },
     /// A credential slot has no value from the approver or the agent.
     #[error("enter a value for {0}")]
     ValueRequired(CredentialKey),
@@ -750,20 +759,45 @@ async fn approve(
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
     let final_values = values_to_apply(&a, p, &plan.set_keys, approval.values).await?;
-    // The credentials the vault holds once this applies, with their types: a slot keeps the
-    // type of the credential it sets again, and a new one is stored with the default type.
-    let mut types_after = services::credential_types(&a, &p.vault_id).await?;
+    // A key the vault already holds keeps its type; a new one is an api_key. Each value is
+    // checked as that type, like any other set, and the services as they will use them.
+    let stored: BTreeMap<CredentialKey, CredentialType> = a
+        .store
+        .list_credentials(&p.vault_id)
+        .await?
+        .into_iter()
+        .map(|c| (c.key, c.ty))
+        .collect();
+    let mut types_after = stored.clone();
     for key in &plan.set_keys {
         types_after
             .entry(key.clone())
             .or_insert(CredentialType::ApiKey);
     }
     let rows = services::rows_for(&a, &p.vault_id, &plan.services, &types_after)?;
-    let writes: Vec<CredentialWrite> = plan
-        .set_keys
-        .iter()
-        .map(|key| CredentialWrite {
+    let actor = a.caller.actor().to_string();
+    let mut writes: Vec<CredentialWrite> = Vec::with_capacity(plan.set_keys.len());
+    for key in &plan.set_keys {
+        let ty = stored.get(key).copied().unwrap_or(CredentialType::ApiKey);
+        let value = final_values
+            .get(key)
+            .ok_or_else(|| ProposalsError::ValueRequired(key.clone()))?;
+        let validated = crate::credtype::validate(
+            ty,
+            value,
+            crate::credtype::CheckOptions {
+                allow_expired: false,
+                now_ms: now_ms(),
+            },
+        )
+        .map_err(|source| ProposalsError::InvalidValue {
             key: key.clone(),
+            source,
+        })?;
+        writes.push(CredentialWrite {
+            key: key.clone(),
+            ty,
+            payload: validated.payload,
             description: content.credentials.iter().find_map(|s| match s {
                 CredentialSlot::Set {
                     key: k,
@@ -772,8 +806,13 @@ async fn approve(
                 } if k == key && !description.is_empty() => Some(description.clone()),
                 _ => None,
             }),
-        })
-        .collect();
+            metadata: None,
+            derived: validated.derived_metadata,
+            expires_at: validated.expires_at,
+            actor: actor.clone(),
+            must_exist: false,
+        });
+    }
     let applied = a
         .store
         .apply_proposal(
@@ -785,14 +824,7 @@ async fn approve(
                 reviewer: user_id,
                 max_credentials: a.config.limits.max_credentials_per_vault,
             },
-            |key, version| {
-                let value = final_values
-                    .get(key)
-                    .map(|v| v.expose_secret().as_bytes())
-                    .unwrap_or_default();
-                a.keyring
-                    .seal_credential(&p.vault_id, key.as_str(), version, value)
-            },
+            a.keyring,
             |rows, keys| {
                 // The vault inside the transaction must be the one the approver reviewed.
                 let services: Option<Vec<ServiceSpec>> = rows

@@ -79,17 +79,8 @@ pub async fn credential_types(
         .list_credentials(vault_id)
         .await?
         .into_iter()
-        .map(|c| {
-            let ty = stored_type(&c.kind);
-            (c.key, ty)
-        })
+        .map(|c| (c.key, c.ty))
         .collect())
-}
-
-/// A stored type name. Rows written before credentials had types say `static`, which is what
-/// `api_key` is now.
-fn stored_type(name: &str) -> CredentialType {
-    name.parse().unwrap_or(CredentialType::ApiKey)
 }
 
 /// Validates definitions against the vault's keys and their types (`types` holds the type of

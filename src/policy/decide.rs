@@ -210,8 +210,14 @@ mod tests {
                 (
                     CredentialKey::parse(*k).unwrap(),
                     SealedCredential {
+                        ty: crate::credtype::CredentialType::ApiKey,
+                        state: crate::domain::CredentialState::Active,
+                        expires_at: None,
                         version: 1,
+                        key_version: 1,
+                        wrapped_key: Arc::from(vec![0u8; 4]),
                         sealed: Arc::from(vec![0u8; 4]),
+                        metadata: Arc::default(),
                     },
                 )
             })

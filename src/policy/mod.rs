@@ -11,4 +11,4 @@ pub mod snapshot;
 pub use decide::{ConnectDecision, DenyReason, RequestDecision, decide_connect, decide_request};
 pub use host::{Authority, Host, HostError, canonicalize_host, parse_authority};
 pub use service::{AuthSpec, CompiledService, ServiceError, ServiceSpec, validate_services};
-pub use snapshot::{Placeholders, SealedCredential, VaultSnapshot};
+pub use snapshot::{Placeholders, SealedCredential, Unusable, VaultSnapshot};

@@ -1,24 +1,65 @@
 //! A vault compiled for the hot path: services indexed by host, sealed credential handles, and
 //! settings. Immutable once built; a change builds a new snapshot and swaps it in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::service::CompiledService;
-use crate::domain::{CredentialKey, UnmatchedHostPolicy, VaultName};
+use crate::credtype::CredentialType;
+use crate::domain::{CredentialKey, CredentialState, UnmatchedHostPolicy, VaultName};
 
-/// A credential as the proxy holds it: still sealed, opened only for the request that uses it.
+/// A credential as the proxy holds it: its active version still sealed under that version's
+/// data key (itself wrapped by the instance key), opened only for the request that uses it.
 #[derive(Clone)]
 pub struct SealedCredential {
-    /// The row version (part of the AAD).
+    /// What the value holds (decides which bytes an injection carries).
+    pub ty: CredentialType,
+    /// Active or revoked.
+    pub state: CredentialState,
+    /// When the active value stops being usable (ms).
+    pub expires_at: Option<i64>,
+    /// The active version (part of both AADs); 0 when there is none (revoked).
     pub version: i64,
-    /// The sealed bytes.
+    /// Which instance key wrapped the data key.
+    pub key_version: i64,
+    /// The active version's data key, wrapped.
+    pub wrapped_key: Arc<[u8]>,
+    /// The active value, sealed under that data key.
     pub sealed: Arc<[u8]>,
+    /// The credential's metadata (not secret to this process; a basic-auth username lives
+    /// here).
+    pub metadata: Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for SealedCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedCredential(v{})", self.version)
+        write!(
+            f,
+            "SealedCredential({} v{} {})",
+            self.ty, self.version, self.state
+        )
+    }
+}
+
+/// Why a credential cannot be used for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// It was revoked.
+    Revoked,
+    /// Its active value expired at or before the request.
+    Expired,
+}
+
+impl SealedCredential {
+    /// Whether the credential may be injected into a request made at `now_ms`.
+    pub fn usable(&self, now_ms: i64) -> Result<(), Unusable> {
+        if self.state == CredentialState::Revoked {
+            return Err(Unusable::Revoked);
+        }
+        if self.expires_at.is_some_and(|at| at <= now_ms) {
+            return Err(Unusable::Expired);
+        }
+        Ok(())
     }
 }
 
@@ -140,6 +181,26 @@ impl VaultSnapshot {
 mod tests {
     use super::*;
     use crate::policy::service::parse_service_file;
+
+    #[test]
+    fn revoked_and_expired_credentials_are_unusable() {
+        let mut c = SealedCredential {
+            ty: CredentialType::ApiKey,
+            state: CredentialState::Active,
+            expires_at: Some(1000),
+            version: 1,
+            key_version: 1,
+            wrapped_key: Arc::from(Vec::new()),
+            sealed: Arc::from(Vec::new()),
+            metadata: Arc::default(),
+        };
+        assert_eq!(c.usable(999), Ok(()));
+        assert_eq!(c.usable(1000), Err(Unusable::Expired));
+        c.expires_at = None;
+        assert_eq!(c.usable(i64::MAX), Ok(()));
+        c.state = CredentialState::Revoked;
+        assert_eq!(c.usable(0), Err(Unusable::Revoked));
+    }
 
     #[test]
     fn placeholders_are_collected_once_across_services() {

@@ -101,6 +101,12 @@ pub enum ProxyError {
         /// What is wrong with it, in words (never its value).
         why: &'static str,
     },
+    /// A referenced credential's active value has expired.
+    #[error("the credential {0} this service needs has expired; nothing was sent upstream")]
+    CredentialExpired(String),
+    /// A referenced credential was revoked.
+    #[error("the credential {0} this service needs was revoked; nothing was sent upstream")]
+    CredentialRevoked(String),
     /// A stored credential or service failed its integrity check.
     #[error("a stored credential or service failed its integrity check; nothing was sent upstream")]
     Integrity,
@@ -160,6 +166,8 @@ impl ProxyError {
             | ForbiddenHost { .. }
             | CredentialNotFound(_)
             | CredentialUnusable { .. }
+            | CredentialExpired(_)
+            | CredentialRevoked(_)
             | Blocked(_) => ErrorClass::Policy,
             Unreachable(_) | UpstreamTls(_) | UpstreamTimeout(_) | UpstreamProtocol
             | ResponseTooLarge | Unscrubbable => ErrorClass::Upstream,
@@ -185,6 +193,8 @@ impl ProxyError {
             Plaintext(_) => "plaintext_refused",
             ForbiddenHost { .. } => "forbidden_host",
             CredentialNotFound(_) | CredentialUnusable { .. } => "credential_not_found",
+            CredentialExpired(_) => "credential_expired",
+            CredentialRevoked(_) => "credential_revoked",
             Integrity => "integrity_error",
             Blocked(_) => "blocked_destination",
             Unreachable(_) => "upstream_unreachable",
@@ -217,6 +227,8 @@ impl ProxyError {
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             CredentialNotFound(_)
             | CredentialUnusable { .. }
+            | CredentialExpired(_)
+            | CredentialRevoked(_)
             | Integrity
             | Unreachable(_)
             | UpstreamTls(_)
@@ -261,6 +273,12 @@ impl ProxyError {
             }),
             ProxyError::CredentialUnusable { key, .. } => json!({
                 "text": format!("ask a human to set {key} again in the form this service needs (see `agent-vault vault credential list`)")
+            }),
+            ProxyError::CredentialExpired(key) => json!({
+                "text": format!("ask a human to rotate {key} (`agent-vault vault credential rotate {key}`)")
+            }),
+            ProxyError::CredentialRevoked(key) => json!({
+                "text": format!("{key} was revoked; ask a human for a new credential")
             }),
             ProxyError::AuthRequired => json!({
                 "text": "use `agent-vault run -- <command>`, or set HTTPS_PROXY=http://<token>:<vault>@<proxy address> with a token from `agent-vault vault token`"
@@ -366,6 +384,8 @@ mod tests {
                 key: "K".into(),
                 why: "no username",
             },
+            CredentialExpired("K".into()),
+            CredentialRevoked("K".into()),
             Integrity,
             Blocked(crate::netguard::Blocked::Metadata),
             Unreachable(ConnectError::Connect(std::sync::Arc::new(refused))),
@@ -396,6 +416,8 @@ mod tests {
                 | ForbiddenHost { .. }
                 | CredentialNotFound(_)
                 | CredentialUnusable { .. }
+                | CredentialExpired(_)
+                | CredentialRevoked(_)
                 | Integrity
                 | Blocked(_)
                 | Unreachable(_)
@@ -438,6 +460,8 @@ mod tests {
                 (Policy, "forbidden_host", 403),
                 (Policy, "credential_not_found", 502),
                 (Policy, "credential_not_found", 502),
+                (Policy, "credential_expired", 502),
+                (Policy, "credential_revoked", 502),
                 (Internal, "integrity_error", 502),
                 (Policy, "blocked_destination", 403),
                 (Upstream, "upstream_unreachable", 502),

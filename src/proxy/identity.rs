@@ -187,8 +187,14 @@ mod tests {
     fn a_credential_set_again_under_the_same_version_is_another_identity() {
         let key = CredentialKey::parse("CLIENT_CERT").unwrap();
         let sealed = |bytes: &[u8]| SealedCredential {
+            ty: crate::credtype::CredentialType::Certificate,
+            state: crate::domain::CredentialState::Active,
+            expires_at: None,
             version: 1,
+            key_version: 1,
+            wrapped_key: Arc::from(Vec::new()),
             sealed: Arc::from(bytes.to_vec()),
+            metadata: Arc::default(),
         };
         let a = IdentityKey::of("v", &key, &sealed(&[1; 40]));
         assert_eq!(a, IdentityKey::of("v", &key, &sealed(&[1; 40])));

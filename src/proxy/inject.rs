@@ -3,6 +3,7 @@
 //! sent in that slot. A service's client certificate is opened here too, and handed to the
 //! upstream client (`upstream::Identities`) rather than put in a header.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use base64::Engine;
@@ -12,17 +13,22 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use zeroize::Zeroizing;
 
 use super::error::ProxyError;
+use crate::credtype::{CredentialType, injectable};
 use crate::domain::CredentialKey;
-use crate::keys::Keyring;
-use crate::policy::SealedCredential;
+use crate::keys::{Keyring, WrappedDataKey};
 use crate::policy::service::{CompiledService, Injection, TemplatePart};
+use crate::policy::{SealedCredential, Unusable};
 
 /// The opened values of one request, dropped (and zeroized) when the request is built.
 pub(super) struct Opened {
+    /// For each key, the bytes an injection carries (see [`crate::credtype::injectable`]).
     values: HashMap<CredentialKey, SecretSlice<u8>>,
     /// The `username` metadata entry of opened credentials that carry one: the user name of
     /// basic auth for a service that names only the password credential.
     usernames: HashMap<CredentialKey, SecretString>,
+    /// The stored payload of `certificate` credentials: a TLS client identity, kept apart from
+    /// `values` so it can never be injected into a request.
+    identities: HashMap<CredentialKey, SecretSlice<u8>>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -34,36 +40,77 @@ impl std::fmt::Debug for Opened {
 }
 
 impl Opened {
-    /// Opens every named credential; any failure fails the whole request closed.
+    /// Opens every named credential for a request made at `now_ms`: a revoked or expired one
+    /// refuses the request, and any failure to open fails it closed. Each value costs two
+    /// AES-GCM opens (its data key, then the value) and no database access.
     pub(super) fn open(
         keyring: &Keyring,
         vault_id: &str,
         creds: &[(&CredentialKey, &SealedCredential)],
+        now_ms: i64,
     ) -> Result<Self, ProxyError> {
-        let mut map = HashMap::with_capacity(creds.len());
         for (key, sealed) in creds {
-            let value = keyring.open_credential(vault_id, key.as_str(), sealed.version, &sealed.sealed).map_err(|e| {
-                tracing::error!(vault_id, key = %key, error = %e, "INTEGRITY ALARM: credential failed to open; request refused");
-                ProxyError::Integrity
-            })?;
-            map.insert((*key).clone(), value);
+            match sealed.usable(now_ms) {
+                Ok(()) => {}
+                Err(Unusable::Revoked) => {
+                    return Err(ProxyError::CredentialRevoked(key.to_string()));
+                }
+                Err(Unusable::Expired) => {
+                    return Err(ProxyError::CredentialExpired(key.to_string()));
+                }
+            }
         }
-        // Credential metadata is not in the snapshot yet: it arrives, sealed, with typed
-        // credentials, and each opened map's `username` entry is what `set_username` records.
+        let mut map = HashMap::with_capacity(creds.len());
+        let mut usernames = HashMap::new();
+        let mut identities = HashMap::new();
+        for (key, sealed) in creds {
+            let wrapped = WrappedDataKey {
+                key_version: sealed.key_version,
+                bytes: sealed.wrapped_key.to_vec(),
+            };
+            let payload = keyring
+                .open_version(vault_id, key.as_str(), sealed.version, &wrapped, &sealed.sealed)
+                .map_err(|e| {
+                    tracing::error!(vault_id, key = %key, error = %e, "INTEGRITY ALARM: credential failed to open; request refused");
+                    ProxyError::Integrity
+                })?;
+            if let Some(username) = sealed.metadata.get("username") {
+                usernames.insert((*key).clone(), SecretString::from(username.clone()));
+            }
+            if sealed.ty == CredentialType::Certificate {
+                identities.insert((*key).clone(), payload);
+                continue;
+            }
+            // Types whose value is not a string a request can carry (an SSH key) have no
+            // injectable bytes: a service naming them finds nothing to inject.
+            if let Some(text) = injectable(sealed.ty, payload.expose_secret()) {
+                let text = match text {
+                    Cow::Borrowed(_) => payload,
+                    Cow::Owned(owned) => SecretSlice::from(owned),
+                };
+                map.insert((*key).clone(), text);
+            }
+        }
         Ok(Self {
             values: map,
-            usernames: HashMap::new(),
+            usernames,
+            identities,
         })
     }
 
-    /// Records the `username` metadata entry of an opened credential.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "called once the snapshot carries credential metadata"
-        )
-    )]
+    /// The stored payload of a `certificate` credential, for the TLS client identity.
+    pub(super) fn identity(&self, key: &CredentialKey) -> Result<&[u8], ProxyError> {
+        self.identities
+            .get(key)
+            .map(|v| v.expose_secret())
+            .ok_or_else(|| ProxyError::CredentialUnusable {
+                key: key.to_string(),
+                why: "a client certificate must be a credential of type certificate",
+            })
+    }
+
+    /// Records the `username` metadata entry of an opened credential, as `open` does.
+    #[cfg(test)]
     pub(super) fn set_username(&mut self, key: CredentialKey, username: SecretString) {
         self.usernames.insert(key, username);
     }
@@ -183,9 +230,30 @@ pub(super) fn apply(
     Ok(())
 }
 
+/// A credential as a snapshot holds it: `value` sealed under a data key of its own (tests).
+#[cfg(test)]
+pub(super) fn sealed_for_test(
+    ring: &Keyring,
+    vault_id: &str,
+    key: &str,
+    value: &[u8],
+) -> SealedCredential {
+    use std::sync::Arc;
+    let (wrapped, sealed) = ring.seal_version(vault_id, key, 1, value).unwrap();
+    SealedCredential {
+        ty: crate::credtype::CredentialType::ApiKey,
+        state: crate::domain::CredentialState::Active,
+        expires_at: None,
+        version: 1,
+        key_version: wrapped.key_version,
+        wrapped_key: Arc::from(wrapped.bytes),
+        sealed: Arc::from(sealed),
+        metadata: Arc::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::crypto::DataKey;
@@ -199,19 +267,14 @@ mod tests {
         let sealed: Vec<(CredentialKey, SealedCredential)> = values
             .iter()
             .map(|(k, v)| {
-                let key = CredentialKey::parse(*k).unwrap();
-                let s = ring.seal_credential("vid", k, 1, v.as_bytes()).unwrap();
                 (
-                    key,
-                    SealedCredential {
-                        version: 1,
-                        sealed: Arc::from(s),
-                    },
+                    CredentialKey::parse(*k).unwrap(),
+                    sealed_for_test(&ring, "vid", k, v.as_bytes()),
                 )
             })
             .collect();
         let refs: Vec<_> = sealed.iter().map(|(k, s)| (k, s)).collect();
-        (compiled, Opened::open(&ring, "vid", &refs).unwrap())
+        (compiled, Opened::open(&ring, "vid", &refs, 0).unwrap())
     }
 
     #[test]
@@ -313,14 +376,34 @@ mod tests {
     fn tampered_credentials_fail_closed() {
         let ring = Keyring::from_dek(DataKey::from_bytes([9; 32]));
         let key = CredentialKey::parse("T").unwrap();
-        let sealed = ring.seal_credential("vid", "T", 1, b"v").unwrap();
-        let moved = SealedCredential {
-            version: 1,
-            sealed: Arc::from(sealed),
-        };
+        let moved = sealed_for_test(&ring, "vid", "T", b"v");
         assert!(matches!(
-            Opened::open(&ring, "other-vault", &[(&key, &moved)]),
+            Opened::open(&ring, "other-vault", &[(&key, &moved)], 0),
             Err(ProxyError::Integrity)
+        ));
+        let mut other_version = moved.clone();
+        other_version.version = 2;
+        assert!(matches!(
+            Opened::open(&ring, "vid", &[(&key, &other_version)], 0),
+            Err(ProxyError::Integrity)
+        ));
+    }
+
+    #[test]
+    fn revoked_and_expired_credentials_refuse_the_request_before_opening() {
+        let ring = Keyring::from_dek(DataKey::from_bytes([9; 32]));
+        let key = CredentialKey::parse("T").unwrap();
+        let mut c = sealed_for_test(&ring, "vid", "T", b"v");
+        c.expires_at = Some(10);
+        assert!(Opened::open(&ring, "vid", &[(&key, &c)], 9).is_ok());
+        assert!(matches!(
+            Opened::open(&ring, "vid", &[(&key, &c)], 10),
+            Err(ProxyError::CredentialExpired(k)) if k == "T"
+        ));
+        c.state = crate::domain::CredentialState::Revoked;
+        assert!(matches!(
+            Opened::open(&ring, "vid", &[(&key, &c)], 0),
+            Err(ProxyError::CredentialRevoked(k)) if k == "T"
         ));
     }
 }

@@ -454,7 +454,12 @@ async fn build(
     let opened = if sealed.is_empty() {
         None
     } else {
-        Some(Opened::open(&state.keyring, &snapshot.vault_id, &sealed)?)
+        Some(Opened::open(
+            &state.keyring,
+            &snapshot.vault_id,
+            &sealed,
+            crate::domain::now_ms(),
+        )?)
     };
     let identity = match (service.and_then(|s| s.client_identity.as_ref()), &opened) {
         (Some(key), Some(opened)) => Some(client_identity(state, snapshot, &sealed, key, opened)?),
@@ -544,7 +549,7 @@ fn client_identity(
         &snapshot.vault_id,
         key,
         sealed,
-        opened.get(key)?,
+        opened.identity(key)?,
     )
 }
 

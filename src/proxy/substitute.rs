@@ -436,7 +436,6 @@ pub(super) fn test_plan(services: &str, key: &str, value: &[u8]) -> Plan {
     use crate::crypto::DataKey;
     use crate::domain::CredentialKey;
     use crate::keys::Keyring;
-    use crate::policy::SealedCredential;
     use crate::policy::service::parse_service_file;
 
     let services: Vec<CompiledService> = parse_service_file(services)
@@ -445,12 +444,9 @@ pub(super) fn test_plan(services: &str, key: &str, value: &[u8]) -> Plan {
         .map(|s| s.normalized().compile().unwrap())
         .collect();
     let ring = Keyring::from_dek(DataKey::from_bytes([1; 32]));
-    let sealed = SealedCredential {
-        version: 1,
-        sealed: Arc::from(ring.seal_credential("v", key, 1, value).unwrap()),
-    };
+    let sealed = super::inject::sealed_for_test(&ring, "v", key, value);
     let key = CredentialKey::parse(key).unwrap();
-    let opened = Opened::open(&ring, "v", &[(&key, &sealed)]).unwrap();
+    let opened = Opened::open(&ring, "v", &[(&key, &sealed)], 0).unwrap();
     let placeholders = Arc::new(Placeholders::of(&services));
     Plan::new(&placeholders, Some(&services[0]), Some(&opened)).unwrap()
 }

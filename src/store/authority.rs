@@ -128,6 +128,34 @@ pub(super) fn token_fields(t: &TokenRecord) -> [MacField<'_>; 10] {
     ]
 }
 
+/// The fields of a `credentials` row under its MAC: everything that decides whether and which
+/// value is used (type, state, active version, expiry, the metadata key's wrap, revocation).
+/// Counters, description and timestamps of changes are not bound: they grant nothing.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn credential_fields<'a>(
+    vault_id: &'a str,
+    key: &'a str,
+    ty: &'a str,
+    state: &'a str,
+    active_version: Option<i64>,
+    expires_at: Option<i64>,
+    wrapped_key: &'a [u8],
+    key_version: i64,
+    revoked_at: Option<i64>,
+) -> [MacField<'a>; 9] {
+    [
+        MacField::Text(vault_id),
+        MacField::Text(key),
+        MacField::Text(ty),
+        MacField::Text(state),
+        MacField::OptInt(active_version),
+        MacField::OptInt(expires_at),
+        MacField::Bytes(wrapped_key),
+        MacField::Int(key_version),
+        MacField::OptInt(revoked_at),
+    ]
+}
+
 /// The fields migration 0003 bound a `tokens` row with (no lifetime, no parent); read only to
 /// upgrade a row to [`token_fields`].
 fn token_fields_v1(t: &TokenRecord) -> [MacField<'_>; 7] {

@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod authority;
 pub mod changes;
+mod credential_versions;
 mod credentials;
 mod grants;
 mod instance;
@@ -28,7 +29,10 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use agents::AgentRecord;
 pub use audit::{AuditEvent, AuditRecord};
 pub use authority::{INTEGRITY_ACTION, Rebound};
-pub use credentials::{CredentialRecord, CredentialWrite};
+pub use credential_versions::VersionRecord;
+pub use credentials::{
+    CredentialRecord, CredentialRefused, CredentialWrite, SealedVersion, Written, open_meta,
+};
 pub use grants::{GrantChange, MemberRecord};
 pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
@@ -80,6 +84,9 @@ pub enum StoreError {
         /// Why it could not be read (a decode error, a refused domain value, a wrong length).
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A credential change was refused (revoked, another type, no such version).
+    #[error(transparent)]
+    Credential(#[from] CredentialRefused),
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -196,6 +203,9 @@ impl Store {
                         "PRAGMA synchronous = FULL",
                         "PRAGMA foreign_keys = ON",
                         "PRAGMA busy_timeout = 10000",
+                        // Deleted rows (a destroyed version's wrapped data key) are overwritten
+                        // in the file, not left in free pages for a copy of it to recover.
+                        "PRAGMA secure_delete = ON",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }

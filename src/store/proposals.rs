@@ -9,7 +9,7 @@ use super::credentials::{
 };
 use super::services::replace_services_in;
 use super::{Backend, ServiceRow, Store, StoreError, col, hash_col, parsed};
-use crate::crypto::{CryptoError, TokenHash};
+use crate::crypto::TokenHash;
 use crate::domain::{Actor, CredentialKey, ProposalStatus, now_ms};
 
 /// A stored proposal. `content` is the validated JSON; values live in `proposal_values`.
@@ -323,7 +323,7 @@ impl Store {
         &self,
         proposal: &ProposalRecord,
         writes: ApplyWrites<'_>,
-        seal: impl Fn(&CredentialKey, i64) -> Result<Vec<u8>, CryptoError>,
+        keyring: &crate::keys::Keyring,
         still_current: impl Fn(&[ServiceRow], &[CredentialKey]) -> bool,
     ) -> Result<ApplyOutcome, StoreError> {
         let now = now_ms();
@@ -362,7 +362,14 @@ impl Store {
         }
         replace_services_in(&mut tx, &proposal.vault_id, writes.services).await?;
         let before = count_credentials(&mut tx, &proposal.vault_id).await?;
-        write_credentials(&mut tx, &proposal.vault_id, writes.credentials, seal).await?;
+        write_credentials(
+            self,
+            &mut tx,
+            keyring,
+            &proposal.vault_id,
+            writes.credentials,
+        )
+        .await?;
         remove_credentials(&mut tx, &proposal.vault_id, writes.delete_keys).await?;
         check_credential_count(&mut tx, &proposal.vault_id, before, writes.max_credentials).await?;
         sqlx::query("DELETE FROM proposal_values WHERE proposal_id = $1")

@@ -8,12 +8,12 @@
 //! The same pass, without the `master_key` update, is the sweep each instance runs after it
 //! adopts a new version, catching rows it wrote under the old version while the rotation ran.
 
-
+use super::authority::credential_fields;
 use super::instance::{SETUP_TOKEN_SEALED_KEY, TOKEN_HASH_KEY};
 use super::{Backend, Store, StoreError, col};
 use crate::crypto::Aad;
 use crate::domain::now_ms;
-use crate::keys::{Rotation, WrappedDataKey};
+use crate::keys::{AuthorityRow, Rotation, WrappedDataKey};
 
 /// Where a table's rows name their credential version (part of each wrap's AAD).
 #[derive(Clone, Copy, Debug)]
@@ -40,9 +40,14 @@ pub struct WrappedKeyColumns {
 
 /// Every table whose rows hold a data key wrapped by the instance key. A rotation rewraps each
 /// of them; a table missing here would be unreadable after the next rotation.
-// At merge: `credentials` (vault_id, key, version 0: the metadata key) and
-// `credential_versions` (vault_id, key, version) from migration 0005.
-pub const WRAPPED_KEY_TABLES: &[WrappedKeyColumns] = &[];
+// `credentials` holds one too (its metadata key), but its row MAC covers the wrap, so it is
+// rewrapped together with its MAC by `rekey_credential_rows`.
+pub const WRAPPED_KEY_TABLES: &[WrappedKeyColumns] = &[WrappedKeyColumns {
+    table: "credential_versions",
+    vault_id: "vault_id",
+    key: "key",
+    version: VersionColumn::Column("version"),
+}];
 
 /// What one pass changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,6 +185,7 @@ async fn rekey_rows(
     for table in tables {
         rewrap_data_keys(tx, rotation, table, &mut counts).await?;
     }
+    rekey_credential_rows(tx, rotation, &mut counts).await?;
     reseal_instance_secrets(tx, rotation, &mut counts).await?;
     remac_services(tx, rotation, &mut counts).await?;
     // Rows that do not verify under the old key stay failing (never laundered) and are alarmed.
@@ -188,6 +194,88 @@ async fn rekey_rows(
     counts.remaced += rebound.bound;
     counts.untouched += rebound.refused;
     Ok(counts)
+}
+
+/// Rewraps each credential's metadata key and binds the row again, since its MAC covers the
+/// wrap. A row whose MAC does not verify under the old key is left as it is: still refused,
+/// never laundered into a row the new key vouches for.
+async fn rekey_credential_rows(
+    tx: &mut Tx,
+    rotation: &Rotation,
+    counts: &mut RekeyCounts,
+) -> Result<(), StoreError> {
+    let (old, new) = rotation.authority_macs();
+    let rows = sqlx::query(
+        "SELECT vault_id, key, type, state, active_version, expires_at, wrapped_key, key_version, \
+         revoked_at, mac FROM credentials WHERE key_version = $1",
+    )
+    .bind(rotation.old_version())
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in &rows {
+        let (v, k, ty, state): (String, String, String, String) = (
+            col(r, "vault_id")?,
+            col(r, "key")?,
+            col(r, "type")?,
+            col(r, "state")?,
+        );
+        let (active, expires, revoked): (Option<i64>, Option<i64>, Option<i64>) = (
+            col(r, "active_version")?,
+            col(r, "expires_at")?,
+            col(r, "revoked_at")?,
+        );
+        let wrapped = WrappedDataKey {
+            key_version: col(r, "key_version")?,
+            bytes: col(r, "wrapped_key")?,
+        };
+        let stored: Option<Vec<u8>> = col(r, "mac")?;
+        let bound = |w: &WrappedDataKey, macs: &crate::keys::AuthorityMacs| {
+            macs.mac(
+                AuthorityRow::Credential,
+                &credential_fields(
+                    &v,
+                    &k,
+                    &ty,
+                    &state,
+                    active,
+                    expires,
+                    &w.bytes,
+                    w.key_version,
+                    revoked,
+                ),
+            )
+        };
+        // Recomputed and compared like `AuthorityMacs::verify`, in constant time.
+        let proven = stored.as_deref().is_some_and(|s| {
+            use subtle::ConstantTimeEq;
+            bool::from(bound(&wrapped, &old).as_slice().ct_eq(s))
+        });
+        if !proven {
+            counts.untouched += 1;
+            continue;
+        }
+        let Some(rewrapped) = rotation.rewrap(&v, &k, 0, &wrapped) else {
+            counts.untouched += 1;
+            continue;
+        };
+        let rewrapped = rewrapped?;
+        let mac = bound(&rewrapped, &new);
+        sqlx::query(
+            "UPDATE credentials SET wrapped_key = $1, key_version = $2, mac = $3 \
+             WHERE vault_id = $4 AND key = $5 AND key_version = $6",
+        )
+        .bind(rewrapped.bytes.clone())
+        .bind(rewrapped.key_version)
+        .bind(mac)
+        .bind(&v)
+        .bind(&k)
+        .bind(rotation.old_version())
+        .execute(&mut **tx)
+        .await?;
+        counts.rewrapped += 1;
+        counts.remaced += 1;
+    }
+    Ok(())
 }
 
 /// Rewraps every data key of `table` wrapped under the rotation's old version.
@@ -254,8 +342,8 @@ pub async fn rewrap_data_keys(
 }
 
 /// Seals again what is sealed directly under the instance key: the CA key, the setup token,
-/// the token-hash key, values supplied with proposals, and (until credentials move to their
-/// own data keys) credential values.
+/// the token-hash key and values supplied with proposals. Credential values are not among
+/// them: each is sealed under its own data key, which is rewrapped instead.
 async fn reseal_instance_secrets(
     tx: &mut Tx,
     rotation: &Rotation,
@@ -327,27 +415,6 @@ async fn reseal_instance_secrets(
         }
     }
 
-    // Credential values sealed directly under the instance key (before migration 0005 gives
-    // each its own data key; at merge this becomes a rewrap of WRAPPED_KEY_TABLES and goes).
-    let rows = sqlx::query("SELECT vault_id, key, version, sealed_value FROM credentials")
-        .fetch_all(&mut **tx)
-        .await?;
-    for r in &rows {
-        let (v, k, n): (String, String, i64) =
-            (col(r, "vault_id")?, col(r, "key")?, col(r, "version")?);
-        let sealed: Vec<u8> = col(r, "sealed_value")?;
-        if let Some(new) = reseal(&Aad::credential(&v, &k, n), &sealed)? {
-            sqlx::query(
-                "UPDATE credentials SET sealed_value = $1 WHERE vault_id = $2 AND key = $3 AND version = $4",
-            )
-            .bind(new)
-            .bind(v)
-            .bind(k)
-            .bind(n)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
     Ok(())
 }
 
@@ -378,4 +445,3 @@ async fn remac_services(
     }
     Ok(())
 }
-

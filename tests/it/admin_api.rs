@@ -180,7 +180,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             "/v1/vaults/vault-one/credentials".into(),
             json!({ "credentials": { "GOOD": "" } }),
             400,
-            "invalid_credential_value",
+            "invalid_credential",
         ),
         (
             "PUT",
@@ -513,7 +513,7 @@ async fn tampered_rows_are_reported_as_integrity_errors() {
     app.set_credentials("tamper", &[("A", "value-a"), ("B", "value-b")])
         .await;
     let store = app.open_store().await;
-    sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'B') WHERE key = 'A'")
+    sqlx::query("UPDATE credential_versions SET sealed_value = (SELECT sealed_value FROM credential_versions c2 WHERE c2.key = 'B'), wrapped_key = (SELECT wrapped_key FROM credential_versions c2 WHERE c2.key = 'B') WHERE key = 'A'")
         .execute(store.pool())
         .await
         .unwrap();

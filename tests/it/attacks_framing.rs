@@ -87,9 +87,14 @@ async fn framing_agent_side_smuggling_is_refused() {
 async fn framing_crlf_in_credential_values_cannot_inject() {
     let app = spawn_app().await;
     app.create_vault("crlf").await;
-    app.set_credentials(
-        "crlf",
-        &[("EVIL", "v1\r\nX-Injected: yes\r\n\r\nGET /x HTTP/1.1")],
+    // `generic` takes any bytes, so the value gets as far as the proxy, which must refuse it.
+    app.ok(
+        "PUT",
+        "/v1/vaults/crlf/credentials",
+        Some(json!({
+            "credentials": { "EVIL": "v1\r\nX-Injected: yes\r\n\r\nGET /x HTTP/1.1" },
+            "types": { "EVIL": "generic" },
+        })),
     )
     .await;
     app.set_services_yaml(

@@ -1,10 +1,6 @@
 //! Typed credentials through the CLI and the real server: one credential of each type stored
 //! from files or standard input (never from the command line), the lifecycle commands, and the
 //! files and flags the CLI refuses before anything is sent.
-//!
-//! Tests marked `#[ignore = "waits for the typed-credential API ..."]` use the admin API of
-//! issue 18 (`types`, `metadata`, `rotate`, `versions`, `rollback`, `revoke`), written beside
-//! this CLI; they run once both are merged.
 
 use std::path::{Path, PathBuf};
 
@@ -217,7 +213,6 @@ async fn files_and_flags_the_type_cannot_use_are_refused_and_nothing_is_stored()
 }
 
 #[tokio::test]
-#[ignore = "waits for the typed-credential API (issue 18, credmodel)"]
 async fn one_credential_of_each_type_is_stored_from_files_and_listed_without_values() {
     let (app, dir) = setup().await;
     let (chain, key) = client_certificate(3);
@@ -352,7 +347,6 @@ async fn one_credential_of_each_type_is_stored_from_files_and_listed_without_val
 }
 
 #[tokio::test]
-#[ignore = "waits for the typed-credential API (issue 18, credmodel)"]
 async fn bad_typed_values_are_refused_naming_the_field_and_nothing_is_stored() {
     let (app, dir) = setup().await;
     let (chain, _) = client_certificate(30);
@@ -480,7 +474,6 @@ async fn bad_typed_values_are_refused_naming_the_field_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-#[ignore = "waits for the typed-credential API (issue 18, credmodel)"]
 async fn rotate_versions_rollback_and_revoke_from_the_cli() {
     let (app, dir) = setup().await;
     let out = creds(&app, &["set", "KEY=-"], Some("first-value\n")).await;

@@ -137,7 +137,16 @@ async fn several_piped_key_dash_values_are_read_one_line_each_in_order() {
     assert_eq!(values["B"], "bee-value");
     assert_eq!(values["C"], "plain");
 
-    // One `KEY=-` still takes all of standard input, so a PEM key keeps its lines.
+    // One `KEY=-` still takes all of standard input, so a PEM key keeps its lines (held by a
+    // `generic` credential, which takes line breaks; a set without a type keeps the stored one).
+    app.ok(
+        "PUT",
+        "/v1/vaults/default/credentials",
+        Some(
+            serde_json::json!({ "credentials": { "PEM": "first" }, "types": { "PEM": "generic" } }),
+        ),
+    )
+    .await;
     let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nAAAA\n-----END PRIVATE KEY-----\n";
     let out = app
         .cli(

@@ -1,7 +1,7 @@
 //! The canary scan: a server process at trace log level goes through the whole product
 //! (registration, credentials, services, agents, proxying with successes and every kind of
 //! error, proposals, approval, logs, CLI errors); afterwards no known secret, in any common
-//! encoding, may appear in anything it logged, any file of its data directory, any response an
+//! encoding (credential values and metadata values alike), may appear in anything it logged, any file of its data directory, any response an
 //! agent received, or any error message.
 
 use base64::Engine;
@@ -14,6 +14,7 @@ const CREDENTIAL: &str = "sk_live_CanaryCredential_7f3a";
 const PROPOSED: &str = "ghp_CanaryProposedValue_91bd";
 const APPROVED: &str = "xoxb-CanaryApprovedValue-55c1";
 const OWNER_PASSWORD: &str = "Canary-Owner-Password-3e8";
+const METADATA: &str = "meta-CanaryMetadataValue-4d2a";
 
 fn encodings(secret: &str) -> Vec<(String, String)> {
     let b = secret.as_bytes();
@@ -123,10 +124,23 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         "PUT",
         "/v1/vaults/canary/credentials",
         Some(&owner),
-        Some(json!({ "credentials": { "STRIPE_KEY": CREDENTIAL } })),
+        Some(json!({
+            "credentials": { "STRIPE_KEY": CREDENTIAL },
+            "metadata": { "STRIPE_KEY": { "team.owner": METADATA } },
+        })),
     )
     .await
     .unwrap();
+    // A second version, so the scan covers rotated versions and re-sealed metadata too.
+    let rotated = call(
+        "POST",
+        "/v1/vaults/canary/credentials/STRIPE_KEY/rotate",
+        Some(&owner),
+        Some(json!({ "value": CREDENTIAL, "metadata": { "team.owner": METADATA } })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.status(), 200);
     let services = json!({ "services": [
         { "name": "stripe", "host": "api.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" } },
         { "name": "ghost", "host": "ghost.example.test", "auth": { "type": "bearer", "token": "STRIPE_KEY" },
@@ -377,6 +391,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         ("the credential", CREDENTIAL.to_owned()),
         ("the agent-proposed value", PROPOSED.to_owned()),
         ("the approver-supplied value", APPROVED.to_owned()),
+        ("a metadata value", METADATA.to_owned()),
         ("the master password", MASTER_PASSWORD.to_owned()),
         ("the owner's password", OWNER_PASSWORD.to_owned()),
         ("the owner's session token", owner.clone()),
@@ -390,10 +405,10 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     scan(&audit, &secrets, "the audit log");
     for file in walk(&data) {
         let bytes = std::fs::read(&file).unwrap();
-        scan(&bytes, &secrets[..5], &file.display().to_string());
+        scan(&bytes, &secrets[..6], &file.display().to_string());
     }
     // Responses the agent received may carry its own token only in nothing we echo back.
-    let agent_visible = &secrets[..5];
+    let agent_visible = &secrets[..6];
     scan(
         &agent.responses,
         agent_visible,

@@ -18,6 +18,7 @@ mod browser;
 mod cli;
 mod cli_credential_types;
 mod cli_daily_use;
+mod credentials_lifecycle;
 mod durability;
 mod leaks;
 mod master_key;

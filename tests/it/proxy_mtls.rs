@@ -35,23 +35,18 @@ async fn mtls_upstream(clients: &TestCa, alpn: Alpn) -> (FakeUpstream, std::sync
 // Until typed credentials land, today's API stores it as a plain value and the type is written
 // by hand; with them this is `types: {KEY: certificate}` in the same PUT.
 async fn set_certificate(app: &TestApp, vault: &str, key: &str, payload: &str) {
-    app.set_credentials(vault, &[(key, payload)]).await;
-    set_type(app, vault, key, "certificate").await;
+    let (status, body) = try_set_certificate(app, vault, key, payload).await;
+    assert_eq!(status, 200, "{body}");
 }
 
-async fn set_type(app: &TestApp, vault: &str, key: &str, ty: &str) {
-    let store = app.open_store().await;
-    let done = sqlx::query(
-        "UPDATE credentials SET kind = $1 WHERE key = $2 AND vault_id = (SELECT id FROM vaults WHERE name = $3)",
+/// Sets `key` as a `certificate` credential; the status and body of the answer.
+async fn try_set_certificate(app: &TestApp, vault: &str, key: &str, payload: &str) -> (u16, Value) {
+    app.call(
+        "PUT",
+        &format!("/v1/vaults/{vault}/credentials"),
+        Some(json!({ "credentials": { key: payload }, "types": { key: "certificate" } })),
     )
-    .bind(ty.to_owned())
-    .bind(key.to_owned())
-    .bind(vault.to_owned())
-    .execute(store.pool())
     .await
-    .unwrap();
-    assert_eq!(done.rows_affected(), 1);
-    store.close().await;
 }
 
 /// A vault with `certs` (key, common name) stored as certificates, `texts` as plain values, and
@@ -274,14 +269,24 @@ async fn an_unusable_or_missing_identity_is_refused_and_nothing_is_sent() {
             json!({ "certificate": "", "private_key": good["private_key"] }).to_string(),
         ),
     ] {
-        set_certificate(&app, "broken", "CLIENT_CERT", &payload).await;
-        let resp = agent.get("https://api.example.test/").send().await.unwrap();
-        assert_proxy_error(&resp, 502, "credential_not_found");
-        let body: Value = resp.json().await.unwrap();
+        // Refused when set, naming the field; the identity stored before is kept and presented.
+        let (status, body) = try_set_certificate(&app, "broken", "CLIENT_CERT", &payload).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"], "invalid_credential", "{what}: {body}");
         let message = body["message"].as_str().unwrap();
         assert!(message.contains("CLIENT_CERT"), "{what}: {message}");
-        assert!(!message.contains("BEGIN"), "{what}: {message}");
+        let key_lines = good["private_key"].as_str().unwrap().lines();
+        for line in key_lines.filter(|l| !l.starts_with("-----") && l.len() >= 40) {
+            assert!(
+                !message.contains(line),
+                "{what}: the message quotes the key"
+            );
+        }
+        let resp = agent.get("https://api.example.test/").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(app.upstream.last().client_subject.as_deref(), Some("bot"));
     }
+    let served = app.upstream.count();
     app.ok(
         "DELETE",
         "/v1/vaults/broken/credentials",
@@ -290,7 +295,7 @@ async fn an_unusable_or_missing_identity_is_refused_and_nothing_is_sent() {
     .await;
     let resp = agent.get("https://api.example.test/").send().await.unwrap();
     assert_proxy_error(&resp, 502, "credential_not_found");
-    assert_eq!(app.upstream.count(), 0);
+    assert_eq!(app.upstream.count(), served);
     // Set again (version 1 once more, after the delete): the new identity is presented.
     set_certificate(
         &app,
@@ -462,10 +467,8 @@ async fn an_approved_proposal_cannot_bind_a_credential_of_the_wrong_type() {
     );
 }
 
-/// Needs typed credentials with metadata in the credentials API (the credential-model work):
-/// until it lands the API refuses `types` and `metadata`, and the snapshot carries no metadata.
+/// A `password` credential with `username` metadata is basic auth on its own.
 #[tokio::test]
-#[ignore = "passes once typed credentials (types + metadata in the API and the snapshot) are merged"]
 async fn basic_auth_takes_the_user_from_a_password_credentials_metadata() {
     let app = crate::support::spawn_app().await;
     app.create_vault("basic").await;
@@ -548,14 +551,21 @@ async fn client_certificates_and_keys_never_reach_the_logs_or_the_data_directory
         "PUT",
         "/v1/vaults/logs/credentials",
         owner,
-        json!({ "credentials": { "CLIENT_CERT": identity, "BAD_CERT": "{\"certificate\": \"x\"}" } }),
+        json!({
+            "credentials": { "CLIENT_CERT": identity, "BAD_CERT": clients.client_identity("bad-bot") },
+            "types": { "CLIENT_CERT": "certificate", "BAD_CERT": "certificate" }
+        }),
     )
     .await;
+    // BAD_CERT's sealed value edited in the database: the proxy's refusal path is logged too.
     let store = agent_vault::store::Store::open(&data, None).await.unwrap();
-    sqlx::query("UPDATE credentials SET kind = 'certificate'")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    let done =
+        sqlx::query("UPDATE credential_versions SET sealed_value = $1 WHERE key = 'BAD_CERT'")
+            .bind(vec![7u8; 64])
+            .execute(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(done.rows_affected(), 1);
     store.close().await;
     call(
         "PUT",

@@ -13,7 +13,7 @@ async fn tampered_rows_fail_closed_at_the_proxy() {
     let agent = app.agent(&token, "rows").await;
     let store = app.open_store().await;
     // A credential row carrying another row's ciphertext.
-    sqlx::query("UPDATE credentials SET sealed_value = (SELECT sealed_value FROM credentials c2 WHERE c2.key = 'OTHER') WHERE key = 'STRIPE_KEY'")
+    sqlx::query("UPDATE credential_versions SET sealed_value = (SELECT sealed_value FROM credential_versions c2 WHERE c2.key = 'OTHER'), wrapped_key = (SELECT wrapped_key FROM credential_versions c2 WHERE c2.key = 'OTHER') WHERE key = 'STRIPE_KEY'")
         .execute(store.pool())
         .await
         .unwrap();

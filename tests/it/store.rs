@@ -2,15 +2,16 @@
 
 use std::collections::BTreeSet;
 
+use agent_vault::credtype::CredentialType;
 use agent_vault::crypto::{DataKey, KDF_QUEUE_WAIT, KdfGate, TokenKind};
 use agent_vault::domain::{Actor, CredentialKey, Email, RequestLogKind, VaultName, VaultRole};
 use agent_vault::keys::Keyring;
 use agent_vault::store::{
     CredentialRecord, CredentialWrite, GrantChange, PrincipalKind, RequestLogRecord, Store,
-    StoreError, VaultRecord,
+    StoreError, VaultRecord, Written,
 };
 use agent_vault::unseal::{self, UnsealError};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::support::{TINY_KDF, TestDatabase, assert_proxy_error, for_each_store};
 
@@ -31,22 +32,32 @@ async fn vault(store: &Store, name: &str) -> VaultRecord {
         .unwrap()
 }
 
-/// Writes of `keys`, none with a description.
+/// A write of `k` holding `value` as an api_key, with no description.
+fn write(k: &str, value: &str) -> CredentialWrite {
+    CredentialWrite {
+        key: key(k),
+        ty: CredentialType::ApiKey,
+        payload: SecretSlice::from(value.as_bytes().to_vec()),
+        description: None,
+        metadata: None,
+        derived: Default::default(),
+        expires_at: None,
+        actor: "user test".into(),
+        must_exist: false,
+    }
+}
+
+/// Writes of `keys`, each `value-KEY`.
 fn writes(keys: &[&str]) -> Vec<CredentialWrite> {
     keys.iter()
-        .map(|k| CredentialWrite {
-            key: key(k),
-            description: None,
-        })
+        .map(|k| write(k, &format!("value-{k}")))
         .collect()
 }
 
 /// Sets each of `keys` in the vault to `value-KEY`, sealed with `ring`.
 async fn set_values(store: &Store, ring: &Keyring, vault_id: &str, keys: &[&str]) {
     store
-        .set_credentials(vault_id, &writes(keys), 1000, |k, v| {
-            ring.seal_credential(vault_id, k.as_str(), v, format!("value-{k}").as_bytes())
-        })
+        .set_credentials(ring, vault_id, &writes(keys), 1000)
         .await
         .unwrap();
 }
@@ -54,6 +65,26 @@ async fn set_values(store: &Store, ring: &Keyring, vault_id: &str, keys: &[&str]
 /// The stored row of credential `k`.
 async fn stored(store: &Store, vault_id: &str, k: &str) -> CredentialRecord {
     store.credential(vault_id, &key(k)).await.unwrap().unwrap()
+}
+
+/// Opens the active value of a stored credential.
+fn open_active(
+    ring: &Keyring,
+    c: &CredentialRecord,
+) -> Result<secrecy::SecretSlice<u8>, agent_vault::crypto::CryptoError> {
+    let v = c.active.as_ref().expect("an active version");
+    ring.open_version(
+        &c.vault_id,
+        c.key.as_str(),
+        v.version,
+        &v.wrapped_key,
+        &v.sealed_value,
+    )
+}
+
+/// (key, version) of each write.
+fn versions_of(written: &[Written]) -> Vec<(CredentialKey, i64)> {
+    written.iter().map(|w| (w.key.clone(), w.version)).collect()
 }
 
 #[test]
@@ -83,33 +114,18 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
     for_each_store(|store, backend| async move {
         let ring = ring();
         let vault = vault(&store, "creds").await;
-        let writes = vec![
-            CredentialWrite {
-                key: key("A"),
-                description: Some("first".into()),
-            },
-            CredentialWrite {
-                key: key("B"),
-                description: None,
-            },
-        ];
-        let seal = |value: &'static str| {
-            let ring = ring.clone();
-            let id = vault.id.clone();
-            move |k: &CredentialKey, v: i64| {
-                ring.seal_credential(&id, k.as_str(), v, value.as_bytes())
-            }
-        };
+        let mut first = vec![write("A", "one"), write("B", "one")];
+        first[0].description = Some("first".into());
         store
-            .set_credentials(&vault.id, &writes, 1000, seal("one"))
+            .set_credentials(&ring, &vault.id, &first, 1000)
             .await
             .unwrap();
         let written = store
-            .set_credentials(&vault.id, &writes[..1], 1000, seal("two"))
+            .set_credentials(&ring, &vault.id, &[write("A", "two")], 1000)
             .await
             .unwrap();
         assert_eq!(
-            written,
+            versions_of(&written),
             vec![(key("A"), 2)],
             "{backend}: overwrite bumps the version"
         );
@@ -118,11 +134,26 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
             a.description, "first",
             "{backend}: description kept when not given"
         );
-        let plain = ring
-            .open_credential(&vault.id, "A", a.version, &a.sealed_value)
+        assert_eq!(open_active(&ring, &a).unwrap().expose_secret(), b"two");
+        let v = a.active.as_ref().unwrap();
+        assert!(!v.sealed_value.windows(3).any(|w| w == b"two"));
+        let versions = store
+            .credential_versions(&vault.id, &key("A"))
+            .await
+            .unwrap()
             .unwrap();
-        assert_eq!(plain.expose_secret(), b"two");
-        assert!(!a.sealed_value.windows(3).any(|w| w == b"two"));
+        assert_eq!(
+            versions
+                .iter()
+                .map(|v| (v.version, v.state.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "active"), (1, "rotated")],
+            "{backend}"
+        );
+        assert_ne!(
+            versions[0].wrapped_key, versions[1].wrapped_key,
+            "{backend}: each version has its own data key"
+        );
 
         let missing = store
             .delete_credentials(&vault.id, &[key("A"), key("NOPE")])
@@ -142,6 +173,17 @@ async fn credentials_round_trip_bump_versions_and_delete_atomically() {
                 .is_empty()
         );
         assert!(store.list_credentials(&vault.id).await.unwrap().is_empty());
+        let left: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT COUNT(*) AS n FROM credential_versions")
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+            "n",
+        );
+        assert_eq!(
+            left, 0,
+            "{backend}: every version (and data key) went with its credential"
+        );
     })
     .await;
 }
@@ -154,10 +196,9 @@ async fn resources_vault_over_a_lowered_cap_can_still_rotate() {
     for_each_store(|store, backend| async move {
         let ring = ring();
         let vault = vault(&store, "capped").await;
-        let seal = |k: &CredentialKey, v: i64| ring.seal_credential(&vault.id, k.as_str(), v, b"v");
         let set = async |keys: &[&str], cap| {
             store
-                .set_credentials(&vault.id, &writes(keys), cap, seal)
+                .set_credentials(&ring, &vault.id, &writes(keys), cap)
                 .await
         };
         // Cap 3, a vault with 3: a fourth is refused.
@@ -171,7 +212,7 @@ async fn resources_vault_over_a_lowered_cap_can_still_rotate() {
         set(&["D"], 4).await.unwrap();
         let written = set(&["A"], 3).await.unwrap();
         assert_eq!(
-            written,
+            versions_of(&written),
             vec![(key("A"), 2)],
             "{backend}: rotation over the cap"
         );
@@ -195,31 +236,30 @@ async fn swapped_or_edited_ciphertext_fails_closed() {
         let ring = ring();
         let vault = vault(&store, "swap").await;
         set_values(&store, &ring, &vault.id, &["A", "B"]).await;
-        // Swap A's and B's ciphertexts directly in the database.
+        // Swap A's and B's ciphertexts (and their data keys) directly in the database.
         let a = stored(&store, &vault.id, "A").await;
         let b = stored(&store, &vault.id, "B").await;
-        sqlx::query("UPDATE credentials SET sealed_value = $1 WHERE vault_id = $2 AND key = 'A'")
-            .bind(b.sealed_value.clone())
+        let bv = b.active.clone().unwrap();
+        sqlx::query("UPDATE credential_versions SET sealed_value = $1, wrapped_key = $2 WHERE vault_id = $3 AND key = 'A'")
+            .bind(bv.sealed_value.clone())
+            .bind(bv.wrapped_key.bytes.clone())
             .bind(&vault.id)
             .execute(store.pool())
             .await
             .unwrap();
         let swapped = stored(&store, &vault.id, "A").await;
-        assert!(
-            ring.open_credential(&vault.id, "A", swapped.version, &swapped.sealed_value)
-                .is_err(),
-            "{backend}"
-        );
-        // Bumping the version without re-sealing fails too.
-        let mut edited = a.sealed_value.clone();
+        assert!(open_active(&ring, &swapped).is_err(), "{backend}");
+        // An edited value, or the right value under another version number, fails too.
+        let av = a.active.clone().unwrap();
+        let mut edited = av.sealed_value.clone();
         let last = edited.len() - 1;
         edited[last] ^= 0x01;
         assert!(
-            ring.open_credential(&vault.id, "A", a.version, &edited)
+            ring.open_version(&vault.id, "A", av.version, &av.wrapped_key, &edited)
                 .is_err()
         );
         assert!(
-            ring.open_credential(&vault.id, "A", a.version + 1, &a.sealed_value)
+            ring.open_version(&vault.id, "A", av.version + 1, &av.wrapped_key, &av.sealed_value)
                 .is_err()
         );
     })
@@ -238,21 +278,15 @@ async fn one_flipped_bit_spoils_only_that_credential() {
         let rows = store.list_credentials(&vault.id).await.unwrap();
         assert_eq!(rows.len(), 2, "{backend}: every row is still listed");
         for row in &rows {
-            let opened =
-                ring.open_credential(&vault.id, row.key.as_str(), row.version, &row.sealed_value);
+            let opened = open_active(&ring, row);
             match row.key.as_str() {
                 "BAD" => assert!(opened.is_err(), "{backend}"),
                 _ => assert_eq!(opened.unwrap().expose_secret(), b"value-GOOD", "{backend}"),
             }
         }
-        let bad = stored(&store, &vault.id, "BAD").await;
-        assert!(
-            ring.open_credential(&vault.id, "BAD", bad.version, &bad.sealed_value)
-                .is_err(),
-            "{backend}"
-        );
-        // A row whose key no longer parses is left out of the listing, not the whole vault.
-        sqlx::query("UPDATE credentials SET key = 'not a key' WHERE vault_id = $1 AND key = 'BAD'")
+        // A row whose type was edited fails its MAC: it is left out of the listing, not the
+        // whole vault.
+        sqlx::query("UPDATE credentials SET type = 'generic' WHERE vault_id = $1 AND key = 'BAD'")
             .bind(&vault.id)
             .execute(store.pool())
             .await

@@ -56,12 +56,12 @@ pub(crate) async fn vault_with_services(app: &TestApp, vault: &str) -> String {
     app.proxy_token(vault).await.0
 }
 
-/// Flips one bit of one credential's sealed value in SQL, the way a database writer would:
+/// Flips one bit of one credential's active sealed value in SQL, the way a database writer would:
 /// on SQLite with `||` (which also turns the column into TEXT), on Postgres with `set_bit`.
 pub(crate) async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
     let done = match store.backend() {
         agent_vault::store::Backend::Sqlite => {
-            let row = sqlx::query("SELECT hex(substr(sealed_value, 21, 1)) AS b FROM credentials WHERE key = $1")
+            let row = sqlx::query("SELECT hex(substr(sealed_value, 21, 1)) AS b FROM credential_versions WHERE key = $1 AND state = 'active'")
                 .bind(key)
                 .fetch_one(store.pool())
                 .await
@@ -69,7 +69,7 @@ pub(crate) async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
             let hex: String = sqlx::Row::get(&row, "b");
             let flipped = u8::from_str_radix(&hex, 16).unwrap() ^ 0x01;
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE credentials SET sealed_value = substr(sealed_value, 1, 20) || X'{flipped:02X}' || substr(sealed_value, 22) WHERE key = $1"
+                "UPDATE credential_versions SET sealed_value = substr(sealed_value, 1, 20) || X'{flipped:02X}' || substr(sealed_value, 22) WHERE key = $1 AND state = 'active'"
             )))
             .bind(key)
             .execute(store.pool())
@@ -77,7 +77,7 @@ pub(crate) async fn flip_one_bit(store: &agent_vault::store::Store, key: &str) {
             .unwrap()
         }
         agent_vault::store::Backend::Postgres => sqlx::query(
-            "UPDATE credentials SET sealed_value = set_bit(sealed_value, 160, 1 - get_bit(sealed_value, 160)) WHERE key = $1",
+            "UPDATE credential_versions SET sealed_value = set_bit(sealed_value, 160, 1 - get_bit(sealed_value, 160)) WHERE key = $1 AND state = 'active'",
         )
         .bind(key)
         .execute(store.pool())
