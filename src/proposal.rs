@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::credtype::{self, CredentialType};
 use crate::domain::CredentialKey;
 use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{ServiceSpec, validate_services};
@@ -47,28 +48,54 @@ pub enum ServiceChange {
     },
 }
 
+/// What an agent sends for a slot that sets or rotates a credential.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRequest {
+    /// Its key.
+    pub key: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Where a human can get it (http or https URL).
+    #[serde(default)]
+    pub obtain: Option<String>,
+    /// How to get it. `instructions` is accepted too: the reference product calls it
+    /// `obtain_instructions`, earlier versions of this one `instructions`.
+    #[serde(default, alias = "instructions")]
+    pub obtain_instructions: Option<String>,
+    /// A value the agent already has (sealed at once; approving still needs a human).
+    #[serde(default)]
+    pub value: Option<SecretString>,
+    /// The credential type's name (default: the stored type, or `api_key` for a new key).
+    /// Read as text so an unknown name gets the type module's message, naming the choices.
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
+    /// Metadata for the credential (sealed with the proposal's values, never stored in
+    /// its content).
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for SlotRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotRequest")
+            .field("key", &self.key)
+            .field("type", &self.ty)
+            .field("has_value", &self.value.is_some())
+            .field("has_metadata", &self.metadata.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A credential slot as an agent sends it.
 #[derive(Deserialize)]
-#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "action", rename_all = "lowercase")]
 pub enum CredentialSlotRequest {
-    /// Ask for a credential to be set.
-    Set {
-        /// Its key.
-        key: String,
-        /// What it is for.
-        #[serde(default)]
-        description: String,
-        /// Where a human can get it (http or https URL).
-        #[serde(default)]
-        obtain: Option<String>,
-        /// How to get it. `instructions` is accepted too: the reference product calls it
-        /// `obtain_instructions`, earlier versions of this one `instructions`.
-        #[serde(default, alias = "instructions")]
-        obtain_instructions: Option<String>,
-        /// A value the agent already has (sealed at once; approving still needs a human).
-        #[serde(default)]
-        value: Option<SecretString>,
-    },
+    /// Ask for a credential to be set (a new key, or a new version of an existing one).
+    Set(SlotRequest),
+    /// Ask for a new version of an existing, non-revoked credential.
+    Rotate(SlotRequest),
     /// Ask for a credential to be deleted.
     Delete {
         /// Its key.
@@ -79,10 +106,8 @@ pub enum CredentialSlotRequest {
 impl std::fmt::Debug for CredentialSlotRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Set { key, .. } => f
-                .debug_struct("Set")
-                .field("key", key)
-                .finish_non_exhaustive(),
+            Self::Set(slot) => f.debug_tuple("Set").field(slot).finish(),
+            Self::Rotate(slot) => f.debug_tuple("Rotate").field(slot).finish(),
             Self::Delete { key } => f.debug_struct("Delete").field("key", key).finish(),
         }
     }
@@ -106,25 +131,39 @@ pub struct ProposalRequest {
     pub credentials: Vec<CredentialSlotRequest>,
 }
 
+/// A slot that sets or rotates a credential, as stored and shown (never with a value or a
+/// metadata value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSlot {
+    /// Its key.
+    pub key: CredentialKey,
+    /// What it is for.
+    pub description: String,
+    /// Where to get it.
+    pub obtain: Option<String>,
+    /// How to get it. Shown as `obtain_instructions`; rows stored as `instructions` by
+    /// earlier versions still load.
+    #[serde(alias = "instructions")]
+    pub obtain_instructions: Option<String>,
+    /// Whether the agent supplied a value (sealed separately).
+    pub has_value: bool,
+    /// The type the value is checked as. Resolved at creation (named, else stored, else
+    /// `api_key`); `None` only in content stored before types existed.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<CredentialType>,
+    /// Whether the agent supplied metadata (sealed separately, like values).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_metadata: bool,
+}
+
 /// A credential slot as stored and shown (never with a value).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum CredentialSlot {
     /// Set a credential.
-    Set {
-        /// Its key.
-        key: CredentialKey,
-        /// What it is for.
-        description: String,
-        /// Where to get it.
-        obtain: Option<String>,
-        /// How to get it. Shown as `obtain_instructions`; rows stored as `instructions` by
-        /// earlier versions still load.
-        #[serde(alias = "instructions")]
-        obtain_instructions: Option<String>,
-        /// Whether the agent supplied a value (sealed separately).
-        has_value: bool,
-    },
+    Set(SetSlot),
+    /// Rotate an existing credential: a new active version, the previous one `rotated`.
+    Rotate(SetSlot),
     /// Delete a credential.
     Delete {
         /// Its key.
@@ -136,7 +175,25 @@ impl CredentialSlot {
     /// The slot's key.
     pub fn key(&self) -> &CredentialKey {
         match self {
-            Self::Set { key, .. } | Self::Delete { key } => key,
+            Self::Set(s) | Self::Rotate(s) => &s.key,
+            Self::Delete { key } => key,
+        }
+    }
+
+    /// The set or rotate part of the slot, if it is one.
+    pub fn writes(&self) -> Option<&SetSlot> {
+        match self {
+            Self::Set(s) | Self::Rotate(s) => Some(s),
+            Self::Delete { .. } => None,
+        }
+    }
+
+    /// `set`, `rotate` or `delete`, as the API names the action.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Set(_) => "set",
+            Self::Rotate(_) => "rotate",
+            Self::Delete { .. } => "delete",
         }
     }
 }
@@ -159,6 +216,19 @@ pub struct VaultState {
     pub services: Vec<ServiceSpec>,
     /// Current credential keys.
     pub keys: BTreeSet<CredentialKey>,
+    /// Type and lifecycle state of the current credentials. Not part of the fingerprint: a
+    /// slot that no longer fits them is refused by [`plan`] at approval ("no longer
+    /// applies"), and the write transaction refuses it again.
+    pub credentials: BTreeMap<CredentialKey, StoredCredential>,
+}
+
+/// What a proposal needs to know of a stored credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredCredential {
+    /// Its type.
+    pub ty: CredentialType,
+    /// Revoked: only deleting it remains.
+    pub revoked: bool,
 }
 
 impl VaultState {
@@ -294,11 +364,11 @@ fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 /// click from the approval page would be a same-site request to it.
 pub fn check_links(content: &ProposalContent, own: &OwnHosts) -> Result<(), ProposalError> {
     for slot in &content.credentials {
-        if let CredentialSlot::Set {
+        if let Some(SetSlot {
             key,
             obtain: Some(url),
             ..
-        } = slot
+        }) = slot.writes()
             && let Ok(parsed) = url::Url::parse(url)
             && parsed.host().is_some_and(|h| own.contains(&h))
         {
@@ -337,12 +407,113 @@ fn is_invisible_format(c: char) -> bool {
         | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
-/// Validates a request against the vault's current state. Returns the content to store and the
-/// agent-supplied values to seal.
+/// What the agent supplied with its slots, to be sealed apart from the content.
+#[derive(Default)]
+pub struct Supplied {
+    /// Values by key.
+    pub values: Vec<(CredentialKey, SecretString)>,
+    /// Metadata by key (checked like any credential's metadata).
+    pub metadata: Vec<(CredentialKey, BTreeMap<String, String>)>,
+}
+
+impl std::fmt::Debug for Supplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values: Vec<&str> = self.values.iter().map(|(k, _)| k.as_str()).collect();
+        let metadata: Vec<&str> = self.metadata.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Supplied")
+            .field("values", &values)
+            .field("metadata", &metadata)
+            .finish()
+    }
+}
+
+/// Checks one set or rotate slot; returns it as stored, with what the agent supplied put
+/// aside in `supplied`.
+fn validate_slot(
+    req: SlotRequest,
+    state: &VaultState,
+    supplied: &mut Supplied,
+) -> Result<SetSlot, ProposalError> {
+    let SlotRequest {
+        key,
+        description,
+        obtain,
+        obtain_instructions,
+        value,
+        ty,
+        metadata,
+    } = req;
+    let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
+    check_text(
+        &format!("credential {key}: the description"),
+        &description,
+        MAX_DESCRIPTION,
+    )?;
+    let obtain = obtain.map(|url| check_url(&key, &url)).transpose()?;
+    if let Some(text) = &obtain_instructions {
+        check_text(
+            &format!("credential {key}: the instructions"),
+            text,
+            MAX_INSTRUCTIONS,
+        )?;
+    }
+    let named = ty
+        .map(|name| {
+            name.parse::<CredentialType>()
+                .map_err(|e| err(format!("credential {key}: type: {e}")))
+        })
+        .transpose()?;
+    // The type the value will be checked as; whether it fits the stored credential (and a
+    // rotation has one to rotate) is [`plan`]'s check, so approval repeats it.
+    let resolved = named
+        .or_else(|| state.credentials.get(&key).map(|c| c.ty))
+        .unwrap_or(CredentialType::ApiKey);
+    let has_metadata = match metadata {
+        Some(map) if !map.is_empty() => {
+            credtype::validate_metadata(&map).map_err(|e| err(format!("credential {key}: {e}")))?;
+            for (name, text) in &map {
+                // Shown to the approver like any other agent text.
+                check_text(
+                    &format!("credential {key}: metadata.{name}"),
+                    text,
+                    credtype::MAX_METADATA_VALUE_BYTES,
+                )?;
+            }
+            supplied.metadata.push((key.clone(), map));
+            true
+        }
+        _ => false,
+    };
+    let has_value = match value {
+        Some(v) if v.expose_secret().is_empty() => false,
+        Some(v) => {
+            if v.expose_secret().len() > MAX_VALUE {
+                return Err(err(format!(
+                    "credential {key}: the value is longer than {MAX_VALUE} bytes"
+                )));
+            }
+            supplied.values.push((key.clone(), v));
+            true
+        }
+        None => false,
+    };
+    Ok(SetSlot {
+        key,
+        description,
+        obtain,
+        obtain_instructions,
+        has_value,
+        ty: Some(resolved),
+        has_metadata,
+    })
+}
+
+/// Validates a request against the vault's current state. Returns the content to store and
+/// what the agent supplied (values and metadata) to seal.
 pub fn validate(
     req: ProposalRequest,
     state: &VaultState,
-) -> Result<(ProposalContent, Vec<(CredentialKey, SecretString)>), ProposalError> {
+) -> Result<(ProposalContent, Supplied), ProposalError> {
     if req.services.is_empty() && req.credentials.is_empty() {
         return Err(err(
             "a proposal needs at least one service or credential change",
@@ -361,54 +532,15 @@ pub fn validate(
     check_text("the message", &req.message, MAX_MESSAGE)?;
 
     let mut slots = Vec::new();
-    let mut values = Vec::new();
+    let mut supplied = Supplied::default();
     let mut seen = BTreeSet::new();
     for slot in req.credentials {
-        let (key, slot) = match slot {
-            CredentialSlotRequest::Set {
-                key,
-                description,
-                obtain,
-                obtain_instructions,
-                value,
-            } => {
-                let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
-                check_text(
-                    &format!("credential {key}: the description"),
-                    &description,
-                    MAX_DESCRIPTION,
-                )?;
-                let obtain = obtain.map(|url| check_url(&key, &url)).transpose()?;
-                if let Some(text) = &obtain_instructions {
-                    check_text(
-                        &format!("credential {key}: the instructions"),
-                        text,
-                        MAX_INSTRUCTIONS,
-                    )?;
-                }
-                let has_value = match value {
-                    Some(v) if v.expose_secret().is_empty() => false,
-                    Some(v) => {
-                        if v.expose_secret().len() > MAX_VALUE {
-                            return Err(err(format!(
-                                "credential {key}: the value is longer than {MAX_VALUE} bytes"
-                            )));
-                        }
-                        values.push((key.clone(), v));
-                        true
-                    }
-                    None => false,
-                };
-                (
-                    key.clone(),
-                    CredentialSlot::Set {
-                        key,
-                        description,
-                        obtain,
-                        obtain_instructions,
-                        has_value,
-                    },
-                )
+        let slot = match slot {
+            CredentialSlotRequest::Set(req) => {
+                CredentialSlot::Set(validate_slot(req, state, &mut supplied)?)
+            }
+            CredentialSlotRequest::Rotate(req) => {
+                CredentialSlot::Rotate(validate_slot(req, state, &mut supplied)?)
             }
             CredentialSlotRequest::Delete { key } => {
                 let key = CredentialKey::parse(&key).map_err(|e| err(e.to_string()))?;
@@ -417,9 +549,10 @@ pub fn validate(
                         "credential {key} cannot be deleted: it does not exist in this vault"
                     )));
                 }
-                (key.clone(), CredentialSlot::Delete { key })
+                CredentialSlot::Delete { key }
             }
         };
+        let key = slot.key().clone();
         if !seen.insert(key.clone()) {
             return Err(err(format!("credential {key} appears more than once")));
         }
@@ -460,7 +593,7 @@ pub fn validate(
     };
     // The vault as it would be after approval must be consistent: every referenced key exists.
     plan(&content, state)?;
-    Ok((content, values))
+    Ok((content, supplied))
 }
 
 /// What applying a proposal does to the vault.
@@ -468,10 +601,49 @@ pub fn validate(
 pub struct ApplyPlan {
     /// The vault's complete service list afterwards.
     pub services: Vec<ServiceSpec>,
-    /// Keys to set (values from the approver, else the agent).
+    /// Keys to set or rotate (values from the approver, else the agent), with the type each
+    /// value is checked as.
     pub set_keys: Vec<CredentialKey>,
+    /// The type of every key set or rotated.
+    pub types: BTreeMap<CredentialKey, CredentialType>,
+    /// Keys that must already exist when written (rotations).
+    pub rotate_keys: BTreeSet<CredentialKey>,
     /// Keys to delete.
     pub delete_keys: Vec<CredentialKey>,
+}
+
+/// Refuses a set or rotate slot that does not fit the stored credential: another type, a
+/// revoked credential, or a rotation of a key the vault does not hold.
+fn check_slot_fits(
+    slot: &SetSlot,
+    rotate: bool,
+    state: &VaultState,
+) -> Result<CredentialType, ProposalError> {
+    let key = &slot.key;
+    let stored = state.credentials.get(key).copied().or_else(|| {
+        // States built without credential details (older callers) know only the keys.
+        state.keys.contains(key).then_some(StoredCredential {
+            ty: slot.ty.unwrap_or(CredentialType::ApiKey),
+            revoked: false,
+        })
+    });
+    match stored {
+        None if rotate => Err(err(format!(
+            "credential {key} cannot be rotated: it does not exist in this vault (use action set to create it)"
+        ))),
+        None => Ok(slot.ty.unwrap_or(CredentialType::ApiKey)),
+        Some(c) if c.revoked => Err(err(format!(
+            "credential {key} is revoked; it cannot be {} (delete it to reuse the key)",
+            if rotate { "rotated" } else { "set" }
+        ))),
+        Some(c) => match slot.ty {
+            Some(ty) if ty != c.ty => Err(err(format!(
+                "type_mismatch: credential {key} is of type {}; this proposal gives it type {ty} (a proposal cannot change a credential's type)",
+                c.ty
+            ))),
+            _ => Ok(c.ty),
+        },
+    }
 }
 
 /// Computes the result of applying `content` to `state`, checking it exactly as a direct edit.
@@ -488,12 +660,20 @@ pub fn plan(content: &ProposalContent, state: &VaultState) -> Result<ApplyPlan, 
     }
     let mut keys = state.keys.clone();
     let mut set_keys = Vec::new();
+    let mut types = BTreeMap::new();
+    let mut rotate_keys = BTreeSet::new();
     let mut delete_keys = Vec::new();
     for slot in &content.credentials {
         match slot {
-            CredentialSlot::Set { key, .. } => {
-                keys.insert(key.clone());
-                set_keys.push(key.clone());
+            CredentialSlot::Set(s) | CredentialSlot::Rotate(s) => {
+                let rotate = matches!(slot, CredentialSlot::Rotate(_));
+                let ty = check_slot_fits(s, rotate, state)?;
+                keys.insert(s.key.clone());
+                set_keys.push(s.key.clone());
+                types.insert(s.key.clone(), ty);
+                if rotate {
+                    rotate_keys.insert(s.key.clone());
+                }
             }
             CredentialSlot::Delete { key } => {
                 keys.remove(key);
@@ -505,6 +685,8 @@ pub fn plan(content: &ProposalContent, state: &VaultState) -> Result<ApplyPlan, 
     Ok(ApplyPlan {
         services,
         set_keys,
+        types,
+        rotate_keys,
         delete_keys,
     })
 }
@@ -535,12 +717,12 @@ pub fn missing_values(content: &ProposalContent) -> Vec<CredentialKey> {
     content
         .credentials
         .iter()
-        .filter_map(|s| match s {
-            CredentialSlot::Set {
+        .filter_map(|s| match s.writes() {
+            Some(SetSlot {
                 key,
                 has_value: false,
                 ..
-            } => Some(key.clone()),
+            }) => Some(key.clone()),
             _ => None,
         })
         .collect()
@@ -751,24 +933,32 @@ pub fn risks(content: &ProposalContent, state: &VaultState) -> Vec<Risk> {
     }
     for slot in &content.credentials {
         match slot {
-            CredentialSlot::Set {
+            CredentialSlot::Set(SetSlot {
                 key,
                 has_value: true,
                 ..
-            } if state.keys.contains(key) => {
+            }) if state.keys.contains(key) => {
                 out.push(warn(format!("the agent supplied a value for the existing credential {key}; approving replaces it unless you enter one")));
             }
-            CredentialSlot::Set { key, .. } if state.keys.contains(key) => {
+            CredentialSlot::Set(SetSlot { key, .. }) if state.keys.contains(key) => {
                 out.push(Risk::new(
                     Severity::Notice,
                     format!("credential {key} already exists; the value you enter replaces it"),
                 ));
             }
+            CredentialSlot::Rotate(SetSlot { key, has_value, .. }) => {
+                let source = if *has_value {
+                    "the value the agent supplied (unless you enter one)"
+                } else {
+                    "the value you enter"
+                };
+                out.push(warn(format!("credential {key} will be rotated: {source} becomes its active version from the next request on, and the current one is kept as rotated")));
+            }
             CredentialSlot::Delete { key } => out.push(Risk::new(
                 Severity::Notice,
                 format!("credential {key} will be deleted"),
             )),
-            _ => {}
+            CredentialSlot::Set(_) => {}
         }
     }
     out

@@ -184,6 +184,9 @@ fn require_bearer(headers: &HeaderMap) -> Result<(), ApiError> {
 pub(crate) struct ApproveBody {
     #[serde(default)]
     values: BTreeMap<String, SecretString>,
+    /// Metadata entries by key, over the ones the agent supplied (`{"KEY": {"username": ...}}`).
+    #[serde(default)]
+    metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// The `approval_hash` of what was reviewed; when given, the approval fails if anything changed.
     #[serde(default)]
     approval_hash: Option<String>,
@@ -223,6 +226,7 @@ pub(crate) async fn approve_api(
     require_bearer(&headers)?;
     let approval = Approval {
         values: body.values,
+        metadata: body.metadata,
         shown_hash: body.approval_hash,
         acknowledged: body.acknowledge_risks.into(),
     };

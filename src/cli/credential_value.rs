@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::{CliError, read_file_or_stdin};
@@ -122,38 +122,8 @@ fn read_text(path: &Path) -> Result<Zeroizing<String>, CliError> {
 /// the JSON object, with plain numbers and booleans taken as the strings they were written as
 /// (`client_id: 12345`). `source` names the file in errors.
 fn oauth_document(text: &str, source: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
-    if serde_json::from_str::<Value>(text).is_ok() {
-        return Ok(Zeroizing::new(text.to_owned()));
-    }
     let from = source.map_or_else(|| "the oauth value".to_owned(), |p| p.display().to_string());
-    // Only the position of a YAML error is shown: its message may quote the document.
-    let doc: Value = serde_norway::from_str(text).map_err(|e| {
-        CliError::msg(match e.location() {
-            Some(at) => format!(
-                "{from} is not a JSON or YAML document (line {}, column {})",
-                at.line(),
-                at.column()
-            ),
-            None => format!("{from} is not a JSON or YAML document"),
-        })
-    })?;
-    let Value::Object(fields) = doc else {
-        return Err(CliError::msg(format!(
-            "{from}: an oauth document is a mapping of fields (access_token: ..., refresh_token: ..., token_url: ...)"
-        )));
-    };
-    let fields: Map<String, Value> = fields
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::Number(n) => Value::String(n.to_string()),
-                Value::Bool(b) => Value::String(b.to_string()),
-                other => other,
-            };
-            (k, v)
-        })
-        .collect();
-    Ok(object(Value::Object(fields)))
+    crate::credtype::oauth_document_to_json(text).map_err(|e| CliError::msg(format!("{from}: {e}")))
 }
 
 #[cfg(test)]

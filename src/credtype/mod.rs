@@ -48,6 +48,7 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub use oauth::document_to_json as oauth_document_to_json;
 pub use pem::{ClientIdentity, client_identity};
 pub use when::parse_rfc3339;
 

@@ -12,6 +12,47 @@ use zeroize::Zeroizing;
 use super::parts::{self, Parts};
 use super::{CheckOptions, CredTypeError, Validated, not_expired, when};
 
+/// An oauth value from a JSON or YAML document (the CLI's file, the approval page's text
+/// area): JSON is passed on as written; YAML becomes the JSON object, with plain numbers and
+/// booleans taken as the strings they were written as (`client_id: 12345`). An error gives
+/// only the position: a YAML parser's message may quote the document.
+pub fn document_to_json(text: &str) -> Result<Zeroizing<String>, CredTypeError> {
+    if serde_json::from_str::<Value>(text).is_ok() {
+        return Ok(Zeroizing::new(text.to_owned()));
+    }
+    let doc: Value = serde_norway::from_str(text).map_err(|e| {
+        CredTypeError::invalid(
+            "value",
+            match e.location() {
+                Some(at) => format!(
+                    "a JSON or YAML document; this is neither (line {}, column {})",
+                    at.line(),
+                    at.column()
+                ),
+                None => "a JSON or YAML document; this is neither".to_owned(),
+            },
+        )
+    })?;
+    let Value::Object(fields) = doc else {
+        return Err(CredTypeError::invalid(
+            "value",
+            "a mapping of oauth fields (access_token: ..., refresh_token: ..., token_url: ...)",
+        ));
+    };
+    let fields: serde_json::Map<String, Value> = fields
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::Bool(b) => Value::String(b.to_string()),
+                other => other,
+            };
+            (k, v)
+        })
+        .collect();
+    Ok(Zeroizing::new(Value::Object(fields).to_string()))
+}
+
 /// Every field of an `oauth` value.
 const FIELDS: &[&str] = &[
     "access_token",

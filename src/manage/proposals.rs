@@ -12,18 +12,20 @@ use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
 use crate::credtype::CredentialType;
 use crate::crypto::{Aad, CryptoError, TokenKind, random_id};
-use crate::domain::{Actor, CredentialKey, DomainError, Email, VaultRole, now_ms};
+use crate::domain::{
+    Actor, CredentialKey, CredentialState, DomainError, Email, VaultRole, now_ms,
+};
 use crate::identity::{Authenticated, Minter, Principal};
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
 use crate::proposal::{
-    self, Acknowledgement, CredentialSlot, ProposalContent, ProposalError, ProposalRequest,
+    self, Acknowledgement, ProposalContent, ProposalError, ProposalRequest, StoredCredential,
     VaultState,
 };
 use crate::registry::read_service;
 use crate::store::{
-    ApplyOutcome, ApplyWrites, CreateRefused, CredentialWrite, PrincipalKind, ProposalRecord,
-    ProposalStatus, ProposalValueRecord, StoreError, VaultRecord,
+    ApplyOutcome, ApplyWrites, CreateRefused, CredentialRefused, CredentialWrite, PrincipalKind,
+    ProposalRecord, ProposalStatus, ProposalValueRecord, StoreError, SuppliedPart, VaultRecord,
 };
 
 /// Longest rejection reason, in characters.
@@ -190,11 +192,46 @@ pub fn content_of(p: &ProposalRecord) -> Result<ProposalContent, ProposalsError>
     })
 }
 
-/// The vault's current services (verified) and credential keys.
+/// The vault's current services (verified), credential keys, and each credential's type and
+/// state.
 pub async fn vault_state(m: &Manage<'_>, vault_id: &str) -> Result<VaultState, ProposalsError> {
     let services = services::specs(m, vault_id).await?;
-    let keys = services::known_keys(m, vault_id).await?;
-    Ok(VaultState { services, keys })
+    let credentials: BTreeMap<CredentialKey, StoredCredential> = m
+        .store
+        .list_credentials(vault_id)
+        .await?
+        .into_iter()
+        .map(|c| {
+            let stored = StoredCredential {
+                ty: c.ty,
+                revoked: c.state == CredentialState::Revoked,
+            };
+            (c.key, stored)
+        })
+        .collect();
+    Ok(VaultState {
+        services,
+        keys: credentials.keys().cloned().collect(),
+        credentials,
+    })
+}
+
+/// The type of every credential the vault holds once `plan` is applied (services are
+/// checked against it, at creation and at approval).
+fn types_after(
+    vs: &VaultState,
+    plan: &proposal::ApplyPlan,
+) -> BTreeMap<CredentialKey, CredentialType> {
+    let mut types: BTreeMap<CredentialKey, CredentialType> = vs
+        .credentials
+        .iter()
+        .map(|(k, c)| (k.clone(), c.ty))
+        .collect();
+    for key in &plan.delete_keys {
+        types.remove(key);
+    }
+    types.extend(plan.types.iter().map(|(k, t)| (k.clone(), *t)));
+    types
 }
 
 /// Resolves the vault an agent-side call is about: named, or the token's only vault.
@@ -256,8 +293,12 @@ pub struct Created {
 pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, ProposalsError> {
     let vault = agent_vault(a, req.vault.as_deref()).await?;
     let vs = vault_state(&a, &vault.id).await?;
-    let (content, values) = proposal::validate(req, &vs).map_err(ProposalsError::Invalid)?;
+    let (content, supplied) = proposal::validate(req, &vs).map_err(ProposalsError::Invalid)?;
     proposal::check_links(&content, &own_hosts(&a)).map_err(ProposalsError::Invalid)?;
+    // A service that would use a slot's credential in a way its type cannot serve (a
+    // certificate as a bearer token) is refused now, not first at approval.
+    let plan = proposal::plan(&content, &vs).map_err(ProposalsError::Invalid)?;
+    services::rows_for(&a, &vault.id, &plan.services, &types_after(&vs, &plan))?;
     let id = random_id()?;
     let raw = TokenKind::Approval.generate()?;
     let now = now_ms();
@@ -279,18 +320,30 @@ pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, Prop
         review_note: None,
         created_at: now,
     };
-    let sealed = values
-        .iter()
-        .map(|(key, value)| {
-            Ok(ProposalValueRecord {
-                key: key.clone(),
-                sealed_value: a.keyring.seal_instance(
-                    &Aad::proposal_value(&id, key.as_str()),
-                    value.expose_secret().as_bytes(),
-                )?,
-            })
+    let seal = |key: &CredentialKey, part: SuppliedPart, plain: &[u8]| {
+        Ok::<_, CryptoError>(ProposalValueRecord {
+            key: key.clone(),
+            part,
+            sealed_value: a.keyring.seal_instance(
+                &Aad::proposal_value(&id, &ProposalValueRecord::row_key(key, part)),
+                plain,
+            )?,
         })
-        .collect::<Result<Vec<_>, CryptoError>>()?;
+    };
+    let mut sealed = Vec::new();
+    for (key, value) in &supplied.values {
+        sealed.push(seal(
+            key,
+            SuppliedPart::Value,
+            value.expose_secret().as_bytes(),
+        )?);
+    }
+    for (key, metadata) in &supplied.metadata {
+        let json = zeroize::Zeroizing::new(
+            serde_json::to_vec(metadata).map_err(ProposalsError::Encode)?,
+        );
+        sealed.push(seal(key, SuppliedPart::Metadata, &json)?);
+    }
     let max = i64::from(a.config.proposals.max_pending_per_vault);
     record.seq = match a.store.create_proposal(&record, &sealed, max).await? {
         Ok(seq) => seq,
@@ -663,6 +716,9 @@ async fn decided_meanwhile(m: &Manage<'_>, p: &ProposalRecord) -> ProposalsError
 pub struct Approval {
     /// Values by key; an empty one keeps the value the agent supplied.
     pub values: BTreeMap<String, SecretString>,
+    /// Metadata entries by key (the page's username field, or the API's `metadata`); each
+    /// entry replaces the agent's entry of the same name, the others are kept.
+    pub metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// The `approval_hash` of what was reviewed; without it, the approval is for the content
     /// and vault as they are now (the API allows that; the page always sends it).
     pub shown_hash: Option<String>,
@@ -758,28 +814,26 @@ async fn approve(
         });
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
-    let final_values = values_to_apply(&a, p, &plan.set_keys, approval.values).await?;
-    // A key the vault already holds keeps its type; a new one is an api_key. Each value is
-    // checked as that type, like any other set, and the services as they will use them.
-    let stored: BTreeMap<CredentialKey, CredentialType> = a
-        .store
-        .list_credentials(&p.vault_id)
-        .await?
-        .into_iter()
-        .map(|c| (c.key, c.ty))
-        .collect();
-    let mut types_after = stored.clone();
-    for key in &plan.set_keys {
-        types_after
-            .entry(key.clone())
-            .or_insert(CredentialType::ApiKey);
-    }
-    let rows = services::rows_for(&a, &p.vault_id, &plan.services, &types_after)?;
+    let supplied = supplied_to_apply(&a, p, &plan.set_keys, approval.values, approval.metadata)
+        .await?;
+    let rows = services::rows_for(&a, &p.vault_id, &plan.services, &types_after(&vs, &plan))?;
     let actor = a.caller.actor().to_string();
+    let now = now_ms();
     let mut writes: Vec<CredentialWrite> = Vec::with_capacity(plan.set_keys.len());
     for key in &plan.set_keys {
-        let ty = stored.get(key).copied().unwrap_or(CredentialType::ApiKey);
-        let value = final_values
+        let invalid = |source| ProposalsError::InvalidValue {
+            key: key.clone(),
+            source,
+        };
+        // Each value is checked as its slot's type, like any other set: nothing is written
+        // unless every one passes.
+        let ty = plan
+            .types
+            .get(key)
+            .copied()
+            .unwrap_or(CredentialType::ApiKey);
+        let value = supplied
+            .values
             .get(key)
             .ok_or_else(|| ProposalsError::ValueRequired(key.clone()))?;
         let validated = crate::credtype::validate(
@@ -787,30 +841,30 @@ async fn approve(
             value,
             crate::credtype::CheckOptions {
                 allow_expired: false,
-                now_ms: now_ms(),
+                now_ms: now,
             },
         )
-        .map_err(|source| ProposalsError::InvalidValue {
-            key: key.clone(),
-            source,
-        })?;
+        .map_err(invalid)?;
+        let metadata = supplied.metadata.get(key).cloned();
+        if let Some(m) = &metadata {
+            crate::credtype::validate_metadata(m).map_err(invalid)?;
+        }
         writes.push(CredentialWrite {
             key: key.clone(),
             ty,
             payload: validated.payload,
-            description: content.credentials.iter().find_map(|s| match s {
-                CredentialSlot::Set {
-                    key: k,
-                    description,
-                    ..
-                } if k == key && !description.is_empty() => Some(description.clone()),
-                _ => None,
-            }),
-            metadata: None,
+            description: content
+                .credentials
+                .iter()
+                .filter_map(|s| s.writes())
+                .find(|s| &s.key == key && !s.description.is_empty())
+                .map(|s| s.description.clone()),
+            // No metadata given keeps a rotated credential's stored map (its username).
+            metadata,
             derived: validated.derived_metadata,
             expires_at: validated.expires_at,
             actor: actor.clone(),
-            must_exist: false,
+            must_exist: plan.rotate_keys.contains(key),
         });
     }
     let applied = a
@@ -835,13 +889,23 @@ async fn approve(
                     VaultState {
                         services,
                         keys: keys.iter().cloned().collect(),
+                        credentials: BTreeMap::new(),
                     }
                     .fingerprint()
                         == vs.fingerprint()
                 })
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Revoked, deleted or retyped between the check above and the write transaction.
+            StoreError::Credential(
+                refused @ (CredentialRefused::Revoked(_)
+                | CredentialRefused::NotFound(_)
+                | CredentialRefused::TypeMismatch { .. }),
+            ) => ProposalsError::NoLongerApplies(ProposalError(refused.to_string())),
+            other => other.into(),
+        })?;
     match applied {
         ApplyOutcome::Applied => {}
         ApplyOutcome::VaultChanged => return Err(ProposalsError::VaultChanged),
@@ -853,14 +917,25 @@ async fn approve(
     Ok(())
 }
 
-/// The value of every key the proposal sets: the approver's when given (checked), else the one
-/// the agent supplied (opened from its seal); a key with neither is an error.
-async fn values_to_apply(
+/// What is written for the keys a proposal sets or rotates.
+struct ToApply {
+    /// Each key's value: the approver's, else the agent's.
+    values: BTreeMap<CredentialKey, SecretString>,
+    /// Each key's metadata, where the agent or the approver gave any: the agent's entries
+    /// with the approver's over them.
+    metadata: BTreeMap<CredentialKey, BTreeMap<String, String>>,
+}
+
+/// The value (and metadata) of every key the proposal sets: the approver's when given
+/// (checked), else what the agent supplied (opened from its seal); a key without a value is
+/// an error.
+async fn supplied_to_apply(
     m: &Manage<'_>,
     p: &ProposalRecord,
     set_keys: &[CredentialKey],
     values: BTreeMap<String, SecretString>,
-) -> Result<BTreeMap<CredentialKey, SecretString>, ProposalsError> {
+    approver_metadata: BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<ToApply, ProposalsError> {
     let mut given: BTreeMap<CredentialKey, SecretString> = BTreeMap::new();
     for (key, value) in values {
         let key = CredentialKey::parse(&key).map_err(ProposalsError::InvalidKey)?;
@@ -874,21 +949,30 @@ async fn values_to_apply(
             given.insert(key, value);
         }
     }
+    let mut given_meta: BTreeMap<CredentialKey, BTreeMap<String, String>> = BTreeMap::new();
+    for (key, entries) in approver_metadata {
+        let key = CredentialKey::parse(&key).map_err(ProposalsError::InvalidKey)?;
+        if !set_keys.contains(&key) {
+            return Err(ProposalsError::UnexpectedValue(key));
+        }
+        if !entries.is_empty() {
+            given_meta.insert(key, entries);
+        }
+    }
     let supplied = m.store.proposal_values(&p.id).await?;
-    let mut out = BTreeMap::new();
+    let mut out = ToApply {
+        values: BTreeMap::new(),
+        metadata: agent_metadata(m, p, &supplied)?,
+    };
     for key in set_keys {
         if let Some(v) = given.remove(key) {
-            out.insert(key.clone(), v);
-        } else if let Some(rec) = supplied.iter().find(|r| &r.key == key) {
-            let plain = m
-                .keyring
-                .open_instance(&Aad::proposal_value(&p.id, key.as_str()), &rec.sealed_value)
-                .map_err(|source| ProposalsError::SuppliedValue {
-                    id: p.id.clone(),
-                    key: key.clone(),
-                    source,
-                })?;
-            out.insert(
+            out.values.insert(key.clone(), v);
+        } else if let Some(rec) = supplied
+            .iter()
+            .find(|r| &r.key == key && r.part == SuppliedPart::Value)
+        {
+            let plain = open_supplied(m, p, rec)?;
+            out.values.insert(
                 key.clone(),
                 SecretString::from(String::from_utf8_lossy(plain.expose_secret()).into_owned()),
             );
@@ -896,7 +980,66 @@ async fn values_to_apply(
             return Err(ProposalsError::ValueRequired(key.clone()));
         }
     }
+    for (key, entries) in given_meta {
+        out.metadata.entry(key).or_default().extend(entries);
+    }
     Ok(out)
+}
+
+/// Opens one agent-supplied row.
+fn open_supplied(
+    m: &Manage<'_>,
+    p: &ProposalRecord,
+    rec: &ProposalValueRecord,
+) -> Result<secrecy::SecretSlice<u8>, ProposalsError> {
+    m.keyring
+        .open_instance(
+            &Aad::proposal_value(&p.id, &ProposalValueRecord::row_key(&rec.key, rec.part)),
+            &rec.sealed_value,
+        )
+        .map_err(|source| ProposalsError::SuppliedValue {
+            id: p.id.clone(),
+            key: rec.key.clone(),
+            source,
+        })
+}
+
+/// The metadata the agent supplied, by key, opened from its seals.
+fn agent_metadata(
+    m: &Manage<'_>,
+    p: &ProposalRecord,
+    supplied: &[ProposalValueRecord],
+) -> Result<BTreeMap<CredentialKey, BTreeMap<String, String>>, ProposalsError> {
+    let mut out = BTreeMap::new();
+    for rec in supplied
+        .iter()
+        .filter(|r| r.part == SuppliedPart::Metadata)
+    {
+        let plain = open_supplied(m, p, rec)?;
+        // It was checked before it was sealed; a row that does not read back was edited.
+        let map: BTreeMap<String, String> =
+            serde_json::from_slice(plain.expose_secret()).map_err(|_| {
+                ProposalsError::SuppliedValue {
+                    id: p.id.clone(),
+                    key: rec.key.clone(),
+                    source: CryptoError::Malformed,
+                }
+            })?;
+        out.insert(rec.key.clone(), map);
+    }
+    Ok(out)
+}
+
+/// The metadata the agent supplied with a pending proposal, for its approval page.
+pub async fn supplied_metadata(
+    m: &Manage<'_>,
+    p: &ProposalRecord,
+) -> Result<BTreeMap<CredentialKey, BTreeMap<String, String>>, ProposalsError> {
+    if p.status != ProposalStatus::Pending {
+        return Ok(BTreeMap::new());
+    }
+    let supplied = m.store.proposal_values(&p.id).await?;
+    agent_metadata(m, p, &supplied)
 }
 
 /// Rejects a proposal (member role or higher, humans only); the reason is shown to the agent.

@@ -38,7 +38,7 @@ pub use instance::{CaStateRecord, MasterKeyRecord};
 pub use invites::{InviteRecord, InviteVaultGrant};
 
 pub use proposals::{
-    ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalValueRecord,
+    ApplyOutcome, ApplyWrites, CreateRefused, ProposalRecord, ProposalValueRecord, SuppliedPart,
 };
 pub use request_logs::{
     REQUEST_LOG_ROWS_PER_STATEMENT, RequestLogFilter, RequestLogRecord, RequestLogRow,

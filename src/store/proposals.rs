@@ -47,13 +47,35 @@ pub struct ProposalRecord {
     pub created_at: i64,
 }
 
-/// An agent-supplied value, sealed with AAD (proposal id, key).
+/// An agent-supplied value or metadata map, sealed with AAD (proposal id, [`Self::row_key`]).
 #[derive(Clone)]
 pub struct ProposalValueRecord {
     /// The key.
     pub key: CredentialKey,
+    /// What the row holds.
+    pub part: SuppliedPart,
     /// The sealed value.
     pub sealed_value: Vec<u8>,
+}
+
+/// What an agent-supplied row holds for its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuppliedPart {
+    /// The credential's value (row key: the credential key, as before metadata existed).
+    Value,
+    /// The credential's metadata as a JSON object (row key: `KEY#metadata`; `#` is never
+    /// part of a credential key, so the two rows and their AADs cannot be confused).
+    Metadata,
+}
+
+impl ProposalValueRecord {
+    /// The text of the row's `key` column, also the key part of its AAD.
+    pub fn row_key(key: &CredentialKey, part: SuppliedPart) -> String {
+        match part {
+            SuppliedPart::Value => key.as_str().to_owned(),
+            SuppliedPart::Metadata => format!("{}#metadata", key.as_str()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ProposalValueRecord {
@@ -190,7 +212,7 @@ impl Store {
             for v in values {
                 sqlx::query("INSERT INTO proposal_values (proposal_id, key, sealed_value) VALUES ($1, $2, $3)")
                     .bind(&record.id)
-                    .bind(v.key.as_str())
+                    .bind(ProposalValueRecord::row_key(&v.key, v.part))
                     .bind(v.sealed_value.clone())
                     .execute(&mut *tx)
                     .await?;
@@ -262,9 +284,14 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let key: String = col(r, "key")?;
+                let (key, part) = match key.strip_suffix("#metadata") {
+                    Some(k) => (k.to_owned(), SuppliedPart::Metadata),
+                    None => (key, SuppliedPart::Value),
+                };
                 Ok(ProposalValueRecord {
                     key: CredentialKey::parse(key)
                         .map_err(|e| StoreError::corrupt("column key", e))?,
+                    part,
                     sealed_value: col(r, "sealed_value")?,
                 })
             })

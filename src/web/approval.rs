@@ -17,14 +17,15 @@ use super::html::esc;
 use super::session::login_form;
 use super::{api_error_page, error_page, html_response, page_message, same_origin, time, web_user};
 use crate::admin::{AdminState, ApiError};
-use crate::domain::VaultRole;
+use crate::credtype::CredentialType;
+use crate::domain::{CredentialKey, VaultRole};
 use crate::identity::{Authenticated, Principal};
 use crate::keys::Keyring;
 use crate::manage::proposals::{self, Approval, Decision, Review};
 use crate::policy::confusable::{self, HostForms};
 use crate::policy::service::{AuthSpec, ServiceSpec};
 use crate::proposal::{
-    self, Acknowledgement, CredentialSlot, ProposalContent, ServiceChange, Severity, VaultState,
+    self, Acknowledgement, ProposalContent, ServiceChange, SetSlot, Severity, VaultState,
 };
 use crate::store::{ProposalRecord, ProposalStatus, VaultRecord};
 
@@ -52,6 +53,24 @@ struct Page<'a> {
     token: Option<&'a str>,
     /// A message about what just happened: (`success` or `error`, text).
     flash: Option<(&'a str, &'a str)>,
+    /// The metadata the agent supplied, by key (pending proposals only).
+    metadata: &'a BTreeMap<CredentialKey, BTreeMap<String, String>>,
+}
+
+/// Input name prefixes of a slot's value parts (`<part>_<KEY>`).
+const PART_VALUE: &str = "value";
+/// A certificate's PEM chain.
+const PART_CERT: &str = "cert";
+/// A certificate's or an OpenSSH key's private key.
+const PART_KEY: &str = "privkey";
+/// An OpenSSH key's passphrase.
+const PART_PASSPHRASE: &str = "passphrase";
+/// A password's username (metadata `username`; not a secret).
+const PART_USERNAME: &str = "username";
+
+/// Whether the viewer may see metadata values (members and above, like a credential's).
+fn viewer_is_member(viewer: &Viewer) -> bool {
+    matches!(viewer, Viewer::User(_, Some(role)) if *role >= VaultRole::Member)
 }
 
 /// Loads a proposal the visitor may see: with a valid link token, or as a member of its vault.
@@ -211,19 +230,53 @@ fn substitutions(spec: &ServiceSpec) -> String {
         .collect()
 }
 
+/// The agent's metadata for one slot, escaped like all agent text and never a link. Values
+/// are shown to vault members only (`None`: the viewer sees the names alone).
+fn metadata_cell(entries: Option<&BTreeMap<String, String>>, shown: bool) -> String {
+    let Some(entries) = entries.filter(|e| !e.is_empty()) else {
+        return String::new();
+    };
+    let items: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| {
+            if shown {
+                format!("<li><code>{}</code>: <code>{}</code></li>", esc(k), esc(v))
+            } else {
+                format!("<li><code>{}</code></li>", esc(k))
+            }
+        })
+        .collect();
+    format!(
+        "<div class=\"agent-metadata\"><span class=\"agent-warning\">Metadata provided by the agent{}:</span><ul>{}</ul></div>",
+        if shown {
+            ""
+        } else {
+            " (values shown to vault members)"
+        },
+        items.concat()
+    )
+}
+
 /// The credential slots; the last column says where each value comes from while pending, and
 /// whether it was stored once decided.
-fn credential_rows(content: &ProposalContent, status: ProposalStatus) -> String {
+fn credential_rows(
+    content: &ProposalContent,
+    status: ProposalStatus,
+    metadata: &BTreeMap<CredentialKey, BTreeMap<String, String>>,
+    show_metadata: bool,
+) -> String {
     let mut rows = String::new();
     for slot in &content.credentials {
-        match slot {
-            CredentialSlot::Set {
+        match slot.writes() {
+            Some(SetSlot {
                 key,
                 description,
                 obtain,
                 obtain_instructions,
                 has_value,
-            } => {
+                ty,
+                has_metadata,
+            }) => {
                 // Never a link: a click would carry the approver's cookie to whatever the agent
                 // runs (cookies are not isolated by port). The approver reads it and decides.
                 let link = obtain
@@ -241,9 +294,17 @@ fn credential_rows(content: &ProposalContent, status: ProposalStatus) -> String 
                     .as_ref()
                     .map(|i| format!("<div class=\"message\">{}</div>", esc(i)))
                     .unwrap_or_default();
+                let meta = if *has_metadata {
+                    metadata_cell(metadata.get(key), show_metadata)
+                } else {
+                    String::new()
+                };
                 rows.push_str(&format!(
-                    "<tr><td>set</td><td><code>{}</code></td><td>{}</td><td>{link}{how}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td><code>{}</code>{}</td><td>{}{meta}</td><td>{link}{how}</td><td>{}</td></tr>",
+                    slot.action(),
                     esc(key.as_str()),
+                    ty.map(|t| format!(" <span class=\"hint\">{t}</span>"))
+                        .unwrap_or_default(),
                     esc(description),
                     match (status, *has_value) {
                         (ProposalStatus::Pending, true) => "the agent supplied a value",
@@ -253,13 +314,67 @@ fn credential_rows(content: &ProposalContent, status: ProposalStatus) -> String 
                     }
                 ));
             }
-            CredentialSlot::Delete { key } => rows.push_str(&format!(
+            None => rows.push_str(&format!(
                 "<tr><td>delete</td><td><code>{}</code></td><td></td><td></td><td></td></tr>",
-                esc(key.as_str())
+                esc(slot.key().as_str())
             )),
         }
     }
     rows
+}
+
+/// The inputs for one slot's value, by its type: a text area for PEM, SSH keys, oauth
+/// documents and generic values; username and password for `password`; one password input
+/// for the rest. Input names are `<part>_<KEY>`, which [`Submitted::parse`] sorts back.
+fn value_inputs(slot: &SetSlot, agent_metadata: Option<&BTreeMap<String, String>>) -> String {
+    let key = esc(slot.key.as_str());
+    let required = if slot.has_value { "" } else { " required" };
+    let hint = if slot.has_value {
+        "Optional: leave empty to keep the value the agent supplied."
+    } else {
+        "Required."
+    };
+    let secret_area = |part: &str, label: &str, placeholder: &str| {
+        format!(
+            "<label for=\"{part}_{key}\">{label} for {key}</label>\
+             <textarea id=\"{part}_{key}\" name=\"{part}_{key}\" rows=\"6\" autocomplete=\"off\" spellcheck=\"false\" placeholder=\"{placeholder}\"{required}></textarea>"
+        )
+    };
+    let password = |part: &str, label: &str, required: &str| {
+        format!(
+            "<label for=\"{part}_{key}\">{label} for {key}</label>\
+             <input type=\"password\" id=\"{part}_{key}\" name=\"{part}_{key}\" autocomplete=\"off\"{required}>"
+        )
+    };
+    let fields = match slot.ty.unwrap_or(CredentialType::ApiKey) {
+        CredentialType::Certificate => {
+            secret_area(PART_CERT, "Certificate chain (PEM, leaf first)", "-----BEGIN CERTIFICATE-----")
+                + &secret_area(PART_KEY, "Private key (PEM)", "-----BEGIN PRIVATE KEY-----")
+        }
+        CredentialType::SshKey => {
+            secret_area(PART_KEY, "OpenSSH private key", "-----BEGIN OPENSSH PRIVATE KEY-----")
+                + &password(PART_PASSPHRASE, "Passphrase (if the key is encrypted)", "")
+        }
+        CredentialType::Oauth => secret_area(
+            PART_VALUE,
+            "OAuth document (JSON or YAML: access_token, refresh_token, token_url, ...)",
+            "access_token: ...",
+        ),
+        CredentialType::Generic => secret_area(PART_VALUE, "Value", ""),
+        CredentialType::Password => {
+            // The username is metadata, not a secret: prefilled with the agent's, if any.
+            let user = agent_metadata
+                .and_then(|m| m.get("username"))
+                .map(|u| esc(u))
+                .unwrap_or_default();
+            format!(
+                "<label for=\"{PART_USERNAME}_{key}\">Username for {key}</label>\
+                 <input type=\"text\" id=\"{PART_USERNAME}_{key}\" name=\"{PART_USERNAME}_{key}\" autocomplete=\"off\" value=\"{user}\">"
+            ) + &password(PART_VALUE, "Password", required)
+        }
+        _ => password(PART_VALUE, "Value", required),
+    };
+    format!("{fields}<p class=\"hint\">{hint}</p>")
 }
 
 /// What became of a decided proposal: approved by whom and when, rejected (with the reason), or
@@ -298,6 +413,7 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
         viewer,
         token,
         flash,
+        metadata,
     } = *page;
     let (p, vault, content) = (
         &review.viewed.record,
@@ -372,7 +488,7 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
     if !content.credentials.is_empty() {
         body.push_str(&format!(
             "<h2>Credentials</h2><table><tr><th>Change</th><th>Key</th><th>Description</th><th>Where to get it</th><th>Value</th></tr>{}</table>",
-            credential_rows(content, p.status)
+            credential_rows(content, p.status, metadata, viewer_is_member(viewer))
         ));
     }
     if !pending {
@@ -425,17 +541,8 @@ fn render(keyring: &Keyring, page: &Page<'_>) -> String {
                     ));
                 }
             }
-            for slot in &content.credentials {
-                if let CredentialSlot::Set { key, has_value, .. } = slot {
-                    let id = format!("value_{}", key.as_str());
-                    inputs.push_str(&format!(
-                        "<label for=\"{id}\">Value for {}</label><input type=\"password\" id=\"{id}\" name=\"{id}\" autocomplete=\"off\"{}>\
-                         <p class=\"hint\">{}</p>",
-                        esc(key.as_str()),
-                        if *has_value { "" } else { " required" },
-                        if *has_value { "Optional: leave empty to keep the value the agent supplied." } else { "Required." }
-                    ));
-                }
+            for slot in content.credentials.iter().filter_map(|s| s.writes()) {
+                inputs.push_str(&value_inputs(slot, metadata.get(&slot.key)));
             }
             body.push_str(&format!(
                 "<h2>Decide</h2><form method=\"post\" action=\"/approve/{id}\" id=\"approve-form\">\
@@ -469,6 +576,10 @@ async fn render_page(
     flash: Option<(&str, &str)>,
     status: StatusCode,
 ) -> Response {
+    let metadata = match proposals::supplied_metadata(&state.manage(), &p).await {
+        Ok(m) => m,
+        Err(e) => return api_error_page(e.into()),
+    };
     let review = match proposals::review_of(&state.manage(), vault, p).await {
         Ok(review) => review,
         Err(e) => return api_error_page(e.into()),
@@ -478,6 +589,7 @@ async fn render_page(
         viewer,
         token,
         flash,
+        metadata: &metadata,
     };
     html_response(
         status,
@@ -552,8 +664,10 @@ pub(super) async fn approval_page(
 struct Submitted {
     /// `action`, `csrf`, `hash`, `token`, `reason`.
     fields: BTreeMap<String, String>,
-    /// `value_KEY` inputs, by key.
-    values: BTreeMap<String, SecretString>,
+    /// The value parts (`value_KEY`, `cert_KEY`, `privkey_KEY`, `passphrase_KEY`), by key.
+    parts: BTreeMap<String, BTreeMap<&'static str, SecretString>>,
+    /// `username_KEY` inputs: metadata, not secrets, but never plain fields either.
+    usernames: BTreeMap<String, String>,
     /// The approver's password, asked again.
     confirm_password: Option<SecretString>,
     /// The ids of the risks ticked.
@@ -563,16 +677,32 @@ struct Submitted {
 impl Submitted {
     fn parse(pairs: Vec<(String, String)>) -> Self {
         let mut out = Self::default();
-        for (name, value) in pairs {
+        'pairs: for (name, value) in pairs {
             if name == "confirm_password" {
                 out.confirm_password = Some(SecretString::from(value));
-            } else if name == "ack" {
-                out.acknowledged.insert(value);
-            } else if let Some(key) = name.strip_prefix("value_") {
-                out.values.insert(key.to_owned(), SecretString::from(value));
-            } else {
-                out.fields.insert(name, value);
+                continue;
             }
+            if name == "ack" {
+                out.acknowledged.insert(value);
+                continue;
+            }
+            if let Some(key) = name.strip_prefix("username_") {
+                out.usernames.insert(key.to_owned(), value);
+                continue;
+            }
+            for part in [PART_VALUE, PART_CERT, PART_KEY, PART_PASSPHRASE] {
+                if let Some(key) = name
+                    .strip_prefix(part)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                {
+                    out.parts
+                        .entry(key.to_owned())
+                        .or_default()
+                        .insert(part, SecretString::from(value));
+                    continue 'pairs;
+                }
+            }
+            out.fields.insert(name, value);
         }
         out
     }
@@ -580,6 +710,88 @@ impl Submitted {
     fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
     }
+
+    /// Each slot's value in its type's canonical input form (see `credtype`): the text for
+    /// single-part types, a JSON object of the parts for `certificate` and `ssh_key`, the
+    /// JSON of a YAML document for `oauth`. All parts left empty is an empty value, which
+    /// keeps the one the agent supplied. Usernames become metadata `username`.
+    #[allow(clippy::type_complexity)]
+    fn assemble(
+        &mut self,
+        content: &ProposalContent,
+    ) -> Result<
+        (
+            BTreeMap<String, SecretString>,
+            BTreeMap<String, BTreeMap<String, String>>,
+        ),
+        ApiError,
+    > {
+        let types: BTreeMap<&str, CredentialType> = content
+            .credentials
+            .iter()
+            .filter_map(|s| s.writes())
+            .map(|s| (s.key.as_str(), s.ty.unwrap_or(CredentialType::ApiKey)))
+            .collect();
+        let mut values = BTreeMap::new();
+        for (key, mut parts) in std::mem::take(&mut self.parts) {
+            let mut take = |part: &str| {
+                parts
+                    .remove(part)
+                    .filter(|v| !v.expose_secret().is_empty())
+            };
+            let ty = types.get(key.as_str()).copied();
+            let value = match ty {
+                Some(CredentialType::Certificate) => {
+                    let (chain, private) = (take(PART_CERT), take(PART_KEY));
+                    object_of(&[("certificate", chain), ("private_key", private)])
+                }
+                Some(CredentialType::SshKey) => match take(PART_KEY) {
+                    Some(private) => object_of(&[
+                        ("private_key", Some(private)),
+                        ("passphrase", take(PART_PASSPHRASE)),
+                    ]),
+                    None => None,
+                },
+                Some(CredentialType::Oauth) => match take(PART_VALUE) {
+                    Some(doc) => Some(SecretString::from(
+                        crate::credtype::oauth_document_to_json(doc.expose_secret())
+                            .map_err(|e| {
+                                ApiError::bad_request(
+                                    "invalid_credential",
+                                    format!("{key}: {e}; nothing was stored"),
+                                )
+                            })?
+                            .to_string(),
+                    )),
+                    None => None,
+                },
+                _ => take(PART_VALUE),
+            };
+            values.insert(key, value.unwrap_or_else(|| SecretString::from(String::new())));
+        }
+        let metadata = std::mem::take(&mut self.usernames)
+            .into_iter()
+            .filter(|(_, user)| !user.is_empty())
+            .map(|(key, user)| (key, BTreeMap::from([("username".to_owned(), user)])))
+            .collect();
+        Ok((values, metadata))
+    }
+}
+
+/// A JSON object of the parts given, or `None` when none was.
+fn object_of(parts: &[(&str, Option<SecretString>)]) -> Option<SecretString> {
+    let map: serde_json::Map<String, serde_json::Value> = parts
+        .iter()
+        .filter_map(|(name, v)| {
+            v.as_ref().map(|v| {
+                (
+                    (*name).to_owned(),
+                    serde_json::Value::String(v.expose_secret().to_owned()),
+                )
+            })
+        })
+        .collect();
+    (!map.is_empty()).then(|| SecretString::from(serde_json::Value::Object(map).to_string()))
 }
 
 /// `POST /approve/{id}`: approve (with the password again) or reject, then the page anew.
@@ -667,9 +879,12 @@ async fn decide_from_form(
                 _ => "",
             };
             confirm(state, user_id, form.confirm_password.take()).await?;
+            let content = proposals::content_of(p)?;
+            let (values, metadata) = form.assemble(&content)?;
             let approval = Approval {
                 shown_hash: Some(form.field("hash").unwrap_or_default().to_owned()),
-                values: form.values,
+                values,
+                metadata,
                 acknowledged: Acknowledgement::Ids(form.acknowledged),
             };
             (
