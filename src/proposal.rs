@@ -973,6 +973,10 @@ mod tests {
         CredentialKey::parse(k).unwrap()
     }
 
+    fn stored(ty: CredentialType, revoked: bool) -> StoredCredential {
+        StoredCredential { ty, revoked }
+    }
+
     fn state() -> VaultState {
         VaultState {
             services: parse_service_file("- name: stripe\n  host: api.stripe.com\n  auth: {type: bearer, token: STRIPE_KEY}\n")
@@ -981,6 +985,12 @@ mod tests {
                 .map(ServiceSpec::normalized)
                 .collect(),
             keys: [key("STRIPE_KEY"), key("OLD")].into_iter().collect(),
+            credentials: [
+                (key("STRIPE_KEY"), stored(CredentialType::ApiKey, false)),
+                (key("OLD"), stored(CredentialType::ApiKey, false)),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -999,7 +1009,7 @@ mod tests {
             &state(),
         )
         .unwrap();
-        assert_eq!(values.len(), 1);
+        assert_eq!(values.values.len(), 1);
         assert_eq!(missing_values(&content), vec![]);
         assert!(needs_admin(&content));
         let stored = serde_json::to_string(&content).unwrap();
@@ -1058,9 +1068,9 @@ mod tests {
         assert!(obtain("https://github.com/settings/tokens?x=1").is_ok());
         // Stored as parsed: A-label host, no text-direction or invisible characters.
         let stored = obtain("https://GitHub.com/\u{202E}txt.exe?q=a b").unwrap();
-        let CredentialSlot::Set {
+        let CredentialSlot::Set(SetSlot {
             obtain: Some(url), ..
-        } = &stored.credentials[0]
+        }) = &stored.credentials[0]
         else {
             panic!("a set slot with its link");
         };
@@ -1089,13 +1099,15 @@ mod tests {
             "https://[::ffff:203.0.113.7]/",
         ] {
             let content = ProposalContent {
-                credentials: vec![CredentialSlot::Set {
+                credentials: vec![CredentialSlot::Set(SetSlot {
                     key: key("K"),
                     description: String::new(),
                     obtain: Some(url.into()),
                     obtain_instructions: None,
                     has_value: false,
-                }],
+                    ty: None,
+                    has_metadata: false,
+                })],
                 message: String::new(),
                 services: Vec::new(),
             };
@@ -1114,10 +1126,10 @@ mod tests {
                 &state(),
             )
             .unwrap();
-            let CredentialSlot::Set {
+            let CredentialSlot::Set(SetSlot {
                 obtain_instructions,
                 ..
-            } = &content.credentials[0]
+            }) = &content.credentials[0]
             else {
                 panic!("a set slot");
             };
@@ -1138,7 +1150,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             &old.credentials[0],
-            CredentialSlot::Set { obtain_instructions: Some(t), .. } if t == "old"
+            CredentialSlot::Set(SetSlot { obtain_instructions: Some(t), .. }) if t == "old"
         ));
         // Both names at once is ambiguous and refused.
         let both: Result<ProposalRequest, _> = serde_json::from_value(serde_json::json!({

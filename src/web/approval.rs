@@ -962,6 +962,14 @@ mod tests {
     }
 
     fn page(review: &Review, viewer: &Viewer) -> String {
+        page_with(review, viewer, &BTreeMap::new())
+    }
+
+    fn page_with(
+        review: &Review,
+        viewer: &Viewer,
+        metadata: &BTreeMap<CredentialKey, BTreeMap<String, String>>,
+    ) -> String {
         render(
             &keyring(),
             &Page {
@@ -969,6 +977,7 @@ mod tests {
                 viewer,
                 token: Some("av_appr_\"x"),
                 flash: None,
+                metadata,
             },
         )
     }
@@ -1042,7 +1051,7 @@ mod tests {
             2,
             "values and the password are not plain fields"
         );
-        assert_eq!(form.values["GH_TOKEN"].expose_secret(), "ghp_x");
+        assert_eq!(form.parts["GH_TOKEN"]["value"].expose_secret(), "ghp_x");
         assert_eq!(
             form.confirm_password.as_ref().map(|p| p.expose_secret()),
             Some("pw")
