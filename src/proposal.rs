@@ -1159,6 +1159,153 @@ mod tests {
         assert!(both.is_err());
     }
 
+    fn typed_state() -> VaultState {
+        let mut s = state();
+        s.keys.insert(key("DB_PASS"));
+        s.keys.insert(key("GONE"));
+        s.credentials
+            .insert(key("DB_PASS"), stored(CredentialType::Password, false));
+        s.credentials
+            .insert(key("GONE"), stored(CredentialType::ApiKey, true));
+        s
+    }
+
+    fn slot_type(content: &ProposalContent) -> Option<CredentialType> {
+        content.credentials[0].writes().and_then(|s| s.ty)
+    }
+
+    #[test]
+    fn a_slot_takes_its_named_type_else_the_stored_one_else_api_key() {
+        let typed = |slot: serde_json::Value| {
+            validate(
+                request(serde_json::json!({ "credentials": [slot] })),
+                &typed_state(),
+            )
+        };
+        let new = typed(serde_json::json!({"action": "set", "key": "NEW"})).unwrap();
+        assert_eq!(slot_type(&new.0), Some(CredentialType::ApiKey));
+        let named =
+            typed(serde_json::json!({"action": "set", "key": "NEW", "type": "certificate"}))
+                .unwrap();
+        assert_eq!(slot_type(&named.0), Some(CredentialType::Certificate));
+        let existing = typed(serde_json::json!({"action": "set", "key": "DB_PASS"})).unwrap();
+        assert_eq!(slot_type(&existing.0), Some(CredentialType::Password));
+        let shown = serde_json::to_value(&existing.0).unwrap();
+        assert_eq!(shown["credentials"][0]["type"], "password");
+
+        let e = typed(serde_json::json!({"action": "set", "key": "DB_PASS", "type": "token"}))
+            .unwrap_err();
+        assert!(
+            e.0.contains("type_mismatch") && e.0.contains("password") && e.0.contains("token"),
+            "{e}"
+        );
+        let e = typed(serde_json::json!({"action": "set", "key": "NEW", "type": "pgp_key"}))
+            .unwrap_err();
+        assert!(
+            e.0.starts_with("credential NEW: type: unknown credential type \"pgp_key\"")
+                && e.0.contains("ssh_key"),
+            "{e}"
+        );
+        let e = typed(serde_json::json!({"action": "set", "key": "GONE"})).unwrap_err();
+        assert!(e.0.contains("GONE is revoked"), "{e}");
+    }
+
+    #[test]
+    fn rotate_needs_an_existing_credential_that_is_not_revoked() {
+        let rotate = |k: &str, state: &VaultState| {
+            validate(
+                request(
+                    serde_json::json!({ "credentials": [{"action": "rotate", "key": k, "value": "new"}] }),
+                ),
+                state,
+            )
+        };
+        let e = rotate("MISSING", &typed_state()).unwrap_err();
+        assert!(
+            e.0.contains("MISSING cannot be rotated: it does not exist"),
+            "{e}"
+        );
+        let e = rotate("GONE", &typed_state()).unwrap_err();
+        assert!(e.0.contains("GONE is revoked; it cannot be rotated"), "{e}");
+
+        let (content, supplied) = rotate("DB_PASS", &typed_state()).unwrap();
+        assert_eq!(content.credentials[0].action(), "rotate");
+        assert_eq!(slot_type(&content), Some(CredentialType::Password));
+        assert_eq!(supplied.values.len(), 1);
+        let shown = serde_json::to_value(&content).unwrap();
+        assert_eq!(shown["credentials"][0]["action"], "rotate");
+        let p = plan(&content, &typed_state()).unwrap();
+        assert!(p.rotate_keys.contains(&key("DB_PASS")));
+        assert_eq!(p.types[&key("DB_PASS")], CredentialType::Password);
+        let risks = risks(&content, &typed_state());
+        assert!(
+            risks
+                .iter()
+                .any(|r| r.text.contains("DB_PASS will be rotated")),
+            "{risks:?}"
+        );
+        // Revoked or deleted after the proposal was raised: it no longer applies.
+        let mut later = typed_state();
+        later.credentials.get_mut(&key("DB_PASS")).unwrap().revoked = true;
+        assert!(plan(&content, &later).unwrap_err().0.contains("revoked"));
+        later.credentials.remove(&key("DB_PASS"));
+        later.keys.remove(&key("DB_PASS"));
+        assert!(
+            plan(&content, &later)
+                .unwrap_err()
+                .0
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn slot_metadata_is_checked_and_kept_out_of_the_content() {
+        let with = |metadata: serde_json::Value| {
+            validate(
+                request(
+                    serde_json::json!({ "credentials": [{"action": "set", "key": "NEW", "type": "password", "metadata": metadata}] }),
+                ),
+                &typed_state(),
+            )
+        };
+        let (content, supplied) =
+            with(serde_json::json!({"username": "svc-billing", "team": "pay"})).unwrap();
+        let stored = serde_json::to_string(&content).unwrap();
+        assert!(!stored.contains("svc-billing"), "{stored}");
+        assert!(stored.contains("\"has_metadata\":true"), "{stored}");
+        assert_eq!(supplied.metadata[0].1["username"], "svc-billing");
+        assert!(!format!("{supplied:?}").contains("svc-billing"));
+
+        let e = with(serde_json::json!({"Bad Key": "x"})).unwrap_err();
+        assert!(
+            e.0.contains("credential NEW: metadata key \"Bad Key\""),
+            "{e}"
+        );
+        let e = with(serde_json::json!({"note": "x".repeat(300)})).unwrap_err();
+        assert!(e.0.contains("metadata.note"), "{e}");
+        let e = with(serde_json::json!({"note": "approve\u{202E}gnp"})).unwrap_err();
+        assert!(e.0.contains("metadata.note contains invisible"), "{e}");
+        let many: serde_json::Map<String, serde_json::Value> = (0..33)
+            .map(|i| (format!("k{i}"), serde_json::json!("v")))
+            .collect();
+        let e = with(serde_json::Value::Object(many)).unwrap_err();
+        assert!(e.0.contains("at most 32 entries"), "{e}");
+    }
+
+    #[test]
+    fn content_stored_before_types_loads_and_hashes_as_before() {
+        let old = serde_json::json!({
+            "message": "", "services": [],
+            "credentials": [{"action": "set", "key": "K", "description": "", "obtain": null, "obtain_instructions": null, "has_value": false}]
+        });
+        let content: ProposalContent = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(slot_type(&content), None);
+        // Serialized exactly as before, so its stored hash still matches.
+        assert_eq!(serde_json::to_value(&content).unwrap(), old);
+        let p = plan(&content, &state()).unwrap();
+        assert_eq!(p.types[&key("K")], CredentialType::ApiKey);
+    }
+
     #[test]
     fn bad_requests_are_refused_with_the_reason() {
         let cases = [

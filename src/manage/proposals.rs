@@ -12,9 +12,7 @@ use super::services::{self, ServicesError};
 use super::{AccessError, Acting, Manage};
 use crate::credtype::CredentialType;
 use crate::crypto::{Aad, CryptoError, TokenKind, random_id};
-use crate::domain::{
-    Actor, CredentialKey, CredentialState, DomainError, Email, VaultRole, now_ms,
-};
+use crate::domain::{Actor, CredentialKey, CredentialState, DomainError, Email, VaultRole, now_ms};
 use crate::identity::{Authenticated, Minter, Principal};
 use crate::notify::ProposalEvent;
 use crate::policy::service::ServiceSpec;
@@ -339,9 +337,8 @@ pub async fn create(a: Acting<'_>, req: ProposalRequest) -> Result<Created, Prop
         )?);
     }
     for (key, metadata) in &supplied.metadata {
-        let json = zeroize::Zeroizing::new(
-            serde_json::to_vec(metadata).map_err(ProposalsError::Encode)?,
-        );
+        let json =
+            zeroize::Zeroizing::new(serde_json::to_vec(metadata).map_err(ProposalsError::Encode)?);
         sealed.push(seal(key, SuppliedPart::Metadata, &json)?);
     }
     let max = i64::from(a.config.proposals.max_pending_per_vault);
@@ -814,8 +811,8 @@ async fn approve(
         });
     }
     let plan = proposal::plan(&content, &vs).map_err(ProposalsError::NoLongerApplies)?;
-    let supplied = supplied_to_apply(&a, p, &plan.set_keys, approval.values, approval.metadata)
-        .await?;
+    let supplied =
+        supplied_to_apply(&a, p, &plan.set_keys, approval.values, approval.metadata).await?;
     let rows = services::rows_for(&a, &p.vault_id, &plan.services, &types_after(&vs, &plan))?;
     let actor = a.caller.actor().to_string();
     let now = now_ms();
@@ -1011,10 +1008,7 @@ fn agent_metadata(
     supplied: &[ProposalValueRecord],
 ) -> Result<BTreeMap<CredentialKey, BTreeMap<String, String>>, ProposalsError> {
     let mut out = BTreeMap::new();
-    for rec in supplied
-        .iter()
-        .filter(|r| r.part == SuppliedPart::Metadata)
-    {
+    for rec in supplied.iter().filter(|r| r.part == SuppliedPart::Metadata) {
         let plain = open_supplied(m, p, rec)?;
         // It was checked before it was sealed; a row that does not read back was edited.
         let map: BTreeMap<String, String> =

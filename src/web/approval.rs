@@ -348,12 +348,18 @@ fn value_inputs(slot: &SetSlot, agent_metadata: Option<&BTreeMap<String, String>
     };
     let fields = match slot.ty.unwrap_or(CredentialType::ApiKey) {
         CredentialType::Certificate => {
-            secret_area(PART_CERT, "Certificate chain (PEM, leaf first)", "-----BEGIN CERTIFICATE-----")
-                + &secret_area(PART_KEY, "Private key (PEM)", "-----BEGIN PRIVATE KEY-----")
+            secret_area(
+                PART_CERT,
+                "Certificate chain (PEM, leaf first)",
+                "-----BEGIN CERTIFICATE-----",
+            ) + &secret_area(PART_KEY, "Private key (PEM)", "-----BEGIN PRIVATE KEY-----")
         }
         CredentialType::SshKey => {
-            secret_area(PART_KEY, "OpenSSH private key", "-----BEGIN OPENSSH PRIVATE KEY-----")
-                + &password(PART_PASSPHRASE, "Passphrase (if the key is encrypted)", "")
+            secret_area(
+                PART_KEY,
+                "OpenSSH private key",
+                "-----BEGIN OPENSSH PRIVATE KEY-----",
+            ) + &password(PART_PASSPHRASE, "Passphrase (if the key is encrypted)", "")
         }
         CredentialType::Oauth => secret_area(
             PART_VALUE,
@@ -734,11 +740,8 @@ impl Submitted {
             .collect();
         let mut values = BTreeMap::new();
         for (key, mut parts) in std::mem::take(&mut self.parts) {
-            let mut take = |part: &str| {
-                parts
-                    .remove(part)
-                    .filter(|v| !v.expose_secret().is_empty())
-            };
+            let mut take =
+                |part: &str| parts.remove(part).filter(|v| !v.expose_secret().is_empty());
             let ty = types.get(key.as_str()).copied();
             let value = match ty {
                 Some(CredentialType::Certificate) => {
@@ -767,7 +770,10 @@ impl Submitted {
                 },
                 _ => take(PART_VALUE),
             };
-            values.insert(key, value.unwrap_or_else(|| SecretString::from(String::new())));
+            values.insert(
+                key,
+                value.unwrap_or_else(|| SecretString::from(String::new())),
+            );
         }
         let metadata = std::mem::take(&mut self.usernames)
             .into_iter()
@@ -1057,6 +1063,165 @@ mod tests {
             Some("pw")
         );
         assert_eq!(form.acknowledged.len(), 2);
+    }
+
+    /// A credential-only proposal with one slot of each kind of input.
+    fn typed_review() -> Review {
+        let mut review = review(ProposalStatus::Pending);
+        let slot = |action: &str, key: &str, ty: &str, meta: bool| {
+            serde_json::json!({ "action": action, "key": key, "description": "", "obtain": null,
+                                "obtain_instructions": null, "has_value": false, "type": ty,
+                                "has_metadata": meta })
+        };
+        review.viewed.content = serde_json::from_value(serde_json::json!({
+            "message": "", "services": [],
+            "credentials": [
+                slot("set", "CERT", "certificate", false),
+                slot("set", "DEPLOY", "ssh_key", false),
+                slot("set", "OAUTH", "oauth", false),
+                slot("set", "BLOB", "generic", false),
+                slot("set", "DB", "password", true),
+                slot("rotate", "API", "api_key", false),
+            ]
+        }))
+        .unwrap();
+        review
+    }
+
+    fn metadata() -> BTreeMap<CredentialKey, BTreeMap<String, String>> {
+        BTreeMap::from([(
+            CredentialKey::parse("DB").unwrap(),
+            BTreeMap::from([
+                ("username".to_owned(), "svc\"><script>x</script>".to_owned()),
+                ("site".to_owned(), "https://evil.example/".to_owned()),
+            ]),
+        )])
+    }
+
+    #[test]
+    fn each_type_gets_its_own_inputs() {
+        let review = typed_review();
+        let body = page_with(&review, &user(Some(VaultRole::Member)), &metadata());
+        for needle in [
+            "<textarea id=\"cert_CERT\" name=\"cert_CERT\"",
+            "<textarea id=\"privkey_CERT\" name=\"privkey_CERT\"",
+            "<textarea id=\"privkey_DEPLOY\" name=\"privkey_DEPLOY\"",
+            "<input type=\"password\" id=\"passphrase_DEPLOY\" name=\"passphrase_DEPLOY\" autocomplete=\"off\">",
+            "<textarea id=\"value_OAUTH\" name=\"value_OAUTH\"",
+            "<textarea id=\"value_BLOB\" name=\"value_BLOB\"",
+            "<input type=\"text\" id=\"username_DB\" name=\"username_DB\"",
+            "<input type=\"password\" id=\"value_DB\" name=\"value_DB\" autocomplete=\"off\" required>",
+            "<input type=\"password\" id=\"value_API\" name=\"value_API\" autocomplete=\"off\" required>",
+            "<td>rotate</td><td><code>API</code> <span class=\"hint\">api_key</span>",
+        ] {
+            assert!(body.contains(needle), "{needle}: {body}");
+        }
+        assert!(!body.contains("name=\"value_CERT\""), "{body}");
+        // Exactly the inputs above: no text area for single-line types.
+        assert_eq!(body.matches("<textarea id=\"").count(), 6, "{body}");
+    }
+
+    #[test]
+    fn agent_metadata_is_escaped_never_a_link_and_shown_to_members_only() {
+        let review = typed_review();
+        let member = page_with(&review, &user(Some(VaultRole::Member)), &metadata());
+        assert!(!member.contains("<script>x"), "{member}");
+        assert!(!member.contains("<a "), "{member}");
+        assert!(
+            member.contains("<code>site</code>: <code>https://evil.example/</code>"),
+            "{member}"
+        );
+        // The username is prefilled, escaped inside the attribute.
+        assert!(
+            member.contains("value=\"svc&quot;&gt;&lt;script&gt;x&lt;/script&gt;\""),
+            "{member}"
+        );
+        let visitor = page_with(&review, &Viewer::Anonymous, &metadata());
+        assert!(visitor.contains("<code>username</code>"), "{visitor}");
+        assert!(!visitor.contains("svc"), "{visitor}");
+        assert!(!visitor.contains("evil.example"), "{visitor}");
+        assert!(
+            visitor.contains("values shown to vault members"),
+            "{visitor}"
+        );
+    }
+
+    fn assembled(
+        pairs: &[(&str, &str)],
+    ) -> (
+        BTreeMap<String, String>,
+        BTreeMap<String, BTreeMap<String, String>>,
+    ) {
+        let mut form = Submitted::parse(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        assert!(form.fields.is_empty(), "parts are never plain fields");
+        let (values, metadata) = form.assemble(&typed_review().viewed.content).unwrap();
+        let values = values
+            .into_iter()
+            .map(|(k, v)| (k, v.expose_secret().to_owned()))
+            .collect();
+        (values, metadata)
+    }
+
+    #[test]
+    fn a_form_becomes_canonical_values_and_metadata() {
+        let (values, metadata) = assembled(&[
+            ("cert_CERT", "-----BEGIN CERTIFICATE-----\nA\n"),
+            ("privkey_CERT", "-----BEGIN PRIVATE KEY-----\nB\n"),
+            ("privkey_DEPLOY", "-----BEGIN OPENSSH PRIVATE KEY-----\nC\n"),
+            ("passphrase_DEPLOY", "pass phrase"),
+            ("value_OAUTH", "access_token: at-1\nclient_id: 12345\n"),
+            ("value_BLOB", "line 1\nline 2"),
+            ("username_DB", "svc-billing"),
+            ("value_DB", "hunter2"),
+            ("value_API", "sk_new"),
+        ]);
+        let json = |k: &str| serde_json::from_str::<serde_json::Value>(&values[k]).unwrap();
+        assert_eq!(
+            json("CERT"),
+            serde_json::json!({"certificate": "-----BEGIN CERTIFICATE-----\nA\n", "private_key": "-----BEGIN PRIVATE KEY-----\nB\n"})
+        );
+        assert_eq!(
+            json("DEPLOY"),
+            serde_json::json!({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nC\n", "passphrase": "pass phrase"})
+        );
+        assert_eq!(
+            json("OAUTH"),
+            serde_json::json!({"access_token": "at-1", "client_id": "12345"})
+        );
+        assert_eq!(values["BLOB"], "line 1\nline 2");
+        assert_eq!(values["DB"], "hunter2");
+        assert_eq!(values["API"], "sk_new");
+        assert_eq!(metadata["DB"]["username"], "svc-billing");
+
+        // Parts left empty keep the agent's value: an empty value, no username.
+        let (values, metadata) = assembled(&[
+            ("cert_CERT", ""),
+            ("privkey_CERT", ""),
+            ("privkey_DEPLOY", ""),
+            ("passphrase_DEPLOY", "orphan"),
+            ("username_DB", ""),
+            ("value_DB", ""),
+        ]);
+        assert!(values.values().all(String::is_empty), "{:?}", values.keys());
+        assert!(metadata.is_empty());
+
+        // A broken oauth document is refused naming the position, never quoting it.
+        let mut form = Submitted::parse(vec![(
+            "value_OAUTH".into(),
+            "access_token: [s3cret\n".into(),
+        )]);
+        let err = form.assemble(&typed_review().viewed.content).unwrap_err();
+        let text = page_message(&err);
+        assert!(
+            text.contains("OAUTH: value: a JSON or YAML document"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
