@@ -638,7 +638,7 @@ fn check_slot_fits(
         ))),
         Some(c) => match slot.ty {
             Some(ty) if ty != c.ty => Err(err(format!(
-                "type_mismatch: credential {key} is of type {}; this proposal gives it type {ty} (a proposal cannot change a credential's type)",
+                "credential {key} is of type {}; this proposal gives it type {ty} (a proposal cannot change a credential's type; delete the credential first)",
                 c.ty
             ))),
             _ => Ok(c.ty),
@@ -1196,7 +1196,7 @@ mod tests {
         let e = typed(serde_json::json!({"action": "set", "key": "DB_PASS", "type": "token"}))
             .unwrap_err();
         assert!(
-            e.0.contains("type_mismatch") && e.0.contains("password") && e.0.contains("token"),
+            e.0.contains("DB_PASS is of type password; this proposal gives it type token"),
             "{e}"
         );
         let e = typed(serde_json::json!({"action": "set", "key": "NEW", "type": "pgp_key"}))

@@ -1470,3 +1470,465 @@ async fn proposals_are_shown_approved_and_rejected_by_id_or_number() {
         assert!(missing.stderr.contains("404"), "{missing:?}");
     }
 }
+
+// Typed slots and rotation (issue 18): the page's per-type inputs, sealed agent metadata, and
+// `action: rotate`, on SQLite and on Postgres when a test database is configured.
+
+async fn backends() -> Vec<Option<crate::support::TestDatabase>> {
+    let mut out = vec![None];
+    if let Some(db) = crate::support::TestDatabase::create().await {
+        out.push(Some(db));
+    }
+    out
+}
+
+async fn app_on(db: &Option<crate::support::TestDatabase>) -> TestApp {
+    spawn_app_with(TestOptions {
+        postgres: db.as_ref().map(|d| d.url.clone()),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The owner, logged in to the approval page of one proposal.
+struct ApprovalPage {
+    client: reqwest::Client,
+    url: String,
+    cookie: String,
+    origin: String,
+}
+
+impl ApprovalPage {
+    /// Logs the owner in through the page's login form, as a browser following the link does.
+    async fn open(app: &TestApp, approval_url: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let next = approval_url
+            .trim_start_matches(app.admin.as_str())
+            .to_owned();
+        let login = client
+            .post(format!("{}/login", app.admin))
+            .header("origin", &app.admin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("email", OWNER_EMAIL),
+                ("password", OWNER_PASSWORD),
+                ("next", &next),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 303);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        Self {
+            cookie: cookie.split(';').next().unwrap().to_owned(),
+            client,
+            url: approval_url.to_owned(),
+            origin: app.admin.clone(),
+        }
+    }
+
+    async fn html(&self) -> String {
+        fetch_text(self.client.get(&self.url).header("cookie", &self.cookie)).await
+    }
+
+    /// Posts the approve form with the page's CSRF token and hash, the owner's password, and
+    /// `fields`; returns the status and the page shown after it.
+    async fn approve(&self, fields: &[(&str, &str)]) -> (u16, String) {
+        let page = self.html().await;
+        let (csrf, hash) = (attr(&page, "csrf"), attr(&page, "hash"));
+        let mut pairs = vec![
+            ("action", "approve"),
+            ("csrf", csrf.as_str()),
+            ("hash", hash.as_str()),
+            ("confirm_password", OWNER_PASSWORD),
+        ];
+        pairs.extend_from_slice(fields);
+        let resp = self
+            .client
+            .post(self.url.split('?').next().unwrap())
+            .header("cookie", &self.cookie)
+            .header("origin", &self.origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&pairs))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+/// The credential `key` of vault `vault` as the list shows it (`null` when absent).
+async fn listed(app: &TestApp, vault: &str, key: &str) -> Value {
+    let all = app
+        .ok("GET", &format!("/v1/vaults/{vault}/credentials"), None)
+        .await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == key)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+async fn versions(app: &TestApp, vault: &str, key: &str) -> Vec<(i64, String)> {
+    let v = app
+        .ok(
+            "GET",
+            &format!("/v1/vaults/{vault}/credentials/{key}/versions"),
+            None,
+        )
+        .await;
+    let mut out: Vec<(i64, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn status_of(app: &TestApp, vault: &str, n: i64) -> Value {
+    app.ok("GET", &format!("/v1/vaults/{vault}/proposals/{n}"), None)
+        .await["status"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_password_slot_approved_on_the_page_with_a_username_is_basic_auth() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let (status, created) = propose(
+        &app,
+        &token,
+        json!({
+            "message": "the billing database",
+            "services": [{ "action": "set", "name": "db", "host": "basic.example.test", "auth": { "type": "basic", "password": "DB_PASSWORD" } }],
+            "credentials": [{ "action": "set", "key": "DB_PASSWORD", "type": "password", "metadata": { "team": "billing-<b>ops</b>" } }]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let shown = app.ok("GET", "/v1/vaults/props/proposals/1", None).await;
+    assert_eq!(shown["credentials"][0]["type"], "password");
+    assert_eq!(shown["credentials"][0]["has_metadata"], true);
+    assert!(
+        !shown.to_string().contains("billing-"),
+        "metadata values stay out of the content: {shown}"
+    );
+    let page = ApprovalPage::open(&app, created["approval_url"].as_str().unwrap()).await;
+    let html = page.html().await;
+    assert!(html.contains("name=\"username_DB_PASSWORD\""), "{html}");
+    assert!(
+        html.contains("type=\"password\" id=\"value_DB_PASSWORD\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("billing-&lt;b&gt;ops&lt;/b&gt;") && !html.contains("<b>ops"),
+        "agent metadata is shown escaped: {html}"
+    );
+
+    let (status, html) = page
+        .approve(&[
+            ("username_DB_PASSWORD", "alice"),
+            ("value_DB_PASSWORD", "pw-789"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Approved"), "{html}");
+    let c = listed(&app, "props", "DB_PASSWORD").await;
+    assert_eq!(c["type"], "password");
+    assert_eq!(
+        c["metadata"],
+        json!({ "username": "alice", "team": "billing-<b>ops</b>" })
+    );
+    let agent = app.agent(&token, "props").await;
+    assert_eq!(
+        fetch(agent.get("https://basic.example.test/echo"))
+            .await
+            .status(),
+        200
+    );
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD.encode("alice:pw-789");
+    assert_eq!(
+        app.upstream.last().header("authorization"),
+        Some(format!("Basic {want}"))
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_slot_is_approved_with_pem_text_areas() {
+    let app = spawn_app().await;
+    let token = setup(&app).await;
+    let clients = crate::support::pki::TestCa::new("proposal client CA");
+    let parts = |cn: &str| {
+        let v: Value = serde_json::from_str(&clients.client_identity(cn)).unwrap();
+        (
+            v["certificate"].as_str().unwrap().to_owned(),
+            v["private_key"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (chain, key) = parts("proposal-client");
+    let (_, other_key) = parts("someone-else");
+    let (_, created) = propose(
+        &app,
+        &token,
+        json!({ "credentials": [{ "action": "set", "key": "CLIENT_CERT", "type": "certificate", "description": "bank mTLS" }] }),
+    )
+    .await;
+    let n = created["number"].as_i64().unwrap();
+    let page = ApprovalPage::open(&app, created["approval_url"].as_str().unwrap()).await;
+    let html = page.html().await;
+    assert!(
+        html.contains("<textarea id=\"cert_CLIENT_CERT\"")
+            && html.contains("<textarea id=\"privkey_CLIENT_CERT\""),
+        "{html}"
+    );
+
+    // A key that does not match the leaf: refused naming the part, nothing stored.
+    let (status, html) = page
+        .approve(&[
+            ("cert_CLIENT_CERT", &chain),
+            ("privkey_CLIENT_CERT", &other_key),
+        ])
+        .await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("CLIENT_CERT: private_key"), "{html}");
+    assert!(!html.contains("PRIVATE KEY-----\n"), "no PEM echoed back");
+    assert_eq!(status_of(&app, "props", n).await, "pending");
+    assert_eq!(listed(&app, "props", "CLIENT_CERT").await, Value::Null);
+
+    let (status, html) = page
+        .approve(&[("cert_CLIENT_CERT", &chain), ("privkey_CLIENT_CERT", &key)])
+        .await;
+    assert_eq!(status, 200, "{html}");
+    let c = listed(&app, "props", "CLIENT_CERT").await;
+    assert_eq!(c["type"], "certificate");
+    assert_eq!(c["description"], "bank mTLS");
+    assert!(
+        c["metadata"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("proposal-client"),
+        "{c}"
+    );
+    assert!(c["expires_at"].as_i64().is_some(), "{c}");
+}
+
+#[tokio::test]
+async fn an_approved_rotation_makes_a_new_active_version_the_proxy_uses() {
+    for db in backends().await {
+        let app = app_on(&db).await;
+        let token = setup(&app).await;
+        let agent = app.agent(&token, "props").await;
+        let (status, created) = propose(
+            &app,
+            &token,
+            json!({ "message": "the old key leaked", "credentials": [{ "action": "rotate", "key": "STRIPE_KEY" }] }),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let shown = app.ok("GET", "/v1/vaults/props/proposals/1", None).await;
+        assert_eq!(shown["credentials"][0]["action"], "rotate");
+        assert_eq!(shown["credentials"][0]["type"], "api_key");
+        assert_eq!(shown["missing_values"], json!(["STRIPE_KEY"]));
+        let page = ApprovalPage::open(&app, created["approval_url"].as_str().unwrap()).await;
+        let html = page.html().await;
+        assert!(html.contains("STRIPE_KEY will be rotated"), "{html}");
+        let (status, html) = page.approve(&[("value_STRIPE_KEY", "sk_rotated")]).await;
+        assert_eq!(status, 200, "{html}");
+        assert_eq!(
+            versions(&app, "props", "STRIPE_KEY").await,
+            vec![(1, "rotated".to_owned()), (2, "active".to_owned())]
+        );
+        fetch(agent.get("https://api.example.test/v1/charges")).await;
+        assert_eq!(
+            app.upstream.last().header("authorization").as_deref(),
+            Some("Bearer sk_rotated")
+        );
+
+        // An agent-supplied value with metadata, approved through the API.
+        let (_, created) = propose(
+            &app,
+            &token,
+            json!({ "credentials": [{ "action": "rotate", "key": "STRIPE_KEY", "value": "sk_from_agent", "metadata": { "rotated_for": "incident-7" } }] }),
+        )
+        .await;
+        let n = created["number"].as_i64().unwrap();
+        app.ok(
+            "POST",
+            &format!("/v1/vaults/props/proposals/{n}/approve"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(versions(&app, "props", "STRIPE_KEY").await.len(), 3);
+        let c = listed(&app, "props", "STRIPE_KEY").await;
+        assert_eq!(c["version"], 3);
+        assert_eq!(c["metadata"], json!({ "rotated_for": "incident-7" }));
+        fetch(agent.get("https://api.example.test/v1/charges")).await;
+        assert_eq!(
+            app.upstream.last().header("authorization").as_deref(),
+            Some("Bearer sk_from_agent")
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_typed_or_rotating_proposals_are_refused_and_nothing_is_written() {
+    for db in backends().await {
+        let app = app_on(&db).await;
+        let token = setup(&app).await;
+        app.ok(
+            "PUT",
+            "/v1/vaults/props/credentials",
+            Some(json!({ "credentials": { "OLD_KEY": "sk_old" } })),
+        )
+        .await;
+        app.ok(
+            "POST",
+            "/v1/vaults/props/credentials/OLD_KEY/revoke",
+            Some(json!({ "reason": "leaked" })),
+        )
+        .await;
+        let refused = [
+            (
+                json!({ "action": "rotate", "key": "MISSING" }),
+                "MISSING cannot be rotated: it does not exist",
+            ),
+            (
+                json!({ "action": "rotate", "key": "OLD_KEY" }),
+                "OLD_KEY is revoked; it cannot be rotated",
+            ),
+            (
+                json!({ "action": "set", "key": "NEW", "type": "pgp_key" }),
+                "credential NEW: type: unknown credential type",
+            ),
+            (
+                json!({ "action": "set", "key": "STRIPE_KEY", "type": "password" }),
+                "STRIPE_KEY is of type api_key; this proposal gives it type password",
+            ),
+            (
+                json!({ "action": "set", "key": "NEW", "metadata": { "Not OK": "x" } }),
+                "credential NEW: metadata key",
+            ),
+        ];
+        for (slot, needle) in refused {
+            let (status, body) = propose(&app, &token, json!({ "credentials": [slot] })).await;
+            assert_eq!(status, 400, "{slot}: {body}");
+            assert_eq!(body["error"], "invalid_proposal", "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains(needle),
+                "{slot}: {body}"
+            );
+        }
+        // A service that would send a certificate as a bearer token is refused at creation.
+        let (status, body) = propose(
+            &app,
+            &token,
+            json!({
+                "services": [{ "action": "set", "name": "x", "host": "x.example.test", "auth": { "type": "bearer", "token": "CERT" } }],
+                "credentials": [{ "action": "set", "key": "CERT", "type": "certificate" }]
+            }),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "incompatible_credential", "{body}");
+        let listed_proposals = app.ok("GET", "/v1/vaults/props/proposals", None).await;
+        assert_eq!(
+            listed_proposals.as_array().unwrap().len(),
+            0,
+            "{listed_proposals}"
+        );
+
+        // A value that fails its slot's type at approval: refused naming the field, nothing
+        // written, the proposal still pending.
+        let (_, created) = propose(
+            &app,
+            &token,
+            json!({ "credentials": [
+                { "action": "set", "key": "DEPLOY_KEY", "type": "ssh_key" },
+                { "action": "rotate", "key": "STRIPE_KEY" }
+            ] }),
+        )
+        .await;
+        let n = created["number"].as_i64().unwrap();
+        let approve = format!("/v1/vaults/props/proposals/{n}/approve");
+        let (status, body) = app
+            .call(
+                "POST",
+                &approve,
+                Some(json!({ "values": { "DEPLOY_KEY": "not an ssh key", "STRIPE_KEY": "sk_next" } })),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid_credential", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("DEPLOY_KEY: "),
+            "{body}"
+        );
+        assert!(!body.to_string().contains("not an ssh key"), "{body}");
+        let (status, body) = app
+            .call(
+                "POST",
+                &approve,
+                Some(json!({ "values": { "DEPLOY_KEY": "x", "STRIPE_KEY": "sk_next" }, "metadata": { "STRIPE_KEY": { "BAD": "y" } } })),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_credential")),
+            "{body}"
+        );
+        assert_eq!(status_of(&app, "props", n).await, "pending");
+        assert_eq!(listed(&app, "props", "DEPLOY_KEY").await, Value::Null);
+        assert_eq!(versions(&app, "props", "STRIPE_KEY").await.len(), 1);
+
+        // Revoked since it was raised: the rotation no longer applies; nothing written.
+        let (_, created) = propose(
+            &app,
+            &token,
+            json!({ "credentials": [{ "action": "rotate", "key": "STRIPE_KEY", "value": "sk_late" }] }),
+        )
+        .await;
+        let n = created["number"].as_i64().unwrap();
+        app.ok(
+            "POST",
+            "/v1/vaults/props/credentials/STRIPE_KEY/revoke",
+            Some(json!({})),
+        )
+        .await;
+        let (status, body) = app
+            .call(
+                "POST",
+                &format!("/v1/vaults/props/proposals/{n}/approve"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("no longer applies"),
+            "{body}"
+        );
+        assert_eq!(status_of(&app, "props", n).await, "pending");
+        assert_eq!(
+            versions(&app, "props", "STRIPE_KEY").await,
+            vec![(1, "revoked".to_owned())]
+        );
+    }
+}
