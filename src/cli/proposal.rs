@@ -126,11 +126,16 @@ fn print_detail(p: &Value) -> Result<(), CliError> {
         }
     }
     for c in p["credentials"].as_array().into_iter().flatten() {
-        let extra = if c["has_value"] == true {
-            " (value supplied by the agent)"
-        } else {
-            ""
-        };
+        let mut extra = String::new();
+        if let Some(ty) = c["type"].as_str() {
+            extra.push_str(&format!(" ({ty})"));
+        }
+        if c["has_value"] == true {
+            extra.push_str(" (value supplied by the agent)");
+        }
+        if c["has_metadata"] == true {
+            extra.push_str(" (metadata supplied by the agent; shown on the approval page)");
+        }
         outln!(
             "  credential {} {}{extra}  {}",
             output::text(c, "action"),

@@ -721,17 +721,7 @@ impl Submitted {
     /// single-part types, a JSON object of the parts for `certificate` and `ssh_key`, the
     /// JSON of a YAML document for `oauth`. All parts left empty is an empty value, which
     /// keeps the one the agent supplied. Usernames become metadata `username`.
-    #[allow(clippy::type_complexity)]
-    fn assemble(
-        &mut self,
-        content: &ProposalContent,
-    ) -> Result<
-        (
-            BTreeMap<String, SecretString>,
-            BTreeMap<String, BTreeMap<String, String>>,
-        ),
-        ApiError,
-    > {
+    fn assemble(&mut self, content: &ProposalContent) -> Result<Assembled, ApiError> {
         let types: BTreeMap<&str, CredentialType> = content
             .credentials
             .iter()
@@ -783,6 +773,12 @@ impl Submitted {
         Ok((values, metadata))
     }
 }
+
+/// What a form yields for [`Approval`]: values by key, and metadata entries by key.
+type Assembled = (
+    BTreeMap<String, SecretString>,
+    BTreeMap<String, BTreeMap<String, String>>,
+);
 
 /// A JSON object of the parts given, or `None` when none was.
 fn object_of(parts: &[(&str, Option<SecretString>)]) -> Option<SecretString> {
