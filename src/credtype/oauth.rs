@@ -25,11 +25,11 @@ pub fn document_to_json(text: &str) -> Result<Zeroizing<String>, CredTypeError> 
             "value",
             match e.location() {
                 Some(at) => format!(
-                    "a JSON or YAML document; this is neither (line {}, column {})",
+                    "not a JSON or YAML document (line {}, column {})",
                     at.line(),
                     at.column()
                 ),
-                None => "a JSON or YAML document; this is neither".to_owned(),
+                None => "not a JSON or YAML document".to_owned(),
             },
         )
     })?;

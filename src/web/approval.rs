@@ -1214,7 +1214,9 @@ mod tests {
         let err = form.assemble(&typed_review().viewed.content).unwrap_err();
         let text = page_message(&err);
         assert!(
-            text.contains("OAUTH: value: a JSON or YAML document"),
+            text.contains(
+                "OAUTH: value: not a JSON or YAML document (line 2, column 1); nothing was stored"
+            ),
             "{text}"
         );
         assert!(!text.contains("s3cret"), "{text}");

@@ -178,7 +178,7 @@ async fn files_and_flags_the_type_cannot_use_are_refused_and_nothing_is_stored()
         (
             vec!["set", "A", "--type", "oauth", "--from-file", &yaml],
             1,
-            "is not a JSON or YAML document (line",
+            "oauth.yaml: value: not a JSON or YAML document (line",
         ),
         (
             vec!["set", "A=1", "--metadata", "s3cret-no-equals"],

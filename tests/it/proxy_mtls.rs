@@ -433,20 +433,41 @@ async fn an_approved_proposal_cannot_bind_a_credential_of_the_wrong_type() {
         &clients,
         "propose",
         &[("CLIENT_CERT", "bot")],
-        &[],
+        &[("API_TOKEN", "tok-1")],
         "- name: bank\n  host: api.example.test\n  auth: {type: mtls, certificate: CLIENT_CERT}\n",
     )
     .await;
-    let (status, created) = app
-        .propose(
-            &token,
-            json!({
-                "message": "I need the bank API with a token",
-                "services": [{ "action": "set", "name": "bank-token", "host": "bank.example.test", "auth": { "type": "bearer", "token": "CLIENT_CERT" } }]
-            }),
-        )
-        .await;
+    let bearer = |key: &str| {
+        json!({
+            "message": "I need the bank API with a token",
+            "services": [{ "action": "set", "name": "bank-token", "host": "bank.example.test", "auth": { "type": "bearer", "token": key } }]
+        })
+    };
+    // Refused as soon as it is raised, naming both.
+    let (status, err) = app.propose(&token, bearer("CLIENT_CERT")).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"], "incompatible_credential", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("bank-token")
+            && err["message"].as_str().unwrap().contains("CLIENT_CERT"),
+        "{err}"
+    );
+    // And again at approval, when the credential became a certificate since.
+    let (status, created) = app.propose(&token, bearer("API_TOKEN")).await;
     assert_eq!(status, 201, "{created}");
+    app.ok(
+        "DELETE",
+        "/v1/vaults/propose/credentials",
+        Some(json!({ "keys": ["API_TOKEN"] })),
+    )
+    .await;
+    set_certificate(
+        &app,
+        "propose",
+        "API_TOKEN",
+        &clients.client_identity("bot2"),
+    )
+    .await;
     let (status, err) = app
         .call(
             "POST",
