@@ -15,6 +15,7 @@ const PROPOSED: &str = "ghp_CanaryProposedValue_91bd";
 const APPROVED: &str = "xoxb-CanaryApprovedValue-55c1";
 const OWNER_PASSWORD: &str = "Canary-Owner-Password-3e8";
 const METADATA: &str = "meta-CanaryMetadataValue-4d2a";
+const PROPOSED_METADATA: &str = "meta-CanaryProposedMetadata-8e1f";
 
 fn encodings(secret: &str) -> Vec<(String, String)> {
     let b = secret.as_bytes();
@@ -257,7 +258,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
                 "POST",
                 "/v1/proposals",
                 Some(&scoped),
-                Some(json!({ "credentials": [{ "action": "set", "key": "GH_TOKEN", "value": PROPOSED }, { "action": "set", "key": "SLACK_TOKEN" }] })),
+                Some(json!({ "credentials": [{ "action": "set", "key": "GH_TOKEN", "value": PROPOSED, "metadata": { "note": PROPOSED_METADATA } }, { "action": "set", "key": "SLACK_TOKEN" }] })),
             )
             .await
             .unwrap(),
@@ -392,6 +393,7 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         ("the agent-proposed value", PROPOSED.to_owned()),
         ("the approver-supplied value", APPROVED.to_owned()),
         ("a metadata value", METADATA.to_owned()),
+        ("metadata an agent proposed", PROPOSED_METADATA.to_owned()),
         ("the master password", MASTER_PASSWORD.to_owned()),
         ("the owner's password", OWNER_PASSWORD.to_owned()),
         ("the owner's session token", owner.clone()),
@@ -405,10 +407,10 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     scan(&audit, &secrets, "the audit log");
     for file in walk(&data) {
         let bytes = std::fs::read(&file).unwrap();
-        scan(&bytes, &secrets[..6], &file.display().to_string());
+        scan(&bytes, &secrets[..7], &file.display().to_string());
     }
     // Responses the agent received may carry its own token only in nothing we echo back.
-    let agent_visible = &secrets[..6];
+    let agent_visible = &secrets[..7];
     scan(
         &agent.responses,
         agent_visible,
