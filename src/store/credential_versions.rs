@@ -227,6 +227,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Serialized with a concurrent set or rotate, which would otherwise leave a row whose
+        // MAC says active beside a state that says revoked.
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let current = credential_in(self, &mut tx, vault_id, key)
             .await?
             .ok_or_else(|| CredentialRefused::NotFound(key.clone()))?;
@@ -234,11 +237,16 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
+        // A revoked value is never used again, so its data keys and ciphertexts are destroyed
+        // (the version rows stay, for the history): a database writer who puts back the
+        // credential row as it was before the revocation finds nothing to open.
         sqlx::query(
-            "UPDATE credential_versions SET state = 'revoked' WHERE vault_id = $1 AND key = $2",
+            "UPDATE credential_versions SET state = 'revoked', wrapped_key = $3, sealed_value = $3 \
+             WHERE vault_id = $1 AND key = $2",
         )
         .bind(vault_id)
         .bind(key.as_str())
+        .bind(Vec::<u8>::new())
         .execute(&mut *tx)
         .await?;
         let mac = RowState {

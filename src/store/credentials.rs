@@ -159,7 +159,7 @@ pub(super) fn credential_select(backend: Backend) -> String {
          c.use_count, c.last_used_at, c.created_at, c.updated_at, {}, \
          v.key_version AS v_key_version, {}, {} \
          FROM credentials c LEFT JOIN credential_versions v \
-         ON v.vault_id = c.vault_id AND v.key = c.key AND v.version = c.active_version",
+         ON v.vault_id = c.vault_id AND v.key = c.key AND v.version = c.active_version AND v.state = 'active'",
         blob("c.wrapped_key", "wrapped_key"),
         blob("c.sealed_meta", "sealed_meta"),
         blob("c.mac", "mac"),
@@ -836,6 +836,8 @@ impl Store {
         keys: &[CredentialKey],
     ) -> Result<Vec<CredentialKey>, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Serialized with set, rotate and revoke of the same vault, like every credential write.
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let missing = remove_credentials(&mut tx, vault_id, keys).await?;
         if missing.is_empty() {
             tx.commit().await?;

@@ -993,3 +993,54 @@ async fn deleted_data_keys_are_overwritten_in_the_sqlite_file() {
         );
     }
 }
+
+/// A database writer who kept the credential row from before its revocation writes it back
+/// (state, active version and MAC as they were): the value was destroyed with the revocation,
+/// so nothing is sent upstream and nothing is revealed.
+#[tokio::test]
+async fn a_revoked_credential_written_back_as_it_was_stays_unusable() {
+    let app = crate::support::spawn_app().await;
+    let token = app.stripe_vault("unrevoke", "sk_before_revoke").await;
+    let agent = app.agent(&token, "unrevoke").await;
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let store = app.open_store().await;
+    let row = sqlx::query(
+        "SELECT state, active_version, CAST(mac AS BLOB) AS mac FROM credentials WHERE key = 'STRIPE_KEY'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let (state, active, mac): (String, Option<i64>, Vec<u8>) = (
+        sqlx::Row::get(&row, "state"),
+        sqlx::Row::get(&row, "active_version"),
+        sqlx::Row::get(&row, "mac"),
+    );
+    app.ok(
+        "POST",
+        "/v1/vaults/unrevoke/credentials/STRIPE_KEY/revoke",
+        Some(json!({})),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE credentials SET state = $1, active_version = $2, revoked_at = NULL, mac = $3 WHERE key = 'STRIPE_KEY'",
+    )
+    .bind(state)
+    .bind(active)
+    .bind(mac)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    // Any write rebuilds the vault's snapshot from the edited rows.
+    app.set_policy("unrevoke", "tunnel").await;
+    let served = app.upstream.count();
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(app.upstream.count(), served, "nothing reached the upstream");
+    let (status, body) = app
+        .call("GET", "/v1/vaults/unrevoke/credentials/STRIPE_KEY", None)
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert!(!body.to_string().contains("sk_before_revoke"), "{body}");
+}
