@@ -186,7 +186,7 @@ impl Store {
                 tracing::error!(vault_id, key = %key, version = to, error = %e, "INTEGRITY ALARM: a stored credential version failed to open");
                 StoreError::Credential(CredentialRefused::Integrity(key.clone()))
             })?;
-        let version = current.last_version + 1;
+        let version = super::credentials::next_version(&current)?;
         retire_active(&mut tx, vault_id, key.as_str(), now).await?;
         insert_version(
             &mut tx,
@@ -250,6 +250,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let mac = RowState {
+            last_version: current.last_version,
             ty: current.ty,
             state: CredentialState::Revoked,
             active_version: None,
@@ -349,6 +350,7 @@ impl Store {
             )
             .await?;
             let mac = RowState {
+                last_version: version,
                 ty,
                 state: CredentialState::Active,
                 active_version: Some(version),

@@ -903,6 +903,8 @@ async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
             "UPDATE credentials SET state = 'active', active_version = 2, revoked_at = NULL",
             "UPDATE credentials SET expires_at = 1",
             "UPDATE credentials SET type = 'generic'",
+            // Lowered so that the next version number would be issued a second time.
+            "UPDATE credentials SET version = 1",
         ] {
             sqlx::query(sqlx::AssertSqlSafe(edit))
                 .execute(store.pool())
