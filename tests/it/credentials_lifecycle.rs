@@ -927,7 +927,7 @@ async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
             let r = app.call("GET", &path("edit", "/STRIPE_KEY"), None).await;
             assert_eq!(r.0, 404, "{edit}: {r:?}");
             // Put back exactly as it was, the row verifies again: still revoked.
-            sqlx::query("UPDATE credentials SET state = 'revoked', active_version = NULL, revoked_at = $1, expires_at = NULL, type = 'api_key'")
+            sqlx::query("UPDATE credentials SET state = 'revoked', active_version = NULL, revoked_at = $1, expires_at = NULL, type = 'api_key', version = 2")
                 .bind(revoked_at)
                 .execute(store.pool())
                 .await
