@@ -126,7 +126,6 @@ impl From<StoreError> for CredentialsError {
 }
 
 /// A credential as a listing shows it: its row, its metadata, and its value when revealed.
-#[derive(Debug)]
 pub struct Listed {
     /// The stored row.
     pub record: CredentialRecord,
@@ -134,6 +133,20 @@ pub struct Listed {
     pub metadata: Option<BTreeMap<String, String>>,
     /// What a reveal found.
     pub value: Revealed,
+}
+
+/// Metadata values are sealed at rest and shown to members only: debug output names keys.
+impl std::fmt::Debug for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listed")
+            .field("record", &self.record)
+            .field(
+                "metadata_keys",
+                &self.metadata.as_ref().map(|m| m.keys().collect::<Vec<_>>()),
+            )
+            .field("value", &self.value)
+            .finish()
+    }
 }
 
 /// A credential's value in a listing.
@@ -150,7 +163,7 @@ pub enum Revealed {
 }
 
 /// Everything a `set` request carries besides the values; each map is keyed by credential key.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SetOptions {
     /// Descriptions of keys being set.
     pub descriptions: BTreeMap<String, String>,
@@ -162,6 +175,22 @@ pub struct SetOptions {
     pub expires_at: BTreeMap<String, i64>,
     /// Store values that have already expired.
     pub allow_expired: bool,
+}
+
+/// Debug output leaves metadata values and descriptions out (keys only).
+impl std::fmt::Debug for SetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetOptions")
+            .field("types", &self.types)
+            .field("metadata_for", &self.metadata.keys().collect::<Vec<_>>())
+            .field(
+                "descriptions_for",
+                &self.descriptions.keys().collect::<Vec<_>>(),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("allow_expired", &self.allow_expired)
+            .finish()
+    }
 }
 
 fn integrity(c: &CredentialRecord, source: CryptoError) -> CredentialsError {
