@@ -1046,3 +1046,57 @@ async fn a_revoked_credential_written_back_as_it_was_stays_unusable() {
     assert_ne!(status, 200, "{body}");
     assert!(!body.to_string().contains("sk_before_revoke"), "{body}");
 }
+
+/// A version row's `expires_at` is not under a MAC: a database writer who clears it on an
+/// expired JWT's version must not get that token served by a rollback, since the expiry the
+/// value itself carries (`exp`) is read again.
+#[tokio::test]
+async fn a_rollback_reads_the_expiry_the_value_carries_again() {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let jwt = format!(
+        "{}.{}.c2ln",
+        b64(json!({ "alg": "HS256", "typ": "JWT" })),
+        b64(json!({ "sub": "bot", "exp": 1_000_000 }))
+    );
+    let app = crate::support::spawn_app().await;
+    app.create_vault("jwt").await;
+    app.ok(
+        "PUT",
+        "/v1/vaults/jwt/credentials",
+        Some(json!({
+            "credentials": { "STRIPE_KEY": jwt },
+            "types": { "STRIPE_KEY": "token" },
+            "allow_expired": true
+        })),
+    )
+    .await;
+    assert_eq!(
+        rotate(&app, "jwt", "STRIPE_KEY", "sk_plain_token").await.0,
+        200
+    );
+    app.set_services_yaml(
+        "jwt",
+        "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
+    )
+    .await;
+    let store = app.open_store().await;
+    sqlx::query("UPDATE credential_versions SET expires_at = NULL WHERE version = 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    app.ok(
+        "POST",
+        &path("jwt", "/STRIPE_KEY/rollback"),
+        Some(json!({ "to": 1 })),
+    )
+    .await;
+    let token = app.proxy_token("jwt").await.0;
+    let agent = app.agent(&token, "jwt").await;
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_proxy_error(&resp, 502, "credential_expired");
+    assert_eq!(app.upstream.count(), 0, "nothing reached the upstream");
+}
