@@ -116,7 +116,7 @@ pub(super) enum CredentialCommand {
 }
 
 /// What `set` and `rotate` take beside the value: its type, files, metadata and expiry.
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub(super) struct Details {
     /// The credential type: api_key, token, password, certificate, ssh_key, oauth,
     /// database_url, generic (set: default api_key; rotate: the stored type).
@@ -134,6 +134,19 @@ pub(super) struct Details {
     /// Store a value that has already expired (a certificate past notAfter, a JWT past exp).
     #[arg(long)]
     allow_expired: bool,
+}
+
+/// Metadata values may be sensitive (they are sealed at rest): debug output names the flags only.
+impl std::fmt::Debug for Details {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Details")
+            .field("kind", &self.kind)
+            .field("files", &self.files)
+            .field("metadata_entries", &self.metadata.len())
+            .field("expires_at", &self.expires_at)
+            .field("allow_expired", &self.allow_expired)
+            .finish()
+    }
 }
 
 /// `--type`: one of the credential type names.

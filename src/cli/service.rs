@@ -41,9 +41,13 @@ pub(super) enum ServiceCommand {
         /// Name (default: derived from the host).
         #[arg(long)]
         name: Option<String>,
-        /// bearer, basic, api-key, custom or passthrough.
+        /// bearer, basic, api-key, custom, mtls or passthrough.
         #[arg(long = "auth", default_value = "bearer")]
         auth: String,
+        /// A `certificate` credential presented as the TLS client identity to the upstream
+        /// (with `--auth mtls` alone, or beside another auth).
+        #[arg(long, value_name = "KEY")]
+        client_certificate: Option<String>,
         /// Credential key for bearer tokens and api keys.
         #[arg(long)]
         key: Option<String>,
@@ -86,9 +90,11 @@ pub(super) enum ServiceCommand {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn auth_json(
     auth: &str,
     key: Option<String>,
+    client_certificate: Option<&str>,
     username_key: Option<String>,
     password_key: Option<String>,
     header: Option<String>,
@@ -101,12 +107,24 @@ fn auth_json(
     Ok(match auth {
         "bearer" => json!({ "type": "bearer", "token": need(key, "--key")? }),
         "basic" => {
-            let mut v =
-                json!({ "type": "basic", "username": need(username_key, "--username-key")? });
+            // A `password` credential with `username` metadata is the whole pair on its own.
+            if username_key.is_none() && password_key.is_none() {
+                return Err(CliError::msg(
+                    "--auth basic needs --username-key, --password-key (a password credential with username metadata), or both",
+                ));
+            }
+            let mut v = json!({ "type": "basic" });
+            if let Some(u) = username_key {
+                v["username"] = json!(u);
+            }
             if let Some(p) = password_key {
                 v["password"] = json!(p);
             }
             v
+        }
+        "mtls" => {
+            let cert = client_certificate.map(str::to_owned).or(key);
+            json!({ "type": "mtls", "certificate": need(cert, "--client-certificate")? })
         }
         "api-key" => {
             let mut v = json!({ "type": "api-key", "key": need(key, "--key")? });
@@ -136,7 +154,7 @@ fn auth_json(
         "passthrough" => json!({ "type": "passthrough" }),
         other => {
             return Err(CliError::msg(format!(
-                "unknown auth type {other:?}: use bearer, basic, api-key, custom or passthrough"
+                "unknown auth type {other:?}: use bearer, basic, api-key, custom, mtls or passthrough"
             )));
         }
     })
@@ -284,6 +302,7 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
             host,
             name,
             auth,
+            client_certificate,
             key,
             username_key,
             password_key,
@@ -294,7 +313,12 @@ pub(super) async fn run(cmd: ServiceCommand, address: Option<&str>) -> Result<()
             vault,
             json,
         } => {
-            let mut spec = json!({ "host": host, "auth": auth_json(&auth, key, username_key, password_key, header, prefix, &templates)? });
+            let mut spec = json!({ "host": host, "auth": auth_json(&auth, key, client_certificate.as_deref(), username_key, password_key, header, prefix, &templates)? });
+            if auth != "mtls"
+                && let Some(cert) = &client_certificate
+            {
+                spec["client_certificate"] = json!(cert);
+            }
             if let Some(n) = name {
                 spec["name"] = json!(n);
             }

@@ -12,6 +12,12 @@ use zeroize::Zeroizing;
 use super::parts::{self, Parts};
 use super::{CredTypeError, Validated, clip};
 
+/// Most bcrypt-pbkdf rounds accepted for an encrypted key. Checking the passphrase runs the KDF
+/// inside the request that stores the key (or approves a proposal carrying it), so an
+/// attacker-chosen count would be a way to burn the server's CPU: ssh-keygen's default is 16 and
+/// `-a 100` is the usual hardened choice.
+pub(super) const MAX_KDF_ROUNDS: u32 = 256;
+
 /// The parts of an `ssh_key` value written as a JSON object.
 const FIELDS: &[&str] = &["private_key", "passphrase"];
 
@@ -34,6 +40,16 @@ pub(super) fn validate(text: &str) -> Result<Validated, CredTypeError> {
             ));
         }
         (true, Some(pass)) => {
+            if let ssh_key::Kdf::Bcrypt { rounds, .. } = key.kdf()
+                && *rounds > MAX_KDF_ROUNDS
+            {
+                return Err(CredTypeError::invalid(
+                    "private_key",
+                    format!(
+                        "an encrypted key with at most {MAX_KDF_ROUNDS} KDF rounds (ssh-keygen -a); this one asks for {rounds}: re-encrypt it with `ssh-keygen -p -a 100`"
+                    ),
+                ));
+            }
             key.decrypt(pass).map_err(|_| {
                 CredTypeError::invalid(
                     "passphrase",
@@ -166,6 +182,35 @@ mod tests {
             assert_eq!(stored["private_key"].as_str().unwrap().trim(), key.trim());
             assert!(stored.get("passphrase").is_none());
         }
+    }
+
+    #[test]
+    fn a_key_asking_for_more_kdf_rounds_than_the_cap_is_refused_before_the_kdf_runs() {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let body: String = ENCRYPTED
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let mut blob = engine.decode(body).unwrap();
+        // "bcrypt", then the options: their length, the salt's length, the salt, the rounds.
+        let at = blob.windows(6).position(|w| w == b"bcrypt").unwrap() + 6;
+        let salt_len = u32::from_be_bytes(blob[at + 4..at + 8].try_into().unwrap()) as usize;
+        let rounds = at + 8 + salt_len;
+        blob[rounds..rounds + 4].copy_from_slice(&50_000_000u32.to_be_bytes());
+        let encoded = engine.encode(&blob);
+        let mut pem = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+        for chunk in encoded.as_bytes().chunks(70) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+        let err = check(&with_passphrase(&pem, PASSPHRASE))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 256 KDF rounds"), "{err}");
+        assert!(err.contains("50000000"), "{err}");
+        // Refused from the header alone: were the KDF run, 50 million rounds would hang here.
     }
 
     #[test]

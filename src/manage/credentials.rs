@@ -126,7 +126,6 @@ impl From<StoreError> for CredentialsError {
 }
 
 /// A credential as a listing shows it: its row, its metadata, and its value when revealed.
-#[derive(Debug)]
 pub struct Listed {
     /// The stored row.
     pub record: CredentialRecord,
@@ -134,6 +133,20 @@ pub struct Listed {
     pub metadata: Option<BTreeMap<String, String>>,
     /// What a reveal found.
     pub value: Revealed,
+}
+
+/// Metadata values are sealed at rest and shown to members only: debug output names keys.
+impl std::fmt::Debug for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listed")
+            .field("record", &self.record)
+            .field(
+                "metadata_keys",
+                &self.metadata.as_ref().map(|m| m.keys().collect::<Vec<_>>()),
+            )
+            .field("value", &self.value)
+            .finish()
+    }
 }
 
 /// A credential's value in a listing.
@@ -150,7 +163,7 @@ pub enum Revealed {
 }
 
 /// Everything a `set` request carries besides the values; each map is keyed by credential key.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SetOptions {
     /// Descriptions of keys being set.
     pub descriptions: BTreeMap<String, String>,
@@ -162,6 +175,22 @@ pub struct SetOptions {
     pub expires_at: BTreeMap<String, i64>,
     /// Store values that have already expired.
     pub allow_expired: bool,
+}
+
+/// Debug output leaves metadata values and descriptions out (keys only).
+impl std::fmt::Debug for SetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetOptions")
+            .field("types", &self.types)
+            .field("metadata_for", &self.metadata.keys().collect::<Vec<_>>())
+            .field(
+                "descriptions_for",
+                &self.descriptions.keys().collect::<Vec<_>>(),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("allow_expired", &self.allow_expired)
+            .finish()
+    }
 }
 
 fn integrity(c: &CredentialRecord, source: CryptoError) -> CredentialsError {
@@ -298,8 +327,29 @@ struct Checked {
     expires_at: Option<i64>,
 }
 
+/// Runs a type's checks off the async runtime when they cost real CPU (an encrypted SSH key's
+/// KDF, an RSA key's parse), so one such request cannot stall every other on its worker.
+async fn validate_off_the_runtime(
+    ty: CredentialType,
+    value: &SecretString,
+    opts: CheckOptions,
+) -> Result<credtype::Validated, CredTypeError> {
+    if !matches!(ty, CredentialType::SshKey | CredentialType::Certificate) {
+        return credtype::validate(ty, value, opts);
+    }
+    let value = value.clone();
+    tokio::task::spawn_blocking(move || credtype::validate(ty, &value, opts))
+        .await
+        .unwrap_or_else(|_| {
+            Err(CredTypeError::invalid(
+                "value",
+                "a value whose checks complete (they failed unexpectedly; see the server log)",
+            ))
+        })
+}
+
 /// Checks one value as a credential of type `ty`, with the caller's metadata and expiry.
-fn check(
+async fn check(
     key: &str,
     ty: CredentialType,
     value: &SecretString,
@@ -312,7 +362,7 @@ fn check(
         source,
     };
     let now = now_ms();
-    let validated = credtype::validate(
+    let validated = validate_off_the_runtime(
         ty,
         value,
         CheckOptions {
@@ -320,6 +370,7 @@ fn check(
             now_ms: now,
         },
     )
+    .await
     .map_err(invalid)?;
     if let Some(m) = metadata {
         credtype::validate_metadata(m).map_err(invalid)?;
@@ -427,7 +478,8 @@ pub async fn set(
             opts.metadata.get(key),
             opts.expires_at.get(key).copied(),
             opts.allow_expired,
-        )?;
+        )
+        .await?;
         let mut write = write_of(parsed, ty, checked, &actor);
         write.description = opts.descriptions.get(key).cloned();
         writes.push(write);
@@ -466,7 +518,7 @@ pub async fn rotate(
     if c.state == CredentialState::Revoked {
         return Err(CredentialsError::Refused(CredentialRefused::Revoked(c.key)));
     }
-    let checked = check(key, c.ty, value, metadata, expires_at, allow_expired)?;
+    let checked = check(key, c.ty, value, metadata, expires_at, allow_expired).await?;
     let mut write = write_of(c.key.clone(), c.ty, checked, &a.caller.actor().to_string());
     write.must_exist = true;
     let written = a

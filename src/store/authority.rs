@@ -130,11 +130,14 @@ pub(super) fn token_fields(t: &TokenRecord) -> [MacField<'_>; 10] {
 
 /// The fields of a `credentials` row under its MAC: everything that decides whether and which
 /// value is used (type, state, active version, expiry, the metadata key's wrap, revocation).
-/// Counters, description and timestamps of changes are not bound: they grant nothing.
+/// The last version number is bound too, so a writer cannot lower it to make a number be
+/// issued twice. Counters, description and timestamps of changes are not bound: they grant
+/// nothing.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn credential_fields<'a>(
     vault_id: &'a str,
     key: &'a str,
+    last_version: i64,
     ty: &'a str,
     state: &'a str,
     active_version: Option<i64>,
@@ -142,10 +145,11 @@ pub(super) fn credential_fields<'a>(
     wrapped_key: &'a [u8],
     key_version: i64,
     revoked_at: Option<i64>,
-) -> [MacField<'a>; 9] {
+) -> [MacField<'a>; 10] {
     [
         MacField::Text(vault_id),
         MacField::Text(key),
+        MacField::Int(last_version),
         MacField::Text(ty),
         MacField::Text(state),
         MacField::OptInt(active_version),

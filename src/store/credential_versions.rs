@@ -14,6 +14,34 @@ use crate::credtype::CredentialType;
 use crate::domain::{CredentialKey, CredentialState, VersionState, now_ms};
 use crate::keys::{Keyring, WrappedDataKey};
 
+/// The expiry a rolled-back value gets: the earlier of the one stored with its version and the
+/// one its type reads from the value itself. A version row's `expires_at` is not under a MAC, so
+/// a database writer could clear it; an expiry the value carries (JWT `exp`, certificate
+/// notAfter, OAuth `expires_at`) comes from authenticated bytes and cannot be laundered away.
+fn rollback_expiry(ty: CredentialType, stored: Option<i64>, value: &[u8], now: i64) -> Option<i64> {
+    let derived = match ty {
+        CredentialType::Token | CredentialType::Certificate | CredentialType::Oauth => {
+            std::str::from_utf8(value).ok().and_then(|text| {
+                crate::credtype::validate(
+                    ty,
+                    &secrecy::SecretString::from(text.to_owned()),
+                    crate::credtype::CheckOptions {
+                        allow_expired: true,
+                        now_ms: now,
+                    },
+                )
+                .ok()
+                .and_then(|v| v.expires_at)
+            })
+        }
+        _ => None,
+    };
+    match (stored, derived) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The type an old value gets: `api_key` (migration 0005's default) when it passes that type's
 /// checks; `generic` when it does not (a PEM block, a value with a line break), since earlier
 /// releases stored any string and it must stay usable and rotatable as it is.
@@ -186,7 +214,8 @@ impl Store {
                 tracing::error!(vault_id, key = %key, version = to, error = %e, "INTEGRITY ALARM: a stored credential version failed to open");
                 StoreError::Credential(CredentialRefused::Integrity(key.clone()))
             })?;
-        let version = current.last_version + 1;
+        let expires_at = rollback_expiry(current.ty, old.expires_at, value.expose_secret(), now);
+        let version = super::credentials::next_version(&current)?;
         retire_active(&mut tx, vault_id, key.as_str(), now).await?;
         insert_version(
             &mut tx,
@@ -195,21 +224,13 @@ impl Store {
             key.as_str(),
             version,
             value.expose_secret(),
-            old.expires_at,
+            expires_at,
             actor,
             now,
         )
         .await?;
         activate(
-            self,
-            &mut tx,
-            &current,
-            version,
-            old.expires_at,
-            None,
-            None,
-            actor,
-            now,
+            self, &mut tx, &current, version, expires_at, None, None, actor, now,
         )
         .await?;
         tx.commit().await?;
@@ -227,6 +248,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Serialized with a concurrent set or rotate, which would otherwise leave a row whose
+        // MAC says active beside a state that says revoked.
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let current = credential_in(self, &mut tx, vault_id, key)
             .await?
             .ok_or_else(|| CredentialRefused::NotFound(key.clone()))?;
@@ -234,14 +258,20 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
+        // A revoked value is never used again, so its data keys and ciphertexts are destroyed
+        // (the version rows stay, for the history): a database writer who puts back the
+        // credential row as it was before the revocation finds nothing to open.
         sqlx::query(
-            "UPDATE credential_versions SET state = 'revoked' WHERE vault_id = $1 AND key = $2",
+            "UPDATE credential_versions SET state = 'revoked', wrapped_key = $3, sealed_value = $3 \
+             WHERE vault_id = $1 AND key = $2",
         )
         .bind(vault_id)
         .bind(key.as_str())
+        .bind(Vec::<u8>::new())
         .execute(&mut *tx)
         .await?;
         let mac = RowState {
+            last_version: current.last_version,
             ty: current.ty,
             state: CredentialState::Revoked,
             active_version: None,
@@ -341,6 +371,7 @@ impl Store {
             )
             .await?;
             let mac = RowState {
+                last_version: version,
                 ty,
                 state: CredentialState::Active,
                 active_version: Some(version),

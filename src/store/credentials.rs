@@ -159,13 +159,25 @@ pub(super) fn credential_select(backend: Backend) -> String {
          c.use_count, c.last_used_at, c.created_at, c.updated_at, {}, \
          v.key_version AS v_key_version, {}, {} \
          FROM credentials c LEFT JOIN credential_versions v \
-         ON v.vault_id = c.vault_id AND v.key = c.key AND v.version = c.active_version",
+         ON v.vault_id = c.vault_id AND v.key = c.key AND v.version = c.active_version AND v.state = 'active'",
         blob("c.wrapped_key", "wrapped_key"),
         blob("c.sealed_meta", "sealed_meta"),
         blob("c.mac", "mac"),
         blob("v.wrapped_key", "v_wrapped_key"),
         blob("v.sealed_value", "v_sealed_value"),
     )
+}
+
+/// The number of a credential's next version. The counter is under the row's MAC, so it only
+/// reaches the end of `i64` if this program counted there, which a failure answers instead of
+/// a wrapped or repeated number.
+pub(super) fn next_version(current: &CredentialRecord) -> Result<i64, StoreError> {
+    current.last_version.checked_add(1).ok_or_else(|| {
+        StoreError::corrupt(
+            "column version",
+            format!("credential {} has no version number left", current.key),
+        )
+    })
 }
 
 /// The raw columns of a credential row, before its MAC is checked.
@@ -238,6 +250,7 @@ impl RawCredential {
         let fields = credential_fields(
             &self.vault_id,
             &self.key,
+            self.last_version,
             &self.ty,
             &self.state,
             self.active_version,
@@ -428,6 +441,7 @@ pub(super) async fn credential_in(
 
 /// The authority columns of a credential row after a change, and its MAC.
 pub(super) struct RowState<'a> {
+    pub(super) last_version: i64,
     pub(super) ty: CredentialType,
     pub(super) state: CredentialState,
     pub(super) active_version: Option<i64>,
@@ -448,6 +462,7 @@ impl RowState<'_> {
             &credential_fields(
                 vault_id,
                 key,
+                self.last_version,
                 self.ty.as_str(),
                 self.state.as_str(),
                 self.active_version,
@@ -525,6 +540,7 @@ pub(super) async fn activate(
 ) -> Result<(), StoreError> {
     let key = current.key.as_str();
     let mac = RowState {
+        last_version: version,
         ty: current.ty,
         state: CredentialState::Active,
         active_version: Some(version),
@@ -580,7 +596,7 @@ pub(super) async fn write_credentials(
                     }
                     .into());
                 }
-                let version = current.last_version + 1;
+                let version = next_version(&current)?;
                 let meta = if write.metadata.is_none() && write.derived.is_empty() {
                     None
                 } else {
@@ -641,6 +657,7 @@ pub(super) async fn write_credentials(
                     serde_json::to_vec(&map).map_err(|e| StoreError::corrupt("metadata", e))?;
                 let sealed_meta = seal(&meta_key, &Aad::credential_metadata(vault_id, key), &json)?;
                 let mac = RowState {
+                    last_version: 1,
                     ty: write.ty,
                     state: CredentialState::Active,
                     active_version: Some(1),
@@ -836,6 +853,8 @@ impl Store {
         keys: &[CredentialKey],
     ) -> Result<Vec<CredentialKey>, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Serialized with set, rotate and revoke of the same vault, like every credential write.
+        super::services::lock_vault(&mut tx, vault_id).await?;
         let missing = remove_credentials(&mut tx, vault_id, keys).await?;
         if missing.is_empty() {
             tx.commit().await?;

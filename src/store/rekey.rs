@@ -206,8 +206,8 @@ async fn rekey_credential_rows(
 ) -> Result<(), StoreError> {
     let (old, new) = rotation.authority_macs();
     let rows = sqlx::query(
-        "SELECT vault_id, key, type, state, active_version, expires_at, wrapped_key, key_version, \
-         revoked_at, mac FROM credentials WHERE key_version = $1",
+        "SELECT vault_id, key, version, type, state, active_version, expires_at, wrapped_key, \
+         key_version, revoked_at, mac FROM credentials WHERE key_version = $1",
     )
     .bind(rotation.old_version())
     .fetch_all(&mut **tx)
@@ -219,6 +219,7 @@ async fn rekey_credential_rows(
             col(r, "type")?,
             col(r, "state")?,
         );
+        let last_version: i64 = col(r, "version")?;
         let (active, expires, revoked): (Option<i64>, Option<i64>, Option<i64>) = (
             col(r, "active_version")?,
             col(r, "expires_at")?,
@@ -235,6 +236,7 @@ async fn rekey_credential_rows(
                 &credential_fields(
                     &v,
                     &k,
+                    last_version,
                     &ty,
                     &state,
                     active,

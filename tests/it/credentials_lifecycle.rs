@@ -903,6 +903,8 @@ async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
             "UPDATE credentials SET state = 'active', active_version = 2, revoked_at = NULL",
             "UPDATE credentials SET expires_at = 1",
             "UPDATE credentials SET type = 'generic'",
+            // Lowered so that the next version number would be issued a second time.
+            "UPDATE credentials SET version = 1",
         ] {
             sqlx::query(sqlx::AssertSqlSafe(edit))
                 .execute(store.pool())
@@ -925,7 +927,7 @@ async fn credential_rows_edited_in_the_database_are_treated_as_absent() {
             let r = app.call("GET", &path("edit", "/STRIPE_KEY"), None).await;
             assert_eq!(r.0, 404, "{edit}: {r:?}");
             // Put back exactly as it was, the row verifies again: still revoked.
-            sqlx::query("UPDATE credentials SET state = 'revoked', active_version = NULL, revoked_at = $1, expires_at = NULL, type = 'api_key'")
+            sqlx::query("UPDATE credentials SET state = 'revoked', active_version = NULL, revoked_at = $1, expires_at = NULL, type = 'api_key', version = 2")
                 .bind(revoked_at)
                 .execute(store.pool())
                 .await
@@ -992,4 +994,109 @@ async fn deleted_data_keys_are_overwritten_in_the_sqlite_file() {
             "a deleted wrapped key or ciphertext is still in the file"
         );
     }
+}
+
+/// A database writer who kept the credential row from before its revocation writes it back
+/// (state, active version and MAC as they were): the value was destroyed with the revocation,
+/// so nothing is sent upstream and nothing is revealed.
+#[tokio::test]
+async fn a_revoked_credential_written_back_as_it_was_stays_unusable() {
+    let app = crate::support::spawn_app().await;
+    let token = app.stripe_vault("unrevoke", "sk_before_revoke").await;
+    let agent = app.agent(&token, "unrevoke").await;
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let store = app.open_store().await;
+    let row = sqlx::query(
+        "SELECT state, active_version, CAST(mac AS BLOB) AS mac FROM credentials WHERE key = 'STRIPE_KEY'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let (state, active, mac): (String, Option<i64>, Vec<u8>) = (
+        sqlx::Row::get(&row, "state"),
+        sqlx::Row::get(&row, "active_version"),
+        sqlx::Row::get(&row, "mac"),
+    );
+    app.ok(
+        "POST",
+        "/v1/vaults/unrevoke/credentials/STRIPE_KEY/revoke",
+        Some(json!({})),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE credentials SET state = $1, active_version = $2, revoked_at = NULL, mac = $3 WHERE key = 'STRIPE_KEY'",
+    )
+    .bind(state)
+    .bind(active)
+    .bind(mac)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    // Any write rebuilds the vault's snapshot from the edited rows.
+    app.set_policy("unrevoke", "tunnel").await;
+    let served = app.upstream.count();
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(app.upstream.count(), served, "nothing reached the upstream");
+    let (status, body) = app
+        .call("GET", "/v1/vaults/unrevoke/credentials/STRIPE_KEY", None)
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert!(!body.to_string().contains("sk_before_revoke"), "{body}");
+}
+
+/// A version row's `expires_at` is not under a MAC: a database writer who clears it on an
+/// expired JWT's version must not get that token served by a rollback, since the expiry the
+/// value itself carries (`exp`) is read again.
+#[tokio::test]
+async fn a_rollback_reads_the_expiry_the_value_carries_again() {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let jwt = format!(
+        "{}.{}.c2ln",
+        b64(json!({ "alg": "HS256", "typ": "JWT" })),
+        b64(json!({ "sub": "bot", "exp": 1_000_000 }))
+    );
+    let app = crate::support::spawn_app().await;
+    app.create_vault("jwt").await;
+    app.ok(
+        "PUT",
+        "/v1/vaults/jwt/credentials",
+        Some(json!({
+            "credentials": { "STRIPE_KEY": jwt },
+            "types": { "STRIPE_KEY": "token" },
+            "allow_expired": true
+        })),
+    )
+    .await;
+    assert_eq!(
+        rotate(&app, "jwt", "STRIPE_KEY", "sk_plain_token").await.0,
+        200
+    );
+    app.set_services_yaml(
+        "jwt",
+        "- name: stripe\n  host: api.example.test\n  auth: {type: bearer, token: STRIPE_KEY}\n",
+    )
+    .await;
+    let store = app.open_store().await;
+    sqlx::query("UPDATE credential_versions SET expires_at = NULL WHERE version = 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    app.ok(
+        "POST",
+        &path("jwt", "/STRIPE_KEY/rollback"),
+        Some(json!({ "to": 1 })),
+    )
+    .await;
+    let token = app.proxy_token("jwt").await.0;
+    let agent = app.agent(&token, "jwt").await;
+    let resp = agent.get("https://api.example.test/").send().await.unwrap();
+    assert_proxy_error(&resp, 502, "credential_expired");
+    assert_eq!(app.upstream.count(), 0, "nothing reached the upstream");
 }

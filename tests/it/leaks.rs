@@ -16,6 +16,21 @@ const APPROVED: &str = "xoxb-CanaryApprovedValue-55c1";
 const OWNER_PASSWORD: &str = "Canary-Owner-Password-3e8";
 const METADATA: &str = "meta-CanaryMetadataValue-4d2a";
 const PROPOSED_METADATA: &str = "meta-CanaryProposedMetadata-8e1f";
+const TYPED_PASSWORD: &str = "CanaryTypedPassword-c3d5";
+const DB_PASSWORD: &str = "CanaryDbPassword8e1f";
+const OAUTH_REFRESH: &str = "CanaryOauthRefresh-6d90";
+const OAUTH_SECRET: &str = "CanaryOauthClientSecret-0a4e";
+
+/// The base64 body lines of a PEM text that carry private material (`skip` leading lines hold
+/// only public parts, as an OpenSSH key's first lines do).
+fn pem_body_lines(pem: &str, skip: usize) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .skip(skip)
+        .filter(|l| l.len() >= 40)
+        .map(str::to_owned)
+        .collect()
+}
 
 fn encodings(secret: &str) -> Vec<(String, String)> {
     let b = secret.as_bytes();
@@ -132,6 +147,45 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
     )
     .await
     .unwrap();
+    // One credential of every type that holds something secret besides a plain string.
+    let cert_key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["canary.example.test".to_owned()])
+        .unwrap()
+        .self_signed(&cert_key)
+        .unwrap();
+    let cert_key_pem = cert_key.serialize_pem();
+    let ssh_pem = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ssh/ed25519"),
+    )
+    .unwrap();
+    let typed = call(
+        "PUT",
+        "/v1/vaults/canary/credentials",
+        Some(&owner),
+        Some(json!({
+            "credentials": {
+                "DB_PASSWORD": TYPED_PASSWORD,
+                "DB_URL": format!("postgres://app:{DB_PASSWORD}@db.example.test/app"),
+                "GH_OAUTH": json!({
+                    "access_token": "gho_CanaryAccess",
+                    "refresh_token": OAUTH_REFRESH,
+                    "client_id": "canary-client",
+                    "client_secret": OAUTH_SECRET,
+                    "token_url": "https://auth.example.test/token"
+                }).to_string(),
+                "CLIENT_CERT": json!({ "certificate": cert.pem(), "private_key": cert_key_pem }).to_string(),
+                "DEPLOY_KEY": ssh_pem,
+            },
+            "types": {
+                "DB_PASSWORD": "password", "DB_URL": "database_url", "GH_OAUTH": "oauth",
+                "CLIENT_CERT": "certificate", "DEPLOY_KEY": "ssh_key",
+            },
+            "metadata": { "DB_PASSWORD": { "username": "canary-user" } },
+        })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(typed.status(), 200);
     // A second version, so the scan covers rotated versions and re-sealed metadata too.
     let rotated = call(
         "POST",
@@ -394,6 +448,10 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         ("the approver-supplied value", APPROVED.to_owned()),
         ("a metadata value", METADATA.to_owned()),
         ("metadata an agent proposed", PROPOSED_METADATA.to_owned()),
+        ("a password credential", TYPED_PASSWORD.to_owned()),
+        ("a database URL's password", DB_PASSWORD.to_owned()),
+        ("an OAuth refresh token", OAUTH_REFRESH.to_owned()),
+        ("an OAuth client secret", OAUTH_SECRET.to_owned()),
         ("the master password", MASTER_PASSWORD.to_owned()),
         ("the owner's password", OWNER_PASSWORD.to_owned()),
         ("the owner's session token", owner.clone()),
@@ -401,16 +459,30 @@ async fn no_secret_reaches_logs_files_responses_or_errors() {
         ("the scoped token", scoped.clone()),
         ("the setup token", setup.clone()),
     ];
+    // Every line of the certificate's and the SSH key's private material.
+    let key_lines: Vec<String> = pem_body_lines(&cert_key_pem, 0)
+        .into_iter()
+        .chain(pem_body_lines(&ssh_pem, 2))
+        .collect();
+    assert!(key_lines.len() >= 3);
+    // Inserted before the two passwords: files and the agent's responses are scanned for
+    // everything up to them, and for the four tokens after them only in logs and errors.
+    let before_passwords = secrets.len() - 6;
+    let mut secrets = secrets;
+    for (i, line) in key_lines.into_iter().enumerate() {
+        secrets.insert(before_passwords + i, ("a private key's line", line));
+    }
+    let values = secrets.len() - 4;
     scan(log.as_bytes(), &secrets, "the server log");
     scan(&errors, &secrets, "API error messages");
     scan(&logs, &secrets, "the request log");
     scan(&audit, &secrets, "the audit log");
     for file in walk(&data) {
         let bytes = std::fs::read(&file).unwrap();
-        scan(&bytes, &secrets[..7], &file.display().to_string());
+        scan(&bytes, &secrets[..values], &file.display().to_string());
     }
     // Responses the agent received may carry its own token only in nothing we echo back.
-    let agent_visible = &secrets[..7];
+    let agent_visible = &secrets[..values];
     scan(
         &agent.responses,
         agent_visible,
