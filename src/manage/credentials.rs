@@ -329,7 +329,7 @@ struct Checked {
 
 /// Runs a type's checks off the async runtime when they cost real CPU (an encrypted SSH key's
 /// KDF, an RSA key's parse), so one such request cannot stall every other on its worker.
-async fn validate_off_the_runtime(
+pub(super) async fn validate_off_the_runtime(
     ty: CredentialType,
     value: &SecretString,
     opts: CheckOptions,

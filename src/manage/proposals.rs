@@ -833,7 +833,8 @@ async fn approve(
             .values
             .get(key)
             .ok_or_else(|| ProposalsError::ValueRequired(key.clone()))?;
-        let validated = crate::credtype::validate(
+        // SSH KDFs and RSA parses run off the async runtime, as for a direct set.
+        let validated = super::credentials::validate_off_the_runtime(
             ty,
             value,
             crate::credtype::CheckOptions {
@@ -841,6 +842,7 @@ async fn approve(
                 now_ms: now,
             },
         )
+        .await
         .map_err(invalid)?;
         let metadata = supplied.metadata.get(key).cloned();
         if let Some(m) = &metadata {
